@@ -1,0 +1,83 @@
+"""The language backbone's configuration, in TransformerLens' field names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+#: HF multimodal architectures we wrap, by ``config.model_type``.
+SUPPORTED_LVLMS = ("llava", "llava_next", "llava_onevision")
+#: HF language backbones we re-implement as a hooked decoder, by ``text_config.model_type``.
+SUPPORTED_TEXT_MODELS = ("llama", "mistral", "qwen2")
+
+
+@dataclass
+class LVLMConfig:
+    """Configuration of a hooked LVLM language backbone.
+
+    Field names follow ``transformer_lens`` so that ``ActivationCache`` and
+    ``transformer_lens.patching`` read them as they would a ``HookedTransformerConfig``.
+
+    Attributes:
+        n_layers: Number of decoder blocks.
+        n_heads: Number of query heads per block.
+        d_head: Dimension of one head.
+        d_model: Width of the residual stream.
+        d_mlp: Hidden width of the gated MLP.
+        d_vocab: Vocabulary size of the unembedding.
+        n_key_value_heads: Number of key/value heads (``< n_heads`` under grouped-query attention).
+        eps: RMSNorm epsilon.
+        act_fn: Name of the MLP activation in ``transformers.activations.ACT2FN``.
+        sliding_windows: Per-layer sliding-window size, ``None`` for full attention.
+        n_ctx: Maximum number of positions of the checkpoint.
+        model_name: Name or path the model was loaded from.
+        lvlm_type: HF ``model_type`` of the multimodal model (``llava``, ``llava_next``, ...).
+        text_model_type: HF ``model_type`` of the language backbone (``llama``, ``mistral``, ...).
+        image_token_id: Token id of the image placeholder.
+        pad_token_id: Token id used for left padding.
+        device: Device the weights live on.
+        dtype: Dtype of the weights.
+        use_attn_result: Compute and hook the per-head output ``blocks.{l}.attn.hook_result``.
+    """
+
+    n_layers: int
+    n_heads: int
+    d_head: int
+    d_model: int
+    d_mlp: int
+    d_vocab: int
+    n_key_value_heads: int
+    eps: float
+    act_fn: str = "silu"
+    sliding_windows: tuple[int | None, ...] = ()
+    n_ctx: int = 4096
+    model_name: str = ""
+    lvlm_type: str = "llava"
+    text_model_type: str = "llama"
+    image_token_id: int = -1
+    pad_token_id: int = 0
+    device: torch.device | str = "cpu"
+    dtype: torch.dtype = torch.float32
+    use_attn_result: bool = False
+    # Constant TransformerLens fields that analysis code reads.
+    normalization_type: str = "RMS"
+    final_rms: bool = True
+    attn_only: bool = False
+    positional_embedding_type: str = "rotary"
+    original_architecture: str = ""
+    default_prepend_bos: bool = True
+    use_split_qkv_input: bool = False
+    use_attn_in: bool = False
+    use_hook_mlp_in: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_groups(self) -> int:
+        """Query heads per key/value head."""
+        return self.n_heads // self.n_key_value_heads
+
+    @property
+    def ungroup_grouped_query_attention(self) -> bool:
+        """TransformerLens flag: ``hook_k``/``hook_v`` carry one entry per key/value head."""
+        return False

@@ -1,0 +1,120 @@
+"""The one batched input type that every analysis takes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+#: Named token groups carried by every :class:`LVLMInput`.
+GROUP_NAMES = ("bos", "system", "role", "image", "question", "final", "text")
+
+
+@dataclass
+class LVLMInput:
+    """A left-padded batch of image + prompt examples.
+
+    Attributes:
+        input_ids: Token ids, image placeholders already expanded to one token per image embedding.
+        attention_mask: 1 at real tokens, 0 at left padding.
+        groups: Named token groups as boolean masks: ``bos``, ``system`` (system-message text),
+            ``role`` (chat-template scaffolding such as ``USER``, ``ASSISTANT``, ``:``),
+            ``image``, ``question`` (the user's text), ``final`` (last real token) and ``text``
+            (every real token that is not an image token).
+        pixel_values: Image processor output, or ``None`` when ``image_embeds`` is given.
+        image_sizes: Original ``(height, width)`` of every image (any-resolution models).
+        image_embeds: Precomputed projected image embeddings, one ``[n_tokens, d_model]`` per image.
+        image_coords: Per image, ``(tile, row, col)`` of each of its tokens (``-1`` marks an
+            image-newline token); used by ``to_str_tokens`` and patch overlays.
+        images_per_example: How many images each example holds, in batch order.
+        answer_ids: The answer's (first) token id per example, if answers were given.
+        texts: The rendered prompt of each example, before image-token expansion.
+    """
+
+    input_ids: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
+    groups: dict[str, Bool[Tensor, "batch pos"]]
+    pixel_values: Float[Tensor, ...] | None = None
+    image_sizes: Int[Tensor, "n_images 2"] | None = None
+    image_embeds: list[Float[Tensor, "img_tok d_model"]] | None = None
+    image_coords: list[Int[Tensor, "img_tok 3"]] = field(default_factory=list)
+    images_per_example: list[int] = field(default_factory=list)
+    answer_ids: Int[Tensor, " batch"] | None = None
+    texts: list[str] = field(default_factory=list)
+
+    @property
+    def shape(self) -> torch.Size:
+        """``input_ids.shape``, so ``transformer_lens.patching`` can take an input directly."""
+        return self.input_ids.shape
+
+    @property
+    def has_images(self) -> bool:
+        return sum(self.images_per_example) > 0
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def positions(self, group: str, index: int = 0) -> Int[Tensor, " n"]:
+        """Sequence positions of a token group in one example."""
+        if group not in self.groups:
+            raise KeyError(f"unknown token group {group!r}; known: {sorted(self.groups)}")
+        return self.groups[group][index].nonzero().flatten()
+
+    def to(self, device: torch.device | str) -> LVLMInput:
+        """Move every tensor to ``device``."""
+        mv = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return replace(
+            self,
+            input_ids=mv(self.input_ids),
+            attention_mask=mv(self.attention_mask),
+            groups={k: mv(v) for k, v in self.groups.items()},
+            pixel_values=mv(self.pixel_values),
+            image_sizes=mv(self.image_sizes),
+            image_embeds=None if self.image_embeds is None else [mv(e) for e in self.image_embeds],
+            answer_ids=mv(self.answer_ids),
+        )
+
+    def image_slice(self, index: int) -> slice:
+        """Indices of example ``index``'s images among all images of the batch."""
+        start = sum(self.images_per_example[:index])
+        return slice(start, start + self.images_per_example[index])
+
+    def select(self, indices: list[int] | slice | int) -> LVLMInput:
+        """Sub-batch of the given examples (leading all-padding columns are dropped)."""
+        if isinstance(indices, int):
+            indices = [indices]
+        elif isinstance(indices, slice):
+            indices = list(range(len(self)))[indices]
+        img = [i for e in indices for i in range(*self.image_slice(e).indices(10**9))]
+        mask = self.attention_mask[indices]
+        start = int((mask.sum(0) > 0).int().argmax()) if mask.numel() else 0
+        cut = lambda t: t[indices][:, start:]  # noqa: E731
+        pick = lambda t: None if t is None else t[img]  # noqa: E731
+        return replace(
+            self,
+            input_ids=cut(self.input_ids),
+            attention_mask=cut(self.attention_mask),
+            groups={k: cut(v) for k, v in self.groups.items()},
+            pixel_values=pick(self.pixel_values),
+            image_sizes=pick(self.image_sizes),
+            image_embeds=None if self.image_embeds is None else [self.image_embeds[i] for i in img],
+            image_coords=[self.image_coords[i] for i in img] if self.image_coords else [],
+            images_per_example=[self.images_per_example[i] for i in indices],
+            answer_ids=None if self.answer_ids is None else self.answer_ids[indices],
+            texts=[self.texts[i] for i in indices] if self.texts else [],
+        )
+
+    def with_image_embeds(self, embeds: list[Float[Tensor, "img_tok d_model"]]) -> LVLMInput:
+        """The same batch with its images replaced by precomputed embeddings."""
+        if len(embeds) != sum(self.images_per_example):
+            raise ValueError(
+                f"got {len(embeds)} image embeddings for {sum(self.images_per_example)} images"
+            )
+        for i, (e, c) in enumerate(zip(embeds, self.image_coords, strict=False)):
+            if e.shape[0] != c.shape[0]:
+                raise ValueError(
+                    f"image {i}: {e.shape[0]} embeddings for {c.shape[0]} image tokens"
+                )
+        return replace(self, image_embeds=list(embeds), pixel_values=None)

@@ -1,0 +1,61 @@
+"""Key/value cache of a processed prefix, shareable by a batch of suffixes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+
+@dataclass
+class KVCache:
+    """Post-RoPE keys and values of a prefix, one ``[batch, kv_head, pos, d_head]`` pair per layer.
+
+    A forward pass given ``past_kv_cache=cache`` attends to the prefix without copying it. Its
+    batch may be ``r`` times the cache's (rows grouped example-major: rows ``i*r .. i*r+r-1``
+    continue prefix ``i``), which is how many suffixes share one prefix. A ``frozen`` cache
+    is never modified; an unfrozen one (used by ``generate``) is extended in place.
+
+    Attributes:
+        keys: Per layer, the prefix keys.
+        values: Per layer, the prefix values.
+        attention_mask: 1 at real prefix tokens, 0 at left padding.
+        frozen: Whether forward passes leave the cache unchanged.
+    """
+
+    keys: list[Float[Tensor, "batch kv_head pos d_head"]]
+    values: list[Float[Tensor, "batch kv_head pos d_head"]]
+    attention_mask: Int[Tensor, "batch pos"]
+    frozen: bool = True
+
+    @property
+    def batch_size(self) -> int:
+        return self.attention_mask.shape[0]
+
+    @property
+    def length(self) -> int:
+        return self.attention_mask.shape[1]
+
+    def rows_per_example(self, batch: int) -> int:
+        """How many query rows continue each cached example; checks the batch fits."""
+        if batch % self.batch_size:
+            raise ValueError(
+                f"a batch of {batch} cannot continue a KV cache of batch {self.batch_size}: "
+                "the batch must be a multiple of the cache's, grouped example-major"
+            )
+        r = batch // self.batch_size
+        if r > 1 and not self.frozen:
+            raise ValueError("only a frozen KV cache can be shared by several suffixes per example")
+        return r
+
+    def append(self, kvs: list[tuple[Tensor, Tensor]], attention_mask: Int[Tensor, "batch pos"]):
+        """Extend the (unfrozen) cache in place with the keys/values of new tokens."""
+        if self.frozen:
+            raise ValueError("this KV cache is frozen; build it with frozen=False to extend it")
+        self.keys = [torch.cat([k, nk], dim=2) for k, (nk, _) in zip(self.keys, kvs, strict=True)]
+        self.values = [
+            torch.cat([v, nv], dim=2) for v, (_, nv) in zip(self.values, kvs, strict=True)
+        ]
+        self.attention_mask = torch.cat([self.attention_mask, attention_mask], dim=1)

@@ -1,0 +1,137 @@
+"""HookedLVLM against Hugging Face: logits, generation and prefix-cache runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from lvlm_lens import HookedLVLM
+from tests.helpers import PROMPTS, hf_kwargs, hf_logits, noise_image
+
+CASES = {
+    "llava-llama": {},
+    "llava-next-mistral": {},
+    "llava-next-vicuna": {},
+    "llava-onevision-qwen2": {},
+    # variants of the language backbone the real checkpoints use
+    "llava-next-mistral/sliding-window": dict(sliding_window=20),
+    "llava-llama/rope-linear": dict(
+        rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
+    ),
+    "llava-llama/rope-llama3": dict(
+        rope_parameters={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "rope_theta": 500000.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        }
+    ),
+    "llava-onevision-qwen2/tied": dict(tie_word_embeddings=True),
+}
+
+
+def load_pair(tiny_checkpoint, case: str):
+    kind, _, _ = case.partition("/")
+    folder = tiny_checkpoint(kind, **CASES[case])
+    model = HookedLVLM.from_pretrained(folder)
+    cls = type(model.hf_model)
+    reference = cls.from_pretrained(folder, attn_implementation="eager").eval()
+    return model, reference
+
+
+def batch(model):
+    """Two prompts of different lengths with images of two different sizes."""
+    return model.prepare([noise_image(20, 28, 1), noise_image(30, 14, 2)], PROMPTS)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_logits_match_hf(tiny_checkpoint, case):
+    model, reference = load_pair(tiny_checkpoint, case)
+    inp = batch(model)
+    assert (inp.attention_mask == 0).any(), "the batch must be padded"
+    logits = model(inp)
+    ref = hf_logits(reference, model, inp)
+    real = inp.attention_mask.bool()
+    assert (logits - ref)[real].abs().max() <= 1e-4
+    assert ref[real].std() > 0.1  # the check is not vacuous
+
+
+def test_any_resolution_token_counts_differ(tiny_checkpoint):
+    model = HookedLVLM.from_pretrained(tiny_checkpoint("llava-next-vicuna"))
+    inp = batch(model)
+    counts = inp.groups["image"].sum(-1).tolist()
+    assert counts[0] != counts[1]
+    assert counts == [c.shape[0] for c in inp.image_coords]
+
+
+@pytest.mark.parametrize("case", ["llava-llama", "llava-onevision-qwen2", "llava-next-mistral"])
+def test_generate_matches_hf_greedy(tiny_checkpoint, case):
+    model, reference = load_pair(tiny_checkpoint, case)
+    inp = batch(model)
+    ours = model.generate(inp, max_new_tokens=6, eos_token_id=[])
+    with torch.no_grad():
+        theirs = reference.generate(
+            **hf_kwargs(model, inp),
+            max_new_tokens=6,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=model.tokenizer.pad_token_id,
+        )
+    assert torch.equal(ours, theirs[:, inp.input_ids.shape[1] :])
+
+
+def image_end(inp) -> int:
+    """First column after every example's image tokens."""
+    cols = torch.arange(inp.input_ids.shape[1])
+    return int((inp.groups["image"] * cols).max()) + 1
+
+
+@pytest.mark.parametrize("case", ["llava-llama", "llava-onevision-qwen2"])
+def test_prefix_cache_suffix_equals_full_run(tiny_checkpoint, case):
+    model, _ = load_pair(tiny_checkpoint, case)
+    inp = batch(model)
+    full = model(inp)
+    cut = image_end(inp)
+    cache = model.run_prefix(inp, cut)
+    suffix = model(inp.input_ids[:, cut:], past_kv_cache=cache)
+    assert (suffix - full[:, cut:]).abs().max() <= 1e-4
+    assert cache.keys[0].shape[2] == cut  # the cache is unchanged (frozen)
+
+
+def test_shared_prefix_many_suffixes(tiny_checkpoint):
+    """One cached prefix continued by a batch of different suffixes, without copying it."""
+    model, _ = load_pair(tiny_checkpoint, "llava-onevision-qwen2")
+    prompts = [
+        "USER: <image>\nwhat is the main object ? ASSISTANT:",
+        "USER: <image>\nwhat color is it ? ASSISTANT:",
+        "USER: <image>\ndescribe the shape in one word ? ASSISTANT:",
+    ]
+    inps = [model.prepare(noise_image(20, 28, 1), p) for p in prompts]
+    cut = image_end(inps[0])
+    cache = model.run_prefix(inps[0], cut)
+    suffixes = [i.input_ids[0, cut:] for i in inps]
+    width = max(len(s) for s in suffixes)
+    ids = torch.zeros(len(suffixes), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, s in enumerate(suffixes):  # left-padded suffix batch
+        ids[r, width - len(s) :], mask[r, width - len(s) :] = s, 1
+    out = model(ids, past_kv_cache=cache, attention_mask=mask)
+    for r, i in enumerate(inps):
+        n = len(suffixes[r])
+        assert (out[r, width - n :] - model(i)[0, cut:]).abs().max() <= 1e-4
+
+
+def test_bf16_close_to_hf_bf16(tiny_checkpoint):
+    folder = tiny_checkpoint("llava-llama")
+    model = HookedLVLM.from_pretrained(folder, dtype="bfloat16")
+    reference = transformers.LlavaForConditionalGeneration.from_pretrained(
+        folder, attn_implementation="eager", dtype=torch.bfloat16
+    ).eval()
+    inp = batch(model)
+    logits, ref = model(inp).float(), hf_logits(reference, model, inp).float()
+    real = inp.attention_mask.bool()
+    assert logits.dtype == torch.float32 and model.cfg.dtype == torch.bfloat16
+    assert (logits - ref)[real].abs().max() <= 0.02 * ref[real].abs().max()
