@@ -7,8 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from lvlm_lens.tiny import build_tiny_checkpoint
+
+# Tiny models gain nothing from a second thread, and a busy core slows every op a lot.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
