@@ -1,0 +1,249 @@
+"""Head attribution: fit ``z(m) ≈ β₀ + Σ_h β_h m_h`` from random head-ablation masks.
+
+``m_h = True`` = head ``h`` ablated: heads whose ablation lowers the metric get ``β_h < 0``
+(``importance = -coef``). Fits run in float64 on the masks' device on centred data (unpenalised
+intercept); seeds drive CPU generators. Ridge / lasso pick their penalty on a validation split
+of the *train* masks: held-out masks (reported r, R²) are never used to fit or select.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+Method = Literal["ridge", "ols", "lasso"]
+#: Ridge penalties α of ``mean((y - Xβ)²) + α|β|²`` (i.e. ``α·n_train`` on the sum of squares).
+DEFAULT_RIDGE_ALPHAS: tuple[float, ...] = tuple(10.0 ** (e / 2) for e in range(-8, 7))
+#: Lasso grid as fractions of ``λ_max = max|Xᵀy|/n``, the smallest λ with β = 0.
+DEFAULT_LASSO_FRACTIONS: tuple[float, ...] = tuple(10.0 ** (e / 2) for e in range(-8, 1))
+VAL_FRACTION = 0.2  # share of the train masks used to choose the penalty
+
+
+@dataclass
+class LinearFit:
+    """A fitted head-attribution model.
+
+    Attributes:
+        coef: ``β_h`` per head, ``[n_layers, n_heads]``; negative = ablation lowers the metric.
+        intercept: ``β₀`` (pooled fit: mean of ``example_intercepts``).
+        alpha, method: Chosen penalty (0 for OLS); ``"ridge"``, ``"ols"`` or ``"lasso"``.
+        pearson_r, r2: Held-out Pearson r and R² of predicted vs true metric (nan if no held-out).
+        n_train, n_test: Masks used for the final fit / held out.
+        alphas, val_mse: Penalty grid and its validation MSE (None for OLS / without a search).
+        example_intercepts: Per-example intercepts of a pooled fit.
+    """
+
+    coef: Float[Tensor, "n_layers n_heads"]
+    intercept: float
+    alpha: float
+    method: str
+    pearson_r: float
+    r2: float
+    n_train: int
+    n_test: int
+    alphas: Float[Tensor, " n_alphas"] | None = None
+    val_mse: Float[Tensor, " n_alphas"] | None = None
+    example_intercepts: Float[Tensor, " n_examples"] | None = None
+
+    @property
+    def importance(self) -> Float[Tensor, "n_layers n_heads"]:
+        """``-coef``: large = ablating the head lowers the metric most."""
+        return -self.coef
+
+    def predict(
+        self, masks: Bool[Tensor, "*batch n_layers n_heads"], example: int | None = None
+    ) -> Float[Tensor, "*batch"]:
+        """Predicted metric of ablation masks; ``example`` picks a pooled fit's intercept."""
+        x = masks.reshape(*masks.shape[:-2], -1).to(self.coef.device, torch.float64)
+        b0 = self.intercept if example is None else self.example_intercepts[example]
+        return x @ self.coef.reshape(-1) + b0
+
+
+def sample_masks(
+    n_masks: int, n_layers: int, n_heads: int, rate: float = 0.05, seed: int = 0, device=None
+) -> Bool[Tensor, "n_masks n_layers n_heads"]:
+    """Random ablation masks: each head ablated independently with probability ``rate``.
+
+    Args:
+        n_masks: Number of masks.
+        n_layers: Layers of the model.
+        n_heads: Query heads per layer.
+        rate: Ablation probability in (0, 1); 0.05 is COAR's default.
+        seed: Seed of the CPU generator (same masks on every device).
+        device: Where to put the masks (``torch.device`` or str).
+
+    Returns:
+        ``True`` where a head is ablated.
+    """
+    if not 0.0 < rate < 1.0:
+        raise ValueError(f"rate must be in (0, 1), got {rate}")
+    if min(n_masks, n_layers, n_heads) <= 0:
+        raise ValueError(f"sizes must be positive, got {n_masks=}, {n_layers=}, {n_heads=}")
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand((n_masks, n_layers, n_heads), generator=gen) < rate).to(device)
+
+
+def _split(g: Tensor, n_groups: int, frac: float, gen: torch.Generator):
+    """Random split of row indices into (kept, held-out), stratified by group."""
+    perm = torch.randperm(len(g), generator=gen).to(g.device)
+    perm = perm[torch.argsort(g[perm], stable=True)]  # grouped, shuffled within groups
+    counts = torch.bincount(g, minlength=n_groups)
+    rank = torch.arange(len(g), device=g.device) - (counts.cumsum(0) - counts)[g[perm]]
+    held = rank < (frac * counts[g[perm]]).round()
+    return perm[~held], perm[held]
+
+
+def _center(x: Tensor, y: Tensor, g: Tensor, n_groups: int):
+    counts = torch.bincount(g, minlength=n_groups).to(x.dtype)
+    xm = x.new_zeros(n_groups, x.shape[1]).index_add_(0, g, x) / counts[:, None]
+    ym = y.new_zeros(n_groups).index_add_(0, g, y) / counts
+    return xm, ym, x - xm[g], y - ym[g]
+
+
+def _solve(x: Tensor, y: Tensor, g: Tensor, n_groups: int, method: str, alphas: Tensor):
+    """Coefficients ``[n_alphas, p]`` and intercepts ``[n_alphas, n_groups]`` per penalty."""
+    xm, ym, xc, yc = _center(x, y, g, n_groups)
+    if method == "ridge":  # normal equations: p×p solves, cheap for any number of masks
+        gram, xty, eye = xc.T @ xc, xc.T @ yc, torch.eye(x.shape[1]).to(x)
+        coefs = torch.stack([torch.linalg.solve(gram + a * len(x) * eye, xty) for a in alphas])
+    elif method == "lasso":
+        coefs = _lasso_path(xc, yc, alphas)
+    else:  # OLS; heads never (or always) ablated are unidentifiable and get β = 0
+        live = (xc != 0).any(0)
+        driver = "gelsd" if x.device.type == "cpu" else None
+        coefs = x.new_zeros(1, x.shape[1])
+        coefs[0, live] = torch.linalg.lstsq(xc[:, live], yc[:, None], driver=driver).solution[:, 0]
+    return coefs, ym[None] - coefs @ xm.T
+
+
+def _lasso_path(xc: Tensor, yc: Tensor, lams: Tensor, max_iter: int = 5000, tol: float = 1e-9):
+    """FISTA on ``mean((y - Xβ)²)/2 + λ|β|₁``, warm-started from the largest λ down."""
+    gram, cov = xc.T @ xc / len(xc), xc.T @ yc / len(xc)
+    step = 1.0 / torch.linalg.eigvalsh(gram)[-1].clamp_min(1e-12)
+    beta, out = xc.new_zeros(xc.shape[1]), xc.new_empty(len(lams), xc.shape[1])
+    for i in tqdm(torch.argsort(lams, descending=True).tolist(), "lasso path", disable=None):
+        z, t = beta.clone(), 1.0
+        for it in range(max_iter):
+            new = z - step * (gram @ z - cov)
+            new = new.sign() * (new.abs() - lams[i] * step).clamp_min(0)
+            t_new = (1 + math.sqrt(1 + 4 * t * t)) / 2
+            z, delta = new + (t - 1) / t_new * (new - beta), (new - beta).abs().max()
+            beta, t = new, t_new
+            if it % 10 == 0 and delta <= tol * max(1.0, beta.abs().max().item()):
+                break
+        out[i] = beta
+    return out
+
+
+def _fit(x, y, g, n_groups, shape, method, alphas, holdout, seed) -> LinearFit:
+    if method not in ("ridge", "ols", "lasso"):
+        raise ValueError(f"method must be 'ridge', 'ols' or 'lasso', got {method!r}")
+    if not 0.0 <= holdout < 1.0:
+        raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+    x, y, p = x.to(torch.float64), y.to(x.device, torch.float64), x.shape[1]
+    train, test = _split(g, n_groups, holdout, gen := torch.Generator().manual_seed(seed))
+    min_train = p + n_groups if method == "ols" else 2 * n_groups + 1
+    if len(train) < min_train:  # OLS: one mask per head, plus one per intercept
+        need = math.ceil(min_train / (1 - holdout))
+        msg = f"{method} needs >= {min_train} training masks (n_features={p}), got {len(train)}"
+        hint = " or use method='ridge'" if method == "ols" else ""
+        raise ValueError(f"{msg}; sample >= {need} masks (holdout={holdout}){hint}")
+    grid, val_mse, alpha = None, None, 0.0
+    if method != "ols":
+        default = DEFAULT_RIDGE_ALPHAS if method == "ridge" else DEFAULT_LASSO_FRACTIONS
+        grid = torch.as_tensor(default if alphas is None else alphas, dtype=x.dtype).flatten()
+        grid = grid.to(x.device)
+        if len(grid) == 0 or (grid <= 0).any():
+            raise ValueError(f"alphas must be positive, got {grid.tolist()}")
+        sub, val = _split(g[train], n_groups, VAL_FRACTION if len(grid) > 1 else 0.0, gen)
+        sub, val = train[sub], train[val]
+        if method == "lasso" and alphas is None:
+            _, _, xc, yc = _center(x[sub], y[sub], g[sub], n_groups)
+            grid = grid * (xc.T @ yc).abs().max() / len(sub)  # fractions of λ_max
+        alpha = grid[0].item()
+        if len(grid) > 1:
+            coefs, b0 = _solve(x[sub], y[sub], g[sub], n_groups, method, grid)
+            val_mse = ((x[val] @ coefs.T + b0[:, g[val]].T - y[val, None]) ** 2).mean(0)
+            alpha = grid[int(torch.argmin(val_mse))].item()
+    coefs, b0 = _solve(x[train], y[train], g[train], n_groups, method, x.new_tensor([alpha]))
+    r = r2 = math.nan  # held-out scores, within example (values centred per example)
+    if len(test) > 1:
+        pred, yt = x[test] @ coefs[0] + b0[0, g[test]], y[test]
+        _, _, c, _ = _center(torch.stack([yt, pred], 1), yt, g[test], n_groups)
+        r = (c[:, 0] @ c[:, 1] / (c[:, 0].norm() * c[:, 1].norm())).item()
+        r2 = (1 - ((yt - pred) ** 2).sum() / (c[:, 0] ** 2).sum()).item()
+    args = (coefs[0].reshape(shape), b0[0].mean().item(), alpha, method, r, r2, len(train))
+    return LinearFit(*args, len(test), grid, val_mse, b0[0] if n_groups > 1 else None)
+
+
+def fit_linear(
+    masks: Bool[Tensor, "n_masks n_layers n_heads"],
+    targets: Float[Tensor, " n_masks"],
+    method: Method = "ridge",
+    alphas: Sequence[float] | Tensor | None = None,
+    holdout: float = 0.2,
+    seed: int = 0,
+) -> LinearFit:
+    """Fit ``targets ≈ β₀ + Σ_h β_h masks_h`` for one example.
+
+    Args:
+        masks: Ablation masks, ``True`` = head ablated.
+        targets: Metric (e.g. answer logit) of each masked run.
+        method: ``"ridge"`` (default; stable with few or many masks, λ → 0 is OLS), ``"ols"``
+            (``torch.linalg.lstsq``; needs ``n_train >= n_layers*n_heads + 1``) or ``"lasso"``
+            (sparse β, FISTA).
+        alphas: Penalty grid, chosen by inner-validation MSE; one value skips the search.
+            Ridge: α of ``mean((y - Xβ)²) + α|β|²``, default ``1e-4 … 1e3``. Lasso: λ of
+            ``mean((y - Xβ)²)/2 + λ|β|₁``, default ``λ_max · (1e-4 … 1)``. Ignored by OLS.
+        holdout: Fraction of masks held out for the reported r / R², in [0, 1).
+        seed: Seed of the train / held-out / validation splits.
+
+    Returns:
+        The fit.
+    """
+    return fit_pooled([masks], [targets], method, alphas, holdout, seed)
+
+
+def fit_pooled(
+    masks_list: Sequence[Bool[Tensor, "n_masks n_layers n_heads"]],
+    targets_list: Sequence[Float[Tensor, " n_masks"]],
+    method: Method = "ridge",
+    alphas: Sequence[float] | Tensor | None = None,
+    holdout: float = 0.2,
+    seed: int = 0,
+) -> LinearFit:
+    """One set of head coefficients shared by several examples, each with its own intercept.
+
+    Per-example intercepts come from centring features and targets *within* each example (train
+    masks' means): the same solution as unpenalised one-hot example columns, without the columns.
+    Splits are stratified per example; held-out r / R² are within example (values centred per
+    example), so differing baselines do not inflate them.
+
+    Args:
+        masks_list: Per example, its ablation masks (counts may differ; may be shared).
+        targets_list: Per example, the metric of each masked run.
+        method, alphas, holdout, seed: As in :func:`fit_linear`.
+
+    Returns:
+        The fit, with ``example_intercepts`` ``[n_examples]``.
+    """
+    if not 0 < len(masks_list) == len(targets_list):
+        raise ValueError(f"got {len(masks_list)} mask sets but {len(targets_list)} target sets")
+    for m, t in zip(masks_list, targets_list, strict=True):
+        if m.dtype != torch.bool or m.ndim != 3 or m.shape[1:] != masks_list[0].shape[1:]:
+            shapes = f"{m.dtype} {tuple(m.shape)} (first: {tuple(masks_list[0].shape)})"
+            raise ValueError(f"masks must be bool [n_masks, n_layers, n_heads], got {shapes}")
+        if t.shape != m.shape[:1] or not torch.isfinite(t).all():
+            raise ValueError(f"targets must be finite [n_masks={len(m)}], got {tuple(t.shape)}")
+    dev = masks_list[0].device
+    x = torch.cat([m.flatten(1).to(dev) for m in masks_list])
+    y = torch.cat([t.to(dev, torch.float64) for t in targets_list])
+    g = torch.cat([torch.full((len(t),), i, device=dev) for i, t in enumerate(targets_list)])
+    return _fit(x, y, g, len(masks_list), m.shape[1:], method, alphas, holdout, seed)
