@@ -9,10 +9,12 @@ per suffix and grouped-query keys are never repeated.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import einops
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
@@ -21,6 +23,36 @@ from lvlm_lens.config import LVLMConfig
 KV = tuple[
     Float[Tensor, "batch_kv kv_head pos d_head"], Float[Tensor, "batch_kv kv_head pos d_head"]
 ]
+
+
+@dataclass
+class Segment:
+    """Keys/values the queries attend to, optionally with an alternative per query head.
+
+    Where ``select[row, head]`` is set, that query head of that query row reads ``k_alt`` /
+    ``v_alt`` instead of ``k`` / ``v`` (both scores and values of the segment are computed both
+    ways and selected). This is how head ablation replaces a head's source keys/values.
+    """
+
+    k: Float[Tensor, "batch_kv kv_head pos d_head"]
+    v: Float[Tensor, "batch_kv kv_head pos d_head"]
+    k_alt: Float[Tensor, "batch_kv kv_head pos d_head"] | None = None
+    v_alt: Float[Tensor, "batch_kv kv_head pos d_head"] | None = None
+    select: Bool[Tensor, "batch head"] | None = None
+
+    @property
+    def length(self) -> int:
+        return self.k.shape[2]
+
+
+@dataclass
+class SelfAlternative:
+    """Alternative keys/values for the new tokens' own positions ``src`` (see :class:`Segment`)."""
+
+    k: Float[Tensor, "batch_or_1 kv_head pos d_head"]
+    v: Float[Tensor, "batch_or_1 kv_head pos d_head"]
+    src: Bool[Tensor, "batch_or_1 pos"]
+    select: Bool[Tensor, "batch head"]
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -124,6 +156,19 @@ class Attention(nn.Module):
         b = self.o_proj.bias
         return b if b is not None else self.o_proj.weight.new_zeros(self.cfg.d_model)
 
+    def _scores(self, q: Tensor, seg: Segment) -> Tensor:
+        out = segment_scores(q, seg.k) * self.scaling
+        if seg.select is None:
+            return out
+        alt = segment_scores(q, seg.k_alt) * self.scaling
+        return torch.where(seg.select[:, :, None, None], alt, out)
+
+    def _values(self, pattern: Tensor, seg: Segment) -> Tensor:
+        out = segment_values(pattern, seg.v)
+        if seg.select is None:
+            return out
+        return torch.where(seg.select[:, :, None, None], segment_values(pattern, seg.v_alt), out)
+
     # forward -----------------------------------------------------------------------------
     def forward(
         self,
@@ -131,7 +176,8 @@ class Attention(nn.Module):
         cos: Float[Tensor, "batch pos d_head"],
         sin: Float[Tensor, "batch pos d_head"],
         mask: Float[Tensor, "batch head_or_1 pos k_pos"],
-        past: list[KV] | None = None,
+        past: list[Segment] | None = None,
+        alt: SelfAlternative | None = None,
     ) -> tuple[Float[Tensor, "batch pos d_model"], KV]:
         """Attend from ``x`` to the cached segments ``past`` and to ``x`` itself.
 
@@ -140,7 +186,8 @@ class Attention(nn.Module):
             cos: Rotary cosines of the new tokens' positions.
             sin: Rotary sines of the new tokens' positions.
             mask: Additive mask over ``[past..., new]`` keys (0 keeps, dtype minimum blocks).
-            past: Cached ``(key, value)`` segments, post-RoPE, each of batch ``B / r``.
+            past: Cached segments (post-RoPE keys), each of batch ``B / r``.
+            alt: Alternative keys/values at some of the new tokens' own positions.
 
         Returns:
             The attention output and this call's own ``(key, value)``, ``[B, H_kv, pos, d_head]``.
@@ -153,17 +200,21 @@ class Attention(nn.Module):
         q = self.hook_rot_q(apply_rotary(q, cos, sin)).transpose(1, 2)
         k = self.hook_rot_k(apply_rotary(k, cos, sin)).transpose(1, 2)
         v = v.transpose(1, 2)
-        segments = [*(past or []), (k, v)]
-        scores = [segment_scores(q, sk) * self.scaling for sk, _ in segments]
+        own = Segment(k, v)
+        if alt is not None:
+            src = alt.src[:, None, :, None]
+            own = Segment(k, v, torch.where(src, alt.k, k), torch.where(src, alt.v, v), alt.select)
+        segments = [*(past or []), own]
+        scores = [self._scores(q, seg) for seg in segments]
         scores = scores[0] if len(scores) == 1 else torch.cat(scores, dim=-1)
         scores = self.hook_attn_scores(scores + mask)
         pattern = self.hook_pattern(F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
         z, start = None, 0
-        for _, sv in segments:
-            part = pattern if len(segments) == 1 else pattern[..., start : start + sv.shape[2]]
-            zi = segment_values(part, sv)
+        for seg in segments:
+            part = pattern if len(segments) == 1 else pattern[..., start : start + seg.length]
+            zi = self._values(part, seg)
             z = zi if z is None else z + zi
-            start += sv.shape[2]
+            start += seg.length
         z = self.hook_z(z.transpose(1, 2))
         if cfg.use_attn_result:
             result = self.hook_result(torch.einsum("bshd,hdm->bshm", z, self.W_O))

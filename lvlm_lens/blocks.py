@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 from transformers.activations import ACT2FN
 
-from lvlm_lens.attention import KV, Attention
+from lvlm_lens.attention import KV, Attention, Segment, SelfAlternative
 from lvlm_lens.config import LVLMConfig
 
 
@@ -94,11 +94,12 @@ class TransformerBlock(nn.Module):
         cos: Tensor,
         sin: Tensor,
         mask: Tensor,
-        past: list[KV] | None = None,
+        past: list[Segment] | None = None,
+        alt: SelfAlternative | None = None,
     ) -> tuple[Float[Tensor, "batch pos d_model"], KV]:
         """Run the block; returns the new residual stream and this block's new ``(key, value)``."""
         resid_pre = self.hook_resid_pre(x)
-        attn_out, kv = self.attn(self.ln1(resid_pre), cos, sin, mask, past)
+        attn_out, kv = self.attn(self.ln1(resid_pre), cos, sin, mask, past, alt)
         resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(attn_out))
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_mid)))
         return self.hook_resid_post(resid_mid + mlp_out), kv

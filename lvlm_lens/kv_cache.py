@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 
@@ -23,12 +23,17 @@ class KVCache:
         values: Per layer, the prefix values.
         attention_mask: 1 at real prefix tokens, 0 at left padding.
         frozen: Whether forward passes leave the cache unchanged.
+        alt_keys: Optional alternative prefix keys per layer (e.g. with baseline keys at the
+            image positions), read by the query heads a ``HeadSwitch`` selects.
+        alt_values: Alternative prefix values, likewise.
     """
 
     keys: list[Float[Tensor, "batch kv_head pos d_head"]]
     values: list[Float[Tensor, "batch kv_head pos d_head"]]
     attention_mask: Int[Tensor, "batch pos"]
     frozen: bool = True
+    alt_keys: list[Float[Tensor, "batch kv_head pos d_head"]] | None = None
+    alt_values: list[Float[Tensor, "batch kv_head pos d_head"]] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -52,10 +57,28 @@ class KVCache:
 
     def append(self, kvs: list[tuple[Tensor, Tensor]], attention_mask: Int[Tensor, "batch pos"]):
         """Extend the (unfrozen) cache in place with the keys/values of new tokens."""
-        if self.frozen:
+        if self.frozen or self.alt_keys is not None:
             raise ValueError("this KV cache is frozen; build it with frozen=False to extend it")
         self.keys = [torch.cat([k, nk], dim=2) for k, (nk, _) in zip(self.keys, kvs, strict=True)]
         self.values = [
             torch.cat([v, nv], dim=2) for v, (_, nv) in zip(self.values, kvs, strict=True)
         ]
         self.attention_mask = torch.cat([self.attention_mask, attention_mask], dim=1)
+
+
+@dataclass
+class HeadSwitch:
+    """Which query heads read alternative keys/values, per batch row and layer.
+
+    Attributes:
+        select: ``True`` where (row, layer, query head) reads the alternative.
+        self_keys: Per layer, alternative keys for the new tokens' positions ``self_src``
+            (``[1 or batch, kv_head, pos, d_head]``), or ``None`` to switch only cached segments.
+        self_values: Per layer, alternative values, likewise.
+        self_src: Positions of the new tokens that have alternatives.
+    """
+
+    select: Bool[Tensor, "batch n_layers n_heads"]
+    self_keys: list[Tensor] | None = None
+    self_values: list[Tensor] | None = None
+    self_src: Bool[Tensor, "batch_or_1 pos"] | None = None

@@ -13,11 +13,11 @@ from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
-from lvlm_lens.attention import KV
+from lvlm_lens.attention import KV, Segment, SelfAlternative
 from lvlm_lens.blocks import Embed, RMSNorm, TransformerBlock, Unembed
 from lvlm_lens.config import LVLMConfig
 from lvlm_lens.inputs import LVLMInput
-from lvlm_lens.kv_cache import KVCache
+from lvlm_lens.kv_cache import HeadSwitch, KVCache
 from lvlm_lens.masks import causal_mask
 from lvlm_lens.vision import CLS, NEWLINE, VisionSide
 
@@ -198,16 +198,22 @@ class HookedLVLM(HookedRootModule):
         attention_mask: Int[Tensor, "batch pos"],
         past_kv_cache: KVCache | None = None,
         stop_at_layer: int | None = None,
+        switch: HeadSwitch | None = None,
     ) -> tuple[Float[Tensor, "batch pos d_model"], list[KV]]:
         """Run the decoder blocks on already-embedded tokens (after any cached prefix).
+
+        ``switch`` makes the selected query heads read the cache's alternative keys/values
+        (and the given alternatives at the new tokens' own positions); it is how the head
+        ablation engine runs many masks against one shared prefix.
 
         Returns the residual stream after the last block run and each block's new keys/values.
         """
         b, s, _ = x.shape
         mask_new = attention_mask.to(x.device).long()
-        if past_kv_cache is not None:
-            r = past_kv_cache.rows_per_example(b)
-            prev = past_kv_cache.attention_mask.to(x.device).long().repeat_interleave(r, dim=0)
+        cache = past_kv_cache
+        if cache is not None:
+            r = cache.rows_per_example(b)
+            prev = cache.attention_mask.to(x.device).long().repeat_interleave(r, dim=0)
             key_mask = torch.cat([prev, mask_new], dim=1)
         else:
             prev, key_mask = mask_new[:, :0], mask_new
@@ -217,10 +223,18 @@ class HookedLVLM(HookedRootModule):
         masks = {w: causal_mask(key_mask, s, x.dtype, w) for w in set(self.cfg.sliding_windows)}
         new_kvs = []
         for layer, block in enumerate(self.blocks[:stop_at_layer]):
-            past = None
-            if past_kv_cache is not None:
-                past = [(past_kv_cache.keys[layer], past_kv_cache.values[layer])]
-            x, kv = block(x, cos, sin, masks[self.cfg.sliding_windows[layer]], past)
+            select = None if switch is None else switch.select[:, layer]
+            past, alt = None, None
+            if cache is not None:
+                seg = Segment(cache.keys[layer], cache.values[layer])
+                if select is not None and cache.alt_keys is not None:
+                    seg = Segment(seg.k, seg.v, cache.alt_keys[layer], cache.alt_values[layer],
+                                  select)
+                past = [seg]
+            if select is not None and switch.self_keys is not None:
+                alt = SelfAlternative(switch.self_keys[layer], switch.self_values[layer],
+                                      switch.self_src, select)
+            x, kv = block(x, cos, sin, masks[self.cfg.sliding_windows[layer]], past, alt)
             new_kvs.append(kv)
         return x, new_kvs
 
