@@ -89,10 +89,11 @@ class AblationEngine:
             cut = int(src[0].nonzero().max()) + 1
             _, kvs = model.run_blocks(x[:, :cut], mask[:, :cut])
             s = src[:, None, :cut, None]
+            k_clean, v_clean = [k for k, _ in kvs], [v for _, v in kvs]
             cache = KVCache(
-                [k for k, _ in kvs], [v for _, v in kvs], mask[:, :cut], frozen=True,
-                alt_keys=[torch.where(s, kb[:, :, :cut], k) for kb, (k, _) in zip(keys, kvs, strict=True)],
-                alt_values=[torch.where(s, vb[:, :, :cut], v) for vb, (_, v) in zip(values, kvs, strict=True)],
+                k_clean, v_clean, mask[:, :cut], frozen=True,
+                alt_keys=[torch.where(s, b[:, :, :cut], k) for b, k in zip(keys, k_clean, strict=False)],
+                alt_values=[torch.where(s, b[:, :, :cut], v) for b, v in zip(values, v_clean, strict=False)],
             )
             state = _Example(x[:, cut:], mask[:, cut:], answer, cache=cache)
         self._examples[i] = state
