@@ -61,8 +61,15 @@ class AblationEngine:
         batch_size: Masks per forward pass.
     """
 
-    def __init__(self, model: Any, inp: LVLMInput, baseline: BaselineKV, config: HeadAblation,
-                 metric: str | Metric = "logit", batch_size: int = 64):
+    def __init__(
+        self,
+        model: Any,
+        inp: LVLMInput,
+        baseline: BaselineKV,
+        config: HeadAblation,
+        metric: str | Metric = "logit",
+        batch_size: int = 64,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.inp, self.config = model, inp, config
@@ -90,10 +97,17 @@ class AblationEngine:
             _, kvs = model.run_blocks(x[:, :cut], mask[:, :cut])
             s = src[:, None, :cut, None]
             k_clean, v_clean = [k for k, _ in kvs], [v for _, v in kvs]
+
+            def alt(base: list[Tensor], clean: list[Tensor]) -> list[Tensor]:
+                return [torch.where(s, b[:, :, :cut], c) for b, c in zip(base, clean, strict=True)]
+
             cache = KVCache(
-                k_clean, v_clean, mask[:, :cut], frozen=True,
-                alt_keys=[torch.where(s, b[:, :, :cut], k) for b, k in zip(keys, k_clean, strict=False)],
-                alt_values=[torch.where(s, b[:, :, :cut], v) for b, v in zip(values, v_clean, strict=False)],
+                k_clean,
+                v_clean,
+                mask[:, :cut],
+                frozen=True,
+                alt_keys=alt(keys, k_clean),
+                alt_values=alt(values, v_clean),
             )
             state = _Example(x[:, cut:], mask[:, cut:], answer, cache=cache)
         self._examples[i] = state
@@ -123,8 +137,12 @@ class AblationEngine:
             raise ValueError("masks must be [n_masks, n_layers, n_heads]")
         examples = list(range(len(self.inp))) if examples is None else examples
         out = torch.empty(len(examples), masks.shape[0])
-        bar = tqdm(total=len(examples) * masks.shape[0], unit="mask", disable=not progress,
-                   desc="masked runs")
+        bar = tqdm(
+            total=len(examples) * masks.shape[0],
+            unit="mask",
+            disable=not progress,
+            desc="masked runs",
+        )
         for row, i in enumerate(examples):
             for start in range(0, masks.shape[0], self.batch_size):
                 chunk = masks[start : start + self.batch_size]
@@ -135,9 +153,15 @@ class AblationEngine:
 
 
 @torch.no_grad()
-def run_reference(model: Any, inp: LVLMInput, masks: Bool[Tensor, "n_masks n_layers n_heads"],
-                  baseline: BaselineKV, config: HeadAblation, metric: str | Metric = "logit",
-                  progress: bool = True) -> Float[Tensor, "n_examples n_masks"]:
+def run_reference(
+    model: Any,
+    inp: LVLMInput,
+    masks: Bool[Tensor, "n_masks n_layers n_heads"],
+    baseline: BaselineKV,
+    config: HeadAblation,
+    metric: str | Metric = "logit",
+    progress: bool = True,
+) -> Float[Tensor, "n_examples n_masks"]:
     """The reference path: one full-sequence ``run_with_hooks`` per mask (all examples at once)."""
     fn, answers = get_metric(metric), clean_answers(model, inp)
     out = torch.empty(len(inp), masks.shape[0])
