@@ -32,6 +32,8 @@ class Segment:
     Where ``select[row, head]`` is set, that query head of that query row reads ``k_alt`` /
     ``v_alt`` instead of ``k`` / ``v`` (both scores and values of the segment are computed both
     ways and selected). This is how head ablation replaces a head's source keys/values.
+    When ``index`` lists the selected pairs (few of them), only those pairs are computed the
+    alternative way, gathered and scattered back, with no host-device synchronisation.
     """
 
     k: Float[Tensor, "batch_kv kv_head pos d_head"]
@@ -39,6 +41,7 @@ class Segment:
     k_alt: Float[Tensor, "batch_kv kv_head pos d_head"] | None = None
     v_alt: Float[Tensor, "batch_kv kv_head pos d_head"] | None = None
     select: Bool[Tensor, "batch head"] | None = None
+    index: tuple[Tensor, Tensor] | None = None  # (rows, heads) of ``select``: sparse path
 
     @property
     def length(self) -> int:
@@ -101,6 +104,14 @@ def segment_values(pattern: Float[Tensor, "batch head q k"], v: Tensor) -> Tenso
     return unfold_rows(fold_rows(pattern, v.shape[0], v.shape[1]) @ v, b, h, s)
 
 
+def _pairs(seg: Segment, kv: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Selected (row, query head) pairs and the (cache row, K/V head) each one reads."""
+    b, h = seg.index
+    r = seg.select.shape[0] // kv.shape[0]
+    g = seg.select.shape[1] // kv.shape[1]
+    return b, h, b // r, h // g
+
+
 class Attention(nn.Module):
     """Causal self-attention with RoPE, grouped-query heads and TransformerLens hooks.
 
@@ -160,14 +171,23 @@ class Attention(nn.Module):
         out = segment_scores(q, seg.k) * self.scaling
         if seg.select is None:
             return out
-        alt = segment_scores(q, seg.k_alt) * self.scaling
-        return torch.where(seg.select[:, :, None, None], alt, out)
+        if seg.index is None:
+            alt = segment_scores(q, seg.k_alt) * self.scaling
+            return torch.where(seg.select[:, :, None, None], alt, out)
+        b, h, kb, kh = _pairs(seg, seg.k_alt)
+        out[b, h] = (q[b, h] @ seg.k_alt[kb, kh].transpose(-1, -2)) * self.scaling
+        return out
 
     def _values(self, pattern: Tensor, seg: Segment) -> Tensor:
         out = segment_values(pattern, seg.v)
         if seg.select is None:
             return out
-        return torch.where(seg.select[:, :, None, None], segment_values(pattern, seg.v_alt), out)
+        if seg.index is None:
+            alt = segment_values(pattern, seg.v_alt)
+            return torch.where(seg.select[:, :, None, None], alt, out)
+        b, h, kb, kh = _pairs(seg, seg.v_alt)
+        out[b, h] = pattern[b, h] @ seg.v_alt[kb, kh]
+        return out
 
     # forward -----------------------------------------------------------------------------
     def forward(

@@ -118,9 +118,9 @@ class AblationEngine:
         """Metric of example ``i`` under each mask of one batch (``True`` = head ablated)."""
         st = self._example(i)
         b = masks.shape[0]
-        masks = masks.to(self.model.cfg.device)
         x, mask = st.x.expand(b, -1, -1), st.mask.expand(b, -1)
-        switch = HeadSwitch(masks, st.switch_keys, st.switch_values, st.src)
+        switch = HeadSwitch.sparse(masks, self.model.cfg.device, self_keys=st.switch_keys,
+                                   self_values=st.switch_values, self_src=st.src)
         resid, _ = self.model.run_blocks(x, mask, st.cache, switch=switch)
         logits = self.model.unembed(self.model.ln_final(resid[:, -1]))
         return self.metric(logits, st.answer.expand(b))

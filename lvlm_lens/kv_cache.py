@@ -82,3 +82,21 @@ class HeadSwitch:
     self_keys: list[Tensor] | None = None
     self_values: list[Tensor] | None = None
     self_src: Bool[Tensor, "batch_or_1 pos"] | None = None
+    index: list[tuple[Tensor, Tensor] | None] | None = None
+
+    @classmethod
+    def sparse(
+        cls,
+        select: Bool[Tensor, "batch n_layers n_heads"],
+        device: torch.device | str,
+        dense_above: float = 0.25,
+        **kwargs,
+    ) -> HeadSwitch:
+        """A switch whose layers with few selected heads compute only those (indices are
+        found on ``select``'s device, e.g. the CPU where masks are sampled, then moved)."""
+        index = []
+        for layer in range(select.shape[1]):
+            sel = select[:, layer]
+            dense = sel.float().mean() > dense_above
+            index.append(None if dense else tuple(t.to(device) for t in sel.nonzero(as_tuple=True)))
+        return cls(select.to(device), index=index, **kwargs)

@@ -228,8 +228,9 @@ class HookedLVLM(HookedRootModule):
             if cache is not None:
                 seg = Segment(cache.keys[layer], cache.values[layer])
                 if select is not None and cache.alt_keys is not None:
+                    index = None if switch.index is None else switch.index[layer]
                     seg = Segment(seg.k, seg.v, cache.alt_keys[layer], cache.alt_values[layer],
-                                  select)
+                                  select, index)
                 past = [seg]
             if select is not None and switch.self_keys is not None:
                 alt = SelfAlternative(switch.self_keys[layer], switch.self_values[layer],

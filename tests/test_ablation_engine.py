@@ -130,3 +130,14 @@ def test_text_source_for_text_only_circuits(setup):
     fast = AblationEngine(model, inp, base, cfg).run(masks)
     ref = run_reference(model, inp, masks, base, cfg)
     assert (fast - ref).abs().max() <= 1e-4 and ref.std() > 1e-3
+
+
+@pytest.mark.parametrize("rate", [0.03, 0.6])  # sparse (gathered pairs) and dense selection
+def test_sparse_and_dense_selection_equal_reference(setup, rate):
+    model, inp = setup
+    cfg = HeadAblation(baseline="image")
+    base = baseline_for(model, inp, cfg)
+    masks = sample_masks(64, model.cfg.n_layers, model.cfg.n_heads, rate=rate, seed=3)
+    fast = AblationEngine(model, inp, base, cfg, batch_size=64).run(masks)
+    ref = run_reference(model, inp, masks, base, cfg)
+    assert (fast - ref).abs().max() <= 1e-4
