@@ -140,10 +140,11 @@ class AttributionResult:
             example: As in :meth:`scores`.
 
         Returns:
-            ``(layer, head)`` pairs; ties keep layer-major order.
+            ``(layer, head)`` pairs; ties keep layer-major order; heads with a nan score last.
         """
         s = self.scores(pooled, example)
-        order = torch.sort(s.flatten(), descending=True, stable=True).indices[: max(k, 0)]
+        flat = s.flatten().nan_to_num(nan=-torch.inf)
+        order = torch.sort(flat, descending=True, stable=True).indices[: max(k, 0)]
         return [divmod(int(i), s.shape[1]) for i in order]
 
     def save(self, folder: str | os.PathLike) -> None:

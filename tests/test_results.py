@@ -163,3 +163,10 @@ def test_from_fits(tmp_path):
     assert result.top_heads(3) == [(2, 3), (2, 2), (2, 1)]
     result.save(tmp_path)
     assert_same(result, AttributionResult.load(tmp_path))
+
+
+def test_top_heads_puts_nan_scores_last():
+    coef = torch.tensor([[[float("nan"), -1.0], [-3.0, 0.5]]])
+    res = AttributionResult(coef=coef, intercepts=torch.zeros(1), pearson_r=torch.ones(1),
+                            r2=torch.ones(1))
+    assert res.top_heads(4, pooled=False) == [(1, 0), (0, 1), (1, 1), (0, 0)]
