@@ -81,7 +81,7 @@ def example_views(
         rec = records[i]
         inp = model.prepare(rec.image, rec.prompt)
         size = model.vision.config.vision_config.image_size
-        image = rec.image.convert("RGB").resize((size, size))
+        image = rec.load_image().resize((size, size))
         obj = None
         if rec.mask is not None and model.cfg.lvlm_type == "llava":
             obj = patch_grid_mask(np.asarray(rec.mask), model.vision.tile_grid).numpy()
