@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 test: venv
 	$(PY) -m pytest -q tests
 
+# The main job on the bundled toy LVLM and a generated synthetic set; prints the report's path.
 demo: venv
-	$(PY) -m lvlm_lens.demo
+	$(VENV)/bin/lvlm-lens attribute --out runs/demo
 
 lint: venv
 	$(VENV)/bin/ruff check lvlm_lens tests
