@@ -18,6 +18,7 @@ The models are built with eager attention, but transformers does not save that c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,17 +109,22 @@ CHATML_CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_tokenizer(*, chat_template: str | None = None) -> PreTrainedTokenizerFast:
-    """Builds the word-level tokenizer shared by all tiny checkpoints.
+def build_tiny_tokenizer(
+    *, chat_template: str | None = None, words: Sequence[str] = TINY_WORDS
+) -> PreTrainedTokenizerFast:
+    """Builds a word-level tokenizer (by default the one shared by all tiny checkpoints).
 
     Args:
         chat_template: Optional Jinja chat template to attach.
+        words: The vocabulary after ``SPECIAL_TOKENS`` (ids ``len(SPECIAL_TOKENS)`` onwards, in
+            this order); words are ``\\w+`` runs, single punctuation characters or ``"\\n"``.
 
     Returns:
         A fast tokenizer (supports ``return_offsets_mapping``) whose ``<image>`` is one token.
     """
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + TINY_WORDS)}
-    if len(vocab) != len(SPECIAL_TOKENS) + len(TINY_WORDS):
+    words = tuple(words)
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + words)}
+    if len(vocab) != len(SPECIAL_TOKENS) + len(words):
         raise ValueError("duplicate entries in the tiny vocabulary")
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(
