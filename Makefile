@@ -17,9 +17,9 @@ $(STAMP): pyproject.toml
 test: venv
 	$(PY) -m pytest -q tests
 
-# The main job on the bundled toy LVLM and a generated synthetic set; prints the report's path.
+# The main job (lvlm-lens attribute) on a generated synthetic set; prints the report's path.
 demo: venv
-	$(VENV)/bin/lvlm-lens attribute --out runs/demo
+	$(PY) -m lvlm_lens.demo
 
 lint: venv
 	$(VENV)/bin/ruff check lvlm_lens tests

@@ -19,17 +19,31 @@ from lvlm_lens.runner import BaselineCache, RunOptions, atomic_json, run_attribu
 from lvlm_lens.vision import NEWLINE
 
 
+def default_model_path() -> Path:
+    """The bundled trained toy LVLM, if this version ships it."""
+    try:
+        from lvlm_lens.toy import toy_checkpoint_path
+
+        path = toy_checkpoint_path()
+    except ImportError:
+        path = None
+    if path is None or not (path / "config.json").exists():
+        raise ValueError(
+            "this version ships no trained toy LVLM checkpoint yet: pass --model "
+            "FOLDER_OR_HUB_ID (`python -m lvlm_lens.demo` runs on a tiny random one)"
+        )
+    return path
+
+
 def load_model(opts: RunOptions) -> Any:
     """The run's model: ``opts.model`` or the bundled toy LVLM (one GPU per local rank)."""
     from lvlm_lens import HookedLVLM
-    from lvlm_lens.toy import toy_checkpoint_path
 
     device = opts.device
     if device is None and torch.cuda.is_available():
         device = f"cuda:{current_shard().local_rank}"
-    return HookedLVLM.from_pretrained(
-        opts.model or toy_checkpoint_path(), device=device, dtype=opts.dtype
-    )
+    path = opts.model or default_model_path()
+    return HookedLVLM.from_pretrained(path, device=device, dtype=opts.dtype)
 
 
 def load_records(opts: RunOptions) -> tuple[list[Any], list[Image.Image]]:
@@ -140,13 +154,14 @@ def attribute(
         },
         "top_heads": [f"L{a}H{b}" for a, b in result.top_heads(10)],
     }
+    n_wrong = sum(not i["correct"] for i in infos)
     notes = (
-        []
-        if summary["accuracy"] == 1
-        else [
-            f"{len(records) - len(kept)} example(s) answered wrongly were "
-            f"{'kept' if opts.keep_wrong else 'excluded'} (see summary.json)."
+        [
+            f"{n_wrong} of {len(infos)} example(s) were answered wrongly and "
+            f"{'kept (--keep-wrong)' if opts.keep_wrong else 'excluded'}; see summary.json."
         ]
+        if n_wrong
+        else []
     )
     rankings, curves, band = {}, {}, None
     if opts.rankings:

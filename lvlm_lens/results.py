@@ -115,7 +115,8 @@ class AttributionResult:
         """Importance map ``-β`` used for rankings (e.g. :func:`lvlm_lens.curves.evaluate_ranking`).
 
         Args:
-            pooled: Use the pooled fit; if False, the mean of the per-example coefficients.
+            pooled: Use the pooled fit (for a single example: its own fit); if False, the mean
+                of the per-example coefficients.
             example: If given, that example's coefficients (overrides ``pooled``).
 
         Returns:
@@ -123,7 +124,7 @@ class AttributionResult:
         """
         if example is not None:
             return -self.coef[example]
-        if not pooled:
+        if not pooled or (self.pooled_coef is None and self.coef.shape[0] == 1):
             return -self.coef.mean(0)
         if self.pooled_coef is None:
             raise ValueError("no pooled fit stored; use pooled=False or example=i")

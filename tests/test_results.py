@@ -170,3 +170,10 @@ def test_top_heads_puts_nan_scores_last():
     res = AttributionResult(coef=coef, intercepts=torch.zeros(1), pearson_r=torch.ones(1),
                             r2=torch.ones(1))
     assert res.top_heads(4, pooled=False) == [(1, 0), (0, 1), (1, 1), (0, 0)]
+
+
+def test_single_example_ranks_by_its_own_fit():
+    coef = torch.tensor([[[0.5, -1.0], [-3.0, 0.0]]])
+    res = AttributionResult(coef=coef, intercepts=torch.zeros(1), pearson_r=torch.ones(1),
+                            r2=torch.ones(1))
+    assert res.top_heads(2) == [(1, 0), (0, 1)]
