@@ -136,8 +136,9 @@ class SyntheticExample:
         label: The object's class, one word of :data:`CLASSES` (one token of the toy vocabulary).
         mask: ``[H, W]`` bool, True at object pixels (coverage >= 50 % after anti-aliasing).
         appearance: ``colour``, ``size``, ``fill``, ``texture``, ``background``, ``position``.
-        description: The object in words, e.g. ``"a small red star"`` or
-            ``"a large blue outlined dotted heart"`` (words of :data:`VOCABULARY` only).
+        description: The object in words, e.g. ``"a small red star"``,
+            ``"a large blue outlined heart"`` or ``"a small pink dotted cross"`` (words of
+            :data:`VOCABULARY` only).
     """
 
     image: Image.Image
@@ -177,7 +178,7 @@ def _centre(position: str, r: float, size: int, rng: np.random.Generator) -> tup
 def _background(name: str, size: int, rng: np.random.Generator) -> np.ndarray:
     if name == "noise":
         base = rng.uniform(150, 210)
-        noise = rng.normal(0.0, 25.0, size=(size, size, 3))
+        noise = rng.normal(0.0, 20.0, size=(size, size, 3))
         return np.clip(base + noise, 0, 255).astype(np.float32)
     if name == "cream":
         return np.full((size, size, 3), (245, 235, 200), dtype=np.float32) + rng.uniform(-10, 10)

@@ -1,0 +1,178 @@
+"""The toy LVLM: a small, really trained ``LlavaForConditionalGeneration`` shipped with the package.
+
+It names the main object of a 48-px synthetic image (:mod:`lvlm_lens.data`) in one word, and
+the same object when it is described in words instead of shown. It is a genuine HF LLaVA
+checkpoint (CLIP vision tower, 2-layer GELU projector, Llama decoder, word-level tokenizer,
+CLIP image processor), so it loads through the same path as LLaVA-1.5 and lets the whole
+toolkit run for real on a CPU. See ``docs/toy_model.md``; train a new one with
+:func:`lvlm_lens.toy.train.train_toy` or ``python -m lvlm_lens.toy.train --out DIR``.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+)
+from transformers.models.clip import CLIPImageProcessorPil
+
+from lvlm_lens.data import IMAGE_QUESTIONS, VOCABULARY, generate_dataset, image_prompt, text_prompt
+from lvlm_lens.tiny import LLAVA_CHAT_TEMPLATE, build_tiny_tokenizer
+
+#: Image side in pixels and vision patch size: a 6x6 grid of 36 image tokens.
+TOY_IMAGE_SIZE = 48
+TOY_PATCH_SIZE = 8
+TOY_GRID = TOY_IMAGE_SIZE // TOY_PATCH_SIZE
+
+
+def build_toy_tokenizer() -> PreTrainedTokenizerFast:
+    """The toy's word-level tokenizer: special tokens + :data:`lvlm_lens.data.VOCABULARY`."""
+    return build_tiny_tokenizer(words=VOCABULARY, chat_template=LLAVA_CHAT_TEMPLATE)
+
+
+def build_toy_image_processor() -> CLIPImageProcessorPil:
+    """CLIP preprocessing at 48 px (resize shortest edge, center crop, CLIP mean / std)."""
+    square = {"height": TOY_IMAGE_SIZE, "width": TOY_IMAGE_SIZE}
+    return CLIPImageProcessorPil(
+        size={"shortest_edge": TOY_IMAGE_SIZE}, crop_size=square, do_center_crop=True
+    )
+
+
+def build_toy_processor() -> LlavaProcessor:
+    """The toy's ``LlavaProcessor`` (tokenizer, image processor, chat template)."""
+    return LlavaProcessor(
+        image_processor=build_toy_image_processor(),
+        tokenizer=build_toy_tokenizer(),
+        patch_size=TOY_PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+
+
+def toy_config(tokenizer: Any | None = None, **text_overrides: Any) -> LlavaConfig:
+    """The toy architecture.
+
+    Vision: CLIP, 48-px images, 8-px patches (36 image tokens + CLS, CLS dropped by the
+    ``"default"`` feature strategy), 3 layers, width 96, 4 heads; features of the last layer
+    (``vision_feature_layer=-1``: with only three layers the penultimate one would leave the
+    last layer untrained). Projector: 96 -> 128 -> 128 with GELU. Language: Llama, 4 layers,
+    d_model 128, 8 heads of 16 (no grouped-query attention), MLP 256, untied unembedding.
+    """
+    tokenizer = tokenizer or build_toy_tokenizer()
+    vision = CLIPVisionConfig(
+        hidden_size=96,
+        intermediate_size=192,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        image_size=TOY_IMAGE_SIZE,
+        patch_size=TOY_PATCH_SIZE,
+        projection_dim=96,
+        attention_dropout=0.0,
+    )
+    text_kwargs: dict[str, Any] = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        head_dim=16,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-5,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    text_kwargs.update(text_overrides)
+    return LlavaConfig(
+        vision_config=vision,
+        text_config=LlamaConfig(**text_kwargs),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        projector_hidden_act="gelu",
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+        image_seq_length=TOY_GRID * TOY_GRID,
+        tie_word_embeddings=False,
+    )
+
+
+def toy_checkpoint_path() -> Path:
+    """The folder of the shipped toy checkpoint (inside the installed package)."""
+    return Path(str(files("lvlm_lens.toy").joinpath("checkpoint")))
+
+
+def load_toy(
+    device: str | torch.device | None = None, dtype: torch.dtype | str | None = None
+) -> Any:
+    """The shipped toy checkpoint as a :class:`~lvlm_lens.HookedLVLM`.
+
+    Args:
+        device: Where to put it (default: CUDA if available, else CPU).
+        dtype: ``float32`` (default), ``bfloat16`` or ``float16`` (not on CPU).
+    """
+    from lvlm_lens.model import HookedLVLM
+
+    path = toy_checkpoint_path()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"no toy checkpoint at {path}: train one with `python -m lvlm_lens.toy.train --out "
+            f"{path}` (or lvlm_lens.toy.train.train_toy)"
+        )
+    return HookedLVLM.from_pretrained(path, device=device, dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate_toy(
+    model: Any,
+    n: int = 500,
+    seed: int = 12345,
+    *,
+    batch_size: int = 100,
+    prompt_indices: tuple[int, ...] | None = None,
+) -> dict[str, Any]:
+    """Held-out accuracy of a toy model on a fresh synthetic set.
+
+    Every example is asked once with its image (:func:`~lvlm_lens.data.image_prompt`) and once
+    with its description in words (:func:`~lvlm_lens.data.text_prompt`); the prompt index
+    cycles through ``prompt_indices`` (default: all). An answer is correct when the argmax of
+    the logits at the final position is the class token.
+
+    Args:
+        model: A :class:`~lvlm_lens.HookedLVLM`.
+        n: Number of examples.
+        seed: Seed of :func:`~lvlm_lens.data.generate_dataset` (keep it apart from training).
+        batch_size: Examples per forward pass.
+        prompt_indices: Which prompt templates to use.
+
+    Returns:
+        ``image_acc``, ``text_acc`` (fractions), ``n`` and ``seed``.
+    """
+    indices = tuple(range(len(IMAGE_QUESTIONS))) if prompt_indices is None else prompt_indices
+    examples = generate_dataset(n, seed, image_size=TOY_IMAGE_SIZE)
+    hits = {"image": 0, "text": 0}
+    for start in range(0, n, batch_size):
+        chunk = examples[start : start + batch_size]
+        which = [indices[(start + k) % len(indices)] for k in range(len(chunk))]
+        answers = [ex.label for ex in chunk]
+        batches = {
+            "image": model.prepare(
+                [ex.image for ex in chunk], [image_prompt(i) for i in which], answers
+            ),
+            "text": model.prepare(
+                None, [text_prompt(ex, i) for ex, i in zip(chunk, which, strict=True)], answers
+            ),
+        }
+        for kind, inp in batches.items():
+            pred = model(inp)[:, -1].argmax(-1)
+            hits[kind] += int((pred == inp.answer_ids.to(pred.device)).sum())
+    return {"image_acc": hits["image"] / n, "text_acc": hits["text"] / n, "n": n, "seed": seed}
