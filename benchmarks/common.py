@@ -1,0 +1,200 @@
+"""Shared pieces of the benchmark scripts.
+
+- :func:`time_interleaved` times several callables side by side: warm-up rounds, then
+  ``repeats`` rounds that call every function once (the order rotates each round so that no
+  function always runs right after the same other one), and returns each function's median.
+  Timing them interleaved in one process means drift of the machine (thermal state, other
+  load) hits all of them alike. :func:`paired_ratio` goes one step further: the median over
+  rounds of the ratio of two functions *within* a round, which survives a burst of machine
+  slowness that hits a few rounds (shared cloud VMs have such bursts).
+- :func:`build_random_llava` builds a random ``LlavaForConditionalGeneration`` (CLIP vision
+  tower + Llama decoder) in memory, with eager attention and the word-level tokenizer and
+  CLIP image processor of :mod:`lvlm_lens.tiny`.
+- :func:`llava15_prompt` and :func:`random_images` make LLaVA-1.5-shaped inputs for it.
+- :func:`machine_info` describes where a benchmark ran; :class:`OtherLoad` measures how much
+  CPU other processes took meanwhile (on a shared machine that is what makes timings noisy).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import transformers
+from PIL import Image
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers.models.clip import CLIPImageProcessorPil
+
+from lvlm_lens.tiny import build_tiny_tokenizer
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]],
+    repeats: int,
+    warmup: int = 1,
+    samples: dict[str, list[float]] | None = None,
+) -> dict[str, float]:
+    """Median wall-clock seconds of each function, timed in interleaved rounds.
+
+    Args:
+        fns: Name -> zero-argument callable. Return values are dropped before the next call,
+            and ``gc.collect()`` runs (untimed) before each call.
+        repeats: Timed rounds; each round calls every function once.
+        warmup: Untimed rounds run first.
+        samples: If given, filled with name -> the seconds of each timed round, in round order.
+
+    Returns:
+        Name -> median seconds, in the order of ``fns``.
+    """
+    names = list(fns)
+    samples = {} if samples is None else samples
+    samples.update({name: [] for name in names})
+    for round_ in range(warmup + repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            gc.collect()
+            start = time.perf_counter()
+            out = fns[name]()
+            elapsed = time.perf_counter() - start
+            del out
+            if round_ >= warmup:
+                samples[name].append(elapsed)
+    return {name: statistics.median(samples[name]) for name in names}
+
+
+def paired_ratio(samples: dict[str, list[float]], name: str, base: str) -> float:
+    """Median over rounds of ``samples[name][r] / samples[base][r]``."""
+    return statistics.median(a / b for a, b in zip(samples[name], samples[base], strict=True))
+
+
+def build_random_llava(
+    *,
+    n_layers: int = 8,
+    d_model: int = 1024,
+    n_heads: int = 16,
+    d_mlp: int = 2816,
+    vocab_size: int | None = None,
+    vision_layers: int = 2,
+    vision_d_model: int = 256,
+    image_size: int = 336,
+    patch_size: int = 14,
+    seed: int = 0,
+) -> tuple[LlavaForConditionalGeneration, Any, CLIPImageProcessorPil]:
+    """A random LLaVA-1.5-shaped model (fp32, eval, eager attention) with its tokenizer and
+    image processor.
+
+    The vision tower is a CLIP ViT of ``vision_layers`` x ``vision_d_model`` giving
+    ``(image_size / patch_size)^2`` image tokens (576 by default, as LLaVA-1.5); the decoder is
+    a Llama. ``vocab_size`` defaults to the tokenizer's; a larger one (LLaVA-1.5: 32064) only
+    widens the unembedding, as the ids past the tokenizer's are never used.
+    """
+    tokenizer = build_tiny_tokenizer()
+    vision = CLIPVisionConfig(
+        hidden_size=vision_d_model,
+        intermediate_size=4 * vision_d_model,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=max(1, vision_d_model // 64),
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=vision_d_model,
+    )
+    text = LlamaConfig(
+        vocab_size=max(vocab_size or 0, len(tokenizer)),
+        hidden_size=d_model,
+        intermediate_size=d_mlp,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_heads,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        projector_hidden_act="gelu",
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        image_seq_length=(image_size // patch_size) ** 2,
+    )
+    config._attn_implementation = "eager"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(config)
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    return model.eval(), tokenizer, image_processor
+
+
+def llava15_prompt() -> str:
+    """A raw LLaVA-1.5-style prompt: 5 tokens before ``<image>`` and 26 after (tiny tokenizer)."""
+    return (
+        "Please answer USER: <image>\nDescribe the main object in this image with a single "
+        "short sentence. What color is it? Answer with one word. ASSISTANT:"
+    )
+
+
+def random_images(n: int, size: int = 336, seed: int = 0) -> list[Image.Image]:
+    """``n`` random-noise RGB images of ``size`` x ``size``."""
+    rng = np.random.default_rng(seed)
+    return [
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(n)
+    ]
+
+
+def machine_info() -> str:
+    """One line: CPU model, cores, torch / transformers versions and torch threads."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (
+        f"{cpu} ({platform.machine()}), {os.cpu_count()} cores, {platform.system()}; "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads, "
+        f"{torch.backends.cpu.get_cpu_capability()}), transformers {transformers.__version__}"
+    )
+
+
+class OtherLoad:
+    """Context manager: the share of all CPUs that *other* processes used while it was open.
+
+    Reads the machine-wide busy time from ``/proc/stat`` (Linux) and subtracts this process's
+    own CPU time (VM steal time counts as others'); ``share`` is ``None`` without ``/proc/stat``.
+    """
+
+    share: float | None = None
+
+    @staticmethod
+    def _busy_seconds() -> float:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+        return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+    def _now(self) -> tuple[float, float, float]:
+        return self._busy_seconds(), sum(os.times()[:2]), time.perf_counter()
+
+    def __enter__(self) -> OtherLoad:
+        try:
+            self._start = self._now()
+        except OSError:
+            self._start = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._start is not None:
+            busy, own, wall = (b - a for a, b in zip(self._start, self._now(), strict=True))
+            self.share = max(0.0, busy - own) / (wall * (os.cpu_count() or 1))

@@ -1,0 +1,130 @@
+"""Forward-pass speed of HookedLVLM against the HF eager model it wraps.
+
+Builds one random LLaVA-1.5-shaped model in memory (a small CLIP tower giving 576 image
+tokens, a Llama decoder of ``--layers`` x ``--d-model``; fp32, eval, eager attention) and a
+batch of ``--batch`` prompts of 5 text tokens + 576 image tokens + 26 text tokens. Under
+``torch.no_grad()`` and torch's default thread count it times, interleaved in one process
+(see :func:`benchmarks.common.time_interleaved`: warm-up rounds, then ``--repeats`` rounds,
+medians):
+
+- ``hf``: ``hf_model(input_ids, pixel_values, attention_mask, position_ids, use_cache=False)``
+- ``forward``: ``model(inp)``
+- ``run_with_cache``: ``model.run_with_cache(inp)`` (every hook cached)
+- ``hf_embeds`` / ``forward_embeds``: the same with the projected image features computed
+  beforehand: HF on ``inputs_embeds`` (token embedding + splice timed), ours on
+  ``inp.with_image_embeds(...)``. This isolates the language side, the part we re-implement.
+
+It prints the medians, the ratios to HF against their targets, and the max |logit
+difference| between HF and ours. The vocabulary is the tiny tokenizer's (~170 words), so the
+unembedding is as negligible as LLaVA-1.5-7B's (2% of its FLOPs) and does not dilute ratios.
+
+Run: ``python benchmarks/forward.py`` (about a minute on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (  # noqa: E402
+    OtherLoad,
+    build_random_llava,
+    llava15_prompt,
+    machine_info,
+    paired_ratio,
+    random_images,
+    time_interleaved,
+)
+from lvlm_lens import HookedLVLM  # noqa: E402
+
+#: Target ratio to ``hf`` of each timed call.
+TARGETS = {"forward": 1.05, "run_with_cache": 1.3, "forward_embeds": 1.05}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--d-model", type=int, default=1024)
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--d-mlp", type=int, default=None, help="default: 2.75 x d_model")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=1)
+    args = parser.parse_args()
+    d_mlp = args.d_mlp or int(2.75 * args.d_model)
+
+    torch.manual_seed(0)
+    hf, tokenizer, image_processor = build_random_llava(
+        n_layers=args.layers, d_model=args.d_model, n_heads=args.heads, d_mlp=d_mlp
+    )
+    model = HookedLVLM.from_hf(hf, tokenizer=tokenizer, image_processor=image_processor)
+    inp = model.prepare(random_images(args.batch), [llava15_prompt()] * args.batch)
+    position_ids = (inp.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    hf_kwargs = dict(attention_mask=inp.attention_mask, position_ids=position_ids, use_cache=False)
+    is_image = (inp.input_ids == model.cfg.image_token_id)[..., None]
+
+    with torch.no_grad():
+        image_embeds = model.image_embeddings(inp)
+        inp_embeds = inp.with_image_embeds(image_embeds)
+        flat_embeds = torch.cat(image_embeds)
+
+        def hf_embeds() -> torch.Tensor:
+            x = hf.get_input_embeddings()(inp.input_ids).masked_scatter(is_image, flat_embeds)
+            return hf(inputs_embeds=x, **hf_kwargs).logits
+
+        fns = {
+            "hf": lambda: (
+                hf(input_ids=inp.input_ids, pixel_values=inp.pixel_values, **hf_kwargs).logits
+            ),
+            "forward": lambda: model(inp),
+            "run_with_cache": lambda: model.run_with_cache(inp),
+            "hf_embeds": hf_embeds,
+            "forward_embeds": lambda: model(inp_embeds),
+        }
+        ref = fns["hf"]()
+        diffs = {
+            "forward": (fns["forward"]() - ref).abs().max().item(),
+            "run_with_cache": (fns["run_with_cache"]()[0] - ref).abs().max().item(),
+            "forward_embeds": (fns["forward_embeds"]() - hf_embeds()).abs().max().item(),
+        }
+        samples: dict[str, list[float]] = {}
+        with OtherLoad() as load:
+            medians = time_interleaved(fns, args.repeats, warmup=2, samples=samples)
+
+    print(machine_info())
+    print(
+        f"model: {args.layers} layers, d_model {args.d_model}, {args.heads} heads, d_mlp {d_mlp}, "
+        f"vocab {model.cfg.d_vocab}; CLIP 2 x 256, 576 image tokens; fp32"
+    )
+    print(
+        f"input: batch {args.batch} x {inp.input_ids.shape[1]} tokens; {args.repeats} "
+        f"interleaved repeats (+2 warm-up); max |logit| {ref.abs().max().item():.2f}\n"
+    )
+    print("| call           | median s |  min s | vs HF  | target          | max abs dlogit |")
+    print("|----------------|----------|--------|--------|-----------------|----------------|")
+    for name, sec in medians.items():
+        ratio = target = diff = ""
+        if not name.startswith("hf"):
+            r = paired_ratio(samples, name, "hf_embeds" if name.endswith("_embeds") else "hf")
+            ok = "ok" if r <= TARGETS[name] else "OVER"
+            ratio, target = f"{r:.3f}x", f"<= {TARGETS[name]:.2f}x {ok}"
+            diff = f"{diffs[name]:.1e}"
+        print(
+            f"| {name:<14} | {sec:8.3f} | {min(samples[name]):6.3f} | {ratio:>6} | {target:<15} "
+            f"| {diff:>14} |"
+        )
+    spread = max(samples["hf"]) / min(samples["hf"])
+    others = "n/a" if load.share is None else f"{load.share:.0%}"
+    print(
+        f"\nvs HF: median over rounds of the within-round ratio. Noise: slowest/fastest hf "
+        f"{spread:.2f}; other processes used {others} of the CPUs while timing"
+        + (" (noisy: rerun on a quiet machine)" if spread > 1.5 else "")
+    )
+
+
+if __name__ == "__main__":
+    main()
