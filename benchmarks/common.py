@@ -1,25 +1,31 @@
 """Shared pieces of the benchmark scripts.
 
 - :func:`time_interleaved` times several callables side by side: warm-up rounds, then
-  ``repeats`` rounds that call every function once (the order rotates each round so that no
-  function always runs right after the same other one), and returns each function's median.
+  ``repeats`` rounds that call every function once, and returns each function's median.
   Timing them interleaved in one process means drift of the machine (thermal state, other
-  load) hits all of them alike. :func:`paired_ratio` goes one step further: the median over
-  rounds of the ratio of two functions *within* a round, which survives a burst of machine
-  slowness that hits a few rounds (shared cloud VMs have such bursts).
+  load) hits all of them alike. The order rotates each round, or with ``shuffle=True`` is drawn
+  afresh each round (seeded). Rotation keeps the cyclic order, so each function always follows
+  the same other one; shuffle when a call leaves the allocator or the caches in a state that
+  the next call pays for (``run_with_cache`` freeing ~800 MB does).
+- :func:`paired_ratio`: the median over rounds of the ratio of two functions *within* a round,
+  which survives a burst of machine slowness that hits a few rounds (shared cloud VMs have such
+  bursts) better than the ratio of the medians.
 - :func:`build_random_llava` builds a random ``LlavaForConditionalGeneration`` (CLIP vision
   tower + Llama decoder) in memory, with eager attention and the word-level tokenizer and
   CLIP image processor of :mod:`lvlm_lens.tiny`.
 - :func:`llava15_prompt` and :func:`random_images` make LLaVA-1.5-shaped inputs for it.
+- :func:`keep_freed_memory` stops glibc from handing freed memory back to the kernel.
 - :func:`machine_info` describes where a benchmark ran; :class:`OtherLoad` measures how much
   CPU other processes took meanwhile (on a shared machine that is what makes timings noisy).
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -40,6 +46,7 @@ def time_interleaved(
     repeats: int,
     warmup: int = 1,
     samples: dict[str, list[float]] | None = None,
+    shuffle: bool = False,
 ) -> dict[str, float]:
     """Median wall-clock seconds of each function, timed in interleaved rounds.
 
@@ -49,6 +56,7 @@ def time_interleaved(
         repeats: Timed rounds; each round calls every function once.
         warmup: Untimed rounds run first.
         samples: If given, filled with name -> the seconds of each timed round, in round order.
+        shuffle: Call the functions in a random order each round instead of rotating it.
 
     Returns:
         Name -> median seconds, in the order of ``fns``.
@@ -56,9 +64,11 @@ def time_interleaved(
     names = list(fns)
     samples = {} if samples is None else samples
     samples.update({name: [] for name in names})
+    rng = random.Random(0)
     for round_ in range(warmup + repeats):
         shift = round_ % len(names)
-        for name in names[shift:] + names[:shift]:
+        order = rng.sample(names, len(names)) if shuffle else names[shift:] + names[:shift]
+        for name in order:
             gc.collect()
             start = time.perf_counter()
             out = fns[name]()
@@ -152,6 +162,23 @@ def random_images(n: int, size: int = 336, seed: int = 0) -> list[Image.Image]:
     return [
         Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(n)
     ]
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc serve every allocation from its heap and keep freed memory for reuse.
+
+    By default glibc maps large allocations afresh (``mmap``) and gives freed memory back to
+    the kernel, so each large temporary is page-faulted and zeroed again on its next use: a cost
+    that grows with how much a call keeps alive (``run_with_cache``). The same as setting
+    ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` or preloading jemalloc. Returns
+    whether it took effect (``False`` off glibc).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False
 
 
 def machine_info() -> str:

@@ -4,8 +4,8 @@ Builds one random LLaVA-1.5-shaped model in memory (a small CLIP tower giving 57
 tokens, a Llama decoder of ``--layers`` x ``--d-model``; fp32, eval, eager attention) and a
 batch of ``--batch`` prompts of 5 text tokens + 576 image tokens + 26 text tokens. Under
 ``torch.no_grad()`` and torch's default thread count it times, interleaved in one process
-(see :func:`benchmarks.common.time_interleaved`: warm-up rounds, then ``--repeats`` rounds,
-medians):
+(see :func:`benchmarks.common.time_interleaved`: 2 warm-up rounds, then ``--repeats`` rounds
+in a random order each, medians):
 
 - ``hf``: ``hf_model(input_ids, pixel_values, attention_mask, position_ids, use_cache=False)``
 - ``forward``: ``model(inp)``
@@ -15,10 +15,14 @@ medians):
   ``inp.with_image_embeds(...)``. This isolates the language side, the part we re-implement.
 
 It prints the medians, the ratios to HF against their targets, and the max |logit
-difference| between HF and ours. The vocabulary is the tiny tokenizer's (~170 words), so the
+difference| between HF and ours. The vocabulary is the tiny tokenizer's (157 tokens), so the
 unembedding is as negligible as LLaVA-1.5-7B's (2% of its FLOPs) and does not dilute ratios.
 
-Run: ``python benchmarks/forward.py`` (about a minute on 2 CPU cores).
+``--keep-freed-memory`` makes glibc keep freed memory instead of returning it to the kernel;
+the difference it makes is the cost of page-faulting memory in again (mostly the ~800 MB that
+``run_with_cache`` keeps alive). Results and their reading: ``docs/benchmarks.md``.
+
+Run: ``python benchmarks/forward.py`` (under 1.5 minutes on 2 idle CPU cores).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import (  # noqa: E402
     OtherLoad,
     build_random_llava,
+    keep_freed_memory,
     llava15_prompt,
     machine_info,
     paired_ratio,
@@ -54,7 +59,15 @@ def main() -> None:
     parser.add_argument("--d-mlp", type=int, default=None, help="default: 2.75 x d_model")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="glibc: keep freed memory for reuse instead of page-faulting it in again",
+    )
     args = parser.parse_args()
+    malloc = "glibc default"
+    if args.keep_freed_memory:
+        malloc = "glibc keeping freed memory" if keep_freed_memory() else "mallopt failed"
     d_mlp = args.d_mlp or int(2.75 * args.d_model)
 
     torch.manual_seed(0)
@@ -93,12 +106,12 @@ def main() -> None:
         }
         samples: dict[str, list[float]] = {}
         with OtherLoad() as load:
-            medians = time_interleaved(fns, args.repeats, warmup=2, samples=samples)
+            medians = time_interleaved(fns, args.repeats, warmup=2, samples=samples, shuffle=True)
 
     print(machine_info())
     print(
         f"model: {args.layers} layers, d_model {args.d_model}, {args.heads} heads, d_mlp {d_mlp}, "
-        f"vocab {model.cfg.d_vocab}; CLIP 2 x 256, 576 image tokens; fp32"
+        f"vocab {model.cfg.d_vocab}; CLIP 2 x 256, 576 image tokens; fp32; malloc: {malloc}"
     )
     print(
         f"input: batch {args.batch} x {inp.input_ids.shape[1]} tokens; {args.repeats} "
