@@ -39,7 +39,6 @@ up to 7 with two threads while other jobs hold the cores). Results: ``docs/bench
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import statistics
 import sys
@@ -56,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import (  # noqa: E402
     OtherLoad,
     build_random_llava,
+    keep_freed_memory,
     llava15_prompt,
     machine_info,
     paired_ratio,
@@ -153,22 +153,6 @@ def flops_per_layer(first: int, last: int, d: int, d_mlp: int) -> float:
     n = last - first
     keys = (first + 1 + last) * n / 2  # sum of (position + 1)
     return 2 * n * (4 * d * d + 3 * d * d_mlp) + 4 * d * keys
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc to serve every allocation from its heap and keep freed memory for reuse.
-
-    By default glibc maps each allocation over 32 MB afresh (``mmap``) and unmaps it on free,
-    so every large temporary is page-faulted and zeroed by the kernel again. Same effect as
-    ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` in the environment, or jemalloc.
-    Returns whether it worked (``False`` off glibc).
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_max = -1, -4
-        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
-    except (OSError, AttributeError):
-        return False
 
 
 def verdict(ok: bool) -> str:
