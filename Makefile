@@ -14,12 +14,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e ".[dev]"
 	touch $(STAMP)
 
+# The layering contract (pyproject.toml [tool.importlinter]) is part of the test command.
 test: venv
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q tests
 
 # The main job (lvlm-lens attribute) on a generated synthetic set; prints the report's path.
 demo: venv
-	$(PY) -m lvlm_lens.demo
+	$(PY) -m lvlm_lens.run.demo
 
 lint: venv
 	$(VENV)/bin/ruff check lvlm_lens tests

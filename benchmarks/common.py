@@ -12,7 +12,7 @@
   bursts) better than the ratio of the medians.
 - :func:`build_random_llava` builds a random ``LlavaForConditionalGeneration`` (CLIP vision
   tower + Llama decoder) in memory, with eager attention and the word-level tokenizer and
-  CLIP image processor of :mod:`lvlm_lens.tiny`.
+  CLIP image processor of :mod:`lvlm_lens.testing.tiny`.
 - :func:`llava15_prompt` and :func:`random_images` make LLaVA-1.5-shaped inputs for it.
 - :func:`keep_freed_memory` stops glibc from handing freed memory back to the kernel.
 - :func:`machine_info` describes where a benchmark ran; :class:`OtherLoad` measures how much
@@ -35,10 +35,11 @@ import numpy as np
 import torch
 import transformers
 from PIL import Image
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import LlavaForConditionalGeneration
 from transformers.models.clip import CLIPImageProcessorPil
 
-from lvlm_lens.tiny import build_tiny_tokenizer
+from lvlm_lens.testing.llava_config import clip_llama_config
+from lvlm_lens.testing.tiny import build_tiny_tokenizer
 
 
 def time_interleaved(
@@ -106,37 +107,22 @@ def build_random_llava(
     widens the unembedding, as the ids past the tokenizer's are never used.
     """
     tokenizer = build_tiny_tokenizer()
-    vision = CLIPVisionConfig(
-        hidden_size=vision_d_model,
-        intermediate_size=4 * vision_d_model,
-        num_hidden_layers=vision_layers,
-        num_attention_heads=max(1, vision_d_model // 64),
+    config = clip_llama_config(
+        tokenizer,
         image_size=image_size,
         patch_size=patch_size,
-        projection_dim=vision_d_model,
-    )
-    text = LlamaConfig(
+        vision_d_model=vision_d_model,
+        vision_d_mlp=4 * vision_d_model,
+        vision_layers=vision_layers,
+        vision_heads=max(1, vision_d_model // 64),
+        vision_feature_layer=-2,
         vocab_size=max(vocab_size or 0, len(tokenizer)),
         hidden_size=d_model,
         intermediate_size=d_mlp,
         num_hidden_layers=n_layers,
         num_attention_heads=n_heads,
-        num_key_value_heads=n_heads,
         max_position_embeddings=4096,
         rms_norm_eps=1e-5,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-    )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        projector_hidden_act="gelu",
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
-        image_seq_length=(image_size // patch_size) ** 2,
     )
     config._attn_implementation = "eager"
     with torch.random.fork_rng(devices=[]):

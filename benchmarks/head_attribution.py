@@ -63,10 +63,10 @@ from benchmarks.common import (  # noqa: E402
     time_interleaved,
 )
 from lvlm_lens import HookedLVLM  # noqa: E402
-from lvlm_lens.ablation import HeadAblation, compute_baseline  # noqa: E402
-from lvlm_lens.engine import AblationEngine, run_reference  # noqa: E402
-from lvlm_lens.kv_cache import KVCache  # noqa: E402
-from lvlm_lens.regression import sample_masks  # noqa: E402
+from lvlm_lens.attribution.regression import sample_masks  # noqa: E402
+from lvlm_lens.interventions.ablation import HeadAblation, compute_baseline  # noqa: E402
+from lvlm_lens.interventions.engine import AblationEngine, run_reference  # noqa: E402
+from lvlm_lens.model.kv_cache import KVCache  # noqa: E402
 
 TARGET_SPEEDUP = 15.0  # reference s/mask over engine s/mask, at least
 TARGET_VS_PLAIN = 1.2  # engine s/mask over plain cached-suffix s/mask, at most

@@ -1,9 +1,57 @@
-"""lvlm_lens: TransformerLens-style interpretability for LLaVA-family vision-language models."""
+"""lvlm_lens: TransformerLens-style interpretability for vision-language models.
 
-from lvlm_lens.config import LVLMConfig
-from lvlm_lens.inputs import LVLMInput
-from lvlm_lens.kv_cache import KVCache
-from lvlm_lens.model import HookedLVLM
+Layers, each importing only those below it (checked by import-linter): ``model`` (the hooked
+LVLM and its inputs) <- ``interventions`` <- ``attribution`` <- ``viz`` <- ``analysis`` <-
+``toy`` <- ``run``; ``data``, ``testing`` and ``files`` sit beside them at the bottom.
+The names below are the public API; import them from here.
+"""
 
-__all__ = ["HookedLVLM", "KVCache", "LVLMConfig", "LVLMInput"]
+from lvlm_lens.attribution import (
+    AttributionConfig,
+    AttributionResult,
+    compare_rankings,
+    head_attribution,
+)
+from lvlm_lens.data import Record, load_folder, load_hf_dataset, synthetic_records
+from lvlm_lens.interventions import (
+    AblationEngine,
+    BaselineKV,
+    HeadAblation,
+    ablate_heads,
+    ablate_image_tokens,
+    compute_baseline,
+    get_metric,
+    knockout,
+    knockout_effect,
+    window_layers,
+)
+from lvlm_lens.model import HookedLVLM, KVCache, LVLMConfig, LVLMInput
+from lvlm_lens.toy import load_toy, toy_checkpoint_path
+
+__all__ = [
+    "AblationEngine",
+    "AttributionConfig",
+    "AttributionResult",
+    "BaselineKV",
+    "HeadAblation",
+    "HookedLVLM",
+    "KVCache",
+    "LVLMConfig",
+    "LVLMInput",
+    "Record",
+    "ablate_heads",
+    "ablate_image_tokens",
+    "compare_rankings",
+    "compute_baseline",
+    "get_metric",
+    "head_attribution",
+    "knockout",
+    "knockout_effect",
+    "load_folder",
+    "load_hf_dataset",
+    "load_toy",
+    "synthetic_records",
+    "toy_checkpoint_path",
+    "window_layers",
+]
 __version__ = "0.1.0"

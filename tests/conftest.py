@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from lvlm_lens.tiny import build_tiny_checkpoint
+from lvlm_lens.testing.tiny import build_tiny_checkpoint
 
 # Tiny models gain nothing from a second thread, and a busy core slows every op a lot.
 torch.set_num_threads(1)

@@ -16,8 +16,6 @@ from typing import Any
 
 import torch
 from transformers import (
-    CLIPVisionConfig,
-    LlamaConfig,
     LlavaConfig,
     LlavaProcessor,
     PreTrainedTokenizerFast,
@@ -25,7 +23,8 @@ from transformers import (
 from transformers.models.clip import CLIPImageProcessorPil
 
 from lvlm_lens.data import IMAGE_QUESTIONS, VOCABULARY, generate_dataset, image_prompt, text_prompt
-from lvlm_lens.tiny import LLAVA_CHAT_TEMPLATE, build_tiny_tokenizer
+from lvlm_lens.testing.llava_config import clip_llama_config
+from lvlm_lens.testing.tiny import LLAVA_CHAT_TEMPLATE, build_tiny_tokenizer
 
 #: Image side in pixels and vision patch size: a 6x6 grid of 36 image tokens.
 TOY_IMAGE_SIZE = 48
@@ -67,42 +66,25 @@ def toy_config(tokenizer: Any | None = None, **text_overrides: Any) -> LlavaConf
     last layer untrained). Projector: 96 -> 128 -> 128 with GELU. Language: Llama, 4 layers,
     d_model 128, 8 heads of 16 (no grouped-query attention), MLP 256, untied unembedding.
     """
-    tokenizer = tokenizer or build_toy_tokenizer()
-    vision = CLIPVisionConfig(
-        hidden_size=96,
-        intermediate_size=192,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        image_size=TOY_IMAGE_SIZE,
-        patch_size=TOY_PATCH_SIZE,
-        projection_dim=96,
-        attention_dropout=0.0,
-    )
-    text_kwargs: dict[str, Any] = dict(
-        vocab_size=len(tokenizer),
+    text = dict(
         hidden_size=128,
         intermediate_size=256,
         num_hidden_layers=4,
         num_attention_heads=8,
-        num_key_value_heads=8,
         head_dim=16,
         max_position_embeddings=256,
         rms_norm_eps=1e-5,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
     )
-    text_kwargs.update(text_overrides)
-    return LlavaConfig(
-        vision_config=vision,
-        text_config=LlamaConfig(**text_kwargs),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        projector_hidden_act="gelu",
-        vision_feature_select_strategy="default",
+    return clip_llama_config(
+        tokenizer or build_toy_tokenizer(),
+        image_size=TOY_IMAGE_SIZE,
+        patch_size=TOY_PATCH_SIZE,
+        vision_d_model=96,
+        vision_d_mlp=192,
+        vision_layers=3,
+        vision_heads=4,
         vision_feature_layer=-1,
-        image_seq_length=TOY_GRID * TOY_GRID,
-        tie_word_embeddings=False,
+        **(text | text_overrides),
     )
 
 
@@ -120,7 +102,7 @@ def load_toy(
         device: Where to put it (default: CUDA if available, else CPU).
         dtype: ``float32`` (default), ``bfloat16`` or ``float16`` (not on CPU).
     """
-    from lvlm_lens.model import HookedLVLM
+    from lvlm_lens.model.hooked_lvlm import HookedLVLM
 
     path = toy_checkpoint_path()
     if not (path / "config.json").is_file():

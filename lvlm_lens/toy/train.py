@@ -25,7 +25,8 @@ import torch.nn.functional as F
 import transformers
 from transformers import LlavaForConditionalGeneration
 
-from lvlm_lens.data import CLASSES, IMAGE_QUESTIONS, TEXT_QUESTIONS, _generate
+from lvlm_lens.data import CLASSES, IMAGE_QUESTIONS, TEXT_QUESTIONS
+from lvlm_lens.data.synthetic import _generate
 from lvlm_lens.toy import (
     TOY_GRID,
     TOY_IMAGE_SIZE,
@@ -304,7 +305,7 @@ def _train(
         "history": history,
     }
     if eval_n:
-        from lvlm_lens.model import HookedLVLM
+        from lvlm_lens.model.hooked_lvlm import HookedLVLM
 
         hooked = HookedLVLM.from_pretrained(out_dir, device="cpu")
         summary["eval"] = evaluate_toy(hooked, eval_n, eval_seed)
@@ -321,23 +322,26 @@ def _train(
     return summary
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(
-        prog="python -m lvlm_lens.toy.train", description="Train the toy LVLM from scratch."
-    )
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Training flags shared by ``python -m lvlm_lens.toy.train`` and ``lvlm-lens toy train``."""
     parser.add_argument("--out", required=True, help="output checkpoint folder")
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--text-fraction", type=float, default=0.25)
+    parser.add_argument("--steps", type=int, default=1500, help="training steps")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the data")
+    parser.add_argument("--batch-size", type=int, default=64, help="examples per step")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak one-cycle learning rate")
+    parser.add_argument(
+        "--text-fraction", type=float, default=0.25, help="share of text-only prompts per batch"
+    )
     parser.add_argument("--eval-n", type=int, default=500, help="held-out examples (0: skip)")
-    parser.add_argument("--eval-seed", type=int, default=999)
-    parser.add_argument("--log-every", type=int, default=100)
+    parser.add_argument("--eval-seed", type=int, default=999, help="seed of the held-out set")
+    parser.add_argument("--log-every", type=int, default=100, help="steps between log lines")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads while training (0: leave as is)"
     )
-    args = parser.parse_args(argv)
+
+
+def train_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Run :func:`train_toy` with the flags of :func:`add_train_arguments`."""
     return train_toy(
         args.out,
         seed=args.seed,
@@ -350,6 +354,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log_every=args.log_every,
         num_threads=args.threads,
     )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Entry point of ``python -m lvlm_lens.toy.train``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m lvlm_lens.toy.train", description="Train the toy LVLM from scratch."
+    )
+    add_train_arguments(parser)
+    return train_from_args(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

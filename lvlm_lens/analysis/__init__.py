@@ -1,0 +1,6 @@
+"""Analyses built on interventions and attribution (token-level flow, semantics vs appearance,
+text-only vs image circuits, circuit discovery).
+
+May import :mod:`lvlm_lens.viz`, :mod:`lvlm_lens.attribution`, :mod:`lvlm_lens.interventions`
+and :mod:`lvlm_lens.model`; never :mod:`lvlm_lens.run`.
+"""

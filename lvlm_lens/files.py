@@ -1,0 +1,53 @@
+"""Writing result files atomically: the one way every file of a run or a result is written.
+
+The lowest layer: imports nothing from lvlm_lens. A file written here either exists complete or
+not at all, even when the process is killed mid-write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
+    """Call ``write`` on a temporary sibling of ``path``, then move it onto ``path``.
+
+    Args:
+        path: The destination file (its folder must exist).
+        write: Writes the whole file to the path it is given.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save(
+    tensors: dict[str, torch.Tensor],
+    path: str | os.PathLike,
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Write tensors (moved to CPU, made contiguous) as one safetensors file, atomically."""
+    cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(path, lambda p: save_file(cpu, str(p), metadata))
+
+
+def atomic_json(obj: Any, path: str | os.PathLike) -> None:
+    """Write ``obj`` as indented JSON (unknown types via ``str``), atomically."""
+    text = json.dumps(obj, indent=2, default=str)
+    atomic_write(path, lambda p: p.write_text(text))

@@ -1,0 +1,231 @@
+"""Head ablation: a head's keys/values at source positions replaced by a baseline.
+
+Following Kim et al. (2025, Fig. 1A), ablating query head ``(layer, head)`` makes the
+queries in scope read *baseline* keys and values at the source positions (default: the
+image tokens) instead of the clean ones. Under grouped-query attention the ablation is per
+query head. Here: the options, the baseline keys/values, and the reference implementation as
+TransformerLens hooks (one full forward per mask). The fast engine is :mod:`~.engine`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Bool, Float
+from PIL import Image
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from lvlm_lens.model.inputs import LVLMInput
+
+BASELINES = ("mean", "image", "blank", "zero")
+SCOPES = ("text", "all")
+
+
+@dataclass
+class HeadAblation:
+    """Options of head ablation.
+
+    Attributes:
+        baseline: ``"mean"`` (per-position mean of the head's K/V over ``reference_images``),
+            ``"image"`` (K/V computed from ``baseline_image``), ``"blank"`` (a constant gray
+            image of the same size) or ``"zero"``.
+        scope: ``"text"`` (only queries after the last source position read the baseline; the
+            prefix up to it is then identical under every mask) or ``"all"`` (every query).
+        source: Token group whose keys/values are replaced (``"image"``, or e.g. ``"question"``
+            to study text-only circuits).
+        blank_value: Gray level of the ``"blank"`` image.
+    """
+
+    baseline: Literal["mean", "image", "blank", "zero"] = "mean"
+    scope: Literal["text", "all"] = "text"
+    source: str = "image"
+    blank_value: int = 128
+
+    def __post_init__(self) -> None:
+        if self.baseline not in BASELINES:
+            raise ValueError(f"unknown baseline {self.baseline!r}; use one of {BASELINES}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"unknown scope {self.scope!r}; use one of {SCOPES}")
+
+
+@dataclass
+class BaselineKV:
+    """Baseline post-RoPE keys and values per layer, aligned with an input's columns.
+
+    Attributes:
+        keys: Per layer ``[batch, kv_head, pos, d_head]``; only ``source`` columns are read.
+        values: Per layer, likewise.
+        source: Source positions (whose K/V an ablated head replaces).
+    """
+
+    keys: list[Float[Tensor, "batch kv_head pos d_head"]]
+    values: list[Float[Tensor, "batch kv_head pos d_head"]]
+    source: Bool[Tensor, "batch pos"]
+
+
+def source_mask(inp: LVLMInput, source: str | Tensor) -> Bool[Tensor, "batch pos"]:
+    """The source positions of a batch; every example must have at least one."""
+    if isinstance(source, str):
+        if source not in inp.groups:
+            raise ValueError(f"unknown source group {source!r}; known: {sorted(inp.groups)}")
+        source = inp.groups[source]
+    if source.shape != inp.shape or source.dtype != torch.bool:
+        raise ValueError(f"source mask must be bool {tuple(inp.shape)}, got {source.shape}")
+    empty = (~source.any(-1)).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"the source group is empty in example(s) {empty}: nothing to ablate")
+    return source
+
+
+def query_scope(inp: LVLMInput, source: Tensor, scope: str) -> Bool[Tensor, "batch pos"]:
+    """Queries that read the baseline: after the last source position (``text``) or all."""
+    real = inp.attention_mask.bool().to(source.device)
+    if scope == "all":
+        return real
+    cols = torch.arange(source.shape[1], device=source.device)
+    last = (source * cols).max(-1, keepdim=True).values
+    return real & (cols > last)
+
+
+def kv_of(model: Any, inp: LVLMInput) -> tuple[list[Tensor], list[Tensor]]:
+    """Clean post-RoPE keys and values of every layer, ``[batch, kv_head, pos, d_head]``."""
+    names = [f"blocks.{i}.attn.hook_{n}" for i in range(model.cfg.n_layers) for n in ("rot_k", "v")]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(inp, names_filter=names, return_cache_object=False)
+    n = model.cfg.n_layers
+    return ([cache[f"blocks.{i}.attn.hook_rot_k"].transpose(1, 2) for i in range(n)],
+            [cache[f"blocks.{i}.attn.hook_v"].transpose(1, 2) for i in range(n)])
+
+
+def with_images(model: Any, inp: LVLMInput, images: Sequence[Any]) -> LVLMInput:
+    """The same prompts with other images (one per example); token ids must not change."""
+    other = model.prepare(list(images), inp.texts, template="raw")
+    if other.shape != inp.shape or not torch.equal(other.input_ids, inp.input_ids):
+        raise ValueError("the baseline image gives a different image-token layout than the "
+                         "example's image (any-resolution models): use images of the same size")
+    return other
+
+
+def compute_baseline(
+    model: Any,
+    inp: LVLMInput,
+    config: HeadAblation,
+    *,
+    baseline_image: Any = None,
+    reference_images: Sequence[Any] | None = None,
+) -> BaselineKV:
+    """Baseline keys/values for ``inp`` under ``config``.
+
+    Args:
+        model: The :class:`~lvlm_lens.HookedLVLM`.
+        inp: The batch to ablate.
+        config: The ablation options.
+        baseline_image: For ``baseline="image"``: one image for every example, or a list.
+        reference_images: For ``baseline="mean"``: images whose K/V are averaged per position.
+    """
+    source = source_mask(inp, config.source)
+    if config.baseline == "zero":
+        keys, values = kv_of(model, inp)
+        return BaselineKV([torch.zeros_like(k) for k in keys],
+                          [torch.zeros_like(v) for v in values], source)
+    if config.source != "image" and config.baseline != "mean":
+        raise ValueError(f"baseline {config.baseline!r} replaces the image; with source "
+                         f"{config.source!r} use baseline='zero' or 'mean'")
+    n_ex = len(inp)
+    if config.baseline == "image":
+        if baseline_image is None:
+            raise ValueError("baseline='image' needs baseline_image=")
+        batches = [list(baseline_image) if isinstance(baseline_image, list | tuple)
+                   else [baseline_image] * n_ex]
+    elif config.baseline == "blank":
+        sizes = inp.image_sizes.tolist()
+        gray = (config.blank_value,) * 3
+        batches = [[Image.new("RGB", (w, h), gray) for h, w in sizes]]
+    else:
+        if not reference_images:
+            raise ValueError("baseline='mean' needs reference_images= (a list of images)")
+        batches = [[im] * n_ex for im in reference_images]
+    keys = values = None
+    for images in tqdm(batches, desc="baseline K/V", disable=len(batches) < 2):
+        k, v = kv_of(model, with_images(model, inp, images))
+        keys = k if keys is None else [a + b for a, b in zip(keys, k, strict=True)]
+        values = v if values is None else [a + b for a, b in zip(values, v, strict=True)]
+    return BaselineKV([k / len(batches) for k in keys], [v / len(batches) for v in values], source)
+
+
+def check_heads(model: Any, heads: Tensor, batch: int | None = None) -> Tensor:
+    """Validate an ablation mask ``[n_layers, n_heads]`` or ``[batch, n_layers, n_heads]``."""
+    shape = (model.cfg.n_layers, model.cfg.n_heads)
+    if tuple(heads.shape[-2:]) != shape or heads.ndim not in (2, 3):
+        raise ValueError(f"head mask must be [n_layers, n_heads] = {list(shape)} (optionally "
+                         f"with a leading batch dim), got {list(heads.shape)}")
+    if heads.ndim == 3 and batch is not None and heads.shape[0] != batch:
+        raise ValueError(f"head mask has {heads.shape[0]} rows for a batch of {batch}")
+    return heads
+
+
+def head_ablation_hooks(
+    model: Any,
+    inp: LVLMInput,
+    heads: Bool[Tensor, "... n_layers n_heads"] | Float[Tensor, "... n_layers n_heads"],
+    baseline: BaselineKV,
+    scope: str = "text",
+) -> list[tuple[str, Any]]:
+    """Hooks that ablate ``heads`` (``True``/1 = ablated) in a full-sequence run of ``inp``.
+
+    This is the reference implementation. A float ``heads`` interpolates: the selected scores
+    and values move by that fraction towards the baseline, so its gradient at 0 is the
+    attribution-patching estimate of each head's ablation effect.
+    """
+    heads = check_heads(model, heads, len(inp))
+    b = len(inp)
+    weight = heads.to(model.cfg.dtype).expand(b, *heads.shape[-2:]).to(model.cfg.device)
+    qs = query_scope(inp, baseline.source, scope).to(model.cfg.device)
+    src = baseline.source.to(model.cfg.device)
+    g = model.cfg.n_groups
+    hooks = []
+    for layer in range(model.cfg.n_layers):
+        w = weight[:, layer]
+        if not heads.requires_grad and not bool((w != 0).any()):
+            continue
+        store: dict[str, Tensor] = {}
+        kb = baseline.keys[layer].repeat_interleave(g, dim=1)
+        vb = baseline.values[layer]
+        scale = model.blocks[layer].attn.scaling
+
+        def save(t: Tensor, hook: Any, key: str, store: dict = store) -> None:
+            store[key] = t
+
+        def scores_hook(s: Tensor, hook: Any, store=store, kb=kb, w=w, scale=scale) -> Tensor:
+            sb = torch.einsum("bqhd,bhkd->bhqk", store["q"], kb) * scale
+            cond = qs[:, None, :, None] & src[:, None, None, :] & (s > torch.finfo(s.dtype).min / 2)
+            store["cond"] = cond
+            return torch.where(cond, s + w[:, :, None, None] * (sb.to(s.dtype) - s), s)
+
+        def z_hook(z: Tensor, hook: Any, store=store, vb=vb, w=w) -> Tensor:
+            dv = (vb - store["v"].transpose(1, 2)).repeat_interleave(g, dim=1)
+            p = store["pattern"] * store["cond"] * w[:, :, None, None]
+            return z + torch.einsum("bhqk,bhkd->bqhd", p, dv.to(p.dtype))
+
+        pre = f"blocks.{layer}.attn."
+        hooks += [
+            (pre + "hook_rot_q", lambda t, hook, s=save: s(t, hook, "q")),
+            (pre + "hook_v", lambda t, hook, s=save: s(t, hook, "v")),
+            (pre + "hook_attn_scores", scores_hook),
+            (pre + "hook_pattern", lambda t, hook, s=save: s(t, hook, "pattern")),
+            (pre + "hook_z", z_hook),
+        ]
+    return hooks
+
+
+@contextmanager
+def ablate_heads(model: Any, inp: LVLMInput, heads: Tensor, baseline: BaselineKV,
+                 scope: str = "text") -> Iterator[Any]:
+    """Context manager: inside it, runs of ``inp`` have ``heads`` ablated."""
+    with model.hooks(fwd_hooks=head_ablation_hooks(model, inp, heads, baseline, scope)) as m:
+        yield m

@@ -1,0 +1,177 @@
+"""The fast masked-run engine: many head-ablation masks per example, prefix shared.
+
+Under scope ``text`` everything up to the last source token is identical under every mask.
+The engine runs that prefix once per example (clean keys/values, plus the baseline
+alternative at the source positions), then runs only the text suffix for a batch of masks;
+inside the attention each (mask, layer, query head) reads clean or baseline source K/V. The
+prefix cache is shared by the whole batch, never copied per mask: memory is
+O(prefix + batch x suffix). Under scope ``all`` masks are batched over full sequences.
+:func:`run_reference` is the plain path, one hooked full forward per mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from lvlm_lens.interventions.ablation import (
+    BaselineKV,
+    HeadAblation,
+    check_heads,
+    head_ablation_hooks,
+)
+from lvlm_lens.interventions.metrics import final_logits, get_metric
+from lvlm_lens.model.inputs import LVLMInput
+from lvlm_lens.model.kv_cache import HeadSwitch, KVCache
+
+Metric = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class _Example:
+    """What one example's masked runs share."""
+
+    x: Float[Tensor, "1 pos d_model"]  # embeddings of the tokens the masked runs process
+    mask: Int[Tensor, "1 pos"]
+    answer: Int[Tensor, " 1"]
+    cache: KVCache | None = None  # scope text: the shared prefix
+    switch_keys: list[Tensor] | None = None  # scope all: baseline K/V at the source positions
+    switch_values: list[Tensor] | None = None
+    src: Bool[Tensor, "1 pos"] | None = None
+
+
+def clean_answers(model: Any, inp: LVLMInput) -> Int[Tensor, " batch"]:
+    """``inp.answer_ids``, or else the model's own greedy answer on the clean input."""
+    if inp.answer_ids is not None:
+        return inp.answer_ids.to(model.cfg.device)
+    with torch.no_grad():
+        return final_logits(model(inp)).argmax(-1)
+
+
+class AblationEngine:
+    """Runs batches of head-ablation masks on every example of a batch.
+
+    Args:
+        model: The :class:`~lvlm_lens.HookedLVLM`.
+        inp: The examples (a padded batch is fine; each example is run on its own).
+        baseline: Baseline keys/values from :func:`~lvlm_lens.interventions.compute_baseline`.
+        config: The ablation options (scope, source).
+        metric: Metric name (:mod:`~lvlm_lens.interventions.metrics`) or ``f(logits, answer_ids)``.
+        batch_size: Masks per forward pass.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        inp: LVLMInput,
+        baseline: BaselineKV,
+        config: HeadAblation,
+        metric: str | Metric = "logit",
+        batch_size: int = 64,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model, self.inp, self.config = model, inp, config
+        self.metric, self.batch_size = get_metric(metric), batch_size
+        self.answers = clean_answers(model, inp)
+        self.baseline = baseline
+        self._examples: dict[int, _Example] = {}
+
+    @torch.no_grad()
+    def _example(self, i: int) -> _Example:
+        if i in self._examples:
+            return self._examples[i]
+        model, base = self.model, self.baseline
+        ex = self.inp.select(i)
+        off = self.inp.shape[1] - ex.shape[1]
+        src = base.source[i : i + 1, off:].to(model.cfg.device)
+        keys = [k[i : i + 1, :, off:] for k in base.keys]
+        values = [v[i : i + 1, :, off:] for v in base.values]
+        x, mask = model.embed_input(ex), ex.attention_mask.to(model.cfg.device)
+        answer = self.answers[i : i + 1]
+        if self.config.scope == "all":
+            state = _Example(x, mask, answer, switch_keys=keys, switch_values=values, src=src)
+        else:
+            cut = int(src[0].nonzero().max()) + 1
+            _, kvs = model.run_blocks(x[:, :cut], mask[:, :cut])
+            s = src[:, None, :cut, None]
+            k_clean, v_clean = [k for k, _ in kvs], [v for _, v in kvs]
+
+            def alt(base: list[Tensor], clean: list[Tensor]) -> list[Tensor]:
+                return [torch.where(s, b[:, :, :cut], c) for b, c in zip(base, clean, strict=True)]
+
+            cache = KVCache(
+                k_clean,
+                v_clean,
+                mask[:, :cut],
+                frozen=True,
+                alt_keys=alt(keys, k_clean),
+                alt_values=alt(values, v_clean),
+            )
+            state = _Example(x[:, cut:], mask[:, cut:], answer, cache=cache)
+        self._examples[i] = state
+        return state
+
+    @torch.no_grad()
+    def run_batch(self, i: int, masks: Bool[Tensor, "batch n_layers n_heads"]) -> Tensor:
+        """Metric of example ``i`` under each mask of one batch (``True`` = head ablated)."""
+        st = self._example(i)
+        b = masks.shape[0]
+        x, mask = st.x.expand(b, -1, -1), st.mask.expand(b, -1)
+        switch = HeadSwitch.sparse(masks, self.model.cfg.device, self_keys=st.switch_keys,
+                                   self_values=st.switch_values, self_src=st.src)
+        resid, _ = self.model.run_blocks(x, mask, st.cache, switch=switch)
+        logits = self.model.unembed(self.model.ln_final(resid[:, -1]))
+        return self.metric(logits, st.answer.expand(b))
+
+    def run(
+        self,
+        masks: Bool[Tensor, "n_masks n_layers n_heads"],
+        examples: list[int] | None = None,
+        progress: bool = True,
+    ) -> Float[Tensor, "n_examples n_masks"]:
+        """Metric of every example under every mask."""
+        check_heads(self.model, masks)
+        if masks.ndim != 3:
+            raise ValueError("masks must be [n_masks, n_layers, n_heads]")
+        examples = list(range(len(self.inp))) if examples is None else examples
+        out = torch.empty(len(examples), masks.shape[0])
+        bar = tqdm(
+            total=len(examples) * masks.shape[0],
+            unit="mask",
+            disable=not progress,
+            desc="masked runs",
+        )
+        for row, i in enumerate(examples):
+            for start in range(0, masks.shape[0], self.batch_size):
+                chunk = masks[start : start + self.batch_size]
+                out[row, start : start + len(chunk)] = self.run_batch(i, chunk).float().cpu()
+                bar.update(len(chunk))
+        bar.close()
+        return out
+
+
+@torch.no_grad()
+def run_reference(
+    model: Any,
+    inp: LVLMInput,
+    masks: Bool[Tensor, "n_masks n_layers n_heads"],
+    baseline: BaselineKV,
+    config: HeadAblation,
+    metric: str | Metric = "logit",
+    progress: bool = True,
+) -> Float[Tensor, "n_examples n_masks"]:
+    """The reference path: one full-sequence ``run_with_hooks`` per mask (all examples at once)."""
+    fn, answers = get_metric(metric), clean_answers(model, inp)
+    out = torch.empty(len(inp), masks.shape[0])
+    for j in tqdm(range(masks.shape[0]), unit="mask", disable=not progress, desc="reference"):
+        hooks = head_ablation_hooks(model, inp, masks[j], baseline, config.scope)
+        logits = final_logits(model.run_with_hooks(inp, fwd_hooks=hooks))
+        out[:, j] = fn(logits, answers).float().cpu()
+    return out

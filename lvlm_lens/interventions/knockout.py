@@ -1,0 +1,179 @@
+"""Attention knockout: cut every attention edge from a source token group to a target group.
+
+Following Geva et al. ("Dissecting recall of factual associations") and Zhang et al.
+("Cross-modal information flow in multimodal LLMs", CVPR'25): in the chosen layers (and heads),
+queries in the *target* group may not attend to keys in the *source* group. The hook sets those
+attention scores (``blocks.{l}.attn.hook_attn_scores``, already holding the additive
+causal/padding mask) to the dtype minimum before the softmax, exactly as the additive mask does.
+
+As with any additive mask, a query whose every key is blocked (e.g. a knocked-out edge to
+itself when it has no other allowed key) gets equal scores everywhere and attends uniformly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from lvlm_lens.interventions.metrics import Metric, get_metric, relative_prob_change
+from lvlm_lens.model.inputs import LVLMInput
+
+Group = str | Bool[Tensor, "batch pos"]
+Hook = tuple[str, Callable[..., Tensor]]
+
+
+def window_layers(center: int, size: int, n_layers: int) -> list[int]:
+    """Layers of a window of ``size`` layers centred on ``center``, clipped to the model.
+
+    Zhang et al. use ``size=9``: layers ``center - 4 .. center + 4``. An even size puts the
+    extra layer before the centre.
+    """
+    if not 0 <= center < n_layers:
+        raise ValueError(f"window centre {center} out of range for {n_layers} layers")
+    if size < 1:
+        raise ValueError(f"window size must be positive, got {size}")
+    start = center - size // 2
+    return [layer for layer in range(start, start + size) if 0 <= layer < n_layers]
+
+
+def group_mask(inp: LVLMInput, group: Group) -> Bool[Tensor, "batch pos"]:
+    """A token group as a bool mask: a name from ``inp.groups`` or a ``[batch, pos]`` mask.
+
+    Named groups must be non-empty in every example; explicit masks may be empty.
+    """
+    if isinstance(group, str):
+        if group not in inp.groups:
+            raise KeyError(f"unknown token group {group!r}; known: {sorted(inp.groups)}")
+        mask = inp.groups[group].bool()
+        empty = (~mask.any(-1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"token group {group!r} is empty in example(s) {empty}")
+        return mask
+    mask = torch.as_tensor(group)
+    if mask.dtype != torch.bool or tuple(mask.shape) != tuple(inp.shape):
+        raise ValueError(
+            f"a token group mask must be bool of shape {tuple(inp.shape)}, "
+            f"got {mask.dtype} {tuple(mask.shape)}"
+        )
+    return mask
+
+
+def _check_layers(layers: int | Sequence[int], n_layers: int) -> list[int]:
+    layers = [layers] if isinstance(layers, int) else list(layers)
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad:
+        raise ValueError(f"layer(s) {bad} out of range: the model has {n_layers} layers")
+    return sorted(set(layers))
+
+
+def knockout_hooks(
+    model: Any,
+    inp: LVLMInput,
+    source: Group,
+    target: Group,
+    layers: int | Sequence[int],
+    heads: Sequence[int] | None = None,
+) -> list[Hook]:
+    """Forward hooks that block attention from ``target`` queries to ``source`` keys.
+
+    Args:
+        model: A :class:`~lvlm_lens.HookedLVLM`.
+        inp: The input the hooks will run on (full sequence, no KV cache).
+        source: Key group: a name from ``inp.groups`` or a bool mask ``[batch, pos]``.
+        target: Query group, likewise.
+        layers: Layer(s) to knock out in, e.g. from :func:`window_layers`.
+        heads: Query heads to knock out in (default: all).
+
+    Returns:
+        ``(hook_name, fn)`` pairs for ``model.run_with_hooks(inp, fwd_hooks=...)``.
+    """
+    cfg = model.cfg
+    layers = _check_layers(layers, cfg.n_layers)
+    src, tgt = group_mask(inp, source), group_mask(inp, target)
+    edges = (tgt[:, :, None] & src[:, None, :]).to(cfg.device)  # [batch, q, k]
+    if heads is None:
+        block = edges[:, None]
+    else:
+        bad = [h for h in heads if not 0 <= h < cfg.n_heads]
+        if bad:
+            raise ValueError(f"head(s) {bad} out of range: the model has {cfg.n_heads} heads")
+        on = torch.zeros(cfg.n_heads, dtype=torch.bool, device=cfg.device)
+        on[list(heads)] = True
+        block = edges[:, None] & on[None, :, None, None]
+
+    def hook(scores: Float[Tensor, "batch head q k"], hook: Any) -> Tensor:
+        b, _, q, k = scores.shape
+        if b != block.shape[0] or k != block.shape[-1] or q > k:
+            raise ValueError(
+                f"knockout built for input {tuple(inp.shape)} got scores {tuple(scores.shape)}:"
+                " run it on the same input, without a KV cache"
+            )
+        m = block[..., k - q :, :].to(scores.device)
+        return scores.masked_fill(m, torch.finfo(scores.dtype).min)
+
+    return [(f"blocks.{layer}.attn.hook_attn_scores", hook) for layer in layers]
+
+
+@contextmanager
+def knockout(
+    model: Any,
+    inp: LVLMInput,
+    source: Group,
+    target: Group,
+    layers: int | Sequence[int],
+    heads: Sequence[int] | None = None,
+) -> Iterator[Any]:
+    """Context manager: inside it, ``model`` runs with the knockout of :func:`knockout_hooks`.
+
+    Example:
+        >>> with knockout(model, inp, "image", "final", window_layers(10, 9, 32)):
+        ...     logits = model(inp)
+    """
+    with model.hooks(fwd_hooks=knockout_hooks(model, inp, source, target, layers, heads)):
+        yield model
+
+
+@torch.no_grad()
+def knockout_effect(
+    model: Any,
+    inp: LVLMInput,
+    source: Group,
+    target: Group,
+    layers: int | Sequence[int],
+    metric: str | Metric = "prob",
+    heads: Sequence[int] | None = None,
+    relative: bool | None = None,
+) -> Float[Tensor, " batch"]:
+    """Effect of a knockout on an answer metric at the final position.
+
+    Args:
+        model: A :class:`~lvlm_lens.HookedLVLM`.
+        inp: Input with ``answer_ids``.
+        source: Key group (name or bool mask).
+        target: Query group (name or bool mask).
+        layers: Layers to knock out in.
+        metric: A name from :data:`~lvlm_lens.interventions.metrics.METRICS`, or a callable
+            ``(logits, answer_ids) -> [batch]``.
+        heads: Query heads to knock out in (default: all).
+        relative: ``(new - clean) / clean`` if true, ``new - clean`` if false; by default
+            relative for ``"prob"`` (Zhang et al.'s relative probability change), else absolute.
+
+    Returns:
+        One value per example.
+    """
+    if inp.answer_ids is None:
+        raise ValueError("knockout_effect needs inp.answer_ids (pass answers= to model.prepare)")
+    hooks = knockout_hooks(model, inp, source, target, layers, heads)
+    answers = inp.answer_ids.to(model.cfg.device)
+    clean = model(inp)[:, -1]
+    new = model.run_with_hooks(inp, fwd_hooks=hooks)[:, -1]
+    if metric == "prob" and relative in (None, True):
+        return relative_prob_change(new, clean, answers)
+    fn = get_metric(metric)
+    m_new, m_clean = fn(new, answers), fn(clean, answers)
+    return (m_new - m_clean) / m_clean if relative else m_new - m_clean

@@ -1,0 +1,244 @@
+"""The one attention implementation: plain, KV-cached and shared-prefix runs alike.
+
+Keys and values of earlier tokens (a KV cache) may come with a smaller batch than the
+queries: ``B_q = B_kv * r``, query rows grouped example-major. The ``r`` queries of each
+cached example and the ``n_heads / n_key_value_heads`` query heads of each key/value head
+are folded into the rows of one matmul, so a prefix shared by many suffixes is never copied
+per suffix and grouped-query keys are never repeated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import einops
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
+
+from lvlm_lens.model.config import LVLMConfig
+
+KV = tuple[
+    Float[Tensor, "batch_kv kv_head pos d_head"], Float[Tensor, "batch_kv kv_head pos d_head"]
+]
+
+
+@dataclass
+class Segment:
+    """Keys/values the queries attend to, optionally with an alternative per query head.
+
+    Where ``select[row, head]`` is set, that query head of that query row reads ``k_alt`` /
+    ``v_alt`` instead of ``k`` / ``v`` (both scores and values of the segment are computed both
+    ways and selected). This is how head ablation replaces a head's source keys/values.
+    When ``index`` lists the selected pairs (few of them), only those pairs are computed the
+    alternative way, gathered and scattered back, with no host-device synchronisation.
+    """
+
+    k: Float[Tensor, "batch_kv kv_head pos d_head"]
+    v: Float[Tensor, "batch_kv kv_head pos d_head"]
+    k_alt: Float[Tensor, "batch_kv kv_head pos d_head"] | None = None
+    v_alt: Float[Tensor, "batch_kv kv_head pos d_head"] | None = None
+    select: Bool[Tensor, "batch head"] | None = None
+    index: tuple[Tensor, Tensor] | None = None  # (rows, heads) of ``select``: sparse path
+
+    @property
+    def length(self) -> int:
+        return self.k.shape[2]
+
+
+@dataclass
+class SelfAlternative:
+    """Alternative keys/values for the new tokens' own positions ``src`` (see :class:`Segment`)."""
+
+    k: Float[Tensor, "batch_or_1 kv_head pos d_head"]
+    v: Float[Tensor, "batch_or_1 kv_head pos d_head"]
+    src: Bool[Tensor, "batch_or_1 pos"]
+    select: Bool[Tensor, "batch head"]
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    """Rotate the two halves of the last dimension: ``(a, b) -> (-b, a)``."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rotary(
+    x: Float[Tensor, "batch pos head d_head"],
+    cos: Float[Tensor, "batch pos d_head"],
+    sin: Float[Tensor, "batch pos d_head"],
+) -> Float[Tensor, "batch pos head d_head"]:
+    """Apply rotary position embeddings (HF's half-rotation convention)."""
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+    return x * cos + rotate_half(x) * sin
+
+
+def fold_rows(x: Tensor, batch_kv: int, n_kv: int) -> Tensor:
+    """``[B_q, H, s, n] -> [B_kv, H_kv, r*g*s, n]``: query rows grouped by the K/V they read."""
+    b, h, s, n = x.shape
+    r, g = b // batch_kv, h // n_kv
+    if r == 1:
+        return x.reshape(batch_kv, n_kv, g * s, n)
+    return x.view(batch_kv, r, n_kv, g, s, n).transpose(1, 2).reshape(batch_kv, n_kv, r * g * s, n)
+
+
+def unfold_rows(x: Tensor, batch_q: int, n_heads: int, s: int) -> Tensor:
+    """Inverse of :func:`fold_rows`: ``[B_kv, H_kv, r*g*s, n] -> [B_q, H, s, n]``."""
+    b, h_kv, _, n = x.shape
+    r, g = batch_q // b, n_heads // h_kv
+    if r == 1:
+        return x.view(batch_q, n_heads, s, n)
+    return x.view(b, h_kv, r, g, s, n).transpose(1, 2).reshape(batch_q, n_heads, s, n)
+
+
+def segment_scores(q: Float[Tensor, "batch head q d_head"], k: Tensor) -> Tensor:
+    """Raw ``q @ k^T`` of queries against one K segment of batch ``B_q / r``."""
+    b, h, s, _ = q.shape
+    return unfold_rows(fold_rows(q, k.shape[0], k.shape[1]) @ k.transpose(-1, -2), b, h, s)
+
+
+def segment_values(pattern: Float[Tensor, "batch head q k"], v: Tensor) -> Tensor:
+    """``pattern @ v`` for one V segment of batch ``B_q / r``."""
+    b, h, s, _ = pattern.shape
+    return unfold_rows(fold_rows(pattern, v.shape[0], v.shape[1]) @ v, b, h, s)
+
+
+def _pairs(seg: Segment, kv: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Selected (row, query head) pairs and the (cache row, K/V head) each one reads."""
+    b, h = seg.index
+    r = seg.select.shape[0] // kv.shape[0]
+    g = seg.select.shape[1] // kv.shape[1]
+    return b, h, b // r, h // g
+
+
+class Attention(nn.Module):
+    """Causal self-attention with RoPE, grouped-query heads and TransformerLens hooks.
+
+    Weights stay in the checkpoint's own ``nn.Linear`` modules (shared with the HF model);
+    ``W_Q``/``W_K``/``W_V``/``W_O`` and biases are TransformerLens-shaped views of them.
+    """
+
+    def __init__(self, cfg: LVLMConfig, hf_attn: nn.Module):
+        super().__init__()
+        self.cfg = cfg
+        self.q_proj, self.k_proj = hf_attn.q_proj, hf_attn.k_proj
+        self.v_proj, self.o_proj = hf_attn.v_proj, hf_attn.o_proj
+        self.scaling = float(getattr(hf_attn, "scaling", cfg.d_head**-0.5))
+        for name in ("q", "k", "v", "rot_q", "rot_k", "attn_scores", "pattern", "z", "result"):
+            setattr(self, f"hook_{name}", HookPoint())
+
+    # TransformerLens-shaped weight views -------------------------------------------------
+    @property
+    def W_Q(self) -> Float[Tensor, "head d_model d_head"]:
+        return einops.rearrange(self.q_proj.weight, "(h d) m -> h m d", d=self.cfg.d_head)
+
+    @property
+    def W_K(self) -> Float[Tensor, "kv_head d_model d_head"]:
+        return einops.rearrange(self.k_proj.weight, "(h d) m -> h m d", d=self.cfg.d_head)
+
+    @property
+    def W_V(self) -> Float[Tensor, "kv_head d_model d_head"]:
+        return einops.rearrange(self.v_proj.weight, "(h d) m -> h m d", d=self.cfg.d_head)
+
+    @property
+    def W_O(self) -> Float[Tensor, "head d_head d_model"]:
+        return einops.rearrange(self.o_proj.weight, "m (h d) -> h d m", d=self.cfg.d_head)
+
+    def _bias(self, lin: nn.Linear, n: int) -> Tensor:
+        if lin.bias is None:
+            return lin.weight.new_zeros(n, self.cfg.d_head)
+        return lin.bias.view(n, self.cfg.d_head)
+
+    @property
+    def b_Q(self) -> Float[Tensor, "head d_head"]:
+        return self._bias(self.q_proj, self.cfg.n_heads)
+
+    @property
+    def b_K(self) -> Float[Tensor, "kv_head d_head"]:
+        return self._bias(self.k_proj, self.cfg.n_key_value_heads)
+
+    @property
+    def b_V(self) -> Float[Tensor, "kv_head d_head"]:
+        return self._bias(self.v_proj, self.cfg.n_key_value_heads)
+
+    @property
+    def b_O(self) -> Float[Tensor, " d_model"]:
+        b = self.o_proj.bias
+        return b if b is not None else self.o_proj.weight.new_zeros(self.cfg.d_model)
+
+    def _scores(self, q: Tensor, seg: Segment) -> Tensor:
+        out = segment_scores(q, seg.k) * self.scaling
+        if seg.select is None:
+            return out
+        if seg.index is None:
+            alt = segment_scores(q, seg.k_alt) * self.scaling
+            return torch.where(seg.select[:, :, None, None], alt, out)
+        b, h, kb, kh = _pairs(seg, seg.k_alt)
+        out[b, h] = (q[b, h] @ seg.k_alt[kb, kh].transpose(-1, -2)) * self.scaling
+        return out
+
+    def _values(self, pattern: Tensor, seg: Segment) -> Tensor:
+        out = segment_values(pattern, seg.v)
+        if seg.select is None:
+            return out
+        if seg.index is None:
+            alt = segment_values(pattern, seg.v_alt)
+            return torch.where(seg.select[:, :, None, None], alt, out)
+        b, h, kb, kh = _pairs(seg, seg.v_alt)
+        out[b, h] = pattern[b, h] @ seg.v_alt[kb, kh]
+        return out
+
+    # forward -----------------------------------------------------------------------------
+    def forward(
+        self,
+        x: Float[Tensor, "batch pos d_model"],
+        cos: Float[Tensor, "batch pos d_head"],
+        sin: Float[Tensor, "batch pos d_head"],
+        mask: Float[Tensor, "batch head_or_1 pos k_pos"],
+        past: list[Segment] | None = None,
+        alt: SelfAlternative | None = None,
+    ) -> tuple[Float[Tensor, "batch pos d_model"], KV]:
+        """Attend from ``x`` to the cached segments ``past`` and to ``x`` itself.
+
+        Args:
+            x: Normalised residual stream of the new tokens.
+            cos: Rotary cosines of the new tokens' positions.
+            sin: Rotary sines of the new tokens' positions.
+            mask: Additive mask over ``[past..., new]`` keys (0 keeps, dtype minimum blocks).
+            past: Cached segments (post-RoPE keys), each of batch ``B / r``.
+            alt: Alternative keys/values at some of the new tokens' own positions.
+
+        Returns:
+            The attention output and this call's own ``(key, value)``, ``[B, H_kv, pos, d_head]``.
+        """
+        cfg = self.cfg
+        b, s, _ = x.shape
+        q = self.hook_q(self.q_proj(x).view(b, s, cfg.n_heads, cfg.d_head))
+        k = self.hook_k(self.k_proj(x).view(b, s, cfg.n_key_value_heads, cfg.d_head))
+        v = self.hook_v(self.v_proj(x).view(b, s, cfg.n_key_value_heads, cfg.d_head))
+        q = self.hook_rot_q(apply_rotary(q, cos, sin)).transpose(1, 2)
+        k = self.hook_rot_k(apply_rotary(k, cos, sin)).transpose(1, 2)
+        v = v.transpose(1, 2)
+        own = Segment(k, v)
+        if alt is not None:
+            src = alt.src[:, None, :, None]
+            own = Segment(k, v, torch.where(src, alt.k, k), torch.where(src, alt.v, v), alt.select)
+        segments = [*(past or []), own]
+        scores = [self._scores(q, seg) for seg in segments]
+        scores = scores[0] if len(scores) == 1 else torch.cat(scores, dim=-1)
+        scores = self.hook_attn_scores(scores + mask)
+        pattern = self.hook_pattern(F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
+        z, start = None, 0
+        for seg in segments:
+            part = pattern if len(segments) == 1 else pattern[..., start : start + seg.length]
+            zi = self._values(part, seg)
+            z = zi if z is None else z + zi
+            start += seg.length
+        z = self.hook_z(z.transpose(1, 2))
+        if cfg.use_attn_result:
+            result = self.hook_result(torch.einsum("bshd,hdm->bshm", z, self.W_O))
+            out = result.sum(dim=2) + self.b_O
+        else:
+            out = self.o_proj(z.reshape(b, s, cfg.n_heads * cfg.d_head))
+        return out, (k, v)

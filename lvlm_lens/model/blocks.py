@@ -1,0 +1,140 @@
+"""RMSNorm, gated MLP and the decoder block, with TransformerLens hook names."""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
+from transformers.activations import ACT2FN
+
+from lvlm_lens.model.attention import KV, Attention, Segment, SelfAlternative
+from lvlm_lens.model.config import LVLMConfig
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in fp32 as HF does; hooks ``hook_scale`` and ``hook_normalized``.
+
+    ``hook_scale`` is ``sqrt(mean(x^2) + eps)``, the divisor that
+    ``ActivationCache.apply_ln_to_stack`` uses. The weight ``w`` is *not* folded into the
+    next layer, so ``hook_normalized`` is ``w * x / scale``.
+    """
+
+    def __init__(self, hf_norm: nn.Module):
+        super().__init__()
+        self.w = hf_norm.weight
+        self.eps = float(getattr(hf_norm, "variance_epsilon", getattr(hf_norm, "eps", 1e-6)))
+        self.hook_scale = HookPoint()
+        self.hook_normalized = HookPoint()
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        """Normalise ``x`` over ``d_model``."""
+        xf = x.to(torch.float32)
+        scale = self.hook_scale((xf.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        return self.hook_normalized(self.w * (xf / scale).to(x.dtype))
+
+
+class GatedMLP(nn.Module):
+    """``down(act(gate(x)) * up(x))`` with hooks ``hook_pre`` (gate), ``hook_pre_linear`` (up)
+    and ``hook_post``."""
+
+    def __init__(self, cfg: LVLMConfig, hf_mlp: nn.Module):
+        super().__init__()
+        self.gate_proj, self.up_proj, self.down_proj = (
+            hf_mlp.gate_proj,
+            hf_mlp.up_proj,
+            hf_mlp.down_proj,
+        )
+        self.act = ACT2FN[cfg.act_fn]
+        self.hook_pre = HookPoint()
+        self.hook_pre_linear = HookPoint()
+        self.hook_post = HookPoint()
+
+    @property
+    def W_gate(self) -> Float[Tensor, "d_model d_mlp"]:
+        return self.gate_proj.weight.T
+
+    @property
+    def W_in(self) -> Float[Tensor, "d_model d_mlp"]:
+        return self.up_proj.weight.T
+
+    @property
+    def W_out(self) -> Float[Tensor, "d_mlp d_model"]:
+        return self.down_proj.weight.T
+
+    @property
+    def b_out(self) -> Float[Tensor, " d_model"]:
+        b = self.down_proj.bias
+        return b if b is not None else self.down_proj.weight.new_zeros(self.down_proj.out_features)
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        """Apply the gated MLP."""
+        pre = self.hook_pre(self.gate_proj(x))
+        pre_linear = self.hook_pre_linear(self.up_proj(x))
+        return self.down_proj(self.hook_post(self.act(pre) * pre_linear))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm decoder block: ``resid_mid = resid_pre + attn(ln1(.))``,
+    ``resid_post = resid_mid + mlp(ln2(.))``."""
+
+    def __init__(self, cfg: LVLMConfig, hf_layer: nn.Module, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.ln1 = RMSNorm(hf_layer.input_layernorm)
+        self.attn = Attention(cfg, hf_layer.self_attn)
+        self.ln2 = RMSNorm(hf_layer.post_attention_layernorm)
+        self.mlp = GatedMLP(cfg, hf_layer.mlp)
+        for name in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"):
+            setattr(self, f"hook_{name}", HookPoint())
+
+    def forward(
+        self,
+        x: Float[Tensor, "batch pos d_model"],
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor,
+        past: list[Segment] | None = None,
+        alt: SelfAlternative | None = None,
+    ) -> tuple[Float[Tensor, "batch pos d_model"], KV]:
+        """Run the block; returns the new residual stream and this block's new ``(key, value)``."""
+        resid_pre = self.hook_resid_pre(x)
+        attn_out, kv = self.attn(self.ln1(resid_pre), cos, sin, mask, past, alt)
+        resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(attn_out))
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_mid)))
+        return self.hook_resid_post(resid_mid + mlp_out), kv
+
+
+class Embed(nn.Module):
+    """Token embedding (the checkpoint's own ``nn.Embedding``)."""
+
+    def __init__(self, hf_embed: nn.Embedding):
+        super().__init__()
+        self.embed_tokens = hf_embed
+
+    @property
+    def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
+        return self.embed_tokens.weight
+
+    def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+        return self.embed_tokens(tokens)
+
+
+class Unembed(nn.Module):
+    """Unembedding (the checkpoint's own ``lm_head``)."""
+
+    def __init__(self, lm_head: nn.Linear):
+        super().__init__()
+        self.lm_head = lm_head
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+        return self.lm_head.weight.T
+
+    @property
+    def b_U(self) -> Float[Tensor, " d_vocab"]:
+        b = self.lm_head.bias
+        return b if b is not None else self.lm_head.weight.new_zeros(self.lm_head.out_features)
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
+        return self.lm_head(x)

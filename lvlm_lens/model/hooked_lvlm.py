@@ -1,0 +1,386 @@
+"""HookedLVLM: a LLaVA-family model whose language side is a TransformerLens-hooked decoder."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+from transformer_lens.ActivationCache import ActivationCache
+from transformer_lens.hook_points import HookPoint
+from transformer_lens.HookedRootModule import HookedRootModule
+
+from lvlm_lens.model.attention import KV, Segment, SelfAlternative
+from lvlm_lens.model.blocks import Embed, RMSNorm, TransformerBlock, Unembed
+from lvlm_lens.model.config import LVLMConfig
+from lvlm_lens.model.inputs import LVLMInput
+from lvlm_lens.model.kv_cache import HeadSwitch, KVCache
+from lvlm_lens.model.masks import causal_mask
+from lvlm_lens.model.tokens import TokensMixin
+from lvlm_lens.model.vision import VisionSide
+
+ReturnType = Literal["logits", "loss", "both"] | None
+
+
+class HookedLVLM(TokensMixin, HookedRootModule):
+    """A LLaVA / LLaVA-NeXT / LLaVA-OneVision model with TransformerLens hooks.
+
+    The vision tower, projector and image packing are the HF model's own modules; the
+    language model is a hooked decoder sharing the HF weights. ``hook_embed`` fires *after*
+    the projected image embeddings (``hook_image_embeds``) are spliced into the token
+    embeddings, so every residual-stream hook sees the image.
+
+    Build one with :meth:`from_pretrained` or :meth:`from_hf`; make inputs with :meth:`prepare`.
+    """
+
+    def __init__(
+        self,
+        cfg: LVLMConfig,
+        hf_model: nn.Module,
+        tokenizer: Any,
+        image_processor: Any,
+        chat_template: str | None = None,
+    ):
+        super().__init__()
+        self.cfg = cfg
+        lm = hf_model.model.language_model
+        self.embed = Embed(lm.embed_tokens)
+        self.hook_image_embeds = HookPoint()
+        self.hook_embed = HookPoint()
+        self.vision = VisionSide(hf_model)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(cfg, layer, i) for i, layer in enumerate(lm.layers)
+        )
+        self.ln_final = RMSNorm(lm.norm)
+        self.unembed = Unembed(hf_model.lm_head)
+        self.rotary_emb = lm.rotary_emb
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.chat_template = chat_template
+        object.__setattr__(self, "hf_model", hf_model)  # for reference runs; weights are shared
+        self._bound: LVLMInput | None = None
+        self.setup()
+        self.eval()
+
+    # construction -------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        **hf_kwargs: Any,
+    ) -> HookedLVLM:
+        """Load a checkpoint (local folder, or hub id where a network exists) with its processor.
+
+        Args:
+            name_or_path: Folder or hub id of a LLaVA, LLaVA-NeXT or LLaVA-OneVision checkpoint.
+            device: Where to put the weights (default: CUDA if available, else CPU).
+            dtype: ``float32`` (default), ``bfloat16`` or ``float16`` (not on CPU).
+            **hf_kwargs: Passed to ``from_pretrained`` of the HF model class.
+        """
+        from lvlm_lens.model.loading import load_pretrained
+
+        return load_pretrained(cls, name_or_path, device=device, dtype=dtype, **hf_kwargs)
+
+    @classmethod
+    def from_hf(
+        cls,
+        hf_model: nn.Module,
+        processor: Any = None,
+        *,
+        tokenizer: Any = None,
+        image_processor: Any = None,
+        chat_template: str | None = None,
+    ) -> HookedLVLM:
+        """Wrap an in-memory HF LLaVA-family model (weights shared, not copied).
+
+        Args:
+            hf_model: A ``Llava*ForConditionalGeneration``.
+            processor: Its processor; or pass ``tokenizer`` and ``image_processor`` instead.
+            tokenizer: The tokenizer, when no processor is given.
+            image_processor: The image processor, when no processor is given.
+            chat_template: Overrides the processor's / tokenizer's chat template.
+        """
+        from lvlm_lens.model.loading import wrap_hf
+
+        return wrap_hf(
+            cls,
+            hf_model,
+            processor,
+            tokenizer=tokenizer,
+            image_processor=image_processor,
+            chat_template=chat_template,
+        )
+
+    def prepare(
+        self, images: Any, prompts: str | list[str], answers: Any = None, **kwargs: Any
+    ) -> LVLMInput:
+        """Build a batched :class:`LVLMInput`; see :func:`~.prepare.prepare_inputs`."""
+        from lvlm_lens.model.prepare import prepare_inputs
+
+        return prepare_inputs(self, images, prompts, answers, **kwargs)
+
+    # inputs ------------------------------------------------------------------------------
+    @contextmanager
+    def bind(self, inp: LVLMInput) -> Iterator[LVLMInput]:
+        """Bind an input's images to its token ids for the duration of a ``with`` block.
+
+        Inside the block, a plain token tensor equal to ``inp.input_ids`` runs with ``inp``'s
+        images, so APIs that pass tokens around (e.g. ``transformer_lens.patching``) see the
+        image. (Passing the :class:`LVLMInput` itself in place of tokens works too.)
+        """
+        previous, self._bound = self._bound, inp
+        try:
+            yield inp
+        finally:
+            self._bound = previous
+
+    def _as_input(self, input: Any, attention_mask: Tensor | None = None) -> LVLMInput:
+        if isinstance(input, LVLMInput):
+            return input
+        if isinstance(input, str | list):
+            input = self.to_tokens(input)
+        if not isinstance(input, Tensor):
+            raise TypeError(f"expected an LVLMInput, a token tensor or text, got {type(input)}")
+        if input.ndim == 1:
+            input = input[None]
+        bound = self._bound
+        if (
+            bound is not None
+            and bound.shape == input.shape
+            and torch.equal(bound.input_ids, input.to(bound.input_ids.device))
+        ):
+            return bound
+        if (input == self.cfg.image_token_id).any():
+            raise ValueError(
+                "these tokens hold image placeholders but no image: pass the LVLMInput from "
+                "model.prepare(...), or run inside `with model.bind(inp):`"
+            )
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input)
+        return LVLMInput(input_ids=input, attention_mask=attention_mask, groups={})
+
+    def image_embeddings(self, inp: LVLMInput) -> list[Float[Tensor, "img_tok d_model"]]:
+        """Projected image embeddings of every image in the batch (before ``hook_image_embeds``)."""
+        if inp.image_embeds is not None:
+            return inp.image_embeds
+        if inp.pixel_values is None:
+            raise ValueError(
+                "this input has image tokens but neither pixel_values nor image_embeds"
+            )
+        return self.vision(
+            inp.pixel_values.to(self.cfg.device, self.cfg.dtype),
+            inp.image_sizes,
+            inp.images_per_example,
+        )
+
+    def embed_input(self, inp: LVLMInput) -> Float[Tensor, "batch pos d_model"]:
+        """Token embeddings with the image embeddings spliced in (output of ``hook_embed``)."""
+        ids = inp.input_ids.to(self.cfg.device)
+        x = self.embed(ids)
+        is_image = ids == self.cfg.image_token_id
+        n_tok = int(is_image.sum())
+        if n_tok or inp.has_images:
+            flat = torch.cat(self.image_embeddings(inp)).to(x.device, x.dtype)
+            if flat.shape[0] != n_tok:
+                raise ValueError(f"{n_tok} image tokens but {flat.shape[0]} image embeddings")
+            x = x.masked_scatter(is_image[..., None], self.hook_image_embeds(flat))
+        return self.hook_embed(x)
+
+    # forward -----------------------------------------------------------------------------
+    def run_blocks(
+        self,
+        x: Float[Tensor, "batch pos d_model"],
+        attention_mask: Int[Tensor, "batch pos"],
+        past_kv_cache: KVCache | None = None,
+        stop_at_layer: int | None = None,
+        switch: HeadSwitch | None = None,
+    ) -> tuple[Float[Tensor, "batch pos d_model"], list[KV]]:
+        """Run the decoder blocks on already-embedded tokens (after any cached prefix).
+
+        ``switch`` makes the selected query heads read the cache's alternative keys/values
+        (and the given alternatives at the new tokens' own positions); it is how the head
+        ablation engine runs many masks against one shared prefix.
+
+        Returns the residual stream after the last block run and each block's new keys/values.
+        """
+        b, s, _ = x.shape
+        mask_new = attention_mask.to(x.device).long()
+        cache = past_kv_cache
+        if cache is not None:
+            r = cache.rows_per_example(b)
+            prev = cache.attention_mask.to(x.device).long().repeat_interleave(r, dim=0)
+            key_mask = torch.cat([prev, mask_new], dim=1)
+        else:
+            prev, key_mask = mask_new[:, :0], mask_new
+        position_ids = prev.sum(-1, keepdim=True) + mask_new.cumsum(-1) - 1
+        position_ids = position_ids.masked_fill(mask_new == 0, 1)
+        cos, sin = self.rotary_emb(x, position_ids)
+        masks = {w: causal_mask(key_mask, s, x.dtype, w) for w in set(self.cfg.sliding_windows)}
+        new_kvs = []
+        for layer, block in enumerate(self.blocks[:stop_at_layer]):
+            select = None if switch is None else switch.select[:, layer]
+            past, alt = None, None
+            if cache is not None:
+                seg = Segment(cache.keys[layer], cache.values[layer])
+                if select is not None and cache.alt_keys is not None:
+                    index = None if switch.index is None else switch.index[layer]
+                    seg = Segment(seg.k, seg.v, cache.alt_keys[layer], cache.alt_values[layer],
+                                  select, index)
+                past = [seg]
+            if select is not None and switch.self_keys is not None:
+                alt = SelfAlternative(switch.self_keys[layer], switch.self_values[layer],
+                                      switch.self_src, select)
+            x, kv = block(x, cos, sin, masks[self.cfg.sliding_windows[layer]], past, alt)
+            new_kvs.append(kv)
+        return x, new_kvs
+
+    def forward(
+        self,
+        input: LVLMInput | Int[Tensor, "batch pos"] | str | list[str],
+        return_type: ReturnType = "logits",
+        *,
+        loss_per_token: bool = False,
+        past_kv_cache: KVCache | None = None,
+        stop_at_layer: int | None = None,
+        attention_mask: Int[Tensor, "batch pos"] | None = None,
+    ) -> Any:
+        """Run the model.
+
+        Args:
+            input: An :class:`LVLMInput`, token ids (text-only, or bound with :meth:`bind`) or text.
+            return_type: ``"logits"``, ``"loss"`` (next-token loss over real text targets),
+                ``"both"`` or ``None``.
+            loss_per_token: Return the loss per position instead of its mean.
+            past_kv_cache: A prefix cache (from :meth:`run_prefix`); ``input`` then holds only
+                the tokens after it. An unfrozen cache is extended in place.
+            stop_at_layer: Run only blocks ``[0, stop_at_layer)`` and return the residual stream.
+            attention_mask: Mask for a plain token tensor (default: all ones).
+        """
+        inp = self._as_input(input, attention_mask)
+        x = self.embed_input(inp)
+        mask = inp.attention_mask.to(x.device)
+        resid, new_kvs = self.run_blocks(x, mask, past_kv_cache, stop_at_layer)
+        if past_kv_cache is not None and not past_kv_cache.frozen:
+            past_kv_cache.append(new_kvs, mask)
+        if stop_at_layer is not None:
+            return resid
+        if return_type is None:
+            return None
+        logits = self.unembed(self.ln_final(resid))
+        if return_type == "logits":
+            return logits
+        loss = self.lm_loss(logits, inp, per_token=loss_per_token)
+        return loss if return_type == "loss" else (logits, loss)
+
+    def lm_loss(
+        self, logits: Float[Tensor, "batch pos d_vocab"], inp: LVLMInput, per_token: bool = False
+    ) -> Tensor:
+        """Next-token cross-entropy, counting only real, non-image target tokens."""
+        ids = inp.input_ids.to(logits.device)
+        target_ok = (inp.attention_mask.to(logits.device)[:, 1:] > 0) & (
+            ids[:, 1:] != self.cfg.image_token_id
+        )
+        lp = logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
+        loss = -lp * target_ok
+        return loss if per_token else loss.sum() / target_ok.sum().clamp(min=1)
+
+    def run_prefix(
+        self, input: LVLMInput | Tensor, length: int | None = None, *, frozen: bool = True
+    ) -> KVCache:
+        """Run the first ``length`` positions once and return their KV cache.
+
+        A later ``model(suffix_tokens, past_kv_cache=cache)`` continues from it; a suffix batch
+        ``r`` times larger runs ``r`` suffixes per cached example without copying the prefix.
+        """
+        return self.prefill(input, length, frozen=frozen)[1]
+
+    def prefill(
+        self, input: LVLMInput | Tensor, length: int | None = None, *, frozen: bool = True
+    ) -> tuple[Float[Tensor, "batch pos d_model"], KVCache]:
+        """Like :meth:`run_prefix`, also returning the final residual stream of the prefix."""
+        inp = self._as_input(input)
+        x = self.embed_input(inp)[:, :length]
+        mask = inp.attention_mask.to(x.device)[:, :length]
+        resid, kvs = self.run_blocks(x, mask)
+        return resid, KVCache([k for k, _ in kvs], [v for _, v in kvs], mask, frozen=frozen)
+
+    def run_with_cache(
+        self,
+        *model_args: Any,
+        names_filter: Any = None,
+        device: Any = None,
+        remove_batch_dim: bool = False,
+        return_cache_object: bool = True,
+        **kwargs: Any,
+    ) -> tuple[Any, ActivationCache | dict[str, Tensor]]:
+        """Run the model and cache activations (an ``ActivationCache`` by default)."""
+        if remove_batch_dim and model_args and len(self._as_input(model_args[0])) != 1:
+            raise ValueError("remove_batch_dim=True needs a batch of one example")
+        out, cache = super().run_with_cache(
+            *model_args,
+            names_filter=names_filter,
+            device=device,
+            remove_batch_dim=remove_batch_dim,
+            **kwargs,
+        )
+        if return_cache_object:
+            cache = ActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
+        return out, cache
+
+    def generate(self, input: LVLMInput, max_new_tokens: int = 10, **kwargs: Any) -> Tensor:
+        """Greedy generation with a KV cache; see :func:`~.generate.greedy_generate`."""
+        from lvlm_lens.model.generate import greedy_generate
+
+        return greedy_generate(self, input, max_new_tokens, **kwargs)
+
+    def tokens_to_residual_directions(
+        self, tokens: int | str | Tensor
+    ) -> Float[Tensor, "... d_model"]:
+        """Unembedding directions of tokens, with ``ln_final``'s weight folded in, so that
+        ``ActivationCache.logit_attrs`` sums exactly to the logit."""
+        if isinstance(tokens, str):
+            tokens = self.to_single_token(tokens)
+        tokens = torch.as_tensor(tokens, device=self.unembed.lm_head.weight.device)
+        return self.unembed.lm_head.weight[tokens] * self.ln_final.w
+
+    def accumulated_bias(
+        self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
+    ) -> Float[Tensor, " d_model"]:
+        """Sum of the output biases written to the residual stream before ``layer``."""
+        total = self.unembed.lm_head.weight.new_zeros(self.cfg.d_model)
+        for i in range(layer + int(mlp_input)):
+            total = total + self.blocks[i].attn.b_O
+            if include_mlp_biases and i < layer:
+                total = total + self.blocks[i].mlp.b_out
+        return total
+
+    # weights as TransformerLens stacks ---------------------------------------------------------
+    @property
+    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+        return self.unembed.W_U
+
+    @property
+    def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
+        return self.embed.W_E
+
+    @property
+    def W_O(self) -> Float[Tensor, "layer head d_head d_model"]:
+        return torch.stack([b.attn.W_O for b in self.blocks])
+
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """Toggle computing ``blocks.{l}.attn.hook_result`` (per-head outputs)."""
+        self.cfg.use_attn_result = use_attn_result
+
+    def __repr__(self) -> str:  # the HF modules inside make the default repr unreadable
+        c = self.cfg
+        return (
+            f"HookedLVLM({c.model_name or c.lvlm_type}: {c.text_model_type}, {c.n_layers} "
+            f"layers, {c.n_heads} heads ({c.n_key_value_heads} kv), d_model={c.d_model}, "
+            f"{c.dtype}, {c.device})"
+        )

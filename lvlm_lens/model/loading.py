@@ -1,0 +1,185 @@
+"""Loading HF LLaVA-family checkpoints into a HookedLVLM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lvlm_lens.model.config import SUPPORTED_LVLMS, SUPPORTED_TEXT_MODELS, LVLMConfig
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+
+
+def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+    """Parse a dtype name; fp16 on CPU is refused (HF's fp16 CPU kernels are slow and lossy)."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, str):
+        if dtype.lower() not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")
+        dtype = _DTYPES[dtype.lower()]
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"unsupported dtype {dtype}; use float32, bfloat16 or float16")
+    if dtype == torch.float16 and device.type == "cpu":
+        raise ValueError(
+            "float16 on CPU is not supported: use dtype='bfloat16' or 'float32' on "
+            "CPU, or load on a GPU (device='cuda') for float16"
+        )
+    return dtype
+
+
+def check_supported(config: Any) -> None:
+    """Raise a clear error unless the HF config is a supported LLaVA-family model."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_LVLMS:
+        raise ValueError(
+            f"unsupported architecture {model_type!r} ({getattr(config, 'architectures', None)}): "
+            f"lvlm_lens supports {', '.join(SUPPORTED_LVLMS)} (LlavaForConditionalGeneration, "
+            "LlavaNextForConditionalGeneration, LlavaOnevisionForConditionalGeneration)"
+        )
+    text_type = getattr(config.text_config, "model_type", None)
+    if text_type not in SUPPORTED_TEXT_MODELS:
+        raise ValueError(
+            f"unsupported language backbone {text_type!r}: lvlm_lens supports "
+            f"{', '.join(SUPPORTED_TEXT_MODELS)} (Llama/Vicuna, Mistral, Qwen2)"
+        )
+
+
+def _sliding_windows(tc: Any) -> tuple[int | None, ...]:
+    n = tc.num_hidden_layers
+    window = getattr(tc, "sliding_window", None)
+    if tc.model_type == "mistral":
+        return (window,) * n
+    layer_types = getattr(tc, "layer_types", None)
+    if tc.model_type == "qwen2" and layer_types is not None:
+        return tuple(window if t == "sliding_attention" else None for t in layer_types)
+    return (None,) * n
+
+
+def config_from_hf(hf_model: nn.Module, name: str = "") -> LVLMConfig:
+    """Read an :class:`LVLMConfig` off an HF LLaVA-family model."""
+    config = hf_model.config
+    check_supported(config)
+    tc = config.text_config
+    n_heads = tc.num_attention_heads
+    param = next(hf_model.parameters())
+    return LVLMConfig(
+        n_layers=tc.num_hidden_layers,
+        n_heads=n_heads,
+        d_head=getattr(tc, "head_dim", None) or tc.hidden_size // n_heads,
+        d_model=tc.hidden_size,
+        d_mlp=tc.intermediate_size,
+        d_vocab=hf_model.lm_head.out_features,
+        n_key_value_heads=getattr(tc, "num_key_value_heads", None) or n_heads,
+        eps=tc.rms_norm_eps,
+        act_fn=tc.hidden_act,
+        sliding_windows=_sliding_windows(tc),
+        n_ctx=getattr(tc, "max_position_embeddings", 4096),
+        model_name=name or getattr(config, "_name_or_path", ""),
+        lvlm_type=config.model_type,
+        text_model_type=tc.model_type,
+        image_token_id=config.image_token_id,
+        pad_token_id=getattr(config, "pad_token_id", None)
+        or getattr(tc, "pad_token_id", None)
+        or 0,
+        device=param.device,
+        dtype=param.dtype,
+        original_architecture=type(hf_model).__name__,
+    )
+
+
+def _model_class(model_type: str) -> type:
+    import transformers
+
+    return {
+        "llava": transformers.LlavaForConditionalGeneration,
+        "llava_next": transformers.LlavaNextForConditionalGeneration,
+        "llava_onevision": transformers.LlavaOnevisionForConditionalGeneration,
+    }[model_type]
+
+
+def read_chat_template(name_or_path: str, tokenizer: Any) -> str | None:
+    """The checkpoint's chat template: the tokenizer's, else a processor's saved template file."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.chat_template
+    folder = Path(name_or_path)
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text()
+    if (folder / "chat_template.json").is_file():
+        import json
+
+        return json.loads((folder / "chat_template.json").read_text()).get("chat_template")
+    return None
+
+
+def load_pretrained(
+    cls: type, name_or_path: str | Path, *, device: Any = None, dtype: Any = None, **hf_kwargs: Any
+) -> Any:
+    """Implementation of ``HookedLVLM.from_pretrained``."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+
+    name_or_path = str(name_or_path)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = resolve_dtype(dtype, device)
+    local = Path(name_or_path).is_dir()
+    kw = {"local_files_only": True} if local else {}
+    config = AutoConfig.from_pretrained(name_or_path, **kw)
+    check_supported(config)
+    hf_kwargs.setdefault("attn_implementation", "eager")
+    hf_model = _model_class(config.model_type).from_pretrained(
+        name_or_path, dtype=dtype, **kw, **hf_kwargs
+    )
+    hf_model = hf_model.to(device).eval()
+    what = "tokenizer files (tokenizer.json / tokenizer_config.json)"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kw)
+        what = "an image processor (preprocessor_config.json)"
+        image_processor = AutoImageProcessor.from_pretrained(name_or_path, **kw)
+    except (OSError, ValueError, TypeError) as err:
+        raise ValueError(
+            f"{name_or_path} has no {what}: save the processor next to the weights "
+            "(tokenizer.save_pretrained / image_processor.save_pretrained), or load the HF model "
+            "yourself and call HookedLVLM.from_hf(model, tokenizer=..., image_processor=...)"
+        ) from err
+    return cls(
+        config_from_hf(hf_model, name_or_path),
+        hf_model,
+        tokenizer,
+        image_processor,
+        read_chat_template(name_or_path, tokenizer),
+    )
+
+
+def wrap_hf(
+    cls: type,
+    hf_model: nn.Module,
+    processor: Any = None,
+    *,
+    tokenizer: Any = None,
+    image_processor: Any = None,
+    chat_template: str | None = None,
+) -> Any:
+    """Implementation of ``HookedLVLM.from_hf``."""
+    if processor is not None:
+        tokenizer = tokenizer or processor.tokenizer
+        image_processor = image_processor or processor.image_processor
+        chat_template = chat_template or getattr(processor, "chat_template", None)
+    if tokenizer is None or image_processor is None:
+        raise ValueError("from_hf needs a processor, or both tokenizer= and image_processor=")
+    chat_template = chat_template or getattr(tokenizer, "chat_template", None)
+    cfg = config_from_hf(hf_model, getattr(hf_model.config, "_name_or_path", ""))
+    if cfg.device.type == "cpu" and cfg.dtype == torch.float16:
+        resolve_dtype(torch.float16, cfg.device)  # raises the fp16-on-CPU error
+    return cls(cfg, hf_model.eval(), tokenizer, image_processor, chat_template)

@@ -1,0 +1,281 @@
+"""Images + prompts -> one left-padded :class:`LVLMInput` with named token groups."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lvlm_lens.model.inputs import GROUP_NAMES, LVLMInput
+
+#: Images whose shorter side is below this are upscaled (nearest neighbour) before processing.
+MIN_IMAGE_SIDE = 16
+#: Chat-template scaffolding recognised in raw prompts (the ``role`` token group).
+ROLE_PATTERN = re.compile(
+    r"(?:USER|ASSISTANT|SYSTEM|User|Assistant|System|Human|HUMAN|GPT)\s*:"
+    r"|\[/?INST\]|<\|im_start\|>\s*(?:system|user|assistant)|<\|im_end\|>"
+    r"|<start_of_turn>(?:user|model)|<end_of_turn>|<\|(?:user|assistant|system|end)\|>|###"
+)
+_USER = re.compile(r"user|human|\[INST\]", re.IGNORECASE)
+_ASSISTANT = re.compile(r"assistant|gpt|\[/INST\]|model", re.IGNORECASE)
+
+
+def to_rgb(image: Any) -> Image.Image:
+    """Load / convert one image to RGB.
+
+    Accepts a PIL image, an ``HxW`` or ``HxWxC`` uint8 array, or a path. Transparency is
+    composited onto white; grayscale and palette images are converted; images whose shorter
+    side is below :data:`MIN_IMAGE_SIDE` pixels are upscaled with nearest neighbour.
+    """
+    if isinstance(image, str | Path):
+        image = Image.open(image)
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected a PIL image, a uint8 array or a path, got {type(image)}")
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"image has no pixels ({image.width}x{image.height})")
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image.alpha_composite(rgba)
+    image = image.convert("RGB")
+    short = min(image.size)
+    if short < MIN_IMAGE_SIDE:
+        f = -(-MIN_IMAGE_SIDE // short)
+        image = image.resize((image.width * f, image.height * f), Image.NEAREST)
+    return image
+
+
+def _images_per_example(images: Any, n: int) -> list[list[Any]]:
+    if images is None:
+        return [[] for _ in range(n)]
+    if not isinstance(images, list | tuple):
+        images = [images]
+    if len(images) != n:
+        raise ValueError(
+            f"got {len(images)} image entries for {n} prompts: give one entry per "
+            "prompt (an image, a list of images, or None)"
+        )
+    return [
+        [] if im is None else list(im) if isinstance(im, list | tuple) else [im] for im in images
+    ]
+
+
+def _spans_from_roles(
+    text: str, placeholder: str
+) -> tuple[tuple[int, int] | None, tuple[int, int]]:
+    """Infer (system, question) character spans of a raw prompt from its role markers."""
+    roles = list(ROLE_PATTERN.finditer(text))
+    users = [m for m in roles if _USER.search(m.group())]
+    if not roles:
+        return None, (0, len(text))
+    first = roles[0].start()
+    system = _strip_span(text, 0, first) if text[:first].strip() else None
+    start = users[-1].end() if users else roles[0].end()
+    after = [m for m in roles if m.start() >= start and _ASSISTANT.search(m.group())]
+    end = after[0].start() if after else len(text)
+    last_image = text.rfind(placeholder, start, end)
+    if last_image >= 0:
+        start = last_image + len(placeholder)
+    return system, _strip_span(text, start, end)
+
+
+def _strip_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """Shrink a character span so it neither starts nor ends with whitespace."""
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
+def _render(
+    model: Any, question: str, n_images: int, system: str | None, placeholder: str
+) -> tuple[str, tuple[int, int] | None, tuple[int, int]]:
+    """Wrap a bare question in the chat template (or ``USER: ... ASSISTANT:``)."""
+    if placeholder in question:
+        raise ValueError(
+            f"template='chat' takes a bare question, but this one holds {placeholder!r}"
+            ": use template='raw' for a complete prompt"
+        )
+    if model.chat_template:
+        content = [{"type": "image"}] * n_images + [{"type": "text", "text": question}]
+        messages = [{"role": "user", "content": content}]
+        if system:
+            messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
+        text = model.tokenizer.apply_chat_template(
+            messages, chat_template=model.chat_template, tokenize=False, add_generation_prompt=True
+        )
+    else:
+        text = (f"{system} " if system else "") + "USER: " + f"{placeholder}\n" * n_images
+        text += f"{question} ASSISTANT:"
+    q = text.rfind(question)
+    s = text.find(system) if system else -1
+    return text, (s, s + len(system)) if s >= 0 else None, (q, q + len(question))
+
+
+def _overlaps(span: tuple[int, int] | None, a: int, b: int) -> bool:
+    return span is not None and a < span[1] and b > span[0]
+
+
+def _answer_id(tok: Any, text: str, answer: Any, rule: str) -> int:
+    if isinstance(answer, int):
+        return answer
+    sep = "" if not text or text[-1].isspace() else " "
+    prompt_ids = tok(text, add_special_tokens=False).input_ids
+    full_ids = tok(text + sep + answer, add_special_tokens=False).input_ids
+    ids = (
+        full_ids[len(prompt_ids) :]
+        if full_ids[: len(prompt_ids)] == prompt_ids
+        else tok(answer, add_special_tokens=False).input_ids
+    )
+    if not ids:
+        raise ValueError(f"answer {answer!r} tokenizes to nothing")
+    if len(ids) > 1 and rule == "single":
+        raise ValueError(
+            f"answer {answer!r} is {len(ids)} tokens {tok.convert_ids_to_tokens(ids)}: "
+            "use a one-token answer, or answer_rule='first' to score its first token"
+        )
+    return ids[0]
+
+
+def prepare_inputs(
+    model: Any,
+    images: Any,
+    prompts: str | list[str],
+    answers: str | int | list[Any] | None = None,
+    *,
+    template: Literal["raw", "chat"] = "raw",
+    system: str | None = None,
+    answer_rule: Literal["single", "first"] = "single",
+) -> LVLMInput:
+    """Build a left-padded batch from images and prompts.
+
+    Args:
+        model: The :class:`~lvlm_lens.HookedLVLM` (tokenizer, image processor, token layout).
+        images: Per prompt: an image, a list of images, or ``None`` (a bare image for one prompt).
+        prompts: With ``template="raw"`` (default), complete prompts holding one image
+            placeholder (e.g. ``<image>``) per image, as in
+            ``"USER: <image>\\nWhat is this? ASSISTANT:"``.
+            With ``template="chat"``, bare questions wrapped in the checkpoint's chat template
+            (or ``USER: <image>\\n{question} ASSISTANT:`` if it has none), images first.
+        answers: Optional answer per prompt (string or token id); its first token is scored.
+        template: ``"raw"`` or ``"chat"``, see ``prompts``.
+        system: System message (``template="chat"`` only).
+        answer_rule: ``"single"`` rejects answers of several tokens; ``"first"`` keeps the first.
+
+    Returns:
+        The batch; ``groups`` as described in :class:`LVLMInput`.
+    """
+    tok = model.tokenizer
+    placeholder = tok.convert_ids_to_tokens(model.cfg.image_token_id)
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    per_example = _images_per_example(images, len(prompts))
+    if answers is not None and not isinstance(answers, list | tuple):
+        answers = [answers]
+    if answers is not None and len(answers) != len(prompts):
+        raise ValueError(f"got {len(answers)} answers for {len(prompts)} prompts")
+
+    texts, spans = [], []
+    for i, (prompt, ims) in enumerate(zip(prompts, per_example, strict=True)):
+        if template == "chat":
+            text, sys_span, q_span = _render(model, prompt, len(ims), system, placeholder)
+        elif template == "raw":
+            text = prompt
+            sys_span, q_span = _spans_from_roles(text, placeholder)
+        else:
+            raise ValueError(f"template must be 'raw' or 'chat', got {template!r}")
+        n_ph = text.count(placeholder)
+        if n_ph != len(ims):
+            hint = (
+                f"write {placeholder!r} where each image goes, e.g. 'USER: {placeholder}\\n"
+                "What is this? ASSISTANT:', or pass template='chat' with a bare question"
+                if n_ph < len(ims)
+                else "pass one image per placeholder"
+            )
+            raise ValueError(
+                f"prompt {i} holds {n_ph} image placeholder(s) {placeholder!r} but "
+                f"{len(ims)} image(s) were given: {hint}"
+            )
+        texts.append(text)
+        spans.append((sys_span, q_span))
+
+    flat = [to_rgb(im) for ims in per_example for im in ims]
+    n_per = [len(ims) for ims in per_example]
+    pixel_values = image_sizes = None
+    coords: list[torch.Tensor] = []
+    if flat:
+        processed = model.image_processor(images=flat, return_tensors="pt")
+        pixel_values = processed["pixel_values"]
+        sizes = processed.get("image_sizes")
+        image_sizes = (
+            torch.as_tensor(sizes)
+            if sizes is not None
+            else torch.tensor([[im.height, im.width] for im in flat])
+        )
+        coords = model.vision.token_layout(image_sizes, n_per)
+
+    rows, img = [], 0
+    bos = tok.bos_token
+    for text, (sys_span, q_span), n in zip(texts, spans, n_per, strict=True):
+        enc = tok(
+            text, return_offsets_mapping=True, add_special_tokens=not (bos and text.startswith(bos))
+        )
+        ids, offsets = enc.input_ids, enc.offset_mapping
+        if ids.count(model.cfg.image_token_id) != n:
+            raise ValueError(f"the tokenizer did not keep {placeholder!r} as one token in {text!r}")
+        row = []
+        for j, (t, (a, b)) in enumerate(zip(ids, offsets, strict=True)):
+            if t == model.cfg.image_token_id:
+                row += [(t, "image")] * coords[img].shape[0]
+                img += 1
+                continue
+            group = (
+                "bos"
+                if j == 0 and t == tok.bos_token_id
+                else "question"
+                if _overlaps(q_span, a, b)
+                else "system"
+                if _overlaps(sys_span, a, b)
+                else "role"
+            )
+            row.append((t, group))
+        rows.append(row)
+
+    length = max(len(r) for r in rows)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else model.cfg.pad_token_id
+    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    groups = {g: torch.zeros((len(rows), length), dtype=torch.bool) for g in GROUP_NAMES}
+    for i, row in enumerate(rows):
+        off = length - len(row)
+        input_ids[i, off:] = torch.tensor([t for t, _ in row])
+        attention_mask[i, off:] = 1
+        for j, (_, g) in enumerate(row):
+            groups[g][i, off + j] = True
+        groups["final"][i, -1] = True
+    groups["text"] = (attention_mask > 0) & ~groups["image"]
+
+    answer_ids = None
+    if answers is not None:
+        answer_ids = torch.tensor(
+            [_answer_id(tok, t, a, answer_rule) for t, a in zip(texts, answers, strict=True)]
+        )
+    device = model.cfg.device
+    inp = LVLMInput(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        groups=groups,
+        pixel_values=pixel_values,
+        image_sizes=image_sizes,
+        image_coords=coords,
+        images_per_example=n_per,
+        answer_ids=answer_ids,
+        texts=texts,
+    )
+    return inp.to(device)

@@ -1,0 +1,54 @@
+"""The options of a run: every field is an ``lvlm-lens`` flag, and what a resumed run must share."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lvlm_lens.attribution.head_attribution import AttributionConfig
+
+
+@dataclass
+class RunOptions:
+    """Options of ``lvlm-lens attribute`` (every field is a CLI flag).
+
+    Attributes:
+        out: Output folder.
+        model: Checkpoint folder or hub id; ``None`` = the bundled toy LVLM.
+        data: Folder with images + ``data.csv``/``data.jsonl``; ``None`` = a synthetic set.
+        n_examples: Size of the synthetic set (or a cap on a real one; 0 = all).
+        data_seed: Seed of the synthetic set.
+        n_reference: Images averaged for ``baseline="mean"`` (synthetic: a set of another
+            seed; real data: the first images of the dataset).
+        baseline_image: Image file for ``baseline="image"``.
+        keep_wrong: Keep examples the model answers wrongly (default: excluded, reported).
+        answer_rule: ``single`` (refuse multi-token answers) or ``first`` (score the first).
+        chunk_masks: Masks per chunk file (the unit a killed run can lose).
+        device: ``cpu``/``cuda``/... (default: CUDA if available).
+        dtype: ``float32``, ``bfloat16`` or ``float16``.
+        rankings: Also compute the baseline rankings and faithfulness/completeness curves.
+        n_random: Random rankings for the random band.
+        attribution: Head-attribution options.
+    """
+
+    out: str = "runs/attribute"
+    model: str | None = None
+    data: str | None = None
+    n_examples: int = 24
+    data_seed: int = 1000
+    n_reference: int = 16
+    baseline_image: str | None = None
+    keep_wrong: bool = False
+    answer_rule: str = "single"
+    chunk_masks: int = 256
+    device: str | None = None
+    dtype: str = "float32"
+    rankings: bool = True
+    n_random: int = 10
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What must not change between a run and its resumption."""
+        d = asdict(self)
+        d.pop("out")
+        return d

@@ -1,0 +1,167 @@
+"""The masked runs of the main job, sharded across processes and resumable chunk by chunk.
+
+Each process runs the examples ``i % world == rank`` (:mod:`lvlm_lens.run.distributed`): the
+model's prediction, then the metric under every random mask, one chunk of masks at a time
+(files in :mod:`lvlm_lens.run.store`). A run killed at any moment and started again with the
+same options skips what exists and ends with the same result as an uninterrupted run; rank 0
+merges the chunks and fits the attribution.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from lvlm_lens.attribution.head_attribution import check_config, fit_result
+from lvlm_lens.attribution.regression import sample_masks
+from lvlm_lens.files import atomic_json, atomic_save
+from lvlm_lens.interventions.ablation import BaselineKV, compute_baseline, source_mask
+from lvlm_lens.interventions.engine import AblationEngine
+from lvlm_lens.model.inputs import LVLMInput
+from lvlm_lens.run.distributed import Shard, current_shard
+from lvlm_lens.run.options import RunOptions
+from lvlm_lens.run.store import check_out_dir, chunk_path, collect
+
+
+class BaselineCache:
+    """Baseline K/V per distinct token prefix: image K/V depend only on the tokens before the
+    last image token, so examples sharing that prefix share one baseline computation."""
+
+    def __init__(
+        self, model: Any, opts: RunOptions, reference_images: list[Any] | None, baseline_image: Any
+    ):
+        self.model, self.opts = model, opts
+        self.refs, self.image = reference_images, baseline_image
+        self.store: dict[tuple[int, ...], BaselineKV] = {}
+
+    def __call__(self, inp: LVLMInput) -> BaselineKV:
+        cfg = self.opts.attribution.ablation
+        src = source_mask(inp, cfg.source)
+        cut = int(src[0].nonzero().max()) + 1
+        key = tuple(inp.input_ids[0, :cut].tolist())
+        if cfg.scope != "text" or cfg.baseline == "blank":  # blank: sized like each image
+            return compute_baseline(
+                self.model, inp, cfg, baseline_image=self.image, reference_images=self.refs
+            )
+        if key not in self.store:
+            base = compute_baseline(
+                self.model,
+                inp.select(0),
+                cfg,
+                baseline_image=self.image,
+                reference_images=self.refs,
+            )
+            self.store[key] = BaselineKV(
+                [k[:, :, :cut] for k in base.keys],
+                [v[:, :, :cut] for v in base.values],
+                src[:, :cut],
+            )
+        b = self.store[key]
+        pad = inp.shape[1] - cut
+        grow = lambda t: torch.nn.functional.pad(t, (0, 0, 0, pad))  # noqa: E731
+        return BaselineKV([grow(k) for k in b.keys], [grow(v) for v in b.values], src)
+
+
+def predict(model: Any, inp: LVLMInput) -> int:
+    """The model's greedy answer token at the final position."""
+    with torch.no_grad():
+        return int(model(inp)[0, -1].argmax())
+
+
+def run_shard(
+    model: Any,
+    records: list[Any],
+    opts: RunOptions,
+    out: Path,
+    shard: Shard,
+    masks: torch.Tensor,
+    baselines: BaselineCache,
+) -> None:
+    """Predictions and masked-run chunks of this process's examples (skipping finished ones)."""
+    cfg = opts.attribution
+    n_chunks = -(-masks.shape[0] // opts.chunk_masks)
+    mine = [i for i in range(len(records)) if shard.owns(i)]
+    bar = tqdm(total=len(mine) * masks.shape[0], unit="mask", desc=f"attribute [rank {shard.rank}]")
+    for i in mine:
+        rec = records[i]
+        inp = model.prepare(rec.image, rec.prompt, answers=rec.answer, answer_rule=opts.answer_rule)
+        pred_file = out / "examples" / f"{i:05d}.json"
+        if pred_file.exists():
+            info = json.loads(pred_file.read_text())
+        else:
+            guess = predict(model, inp)
+            info = {
+                "index": i,
+                "id": rec.id,
+                "answer": rec.answer,
+                "answer_id": int(inp.answer_ids[0]),
+                "prediction_id": guess,
+                "prediction": model.tokenizer.convert_ids_to_tokens(guess),
+                "correct": guess == int(inp.answer_ids[0]),
+            }
+            atomic_json(info, pred_file)
+        if not (info["correct"] or opts.keep_wrong):
+            bar.update(masks.shape[0])
+            continue
+        todo = [c for c in range(n_chunks) if not chunk_path(out, i, c).exists()]
+        bar.update((n_chunks - len(todo)) * opts.chunk_masks)
+        if not todo:
+            continue
+        engine = AblationEngine(
+            model, inp, baselines(inp), cfg.ablation, cfg.metric, cfg.batch_size
+        )
+        for c in todo:
+            part = masks[c * opts.chunk_masks : (c + 1) * opts.chunk_masks]
+            metrics = engine.run(part, progress=False)[0]
+            atomic_save({"metrics": metrics}, chunk_path(out, i, c))
+            bar.update(part.shape[0])
+    bar.close()
+
+
+def run_attribution(
+    model: Any,
+    records: list[Any],
+    opts: RunOptions,
+    *,
+    overwrite: bool = False,
+    reference_images: list[Any] | None = None,
+    baseline_image: Any = None,
+    merge_timeout: float = 7 * 24 * 3600,
+) -> dict[str, Any] | None:
+    """Run (or resume) head attribution over ``records``; rank 0 returns the merged outputs.
+
+    Returns:
+        On rank 0: ``{"result", "infos", "kept", "metrics", "masks", "out"}``; else ``None``.
+    """
+    shard = current_shard()
+    cfg = opts.attribution
+    check_config(model, cfg)
+    out = check_out_dir(opts, overwrite, shard)
+    masks = sample_masks(cfg.n_masks, model.cfg.n_layers, model.cfg.n_heads, cfg.rate, cfg.seed)
+    baselines = BaselineCache(model, opts, reference_images, baseline_image)
+    run_shard(model, records, opts, out, shard, masks, baselines)
+    shard.barrier()
+    if shard.rank != 0:
+        return None
+    infos, kept, metrics = collect(out, len(records), cfg.n_masks, opts, merge_timeout)
+    result = fit_result(
+        masks,
+        metrics,
+        cfg,
+        model_name=model.cfg.model_name,
+        example_ids=[str(infos[i]["id"]) for i in kept],
+    )
+    result.save(out / "attribution")
+    result.to_csv(out / "attribution.csv")
+    return {
+        "result": result,
+        "infos": infos,
+        "kept": kept,
+        "metrics": metrics,
+        "masks": masks,
+        "out": out,
+    }

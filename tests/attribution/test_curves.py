@@ -1,0 +1,135 @@
+"""Faithfulness / completeness curves on a synthetic additive metric."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lvlm_lens.attribution.curves import (
+    Curves,
+    curves_from_metrics,
+    default_ks,
+    evaluate_ranking,
+    random_band,
+    ranking_to_masks,
+)
+from lvlm_lens.attribution.regression import fit_linear, sample_masks
+
+L, H = 4, 8
+KS = [0, 1, 2, 4, 8, 16, 24, 32]
+
+
+def additive():
+    """Metric = 2 + sum of the planted weights of the heads that are *not* ablated."""
+    weights = torch.distributions.Exponential(1.0).sample((L, H)) ** 3
+    calls = []
+
+    def run_masks(masks):
+        calls.append(len(masks))
+        return 2.0 + (weights * ~masks).sum((1, 2))
+
+    return weights, run_masks, calls
+
+
+@pytest.fixture
+def setup():
+    torch.manual_seed(0)
+    return additive()
+
+
+def test_true_ranking_endpoints_and_monotone(setup):
+    weights, run_masks, calls = setup
+    curves = evaluate_ranking(run_masks, weights, KS)
+    assert isinstance(curves, Curves) and curves.ks.tolist() == KS
+    assert calls == [2, 2 * len(KS)]
+    for c in (curves.faithfulness, curves.completeness):
+        assert c[0] == 0 and c[-1] == 1
+        assert (c.diff() >= -1e-12).all()
+    assert curves.clean == pytest.approx(2 + weights.sum().item(), rel=1e-6)
+    assert curves.ablated == pytest.approx(2.0)
+    top4 = weights.flatten().sort(descending=True).values[:4].sum() / weights.sum()
+    assert curves.faithfulness[KS.index(4)].item() == pytest.approx(top4.item(), rel=1e-5)
+    torch.testing.assert_close(curves.faithfulness, curves.completeness)  # additive metric
+
+
+def test_true_ranking_beats_random(setup):
+    weights, run_masks, _ = setup
+    true = evaluate_ranking(run_masks, weights, KS)
+    worst = evaluate_ranking(run_masks, -weights, KS)
+    band = random_band(run_masks, L, H, KS, n_random=30, seed=1)
+    assert band.faithfulness.shape == (3, len(KS)) and band.all_faithfulness.shape == (30, len(KS))
+    middle = slice(1, -1)
+    for name in ("faithfulness", "completeness"):
+        t, q = getattr(true, name), getattr(band, name)
+        assert (t >= q[2] - 1e-9).all() and (t[middle] > q[1][middle]).all()
+        assert (getattr(worst, name)[middle] < q[1][middle]).all()
+    random_median = Curves(band.ks, band.faithfulness[1], band.completeness[1], *[None] * 4)
+    assert true.heads_needed(0.9) < random_median.heads_needed(0.9)
+    assert true.heads_needed(0.9, "completeness") <= worst.heads_needed(0.9, "completeness")
+    assert true.heads_needed(1.1) is None
+
+
+def test_random_band_reproducible(setup):
+    _, run_masks, _ = setup
+    a = random_band(run_masks, L, H, KS, n_random=4, seed=3)
+    b = random_band(run_masks, L, H, KS, n_random=4, seed=3)
+    c = random_band(run_masks, L, H, KS, n_random=4, seed=4)
+    assert torch.equal(a.all_faithfulness, b.all_faithfulness)
+    assert not torch.equal(a.all_faithfulness, c.all_faithfulness)
+    assert a.quantiles == (0.05, 0.5, 0.95)
+    with pytest.raises(ValueError, match="n_random"):
+        random_band(run_masks, L, H, KS, n_random=0)
+
+
+def test_regression_ranking_matches_truth(setup):
+    weights, run_masks, _ = setup
+    masks = sample_masks(600, L, H, rate=0.1)
+    fit = fit_linear(masks, run_masks(masks))  # noise-free: ridge's tiny shrinkage only
+    torch.testing.assert_close(fit.importance.float(), weights, atol=0.05, rtol=1e-2)
+    learned = evaluate_ranking(run_masks, fit.importance, KS)
+    true = evaluate_ranking(run_masks, weights, KS)
+    torch.testing.assert_close(learned.faithfulness, true.faithfulness, atol=1e-3, rtol=0)
+
+
+def test_ranking_to_masks():
+    scores = torch.tensor([[0.1, 0.9, 0.5], [0.9, -1.0, 0.3]])
+    keep, ablate = ranking_to_masks(scores, [0, 1, 2, 3, 6])
+    assert keep.shape == ablate.shape == (5, 2, 3) and keep.dtype == torch.bool
+    assert torch.equal(keep, ~ablate)
+    assert ablate.sum((1, 2)).tolist() == [0, 1, 2, 3, 6]
+    assert ablate[1].nonzero().tolist() == [[0, 1]]  # tie (0.9, 0.9): layer-major order
+    assert ablate[2].nonzero().tolist() == [[0, 1], [1, 0]]
+    assert ablate[3, 0, 2] and not ablate[3, 1, 2]
+    with pytest.raises(ValueError, match="ks"):
+        ranking_to_masks(scores, [7])
+    with pytest.raises(ValueError, match="ks"):
+        ranking_to_masks(scores, [-1])
+    with pytest.raises(ValueError, match="ranking"):
+        ranking_to_masks(scores.flatten(), [1])
+
+
+def test_curves_from_metrics():
+    f = torch.tensor([1.0, 2.0, 5.0])
+    g = torch.tensor([5.0, 3.0, 1.0])
+    faith, comp = curves_from_metrics(f, g, f_empty=1.0, f_all=5.0, g_empty=5.0, g_all=1.0)
+    torch.testing.assert_close(faith, torch.tensor([0.0, 0.25, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(comp, torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64))
+    with pytest.warns(UserWarning, match="unchanged"):
+        faith, comp = curves_from_metrics(f, g, 1.0, 1.0, 5.0, 1.0)
+    assert faith.isnan().all() and not comp.isnan().any()
+
+
+def test_batching_and_defaults(setup):
+    weights, run_masks, calls = setup
+    curves = evaluate_ranking(run_masks, weights, KS, batch_size=5)
+    assert calls == [2, 5, 5, 5, 1]
+    ks = default_ks(L * H)
+    assert ks[0] == 0 and ks[-1] == L * H and ks == sorted(set(ks))
+    assert evaluate_ranking(run_masks, weights).ks.tolist() == ks
+    assert curves.faithfulness[-1] == 1
+
+    def bad(masks):
+        return torch.zeros(len(masks) + 1)
+
+    with pytest.raises(ValueError, match="returned"):
+        evaluate_ranking(bad, weights, KS)

@@ -1,0 +1,161 @@
+"""Head-attribution regression: planted coefficients, seeds, pooled fits, error messages."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lvlm_lens.attribution.regression import LinearFit, _split, fit_linear, fit_pooled, sample_masks
+
+L, H = 4, 8
+
+
+def planted(n=1500, rate=0.1, seed=0, noise=0.05, intercept=3.0, sparse=False):
+    gen = torch.Generator().manual_seed(100)  # same planted β for every mask seed
+    beta = -torch.rand(L, H, generator=gen) * 2  # ablation lowers the metric
+    if sparse:
+        beta[torch.rand(L, H, generator=gen) < 0.7] = 0
+    masks = sample_masks(n, L, H, rate=rate, seed=seed)
+    y = intercept + (masks.double() * beta).sum((1, 2))
+    y = y + noise * torch.randn(n, generator=gen, dtype=torch.float64)
+    return masks, y.float(), beta.double()
+
+
+@pytest.mark.parametrize("method", ["ridge", "ols", "lasso"])
+def test_planted_coefficients_recovered(method):
+    masks, y, beta = planted(sparse=method == "lasso")
+    fit = fit_linear(masks, y, method=method)
+    assert isinstance(fit, LinearFit) and fit.method == method
+    assert fit.coef.shape == (L, H) and fit.coef.dtype == torch.float64
+    assert fit.pearson_r > 0.99 and fit.r2 > 0.98
+    torch.testing.assert_close(fit.coef, beta, atol=0.03, rtol=0)
+    assert abs(fit.intercept - 3.0) < 0.02
+    assert (fit.n_train, fit.n_test) == (1200, 300)
+    torch.testing.assert_close(fit.importance, -fit.coef)
+    new = sample_masks(50, L, H, rate=0.1, seed=7)
+    truth = 3.0 + (new.double() * beta).sum((1, 2))
+    torch.testing.assert_close(fit.predict(new), truth, atol=0.1, rtol=0)
+    if method == "ols":
+        assert fit.alpha == 0.0 and fit.alphas is None
+    else:
+        assert fit.alpha in fit.alphas.tolist() and fit.val_mse.shape == fit.alphas.shape
+
+
+def test_lasso_zeroes_absent_heads():
+    masks, y, beta = planted(sparse=True)
+    fit = fit_linear(masks, y, method="lasso")
+    assert (fit.coef[beta == 0].abs() < 0.02).all()
+    assert (fit.coef[beta == 0] == 0).float().mean() > 0.3  # exact zeros: a sparse solution
+
+
+def test_ridge_penalty_shrinks_and_single_alpha_skips_search():
+    masks, y, _ = planted(n=400)
+    weak = fit_linear(masks, y, alphas=[1e-6])
+    strong = fit_linear(masks, y, alphas=[1e3])
+    assert weak.alpha == 1e-6 and weak.val_mse is None
+    assert strong.coef.abs().max() < 0.01 * weak.coef.abs().max()
+
+
+def test_heldout_masks_are_untouched():
+    masks, y, _ = planted(n=500)
+    _, test = _split(torch.zeros(500, dtype=torch.long), 1, 0.2, torch.Generator().manual_seed(3))
+    corrupted = y.clone()
+    corrupted[test] = 1e3
+    for method in ("ridge", "lasso"):
+        a, b = fit_linear(masks, y, method, seed=3), fit_linear(masks, corrupted, method, seed=3)
+        assert torch.equal(a.coef, b.coef) and a.alpha == b.alpha and b.r2 < 0
+
+
+def test_seeds_reproducible():
+    a, b = sample_masks(100, L, H, 0.2, seed=1), sample_masks(100, L, H, 0.2, seed=1)
+    assert a.dtype == torch.bool and a.shape == (100, L, H) and torch.equal(a, b)
+    assert not torch.equal(a, sample_masks(100, L, H, 0.2, seed=2))
+    assert abs(sample_masks(4000, L, H, 0.05).float().mean().item() - 0.05) < 0.005
+    masks, y, _ = planted(n=400)
+    f1, f2 = fit_linear(masks, y, seed=5), fit_linear(masks, y, seed=5)
+    assert torch.equal(f1.coef, f2.coef) and f1.pearson_r == f2.pearson_r
+    assert not torch.equal(f1.coef, fit_linear(masks, y, seed=6).coef)
+
+
+def test_no_holdout_gives_nan_scores():
+    masks, y, _ = planted(n=300)
+    fit = fit_linear(masks, y, holdout=0.0)
+    assert fit.n_test == 0 and fit.n_train == 300
+    assert math.isnan(fit.pearson_r) and math.isnan(fit.r2)
+
+
+def test_ols_never_ablated_head_gets_zero():
+    masks, y, _ = planted(n=400)
+    masks[:, 0, 0] = False
+    fit = fit_linear(masks, y, method="ols")
+    assert fit.coef[0, 0] == 0 and fit.pearson_r > 0.99
+
+
+def test_pooled_fit_shares_coefficients():
+    masks_list, targets, b0 = [], [], [1.0, 5.0, -2.0]
+    for i, b in enumerate(b0):
+        m, y, beta = planted(n=600, seed=i, intercept=b)
+        masks_list.append(m)
+        targets.append(y)
+    fit = fit_pooled(masks_list, targets)
+    torch.testing.assert_close(fit.coef, beta, atol=0.03, rtol=0)
+    torch.testing.assert_close(fit.example_intercepts, torch.tensor(b0).double(), atol=0.03, rtol=0)
+    assert fit.pearson_r > 0.99 and fit.n_train + fit.n_test == 1800
+    assert abs(fit.intercept - sum(b0) / 3) < 0.03
+    pred = fit.predict(masks_list[1], example=1)
+    assert torch.corrcoef(torch.stack([pred, targets[1].double()]))[0, 1] > 0.99
+
+
+def test_pooled_centring_equals_onehot_intercepts():
+    masks_list = [sample_masks(80, 2, 3, 0.3, seed=s) for s in range(3)]
+    targets = [torch.randn(80, generator=torch.Generator().manual_seed(s)) + s for s in range(3)]
+    fit = fit_pooled(masks_list, targets, method="ols", holdout=0.0)
+    x = torch.cat([m.flatten(1).double() for m in masks_list])
+    onehot = torch.repeat_interleave(torch.eye(3, dtype=torch.float64), 80, dim=0)
+    sol = torch.linalg.lstsq(torch.cat([x, onehot], 1), torch.cat(targets).double()[:, None])
+    torch.testing.assert_close(fit.coef.flatten(), sol.solution[:6, 0])
+    torch.testing.assert_close(fit.example_intercepts, sol.solution[6:, 0])
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0, -0.1, 1.5])
+def test_rate_outside_unit_interval(rate):
+    with pytest.raises(ValueError, match="rate"):
+        sample_masks(10, L, H, rate=rate)
+
+
+def test_bad_sizes():
+    with pytest.raises(ValueError, match="positive"):
+        sample_masks(0, L, H)
+
+
+def test_ols_needs_enough_masks():
+    masks, y, _ = planted(n=30)  # 24 train masks < 32 heads + 1
+    with pytest.raises(ValueError, match=r"ols needs >= 33 training masks.*sample >= 42"):
+        fit_linear(masks, y, method="ols")
+    fit_linear(masks, y, method="ridge")  # ridge copes with n < p
+
+
+def test_shape_and_option_errors():
+    masks, y, _ = planted(n=50)
+    with pytest.raises(ValueError, match="targets"):
+        fit_linear(masks, y[:-1])
+    with pytest.raises(ValueError, match="targets"):
+        fit_linear(masks, y.reshape(50, 1))
+    with pytest.raises(ValueError, match="finite"):
+        fit_linear(masks, torch.where(y > y.median(), torch.nan, y))
+    with pytest.raises(ValueError, match="bool"):
+        fit_linear(masks.float(), y)
+    with pytest.raises(ValueError, match="bool"):
+        fit_linear(masks.flatten(1), y)
+    with pytest.raises(ValueError, match="bool"):
+        fit_pooled([masks, masks[:, :2]], [y, y])
+    with pytest.raises(ValueError, match="2 mask sets but 1"):
+        fit_pooled([masks, masks], [y])
+    with pytest.raises(ValueError, match="method"):
+        fit_linear(masks, y, method="svm")
+    with pytest.raises(ValueError, match="holdout"):
+        fit_linear(masks, y, holdout=1.0)
+    with pytest.raises(ValueError, match="alphas"):
+        fit_linear(masks, y, alphas=[1.0, -1.0])

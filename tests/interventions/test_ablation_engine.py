@@ -1,0 +1,148 @@
+"""Head ablation: the fast engine against the reference hooks, identities, bad arguments."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lvlm_lens import HookedLVLM
+from lvlm_lens.attribution.regression import sample_masks
+from lvlm_lens.interventions.ablation import (
+    HeadAblation,
+    compute_baseline,
+    head_ablation_hooks,
+    query_scope,
+)
+from lvlm_lens.interventions.engine import AblationEngine, run_reference
+from lvlm_lens.interventions.metrics import get_metric
+from tests.helpers import PROMPTS, noise_image
+
+KINDS = ["llava-llama", "llava-onevision-qwen2"]  # multi-head; GQA with q/k/v bias
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def setup(request, tiny_checkpoint):
+    model = HookedLVLM.from_pretrained(tiny_checkpoint(request.param))
+    inp = model.prepare([noise_image(20, 20, 1), noise_image(20, 20, 2)], PROMPTS)
+    assert (inp.attention_mask == 0).any()  # a padded batch
+    return model, inp
+
+
+def baseline_for(model, inp, cfg):
+    return compute_baseline(
+        model,
+        inp,
+        cfg,
+        baseline_image=noise_image(20, 20, 5),
+        reference_images=[noise_image(20, 20, s) for s in (6, 7, 8)],
+    )
+
+
+@pytest.mark.parametrize("scope", ["text", "all"])
+@pytest.mark.parametrize("baseline", ["mean", "image", "blank", "zero"])
+def test_fast_engine_equals_reference(setup, baseline, scope):
+    model, inp = setup
+    cfg = HeadAblation(baseline=baseline, scope=scope)
+    base = baseline_for(model, inp, cfg)
+    masks = sample_masks(64, model.cfg.n_layers, model.cfg.n_heads, rate=0.2, seed=1)
+    fast = AblationEngine(model, inp, base, cfg, metric="logit_diff", batch_size=24).run(masks)
+    ref = run_reference(model, inp, masks, base, cfg, metric="logit_diff")
+    assert fast.shape == (2, 64)
+    assert (fast - ref).abs().max() <= 1e-4
+    assert ref.std() > 1e-2  # the masks do change the metric
+
+
+def test_no_head_ablated_is_the_clean_run(setup):
+    model, inp = setup
+    cfg = HeadAblation(baseline="zero")
+    base = baseline_for(model, inp, cfg)
+    none = torch.zeros(model.cfg.n_layers, model.cfg.n_heads, dtype=torch.bool)
+    clean = model(inp)
+    assert torch.equal(
+        model.run_with_hooks(inp, fwd_hooks=head_ablation_hooks(model, inp, none, base)), clean
+    )
+    fast = AblationEngine(model, inp, base, cfg).run(none[None])
+    logit = get_metric("logit")(clean[:, -1], clean[:, -1].argmax(-1))
+    assert torch.allclose(fast[:, 0], logit, atol=1e-5)
+
+
+def test_all_heads_with_image_x_equals_a_run_on_x(setup):
+    model, inp = setup
+    x = noise_image(20, 20, 9)
+    cfg = HeadAblation(baseline="image", scope="text")
+    base = compute_baseline(model, inp, cfg, baseline_image=x)
+    every = torch.ones(model.cfg.n_layers, model.cfg.n_heads, dtype=torch.bool)
+    ablated = model.run_with_hooks(inp, fwd_hooks=head_ablation_hooks(model, inp, every, base))
+    on_x = model(model.prepare([x, x], inp.texts))
+    after = query_scope(inp, inp.groups["image"], "text")
+    assert (ablated - on_x)[after].abs().max() <= 1e-4
+    assert (ablated - model(inp))[after].abs().max() > 1e-3
+    fast = AblationEngine(model, inp, base, cfg).run(every[None])
+    answers = model(inp)[:, -1].argmax(-1)
+    assert torch.allclose(fast[:, 0], on_x[torch.arange(2), -1, answers], atol=1e-4)
+
+
+def test_baseline_equal_to_the_clean_image_changes_nothing(setup):
+    model, inp = setup
+    cfg = HeadAblation(baseline="image", scope="all")
+    images = [noise_image(20, 20, 1), noise_image(20, 20, 2)]
+    base = compute_baseline(model, inp, cfg, baseline_image=images)
+    masks = sample_masks(8, model.cfg.n_layers, model.cfg.n_heads, rate=0.5, seed=0)
+    out = AblationEngine(model, inp, base, cfg).run(masks)
+    assert (out - out[:, :1]).abs().max() <= 1e-5
+
+
+def test_gqa_ablation_is_per_query_head(tiny_checkpoint):
+    model = HookedLVLM.from_pretrained(tiny_checkpoint("llava-onevision-qwen2"))
+    assert model.cfg.n_groups == 2
+    inp = model.prepare(noise_image(20, 20, 1), PROMPTS[0])
+    base = baseline_for(model, inp, HeadAblation(baseline="zero"))
+    one = torch.zeros(model.cfg.n_layers, model.cfg.n_heads, dtype=torch.bool)
+    one[1, 0] = True  # query head 0 shares its K/V head with query head 1
+    _, cache = model.run_with_cache(inp)
+    with model.hooks(fwd_hooks=head_ablation_hooks(model, inp, one, base)):
+        _, ablated = model.run_with_cache(inp)
+    z, zc = ablated["blocks.1.attn.hook_z"][0, -1], cache["blocks.1.attn.hook_z"][0, -1]
+    assert (z[0] - zc[0]).abs().max() > 1e-4
+    assert torch.equal(z[1:], zc[1:])
+
+
+def test_bad_arguments(setup):
+    model, inp = setup
+    with pytest.raises(ValueError, match="unknown baseline"):
+        HeadAblation(baseline="noise")
+    with pytest.raises(ValueError, match="unknown scope"):
+        HeadAblation(scope="image")
+    with pytest.raises(ValueError, match="empty in example"):
+        compute_baseline(model, inp, HeadAblation(baseline="zero", source="system"))
+    with pytest.raises(ValueError, match="unknown source group"):
+        compute_baseline(model, inp, HeadAblation(baseline="zero", source="objects"))
+    with pytest.raises(ValueError, match="baseline_image"):
+        compute_baseline(model, inp, HeadAblation(baseline="image"))
+    with pytest.raises(ValueError, match="reference_images"):
+        compute_baseline(model, inp, HeadAblation(baseline="mean"))
+    cfg = HeadAblation(baseline="zero")
+    engine = AblationEngine(model, inp, baseline_for(model, inp, cfg), cfg)
+    with pytest.raises(ValueError, match="n_layers, n_heads"):
+        engine.run(torch.zeros(3, model.cfg.n_layers + 1, model.cfg.n_heads, dtype=torch.bool))
+
+
+def test_text_source_for_text_only_circuits(setup):
+    model, inp = setup
+    cfg = HeadAblation(baseline="zero", source="question", scope="text")
+    base = compute_baseline(model, inp, cfg)
+    masks = sample_masks(16, model.cfg.n_layers, model.cfg.n_heads, rate=0.3, seed=2)
+    fast = AblationEngine(model, inp, base, cfg).run(masks)
+    ref = run_reference(model, inp, masks, base, cfg)
+    assert (fast - ref).abs().max() <= 1e-4 and ref.std() > 1e-3
+
+
+@pytest.mark.parametrize("rate", [0.03, 0.6])  # sparse (gathered pairs) and dense selection
+def test_sparse_and_dense_selection_equal_reference(setup, rate):
+    model, inp = setup
+    cfg = HeadAblation(baseline="image")
+    base = baseline_for(model, inp, cfg)
+    masks = sample_masks(64, model.cfg.n_layers, model.cfg.n_heads, rate=rate, seed=3)
+    fast = AblationEngine(model, inp, base, cfg, batch_size=64).run(masks)
+    ref = run_reference(model, inp, masks, base, cfg)
+    assert (fast - ref).abs().max() <= 1e-4

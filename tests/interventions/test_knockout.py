@@ -1,0 +1,156 @@
+"""Attention knockout against Hugging Face runs with an equivalent 4D attention mask."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lvlm_lens import HookedLVLM
+from lvlm_lens.interventions.knockout import (
+    knockout,
+    knockout_effect,
+    knockout_hooks,
+    window_layers,
+)
+from lvlm_lens.model.masks import causal_mask
+from tests.helpers import PROMPTS, hf_kwargs, noise_image, position_ids
+
+
+def load(tiny_checkpoint, kind):
+    model = HookedLVLM.from_pretrained(tiny_checkpoint(kind))
+    inp = model.prepare(
+        [noise_image(20, 28, 1), noise_image(30, 14, 2)], PROMPTS, answers=["star", "circle"]
+    )
+    return model, inp
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_checkpoint):
+    return load(tiny_checkpoint, "llava-onevision-qwen2")
+
+
+def knocked_mask(inp, source, target):
+    """Float [batch, 1, q, k] mask: causal + left padding + the knocked-out edges blocked."""
+    mask = causal_mask(inp.attention_mask, inp.shape[1], torch.float32)
+    blocked = (target[:, :, None] & source[:, None, :])[:, None]
+    # masked_fill, not +=: finfo.min + finfo.min overflows to -inf (NaN rows at padding)
+    return mask.masked_fill(blocked, torch.finfo(torch.float32).min)
+
+
+@torch.no_grad()
+def hf_run(model, inp, masks_by_layer):
+    """HF logits with a 4D float mask per decoder layer (forward pre-hooks swap the mask)."""
+    kw = hf_kwargs(model, inp)
+    kw["attention_mask"] = causal_mask(inp.attention_mask, inp.shape[1], torch.float32)
+    handles = []
+    for layer, mask in masks_by_layer.items():
+
+        def swap(module, args, kwargs, mask=mask):
+            return args, {**kwargs, "attention_mask": mask}
+
+        decoder = model.hf_model.model.language_model.layers[layer]
+        handles.append(decoder.register_forward_pre_hook(swap, with_kwargs=True))
+    try:
+        return model.hf_model(**kw, position_ids=position_ids(inp.attention_mask)).logits
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@pytest.mark.parametrize("kind", ["llava-llama", "llava-onevision-qwen2"])
+def test_knockout_all_layers_matches_hf_4d_mask(tiny_checkpoint, kind):
+    model, inp = load(tiny_checkpoint, kind)
+    source = inp.groups["image"]
+    target = inp.groups["question"] | inp.groups["final"]
+    layers = range(model.cfg.n_layers)
+    with torch.no_grad():
+        ours = model.run_with_hooks(
+            inp, fwd_hooks=knockout_hooks(model, inp, "image", target, layers)
+        )
+        kw = hf_kwargs(model, inp)
+        kw["attention_mask"] = knocked_mask(inp, source, target)  # HF uses a 4D mask as-is
+        ref = model.hf_model(**kw, position_ids=position_ids(inp.attention_mask)).logits
+        clean = model(inp)
+    real = inp.attention_mask.bool()
+    assert (ours - ref)[real].abs().max() <= 1e-4
+    assert (ours - clean)[real].abs().max() > 1e-2  # not vacuous
+
+
+def test_knockout_in_one_layer_matches_hf_per_layer_mask(pair):
+    model, inp = pair
+    source, target = inp.groups["image"], inp.groups["final"]
+    with knockout(model, inp, "image", "final", layers=[1]):
+        ours = model(inp)
+    ref = hf_run(model, inp, {1: knocked_mask(inp, source, target)})
+    real = inp.attention_mask.bool()
+    assert (ours - ref)[real].abs().max() <= 1e-4
+    assert (ours - model(inp))[:, -1].abs().max() > 1e-3
+    # outside the context manager the model is clean again
+    assert not any(hp.fwd_hooks for hp in model.hook_dict.values())
+
+
+def test_image_to_final_changes_answer_prob(pair):
+    model, inp = pair
+    effect = knockout_effect(model, inp, "image", "final", range(model.cfg.n_layers))
+    assert effect.shape == (len(inp),)
+    assert (effect.abs() > 1e-3).all()
+    diff = knockout_effect(model, inp, "image", "final", [0, 1], metric="logit_diff")
+    assert diff.shape == (len(inp),) and (diff.abs() > 1e-4).all()
+
+
+def test_empty_knockout_changes_nothing(pair):
+    model, inp = pair
+    clean = model(inp)
+    nothing = torch.zeros(inp.shape, dtype=torch.bool)
+    hooks = knockout_hooks(model, inp, nothing, "final", range(model.cfg.n_layers))
+    assert torch.equal(model.run_with_hooks(inp, fwd_hooks=hooks), clean)
+    assert knockout_hooks(model, inp, "image", "final", []) == []
+    # text tokens cannot attend to later image tokens anyway: knocking that out is a no-op
+    effect = knockout_effect(model, inp, "image", "bos", [0, 1])
+    assert effect.abs().max() == 0
+
+
+def test_heads_subset_only_affects_those_heads(pair):
+    model, inp = pair
+    heads = [0, 2]
+    names = lambda n: n.endswith("hook_pattern")  # noqa: E731
+    _, clean = model.run_with_cache(inp, names_filter=names)
+    with knockout(model, inp, "image", "final", layers=[0], heads=heads):
+        _, knocked = model.run_with_cache(inp, names_filter=names)
+    before, after = clean["blocks.0.attn.hook_pattern"], knocked["blocks.0.attn.hook_pattern"]
+    others = [h for h in range(model.cfg.n_heads) if h not in heads]
+    assert torch.equal(before[:, others], after[:, others])
+    image = inp.groups["image"]
+    for b in range(len(inp)):
+        assert after[b, heads, -1][:, image[b]].abs().max() == 0  # no final -> image attention
+        assert before[b, heads, -1][:, image[b]].sum() > 1e-3
+    # the later layer changes only through its inputs, in every head
+    assert not torch.equal(
+        clean["blocks.1.attn.hook_pattern"], knocked["blocks.1.attn.hook_pattern"]
+    )
+
+
+def test_window_layers():
+    assert window_layers(10, 9, 32) == list(range(6, 15))
+    assert window_layers(1, 9, 32) == list(range(0, 6))
+    assert window_layers(30, 9, 32) == list(range(26, 32))
+    assert window_layers(3, 4, 8) == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="out of range"):
+        window_layers(8, 9, 8)
+
+
+def test_clear_errors(pair):
+    model, inp = pair
+    with pytest.raises(KeyError, match="unknown token group 'objects'"):
+        knockout_hooks(model, inp, "objects", "final", [0])
+    with pytest.raises(ValueError, match="'system' is empty"):
+        knockout_hooks(model, inp, "system", "final", [0])
+    with pytest.raises(ValueError, match=r"layer\(s\) \[2\] out of range"):
+        knockout_hooks(model, inp, "image", "final", [0, 2])
+    with pytest.raises(ValueError, match="head"):
+        knockout_hooks(model, inp, "image", "final", [0], heads=[99])
+    with pytest.raises(ValueError, match="bool of shape"):
+        knockout_hooks(model, inp, torch.ones(3, 4, dtype=torch.bool), "final", [0])
+    other = inp.select(0)
+    with pytest.raises(ValueError, match="same input"):
+        model.run_with_hooks(other, fwd_hooks=knockout_hooks(model, inp, "image", "final", [0]))

@@ -1,0 +1,112 @@
+"""Image-token ablation on hook_image_embeds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lvlm_lens import HookedLVLM
+from lvlm_lens.interventions.metrics import answer_prob
+from lvlm_lens.interventions.token_ablation import (
+    ablate_image_tokens,
+    image_token_mask,
+    mean_image_token,
+    token_ablation_hooks,
+)
+from tests.helpers import PROMPTS, noise_image
+
+SIZES = [(20, 28), (30, 14)]
+
+
+def batch(model, seed):
+    images = [noise_image(h, w, seed + i) for i, (h, w) in enumerate(SIZES)]
+    return model.prepare(images, PROMPTS, answers=["star", "circle"])
+
+
+@pytest.fixture(scope="module", params=["llava-llama", "llava-onevision-qwen2"])
+def model(request, tiny_checkpoint):
+    return HookedLVLM.from_pretrained(tiny_checkpoint(request.param))
+
+
+@pytest.fixture(scope="module")
+def inp(model):
+    return batch(model, 1)
+
+
+def test_ablating_no_token_is_the_clean_run(model, inp):
+    clean = model(inp)
+    none = torch.zeros(inp.shape, dtype=torch.bool)
+    mean = mean_image_token(model, inp)
+    assert torch.equal(ablate_image_tokens(model, inp, none, mean), clean)
+    assert torch.equal(ablate_image_tokens(model, inp, [], mean), clean)
+
+
+def test_all_tokens_from_another_image_is_a_run_on_that_image(model, inp):
+    other = batch(model, 11)
+    assert torch.equal(other.input_ids, inp.input_ids)  # same image-token layout
+    expected = model(other)
+    assert (model(inp) - expected).abs().max() > 1e-3  # the images differ
+    real = inp.attention_mask.bool()
+    for baseline in (other, torch.cat(model.image_embeddings(other))):
+        ablated = ablate_image_tokens(model, inp, "image", baseline)
+        assert (ablated - expected)[real].abs().max() <= 1e-5
+
+
+def test_some_tokens_equal_hand_edited_embeddings(model, inp):
+    image = inp.groups["image"]
+    which = image & (torch.rand(image.shape, generator=torch.Generator().manual_seed(0)) < 0.3)
+    other = batch(model, 11)
+    ablated = ablate_image_tokens(model, inp, which, other)
+    # the same edit made by hand, image by image
+    embeds = model.image_embeddings(inp)
+    theirs = model.image_embeddings(other)
+    flat_mask = image_token_mask(inp, which)
+    edited, start = [], 0
+    for mine, their in zip(embeds, theirs, strict=True):
+        m = flat_mask[start : start + mine.shape[0], None]
+        edited.append(torch.where(m, their, mine))
+        start += mine.shape[0]
+    by_hand = model(inp.with_image_embeds(edited))
+    assert (ablated - by_hand)[inp.attention_mask.bool()].abs().max() <= 1e-5
+
+
+def test_mean_token_ablation_changes_the_answer(model, inp):
+    dataset = [batch(model, s) for s in (3, 5, 7)]
+    mean = mean_image_token(model, dataset)
+    flat = torch.cat([e for d in dataset for e in model.image_embeddings(d)])
+    assert torch.allclose(mean, flat.mean(0), atol=1e-6)
+    clean = answer_prob(model(inp), inp.answer_ids)
+    ablated = answer_prob(ablate_image_tokens(model, inp, "image", mean), inp.answer_ids)
+    assert ((ablated - clean).abs() > 1e-4).all()
+
+
+def test_positions_and_one_image_tiled(tiny_checkpoint):
+    model = HookedLVLM.from_pretrained(tiny_checkpoint("llava-llama"))  # fixed tokens per image
+    inp = batch(model, 1)
+    one = model.prepare(noise_image(20, 28, 9), PROMPTS[0])
+    tile = model.image_embeddings(one)[0]
+    ablated = ablate_image_tokens(model, inp, "image", tile)
+    expected = model(inp.with_image_embeds([tile, tile]))
+    assert (ablated - expected)[inp.attention_mask.bool()].abs().max() <= 1e-5
+    # sequence positions (applied to every example of the batch) select those image tokens
+    single = inp.select(1)
+    pos = single.positions("image")[[0, 2, 5]]
+    flat = image_token_mask(single, pos)
+    assert flat.sum() == 3 and flat[[0, 2, 5]].all()
+    assert torch.equal(image_token_mask(single, pos.tolist()), flat)
+    with pytest.raises(ValueError, match="non-image"):
+        image_token_mask(inp, pos)  # left padding: not image tokens in the other example
+
+
+def test_clear_errors(model, inp):
+    mean = mean_image_token(model, inp)
+    with pytest.raises(ValueError, match="non-image"):
+        token_ablation_hooks(model, inp, inp.groups["final"], mean)
+    with pytest.raises(KeyError, match="unknown token group"):
+        token_ablation_hooks(model, inp, "objects", mean)
+    with pytest.raises(ValueError, match="shape"):
+        token_ablation_hooks(model, inp, torch.ones(5, dtype=torch.bool), mean)
+    with pytest.raises(ValueError, match="out of range"):
+        token_ablation_hooks(model, inp, [10_000], mean)
+    with pytest.raises(ValueError, match="baseline has 3 image tokens"):
+        token_ablation_hooks(model, inp, "image", torch.zeros(3, model.cfg.d_model))

@@ -1,0 +1,108 @@
+"""The resumable, chunked attribution runner (in-process; the CLI kill test is elsewhere)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import torch
+
+from lvlm_lens import HookedLVLM
+from lvlm_lens.attribution.head_attribution import AttributionConfig
+from lvlm_lens.interventions.ablation import HeadAblation
+from lvlm_lens.run.options import RunOptions
+from lvlm_lens.run.runner import run_attribution
+from lvlm_lens.run.store import chunk_path
+from tests.helpers import noise_image
+
+
+@dataclass
+class Rec:
+    image: Any
+    prompt: str
+    answer: str
+    id: str
+    mask: Any = None
+
+
+@pytest.fixture(scope="module")
+def model(tiny_checkpoint):
+    return HookedLVLM.from_pretrained(tiny_checkpoint("llava-llama"))
+
+
+def records(model, n=3):
+    """Examples whose answer is the model's own prediction (so all count as correct)."""
+    out = []
+    for i in range(n):
+        r = Rec(noise_image(20, 20, i), "USER: <image>\nwhat is this ? ASSISTANT:", "", f"ex{i}")
+        with torch.no_grad():
+            guess = model(model.prepare(r.image, r.prompt))[0, -1].argmax()
+        r.answer = model.tokenizer.convert_ids_to_tokens(int(guess))
+        out.append(r)
+    return out
+
+
+def options(tmp_path, **kw):
+    cfg = AttributionConfig(n_masks=40, rate=0.2, batch_size=16,
+                            ablation=HeadAblation(baseline="mean"))
+    return RunOptions(out=str(tmp_path / "run"), chunk_masks=16, attribution=cfg, **kw)
+
+
+def test_resume_after_lost_chunks_gives_identical_results(model, tmp_path):
+    recs = records(model)
+    refs = [noise_image(20, 20, 50 + i) for i in range(3)]
+    first = run_attribution(model, recs, options(tmp_path), reference_images=refs)
+    out = first["out"]
+    assert first["metrics"].shape == (3, 40)
+    assert len(list((out / "chunks").glob("*.safetensors"))) == 3 * 3
+    # a killed run: some chunks and one prediction never written
+    for path in [chunk_path(out, 1, 2), chunk_path(out, 2, 0), chunk_path(out, 2, 1)]:
+        path.unlink()
+    (out / "examples" / "00002.json").unlink()
+    second = run_attribution(model, recs, options(tmp_path), reference_images=refs)
+    assert torch.equal(second["metrics"], first["metrics"])
+    assert torch.equal(second["result"].coef, first["result"].coef)
+
+
+def test_changed_options_are_refused_unless_overwrite(model, tmp_path):
+    recs = records(model, 2)
+    refs = [noise_image(20, 20, 50)]
+    run_attribution(model, recs, options(tmp_path), reference_images=refs)
+    changed = options(tmp_path)
+    changed.attribution.rate = 0.3
+    with pytest.raises(SystemExit, match="rate"):
+        run_attribution(model, recs, changed, reference_images=refs)
+    out = run_attribution(model, recs, changed, reference_images=refs, overwrite=True)
+    assert json.loads((out["out"] / "run.json").read_text())["attribution"]["rate"] == 0.3
+
+
+def test_wrong_answers_are_excluded_and_reported(model, tmp_path):
+    recs = records(model, 3)
+    wrong = next(w for w in ("star", "circle") if w != recs[1].answer)
+    recs[1].answer = wrong
+    res = run_attribution(model, recs, options(tmp_path), reference_images=[noise_image(20, 20, 9)])
+    assert res["kept"] == [0, 2]
+    assert res["infos"][1]["correct"] is False
+    assert res["result"].example_ids == ["ex0", "ex2"]
+    kept = run_attribution(model, recs, options(tmp_path / "k", keep_wrong=True),
+                           reference_images=[noise_image(20, 20, 9)])
+    assert kept["kept"] == [0, 1, 2]
+
+
+def test_shared_baseline_equals_per_example_baseline(model, tmp_path):
+    """The prefix-keyed baseline cache must give the same metrics as computing it per example."""
+    from lvlm_lens.attribution.regression import sample_masks
+    from lvlm_lens.interventions.ablation import compute_baseline
+    from lvlm_lens.interventions.engine import AblationEngine
+
+    recs = records(model, 2)
+    refs = [noise_image(20, 20, 50 + i) for i in range(2)]
+    res = run_attribution(model, recs, options(tmp_path), reference_images=refs)
+    cfg = options(tmp_path).attribution
+    masks = sample_masks(40, model.cfg.n_layers, model.cfg.n_heads, cfg.rate, cfg.seed)
+    inp = model.prepare(recs[1].image, recs[1].prompt, answers=recs[1].answer)
+    base = compute_baseline(model, inp, cfg.ablation, reference_images=refs)
+    direct = AblationEngine(model, inp, base, cfg.ablation, cfg.metric).run(masks, progress=False)
+    assert torch.allclose(res["metrics"][1], direct[0], atol=1e-5)

@@ -1,0 +1,94 @@
+"""HTML report: self-contained page, figures as PNGs and data URIs, NaN-robust."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lvlm_lens.attribution.curves import Curves, default_ks, evaluate_ranking, random_band
+from lvlm_lens.attribution.results import AttributionResult
+from lvlm_lens.viz.report import ExampleView, ReportData, write_report
+
+NOTE = "head attribution did not beat single-head ablation on completeness"
+
+
+def make_data(n_layers: int, n_heads: int, nan_curve: bool = False, pooled: bool = True):
+    gen = torch.Generator().manual_seed(0)
+    weights = torch.rand(n_layers, n_heads, generator=gen, dtype=torch.float64) ** 4
+
+    def run_masks(masks):
+        return 1.0 + (weights * ~masks).sum((1, 2))
+
+    coef = -(weights + 0.05 * torch.randn(3, n_layers, n_heads, generator=gen, dtype=torch.float64))
+    kw = dict(pooled_coef=-weights, pooled_r=0.93, pooled_r2=0.86) if pooled else {}
+    result = AttributionResult(
+        coef,
+        torch.ones(3),
+        torch.tensor([0.9, 0.8, math.nan]),
+        torch.tensor([0.8, 0.6, 0.7]),
+        options={"metric": "logit", "rate": 0.05},
+        model_name="toy-llava",
+        **kw,
+    )
+    noisy = weights + 0.3 * torch.rand(n_layers, n_heads, generator=gen, dtype=torch.float64)
+    rankings = {"head attribution": weights, "single-head ablation": noisy,
+                "attention weight": torch.rand(n_layers, n_heads, generator=gen)}  # fmt: skip
+    ks = default_ks(n_layers * n_heads, 12)
+    curves = {k: evaluate_ranking(run_masks, v, ks) for k, v in rankings.items()}
+    if nan_curve:
+        c = curves["attention weight"]
+        curves["attention weight"] = Curves(c.ks, c.faithfulness * math.nan,
+                                            c.completeness * math.nan, *[None] * 4)  # fmt: skip
+    band = random_band(run_masks, n_layers, n_heads, ks, n_random=5)
+    rng = np.random.default_rng(0)
+    examples = []
+    for i, (grid, size) in enumerate([(24, (336, 336)), (4, (120, 96))]):
+        yy, xx = np.mgrid[: size[1], : size[0]] / max(size)
+        img = np.stack([xx, yy, 0.5 + 0 * xx], -1) * 200
+        img[size[1] // 4 : size[1] // 2, size[0] // 4 : 2 * size[0] // 3] = (230, 180, 40)
+        att = {f"L{a}H{b}": rng.random((grid, grid)) ** 3 for a, b in [(1, 2), (0, 3), (2, 1)]}
+        obj = np.zeros((grid, grid), bool)
+        obj[grid // 4 : grid // 2, grid // 4 : 2 * grid // 3] = True
+        image = Image.fromarray(img.astype(np.uint8))
+        examples.append(ExampleView(image, "dog", ["dog", "cat"][i], att, [obj, None][i]))
+    summary = {"accuracy": 0.75, "timings": {"masks": 12.5}, "versions": {"torch": "2.x"}}
+    return ReportData(result, rankings, curves, band, examples, summary, [NOTE, "<b>escaped</b>"])
+
+
+@pytest.mark.parametrize("shape", [(4, 8), (32, 32)])
+def test_report(tmp_path, shape):
+    data = make_data(*shape, nan_curve=shape == (4, 8))
+    path = write_report(tmp_path, data, n_top=10)
+    assert path == tmp_path / "report.html" and path.exists()
+    page = path.read_text()
+    assert not re.search(r"(src|href)\s*=\s*[\"']?\s*(https?:)?//", page)
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    assert NOTE in page and "&lt;b&gt;escaped&lt;/b&gt;" in page and 'class="notes"' in page
+    for layer, head in data.result.top_heads(10):
+        assert re.search(rf"<td>L{layer}H{head}</td>", page)
+    assert len(re.findall(r'src="data:image/png;base64,', page)) >= 3
+    pngs = sorted((tmp_path / "figures").glob("*.png"))
+    names = {p.name for p in pngs}
+    assert {"importance.png", "curves.png", "example_0.png", "example_1.png"} <= names
+    for p in pngs:
+        with Image.open(p) as im:
+            arr = np.asarray(im.convert("RGB"))
+        assert arr.shape[0] > 100 and arr.shape[1] > 100
+        assert len(np.unique(arr.reshape(-1, 3), axis=0)) > 10, p.name
+
+
+def test_report_without_pooled_fit_curves_or_examples(tmp_path):
+    data = make_data(3, 4, pooled=False)
+    data.result.coef[:, 1, 2] = math.nan  # NaN head: grey cell, "–" in the table
+    data.rankings["attention weight"][0, 0] = math.nan
+    data.curves, data.random_band, data.examples, data.notes = {}, None, [], []
+    page = write_report(tmp_path / "sub", data).read_text()
+    assert 'class="notes"' not in page and "β (mean over examples)" in page
+    assert len(re.findall(r"data:image/png", page)) == 1
+    assert "<td>L1H2</td><td class=n>–</td>" in page  # NaN head ranked last
+    assert page.index("<td>L1H2</td>") > page.index("<td>L1H3</td>")
