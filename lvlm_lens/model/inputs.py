@@ -91,7 +91,8 @@ class LVLMInput:
         mask = self.attention_mask[indices]
         start = int((mask.sum(0) > 0).int().argmax()) if mask.numel() else 0
         cut = lambda t: t[indices][:, start:]  # noqa: E731
-        pick = lambda t: None if t is None else t[img]  # noqa: E731
+        # no image selected: None, as prepare gives (HF refuses empty pixel_values)
+        pick = lambda t: None if t is None or not img else t[img]  # noqa: E731
         return replace(
             self,
             input_ids=cut(self.input_ids),
