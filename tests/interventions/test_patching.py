@@ -7,7 +7,12 @@ import torch
 
 from lvlm_lens import HookedLVLM
 from lvlm_lens.interventions.metrics import answer_logprob
-from lvlm_lens.interventions.patching import patch_attn_heads, patch_mlp_out, patch_resid
+from lvlm_lens.interventions.patching import (
+    patch_attn_heads,
+    patch_metric,
+    patch_mlp_out,
+    patch_resid,
+)
 from tests.helpers import PROMPTS, noise_image
 
 
@@ -82,8 +87,14 @@ def test_text_corruption_with_same_length(model):
     clean = model.prepare(noise_image(20, 28, 1), "USER: <image>\nwhat is this ? ASSISTANT:")
     corrupted = model.prepare(noise_image(20, 28, 1), "USER: <image>\nwhat is that ? ASSISTANT:")
     clean.answer_ids = torch.tensor([model.to_single_token("star")])
-    mlp = patch_mlp_out(model, clean, corrupted, "logit", normalize=False)
-    assert mlp.shape == (model.cfg.n_layers, clean.shape[1]) and torch.isfinite(mlp).all()
+    (d,) = (clean.input_ids[0] != corrupted.input_ids[0]).nonzero()[:, 0].tolist()
+    resid = patch_resid(model, clean, corrupted, "logit", normalize=False)
+    with torch.no_grad():
+        m_clean, m_corr = (model(x)[0, -1, clean.answer_ids[0]] for x in (clean, corrupted))
+    assert abs(float(m_clean - m_corr)) > 1e-3
+    # before the changed word the runs agree; the changed word's layer-0 input is all that differs
+    assert torch.allclose(resid[:, :d], m_corr.expand(model.cfg.n_layers, d), atol=1e-5)
+    assert torch.allclose(resid[0, d], m_clean, atol=1e-5)
 
 
 def test_mismatched_inputs_raise(model, pair):
@@ -96,3 +107,28 @@ def test_mismatched_inputs_raise(model, pair):
         patch_resid(model, clean, clean, metric)
     with pytest.raises(KeyError, match="known metrics"):
         patch_resid(model, clean, clean, "accuracy")
+
+
+def test_named_metric_on_a_batch_of_two_is_the_batch_mean(model):
+    """A metric name means the batch mean of that metric at the final position, with each
+    example's own answer (hand-computed from plain runs)."""
+    images = [noise_image(20, 28, 1), noise_image(20, 28, 2)]
+    others = [noise_image(20, 28, 7), noise_image(20, 28, 8)]
+    clean = model.prepare(images, [PROMPTS[1]] * 2, answers=["star", "circle"])
+    corrupted = model.prepare(others, [PROMPTS[1]] * 2, answers=["star", "circle"])
+    rows, answers = torch.arange(2), clean.answer_ids
+    with torch.no_grad():
+        by_hand_corrupted = model(corrupted)[rows, -1, answers].mean()
+        by_hand_clean = model(clean)[rows, -1, answers].mean()
+    raw = patch_resid(model, clean, corrupted, "logit", normalize=False)
+    first_image = int(corrupted.positions("image")[0])
+    # before the image both runs are identical: the patched run is the corrupted run
+    assert torch.allclose(raw[:, :first_image], by_hand_corrupted.expand_as(raw[:, :first_image]),
+                          atol=1e-5)  # fmt: skip
+    assert abs(float(by_hand_clean - by_hand_corrupted)) > 1e-3
+    # normalised: (patched - corrupted) / (clean - corrupted), whichever sign the gap has
+    raw_heads = patch_attn_heads(model, clean, corrupted, "logit", normalize=False)
+    want = (raw_heads - by_hand_corrupted) / (by_hand_clean - by_hand_corrupted)
+    assert torch.allclose(patch_attn_heads(model, clean, corrupted, "logit"), want, atol=1e-4)
+    negated = lambda logits: -patch_metric("logit", clean)(logits)  # noqa: E731
+    assert torch.allclose(patch_attn_heads(model, clean, corrupted, negated), want, atol=1e-4)
