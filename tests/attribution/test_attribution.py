@@ -1,4 +1,4 @@
-"""Head attribution end to end, and the baseline rankings."""
+"""Head attribution end to end (the rankings it is compared with: test_rankings.py)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,9 @@ import torch
 
 from lvlm_lens import HookedLVLM
 from lvlm_lens.attribution.head_attribution import AttributionConfig, head_attribution
-from lvlm_lens.attribution.rankings import (
-    attention_weight,
-    attribution_patching,
-    single_head_ablation,
-)
-from lvlm_lens.interventions.ablation import HeadAblation, compute_baseline, head_ablation_hooks
-from lvlm_lens.interventions.engine import AblationEngine
-from lvlm_lens.interventions.metrics import final_logits
+from lvlm_lens.attribution.regression import fit_linear, fit_pooled, sample_masks
+from lvlm_lens.interventions.ablation import HeadAblation, compute_baseline
+from lvlm_lens.interventions.engine import run_reference
 from tests.helpers import PROMPTS, noise_image
 
 
@@ -64,11 +59,18 @@ def test_attribution_on_a_batch(model):
     inp = model.prepare([noise_image(20, 20, 1), noise_image(20, 20, 2)], PROMPTS)
     cfg = AttributionConfig(n_masks=120, rate=0.1, ablation=HeadAblation(baseline="zero"))
     result = head_attribution(model, inp, cfg, progress=False)
-    shape = (model.cfg.n_layers, model.cfg.n_heads)
-    assert result.coef.shape == (2, *shape) and result.pooled_coef.shape == shape
-    assert result.masks.shape == (120, *shape) and result.metrics.shape == (2, 120)
-    assert result.options["ablation"]["baseline"] == "zero"
-    assert len(result.top_heads(3)) == 3
+    masks = sample_masks(120, model.cfg.n_layers, model.cfg.n_heads, rate=0.1, seed=cfg.seed)
+    assert torch.equal(result.masks, masks)
+    base = compute_baseline(model, inp, cfg.ablation)
+    ref = run_reference(model, inp, masks[:6], base, cfg.ablation, cfg.metric, progress=False)
+    assert torch.allclose(result.metrics[:, :6], ref, atol=1e-4)  # example i in row i
+    for i in range(2):
+        assert torch.equal(result.coef[i], fit_linear(masks, result.metrics[i]).coef)
+    pooled = fit_pooled([masks, masks], list(result.metrics))
+    assert torch.equal(result.pooled_coef, pooled.coef)
+    assert result.options["ablation"]["baseline"] == "zero" and result.options["rate"] == 0.1
+    order = torch.argsort(pooled.coef.flatten(), stable=True)[:3].tolist()
+    assert result.top_heads(3) == [divmod(j, model.cfg.n_heads) for j in order]
 
 
 def test_bad_attribution_arguments(model):
@@ -84,46 +86,3 @@ def test_bad_attribution_arguments(model):
             inp,
             AttributionConfig(n_masks=10, method="ols", ablation=HeadAblation(baseline="zero")),
         )
-
-
-def test_single_head_ablation_matches_the_reference_hooks(model):
-    inp = model.prepare([noise_image(20, 20, 1), noise_image(20, 20, 2)], PROMPTS)
-    cfg = HeadAblation(baseline="zero")
-    base = compute_baseline(model, inp, cfg)
-    scores = single_head_ablation(AblationEngine(model, inp, base, cfg), progress=False)
-    clean = final_logits(model(inp))
-    answers = clean.argmax(-1)
-    head = torch.zeros(model.cfg.n_layers, model.cfg.n_heads, dtype=torch.bool)
-    head[2, 1] = True
-    ablated = final_logits(
-        model.run_with_hooks(inp, fwd_hooks=head_ablation_hooks(model, inp, head, base))
-    )
-    drop = clean[torch.arange(2), answers] - ablated[torch.arange(2), answers]
-    assert torch.allclose(scores[:, 2, 1], drop, atol=1e-4)
-
-
-def test_attention_weight_ranking(model):
-    inp = model.prepare(noise_image(20, 20, 1), PROMPTS[0])
-    scores = attention_weight(model, inp)
-    _, cache = model.run_with_cache(inp)
-    pattern = cache["blocks.1.attn.hook_pattern"][0, 3, -1]
-    assert torch.allclose(scores[0, 1, 3], pattern[inp.groups["image"][0]].sum(), atol=1e-6)
-    assert ((scores >= 0) & (scores <= 1)).all()
-
-
-def test_attribution_patching_is_the_first_order_ablation_effect(model):
-    inp = model.prepare(noise_image(20, 20, 1), PROMPTS[0])
-    cfg = HeadAblation(baseline="image")
-    base = compute_baseline(model, inp, cfg, baseline_image=noise_image(20, 20, 3))
-    grad = attribution_patching(model, inp, base)
-    answer = final_logits(model(inp)).argmax(-1)
-    eps = 1e-3
-    w = torch.zeros(1, model.cfg.n_layers, model.cfg.n_heads)
-    w[0, 1, 2] = eps
-    nudged = final_logits(
-        model.run_with_hooks(inp, fwd_hooks=head_ablation_hooks(model, inp, w, base))
-    )
-    clean = final_logits(model(inp))
-    finite_diff = -(nudged[0, answer] - clean[0, answer]) / eps
-    assert torch.allclose(grad[0, 1, 2], finite_diff[0], rtol=0.05, atol=1e-3)
-    assert all(p.grad is None for p in model.parameters())

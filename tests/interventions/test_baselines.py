@@ -84,8 +84,8 @@ def test_blank_is_a_gray_image_of_each_examples_size(anyres, value):
     blank = compute_baseline(model, inp, HeadAblation(baseline="blank", blank_value=value))
     gray = compute_baseline(model, inp, HeadAblation(baseline="image"), baseline_image=grays)
     assert_same_kv(blank, gray)
-    clean = compute_baseline(model, inp, HeadAblation(baseline="image"),
-                             baseline_image=[noise_image(20, 28, 1), noise_image(30, 14, 2)])  # fmt: skip
+    own = [noise_image(20, 28, 1), noise_image(30, 14, 2)]
+    clean = compute_baseline(model, inp, HeadAblation(baseline="image"), baseline_image=own)
     assert differs(blank, clean) > 1e-2
 
 

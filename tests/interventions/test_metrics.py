@@ -94,8 +94,9 @@ def test_relative_prob_change():
     # by hand: answer probability 1/4 -> 1/2 is +100 %, 1/2 -> 1/4 is -50 %
     quarter = torch.tensor([[0.0, 0.0, math.log(2)]])
     half = torch.tensor([[0.0, math.log(2), 0.0]])
-    assert torch.allclose(relative_prob_change(half, quarter, torch.tensor([1])), torch.tensor([1.0]))
-    assert torch.allclose(relative_prob_change(quarter, half, torch.tensor([1])), torch.tensor([-0.5]))
+    one = torch.tensor([1])
+    assert torch.allclose(relative_prob_change(half, quarter, one), torch.tensor([1.0]))
+    assert torch.allclose(relative_prob_change(quarter, half, one), torch.tensor([-0.5]))
 
 
 def test_registry():
