@@ -134,6 +134,10 @@ def run_attribution(
 ) -> dict[str, Any] | None:
     """Run (or resume) head attribution over ``records``; rank 0 returns the merged outputs.
 
+    ``merge_timeout`` is how long rank 0 of a SLURM array waits for the other tasks' files; a
+    single process or a torchrun group (after its barrier) never waits: a missing file there
+    can only mean a lost one, and the run stops at once asking to be re-run.
+
     Returns:
         On rank 0: ``{"result", "infos", "kept", "metrics", "masks", "out"}``; else ``None``.
     """
@@ -147,7 +151,10 @@ def run_attribution(
     shard.barrier()
     if shard.rank != 0:
         return None
-    infos, kept, metrics = collect(out, len(records), cfg.n_masks, opts, merge_timeout)
+    # only a SLURM array's rank 0 can see files still being written by others: it waits
+    others_writing = shard.world > 1 and not shard.synchronised
+    timeout = merge_timeout if others_writing else 0.0
+    infos, kept, metrics = collect(out, len(records), cfg.n_masks, opts, timeout)
     result = fit_result(
         masks,
         metrics,

@@ -64,12 +64,13 @@ def wait_for_files(paths: list[Path], timeout: float, poll: float = 5.0) -> None
     """Rank 0 of a SLURM array: wait until the other tasks have written their files."""
     start = time.time()
     while missing := [p for p in paths if not p.exists()]:
-        if time.time() - start > timeout:
+        left = timeout - (time.time() - start)
+        if left <= 0:
             raise SystemExit(
                 f"{len(missing)} result files still missing after {timeout:.0f}s "
                 f"(e.g. {missing[0]}): re-run the same command to finish them"
             )
-        time.sleep(poll)
+        time.sleep(min(poll, left))
 
 
 def collect(

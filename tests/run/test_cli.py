@@ -67,6 +67,11 @@ def cli(*args):
     return [sys.executable, "-m", "lvlm_lens.run.cli", *args]
 
 
+def run_cli(*args, **kwargs):
+    """The CLI in a subprocess; a hung run fails the test after 5 minutes."""
+    return subprocess.run(cli(*args), env=ENV, capture_output=True, timeout=300, **kwargs)
+
+
 def test_sigkill_and_resume_gives_identical_attributions(tiny_checkpoint, data_folder, tmp_path):
     model = tiny_checkpoint("llava-llama")
     killed = tmp_path / "killed"
@@ -80,17 +85,13 @@ def test_sigkill_and_resume_gives_identical_attributions(tiny_checkpoint, data_f
     while time.time() < deadline and len(list((killed / "chunks").glob("*.safetensors"))) < 12:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.wait(timeout=60)
     done = len(list((killed / "chunks").glob("*.safetensors")))
     assert 0 < done < 4 * 25, "the run must be killed in the middle"
     assert not (killed / "attribution").exists()
-    subprocess.run(
-        cli(*attribute_args(model, data_folder, killed)), env=ENV, check=True, capture_output=True
-    )
+    run_cli(*attribute_args(model, data_folder, killed), check=True)
     whole = tmp_path / "whole"
-    subprocess.run(
-        cli(*attribute_args(model, data_folder, whole)), env=ENV, check=True, capture_output=True
-    )
+    run_cli(*attribute_args(model, data_folder, whole), check=True)
     a, b = (
         AttributionResult.load(killed / "attribution"),
         AttributionResult.load(whole / "attribution"),
@@ -102,21 +103,15 @@ def test_sigkill_and_resume_gives_identical_attributions(tiny_checkpoint, data_f
 def test_changed_argument_is_refused(tiny_checkpoint, data_folder, tmp_path):
     model = tiny_checkpoint("llava-llama")
     out = tmp_path / "run"
-    subprocess.run(
-        cli(*attribute_args(model, data_folder, out, 32)), env=ENV, check=True, capture_output=True
-    )
-    again = subprocess.run(
-        cli(*attribute_args(model, data_folder, out, 48)), env=ENV, capture_output=True, text=True
-    )
+    run_cli(*attribute_args(model, data_folder, out, 32), check=True)
+    again = run_cli(*attribute_args(model, data_folder, out, 48), text=True)
     assert again.returncode != 0 and "n_masks" in again.stderr and "--overwrite" in again.stderr
 
 
 def test_torchrun_two_processes_equal_one(tiny_checkpoint, data_folder, tmp_path):
     model = tiny_checkpoint("llava-llama")
     one, two = tmp_path / "one", tmp_path / "two"
-    subprocess.run(
-        cli(*attribute_args(model, data_folder, one, 64)), env=ENV, check=True, capture_output=True
-    )
+    run_cli(*attribute_args(model, data_folder, one, 64), check=True)
     run = subprocess.run(
         [
             sys.executable,

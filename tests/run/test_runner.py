@@ -106,3 +106,42 @@ def test_shared_baseline_equals_per_example_baseline(model, tmp_path):
     base = compute_baseline(model, inp, cfg.ablation, reference_images=refs)
     direct = AblationEngine(model, inp, base, cfg.ablation, cfg.metric).run(masks, progress=False)
     assert torch.allclose(res["metrics"][1], direct[0], atol=1e-5)
+
+
+def test_a_lost_chunk_fails_fast_in_a_single_process(model, tmp_path, monkeypatch):
+    """With no other process writing, a missing chunk can never appear: merging must stop at once
+    with the re-run hint, not wait (the default wait, for SLURM arrays, is a week)."""
+    import time
+
+    import lvlm_lens.run.runner as runner
+
+    real = runner.run_shard
+
+    def lose_one(model, records, opts, out, *args):
+        real(model, records, opts, out, *args)
+        chunk_path(out, 1, 0).unlink()
+
+    monkeypatch.setattr(runner, "run_shard", lose_one)
+    start = time.time()
+    with pytest.raises(SystemExit, match="1 result files still missing.*re-run"):
+        run_attribution(model, records(model, 2), options(tmp_path),
+                        reference_images=[noise_image(20, 20, 9)])  # fmt: skip
+    assert time.time() - start < 60
+
+
+def test_slurm_array_rank_0_waits_for_the_others_with_a_timeout(model, tmp_path, monkeypatch):
+    """Rank 0 of a 2-task SLURM array runs examples 0 and 2, then waits for example 1 (task 1's)
+    only as long as merge_timeout."""
+    import time
+
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    for name in ("RANK", "WORLD_SIZE", "SLURM_ARRAY_TASK_MIN", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    start = time.time()
+    with pytest.raises(SystemExit, match="still missing after 1s.*re-run the same command"):
+        run_attribution(model, records(model, 3), options(tmp_path),
+                        reference_images=[noise_image(20, 20, 9)], merge_timeout=1.0)  # fmt: skip
+    assert 1.0 <= time.time() - start < 60
+    out = tmp_path / "run"
+    assert sorted(p.name for p in (out / "examples").iterdir()) == ["00000.json", "00002.json"]
