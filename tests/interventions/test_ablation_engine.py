@@ -58,9 +58,12 @@ def test_no_head_ablated_is_the_clean_run(setup):
     base = baseline_for(model, inp, cfg)
     none = torch.zeros(model.cfg.n_layers, model.cfg.n_heads, dtype=torch.bool)
     clean = model(inp)
-    assert torch.equal(
-        model.run_with_hooks(inp, fwd_hooks=head_ablation_hooks(model, inp, none, base)), clean
-    )
+    # weights that require grad are never skipped: every hook runs, with weight 0
+    zero = torch.zeros(len(inp), model.cfg.n_layers, model.cfg.n_heads, requires_grad=True)
+    hooks = head_ablation_hooks(model, inp, zero, base)
+    assert len(hooks) == 5 * model.cfg.n_layers
+    with torch.no_grad():
+        assert (model.run_with_hooks(inp, fwd_hooks=hooks) - clean).abs().max() <= 1e-5
     fast = AblationEngine(model, inp, base, cfg).run(none[None])
     logit = get_metric("logit")(clean[:, -1], clean[:, -1].argmax(-1))
     assert torch.allclose(fast[:, 0], logit, atol=1e-5)

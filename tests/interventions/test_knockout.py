@@ -89,13 +89,40 @@ def test_knockout_in_one_layer_matches_hf_per_layer_mask(pair):
     assert not any(hp.fwd_hooks for hp in model.hook_dict.values())
 
 
-def test_image_to_final_changes_answer_prob(pair):
+def test_image_to_all_text_in_every_layer_makes_the_answer_blind(pair):
+    """With every edge from the image to later text cut in every layer, the answer no longer
+    depends on the image: the knocked-out runs on two different images agree."""
     model, inp = pair
-    effect = knockout_effect(model, inp, "image", "final", range(model.cfg.n_layers))
-    assert effect.shape == (len(inp),)
+    other = model.prepare([noise_image(20, 28, 11), noise_image(30, 14, 12)], PROMPTS,
+                          answers=["star", "circle"])  # fmt: skip
+    assert torch.equal(other.input_ids, inp.input_ids)
+    after = ~(inp.groups["image"] | inp.groups["bos"]) & inp.attention_mask.bool()
+    every = range(model.cfg.n_layers)
+    runs = [model.run_with_hooks(x, fwd_hooks=knockout_hooks(model, x, "image", after, every))
+            for x in (inp, other)]  # fmt: skip
+    assert (runs[0][:, -1] - runs[1][:, -1]).abs().max() <= 1e-4
+    assert (model(inp)[:, -1] - model(other)[:, -1]).abs().max() > 1e-3  # the image mattered
+
+
+def test_knockout_effect_values_by_hand(pair):
+    model, inp = pair
+    rows, answers, layers = torch.arange(len(inp)), inp.answer_ids, [0, 1]
+    with torch.no_grad():
+        clean = model(inp)[:, -1]
+        knocked = model.run_with_hooks(
+            inp, fwd_hooks=knockout_hooks(model, inp, "image", "final", layers)
+        )[:, -1]
+    p_clean, p_new = (x.softmax(-1)[rows, answers] for x in (clean, knocked))
+    effect = knockout_effect(model, inp, "image", "final", layers)
+    assert torch.allclose(effect, (p_new - p_clean) / p_clean, atol=1e-5)
     assert (effect.abs() > 1e-3).all()
-    diff = knockout_effect(model, inp, "image", "final", [0, 1], metric="logit_diff")
-    assert diff.shape == (len(inp),) and (diff.abs() > 1e-4).all()
+    diff = knockout_effect(model, inp, "image", "final", layers, metric="logit")
+    assert torch.allclose(diff, knocked[rows, answers] - clean[rows, answers], atol=1e-5)
+    rel = knockout_effect(model, inp, "image", "final", layers, metric="logit", relative=True)
+    want = (knocked[rows, answers] - clean[rows, answers]) / clean[rows, answers]
+    assert torch.allclose(rel, want, atol=1e-5)
+    absolute = knockout_effect(model, inp, "image", "final", layers, relative=False)
+    assert torch.allclose(absolute, p_new - p_clean, atol=1e-6)
 
 
 def test_empty_knockout_changes_nothing(pair):

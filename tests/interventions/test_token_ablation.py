@@ -76,8 +76,13 @@ def test_mean_token_ablation_changes_the_answer(model, inp):
     flat = torch.cat([e for d in dataset for e in model.image_embeddings(d)])
     assert torch.allclose(mean, flat.mean(0), atol=1e-6)
     clean = answer_prob(model(inp), inp.answer_ids)
-    ablated = answer_prob(ablate_image_tokens(model, inp, "image", mean), inp.answer_ids)
+    logits = ablate_image_tokens(model, inp, "image", mean)
+    ablated = answer_prob(logits, inp.answer_ids)
     assert ((ablated - clean).abs() > 1e-4).all()
+    # known answer: every image token replaced by the mean token
+    n = [c.shape[0] for c in inp.image_coords]
+    by_hand = model(inp.with_image_embeds([mean.expand(k, -1) for k in n]))
+    assert (logits - by_hand)[inp.attention_mask.bool()].abs().max() <= 1e-5
 
 
 def test_positions_and_one_image_tiled(tiny_checkpoint):

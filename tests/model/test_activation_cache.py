@@ -143,7 +143,8 @@ def test_tokens_with_image_placeholders_need_an_image(model, inp):
 
 
 def test_text_only_run_via_string(model):
-    logits = model(
-        "USER: the picture shows a small red star . what is the main object ? ASSISTANT:"
-    )
-    assert logits.shape[0] == 1 and torch.isfinite(logits).all()
+    text = "USER: the picture shows a small red star . what is the main object ? ASSISTANT:"
+    logits = model(text)
+    with torch.no_grad():
+        ref = model.hf_model(input_ids=model.to_tokens(text)).logits
+    assert logits.shape == ref.shape and (logits - ref).abs().max() <= 1e-4

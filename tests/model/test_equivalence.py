@@ -59,12 +59,16 @@ def test_logits_match_hf(tiny_checkpoint, case):
     assert ref[real].std() > 0.1  # the check is not vacuous
 
 
-def test_any_resolution_token_counts_differ(tiny_checkpoint):
-    model = HookedLVLM.from_pretrained(tiny_checkpoint("llava-next-vicuna"))
+def test_any_resolution_token_counts_match_the_hf_processor(tiny_checkpoint):
+    folder = tiny_checkpoint("llava-next-vicuna")
+    model = HookedLVLM.from_pretrained(folder)
     inp = batch(model)
     counts = inp.groups["image"].sum(-1).tolist()
     assert counts[0] != counts[1]
-    assert counts == [c.shape[0] for c in inp.image_coords]
+    processor = transformers.AutoProcessor.from_pretrained(folder)
+    images = [noise_image(20, 28, 1), noise_image(30, 14, 2)]
+    enc = processor(text=PROMPTS, images=images, return_tensors="pt", padding=True)
+    assert (enc["input_ids"] == model.cfg.image_token_id).sum(1).tolist() == counts
 
 
 @pytest.mark.parametrize("case", ["llava-llama", "llava-onevision-qwen2", "llava-next-mistral"])
