@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo lint
+.PHONY: venv test demo lint mutate
 
 venv: $(STAMP)
 
@@ -25,3 +25,10 @@ demo: venv
 
 lint: venv
 	$(VENV)/bin/ruff check lvlm_lens tests
+
+# Mutation testing of the model, interventions and attribution layers (slow: not part of CI).
+# One worker, one thread; narrow it with PATTERNS, e.g. make mutate PATTERNS="lvlm_lens.model.*".
+# Results: docs/testing.md; `$(PY) -m tools.mutate --report` re-prints the last scores.
+mutate: venv
+	$(PY) -m pip install -q -e ".[dev,mutate]"
+	OMP_NUM_THREADS=1 $(PY) -m tools.mutate $(PATTERNS)

@@ -149,3 +149,35 @@ def test_sparse_and_dense_selection_equal_reference(setup, rate):
     fast = AblationEngine(model, inp, base, cfg, batch_size=64).run(masks)
     ref = run_reference(model, inp, masks, base, cfg)
     assert (fast - ref).abs().max() <= 1e-4
+
+
+def test_batch_size_and_mask_rows(setup):
+    model, inp = setup
+    cfg = HeadAblation(baseline="zero")
+    base = baseline_for(model, inp, cfg)
+    masks = sample_masks(5, model.cfg.n_layers, model.cfg.n_heads, rate=0.3, seed=4)
+    one = AblationEngine(model, inp, base, cfg, batch_size=1).run(masks, progress=False)
+    assert torch.allclose(one, AblationEngine(model, inp, base, cfg).run(masks, progress=False),
+                          atol=1e-5)  # fmt: skip
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        AblationEngine(model, inp, base, cfg, batch_size=0)
+    with pytest.raises(ValueError, match="3 rows for a batch of 2"):
+        head_ablation_hooks(model, inp, masks[:3], base)
+
+
+def test_progress_bars_show_unless_silenced(setup, capsys):
+    model, inp = setup
+    cfg = HeadAblation(baseline="zero")
+    base = baseline_for(model, inp, cfg)
+    masks = sample_masks(3, model.cfg.n_layers, model.cfg.n_heads, rate=0.3, seed=4)
+    engine = AblationEngine(model, inp, base, cfg)
+    capsys.readouterr()
+    engine.run(masks, progress=False)
+    run_reference(model, inp, masks, base, cfg, progress=False)
+    assert capsys.readouterr().err == ""
+    engine.run(masks)
+    err = capsys.readouterr().err
+    assert "masked runs" in err and "6/6" in err and "mask/s" in err
+    run_reference(model, inp, masks, base, cfg)
+    err = capsys.readouterr().err
+    assert "reference" in err and "3/3" in err and "mask/s" in err

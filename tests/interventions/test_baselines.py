@@ -122,3 +122,23 @@ def test_mean_image_token_over_batches_of_unequal_sizes_is_the_flat_mean(anyres)
     per_batch = (torch.cat(model.image_embeddings(first)).mean(0)
                  + torch.cat(model.image_embeddings(second)).mean(0)) / 2  # fmt: skip
     assert (per_batch - flat.mean(0)).abs().max() > 1e-4  # the test tells the two apart
+
+
+def test_progress_bars_for_several_references(llava, capsys):
+    model, inp = llava
+    cfg = HeadAblation(baseline="mean")
+    capsys.readouterr()
+    compute_baseline(model, inp, cfg, reference_images=[noise_image(20, 20, 5)])
+    mean_image_token(model, [inp])
+    assert capsys.readouterr().err == ""  # one reference, one input: nothing to wait for
+    compute_baseline(model, inp, cfg, reference_images=[noise_image(20, 20, s) for s in (5, 6)])
+    assert "baseline K/V" in capsys.readouterr().err
+    mean_image_token(model, [inp, inp])
+    assert "mean image token" in capsys.readouterr().err
+
+
+def test_a_baseline_image_with_another_token_layout_is_refused(anyres):
+    model, inp = anyres
+    with pytest.raises(ValueError, match="different image-token layout.*same size"):
+        compute_baseline(model, inp, HeadAblation(baseline="image"),
+                         baseline_image=noise_image(40, 40, 5))  # fmt: skip

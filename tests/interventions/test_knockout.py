@@ -123,6 +123,15 @@ def test_knockout_effect_values_by_hand(pair):
     assert torch.allclose(rel, want, atol=1e-5)
     absolute = knockout_effect(model, inp, "image", "final", layers, relative=False)
     assert torch.allclose(absolute, p_new - p_clean, atol=1e-6)
+    # one layer given as an int, a subset of heads
+    with torch.no_grad():
+        some = model.run_with_hooks(
+            inp, fwd_hooks=knockout_hooks(model, inp, "image", "final", [1], heads=[0, 2])
+        )[:, -1]
+    p_some = some.softmax(-1)[rows, answers]
+    effect = knockout_effect(model, inp, "image", "final", 1, heads=[0, 2])
+    assert torch.allclose(effect, (p_some - p_clean) / p_clean, atol=1e-5)
+    assert (p_some - p_new).abs().max() > 1e-5  # fewer heads, another effect
 
 
 def test_empty_knockout_changes_nothing(pair):
@@ -158,6 +167,12 @@ def test_heads_subset_only_affects_those_heads(pair):
 
 
 def test_window_layers():
+    assert window_layers(0, 1, 4) == [0] and window_layers(3, 1, 4) == [3]
+    assert window_layers(0, 3, 4) == [0, 1]
+    with pytest.raises(ValueError, match="window size must be positive, got 0"):
+        window_layers(1, 0, 4)
+    with pytest.raises(ValueError, match="window centre -1 out of range for 4 layers"):
+        window_layers(-1, 3, 4)
     assert window_layers(10, 9, 32) == list(range(6, 15))
     assert window_layers(1, 9, 32) == list(range(0, 6))
     assert window_layers(30, 9, 32) == list(range(26, 32))
@@ -176,6 +191,16 @@ def test_clear_errors(pair):
         knockout_hooks(model, inp, "image", "final", [0, 2])
     with pytest.raises(ValueError, match="head"):
         knockout_hooks(model, inp, "image", "final", [0], heads=[99])
+    with pytest.raises(ValueError, match=rf"head\(s\) \[{model.cfg.n_heads}\] out of range"):
+        knockout_hooks(model, inp, "image", "final", [0], heads=[model.cfg.n_heads])
+    with pytest.raises(ValueError, match="needs inp.answer_ids"):
+        knockout_effect(model, model.prepare(noise_image(20, 28, 1), PROMPTS[0]), "image",
+                        "final", [0])  # fmt: skip
+    shorter = model.prepare([noise_image(20, 28, 1), noise_image(30, 14, 2)],
+                            [PROMPTS[1], PROMPTS[1]])  # same batch size, other length
+    assert len(shorter) == len(inp) and shorter.shape[1] != inp.shape[1]
+    with pytest.raises(ValueError, match="same input"):
+        model.run_with_hooks(shorter, fwd_hooks=knockout_hooks(model, inp, "image", "final", [0]))
     with pytest.raises(ValueError, match="bool of shape"):
         knockout_hooks(model, inp, torch.ones(3, 4, dtype=torch.bool), "final", [0])
     other = inp.select(0)

@@ -59,9 +59,11 @@ def test_entries_equal_hand_made_patches(model, pair):
     assert heads.shape == (n_layers, n_heads)
     z = (slice(None), slice(None), 2)
     assert torch.allclose(heads[1, 2], by_hand("blocks.1.attn.hook_z", z))
-    # normalisation
+    # normalisation (the default)
     normed = patch_attn_heads(model, clean, corrupted, metric)
     assert torch.allclose(normed, (heads - m_corr) / (m_clean - m_corr), atol=1e-5)
+    normed = patch_mlp_out(model, clean, corrupted, metric)
+    assert torch.allclose(normed, (mlp - m_corr) / (m_clean - m_corr), atol=1e-4)
 
 
 def test_patching_everything_at_layer_0_recovers_clean(model, pair):
@@ -101,8 +103,16 @@ def test_mismatched_inputs_raise(model, pair):
     clean, _ = pair
     longer = model.prepare(noise_image(20, 28, 1), PROMPTS[0], answers="star")
     metric = metric_of(clean)
-    with pytest.raises(ValueError, match="same shape"):
+    with pytest.raises(ValueError, match="same shape.*same image-token count"):
         patch_resid(model, clean, longer, metric)
+    batch = model.prepare([noise_image(20, 28, 1)] * 2, PROMPTS, answers=["star"] * 2)
+    swapped = model.prepare([noise_image(20, 28, 1)] * 2, PROMPTS[::-1], answers=["star"] * 2)
+    assert batch.shape == swapped.shape
+    with pytest.raises(ValueError, match="same padding"):
+        patch_resid(model, batch, swapped, "logit")
+    no_answers = model.prepare(noise_image(20, 28, 1), PROMPTS[1])
+    with pytest.raises(ValueError, match="needs clean.answer_ids"):
+        patch_resid(model, no_answers, no_answers, "logit")
     with pytest.raises(ValueError, match="cannot normalise"):
         patch_resid(model, clean, clean, metric)
     with pytest.raises(KeyError, match="known metrics"):

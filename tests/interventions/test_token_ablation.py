@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -113,5 +115,37 @@ def test_clear_errors(model, inp):
         token_ablation_hooks(model, inp, torch.ones(5, dtype=torch.bool), mean)
     with pytest.raises(ValueError, match="out of range"):
         token_ablation_hooks(model, inp, [10_000], mean)
+    with pytest.raises(ValueError, match=rf"positions \[{inp.shape[1]}\] out of range"):
+        token_ablation_hooks(model, inp, [inp.shape[1]], mean)  # one past the last column
+    with pytest.raises(ValueError, match="out of range"):
+        token_ablation_hooks(model, inp, [-1], mean)
+    with pytest.raises(ValueError, match="non-image"):
+        token_ablation_hooks(model, inp, [0], mean)  # column 0 exists but holds no image token
     with pytest.raises(ValueError, match="baseline has 3 image tokens"):
         token_ablation_hooks(model, inp, "image", torch.zeros(3, model.cfg.d_model))
+    text_only = model.prepare(None, "USER: what is this ? ASSISTANT:")
+    with pytest.raises(ValueError, match="no image tokens"):
+        mean_image_token(model, [text_only])
+
+
+def test_flat_masks_text_only_inputs_and_embeddings_without_coordinates(model, inp):
+    """A flat mask over the batch's image tokens equals the same [batch, pos] mask; inputs
+    without images are skipped by the mean token; per-image baselines tile over embeddings
+    even when the input carries no image coordinates."""
+    which = inp.groups["image"] & (torch.arange(inp.shape[1]) % 3 == 0)
+    flat = image_token_mask(inp, which)
+    assert flat.shape == (int(inp.groups["image"].sum()),)
+    assert torch.equal(image_token_mask(inp, flat), flat)
+    other = batch(model, 11)
+    assert torch.equal(ablate_image_tokens(model, inp, flat, other),
+                       ablate_image_tokens(model, inp, which, other))  # fmt: skip
+    text_only = model.prepare(None, "USER: what is this ? ASSISTANT:")
+    with_text = mean_image_token(model, [inp, text_only, other])
+    assert torch.allclose(with_text, mean_image_token(model, [inp, other]), atol=1e-6)
+    if model.cfg.lvlm_type == "llava":  # same token count per image: one image's rows tile
+        embeds = model.image_embeddings(inp)
+        bare = replace(inp.with_image_embeds(embeds), image_coords=[])
+        tile = model.image_embeddings(other)[0]
+        got = ablate_image_tokens(model, bare, "image", tile)
+        want = model(inp.with_image_embeds([tile, tile]))
+        assert (got - want)[inp.attention_mask.bool()].abs().max() <= 1e-5
