@@ -12,6 +12,7 @@ from lvlm_lens.interventions.ablation import (
     compute_baseline,
     head_ablation_hooks,
     query_scope,
+    source_mask,
 )
 from lvlm_lens.interventions.engine import AblationEngine, run_reference
 from lvlm_lens.interventions.metrics import get_metric
@@ -163,6 +164,14 @@ def test_batch_size_and_mask_rows(setup):
         AblationEngine(model, inp, base, cfg, batch_size=0)
     with pytest.raises(ValueError, match="3 rows for a batch of 2"):
         head_ablation_hooks(model, inp, masks[:3], base)
+    # one example of the batch: the same row as when all run
+    engine = AblationEngine(model, inp, base, cfg)
+    assert torch.allclose(engine.run(masks, examples=[1], progress=False), one[1:], atol=1e-5)
+    image = inp.groups["image"]
+    for bad in (image[:, :-1], image.long(), image[:1]):
+        with pytest.raises(ValueError, match="source mask must be bool"):
+            source_mask(inp, bad)
+    assert torch.equal(source_mask(inp, image.clone()), image)
 
 
 def test_progress_bars_show_unless_silenced(setup, capsys):
