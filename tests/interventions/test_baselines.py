@@ -142,3 +142,21 @@ def test_a_baseline_image_with_another_token_layout_is_refused(anyres):
     with pytest.raises(ValueError, match="different image-token layout.*same size"):
         compute_baseline(model, inp, HeadAblation(baseline="image"),
                          baseline_image=noise_image(40, 40, 5))  # fmt: skip
+
+
+def test_a_text_source_takes_only_baselines_that_do_not_replace_the_image(llava):
+    model, inp = llava
+    for baseline in ("image", "blank"):
+        with pytest.raises(ValueError, match=f"baseline '{baseline}' replaces the image"):
+            compute_baseline(model, inp, HeadAblation(baseline=baseline, source="question"),
+                             baseline_image=noise_image(20, 20, 5))  # fmt: skip
+    x = noise_image(20, 20, 5)
+    mean = compute_baseline(model, inp, HeadAblation(baseline="mean", source="question"),
+                            reference_images=[x])  # fmt: skip
+    assert torch.equal(mean.source, inp.groups["question"])
+    # a mean over one reference is that reference's K/V, at the question tokens too
+    clean = compute_baseline(model, inp, HeadAblation(baseline="image", source="image"),
+                             baseline_image=x)  # fmt: skip
+    q = inp.groups["question"][:, None, :, None]
+    for k_mean, k_x in zip(mean.keys, clean.keys, strict=True):
+        assert ((k_mean - k_x) * q).abs().max() <= 1e-5
