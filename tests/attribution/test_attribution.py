@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from lvlm_lens import HookedLVLM
-from lvlm_lens.attribution.head_attribution import AttributionConfig, head_attribution
+from lvlm_lens.attribution.head_attribution import (
+    AttributionConfig,
+    check_config,
+    fit_result,
+    head_attribution,
+)
 from lvlm_lens.attribution.regression import fit_linear, fit_pooled, sample_masks
 from lvlm_lens.interventions.ablation import HeadAblation, compute_baseline
 from lvlm_lens.interventions.engine import run_reference
@@ -56,19 +61,33 @@ def test_regression_recovers_a_planted_dependence(model):
 
 
 def test_attribution_on_a_batch(model):
+    """Every option reaches its step: masks (n, rate, seed), the metric, the baseline images,
+    the batch size, the regression (method, holdout, seed), the result's fields."""
     inp = model.prepare([noise_image(20, 20, 1), noise_image(20, 20, 2)], PROMPTS)
-    cfg = AttributionConfig(n_masks=120, rate=0.1, ablation=HeadAblation(baseline="zero"))
-    result = head_attribution(model, inp, cfg, progress=False)
-    masks = sample_masks(120, model.cfg.n_layers, model.cfg.n_heads, rate=0.1, seed=cfg.seed)
+    refs = [noise_image(20, 20, 7), noise_image(20, 20, 8)]
+    cfg = AttributionConfig(n_masks=120, rate=0.1, seed=3, metric="logprob", method="ols",
+                            holdout=0.3, batch_size=7, ablation=HeadAblation(baseline="mean"))
+    result = head_attribution(model, inp, cfg, reference_images=refs, progress=False)
+    masks = sample_masks(120, model.cfg.n_layers, model.cfg.n_heads, rate=0.1, seed=3)
     assert torch.equal(result.masks, masks)
-    base = compute_baseline(model, inp, cfg.ablation)
-    ref = run_reference(model, inp, masks[:6], base, cfg.ablation, cfg.metric, progress=False)
+    base = compute_baseline(model, inp, cfg.ablation, reference_images=refs)
+    ref = run_reference(model, inp, masks[:6], base, cfg.ablation, "logprob", progress=False)
     assert torch.allclose(result.metrics[:, :6], ref, atol=1e-4)  # example i in row i
+    kw = dict(method="ols", holdout=0.3, seed=3)
     for i in range(2):
-        assert torch.equal(result.coef[i], fit_linear(masks, result.metrics[i]).coef)
-    pooled = fit_pooled([masks, masks], list(result.metrics))
-    assert torch.equal(result.pooled_coef, pooled.coef)
-    assert result.options["ablation"]["baseline"] == "zero" and result.options["rate"] == 0.1
+        fit = fit_linear(masks, result.metrics[i], **kw)
+        assert torch.equal(result.coef[i], fit.coef) and result.r2[i] == fit.r2
+    pooled = fit_pooled([masks, masks], list(result.metrics), **kw)
+    assert torch.equal(result.pooled_coef, pooled.coef) and result.pooled_r == pooled.pearson_r
+    assert result.options["ablation"]["baseline"] == "mean" and result.options["rate"] == 0.1
+    assert result.model_name == model.cfg.model_name != ""
+    image = HeadAblation(baseline="image")
+    one = head_attribution(model, inp.select(0), AttributionConfig(n_masks=20, ablation=image),
+                           baseline_image=refs[0], progress=False)  # fmt: skip
+    base = compute_baseline(model, inp.select(0), image, baseline_image=refs[0])
+    want = run_reference(model, inp.select(0), one.masks[:3], base, image, progress=False)
+    assert torch.allclose(one.metrics[:, :3], want, atol=1e-4)
+    assert one.pooled_coef is None  # one example: no pooled fit
     order = torch.argsort(pooled.coef.flatten(), stable=True)[:3].tolist()
     assert result.top_heads(3) == [divmod(j, model.cfg.n_heads) for j in order]
 
@@ -86,3 +105,19 @@ def test_bad_attribution_arguments(model):
             inp,
             AttributionConfig(n_masks=10, method="ols", ablation=HeadAblation(baseline="zero")),
         )
+    # 12 heads, holdout 0.2: 16 masks leave 12 training masks (too few), 17 leave 13
+    n = model.cfg.n_layers * model.cfg.n_heads
+    assert n == 12
+    with pytest.raises(ValueError, match=r"n_masks=16 gives 12: use n_masks >= 18 or method"):
+        check_config(model, AttributionConfig(n_masks=16, method="ols"))
+    check_config(model, AttributionConfig(n_masks=17, method="ols"))
+    check_config(model, AttributionConfig(n_masks=2))  # ridge: no such limit
+    with pytest.raises(ValueError, match="n_masks must be >= 2, got 1"):
+        AttributionConfig(n_masks=1)
+
+
+def test_fit_result_keeps_example_ids():
+    masks = sample_masks(40, 3, 4, rate=0.2, seed=0)
+    metrics = torch.randn(2, 40, generator=torch.Generator().manual_seed(0))
+    result = fit_result(masks, metrics, AttributionConfig(n_masks=40), "m", ["a.png", "b.png"])
+    assert result.example_ids == ["a.png", "b.png"] and result.model_name == "m"

@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from lvlm_lens.attribution.regression import LinearFit, _split, fit_linear, fit_pooled, sample_masks
+from lvlm_lens.attribution.regression import (
+    DEFAULT_RIDGE_ALPHAS,
+    LinearFit,
+    _split,
+    fit_linear,
+    fit_pooled,
+    sample_masks,
+)
 
 L, H = 4, 8
 
@@ -132,7 +139,8 @@ def test_bad_sizes():
 
 def test_ols_needs_enough_masks():
     masks, y, _ = planted(n=30)  # 24 train masks < 32 heads + 1
-    with pytest.raises(ValueError, match=r"ols needs >= 33 training masks.*sample >= 42"):
+    msg = r"ols needs >= 33 .*sample >= 42 .* or use method='ridge'"
+    with pytest.raises(ValueError, match=msg):
         fit_linear(masks, y, method="ols")
     fit_linear(masks, y, method="ridge")  # ridge copes with n < p
 
@@ -159,3 +167,85 @@ def test_shape_and_option_errors():
         fit_linear(masks, y, holdout=1.0)
     with pytest.raises(ValueError, match="alphas"):
         fit_linear(masks, y, alphas=[1.0, -1.0])
+
+
+def test_held_out_scores_by_hand():
+    """Pearson r and R² on the held-out masks, recomputed from the fit's own predictions."""
+    masks, y, _ = planted(n=200, noise=0.5)
+    fit = fit_linear(masks, y, seed=3)
+    _, test = _split(torch.zeros(200, dtype=torch.long), 1, 0.2, torch.Generator().manual_seed(3))
+    pred, truth = fit.predict(masks[test]), y[test].double()
+    r = torch.corrcoef(torch.stack([pred, truth]))[0, 1]
+    r2 = 1 - ((truth - pred) ** 2).sum() / ((truth - truth.mean()) ** 2).sum()
+    assert fit.pearson_r == pytest.approx(float(r), abs=1e-9)
+    assert fit.r2 == pytest.approx(float(r2), abs=1e-9)
+    assert 0.3 < fit.r2 < fit.pearson_r < 0.99  # noisy enough to tell r, r² and 1 apart
+
+
+def test_ridge_and_lasso_with_one_penalty_by_hand():
+    """Ridge: the closed form on centred data. Lasso on an orthogonal design (every
+    combination of 3 heads, each ablated in half the masks): soft-thresholding of Xᵀy/n."""
+    masks, y, _ = planted(n=300, noise=0.3)
+    x = masks.flatten(1).double()
+    fit = fit_linear(masks, y, alphas=[0.5], holdout=0.0)
+    xc, yc = x - x.mean(0), y.double() - y.double().mean()
+    want = torch.linalg.solve(xc.T @ xc + 0.5 * len(x) * torch.eye(x.shape[1]).double(), xc.T @ yc)
+    torch.testing.assert_close(fit.coef.flatten(), want)
+    assert fit.intercept == pytest.approx(float(y.double().mean() - x.mean(0) @ want))
+    grid = torch.tensor([[(i >> b) & 1 for b in range(3)] for i in range(8)], dtype=torch.bool)
+    design = grid.repeat(4, 1).reshape(32, 1, 3)
+    beta = torch.tensor([-2.0, -0.2, 1.0], dtype=torch.float64)
+    target = 1.0 + design.flatten(1).double() @ beta
+    lam = 0.1
+    lasso = fit_linear(design, target, method="lasso", alphas=[lam], holdout=0.0)
+    d = design.flatten(1).double()
+    cov = (d - d.mean(0)).T @ (target - target.mean()) / len(d)  # = beta / 4
+    soft = cov.sign() * (cov.abs() - lam).clamp_min(0) / 0.25  # Gram / n = I / 4
+    torch.testing.assert_close(lasso.coef.flatten(), soft, atol=1e-7, rtol=0)
+    assert lasso.coef[0, 1] == 0 and lasso.alpha == lam
+
+
+def test_penalty_search_picks_the_best_validation_penalty_in_any_order():
+    masks, y, _ = planted(n=400, noise=0.01)
+    for grid in ([1e3, 1e-6], [1e-6, 1e3]):
+        fit = fit_linear(masks, y, alphas=grid)
+        assert fit.alpha == 1e-6 and fit.val_mse.shape == (2,)
+        assert fit.val_mse[grid.index(1e-6)] < fit.val_mse[grid.index(1e3)]
+    default = fit_linear(masks, y)
+    assert default.alphas.tolist() == list(DEFAULT_RIDGE_ALPHAS)
+    with pytest.raises(ValueError, match="alphas must be positive"):
+        fit_linear(masks, y, alphas=[0.0])
+
+
+def test_stratified_split_and_minimum_masks():
+    """Held-out masks are 20 % of each example's masks; ridge needs 2 per example + 1."""
+    sizes = (10, 30)
+    masks = [sample_masks(n, L, H, 0.2, seed=n) for n in sizes]
+    targets = [torch.randn(n, generator=torch.Generator().manual_seed(n)) for n in sizes]
+    fit = fit_pooled(masks, targets, alphas=[1.0])
+    assert (fit.n_train, fit.n_test) == (8 + 24, 2 + 6)
+    assert fit.example_intercepts.shape == (2,)
+    assert fit_linear(masks[0], targets[0]).example_intercepts is None
+    fit_linear(masks[0][:3], targets[0][:3], alphas=[1.0], holdout=0.0)  # 3 = 2 + 1: enough
+    with pytest.raises(ValueError, match=r"ridge needs >= 3 training masks.*\(holdout=0.0\)$"):
+        fit_linear(masks[0][:2], targets[0][:2], alphas=[1.0], holdout=0.0)
+    with pytest.raises(ValueError, match="ridge needs >= 5 training masks"):
+        fit_pooled([m[:2] for m in masks], [t[:2] for t in targets], alphas=[1.0], holdout=0.0)
+    with pytest.raises(ValueError, match="got 0 mask sets but 0"):
+        fit_pooled([], [])
+    one = fit_linear(masks[1][:11], targets[1][:11], alphas=[1.0], holdout=0.1)
+    assert one.n_test == 1 and math.isnan(one.pearson_r) and math.isnan(one.r2)
+    two = fit_linear(masks[1][:10], targets[1][:10], alphas=[1.0], holdout=0.2)
+    assert two.n_test == 2 and abs(two.pearson_r) == pytest.approx(1.0)  # two points: |r| = 1
+
+
+def test_predict_uses_the_examples_own_intercept():
+    masks_list = [sample_masks(100, L, H, 0.2, seed=s) for s in range(2)]
+    targets = [torch.randn(100, generator=torch.Generator().manual_seed(s)) + 5 * s
+               for s in range(2)]  # fmt: skip
+    fit = fit_pooled(masks_list, targets)
+    x = masks_list[0][:7]
+    lin = x.flatten(1).double() @ fit.coef.flatten()
+    torch.testing.assert_close(fit.predict(x, example=1), lin + fit.example_intercepts[1])
+    torch.testing.assert_close(fit.predict(x), lin + fit.intercept)
+    assert fit.example_intercepts[1] - fit.example_intercepts[0] > 3

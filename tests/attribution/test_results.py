@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 
@@ -177,3 +178,22 @@ def test_single_example_ranks_by_its_own_fit():
     res = AttributionResult(coef=coef, intercepts=torch.zeros(1), pearson_r=torch.ones(1),
                             r2=torch.ones(1))
     assert res.top_heads(2) == [(1, 0), (0, 1)]
+
+
+def test_pooled_fields_file_format_and_default_ids(tmp_path):
+    masks = [sample_masks(200, L, H, 0.2, seed=s) for s in range(2)]
+    targets = [(m.double() * -torch.arange(L * H).reshape(L, H)).sum((1, 2)) + 0.1 * torch.randn(
+        200, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+        for s, m in enumerate(masks)]  # fmt: skip
+    fits = [fit_linear(m, t) for m, t in zip(masks, targets, strict=True)]
+    pooled = fit_pooled(masks, targets)
+    result = AttributionResult.from_fits(fits, pooled)
+    assert result.pooled_intercept == pooled.intercept and result.pooled_r == pooled.pearson_r
+    assert result.pooled_r2 == pooled.r2 and result.intercepts.dtype == torch.float64
+    assert result.intercepts.tolist() == [f.intercept for f in fits]
+    result.save(tmp_path / "new" / "nested")  # parents are created
+    meta = json.loads((tmp_path / "new" / "nested" / META_FILE).read_text())
+    assert meta["format"] == "lvlm_lens.attribution" and meta["version"] == 1
+    result.to_csv(tmp_path / "ids.csv")
+    header = (tmp_path / "ids.csv").read_text().splitlines()[0]
+    assert header == "layer,head,coef_0,coef_1,coef_pooled"
