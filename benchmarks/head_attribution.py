@@ -70,7 +70,7 @@ from lvlm_lens.model.kv_cache import KVCache  # noqa: E402
 
 TARGET_SPEEDUP = 15.0  # reference s/mask over engine s/mask, at least
 TARGET_VS_PLAIN = 1.2  # engine s/mask over plain cached-suffix s/mask, at most
-TARGET_GROWTH = 2.0  # engine s/mask at 2304 image tokens over 144, below
+TARGET_GROWTH = 1.5  # engine s/mask at 2304 image tokens over 144, at most
 TARGET_MEM_SLOPE = 1.5  # engine per-mask memory slope over the plain run's, at most
 PATCH = 14
 IMAGE_SIZES = (168, 336, 672)  # 144, 576, 2304 image tokens
@@ -330,10 +330,10 @@ def main() -> None:
                     f"{kind} growth {hi} / {lo} image tokens",
                     f"{growth:.2f}x",
                     f"{best_ratio(sm, f'{kind}@{hi}', f'{kind}@{lo}'):.2f}x",
-                    f"< {TARGET_GROWTH:.0f}x (FLOPs {flops[1] / flops[0]:.2f}x)"
+                    f"<= {TARGET_GROWTH}x (FLOPs {flops[1] / flops[0]:.2f}x)"
                     if kind == "engine"
                     else "",
-                    verdict(growth < TARGET_GROWTH) if kind == "engine" else "",
+                    verdict(growth <= TARGET_GROWTH) if kind == "engine" else "",
                 )
             )
         kernel = " / ".join(

@@ -141,6 +141,7 @@ class AblationEngine:
         if masks.ndim != 3:
             raise ValueError("masks must be [n_masks, n_layers, n_heads]")
         examples = list(range(len(self.inp))) if examples is None else examples
+        masks = masks.cpu()  # the switches' indices are found on the host, once per batch
         out = torch.empty(len(examples), masks.shape[0])
         bar = tqdm(
             total=len(examples) * masks.shape[0],
@@ -149,10 +150,12 @@ class AblationEngine:
             desc="masked runs",
         )
         for row, i in enumerate(examples):
+            values = []  # stay on the device: the loop never waits for it
             for start in range(0, masks.shape[0], self.batch_size):
                 chunk = masks[start : start + self.batch_size]
-                out[row, start : start + len(chunk)] = self.run_batch(i, chunk).float().cpu()
+                values.append(self.run_batch(i, chunk).float())
                 bar.update(len(chunk))
+            out[row] = torch.cat(values).cpu()
         bar.close()
         return out
 

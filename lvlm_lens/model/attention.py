@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from lvlm_lens.model.config import LVLMConfig
+from lvlm_lens.model.fused_attention import fused_attention
 
 KV = tuple[
     Float[Tensor, "batch_kv kv_head pos d_head"], Float[Tensor, "batch_kv kv_head pos d_head"]
@@ -42,6 +43,8 @@ class Segment:
     v_alt: Float[Tensor, "batch_kv kv_head pos d_head"] | None = None
     select: Bool[Tensor, "batch head"] | None = None
     index: tuple[Tensor, Tensor] | None = None  # (rows, heads) of ``select``: sparse path
+    mask_rows_alike: bool = False  # the mask over these keys is the same for every query of
+    # one cached row (a prefix without a sliding window): the fused path reads one mask row
 
     @property
     def length(self) -> int:
@@ -56,6 +59,18 @@ class SelfAlternative:
     v: Float[Tensor, "batch_or_1 kv_head pos d_head"]
     src: Bool[Tensor, "batch_or_1 pos"]
     select: Bool[Tensor, "batch head"]
+
+
+def _watched(*points: nn.Module) -> bool:
+    """Whether any hook (TransformerLens' or a plain torch one, global ones included) is
+    registered on these hook points."""
+    mod = torch.nn.modules.module
+    if mod._global_forward_hooks or mod._global_forward_pre_hooks or mod._global_backward_hooks:
+        return True
+    return any(
+        p._forward_hooks or p._forward_pre_hooks or p._backward_hooks or p._backward_pre_hooks
+        for p in points
+    )
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -189,6 +204,34 @@ class Attention(nn.Module):
         out[b, h] = pattern[b, h] @ seg.v_alt[kb, kh]
         return out
 
+    def fused(self, q: Tensor, segments: list[Segment]) -> bool:
+        """Whether to take the fused branch: no hook reads ``hook_attn_scores`` /
+        ``hook_pattern`` (caching them is a hook), ``cfg.fused_attention`` is on, and no
+        gradient must flow through the merge of several segments."""
+        if not self.cfg.fused_attention or _watched(self.hook_attn_scores, self.hook_pattern):
+            return False
+        if len(segments) == 1 or not torch.is_grad_enabled():
+            return True
+        return not any(
+            t is not None and t.requires_grad
+            for seg in segments
+            for t in (q, seg.k, seg.v, seg.k_alt, seg.v_alt)
+        )
+
+    def _materialised(self, q: Tensor, segments: list[Segment], mask: Tensor) -> Tensor:
+        """Attention with full scores and pattern, through their hooks."""
+        scores = [self._scores(q, seg) for seg in segments]
+        scores = scores[0] if len(scores) == 1 else torch.cat(scores, dim=-1)
+        scores = self.hook_attn_scores(scores + mask)
+        pattern = self.hook_pattern(F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
+        z, start = None, 0
+        for seg in segments:
+            part = pattern if len(segments) == 1 else pattern[..., start : start + seg.length]
+            zi = self._values(part, seg)
+            z = zi if z is None else z + zi
+            start += seg.length
+        return z
+
     # forward -----------------------------------------------------------------------------
     def forward(
         self,
@@ -225,16 +268,10 @@ class Attention(nn.Module):
             src = alt.src[:, None, :, None]
             own = Segment(k, v, torch.where(src, alt.k, k), torch.where(src, alt.v, v), alt.select)
         segments = [*(past or []), own]
-        scores = [self._scores(q, seg) for seg in segments]
-        scores = scores[0] if len(scores) == 1 else torch.cat(scores, dim=-1)
-        scores = self.hook_attn_scores(scores + mask)
-        pattern = self.hook_pattern(F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
-        z, start = None, 0
-        for seg in segments:
-            part = pattern if len(segments) == 1 else pattern[..., start : start + seg.length]
-            zi = self._values(part, seg)
-            z = zi if z is None else z + zi
-            start += seg.length
+        if self.fused(q, segments):
+            z = fused_attention(q, segments, mask, self.scaling)
+        else:
+            z = self._materialised(q, segments, mask)
         z = self.hook_z(z.transpose(1, 2))
         if cfg.use_attn_result:
             result = self.hook_result(torch.einsum("bshd,hdm->bshm", z, self.W_O))

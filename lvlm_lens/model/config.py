@@ -39,6 +39,9 @@ class LVLMConfig:
         device: Device the weights live on.
         dtype: Dtype of the weights.
         use_attn_result: Compute and hook the per-head output ``blocks.{l}.attn.hook_result``.
+        fused_attention: Where no hook reads ``attn.hook_attn_scores`` / ``attn.hook_pattern``,
+            attend with fused kernels that never hold the full scores (same numbers); ``False``
+            always materialises them.
     """
 
     n_layers: int
@@ -60,6 +63,7 @@ class LVLMConfig:
     device: torch.device | str = "cpu"
     dtype: torch.dtype = torch.float32
     use_attn_result: bool = False
+    fused_attention: bool = True
     # Constant TransformerLens fields that analysis code reads.
     normalization_type: str = "RMS"
     final_rms: bool = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
@@ -227,11 +228,13 @@ class HookedLVLM(TokensMixin, HookedRootModule):
             select = None if switch is None else switch.select[:, layer]
             past, alt = None, None
             if cache is not None:
-                seg = Segment(cache.keys[layer], cache.values[layer])
+                window = self.cfg.sliding_windows[layer]
+                seg = Segment(cache.keys[layer], cache.values[layer],
+                              mask_rows_alike=window is None or cache.length + s <= window)
                 if select is not None and cache.alt_keys is not None:
                     index = None if switch.index is None else switch.index[layer]
-                    seg = Segment(seg.k, seg.v, cache.alt_keys[layer], cache.alt_values[layer],
-                                  select, index)
+                    seg = replace(seg, k_alt=cache.alt_keys[layer],
+                                  v_alt=cache.alt_values[layer], select=select, index=index)
                 past = [seg]
             if select is not None and switch.self_keys is not None:
                 alt = SelfAlternative(switch.self_keys[layer], switch.self_values[layer],

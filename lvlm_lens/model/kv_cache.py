@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
@@ -92,11 +93,31 @@ class HeadSwitch:
         dense_above: float = 0.25,
         **kwargs,
     ) -> HeadSwitch:
-        """A switch whose layers with few selected heads compute only those (indices are
-        found on ``select``'s device, e.g. the CPU where masks are sampled, then moved)."""
-        index = []
-        for layer in range(select.shape[1]):
-            sel = select[:, layer]
-            dense = sel.float().mean() > dense_above
-            index.append(None if dense else tuple(t.to(device) for t in sel.nonzero(as_tuple=True)))
-        return cls(select.to(device), index=index, **kwargs)
+        """A switch whose layers with few selected heads compute only those.
+
+        The indices are found on the host (``select`` is read there once: pass it on the CPU,
+        where masks are sampled, and nothing waits for the device) and sent in one copy,
+        asynchronous from pinned memory on CUDA, so a loop over batches of masks never
+        synchronises with the device.
+        """
+        device = torch.device(device)
+        sel = select.detach().cpu().numpy()
+        n = sel.shape[0] * sel.shape[2]
+        index: list[tuple[int, int] | None] = []
+        parts = []
+        for layer in range(sel.shape[1]):
+            rows, heads = np.nonzero(sel[:, layer])
+            if len(rows) > dense_above * n:
+                index.append(None)
+                continue
+            index.append((len(rows), len(parts)))
+            parts += [rows, heads]
+        flat = torch.from_numpy(np.concatenate([*parts, sel.reshape(-1)]).astype(np.int64))
+        if device.type == "cuda":
+            flat = flat.pin_memory()
+        flat = flat.to(device, non_blocking=True)
+        sizes = [len(p) for p in parts] + [sel.size]
+        pieces = flat.split(sizes)
+        select_dev = pieces[-1].view(sel.shape).bool()
+        out = [None if i is None else (pieces[i[1]], pieces[i[1] + 1]) for i in index]
+        return cls(select_dev, index=out, **kwargs)

@@ -103,11 +103,12 @@ def test_empty_knockout_changes_nothing(pair):
     clean = model(inp)
     nothing = torch.zeros(inp.shape, dtype=torch.bool)
     hooks = knockout_hooks(model, inp, nothing, "final", range(model.cfg.n_layers))
-    assert torch.equal(model.run_with_hooks(inp, fwd_hooks=hooks), clean)
+    # hooked runs materialise the scores, plain runs use fused kernels: equal to rounding
+    assert (model.run_with_hooks(inp, fwd_hooks=hooks) - clean).abs().max() <= 1e-5
     assert knockout_hooks(model, inp, "image", "final", []) == []
     # text tokens cannot attend to later image tokens anyway: knocking that out is a no-op
     effect = knockout_effect(model, inp, "image", "bos", [0, 1])
-    assert effect.abs().max() == 0
+    assert effect.abs().max() <= 1e-5
 
 
 def test_heads_subset_only_affects_those_heads(pair):
