@@ -23,6 +23,8 @@ from lvlm_lens.interventions import (
     get_metric,
     knockout,
     knockout_effect,
+    knockout_window_sweep,
+    patch_sweep,
     window_layers,
 )
 from lvlm_lens.model import HookedLVLM, KVCache, LVLMConfig, LVLMInput
@@ -47,9 +49,11 @@ __all__ = [
     "head_attribution",
     "knockout",
     "knockout_effect",
+    "knockout_window_sweep",
     "load_folder",
     "load_hf_dataset",
     "load_toy",
+    "patch_sweep",
     "synthetic_records",
     "toy_checkpoint_path",
     "window_layers",

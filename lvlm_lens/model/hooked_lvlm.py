@@ -201,14 +201,16 @@ class HookedLVLM(TokensMixin, HookedRootModule):
         past_kv_cache: KVCache | None = None,
         stop_at_layer: int | None = None,
         switch: HeadSwitch | None = None,
+        start_at_layer: int = 0,
     ) -> tuple[Float[Tensor, "batch pos d_model"], list[KV]]:
         """Run the decoder blocks on already-embedded tokens (after any cached prefix).
 
         ``switch`` makes the selected query heads read the cache's alternative keys/values
         (and the given alternatives at the new tokens' own positions); it is how the head
-        ablation engine runs many masks against one shared prefix.
+        ablation engine runs many masks against one shared prefix. ``start_at_layer`` runs
+        only blocks ``start_at_layer..``: ``x`` is then the residual stream entering that block.
 
-        Returns the residual stream after the last block run and each block's new keys/values.
+        Returns the residual stream after the last block run and each run block's new keys/values.
         """
         b, s, _ = x.shape
         mask_new = attention_mask.to(x.device).long()
@@ -225,6 +227,8 @@ class HookedLVLM(TokensMixin, HookedRootModule):
         masks = {w: causal_mask(key_mask, s, x.dtype, w) for w in set(self.cfg.sliding_windows)}
         new_kvs = []
         for layer, block in enumerate(self.blocks[:stop_at_layer]):
+            if layer < start_at_layer:
+                continue
             select = None if switch is None else switch.select[:, layer]
             past, alt = None, None
             if cache is not None:
