@@ -174,12 +174,29 @@ def _endpoints(run_masks: RunMasks, shape, device, batch_size) -> tuple[float, f
     return clean, ablated
 
 
-def _curves(run_masks, ranking, ks, clean, ablated, batch_size, desc) -> Curves:
+def curves_given_endpoints(
+    run_masks: RunMasks,
+    ranking: Float[Tensor, "n_layers n_heads"],
+    ks: Ks,
+    clean: float,
+    ablated: float,
+    batch_size: int | None = None,
+    desc: str = "top-k masks",
+) -> Curves:
+    """:func:`evaluate_ranking` with the endpoints (clean, every head ablated) already known."""
     keep, ablate = ranking_to_masks(ranking, ks)
     values = _run(run_masks, torch.cat([keep, ablate]), batch_size, desc)
     f, g = values[: len(keep)], values[len(keep) :]
     faith, comp = curves_from_metrics(f, g, ablated, clean, clean, ablated)
     return Curves(_check_ks(ks, ranking.numel()), faith, comp, f, g, clean, ablated)
+
+
+def endpoints(
+    run_masks: RunMasks, n_layers: int, n_heads: int, batch_size: int | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[float, float]:
+    """``(clean, ablated)``: the metric with no head / every head ablated."""
+    return _endpoints(run_masks, (n_layers, n_heads), device, batch_size)
 
 
 def evaluate_ranking(
@@ -203,7 +220,7 @@ def evaluate_ranking(
         The curves.
     """
     clean, ablated = _endpoints(run_masks, ranking.shape, ranking.device, batch_size)
-    return _curves(run_masks, ranking, ks, clean, ablated, batch_size, "top-k masks")
+    return curves_given_endpoints(run_masks, ranking, ks, clean, ablated, batch_size)
 
 
 def random_band(
@@ -233,14 +250,28 @@ def random_band(
     Returns:
         The band.
     """
+    rankings = random_rankings(n_layers, n_heads, n_random, seed, device)
+    clean, ablated = _endpoints(run_masks, (n_layers, n_heads), device, batch_size)
+    runs = [
+        curves_given_endpoints(run_masks, r, ks, clean, ablated, batch_size, "masks")
+        for r in tqdm(rankings, "random rankings", disable=None)
+    ]
+    return band_of(runs, quantiles)
+
+
+def random_rankings(
+    n_layers: int, n_heads: int, n_random: int, seed: int = 0,
+    device: torch.device | str | None = None,
+) -> list[Float[Tensor, "n_layers n_heads"]]:
+    """The uniformly random rankings of :func:`random_band` (a seeded CPU generator)."""
     if n_random < 1:
         raise ValueError(f"n_random must be >= 1, got {n_random}")
     gen = torch.Generator().manual_seed(seed)
-    clean, ablated = _endpoints(run_masks, (n_layers, n_heads), device, batch_size)
-    runs = []
-    for _ in tqdm(range(n_random), "random rankings", disable=None):
-        ranking = torch.rand((n_layers, n_heads), generator=gen).to(device)
-        runs.append(_curves(run_masks, ranking, ks, clean, ablated, batch_size, "masks"))
+    return [torch.rand((n_layers, n_heads), generator=gen).to(device) for _ in range(n_random)]
+
+
+def band_of(runs: Sequence[Curves], quantiles: Sequence[float] = (0.05, 0.5, 0.95)) -> RandomBand:
+    """Quantiles (nan curves ignored) of the curves of random rankings."""
     faith = torch.stack([c.faithfulness for c in runs])
     comp = torch.stack([c.completeness for c in runs])
     q = torch.tensor(quantiles, dtype=torch.float64)

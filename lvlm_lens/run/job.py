@@ -16,8 +16,8 @@ from lvlm_lens.files import atomic_json
 from lvlm_lens.model import HookedLVLM
 from lvlm_lens.run.distributed import current_shard
 from lvlm_lens.run.options import RunOptions
-from lvlm_lens.run.runner import BaselineCache, run_attribution
-from lvlm_lens.run.store import save_rankings
+from lvlm_lens.run.runner import run_attribution
+from lvlm_lens.run.store import CheckpointFiles, save_rankings
 from lvlm_lens.toy import toy_checkpoint_path
 from lvlm_lens.viz.attention_maps import example_views
 from lvlm_lens.viz.report import ReportData, write_report
@@ -74,7 +74,8 @@ def attribute(
     records, refs = load_records(opts)
     image = Image.open(opts.baseline_image) if opts.baseline_image else None
     merged = run_attribution(
-        model, records, opts, overwrite=overwrite, reference_images=refs, baseline_image=image
+        model, records, opts, overwrite=overwrite, reference_images=refs, baseline_image=image,
+        keep_engines=curve_examples if opts.rankings else 0,
     )
     if merged is None:
         return None
@@ -110,7 +111,7 @@ def attribute(
     if opts.rankings:
         t1 = time.time()
         subset = kept[:curve_examples]
-        baselines = BaselineCache(model, opts, refs, image)
+        baselines = merged["baselines"]
         inputs = [
             model.prepare(
                 records[i].image,
@@ -130,6 +131,9 @@ def attribute(
             n_random=opts.n_random,
             seed=cfg.seed,
             batch_size=cfg.batch_size,
+            engines=[merged["engines"].get(i) for i in subset],  # their prefix caches
+            checkpoints=CheckpointFiles(out / "comparison"),  # a resumed run skips what is done
+            keys=[str(i) for i in subset],
         )
         save_rankings(out / "rankings.safetensors", rankings)
         notes += comparison_notes(curves, band, model.cfg.n_layers * model.cfg.n_heads)

@@ -80,8 +80,14 @@ def run_shard(
     shard: Shard,
     masks: torch.Tensor,
     baselines: BaselineCache,
+    engines: dict[int, AblationEngine] | None = None,
+    keep_engines: int = 0,
 ) -> None:
-    """Predictions and masked-run chunks of this process's examples (skipping finished ones)."""
+    """Predictions and masked-run chunks of this process's examples (skipping finished ones).
+
+    The engines of the first ``keep_engines`` attributed examples are kept in ``engines``, so
+    that later steps (the ranking comparison) reuse their prefix caches.
+    """
     cfg = opts.attribution
     n_chunks = -(-masks.shape[0] // opts.chunk_masks)
     mine = [i for i in range(len(records)) if shard.owns(i)]
@@ -119,6 +125,8 @@ def run_shard(
             metrics = engine.run(part, progress=False)[0]
             atomic_save({"metrics": metrics}, chunk_path(out, i, c))
             bar.update(part.shape[0])
+        if engines is not None and len(engines) < keep_engines:
+            engines[i] = engine
     bar.close()
 
 
@@ -131,11 +139,14 @@ def run_attribution(
     reference_images: list[Any] | None = None,
     baseline_image: Any = None,
     merge_timeout: float = 7 * 24 * 3600,
+    keep_engines: int = 0,
 ) -> dict[str, Any] | None:
     """Run (or resume) head attribution over ``records``; rank 0 returns the merged outputs.
 
     Returns:
-        On rank 0: ``{"result", "infos", "kept", "metrics", "masks", "out"}``; else ``None``.
+        On rank 0: ``{"result", "infos", "kept", "metrics", "masks", "out", "baselines",
+        "engines"}`` (the baseline cache, and the engines of the first ``keep_engines``
+        examples this process attributed, by example index); else ``None``.
     """
     shard = current_shard()
     cfg = opts.attribution
@@ -143,7 +154,8 @@ def run_attribution(
     out = check_out_dir(opts, overwrite, shard)
     masks = sample_masks(cfg.n_masks, model.cfg.n_layers, model.cfg.n_heads, cfg.rate, cfg.seed)
     baselines = BaselineCache(model, opts, reference_images, baseline_image)
-    run_shard(model, records, opts, out, shard, masks, baselines)
+    engines: dict[int, AblationEngine] = {}
+    run_shard(model, records, opts, out, shard, masks, baselines, engines, keep_engines)
     shard.barrier()
     if shard.rank != 0:
         return None
@@ -164,4 +176,6 @@ def run_attribution(
         "metrics": metrics,
         "masks": masks,
         "out": out,
+        "baselines": baselines,
+        "engines": engines,
     }

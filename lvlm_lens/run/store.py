@@ -102,3 +102,25 @@ def save_rankings(path: Path, rankings: dict[str, Tensor]) -> None:
 def load_rankings(path: Path) -> dict[str, Tensor]:
     """Inverse of :func:`save_rankings`."""
     return dict(load_file(str(path)))
+
+
+class CheckpointFiles:
+    """Finished pieces of the ranking comparison, one atomically written safetensors file per
+    key under ``folder`` (see :class:`~lvlm_lens.attribution.comparison.Checkpoints`)."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        """The file of ``key``."""
+        return self.folder / (key.replace("/", "__").replace(" ", "_") + ".safetensors")
+
+    def load(self, key: str) -> dict[str, Tensor] | None:
+        """The tensors saved under ``key``, or ``None``."""
+        path = self.path(key)
+        return dict(load_file(str(path))) if path.exists() else None
+
+    def save(self, key: str, tensors: dict[str, Tensor]) -> None:
+        """Write ``tensors`` under ``key``, atomically."""
+        atomic_save(tensors, self.path(key))
