@@ -15,6 +15,8 @@
   CLIP image processor of :mod:`lvlm_lens.testing.tiny`.
 - :func:`llava15_prompt` and :func:`random_images` make LLaVA-1.5-shaped inputs for it.
 - :func:`keep_freed_memory` stops glibc from handing freed memory back to the kernel.
+- :func:`boot_tl_bridge` saves a random LLaVA-1.5 model with its processor and boots
+  TransformerLens' own ``TransformerBridge`` on it (never installing anything).
 - :func:`machine_info` describes where a benchmark ran; :class:`OtherLoad` measures how much
   CPU other processes took meanwhile (on a shared machine that is what makes timings noisy).
 """
@@ -97,6 +99,8 @@ def build_random_llava(
     image_size: int = 336,
     patch_size: int = 14,
     seed: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[LlavaForConditionalGeneration, Any, CLIPImageProcessorPil]:
     """A random LLaVA-1.5-shaped model (fp32, eval, eager attention) with its tokenizer and
     image processor.
@@ -104,7 +108,8 @@ def build_random_llava(
     The vision tower is a CLIP ViT of ``vision_layers`` x ``vision_d_model`` giving
     ``(image_size / patch_size)^2`` image tokens (576 by default, as LLaVA-1.5); the decoder is
     a Llama. ``vocab_size`` defaults to the tokenizer's; a larger one (LLaVA-1.5: 32064) only
-    widens the unembedding, as the ids past the tokenizer's are never used.
+    widens the unembedding, as the ids past the tokenizer's are never used. The weights are
+    drawn directly on ``device`` in ``dtype`` (a 7B model never passes through CPU fp32).
     """
     tokenizer = build_tiny_tokenizer()
     config = clip_llama_config(
@@ -125,9 +130,9 @@ def build_random_llava(
         rms_norm_eps=1e-5,
     )
     config._attn_implementation = "eager"
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)
-        model = LlavaForConditionalGeneration(config)
+        model = LlavaForConditionalGeneration._from_config(config, dtype=dtype)
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
@@ -165,6 +170,31 @@ def keep_freed_memory() -> bool:
         return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
     except (OSError, AttributeError):
         return False
+
+
+def boot_tl_bridge(hf_model: Any, tokenizer: Any, image_processor: Any, folder: str) -> Any:
+    """TransformerLens' ``TransformerBridge`` booted from ``hf_model`` saved in ``folder``.
+
+    Only a LLaVA-1.5 (``llava``) model: booting a OneVision one makes TransformerLens
+    pip-install torchvision, so that is refused, and its installer is switched off anyway.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformer_lens.model_bridge.sources.transformers import helpers
+    from transformers import LlavaProcessor
+
+    if hf_model.config.model_type != "llava":
+        raise ValueError(f"boot the bridge on LLaVA-1.5 only, not {hf_model.config.model_type}")
+    helpers._ensure_torchvision = lambda: False  # never pip-install torchvision
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=hf_model.config.vision_config.patch_size,
+        vision_feature_select_strategy=hf_model.config.vision_feature_select_strategy,
+        num_additional_image_tokens=1,
+    )
+    hf_model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return TransformerBridge.boot_transformers(folder, device="cpu", dtype=torch.float32).eval()
 
 
 def machine_info() -> str:

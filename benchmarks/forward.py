@@ -10,6 +10,11 @@ in a random order each, medians):
 - ``hf``: ``hf_model(input_ids, pixel_values, attention_mask, position_ids, use_cache=False)``
 - ``forward``: ``model(inp)``
 - ``run_with_cache``: ``model.run_with_cache(inp)`` (every hook cached)
+- ``bridge_cache``: TransformerLens 4.3's own ``TransformerBridge`` booted from the same model
+  saved as a LLaVA-1.5 folder, ``bridge.run_with_cache(input_ids, pixel_values=...,
+  attention_mask=...)`` (every hook cached), and ``run_with_cache_common`` /
+  ``bridge_cache_common``: both caching only the hook names they share (``--no-bridge``
+  skips these)
 - ``hf_embeds`` / ``forward_embeds``: the same with the projected image features computed
   beforehand: HF on ``inputs_embeds`` (token embedding + splice timed), ours on
   ``inp.with_image_embeds(...)``. This isolates the language side, the part we re-implement.
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -37,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (  # noqa: E402
     OtherLoad,
+    boot_tl_bridge,
     build_random_llava,
     keep_freed_memory,
     llava15_prompt,
@@ -49,6 +56,8 @@ from lvlm_lens import HookedLVLM  # noqa: E402
 
 #: Target ratio to ``hf`` of each timed call.
 TARGETS = {"forward": 1.05, "run_with_cache": 1.3, "forward_embeds": 1.05}
+#: Target ratio of our ``run_with_cache`` to the TransformerLens bridge's: no slower.
+BRIDGE_TARGET = 1.0
 
 
 def main() -> None:
@@ -59,6 +68,8 @@ def main() -> None:
     parser.add_argument("--d-mlp", type=int, default=None, help="default: 2.75 x d_model")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="default: torch's")
+    parser.add_argument("--no-bridge", action="store_true", help="skip the TL bridge calls")
     parser.add_argument(
         "--keep-freed-memory",
         action="store_true",
@@ -69,6 +80,8 @@ def main() -> None:
     if args.keep_freed_memory:
         malloc = "glibc keeping freed memory" if keep_freed_memory() else "mallopt failed"
     d_mlp = args.d_mlp or int(2.75 * args.d_model)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     hf, tokenizer, image_processor = build_random_llava(
@@ -104,6 +117,20 @@ def main() -> None:
             "run_with_cache": (fns["run_with_cache"]()[0] - ref).abs().max().item(),
             "forward_embeds": (fns["forward_embeds"]() - hf_embeds()).abs().max().item(),
         }
+        if not args.no_bridge:
+            folder = tempfile.mkdtemp(prefix="llava15_")
+            bridge = boot_tl_bridge(hf, tokenizer, image_processor, folder)
+            bkw = dict(pixel_values=inp.pixel_values, attention_mask=inp.attention_mask)
+            common = sorted(set(model.hook_dict) & set(bridge.hook_dict))
+            fns["bridge_cache"] = lambda: bridge.run_with_cache(inp.input_ids, **bkw)
+            fns["run_with_cache_common"] = lambda: model.run_with_cache(inp, names_filter=common)
+            fns["bridge_cache_common"] = lambda: bridge.run_with_cache(
+                inp.input_ids, names_filter=common, **bkw)
+            out, cache = fns["bridge_cache"]()
+            diffs["bridge_cache"] = (out - ref).abs().max().item()
+            n_cached = {"run_with_cache": len(model.run_with_cache(inp)[1]),
+                        "bridge_cache": len(cache), "common": len(common)}
+            del out, cache
         samples: dict[str, list[float]] = {}
         with OtherLoad() as load:
             medians = time_interleaved(fns, args.repeats, warmup=2, samples=samples, shuffle=True)
@@ -117,19 +144,31 @@ def main() -> None:
         f"input: batch {args.batch} x {inp.input_ids.shape[1]} tokens; {args.repeats} "
         f"interleaved repeats (+2 warm-up); max |logit| {ref.abs().max().item():.2f}\n"
     )
-    print("| call           | median s |  min s | vs HF  | target          | max abs dlogit |")
-    print("|----------------|----------|--------|--------|-----------------|----------------|")
+    print(f"| {'call':<21} | median s |  min s | vs HF  | target          | max abs dlogit |")
+    print(f"|{'-' * 23}|----------|--------|--------|-----------------|----------------|")
     for name, sec in medians.items():
         ratio = target = diff = ""
-        if not name.startswith("hf"):
+        if name.startswith("bridge") or name.endswith("_common"):
+            diff = f"{diffs[name]:.1e}" if name in diffs else ""
+        elif not name.startswith("hf"):
             r = paired_ratio(samples, name, "hf_embeds" if name.endswith("_embeds") else "hf")
             ok = "ok" if r <= TARGETS[name] else "OVER"
             ratio, target = f"{r:.3f}x", f"<= {TARGETS[name]:.2f}x {ok}"
             diff = f"{diffs[name]:.1e}"
         print(
-            f"| {name:<14} | {sec:8.3f} | {min(samples[name]):6.3f} | {ratio:>6} | {target:<15} "
+            f"| {name:<21} | {sec:8.3f} | {min(samples[name]):6.3f} | {ratio:>6} | {target:<15} "
             f"| {diff:>14} |"
         )
+    if not args.no_bridge:
+        print(f"\nhooks cached: ours {n_cached['run_with_cache']}, bridge "
+              f"{n_cached['bridge_cache']} (aliases included), common names {n_cached['common']}")
+        for ours, theirs in (("run_with_cache", "bridge_cache"),
+                             ("run_with_cache_common", "bridge_cache_common")):
+            r = paired_ratio(samples, ours, theirs)
+            ok = "ok" if r <= BRIDGE_TARGET else "OVER"
+            print(f"{ours} / TL bridge {theirs}: {r:.3f}x (best rounds "
+                  f"{min(samples[ours]) / min(samples[theirs]):.3f}x), target <= "
+                  f"{BRIDGE_TARGET:.2f}x {ok}")
     spread = max(samples["hf"]) / min(samples["hf"])
     others = "n/a" if load.share is None else f"{load.share:.0%}"
     print(

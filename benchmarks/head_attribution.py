@@ -32,6 +32,10 @@ PASS/MISS uses medians of within-round ratios; the fastest round's are printed b
 stall each other when a core is taken); ``--keep-freed-memory`` shows the cost of the kernel's
 page faults on large temporaries (see :func:`keep_freed_memory`).
 
+``--preset llava-7b`` measures throughput at LLaVA-1.5-7B shape in bf16 instead (masks/s,
+memory per mask, share of the FLOP limit; ``--reduce 8`` to run it on a CPU): see
+:mod:`benchmarks.throughput`.
+
 Run: ``python benchmarks/head_attribution.py [--threads 1]`` (about 3 minutes on 2 CPU cores;
 up to 7 with two threads while other jobs hold the cores). Results: ``docs/benchmarks.md``.
 """
@@ -194,7 +198,14 @@ def main() -> None:
     )
     parser.add_argument("--skip-scaling", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    from benchmarks.throughput import add_arguments, run_preset
+
+    add_arguments(parser)
     args = parser.parse_args()
+    if args.preset:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        return run_preset(args)
     args.d_mlp = args.d_mlp or int(2.75 * args.d_model)
     if args.threads:
         torch.set_num_threads(args.threads)
