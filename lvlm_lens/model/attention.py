@@ -183,7 +183,7 @@ class Attention(nn.Module):
         return b if b is not None else self.o_proj.weight.new_zeros(self.cfg.d_model)
 
     def _scores(self, q: Tensor, seg: Segment) -> Tensor:
-        out = segment_scores(q, seg.k) * self.scaling
+        out = segment_scores(q, seg.k).mul_(self.scaling)  # a fresh tensor: scaled in place
         if seg.select is None:
             return out
         if seg.index is None:
@@ -222,7 +222,7 @@ class Attention(nn.Module):
         """Attention with full scores and pattern, through their hooks."""
         scores = [self._scores(q, seg) for seg in segments]
         scores = scores[0] if len(scores) == 1 else torch.cat(scores, dim=-1)
-        scores = self.hook_attn_scores(scores + mask)
+        scores = self.hook_attn_scores(scores.add_(mask))  # fresh: no full-size temporary
         pattern = self.hook_pattern(F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
         z, start = None, 0
         for seg in segments:
