@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -95,9 +96,10 @@ def head_heatmap(
     finite = s[np.isfinite(s)]
     signed = bool((finite < 0).any() and (finite > 0).any()) if signed is None else signed
     top = vmax or (float(np.abs(finite).max()) if finite.size else 1.0) or 1.0
-    kw = dict(cmap=DIVERGING, vmin=-top, vmax=top) if signed else dict(cmap=SEQUENTIAL, vmax=top)
-    im = ax.imshow(np.ma.masked_invalid(s), aspect="auto", interpolation="nearest", **kw)
-    im.cmap.set_bad("#dddddd")
+    cmap = colormaps[DIVERGING if signed else SEQUENTIAL].with_extremes(bad="#dddddd")
+    kw = dict(vmin=-top, vmax=top) if signed else dict(vmax=top)
+    im = ax.imshow(np.ma.masked_invalid(s), aspect="auto", interpolation="nearest", cmap=cmap,
+                   **kw)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("layer")
     if xlabels is None:
