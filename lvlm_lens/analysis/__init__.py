@@ -14,6 +14,7 @@ from lvlm_lens.analysis.circuits import (
     activation_patching,
     attribution_patching,
 )
+from lvlm_lens.analysis.faithfulness import CurvesResult, random_rankings, ranking_curves
 from lvlm_lens.analysis.flow import (
     DEFAULT_EDGES,
     FlowConfig,
@@ -51,6 +52,7 @@ from lvlm_lens.analysis.text_vs_image import (
 
 __all__ = [
     "DEFAULT_EDGES",
+    "CurvesResult",
     "Estimate",
     "FlowConfig",
     "FlowResult",
@@ -72,6 +74,8 @@ __all__ = [
     "object_patches",
     "path_patching",
     "permutation_test",
+    "random_rankings",
+    "ranking_curves",
     "region_ablation",
     "semantic_similarity",
     "sign_flip_test",
