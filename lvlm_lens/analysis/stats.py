@@ -37,8 +37,12 @@ class Estimate:
     p_value: float | None = None
 
     def __str__(self) -> str:
-        text = f"{self.value:.3g} [{self.low:.3g}, {self.high:.3g}]"
-        return text if self.p_value is None else f"{text}, p = {self.p_value:.3g}"
+        return self.format()
+
+    def format(self, spec: str = ".3g") -> str:
+        """``value [low, high]`` (and the p-value) with a format spec, e.g. ``".0%"``."""
+        text = f"{self.value:{spec}} [{self.low:{spec}}, {self.high:{spec}}]"
+        return text if self.p_value is None else f"{text}, p = {self.p_value:.2g}"
 
     def as_dict(self, prefix: str = "") -> dict[str, Any]:
         """``{value, low, high, n[, p_value]}`` with an optional key prefix (for tables)."""

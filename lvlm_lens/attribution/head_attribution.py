@@ -99,7 +99,7 @@ def head_attribution(
     check_config(model, config)
     if baseline is None:
         baseline = compute_baseline(model, inp, config.ablation, baseline_image=baseline_image,
-                                    reference_images=reference_images)
+                                    reference_images=reference_images, progress=progress)
     engine = AblationEngine(model, inp, baseline, config.ablation, metric or config.metric,
                             config.batch_size)
     masks = sample_masks(config.n_masks, model.cfg.n_layers, model.cfg.n_heads, config.rate,

@@ -118,6 +118,7 @@ def compute_baseline(
     *,
     baseline_image: Any = None,
     reference_images: Sequence[Any] | None = None,
+    progress: bool = True,
 ) -> BaselineKV:
     """Baseline keys/values for ``inp`` under ``config``.
 
@@ -127,6 +128,7 @@ def compute_baseline(
         config: The ablation options.
         baseline_image: For ``baseline="image"``: one image for every example, or a list.
         reference_images: For ``baseline="mean"``: images whose K/V are averaged per position.
+        progress: Show a progress bar over the reference images.
     """
     source = source_mask(inp, config.source)
     if config.baseline == "zero":
@@ -151,7 +153,7 @@ def compute_baseline(
             raise ValueError("baseline='mean' needs reference_images= (a list of images)")
         batches = [[im] * n_ex for im in reference_images]
     keys = values = None
-    for images in tqdm(batches, desc="baseline K/V", disable=len(batches) < 2):
+    for images in tqdm(batches, desc="baseline K/V", disable=not progress or len(batches) < 2):
         k, v = kv_of(model, with_images(model, inp, images))
         keys = k if keys is None else [a + b for a, b in zip(keys, k, strict=True)]
         values = v if values is None else [a + b for a, b in zip(values, v, strict=True)]
