@@ -99,7 +99,8 @@ class FlowResult:
         return line_plot(self.summary(), "layer", hue=None if panels else "edge",
                          panels="edge" if panels else None, xlabel="window centre (layer)",
                          ylabel="relative change of p(answer)",
-                         title=title or f"attention knockout, windows of {self.window} layers")
+                         title=title or f"attention knockout, windows of {self.window} layer"
+                         + ("s" if self.window > 1 else ""))
 
 
 def _masks(inp: LVLMInput, groups: dict[str, Tensor] | None) -> dict[str, Bool[Tensor, "b p"]]:
