@@ -217,6 +217,7 @@ def text_vs_image(
     descriptions: Sequence[str],
     config: TextVsImageConfig | None = None,
     *,
+    reference_images: Sequence[Any] | None = None,
     progress: bool = True,
 ) -> TextVsImageResult:
     """Head attribution from the image and from the object's description, compared.
@@ -227,6 +228,7 @@ def text_vs_image(
         text_inp: The same objects described in words (text-only prompts), same order.
         descriptions: Each object's description as it appears in its text prompt.
         config: Options (default :class:`TextVsImageConfig`).
+        reference_images: Images for ``image_baseline="mean"``.
         progress: Show progress bars.
     """
     config = config or TextVsImageConfig()
@@ -243,7 +245,9 @@ def text_vs_image(
         ablation = dataclasses.replace(config.attribution.ablation, source=source,
                                        baseline=baseline)
         cfg = dataclasses.replace(config.attribution, ablation=ablation)
-        results[name] = head_attribution(model, inp, cfg, progress=progress)
+        refs = reference_images if source == "image" else None
+        results[name] = head_attribution(model, inp, cfg, reference_images=refs,
+                                         progress=progress)
     img = results["image"].importance.double().numpy()
     txt = results["text"].importance.double().numpy()
     j, rand, rho, per = compare_maps(img, txt, config.k, config.n_boot, config.seed)
