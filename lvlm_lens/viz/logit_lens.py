@@ -88,7 +88,7 @@ class LogitLens:
             vals = grid.fill(top[layer + 1].astype(float))
             pic = None if picture is None else model_view(picture, grid)
             draw_overlay(ax, pic, vals, cmap=cmap, vmin=-0.5, vmax=len(self.candidates) - 0.5,
-                         alpha=0.55)
+                         alpha=0.55, scale_alpha=False)
             ax.set_title("embeddings" if layer < 0 else f"after layer {layer}", fontsize=8)
         text = [i for i, g in enumerate(self.groups) if g not in ("image", "pad")][-max_text:]
         ax = axes[0, -1]

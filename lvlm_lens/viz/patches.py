@@ -116,8 +116,9 @@ def draw_overlay(
     cmap: str = SEQUENTIAL,
     vmin: float | None = None,
     vmax: float | None = None,
-    alpha: float = 0.6,
+    alpha: float = 0.75,
     outline: np.ndarray | None = None,
+    scale_alpha: bool = True,
 ) -> Any:
     """Draw a patch grid of values over a picture (or alone); returns the image artist.
 
@@ -128,16 +129,25 @@ def draw_overlay(
         cmap: Colour map.
         vmin: Lower colour limit.
         vmax: Upper colour limit.
-        alpha: Opacity of the grid over the picture.
+        alpha: Opacity of the grid over the picture (of its highest cells with
+            ``scale_alpha``).
         outline: Optional ``[rows, cols]`` bool: cells to outline (e.g. object patches).
+        scale_alpha: Make each cell's opacity grow with its value (for attention-like maps;
+            turn off for categorical maps).
     """
     rows, cols = values.shape
     extent = (0, cols, rows, 0)
+    opacity: Any = 1.0
     if picture is not None:
         ax.imshow(np.asarray(picture), extent=extent, interpolation="bilinear")
+        opacity = alpha
+        if scale_alpha:  # low values stay see-through, so the picture shows where nothing is
+            lo = np.nanmin(values) if vmin is None else vmin
+            hi = np.nanmax(values) if vmax is None else vmax
+            frac = np.clip((np.nan_to_num(values, nan=lo) - lo) / ((hi - lo) or 1.0), 0, 1)
+            opacity = 0.1 + (alpha - 0.1) * frac
     art = ax.imshow(np.ma.masked_invalid(values), extent=extent, cmap=cmap, vmin=vmin,
-                    vmax=vmax, alpha=alpha if picture is not None else 1.0,
-                    interpolation="nearest")
+                    vmax=vmax, alpha=opacity, interpolation="nearest")
     if outline is not None:
         from matplotlib.patches import Rectangle
 
