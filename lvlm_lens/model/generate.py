@@ -7,10 +7,10 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.model.kv_cache import KVCache
+from lvlm_lens.progress import progress_bar
 
 GenerateReturn = Literal["input", "tokens", "str"]
 
@@ -74,7 +74,7 @@ def greedy_generate(
     logits = model.unembed(model.ln_final(resid[:, -1]))
     done = torch.zeros(len(inp), dtype=torch.bool, device=device)
     out = []
-    for step in tqdm(range(max_new_tokens), disable=not verbose, desc="generate"):
+    for step in progress_bar(range(max_new_tokens), show=verbose, desc="generate"):
         nxt = logits.argmax(-1).masked_fill(done, pad)
         out.append(nxt)
         done = done | torch.isin(nxt, eos)
