@@ -19,6 +19,7 @@ from lvlm_lens.model.config import LVLMConfig
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.model.kv_cache import HeadSwitch, KVCache
 from lvlm_lens.model.masks import causal_mask
+from lvlm_lens.model.prepare import prepare_inputs
 from lvlm_lens.model.tokens import TokensMixin
 from lvlm_lens.model.vision import VisionSide
 from lvlm_lens.model.weights import ModelWeights
@@ -118,37 +119,9 @@ class HookedLVLM(TokensMixin, ModelWeights, HookedRootModule):
             chat_template=chat_template,
         )
 
-    def prepare(
-        self,
-        images: Any,
-        prompts: str | list[str],
-        answers: str | int | list[Any] | None = None,
-        *,
-        template: Literal["raw", "chat"] = "raw",
-        system: str | None = None,
-        answer_rule: Literal["single", "first"] = "single",
-    ) -> LVLMInput:
-        """Build a left-padded batch from images and prompts.
-
-        Args:
-            images: Per prompt: an image, a list of images, or ``None`` (a bare image for one
-                prompt). PIL images, uint8 arrays or paths.
-            prompts: With ``template="raw"``, complete prompts holding one image placeholder
-                per image (``"USER: <image>\\nWhat is this? ASSISTANT:"``); with ``"chat"``,
-                bare questions wrapped in the checkpoint's chat template, images first.
-            answers: Optional answer per prompt (string or token id); its first token is scored.
-            template: ``"raw"`` or ``"chat"``, see ``prompts``.
-            system: System message (``template="chat"`` only).
-            answer_rule: ``"single"`` refuses answers of several tokens; ``"first"`` scores the
-                first. Answers outside the vocabulary (the unknown token) are always refused.
-
-        Returns:
-            One :class:`LVLMInput` (see :func:`~lvlm_lens.model.prepare.prepare_inputs`).
-        """
-        from lvlm_lens.model.prepare import prepare_inputs
-
-        return prepare_inputs(self, images, prompts, answers, template=template, system=system,
-                              answer_rule=answer_rule)
+    #: ``model.prepare(images, prompts, answers=None, *, template="raw", system=None,
+    #: answer_rule="single")``: build a batched :class:`LVLMInput` (see its docstring).
+    prepare = prepare_inputs
 
     # inputs ------------------------------------------------------------------------------
     @contextmanager

@@ -174,10 +174,10 @@ def prepare_inputs(
     system: str | None = None,
     answer_rule: Literal["single", "first"] = "single",
 ) -> LVLMInput:
-    """Build a left-padded batch from images and prompts.
+    """Build a left-padded batch from images and prompts (``model.prepare(...)``).
 
     Args:
-        model: The :class:`~lvlm_lens.HookedLVLM` (tokenizer, image processor, token layout).
+        model: The :class:`~lvlm_lens.HookedLVLM` (``self`` when called as ``model.prepare``).
         images: Per prompt: an image, a list of images, or ``None`` (a bare image for one prompt).
         prompts: With ``template="raw"`` (default), complete prompts holding one image
             placeholder (e.g. ``<image>``) per image, as in

@@ -28,13 +28,47 @@ from torch import Tensor, nn
 from transformer_lens.FactoredMatrix import FactoredMatrix
 
 
-def _bias(lin: nn.Linear, *shape: int) -> Tensor:
-    if lin.bias is None:
-        return lin.weight.new_zeros(shape)
-    return lin.bias.view(shape)
+def _per_head(proj: str, shape: str, bias: bool = False, per_query: bool = False) -> property:
+    """A block property: ``<proj>``'s weight ``[head, d_model, d_head]`` (or bias ``[head,
+    d_head]``, zeros if it has none), K/V heads repeated per query head if ``per_query``."""
+
+    def get(self: Any) -> Tensor:
+        lin, d = getattr(self, proj), self.cfg.d_head
+        if not bias:
+            out = einops.rearrange(lin.weight, "(h d) m -> h m d", d=d)
+        elif lin.bias is None:
+            out = lin.weight.new_zeros(lin.out_features // d, d)
+        else:
+            out = lin.bias.view(-1, d)
+        g = self.cfg.n_heads // self.cfg.n_key_value_heads
+        return out.repeat_interleave(g, dim=0) if per_query else out
+
+    get.__annotations__ = {"return": Float[Tensor, shape]}
+    what = "bias" if bias else "weight"
+    return property(get, doc=f"``{proj}``'s {what} per head: ``[{shape}]``.")
 
 
-class AttentionWeights:
+class Circuits:
+    """``QK`` and ``OV`` as ``FactoredMatrix`` ``[(layer,) head, d_model, d_model]``, from
+    ``W_Q``/``W_K``/``W_V``/``W_O`` (given per query head)."""
+
+    W_Q: Tensor
+    W_K: Tensor
+    W_V: Tensor
+    W_O: Tensor
+
+    @property
+    def QK(self) -> FactoredMatrix:
+        """``W_Q @ W_K^T`` per query head."""
+        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
+
+    @property
+    def OV(self) -> FactoredMatrix:
+        """``W_V @ W_O`` per query head."""
+        return FactoredMatrix(self.W_V, self.W_O)
+
+
+class AttentionWeights(Circuits):
     """Weight views of one attention block (needs ``cfg`` and the HF ``q/k/v/o_proj``)."""
 
     cfg: Any
@@ -43,77 +77,39 @@ class AttentionWeights:
     v_proj: nn.Linear
     o_proj: nn.Linear
 
-    def _heads_in(self, lin: nn.Linear) -> Tensor:
-        return einops.rearrange(lin.weight, "(h d) m -> h m d", d=self.cfg.d_head)
-
-    def _per_query_head(self, x: Tensor) -> Tensor:
-        return x.repeat_interleave(self.cfg.n_heads // self.cfg.n_key_value_heads, dim=0)
-
-    @property
-    def W_Q(self) -> Float[Tensor, "head d_model d_head"]:
-        return self._heads_in(self.q_proj)
-
-    @property
-    def _W_K(self) -> Float[Tensor, "kv_head d_model d_head"]:
-        return self._heads_in(self.k_proj)
-
-    @property
-    def _W_V(self) -> Float[Tensor, "kv_head d_model d_head"]:
-        return self._heads_in(self.v_proj)
-
-    @property
-    def W_K(self) -> Float[Tensor, "head d_model d_head"]:
-        return self._per_query_head(self._W_K)
-
-    @property
-    def W_V(self) -> Float[Tensor, "head d_model d_head"]:
-        return self._per_query_head(self._W_V)
+    W_Q = _per_head("q_proj", "head d_model d_head")
+    W_K = _per_head("k_proj", "head d_model d_head", per_query=True)
+    W_V = _per_head("v_proj", "head d_model d_head", per_query=True)
+    _W_K = _per_head("k_proj", "kv_head d_model d_head")
+    _W_V = _per_head("v_proj", "kv_head d_model d_head")
+    b_Q = _per_head("q_proj", "head d_head", bias=True)
+    b_K = _per_head("k_proj", "head d_head", bias=True, per_query=True)
+    b_V = _per_head("v_proj", "head d_head", bias=True, per_query=True)
+    _b_K = _per_head("k_proj", "kv_head d_head", bias=True)
+    _b_V = _per_head("v_proj", "kv_head d_head", bias=True)
 
     @property
     def W_O(self) -> Float[Tensor, "head d_head d_model"]:
         return einops.rearrange(self.o_proj.weight, "m (h d) -> h d m", d=self.cfg.d_head)
 
     @property
-    def b_Q(self) -> Float[Tensor, "head d_head"]:
-        return _bias(self.q_proj, self.cfg.n_heads, self.cfg.d_head)
-
-    @property
-    def _b_K(self) -> Float[Tensor, "kv_head d_head"]:
-        return _bias(self.k_proj, self.cfg.n_key_value_heads, self.cfg.d_head)
-
-    @property
-    def _b_V(self) -> Float[Tensor, "kv_head d_head"]:
-        return _bias(self.v_proj, self.cfg.n_key_value_heads, self.cfg.d_head)
-
-    @property
-    def b_K(self) -> Float[Tensor, "head d_head"]:
-        return self._per_query_head(self._b_K)
-
-    @property
-    def b_V(self) -> Float[Tensor, "head d_head"]:
-        return self._per_query_head(self._b_V)
-
-    @property
     def b_O(self) -> Float[Tensor, " d_model"]:
-        return _bias(self.o_proj, self.cfg.d_model)
-
-    @property
-    def QK(self) -> FactoredMatrix:
-        """``W_Q @ W_K^T`` per query head, ``[head, d_model, d_model]``."""
-        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
-
-    @property
-    def OV(self) -> FactoredMatrix:
-        """``W_V @ W_O`` per query head, ``[head, d_model, d_model]``."""
-        return FactoredMatrix(self.W_V, self.W_O)
+        b = self.o_proj.bias
+        return b if b is not None else self.o_proj.weight.new_zeros(self.cfg.d_model)
 
 
-def _stack(model: Any, path: str) -> Tensor:
+def _stacked(path: str, shape: str) -> property:
+    """A model property stacking ``blocks[l].<path>`` over layers (TransformerLens' stacks)."""
     module, name = path.split(".")
-    return torch.stack([getattr(getattr(b, module), name) for b in model.blocks])
+
+    def get(self: Any) -> Tensor:
+        return torch.stack([getattr(getattr(b, module), name) for b in self.blocks])
+
+    get.__annotations__ = {"return": Float[Tensor, shape]}
+    return property(get, doc=f"``blocks[l].{path}`` stacked over layers: ``[{shape}]``.")
 
 
-class ModelWeights:
+class ModelWeights(Circuits):
     """Weights of every layer stacked as TransformerLens does, and the unembedding directions
     (needs ``cfg``, ``blocks``, ``embed``, ``unembed``, ``ln_final`` and ``to_single_token``)."""
 
@@ -123,6 +119,24 @@ class ModelWeights:
     unembed: Any
     ln_final: Any
     to_single_token: Any
+
+    W_Q = _stacked("attn.W_Q", "layer head d_model d_head")
+    W_K = _stacked("attn.W_K", "layer head d_model d_head")
+    W_V = _stacked("attn.W_V", "layer head d_model d_head")
+    _W_K = _stacked("attn._W_K", "layer kv_head d_model d_head")
+    _W_V = _stacked("attn._W_V", "layer kv_head d_model d_head")
+    W_O = _stacked("attn.W_O", "layer head d_head d_model")
+    b_Q = _stacked("attn.b_Q", "layer head d_head")
+    b_K = _stacked("attn.b_K", "layer head d_head")
+    b_V = _stacked("attn.b_V", "layer head d_head")
+    _b_K = _stacked("attn._b_K", "layer kv_head d_head")
+    _b_V = _stacked("attn._b_V", "layer kv_head d_head")
+    b_O = _stacked("attn.b_O", "layer d_model")
+    W_in = _stacked("mlp.W_in", "layer d_model d_mlp")
+    W_gate = _stacked("mlp.W_gate", "layer d_model d_mlp")
+    W_out = _stacked("mlp.W_out", "layer d_mlp d_model")
+    b_in = _stacked("mlp.b_in", "layer d_mlp")
+    b_out = _stacked("mlp.b_out", "layer d_model")
 
     @property
     def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
@@ -135,84 +149,6 @@ class ModelWeights:
     @property
     def b_U(self) -> Float[Tensor, " d_vocab"]:
         return self.unembed.b_U
-
-    @property
-    def W_Q(self) -> Float[Tensor, "layer head d_model d_head"]:
-        return _stack(self, "attn.W_Q")
-
-    @property
-    def W_K(self) -> Float[Tensor, "layer head d_model d_head"]:
-        return _stack(self, "attn.W_K")
-
-    @property
-    def W_V(self) -> Float[Tensor, "layer head d_model d_head"]:
-        return _stack(self, "attn.W_V")
-
-    @property
-    def _W_K(self) -> Float[Tensor, "layer kv_head d_model d_head"]:
-        return _stack(self, "attn._W_K")
-
-    @property
-    def _W_V(self) -> Float[Tensor, "layer kv_head d_model d_head"]:
-        return _stack(self, "attn._W_V")
-
-    @property
-    def W_O(self) -> Float[Tensor, "layer head d_head d_model"]:
-        return _stack(self, "attn.W_O")
-
-    @property
-    def b_Q(self) -> Float[Tensor, "layer head d_head"]:
-        return _stack(self, "attn.b_Q")
-
-    @property
-    def b_K(self) -> Float[Tensor, "layer head d_head"]:
-        return _stack(self, "attn.b_K")
-
-    @property
-    def b_V(self) -> Float[Tensor, "layer head d_head"]:
-        return _stack(self, "attn.b_V")
-
-    @property
-    def _b_K(self) -> Float[Tensor, "layer kv_head d_head"]:
-        return _stack(self, "attn._b_K")
-
-    @property
-    def _b_V(self) -> Float[Tensor, "layer kv_head d_head"]:
-        return _stack(self, "attn._b_V")
-
-    @property
-    def b_O(self) -> Float[Tensor, "layer d_model"]:
-        return _stack(self, "attn.b_O")
-
-    @property
-    def W_in(self) -> Float[Tensor, "layer d_model d_mlp"]:
-        return _stack(self, "mlp.W_in")
-
-    @property
-    def W_gate(self) -> Float[Tensor, "layer d_model d_mlp"]:
-        return _stack(self, "mlp.W_gate")
-
-    @property
-    def W_out(self) -> Float[Tensor, "layer d_mlp d_model"]:
-        return _stack(self, "mlp.W_out")
-
-    @property
-    def b_in(self) -> Float[Tensor, "layer d_mlp"]:
-        return _stack(self, "mlp.b_in")
-
-    @property
-    def b_out(self) -> Float[Tensor, "layer d_model"]:
-        return _stack(self, "mlp.b_out")
-
-    @property
-    def QK(self) -> FactoredMatrix:
-        """``W_Q @ W_K^T`` per layer and query head, ``[layer, head, d_model, d_model]``."""
-        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
-
-    @property
-    def OV(self) -> FactoredMatrix:
-        """``W_V @ W_O`` per layer and query head, ``[layer, head, d_model, d_model]``."""
-        return FactoredMatrix(self.W_V, self.W_O)
 
     def tokens_to_residual_directions(
         self, tokens: int | str | Tensor
