@@ -91,13 +91,13 @@ def test_mean_of_one_reference_twice_is_that_image(model):
 
 @pytest.mark.parametrize("family", ["llava-next-vicuna", "llava-onevision-qwen2"])
 def test_mean_baseline_on_images_of_different_sizes(tiny_checkpoint, family):
-    """Any-resolution models: the example images have different token layouts from each other
-    and from the reference images; each reference is resized to the image it stands in for."""
+    """Any-resolution models: the images (one in example 0, two in example 1) have different
+    sizes, token layouts different from each other and from the reference images'; each
+    reference is resized to the image it stands in for."""
     model = HookedLVLM.from_pretrained(tiny_checkpoint(family))
-    prompts = ["USER: <image>\nwhat is this ? ASSISTANT:"] * 2
-    inp = model.prepare([noise_image(20, 28, 1), noise_image(36, 20, 2)], prompts)
-    counts = inp.groups["image"].sum(-1).tolist()
-    assert counts[0] != counts[1]
+    images = [[noise_image(20, 28, 1)], [noise_image(36, 20, 2), noise_image(16, 40, 3)]]
+    inp = model.prepare(images, MIXED)
+    assert len({c.shape[0] for c in inp.image_coords}) > 1
     refs = [noise_image(16, 16, 60), noise_image(40, 24, 61)]
     cfg = HeadAblation(baseline="mean")
     base = compute_baseline(model, inp, cfg, reference_images=refs, progress=False)
@@ -106,10 +106,13 @@ def test_mean_baseline_on_images_of_different_sizes(tiny_checkpoint, family):
     ref = run_reference(model, inp, masks, base, cfg, progress=False)
     assert (fast - ref).abs().max() <= 1e-4 and ref.std() > 1e-2
     # known value: one reference, every head ablated = a run on the resized reference
+    adjacent = ["USER: <image>\nwhat is this ? ASSISTANT:",
+                "USER: <image><image>\nwhat is the main object ? ASSISTANT:"]
+    inp = model.prepare(images, adjacent)
     one = compute_baseline(model, inp, cfg, reference_images=refs[:1], progress=False)
     every = torch.ones(1, model.cfg.n_layers, model.cfg.n_heads, dtype=torch.bool)
     fast = AblationEngine(model, inp, one, cfg).run(every, progress=False)[:, 0]
     answers = model(inp)[:, -1].argmax(-1)
-    for i, (h, w) in enumerate(inp.image_sizes.tolist()):
-        on = model(model.prepare(refs[0].resize((w, h), Image.BICUBIC), prompts[i]))
-        assert torch.allclose(fast[i], on[0, -1, answers[i]], atol=1e-4)
+    resized = [[refs[0].resize(im.size, Image.BICUBIC) for im in ims] for ims in images]
+    on = model(model.prepare(resized, adjacent))
+    assert torch.allclose(fast, on[torch.arange(2), -1, answers], atol=1e-4)
