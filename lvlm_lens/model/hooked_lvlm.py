@@ -142,7 +142,8 @@ class HookedLVLM(TokensMixin, ModelWeights, HookedRootModule):
         if isinstance(input, LVLMInput):
             return input
         if isinstance(input, str | list):
-            input = self.to_tokens(input)
+            input, mask = self.encode_text(input)
+            attention_mask = mask if attention_mask is None else attention_mask
         if not isinstance(input, Tensor):
             raise TypeError(f"expected an LVLMInput, a token tensor or text, got {type(input)}")
         if input.ndim == 1:

@@ -23,12 +23,18 @@ class TokensMixin:
         self, text: str | list[str], prepend_bos: bool = True
     ) -> Int[Tensor, "batch pos"]:
         """Tokenize text (left-padded batch); image placeholders are *not* expanded."""
+        return self.encode_text(text, prepend_bos)[0]
+
+    def encode_text(
+        self, text: str | list[str], prepend_bos: bool = True
+    ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+        """Token ids and attention mask of text (left-padded batch)."""
         texts = [text] if isinstance(text, str) else list(text)
         self.tokenizer.padding_side = "left"
         out = self.tokenizer(
             texts, return_tensors="pt", padding=True, add_special_tokens=prepend_bos
         )
-        return out.input_ids.to(self.cfg.device)
+        return out.input_ids.to(self.cfg.device), out.attention_mask.to(self.cfg.device)
 
     def to_single_token(self, text: str) -> int:
         """The id of a string that is exactly one known token (no BOS).

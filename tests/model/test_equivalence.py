@@ -167,3 +167,14 @@ def test_bf16_close_to_hf_bf16(tiny_checkpoint):
     real = inp.attention_mask.bool()
     assert logits.dtype == torch.float32 and model.cfg.dtype == torch.bfloat16
     assert (logits - ref)[real].abs().max() <= 0.02 * ref[real].abs().max()
+
+
+def test_text_batch_of_different_lengths_is_padded_and_masked(tiny_checkpoint):
+    """A list of prompts is left-padded with its attention mask (it used to attend to padding)."""
+    model, _ = load_pair(tiny_checkpoint, "llava-llama")
+    texts = ["what is this ?", "what is the main object in this image ?"]
+    batch_logits = model(texts)
+    alone = model(texts[0])
+    assert (batch_logits[0, -alone.shape[1] :] - alone[0]).abs().max() <= 1e-4
+    out = model.generate(texts, max_new_tokens=3, eos_token_id=[])
+    assert out == [model.generate(t, max_new_tokens=3, eos_token_id=[]) for t in texts]
