@@ -18,13 +18,13 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from lvlm_lens.analysis.stats import bootstrap_ratio, spearman
 from lvlm_lens.interventions.engine import clean_answers
 from lvlm_lens.interventions.metrics import final_logits, get_metric
 from lvlm_lens.interventions.patching import check_pair
 from lvlm_lens.model.inputs import LVLMInput
+from lvlm_lens.progress import progress_bar, show_progress
 from lvlm_lens.viz.figures import head_heatmap, new_figure
 
 #: Component -> hook name suffix. ``heads`` patch one head's ``z`` (before ``W_O``).
@@ -214,20 +214,20 @@ def activation_patching(model: Any, clean: LVLMInput, corrupted: LVLMInput,
     masks = {g: m.to(model.cfg.device) for g, m in position_masks(corrupted, config.groups).items()}
     plan = [(node, g) for node in _nodes(model, config.components) for g in config.groups]
     out = []
-    for (comp, layer, head), g in tqdm(plan, desc="activation patching",
-                                       disable=not config.progress):
-        name = _hook_name(comp, layer)
-        src, where = cache[name], masks[g]
+    with show_progress(config.progress):
+        for (comp, layer, head), g in progress_bar(plan, desc="activation patching"):
+            name = _hook_name(comp, layer)
+            src, where = cache[name], masks[g]
 
-        def hook(t: Tensor, hook: Any, src=src, where=where, head=head) -> Tensor:
-            if head < 0:
-                return torch.where(where[..., None], src, t)
-            t = t.clone()
-            t[:, :, head] = torch.where(where[..., None], src[:, :, head], t[:, :, head])
-            return t
+            def hook(t: Tensor, hook: Any, src=src, where=where, head=head) -> Tensor:
+                if head < 0:
+                    return torch.where(where[..., None], src, t)
+                t = t.clone()
+                t[:, :, head] = torch.where(where[..., None], src[:, :, head], t[:, :, head])
+                return t
 
-        patched = fn(final_logits(model.run_with_hooks(corrupted, fwd_hooks=[(name, hook)])))
-        out.append(((comp, layer, head), g, patched.float().cpu() - m_corr))
+            patched = fn(final_logits(model.run_with_hooks(corrupted, fwd_hooks=[(name, hook)])))
+            out.append(((comp, layer, head), g, patched.float().cpu() - m_corr))
     total = (m_clean - m_corr).numpy()
     return PatchingResult(_rows(out, total), m_clean.numpy(), m_corr.numpy(), "exact")
 

@@ -19,13 +19,13 @@ import pandas as pd
 import torch
 from jaxtyping import Bool
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from lvlm_lens.analysis.stats import ci_table
 from lvlm_lens.interventions.engine import clean_answers
 from lvlm_lens.interventions.knockout import knockout_hooks, window_layers
 from lvlm_lens.interventions.metrics import answer_prob, final_logits
 from lvlm_lens.model.inputs import LVLMInput
+from lvlm_lens.progress import progress_bar, show_progress
 from lvlm_lens.viz.figures import line_plot
 
 #: The edges of Zhang et al. between the prompt's token groups (source -> target).
@@ -162,22 +162,23 @@ def token_flow(
     p_clean = answer_prob(final_logits(model(inp)), answers).cpu()
     rows = []
     total = len(config.edges) * n_layers
-    bar = tqdm(total=total, desc="knockout windows", disable=not config.progress)
-    for src, tgt in config.edges:
-        for centre in range(n_layers):
-            layers = window_layers(centre, size, n_layers)
-            hooks, n_cut = window_hooks(model, inp, masks[src], masks[tgt], layers, config.heads)
-            if hooks:
-                logits = final_logits(model.run_with_hooks(inp, fwd_hooks=hooks))
-                p_new = answer_prob(logits, answers).cpu()
-            else:
-                p_new = p_clean
-            for i in range(len(inp)):
-                rows.append({"edge": f"{src}\u2192{tgt}", "source": src, "target": tgt,
-                             "layer": centre, "first": layers[0], "last": layers[-1],
-                             "example": i, "p_clean": float(p_clean[i]), "p_new": float(p_new[i]),
-                             "change": float((p_new[i] - p_clean[i]) / p_clean[i]),
-                             "heads": n_cut})
-            bar.update(1)
-    bar.close()
+    with show_progress(config.progress), progress_bar(total=total, desc="knockout windows") as bar:
+        for src, tgt in config.edges:
+            for centre in range(n_layers):
+                layers = window_layers(centre, size, n_layers)
+                hooks, n_cut = window_hooks(model, inp, masks[src], masks[tgt], layers,
+                                            config.heads)
+                if hooks:
+                    logits = final_logits(model.run_with_hooks(inp, fwd_hooks=hooks))
+                    p_new = answer_prob(logits, answers).cpu()
+                else:
+                    p_new = p_clean
+                for i in range(len(inp)):
+                    rows.append({"edge": f"{src}\u2192{tgt}", "source": src, "target": tgt,
+                                 "layer": centre, "first": layers[0], "last": layers[-1],
+                                 "example": i, "p_clean": float(p_clean[i]),
+                                 "p_new": float(p_new[i]),
+                                 "change": float((p_new[i] - p_clean[i]) / p_clean[i]),
+                                 "heads": n_cut})
+                bar.update(1)
     return FlowResult(pd.DataFrame(rows), size)

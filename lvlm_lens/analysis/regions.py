@@ -19,7 +19,6 @@ import pandas as pd
 import torch
 from jaxtyping import Bool
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from lvlm_lens.analysis.stats import bootstrap_ci
 from lvlm_lens.data import patch_grid_mask
@@ -27,6 +26,7 @@ from lvlm_lens.interventions.engine import clean_answers
 from lvlm_lens.interventions.metrics import answer_prob, final_logits
 from lvlm_lens.interventions.token_ablation import mean_image_token, token_ablation_hooks
 from lvlm_lens.model.inputs import LVLMInput
+from lvlm_lens.progress import progress_bar, show_progress
 from lvlm_lens.viz.figures import bar_plot
 from lvlm_lens.viz.patches import image_grids
 
@@ -153,15 +153,16 @@ def region_ablation(
             rnd[i, rng.choice(image[i].nonzero().flatten().numpy(), size=n, replace=False)] = True
         plans += [("background", d, bg), ("random", d, rnd)]
     rows = []
-    for region, draw, which in tqdm(plans, desc="region ablation", disable=not progress):
-        hooks = token_ablation_hooks(model, inp, which, base)
-        logits = final_logits(model.run_with_hooks(inp, fwd_hooks=hooks))
-        p_new = answer_prob(logits, answers).cpu()
-        correct = (logits.argmax(-1) == answers).cpu()
-        for i in range(len(inp)):
-            rows.append({"region": region, "draw": draw, "example": i,
-                         "n_tokens": int(which[i].sum()), "p_clean": float(p_clean[i]),
-                         "p_new": float(p_new[i]),
-                         "change": float((p_new[i] - p_clean[i]) / p_clean[i]),
-                         "correct": float(correct[i])})
+    with show_progress(progress):
+        for region, draw, which in progress_bar(plans, desc="region ablation"):
+            hooks = token_ablation_hooks(model, inp, which, base)
+            logits = final_logits(model.run_with_hooks(inp, fwd_hooks=hooks))
+            p_new = answer_prob(logits, answers).cpu()
+            correct = (logits.argmax(-1) == answers).cpu()
+            for i in range(len(inp)):
+                rows.append({"region": region, "draw": draw, "example": i,
+                             "n_tokens": int(which[i].sum()), "p_clean": float(p_clean[i]),
+                             "p_new": float(p_new[i]),
+                             "change": float((p_new[i] - p_clean[i]) / p_clean[i]),
+                             "correct": float(correct[i])})
     return RegionAblationResult(pd.DataFrame(rows))

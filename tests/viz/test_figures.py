@@ -39,7 +39,7 @@ def toy_pair():
 @pytest.fixture(scope="module")
 def next_pair(tiny_checkpoint):
     model = HookedLVLM.from_pretrained(tiny_checkpoint("llava-next-mistral"))
-    inp = model.prepare([noise_image(20, 28, 1), noise_image(30, 14, 2)], PROMPTS)
+    inp = model.prepare([noise_image(20, 28, 1), noise_image(30, 18, 2)], PROMPTS)
     return model, inp
 
 
