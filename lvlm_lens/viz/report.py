@@ -210,7 +210,7 @@ def _details(data: ReportData) -> str:
                               "heads"}  # fmt: skip
     rows = [["options", _fmt(s.get("options", data.result.options))]]
     if "model" in s:
-        rows.append(["model", html.escape(str(s["model"]))])
+        rows.append(["model path", html.escape(str(s["model"]))])
     if s.get("wrong_examples"):
         rows.append(["wrongly answered", _fmt(s["wrong_examples"])])
     seconds = {k.removeprefix("seconds_"): f"{v:.1f} s" for k, v in s.items()

@@ -8,21 +8,16 @@ import json
 import pytest
 
 from lvlm_lens.run.cli import main
-from tests.helpers import noise_image
+from tests.helpers import write_data_folder
 
 
 @pytest.fixture(scope="module")
 def finished_run(tiny_checkpoint, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    rows = ["image,prompt,answer,bbox"]
-    for i in range(3):
-        noise_image(20, 20, i).save(folder / f"im{i}.png")
-        rows.append(f'im{i}.png,"USER: <image>\nwhat is this ? ASSISTANT:",star,"2,2,12,12"')
-    (folder / "data.csv").write_text("\n".join(rows) + "\n")
+    folder = write_data_folder(tmp_path_factory.mktemp("data"), 3, bbox="2,2,12,12")
     out = tmp_path_factory.mktemp("run") / "run"
     argv = ["attribute", "--model", str(tiny_checkpoint("llava-llama")), "--data", str(folder),
             "--out", str(out), "--num-masks", "40", "--chunk-masks", "16", "--batch-size", "20",
-            "--baseline", "blank", "--keep-wrong", "--n-random", "2", "--n-examples", "0"]  # fmt: skip
+            "--baseline", "blank", "--keep-wrong", "--n-random", "2"]  # fmt: skip
     return out, argv
 
 
