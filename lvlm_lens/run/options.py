@@ -7,6 +7,7 @@ from typing import Any
 
 from lvlm_lens.attribution.head_attribution import AttributionConfig
 from lvlm_lens.errors import OptionError
+from lvlm_lens.interventions.ablation import HeadAblation
 
 
 @dataclass
@@ -29,7 +30,8 @@ class RunOptions:
         dtype: ``float32``, ``bfloat16`` or ``float16``.
         rankings: Also compute the baseline rankings and faithfulness/completeness curves.
         n_random: Random rankings for the random band.
-        attribution: Head-attribution options.
+        attribution: Head-attribution options (baseline ``mean`` over the reference images
+            by default, unlike the library's ``blank``: a run over a dataset has references).
         threads: CPU threads of torch's intra-op pool; ``None`` picks them
             (:func:`lvlm_lens.run.threads.choose_threads`). Not part of the fingerprint: a run
             may resume with other threads.
@@ -49,7 +51,9 @@ class RunOptions:
     dtype: str = "float32"
     rankings: bool = True
     n_random: int = 10
-    attribution: AttributionConfig = field(default_factory=AttributionConfig)
+    attribution: AttributionConfig = field(
+        default_factory=lambda: AttributionConfig(ablation=HeadAblation(baseline="mean"))
+    )
     threads: int | None = None
 
     def __post_init__(self) -> None:
