@@ -16,6 +16,7 @@ from lvlm_lens.attribution.comparison import compare_rankings, comparison_notes
 from lvlm_lens.attribution.curves import Curves, RandomBand
 from lvlm_lens.attribution.results import AttributionResult
 from lvlm_lens.data import load_folder, synthetic_records
+from lvlm_lens.errors import OptionError
 from lvlm_lens.model import HookedLVLM
 from lvlm_lens.run.distributed import current_shard
 from lvlm_lens.run.options import RunOptions
@@ -75,6 +76,8 @@ def load_records(opts: RunOptions) -> tuple[list[Any], list[Image.Image]]:
 def load_baseline_image(opts: RunOptions) -> Image.Image | None:
     """The image of ``--baseline image``, if one is given."""
     if opts.baseline_image is None:
+        if opts.attribution.ablation.baseline == "image":
+            raise OptionError("baseline_image", "is needed by the 'image' baseline: pass a file")
         return None
     if not Path(opts.baseline_image).is_file():
         raise FileNotFoundError(f"--baseline-image {opts.baseline_image}: no such file")

@@ -44,6 +44,7 @@ def test_too_few_masks_names_the_flag_and_the_minimum(capsys, tmp_path):
         ("--data-seed", "-3", "--data-seed must be >= 0"),
         ("--chunk-masks", "0", "--chunk-masks must be >= 1"),
         ("--threads", "0", "--threads must be >= 1"),
+        ("--baseline", "image", "--baseline-image is needed by the 'image' baseline"),
     ],
 )
 def test_range_errors_name_the_flag(capsys, tmp_path, flag, value, expected):
