@@ -25,7 +25,7 @@ from lvlm_lens.interventions.metrics import final_logits, get_metric
 from lvlm_lens.interventions.patching import check_pair
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.progress import progress_bar, show_progress
-from lvlm_lens.viz.figures import head_heatmap, new_figure
+from lvlm_lens.viz.plots import head_heatmap, new_figure
 
 #: Component -> hook name suffix. ``heads`` patch one head's ``z`` (before ``W_O``).
 HOOKS = {"resid": "hook_resid_pre", "heads": "attn.hook_z", "mlp": "hook_mlp_out"}

@@ -22,7 +22,7 @@ from torch import Tensor
 from lvlm_lens.analysis.stats import bootstrap_ratio
 from lvlm_lens.attribution.curves import default_ks, evaluate_ranking
 from lvlm_lens.interventions.engine import AblationEngine
-from lvlm_lens.viz.figures import line_plot
+from lvlm_lens.viz.plots import line_plot
 
 
 @dataclass

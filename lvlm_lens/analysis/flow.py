@@ -26,7 +26,7 @@ from lvlm_lens.interventions.knockout import knockout_hooks, window_layers
 from lvlm_lens.interventions.metrics import answer_prob, final_logits
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.progress import progress_bar, show_progress
-from lvlm_lens.viz.figures import line_plot
+from lvlm_lens.viz.plots import line_plot
 
 #: The edges of Zhang et al. between the prompt's token groups (source -> target).
 DEFAULT_EDGES: tuple[tuple[str, str], ...] = (

@@ -23,7 +23,7 @@ from lvlm_lens.interventions.ablation import BaselineKV, head_ablation_hooks, kv
 from lvlm_lens.interventions.metrics import final_logits
 from lvlm_lens.interventions.patching import check_pair
 from lvlm_lens.model.inputs import LVLMInput
-from lvlm_lens.viz.figures import bar_plot
+from lvlm_lens.viz.plots import bar_plot
 
 
 @dataclass

@@ -27,8 +27,8 @@ from lvlm_lens.interventions.metrics import answer_prob, final_logits
 from lvlm_lens.interventions.token_ablation import mean_image_token, token_ablation_hooks
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.progress import progress_bar, show_progress
-from lvlm_lens.viz.figures import bar_plot
 from lvlm_lens.viz.patches import image_grids
+from lvlm_lens.viz.plots import bar_plot
 
 
 def object_patches(inp: LVLMInput, masks: Sequence[Any], *, threshold: float = 0.25

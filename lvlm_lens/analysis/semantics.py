@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from lvlm_lens.analysis.stats import Estimate, bootstrap_ci, rankdata, sign_flip_test
-from lvlm_lens.viz.figures import new_figure, similarity_matrix
+from lvlm_lens.viz.plots import new_figure, similarity_matrix
 
 KINDS = ("same class", "same appearance", "different")
 METHODS = ("cosine", "spearman")

@@ -26,7 +26,7 @@ from lvlm_lens.analysis.stats import Estimate, bootstrap_ci, spearman
 from lvlm_lens.attribution.head_attribution import AttributionConfig, head_attribution
 from lvlm_lens.attribution.results import AttributionResult
 from lvlm_lens.model.inputs import LVLMInput
-from lvlm_lens.viz.figures import heatmaps
+from lvlm_lens.viz.plots import heatmaps
 
 #: Name of the token group added to text-only inputs for the object's description.
 DESCRIPTION = "description"

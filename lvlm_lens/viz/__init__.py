@@ -1,5 +1,7 @@
-"""Figures and the HTML report: heatmaps, curves and similarity matrices in one style,
-attention and logit lens over the patch grid, a circuitsvis view with image tokens collapsed.
+"""Figures and the HTML report: the report's figures (``figures``), the analyses' heatmaps,
+curves and similarity matrices in one style (``plots``), attention and logit lens over the
+patch grid (``patches``, ``logit_lens``), a circuitsvis view with image tokens collapsed
+(``attention_view``).
 
 May import :mod:`lvlm_lens.attribution`, :mod:`lvlm_lens.interventions` and
 :mod:`lvlm_lens.model`; never analysis or run. Every figure function returns the figure.
@@ -11,14 +13,7 @@ from lvlm_lens.viz.attention_view import (
     collapsed_attention,
     image_groups,
 )
-from lvlm_lens.viz.figures import (
-    bar_plot,
-    head_heatmap,
-    heatmaps,
-    line_plot,
-    new_figure,
-    similarity_matrix,
-)
+from lvlm_lens.viz.figures import ExampleView, curves_figure, example_figure, importance_figure
 from lvlm_lens.viz.logit_lens import LogitLens, logit_lens
 from lvlm_lens.viz.patches import (
     ImageGrid,
@@ -28,7 +23,15 @@ from lvlm_lens.viz.patches import (
     image_grids,
     model_view,
 )
-from lvlm_lens.viz.report import ExampleView, ReportData, write_report
+from lvlm_lens.viz.plots import (
+    bar_plot,
+    head_heatmap,
+    heatmaps,
+    line_plot,
+    new_figure,
+    similarity_matrix,
+)
+from lvlm_lens.viz.report import ReportData, write_report
 
 __all__ = [
     "CollapsedAttention",
@@ -40,12 +43,15 @@ __all__ = [
     "attention_view",
     "bar_plot",
     "collapsed_attention",
+    "curves_figure",
     "draw_overlay",
+    "example_figure",
     "head_attention",
     "head_heatmap",
     "heatmaps",
     "image_grids",
     "image_groups",
+    "importance_figure",
     "line_plot",
     "logit_lens",
     "model_view",

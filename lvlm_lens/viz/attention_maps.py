@@ -8,8 +8,8 @@ import numpy as np
 
 from lvlm_lens.data import patch_grid_mask
 from lvlm_lens.model.inputs import LVLMInput
+from lvlm_lens.viz.figures import ExampleView
 from lvlm_lens.viz.patches import head_attention, image_grids
-from lvlm_lens.viz.report import ExampleView
 
 
 def patch_attention(

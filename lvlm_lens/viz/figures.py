@@ -1,269 +1,149 @@
-"""The analyses' figures in one matplotlib style: layer x head heatmaps, curves with confidence
-bands, similarity matrices.
-
-Figures are built on :class:`matplotlib.figure.Figure` (no pyplot state, so they work headless
-and in notebooks alike) and returned; pass ``ax=`` to draw into an existing axes instead.
-"""
+"""The report's figures: head importance, faithfulness / completeness curves, and examples with
+the attention of the top heads over their image patches. Each function returns a matplotlib
+figure (Agg canvas, no display). NaN values are drawn as gaps or grey cells."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from matplotlib import colormaps
-from matplotlib.axes import Axes
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+from PIL import Image
+from torch import Tensor
 
-#: The style of every analysis figure.
-STYLE: dict[str, Any] = {
-    "font.size": 9,
-    "axes.titlesize": 10,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": False,
-    "legend.frameon": False,
-    "figure.dpi": 100,
-}
-#: Diverging map for signed scores (importance, effects), sequential for non-negative ones.
-DIVERGING, SEQUENTIAL = "RdBu_r", "viridis"
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
-           "#7f7f7f", "#bcbd22", "#17becf")  # fmt: skip
+from lvlm_lens.attribution.curves import Curves, RandomBand
+
+HA = "head attribution"
+FC = ("faithfulness", "completeness")
 
 
-def new_figure(n_cols: int = 1, n_rows: int = 1, size: tuple[float, float] = (4.0, 3.2),
-               **kwargs: Any) -> tuple[Figure, np.ndarray]:
-    """A headless figure with a grid of axes (always a 2-D array) in the shared style."""
-    from matplotlib import rc_context
+@dataclass
+class ExampleView:
+    """One example to show with the attention of the top heads over its image patches.
 
-    with rc_context(STYLE):
-        fig = Figure(figsize=(size[0] * n_cols, size[1] * n_rows), layout="constrained")
-        axes = fig.subplots(n_rows, n_cols, squeeze=False, **kwargs)
-    for ax in axes.flat:
-        _style(ax)
-    return fig, axes
-
-
-def _style(ax: Axes) -> None:
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
-    ax.tick_params(labelsize=8)
-
-
-def _target(ax: Axes | None, size: tuple[float, float] = (4.0, 3.2)) -> tuple[Figure, Axes]:
-    if ax is not None:
-        return ax.figure, ax
-    fig, axes = new_figure(size=size)
-    return fig, axes[0, 0]
-
-
-def _np(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().double().cpu().numpy()
-    return np.asarray(x, dtype=float)
-
-
-def head_heatmap(
-    scores: Any,
-    *,
-    ax: Axes | None = None,
-    title: str = "",
-    label: str = "importance",
-    mark: Sequence[tuple[int, int]] = (),
-    signed: bool | None = None,
-    vmax: float | None = None,
-    xlabels: Sequence[str] | None = None,
-    xlabel: str = "head",
-) -> Figure:
-    """A layer x head heatmap (layers down, heads across).
-
-    Args:
-        scores: ``[n_layers, n_heads]`` values (tensor or array).
-        ax: Axes to draw into (default: a new figure).
-        title: Axes title.
-        label: Colour-bar label.
-        mark: ``(layer, head)`` cells to outline (e.g. the top-k heads).
-        signed: Diverging colours centred on 0 (default: when the values have both signs).
-        vmax: Colour limit (default: the largest absolute value).
-        xlabels: Column labels (default: head indices), e.g. token-group names.
-        xlabel: Column axis label.
+    Attributes:
+        image: The image as the model saw it (after any crop / pad), so patches line up.
+        label: True object name.
+        prediction: The model's answer.
+        patch_attention: Head name (e.g. ``"L2H5"``) -> ``[grid_h, grid_w]`` attention from the
+            final token to each image patch.
+        object_patches: Optional ``[grid_h, grid_w]`` bool, True on patches of the object.
     """
-    s = _np(scores)
-    if s.ndim != 2:
-        raise ValueError(f"scores must be [n_layers, n_heads], got shape {s.shape}")
-    fig, ax = _target(ax, (0.45 * s.shape[1] + 1.6, 0.35 * s.shape[0] + 1.2))
-    finite = s[np.isfinite(s)]
-    signed = bool((finite < 0).any() and (finite > 0).any()) if signed is None else signed
-    top = vmax or (float(np.abs(finite).max()) if finite.size else 1.0) or 1.0
-    cmap = colormaps[DIVERGING if signed else SEQUENTIAL].with_extremes(bad="#dddddd")
-    kw = dict(vmin=-top, vmax=top) if signed else dict(vmax=top)
-    im = ax.imshow(np.ma.masked_invalid(s), aspect="auto", interpolation="nearest", cmap=cmap,
-                   **kw)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("layer")
-    if xlabels is None:
-        ax.set_xticks(range(s.shape[1]))
-    else:
-        ax.set_xticks(range(s.shape[1]), list(xlabels), rotation=30, ha="right")
-    ax.set_yticks(range(s.shape[0]))
-    for layer, head in mark:
-        ax.add_patch(_cell(layer, head))
-    fig.colorbar(im, ax=ax, label=label, shrink=0.85)
-    ax.set_title(title)
+
+    image: Image.Image
+    label: str
+    prediction: str
+    patch_attention: dict[str, np.ndarray]
+    object_patches: np.ndarray | None = None
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """A tensor or array-like as a float64 numpy array."""
+    return x.detach().double().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x, float)
+
+
+def importance_figure(imp: np.ndarray, title: str, top: list[tuple[int, int]]) -> Figure:
+    """Heatmap of importance ``-β`` per layer and head, the ``top`` heads numbered by rank."""
+    n_l, n_h = imp.shape
+    size = (min(max(n_h * 0.24 + 2.2, 5.0), 13.0), min(max(n_l * 0.22 + 1.4, 3.2), 11.0))
+    fig = Figure(figsize=size, dpi=120, layout="constrained")
+    ax = fig.add_subplot()
+    vmax = float(np.nanmax(np.abs(imp))) if np.isfinite(imp).any() else 0.0
+    kw = dict(vmin=-(vmax or 1.0), vmax=vmax or 1.0, aspect="auto", interpolation="nearest")
+    im = ax.imshow(imp, cmap=colormaps["RdBu_r"].with_extremes(bad="0.75"), **kw)
+    kw = dict(ha="center", va="center", fontsize=7 if n_h > 16 else 9, fontweight="bold")
+    for rank, (layer, head) in enumerate(top, 1):  # rank number on the top heads
+        dark = abs(imp[layer, head]) > 0.5 * (vmax or 1.0)
+        ax.text(head, layer, str(rank), color="w" if dark else "k", **kw)
+    for set_ticks, n in ((ax.set_xticks, n_h), (ax.set_yticks, n_l)):
+        ticks = range(0, n, max(1, math.ceil(n / 32)))
+        set_ticks(ticks, [str(i) for i in ticks], fontsize=7 if n > 16 else 9)
+    ax.set(xlabel="head", ylabel="layer (0 = first)", title=title)
+    fig.colorbar(im, ax=ax, label="importance −β", shrink=0.9)
     return fig
 
 
-def _cell(layer: int, head: int) -> Any:
-    from matplotlib.patches import Rectangle
-
-    return Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="black", lw=1.5)
-
-
-def heatmaps(
-    maps: dict[str, Any],
-    *,
-    label: str = "importance",
-    marks: dict[str, Sequence[tuple[int, int]]] | None = None,
-    shared_scale: bool = False,
-) -> Figure:
-    """Several layer x head heatmaps side by side (e.g. image vs text-only circuits).
-
-    Args:
-        maps: Title -> ``[n_layers, n_heads]`` values.
-        label: Colour-bar label.
-        marks: Title -> cells to outline.
-        shared_scale: One colour scale for all panels (default: each its own).
-    """
-    arrays = {k: _np(v) for k, v in maps.items()}
-    first = next(iter(arrays.values()))
-    fig, axes = new_figure(len(arrays), 1, (0.45 * first.shape[1] + 1.6, 0.35 * first.shape[0]
-                                            + 1.2))
-    top = max(float(np.nanmax(np.abs(a))) for a in arrays.values()) if shared_scale else None
-    for ax, (name, arr) in zip(axes[0], arrays.items(), strict=True):
-        head_heatmap(arr, ax=ax, title=name, label=label, mark=(marks or {}).get(name, ()),
-                     vmax=top)
+def curves_figure(curves: dict[str, Curves], band: RandomBand | None, n_total: int) -> Figure:
+    """Faithfulness and completeness of each ranking over k (log scale), with the random band."""
+    fig = Figure(figsize=(11, 4.8), dpi=120, layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, what in zip(axes, FC, strict=True):
+        if band is not None:
+            q, ks, lv = to_numpy(getattr(band, what)), to_numpy(band.ks), band.quantiles
+            lo, hi = int(np.argmin(lv)), int(np.argmax(lv))
+            label = f"random ({lv[lo]:.0%}–{lv[hi]:.0%})"
+            ax.fill_between(ks, q[lo], q[hi], color="0.6", alpha=0.35, lw=0, label=label)
+            if 0.5 in lv:
+                ax.plot(ks, q[lv.index(0.5)], "--", color="0.35", lw=1.2, label="random (median)")
+        for i, name in enumerate(sorted(curves, key=lambda n: n != HA)):  # attribution first
+            y = to_numpy(getattr(curves[name], what))
+            label = name + ("" if np.isfinite(y).any() else " (all NaN)")
+            kw = dict(lw=2.4, zorder=3) if name == HA else dict(lw=1.4, zorder=2)
+            ks = to_numpy(curves[name].ks)
+            ax.plot(ks, y, marker="o", ms=3, color=f"C{i}", label=label, **kw)
+        ax.hlines([0, 1], 0, n_total, color="0.8", lw=0.8, zorder=0)
+        pct = ax.twiny()  # % of heads on top; same symlog scale so the ticks line up
+        for a in (ax, pct):
+            a.set_xscale("symlog", linthresh=1, linscale=0.4)
+            a.set_xlim(0, n_total)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        fracs = [p for p in (0.001, 0.01, 0.1, 0.25, 0.5, 1.0) if p * n_total >= 1]
+        pct.set_xticks([p * n_total for p in fracs], [f"{p * 100:g}%" for p in fracs], fontsize=8)
+        pct.minorticks_off()
+        pct.set_xlabel("% of heads", fontsize=9)
+        pct.set_title(what, fontsize=12)
+        ax.set_xlabel(f"top-k heads (of {n_total}; log scale)")
+        ax.grid(alpha=0.3, which="major")
+    axes[0].set_ylabel("fraction of the clean–ablated gap")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 6), fontsize=9)
     return fig
 
 
-def line_plot(
-    frame: pd.DataFrame,
-    x: str,
-    y: str = "mean",
-    *,
-    hue: str | None = None,
-    low: str | None = "low",
-    high: str | None = "high",
-    ax: Axes | None = None,
-    title: str = "",
-    xlabel: str | None = None,
-    ylabel: str | None = None,
-    zero_line: bool = True,
-    panels: str | None = None,
-) -> Figure:
-    """Curves of ``y`` over ``x``, one per ``hue`` value, with a shaded ``[low, high]`` band.
-
-    Args:
-        frame: Tidy table (e.g. from :func:`~lvlm_lens.analysis.stats.ci_table`).
-        x: Column on the x axis.
-        y: Column on the y axis.
-        hue: Column whose values get one line each.
-        low: Lower band column (None: no band).
-        high: Upper band column.
-        ax: Axes to draw into (only without ``panels``).
-        title: Figure title.
-        xlabel: x label (default ``x``).
-        ylabel: y label (default ``y``).
-        zero_line: Draw ``y = 0``.
-        panels: Column whose values get one panel each.
-    """
-    groups = [(None, frame)] if panels is None else list(frame.groupby(panels, sort=False))
-    if ax is not None and panels is None:
-        fig, axes = ax.figure, np.array([ax])
-    else:
-        n_cols = min(len(groups), 4)
-        n_rows = -(-len(groups) // n_cols)
-        fig, grid = new_figure(n_cols, n_rows, (3.2, 2.6), sharey=True, sharex=True)
-        axes = grid.ravel()
-        for extra in axes[len(groups):]:
-            extra.set_visible(False)
-        axes = axes[: len(groups)]
-    for ax_, (name, part) in zip(axes, groups, strict=True):
-        lines = [(None, part)] if hue is None else list(part.groupby(hue, sort=False))
-        for i, (key, sub) in enumerate(lines):
-            sub = sub.sort_values(x)
-            color = PALETTE[i % len(PALETTE)]
-            ax_.plot(sub[x], sub[y], marker="o", ms=3, color=color,
-                     label=None if key is None else str(key))
-            if low and high and low in sub and high in sub:
-                ax_.fill_between(sub[x], sub[low], sub[high], color=color, alpha=0.15, lw=0)
-        if zero_line:
-            ax_.axhline(0, color="black", lw=0.6, alpha=0.6)
-        ax_.set_xlabel(xlabel or x)
-        ax_.set_title("" if name is None else str(name))
-        if pd.api.types.is_integer_dtype(part[x]):
-            from matplotlib.ticker import MaxNLocator
-
-            ax_.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if hue is not None:
-            ax_.legend(fontsize=7)
-    for ax_ in axes[:: min(len(axes), 4)] if panels is not None else axes[:1]:
-        ax_.set_ylabel(ylabel or y)
-    if title:
-        fig.suptitle(title)
-    return fig
+def _outline(mask: np.ndarray, sx: float, sy: float) -> LineCollection:
+    """Segments on the border between True and False cells of ``mask`` (pixel coordinates)."""
+    m = np.pad(np.asarray(mask, bool), 1)
+    hor, ver = np.nonzero(m[1:, :-1] != m[:-1, :-1]), np.nonzero(m[:-1, 1:] != m[:-1, :-1])
+    segs = [[((c - 1) * sx, r * sy), (c * sx, r * sy)] for r, c in zip(*hor, strict=True)]
+    segs += [[(c * sx, (r - 1) * sy), (c * sx, r * sy)] for r, c in zip(*ver, strict=True)]
+    return LineCollection(segs, colors="#00e5ff", linewidths=1.6)
 
 
-def bar_plot(
-    frame: pd.DataFrame,
-    x: str,
-    y: str = "mean",
-    *,
-    low: str | None = "low",
-    high: str | None = "high",
-    ax: Axes | None = None,
-    title: str = "",
-    ylabel: str | None = None,
-) -> Figure:
-    """Bars of ``y`` per ``x`` category with ``[low, high]`` error bars."""
-    fig, ax = _target(ax)
-    pos = np.arange(len(frame))
-    err = None
-    if low and high and low in frame and high in frame:
-        err = np.vstack([frame[y] - frame[low], frame[high] - frame[y]]).clip(min=0)
-    ax.bar(pos, frame[y], yerr=err, color=[PALETTE[i % len(PALETTE)] for i in pos], capsize=3)
-    ax.set_xticks(pos, [str(v) for v in frame[x]], rotation=20, ha="right")
-    ax.axhline(0, color="black", lw=0.6, alpha=0.6)
-    ax.set_ylabel(ylabel or y)
-    ax.set_title(title)
-    return fig
-
-
-def similarity_matrix(
-    matrix: Any,
-    groups: Sequence[Any] | None = None,
-    *,
-    ax: Axes | None = None,
-    title: str = "",
-    label: str = "similarity",
-) -> Figure:
-    """An example x example similarity matrix; ``groups`` (one label per row, already sorted)
-    draws separators and labels between blocks of equal labels."""
-    m = _np(matrix)
-    fig, ax = _target(ax, (4.6, 4.0))
-    top = float(np.nanmax(np.abs(m[~np.eye(len(m), dtype=bool)]))) if len(m) > 1 else 1.0
-    im = ax.imshow(m, cmap=DIVERGING, vmin=-top, vmax=top, interpolation="nearest")
-    if groups is not None:
-        labels = [str(g) for g in groups]
-        starts = [i for i in range(len(labels)) if i == 0 or labels[i] != labels[i - 1]]
-        ends = [*starts[1:], len(labels)]
-        for s in starts[1:]:
-            ax.axhline(s - 0.5, color="black", lw=0.6)
-            ax.axvline(s - 0.5, color="black", lw=0.6)
-        mids = [(s + e - 1) / 2 for s, e in zip(starts, ends, strict=True)]
-        names = [labels[s] for s in starts]
-        ax.set_xticks(mids, names, rotation=60, ha="right", fontsize=7)
-        ax.set_yticks(mids, names, fontsize=7)
-    fig.colorbar(im, ax=ax, label=label, shrink=0.85)
-    ax.set_title(title)
+def example_figure(ex: ExampleView) -> Figure:
+    """An example's image, then the attention of each head from the final token per patch."""
+    img = np.asarray(ex.image.convert("RGB"))
+    h, w = img.shape[:2]
+    gray = img.mean(-1)  # overlays go on a grey copy so the heatmap colours stay readable
+    panels = [("image", None), *ex.patch_attention.items()]
+    cols, rows = min(len(panels), 5), math.ceil(len(panels) / 5)
+    size = (2.6 * cols, (2.6 * h / w + 0.3) * rows + 0.4)
+    fig = Figure(figsize=size, dpi=110, layout="constrained")
+    ok = ex.label.strip().lower() == ex.prediction.strip().lower()
+    title = f"label: {ex.label}   prediction: {ex.prediction}   ({'✓' if ok else '✗'})"
+    fig.suptitle(title, color="k" if ok else "#b00020")
+    ext, axes = (0, w, h, 0), list(fig.subplots(rows, cols, squeeze=False).flat)
+    for ax in axes:
+        ax.set_axis_off()
+    for ax, (name, att) in zip(axes, panels, strict=False):
+        if att is None:
+            ax.imshow(img, extent=ext, interpolation="nearest")
+        else:
+            ax.imshow(gray, extent=ext, cmap="gray", vmin=-60, vmax=255, interpolation="nearest")
+            a = np.asarray(att, float)
+            top = np.nanmax(a) if np.isfinite(a).any() else 0.0
+            norm = np.nan_to_num(a / top if top > 0 else a * 0, nan=0.0).clip(0, 1)
+            rgba = colormaps["inferno"](norm)
+            rgba[..., 3] = 0.15 + 0.75 * norm
+            ax.imshow(rgba, extent=ext, interpolation="nearest")
+            name = f"{name}  (Σ={np.nansum(a):.2f}, max={top:.2g})"
+        if ex.object_patches is not None:
+            gh, gw = np.shape(ex.object_patches)
+            ax.add_collection(_outline(ex.object_patches, w / gw, h / gh))
+        ax.set(xlim=(0, w), ylim=(h, 0))
+        ax.set_title(name, fontsize=8)
     return fig

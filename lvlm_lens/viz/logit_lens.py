@@ -22,8 +22,8 @@ from PIL import Image
 from torch import Tensor
 
 from lvlm_lens.model.inputs import LVLMInput
-from lvlm_lens.viz.figures import PALETTE, new_figure
 from lvlm_lens.viz.patches import draw_overlay, image_grids, model_view
+from lvlm_lens.viz.plots import PALETTE, new_figure
 
 
 @dataclass

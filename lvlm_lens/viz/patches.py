@@ -23,7 +23,7 @@ from PIL import Image
 
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.model.vision import CLS, NEWLINE
-from lvlm_lens.viz.figures import SEQUENTIAL, new_figure
+from lvlm_lens.viz.plots import SEQUENTIAL, new_figure
 
 
 @dataclass
