@@ -29,6 +29,7 @@ from lvlm_lens.attribution.results import AttributionResult
 from lvlm_lens.interventions.ablation import BaselineKV, HeadAblation
 from lvlm_lens.interventions.engine import AblationEngine
 from lvlm_lens.model.inputs import LVLMInput
+from lvlm_lens.progress import show_progress
 
 HEAD_ATTRIBUTION = "head attribution"
 
@@ -113,6 +114,7 @@ def compare_rankings(
     engines: list[AblationEngine | None] | None = None,
     checkpoints: Checkpoints | None = None,
     keys: list[str] | None = None,
+    progress: bool = True,
 ) -> tuple[dict[str, Tensor], dict[str, Curves], RandomBand]:
     """Rankings (larger = more important) and their curves on ``inputs``, with a random band.
 
@@ -122,6 +124,7 @@ def compare_rankings(
         checkpoints: Where each finished piece (one example's ranking, one ranking's curves,
             one random ranking's curves) is kept; pieces found there are not recomputed.
         keys: An identifier per input for its checkpoints (default: its position).
+        progress: ``False`` hides every progress bar.
     """
     engines = engines or [None] * len(inputs)
     engines = [
@@ -141,18 +144,19 @@ def compare_rankings(
     cfg = model.cfg
     ks = default_ks(cfg.n_layers * cfg.n_heads)
     pool = f"{len(keys)}-{zlib.crc32(' '.join(keys).encode()):08x}"  # the pooled examples
-    ends = _cached(checkpoints, f"endpoints/{pool}", lambda: dict(zip(
-        ("clean", "ablated"), map(torch.tensor, endpoints(run, cfg.n_layers, cfg.n_heads,
-                                                          batch_size)), strict=True)))
-    clean, ablated = float(ends["clean"]), float(ends["ablated"])
 
     def curves_of(name: str, ranking: Tensor) -> Curves:
         return _curves_of(_cached(checkpoints, f"curves/{name}/{pool}", lambda: _curves_tensors(
             curves_given_endpoints(run, ranking, ks, clean, ablated, batch_size))))
 
-    curves = {name: curves_of(name, r) for name, r in rankings.items()}
-    randoms = random_rankings(cfg.n_layers, cfg.n_heads, n_random, seed)
-    band = band_of([curves_of(f"random {j}", r) for j, r in enumerate(randoms)])
+    with show_progress(progress):
+        ends = _cached(checkpoints, f"endpoints/{pool}", lambda: dict(zip(
+            ("clean", "ablated"), map(torch.tensor, endpoints(run, cfg.n_layers, cfg.n_heads,
+                                                              batch_size)), strict=True)))
+        clean, ablated = float(ends["clean"]), float(ends["ablated"])
+        curves = {name: curves_of(name, r) for name, r in rankings.items()}
+        randoms = random_rankings(cfg.n_layers, cfg.n_heads, n_random, seed)
+        band = band_of([curves_of(f"random {j}", r) for j, r in enumerate(randoms)])
     return rankings, curves, band
 
 
