@@ -50,6 +50,7 @@ def time_interleaved(
     warmup: int = 1,
     samples: dict[str, list[float]] | None = None,
     shuffle: bool = False,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, float]:
     """Median wall-clock seconds of each function, timed in interleaved rounds.
 
@@ -60,6 +61,9 @@ def time_interleaved(
         warmup: Untimed rounds run first.
         samples: If given, filled with name -> the seconds of each timed round, in round order.
         shuffle: Call the functions in a random order each round instead of rotating it.
+        clock: Wall-clock by default; ``time.process_time`` counts only this process's CPU
+            seconds (user + kernel), which other jobs on a shared machine disturb far less when
+            torch runs one thread (see :func:`clock_of`).
 
     Returns:
         Name -> median seconds, in the order of ``fns``.
@@ -73,13 +77,19 @@ def time_interleaved(
         order = rng.sample(names, len(names)) if shuffle else names[shift:] + names[:shift]
         for name in order:
             gc.collect()
-            start = time.perf_counter()
+            start = clock()
             out = fns[name]()
-            elapsed = time.perf_counter() - start
+            elapsed = clock() - start
             del out
             if round_ >= warmup:
                 samples[name].append(elapsed)
     return {name: statistics.median(samples[name]) for name in names}
+
+
+def clock_of(name: str) -> Callable[[], float]:
+    """``"wall"``: ``time.perf_counter``; ``"cpu"``: ``time.process_time`` (this process's CPU
+    seconds: with one torch thread, what a call costs without the time it waited for a core)."""
+    return {"wall": time.perf_counter, "cpu": time.process_time}[name]
 
 
 def paired_ratio(samples: dict[str, list[float]], name: str, base: str) -> float:

@@ -45,6 +45,7 @@ from benchmarks.common import (  # noqa: E402
     OtherLoad,
     boot_tl_bridge,
     build_random_llava,
+    clock_of,
     keep_freed_memory,
     llava15_prompt,
     machine_info,
@@ -69,6 +70,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="default: torch's")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: this process's CPU seconds (steadier on a shared machine)")
     parser.add_argument("--no-bridge", action="store_true", help="skip the TL bridge calls")
     parser.add_argument(
         "--keep-freed-memory",
@@ -133,7 +136,8 @@ def main() -> None:
             del out, cache
         samples: dict[str, list[float]] = {}
         with OtherLoad() as load:
-            medians = time_interleaved(fns, args.repeats, warmup=2, samples=samples, shuffle=True)
+            medians = time_interleaved(fns, args.repeats, warmup=2, samples=samples, shuffle=True,
+                                       clock=clock_of(args.clock))
 
     print(machine_info())
     print(
@@ -172,7 +176,8 @@ def main() -> None:
     spread = max(samples["hf"]) / min(samples["hf"])
     others = "n/a" if load.share is None else f"{load.share:.0%}"
     print(
-        f"\nvs HF: median over rounds of the within-round ratio. Noise: slowest/fastest hf "
+        f"\nclock: {args.clock}. vs HF: median over rounds of the within-round ratio. Noise: "
+        f"slowest/fastest hf "
         f"{spread:.2f}; other processes used {others} of the CPUs while timing"
         + (" (noisy: rerun on a quiet machine)" if spread > 1.5 else "")
     )

@@ -59,6 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import (  # noqa: E402
     OtherLoad,
     build_random_llava,
+    clock_of,
     keep_freed_memory,
     llava15_prompt,
     machine_info,
@@ -191,6 +192,8 @@ def main() -> None:
     parser.add_argument("--scaling-batch", type=int, default=16, help="masks per call in 3.")
     parser.add_argument("--mem-batches", type=int, nargs=2, default=(16, 64))
     parser.add_argument("--threads", type=int, default=None, help="default: torch's")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: this process's CPU seconds (steadier on a shared machine)")
     parser.add_argument(
         "--keep-freed-memory",
         action="store_true",
@@ -242,7 +245,8 @@ def main() -> None:
     }
     samples: dict[str, list[float]] = {}
     with OtherLoad() as load:
-        med = time_interleaved(fns, args.repeats, warmup=1, samples=samples)
+        med = time_interleaved(fns, args.repeats, warmup=1, samples=samples,
+                               clock=clock_of(args.clock))
     labels = {
         "engine": f"engine run_batch (B={B}), ms/mask",
         "plain": f"plain cached suffix (B={B}), ms/mask",
@@ -286,7 +290,8 @@ def main() -> None:
     spread = max(samples["engine"]) / min(samples["engine"])
     others = "n/a" if load.share is None else f"{load.share:.0%}"
     notes.append(
-        f"timing: {args.repeats} interleaved rounds (+1 warm-up). 'median': medians, ratios as "
+        f"timing ({args.clock} clock): {args.repeats} interleaved rounds (+1 warm-up). 'median': "
+        f"medians, ratios as "
         f"medians of within-round ratios (PASS/MISS uses these); 'best': fastest round of each, "
         f"ratios of those. slowest/fastest engine round {spread:.2f}; other processes used "
         f"{others} of the CPUs meanwhile"
@@ -321,7 +326,8 @@ def main() -> None:
                     f"plain@{n}", plain_suffix(m, e, SB), sys_time
                 )
         sm: dict[str, list[float]] = {}
-        scale = time_interleaved(scale_fns, args.scaling_repeats, warmup=1, samples=sm)
+        scale = time_interleaved(scale_fns, args.scaling_repeats, warmup=1, samples=sm,
+                                 clock=clock_of(args.clock))
         flops = [
             flops_per_layer(5 + n, 5 + n + n_suffix, args.d_model, args.d_mlp) for n in (lo, hi)
         ]

@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import (  # noqa: E402
     OtherLoad,
     build_random_llava,
+    clock_of,
     llava15_prompt,
     machine_info,
     paired_ratio,
@@ -67,6 +68,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="patches per forward (ours)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="default: torch's")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: this process's CPU seconds (steadier on a shared machine)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -135,7 +138,8 @@ def main() -> None:
     }
     samples: dict[str, list[float]] = {}
     with OtherLoad() as load:
-        med = time_interleaved(fns, args.repeats, warmup=1, samples=samples)
+        med = time_interleaved(fns, args.repeats, warmup=1, samples=samples,
+                               clock=clock_of(args.clock))
     scale = len(entries) / len(subset)
     tl_full = [t * scale for t in samples["patch sweep (TL, subset)"]]
     samples["patch sweep (TL, all entries, extrapolated)"] = tl_full
@@ -166,7 +170,8 @@ def main() -> None:
     print(f"- max |ours - full forward| knockout logit change {d_ko:.1e}")
     spread = max(samples["patch sweep (ours)"]) / min(samples["patch sweep (ours)"])
     others = "n/a" if load.share is None else f"{load.share:.0%}"
-    print(f"- {args.repeats} interleaved rounds (+1 warm-up), ratios are medians of within-round "
+    print(f"- {args.clock} clock; {args.repeats} interleaved rounds (+1 warm-up), ratios are "
+          f"medians of within-round "
           f"ratios; slowest/fastest ours-patch round {spread:.2f}; other processes used "
           f"{others} of the CPUs meanwhile; total wall time {time.perf_counter() - t_start:.0f} s")
 
