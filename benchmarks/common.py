@@ -86,6 +86,15 @@ def time_interleaved(
     return {name: statistics.median(samples[name]) for name in names}
 
 
+def model_arguments(parser: Any) -> None:
+    """The random model's shape flags shared by the scripts: ``--layers --d-model --heads
+    --d-mlp`` (defaults: 8 x 1024, 16 heads, d_mlp 2.75 x d_model)."""
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--d-model", type=int, default=1024)
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--d-mlp", type=int, default=None, help="default: 2.75 x d_model")
+
+
 def clock_of(name: str) -> Callable[[], float]:
     """``"wall"``: ``time.perf_counter``; ``"cpu"``: ``time.process_time`` (this process's CPU
     seconds: with one torch thread, what a call costs without the time it waited for a core)."""

@@ -49,6 +49,7 @@ from benchmarks.common import (  # noqa: E402
     keep_freed_memory,
     llava15_prompt,
     machine_info,
+    model_arguments,
     paired_ratio,
     random_images,
     time_interleaved,
@@ -63,10 +64,7 @@ BRIDGE_TARGET = 1.0
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--d-model", type=int, default=1024)
-    parser.add_argument("--heads", type=int, default=16)
-    parser.add_argument("--d-mlp", type=int, default=None, help="default: 2.75 x d_model")
+    model_arguments(parser)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="default: torch's")

@@ -63,6 +63,7 @@ from benchmarks.common import (  # noqa: E402
     keep_freed_memory,
     llava15_prompt,
     machine_info,
+    model_arguments,
     paired_ratio,
     random_images,
     time_interleaved,
@@ -179,10 +180,7 @@ def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--d-model", type=int, default=1024)
-    parser.add_argument("--heads", type=int, default=16)
-    parser.add_argument("--d-mlp", type=int, default=None, help="default: 2.75 x d_model")
+    model_arguments(parser)
     parser.add_argument("--batch", type=int, default=32, help="masks per engine call")
     parser.add_argument("--rate", type=float, default=0.05, help="ablation rate per head")
     parser.add_argument("--baseline", choices=("zero", "mean"), default="zero")

@@ -40,6 +40,7 @@ from benchmarks.common import (  # noqa: E402
     clock_of,
     llava15_prompt,
     machine_info,
+    model_arguments,
     paired_ratio,
     random_images,
     time_interleaved,
@@ -59,10 +60,7 @@ TARGET_KNOCKOUT = 5.0
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--d-model", type=int, default=1024)
-    parser.add_argument("--heads", type=int, default=16)
-    parser.add_argument("--d-mlp", type=int, default=None, help="default: 2.75 x d_model")
+    model_arguments(parser)
     parser.add_argument("--window", type=int, default=3, help="layers per knockout window")
     parser.add_argument("--tl-entries", type=int, default=4, help="TL entries timed per round")
     parser.add_argument("--batch", type=int, default=64, help="patches per forward (ours)")
