@@ -55,14 +55,17 @@ def fused_attention(
     """
     if len(segments) == 1:
         return _segment(q, segments[0], mask, scale, need_lse=False)[0]
-    parts, start = [], 0
+    parts, start, lengths = [], 0, []
     for seg in segments:
+        if seg.length == 0:  # an empty cache: nothing to attend to
+            continue
         m = mask[..., start : start + seg.length]
         if seg.mask_rows_alike:  # one mask row per cached row, broadcast over its queries
             m = m[:: q.shape[0] // seg.k.shape[0], :, :1]
         parts.append(_segment(q, seg, m, scale, True))
+        lengths.append(seg.length)
         start += seg.length
-    return merge(parts, [seg.length for seg in segments])
+    return merge(parts, lengths)
 
 
 def merge(parts: list[tuple[Out, Lse]], lengths: list[int]) -> Out:

@@ -197,3 +197,11 @@ def test_cuda_kernel_call(h_kv):
     meta = [t.to("meta") for t in (q, k, v, mask)]
     o, lse = _cuda_lse(*meta, 0.3)
     assert o.shape == q.shape and lse.shape == q.shape[:3]
+
+
+def test_empty_prefix_cache(setup):
+    model, inp = setup
+    with torch.no_grad():
+        full = model(inp)
+        out = model(inp, past_kv_cache=model.run_prefix(inp, 0))
+    assert (out - full).abs().max() <= TOL
