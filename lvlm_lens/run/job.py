@@ -13,6 +13,7 @@ from PIL import Image
 from lvlm_lens.attribution.comparison import compare_rankings, comparison_notes
 from lvlm_lens.data import load_folder, synthetic_records
 from lvlm_lens.files import atomic_json
+from lvlm_lens.interventions.baseline_check import baseline_note, check_baseline
 from lvlm_lens.model import HookedLVLM
 from lvlm_lens.run.distributed import current_shard
 from lvlm_lens.run.options import RunOptions
@@ -120,27 +121,33 @@ def attribute(
             )
             for i in subset
         ]
-        rankings, curves, band = compare_rankings(
-            model,
-            result,
-            inputs,
-            [baselines(x) for x in inputs],
-            cfg.ablation,
-            cfg.metric,
-            n_random=opts.n_random,
-            seed=cfg.seed,
-            batch_size=cfg.batch_size,
-        )
-        save_rankings(out / "rankings.safetensors", rankings)
-        notes += comparison_notes(curves, band, model.cfg.n_layers * model.cfg.n_heads)
-        summary["curves"] = {
-            n: {
-                "ks": c.ks.tolist(),
-                "faithfulness": c.faithfulness.tolist(),
-                "completeness": c.completeness.tolist(),
+        bases = [baselines(x) for x in inputs]
+        check = check_baseline(model, inputs, bases, cfg.ablation, cfg.metric)
+        summary["baseline_check"] = check.summary()
+        notes.append(baseline_note(check, cfg.ablation.baseline))
+        inputs, bases = [inputs[i] for i in check.kept], [bases[i] for i in check.kept]
+        if inputs:
+            rankings, curves, band = compare_rankings(
+                model,
+                result,
+                inputs,
+                bases,
+                cfg.ablation,
+                cfg.metric,
+                n_random=opts.n_random,
+                seed=cfg.seed,
+                batch_size=cfg.batch_size,
+            )
+            save_rankings(out / "rankings.safetensors", rankings)
+            notes += comparison_notes(curves, band, model.cfg.n_layers * model.cfg.n_heads)
+            summary["curves"] = {
+                n: {
+                    "ks": c.ks.tolist(),
+                    "faithfulness": c.faithfulness.tolist(),
+                    "completeness": c.completeness.tolist(),
+                }
+                for n, c in curves.items()
             }
-            for n, c in curves.items()
-        }
         summary["seconds_comparison"] = time.time() - t1
     summary["seconds_attribution"] = t_masks
     summary["notes"] = notes

@@ -1,0 +1,285 @@
+"""``python -m lvlm_lens.run.claims``: every number of ``docs/claims.md``, from one seeded command.
+
+On the science toy (``load_toy(name="science")``, 8 layers x 8 heads): the baselines'
+all-heads answers (both toys), head attribution on the object-identification question with the
+per-example and pooled ranking comparison, the spread of the transfer over heads, attention
+weight vs importance, semantic vs appearance, token-level flow by attention knockout, and
+object vs background image tokens. Writes ``claims.json``, CSV tables and PNG figures to
+``--out``; prints a one-screen summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lvlm_lens.analysis.claims import (
+    first_window,
+    flow_sweep,
+    mean_ci,
+    object_vs_background,
+    rank_agreement,
+    semantic_vs_appearance,
+    single_head_spread,
+)
+from lvlm_lens.attribution.comparison import (
+    HEAD_ATTRIBUTION,
+    compare_rankings,
+    example_rankings,
+)
+from lvlm_lens.attribution.evaluation import evaluate_per_example, layer_distribution
+from lvlm_lens.attribution.head_attribution import AttributionConfig, fit_result
+from lvlm_lens.attribution.regression import sample_masks
+from lvlm_lens.data import patch_grid_mask, render_example
+from lvlm_lens.data.questions import ATTRIBUTES, attribute_records
+from lvlm_lens.data.records import synthetic_records
+from lvlm_lens.data.synthetic import CLASSES
+from lvlm_lens.interventions.ablation import BASELINES, HeadAblation, compute_baseline
+from lvlm_lens.interventions.baseline_check import check_baseline
+from lvlm_lens.interventions.engine import AblationEngine
+from lvlm_lens.interventions.knockout import knockout_effect
+from lvlm_lens.interventions.token_ablation import mean_image_token
+from lvlm_lens.model.hooked_lvlm import HookedLVLM
+from lvlm_lens.toy import TOY_GRID, load_toy
+
+#: Looks of the semantic-vs-appearance grid: every class is drawn in each.
+LOOKS = (
+    {"colour": "red", "size": "large", "fill": "filled", "texture": "plain",
+     "background": "white", "position": "center"},
+    {"colour": "blue", "size": "small", "fill": "outline", "texture": "plain",
+     "background": "gray", "position": "left"},
+    {"colour": "yellow", "size": "large", "fill": "filled", "texture": "stripes",
+     "background": "noise", "position": "right"},
+)  # fmt: skip
+
+
+def _prepare(model: Any, records: list[Any]) -> list[Any]:
+    return [model.prepare(r.image, r.prompt, answers=r.answer) for r in records]
+
+
+def _correct(model: Any, inputs: list[Any]) -> list[int]:
+    with torch.no_grad():
+        return [
+            i for i, x in enumerate(inputs) if int(model(x)[0, -1].argmax()) == int(x.answer_ids[0])
+        ]
+
+
+def baseline_table(model: Any, records: list[Any], refs: list[Any], metric: str) -> dict[str, Any]:
+    """All-heads answers and flagged examples under every baseline."""
+    inputs = _prepare(model, records)
+    out = {}
+    for name in BASELINES:
+        cfg = HeadAblation(baseline=name)
+        bases = [compute_baseline(model, x, cfg, baseline_image=refs[0], reference_images=refs)
+                 for x in inputs]  # fmt: skip
+        check = check_baseline(model, inputs, bases, cfg, metric)
+        still_right = [
+            int(a) == int(x.answer_ids[0]) for a, x in zip(check.answer_ids, inputs, strict=True)
+        ]
+        out[name] = check.summary() | {"all_heads_accuracy": float(np.mean(still_right))}
+    return out
+
+
+def _attribute(model, inputs, bases, cfg: AttributionConfig, ids):
+    """Per-example engines and a head-attribution result over ``inputs``."""
+    engines = [AblationEngine(model, x, b, cfg.ablation, cfg.metric, cfg.batch_size)
+               for x, b in zip(inputs, bases, strict=True)]  # fmt: skip
+    masks = sample_masks(cfg.n_masks, model.cfg.n_layers, model.cfg.n_heads, cfg.rate, cfg.seed)
+    metrics = torch.stack([e.run(masks, progress=False)[0] for e in engines])
+    return engines, fit_result(masks, metrics, cfg, model.cfg.model_name, ids)
+
+
+def ranking_claims(model, records, refs, cfg: AttributionConfig, out: Path, args) -> dict[str, Any]:
+    """Claims 2-4: the ranking comparison, spread over heads, attention weight, layers."""
+    inputs, n_all = _prepare(model, records), len(records)
+    keep = _correct(model, inputs)
+    inputs, records = [inputs[i] for i in keep], [records[i] for i in keep]
+    bases = [compute_baseline(model, x, cfg.ablation, reference_images=refs) for x in inputs]
+    check = check_baseline(model, inputs, bases, cfg.ablation, cfg.metric)
+    inputs = [inputs[i] for i in check.kept]
+    bases = [bases[i] for i in check.kept]
+    ids = [records[i].id for i in check.kept]
+    engines, result = _attribute(model, inputs, bases, cfg, ids)
+    rankings = {HEAD_ATTRIBUTION: result.importance.float()}
+    rankings |= example_rankings(model, inputs, bases, engines, cfg.ablation, cfg.metric)
+    _, pooled, band = compare_rankings(model, result, inputs, bases, cfg.ablation, cfg.metric,
+                                       n_random=args.n_random, seed=cfg.seed)  # fmt: skip
+    n_heads = model.cfg.n_layers * model.cfg.n_heads
+    ev = evaluate_per_example(engines, rankings, list(range(n_heads + 1)), example_ids=ids,
+                              pooled=pooled)  # fmt: skip
+    paired, needed = ev.paired(seed=args.seed), ev.heads_needed(0.8)
+    paired.to_csv(out / "paired.csv", index=False)
+    needed.to_csv(out / "heads_needed.csv", index=False)
+    ev.plot(0.1).savefig(out / "paired_k10.png", dpi=120)
+    ev.plot(0.25).savefig(out / "paired_k25.png", dpi=120)
+    layers = {f"k{int(f * 100)}": layer_distribution(rankings[HEAD_ATTRIBUTION], f, seed=args.seed)
+              for f in (0.1, 0.25)}  # fmt: skip
+    layers["k10"].plot().savefig(out / "layers_k10.png", dpi=120)
+    pooled_layers = layer_distribution(result.pooled_importance, 0.1)
+    faith10 = ev.scores("faithfulness", 0.1)[HEAD_ATTRIBUTION].tolist()
+    median_band = band.faithfulness[band.quantiles.index(0.5)]
+    early = (band.ks > 0) & (band.ks <= max(1, int(0.1 * n_heads)))
+    random10 = float(median_band[early].nanmean())
+    return {
+        "n_examples": n_all,
+        "n_correct": len(records),
+        "baseline_check": check.summary(),
+        "fit": {
+            "median_example_r": float(result.pearson_r.nanmedian()),
+            "pooled_r": result.pooled_r,
+        },  # fmt: skip
+        "paired": paired.to_dict(orient="records"),
+        "heads_needed": needed.to_dict(orient="records"),
+        "layers": {
+            k: {"counts": v.counts.tolist(), "later_half": v.later_half, "ci": list(v.ci), "k": v.k}
+            for k, v in layers.items()
+        },  # fmt: skip
+        "pooled_layers_k10": {
+            "counts": pooled_layers.counts.tolist(),
+            "later_half": pooled_layers.later_half,
+        },  # fmt: skip
+        "spread": single_head_spread(rankings["single-head ablation"], check.effect[check.kept]),
+        "attention_vs_attribution": _no_list(
+            rank_agreement(rankings["attention weight"], rankings[HEAD_ATTRIBUTION])
+        ),
+        "single_vs_attribution": _no_list(
+            rank_agreement(rankings["single-head ablation"], rankings[HEAD_ATTRIBUTION])
+        ),
+        "faithfulness_k10_head_attribution": mean_ci(faith10, args.seed),
+        "faithfulness_k10_random_median_pooled": random10,
+        "top_heads_pooled": [f"L{a}H{b}" for a, b in result.top_heads(6)],
+    }
+
+
+def _no_list(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k != "per_example"}
+
+
+def semantics_claim(model, refs, cfg: AttributionConfig, args) -> dict[str, Any]:
+    """Claim 5: same class / other look vs same look / other class, on a class x look grid."""
+    rng = np.random.default_rng(args.seed + 77)
+    examples = [
+        (c, k, render_example(c, look, rng)) for k, look in enumerate(LOOKS) for c in CLASSES
+    ]
+    prompt = "USER: <image>\nwhat is the shape of the object ? answer with one word . ASSISTANT:"
+    inputs = [model.prepare(ex.image, prompt, answers=c) for c, _, ex in examples]
+    keep = _correct(model, inputs)
+    inputs = [inputs[i] for i in keep]
+    bases = [compute_baseline(model, x, cfg.ablation, reference_images=refs) for x in inputs]
+    check = check_baseline(model, inputs, bases, cfg.ablation, cfg.metric)
+    use = [keep[i] for i in check.kept]
+    _, result = _attribute(model, [inputs[i] for i in check.kept], [bases[i] for i in check.kept],
+                           cfg, [str(i) for i in use])  # fmt: skip
+    sem = semantic_vs_appearance(result.importance, [examples[i][0] for i in use],
+                                 [str(examples[i][1]) for i in use], seed=args.seed)  # fmt: skip
+    return sem.summary() | {"n_examples": len(examples), "n_used": len(use)}
+
+
+def flow_claims(model, n: int, seed: int, window: int, out: Path) -> dict[str, Any]:
+    """Claim 6(1): when question and image information reach the role and final tokens."""
+    labels, inputs = [], []
+    for attribute in ATTRIBUTES:
+        recs = attribute_records(n, seed, attributes=(attribute,))
+        inp = model.prepare(
+            [r.image for r in recs], [r.prompt for r in recs], [r.answer for r in recs]
+        )
+        labels.append(attribute)
+        inputs.append(inp)
+    frame = flow_sweep(model, inputs, window, labels=labels)
+    frame.to_csv(out / "flow.csv", index=False)
+    layers = list(range(model.cfg.n_layers))
+    all_layers = {}
+    for a, x in zip(labels, inputs, strict=True):
+        all_layers[a] = {
+            f"{src}->final_effect": float(knockout_effect(model, x, src, "final", layers).mean())
+            for src in ("question", "image")
+        }
+    curves = frame.groupby(["edge", "centre"]).effect.mean().unstack().round(3)
+    return {
+        "window": window,
+        "first_window_half_peak": {e: first_window(frame, e) for e in frame.edge.unique()},
+        "mean_effect_by_window": curves.to_dict(orient="index"),
+        "all_layers": all_layers,
+    }
+
+
+def token_claim(model, n: int, seed: int, refs_inputs) -> dict[str, Any]:
+    """Claim 6(2): object vs as many background image tokens, per question type."""
+    mean = mean_image_token(model, refs_inputs)
+    out = {}
+    for attribute in ATTRIBUTES:
+        recs = attribute_records(n, seed, attributes=(attribute,))
+        inputs = _prepare(model, recs)
+        masks = [patch_grid_mask(r.mask, TOY_GRID).flatten() for r in recs]
+        frame = object_vs_background(model, inputs, masks, mean, seed=seed)
+        out[attribute] = {
+            "object_accuracy": float(frame.object_correct.mean()),
+            "background_accuracy": float(frame.background_correct.mean()),
+            "object_prob_drop": mean_ci((frame.clean_prob - frame.object_prob).tolist()),
+            "background_prob_drop": mean_ci((frame.clean_prob - frame.background_prob).tolist()),
+            "mean_object_tokens": float(frame.n_object.mean()),
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Entry point: parse flags, measure, write ``claims.json`` and print a summary."""
+    p = argparse.ArgumentParser("python -m lvlm_lens.run.claims", description=__doc__)
+    p.add_argument("--out", default="runs/claims", help="output folder")
+    p.add_argument("--model", help="checkpoint folder (default: the shipped science toy)")
+    p.add_argument("--n-examples", type=int, default=24, help="examples per measurement")
+    p.add_argument("--data-seed", type=int, default=1000, help="seed of the synthetic examples")
+    p.add_argument("--n-masks", type=int, default=1000, help="head-attribution masks per example")
+    p.add_argument("--baseline", default=HeadAblation().baseline, choices=BASELINES)
+    p.add_argument("--window", type=int, default=3, help="knockout window (layers)")
+    p.add_argument("--n-random", type=int, default=10, help="random rankings in the band")
+    p.add_argument("--seed", type=int, default=0, help="seed of masks, bootstrap, permutations")
+    p.add_argument("--skip", nargs="*", default=[], help="sections to skip",
+                   choices=["baselines", "rankings", "semantics", "flow", "tokens"])  # fmt: skip
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = (
+        HookedLVLM.from_pretrained(args.model, device="cpu")
+        if args.model
+        else load_toy(device="cpu", name="science")
+    )
+    refs = [r.image for r in synthetic_records(16, args.data_seed + 1)]
+    cfg = AttributionConfig(n_masks=args.n_masks, seed=args.seed,
+                            ablation=HeadAblation(baseline=args.baseline))  # fmt: skip
+    shape = attribute_records(args.n_examples, args.data_seed, attributes=("shape",))
+    n, res = args.n_examples, {"args": vars(args), "seconds": {}}
+    steps = {
+        "baselines": lambda: {
+            "science": baseline_table(
+                model, attribute_records(n, args.data_seed), refs, cfg.metric
+            ),
+            "bundled": baseline_table(load_toy(device="cpu"), synthetic_records(n, args.data_seed),
+                                      refs, cfg.metric),
+        },  # fmt: skip
+        "rankings": lambda: ranking_claims(model, shape, refs, cfg, out, args),
+        "semantics": lambda: semantics_claim(model, refs, cfg, args),
+        "flow": lambda: flow_claims(model, max(1, n // 4), args.data_seed, args.window, out),
+        "tokens": lambda: token_claim(model, max(1, n // 4), args.data_seed,
+                                      _prepare(model, synthetic_records(16, args.data_seed + 1))),
+    }  # fmt: skip
+    for name, step in steps.items():
+        if name in args.skip:
+            continue
+        t0 = time.perf_counter()
+        res[name] = step()
+        res["seconds"][name] = round(time.perf_counter() - t0, 1)
+        (out / "claims.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
+        print(f"[{name}] done in {res['seconds'][name]:.0f}s", flush=True)
+    return res
+
+
+if __name__ == "__main__":
+    main()
