@@ -10,15 +10,24 @@ from lvlm_lens.attribution import (
     AttributionConfig,
     AttributionResult,
     compare_rankings,
+    evaluate_per_example,
     head_attribution,
+    layer_distribution,
 )
-from lvlm_lens.data import Record, load_folder, load_hf_dataset, synthetic_records
+from lvlm_lens.data import (
+    Record,
+    attribute_records,
+    load_folder,
+    load_hf_dataset,
+    synthetic_records,
+)
 from lvlm_lens.interventions import (
     AblationEngine,
     BaselineKV,
     HeadAblation,
     ablate_heads,
     ablate_image_tokens,
+    check_baseline,
     compute_baseline,
     get_metric,
     knockout,
@@ -26,7 +35,7 @@ from lvlm_lens.interventions import (
     window_layers,
 )
 from lvlm_lens.model import HookedLVLM, KVCache, LVLMConfig, LVLMInput
-from lvlm_lens.toy import load_toy, toy_checkpoint_path
+from lvlm_lens.toy import evaluate_attributes, load_toy, toy_checkpoint_path
 
 __all__ = [
     "AblationEngine",
@@ -41,12 +50,17 @@ __all__ = [
     "Record",
     "ablate_heads",
     "ablate_image_tokens",
+    "attribute_records",
+    "check_baseline",
     "compare_rankings",
     "compute_baseline",
+    "evaluate_attributes",
+    "evaluate_per_example",
     "get_metric",
     "head_attribution",
     "knockout",
     "knockout_effect",
+    "layer_distribution",
     "load_folder",
     "load_hf_dataset",
     "load_toy",

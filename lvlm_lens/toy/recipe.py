@@ -90,6 +90,9 @@ class ToyRecipe:
         patch_init_std: Standard deviation of the initial patch embedding weights.
         attribute_weights: Probability of asking each of
             :data:`~lvlm_lens.data.questions.ATTRIBUTES` (``"attributes"`` task only).
+        vision_init: ``None`` (train the vision tower from scratch) or the name of a shipped
+            toy (``"bundled"``) whose vision tower and projector are the starting point, as
+            LLaVA starts from a pretrained CLIP; everything stays trainable.
     """
 
     task: str = "shape"
@@ -103,6 +106,7 @@ class ToyRecipe:
     sincos_positions: bool = True
     patch_init_std: float = 0.2
     attribute_weights: tuple[float, ...] = (0.25, 0.25, 0.25, 0.25)
+    vision_init: str | None = None
 
     def __post_init__(self) -> None:
         weights = np.asarray(self.attribute_weights, dtype=float)
@@ -129,9 +133,11 @@ PRESETS: dict[str, ToyRecipe] = {
     "science": ToyRecipe(
         task="attributes",
         architecture=ToyArchitecture(layers=8, heads=8, d_model=128, attention_dropout=0.1),
-        steps=2000,
+        steps=800,
         # the shape needs most of the vision learning; colour, size and background are easier
         attribute_weights=(0.4, 0.2, 0.2, 0.2),
+        # from scratch, the shape of the image was still at 22 % after 600 steps (docs)
+        vision_init="bundled",
     ),
 }
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import transformers
+from safetensors.torch import load_file
 from transformers import LlavaForConditionalGeneration
 
 from lvlm_lens.toy import (
@@ -32,6 +33,7 @@ from lvlm_lens.toy import (
     build_toy_processor,
     evaluate_attributes,
     evaluate_toy,
+    toy_checkpoint_path,
     toy_config,
 )
 from lvlm_lens.toy.recipe import PRESETS, ToyArchitecture, ToyRecipe, sample_batch
@@ -75,6 +77,23 @@ def init_vision_(
         w = emb.position_embedding.weight
         w.zero_()
         w[1:, : table.shape[1]] = table
+
+
+def warm_start_vision_(model: LlavaForConditionalGeneration, folder: str | Path) -> None:
+    """Copy the vision tower (and the projector, when its shapes match) of a toy checkpoint."""
+    path = Path(folder) / "model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint to start the vision tower from at {path}")
+    state = load_file(path)
+    for part in ("vision_tower", "multi_modal_projector"):
+        sub = {k[len(part) + 1 :]: v for k, v in state.items() if k.startswith(part + ".")}
+        module = getattr(model.model, part)
+        own = module.state_dict()
+        if part == "multi_modal_projector" and any(
+            k not in own or own[k].shape != v.shape for k, v in sub.items()
+        ):
+            continue  # another language width: the projector starts from scratch
+        module.load_state_dict(sub)
 
 
 def _right_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,6 +225,8 @@ def _train(
         init_vision_(
             model, patch_std=recipe.patch_init_std, sincos_positions=recipe.sincos_positions
         )
+        if recipe.vision_init:
+            warm_start_vision_(model, toy_checkpoint_path(recipe.vision_init))
     model.set_attn_implementation("sdpa")  # training speed; the saved model loads as eager
     model.train()
 
@@ -287,6 +308,7 @@ def _train(
         "sincos_positions": recipe.sincos_positions,
         "patch_init_std": recipe.patch_init_std,
         "attribute_weights": list(recipe.attribute_weights),
+        "vision_init": recipe.vision_init,
         "train_seconds": round(wall, 1),
         "torch_threads": threads,
         "final_loss": loss_value,
