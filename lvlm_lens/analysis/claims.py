@@ -270,3 +270,19 @@ def object_vs_background(
             row[f"n_{name}"] = int(mask.sum())
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def plot_flow(frame: Any) -> Any:
+    """One line per edge: mean relative change of the answer probability per window centre."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 3.6), layout="constrained")
+    ax = fig.subplots()
+    curves = frame.groupby(["edge", "centre"]).effect.mean().unstack()
+    for edge, row in curves.iterrows():
+        ax.plot(row.index, 100 * row.to_numpy(), marker="o", label=edge)
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set_xlabel("window centre (layer)")
+    ax.set_ylabel("answer probability change (%)")
+    ax.legend(fontsize=7)
+    return fig

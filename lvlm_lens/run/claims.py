@@ -24,6 +24,7 @@ from lvlm_lens.analysis.claims import (
     flow_sweep,
     mean_ci,
     object_vs_background,
+    plot_flow,
     rank_agreement,
     semantic_vs_appearance,
     single_head_spread,
@@ -46,6 +47,7 @@ from lvlm_lens.interventions.engine import AblationEngine
 from lvlm_lens.interventions.knockout import knockout_effect
 from lvlm_lens.interventions.token_ablation import mean_image_token
 from lvlm_lens.model.hooked_lvlm import HookedLVLM
+from lvlm_lens.run.cli import CLI_BASELINE
 from lvlm_lens.toy import TOY_GRID, load_toy
 
 #: Looks of the semantic-vs-appearance grid: every class is drawn in each.
@@ -189,10 +191,13 @@ def flow_claims(model, n: int, seed: int, window: int, out: Path) -> dict[str, A
         inp = model.prepare(
             [r.image for r in recs], [r.prompt for r in recs], [r.answer for r in recs]
         )
+        with torch.no_grad():
+            right = (model(inp)[:, -1].argmax(-1) == inp.answer_ids).nonzero().flatten()
         labels.append(attribute)
-        inputs.append(inp)
+        inputs.append(inp.select(right.tolist()))
     frame = flow_sweep(model, inputs, window, labels=labels)
     frame.to_csv(out / "flow.csv", index=False)
+    plot_flow(frame).savefig(out / "flow.png", dpi=120)
     layers = list(range(model.cfg.n_layers))
     all_layers = {}
     for a, x in zip(labels, inputs, strict=True):
@@ -201,9 +206,13 @@ def flow_claims(model, n: int, seed: int, window: int, out: Path) -> dict[str, A
             for src in ("question", "image")
         }
     curves = frame.groupby(["edge", "centre"]).effect.mean().unstack().round(3)
+    drop = (-frame.groupby(["edge", "centre"]).effect.mean()).clip(lower=0).unstack()
+    centre = (drop * drop.columns.to_numpy()).sum(axis=1) / drop.sum(axis=1)
     return {
         "window": window,
+        "n_correct": {a: len(x) for a, x in zip(labels, inputs, strict=True)},
         "first_window_half_peak": {e: first_window(frame, e) for e in frame.edge.unique()},
+        "effect_centre_of_mass": centre.round(2).to_dict(),
         "mean_effect_by_window": curves.to_dict(orient="index"),
         "all_layers": all_layers,
     }
@@ -216,7 +225,9 @@ def token_claim(model, n: int, seed: int, refs_inputs) -> dict[str, Any]:
     for attribute in ATTRIBUTES:
         recs = attribute_records(n, seed, attributes=(attribute,))
         inputs = _prepare(model, recs)
-        masks = [patch_grid_mask(r.mask, TOY_GRID).flatten() for r in recs]
+        keep = _correct(model, inputs)
+        inputs = [inputs[i] for i in keep]
+        masks = [patch_grid_mask(recs[i].mask, TOY_GRID).flatten() for i in keep]
         frame = object_vs_background(model, inputs, masks, mean, seed=seed)
         out[attribute] = {
             "object_accuracy": float(frame.object_correct.mean()),
@@ -224,6 +235,7 @@ def token_claim(model, n: int, seed: int, refs_inputs) -> dict[str, Any]:
             "object_prob_drop": mean_ci((frame.clean_prob - frame.object_prob).tolist()),
             "background_prob_drop": mean_ci((frame.clean_prob - frame.background_prob).tolist()),
             "mean_object_tokens": float(frame.n_object.mean()),
+            "n_correct": len(keep),
         }
     return out
 
@@ -236,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--n-examples", type=int, default=24, help="examples per measurement")
     p.add_argument("--data-seed", type=int, default=1000, help="seed of the synthetic examples")
     p.add_argument("--n-masks", type=int, default=1000, help="head-attribution masks per example")
-    p.add_argument("--baseline", default=HeadAblation().baseline, choices=BASELINES)
+    p.add_argument("--baseline", default=CLI_BASELINE, choices=BASELINES, help="head ablation")
     p.add_argument("--window", type=int, default=3, help="knockout window (layers)")
     p.add_argument("--n-random", type=int, default=10, help="random rankings in the band")
     p.add_argument("--seed", type=int, default=0, help="seed of masks, bootstrap, permutations")
@@ -266,8 +278,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },  # fmt: skip
         "rankings": lambda: ranking_claims(model, shape, refs, cfg, out, args),
         "semantics": lambda: semantics_claim(model, refs, cfg, args),
-        "flow": lambda: flow_claims(model, max(1, n // 4), args.data_seed, args.window, out),
-        "tokens": lambda: token_claim(model, max(1, n // 4), args.data_seed,
+        "flow": lambda: flow_claims(model, n, args.data_seed, args.window, out),
+        "tokens": lambda: token_claim(model, n, args.data_seed,
                                       _prepare(model, synthetic_records(16, args.data_seed + 1))),
     }  # fmt: skip
     for name, step in steps.items():

@@ -12,7 +12,6 @@ from lvlm_lens.interventions.ablation import BASELINES, SCOPES, HeadAblation
 from lvlm_lens.run.options import RunOptions
 from lvlm_lens.toy.train import add_train_arguments, train_from_args
 
-
 #: ``--baseline`` default. No baseline is class-neutral on either toy (with every head ablated
 #: the model gives one fixed answer per question type under each), so the choice is the one
 #: that leaves the fewest examples with a near-zero all-heads effect: ``blank`` (bundled toy
