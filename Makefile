@@ -14,10 +14,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e ".[dev]"
 	touch $(STAMP)
 
-# The layering contract (pyproject.toml [tool.importlinter]) is part of the test command.
+# The layering contract (pyproject.toml [tool.importlinter]) is part of the test command, and so
+# are the notebooks: nbmake executes each one top to bottom (single-threaded, on the toy model).
 test: venv
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q --nbmake --nbmake-timeout=600 notebooks
 
 # The main job (lvlm-lens attribute) on a generated synthetic set; prints the report's path.
 demo: venv

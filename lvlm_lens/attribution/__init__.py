@@ -12,14 +12,6 @@ from lvlm_lens.attribution.curves import (
     evaluate_ranking,
     random_band,
 )
-from lvlm_lens.attribution.evaluation import (
-    LayerDistribution,
-    PerExampleEvaluation,
-    bootstrap_mean_ci,
-    evaluate_per_example,
-    layer_distribution,
-    sign_test,
-)
 from lvlm_lens.attribution.head_attribution import AttributionConfig, head_attribution
 from lvlm_lens.attribution.rankings import (
     attention_weight,
@@ -33,24 +25,18 @@ __all__ = [
     "AttributionConfig",
     "AttributionResult",
     "Curves",
-    "LayerDistribution",
     "LinearFit",
-    "PerExampleEvaluation",
     "RandomBand",
     "attention_weight",
     "attribution_patching",
-    "bootstrap_mean_ci",
     "compare_rankings",
     "comparison_notes",
     "default_ks",
-    "evaluate_per_example",
     "evaluate_ranking",
     "fit_linear",
     "fit_pooled",
     "head_attribution",
-    "layer_distribution",
     "random_band",
     "sample_masks",
-    "sign_test",
     "single_head_ablation",
 ]

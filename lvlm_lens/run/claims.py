@@ -17,27 +17,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
-from lvlm_lens.analysis.claims import (
-    first_window,
-    flow_sweep,
-    mean_ci,
-    object_vs_background,
-    plot_flow,
-    rank_agreement,
-    semantic_vs_appearance,
+from lvlm_lens.analysis.faithfulness import random_rankings, ranking_curves
+from lvlm_lens.analysis.flow import FlowConfig, token_flow
+from lvlm_lens.analysis.ranking_comparison import (
+    layer_distribution,
+    paired_comparison,
     single_head_spread,
 )
-from lvlm_lens.attribution.comparison import (
-    HEAD_ATTRIBUTION,
-    compare_rankings,
-    example_rankings,
-)
-from lvlm_lens.attribution.evaluation import evaluate_per_example, layer_distribution
+from lvlm_lens.analysis.regions import region_ablation
+from lvlm_lens.analysis.semantics import semantic_similarity
+from lvlm_lens.analysis.stats import bootstrap_ci, spearman
+from lvlm_lens.attribution.comparison import HEAD_ATTRIBUTION, example_rankings
 from lvlm_lens.attribution.head_attribution import AttributionConfig, fit_result
 from lvlm_lens.attribution.regression import sample_masks
-from lvlm_lens.data import patch_grid_mask, render_example
+from lvlm_lens.data import render_example
 from lvlm_lens.data.questions import ATTRIBUTES, attribute_records
 from lvlm_lens.data.records import synthetic_records
 from lvlm_lens.data.synthetic import CLASSES
@@ -47,8 +43,8 @@ from lvlm_lens.interventions.engine import AblationEngine
 from lvlm_lens.interventions.knockout import knockout_effect
 from lvlm_lens.interventions.token_ablation import mean_image_token
 from lvlm_lens.model.hooked_lvlm import HookedLVLM
-from lvlm_lens.run.cli import CLI_BASELINE
-from lvlm_lens.toy import TOY_GRID, load_toy
+from lvlm_lens.run.options import RunOptions
+from lvlm_lens.toy import load_toy
 
 #: Looks of the semantic-vs-appearance grid: every class is drawn in each.
 LOOKS = (
@@ -98,69 +94,64 @@ def _attribute(model, inputs, bases, cfg: AttributionConfig, ids):
 
 
 def ranking_claims(model, records, refs, cfg: AttributionConfig, out: Path, args) -> dict[str, Any]:
-    """Claims 2-4: the ranking comparison, spread over heads, attention weight, layers."""
+    """Claims 2-4: per-example ranking comparison, spread over heads, attention weight, layers."""
     inputs, n_all = _prepare(model, records), len(records)
     keep = _correct(model, inputs)
-    inputs, records = [inputs[i] for i in keep], [records[i] for i in keep]
+    inputs = [inputs[i] for i in keep]
     bases = [compute_baseline(model, x, cfg.ablation, reference_images=refs) for x in inputs]
     check = check_baseline(model, inputs, bases, cfg.ablation, cfg.metric)
     inputs = [inputs[i] for i in check.kept]
     bases = [bases[i] for i in check.kept]
-    ids = [records[i].id for i in check.kept]
+    ids = [records[keep[i]].id for i in check.kept]
     engines, result = _attribute(model, inputs, bases, cfg, ids)
     rankings = {HEAD_ATTRIBUTION: result.importance.float()}
     rankings |= example_rankings(model, inputs, bases, engines, cfg.ablation, cfg.metric)
-    _, pooled, band = compare_rankings(model, result, inputs, bases, cfg.ablation, cfg.metric,
-                                       n_random=args.n_random, seed=cfg.seed)  # fmt: skip
-    n_heads = model.cfg.n_layers * model.cfg.n_heads
-    ev = evaluate_per_example(engines, rankings, list(range(n_heads + 1)), example_ids=ids,
-                              pooled=pooled)  # fmt: skip
-    paired, needed = ev.paired(seed=args.seed), ev.heads_needed(0.8)
-    paired.to_csv(out / "paired.csv", index=False)
-    needed.to_csv(out / "heads_needed.csv", index=False)
-    ev.plot(0.1).savefig(out / "paired_k10.png", dpi=120)
-    ev.plot(0.25).savefig(out / "paired_k25.png", dpi=120)
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    rankings["random"] = random_rankings(n_layers, n_heads, len(inputs), seed=args.seed)
+    curves = ranking_curves(engines, rankings, list(range(n_layers * n_heads + 1)), seed=args.seed)
+    comp = paired_comparison(curves, seed=args.seed)
+    comp.paired.to_csv(out / "paired.csv", index=False)
+    comp.heads.to_csv(out / "heads_needed.csv", index=False)
+    comp.plot(0.1).savefig(out / "paired_k10.png", dpi=120)
+    comp.plot(0.25).savefig(out / "paired_k25.png", dpi=120)
+    curves.plot(max_k=32).savefig(out / "curves.png", dpi=120)
     layers = {f"k{int(f * 100)}": layer_distribution(rankings[HEAD_ATTRIBUTION], f, seed=args.seed)
               for f in (0.1, 0.25)}  # fmt: skip
     layers["k10"].plot().savefig(out / "layers_k10.png", dpi=120)
     pooled_layers = layer_distribution(result.pooled_importance, 0.1)
-    faith10 = ev.scores("faithfulness", 0.1)[HEAD_ATTRIBUTION].tolist()
-    median_band = band.faithfulness[band.quantiles.index(0.5)]
-    early = (band.ks > 0) & (band.ks <= max(1, int(0.1 * n_heads)))
-    random10 = float(median_band[early].nanmean())
+
+    def agreement(a: str) -> dict[str, Any]:
+        rho = [spearman(x, y) for x, y in zip(rankings[a], rankings[HEAD_ATTRIBUTION], strict=True)]
+        return bootstrap_ci(rho, seed=args.seed).as_dict()
+
     return {
         "n_examples": n_all,
-        "n_correct": len(records),
+        "n_correct": len(keep),
         "baseline_check": check.summary(),
         "fit": {
             "median_example_r": float(result.pearson_r.nanmedian()),
             "pooled_r": result.pooled_r,
         },  # fmt: skip
-        "paired": paired.to_dict(orient="records"),
-        "heads_needed": needed.to_dict(orient="records"),
+        "paired": comp.paired.to_dict(orient="records"),
+        "heads_needed": comp.heads.to_dict(orient="records"),
         "layers": {
-            k: {"counts": v.counts.tolist(), "later_half": v.later_half, "ci": list(v.ci), "k": v.k}
+            k: {"counts": v.counts.tolist(), "later_half": v.later_half.as_dict(), "k": v.k}
             for k, v in layers.items()
         },  # fmt: skip
         "pooled_layers_k10": {
             "counts": pooled_layers.counts.tolist(),
-            "later_half": pooled_layers.later_half,
+            "later_half": pooled_layers.later_half.value,
         },  # fmt: skip
-        "spread": single_head_spread(rankings["single-head ablation"], check.effect[check.kept]),
-        "attention_vs_attribution": _no_list(
-            rank_agreement(rankings["attention weight"], rankings[HEAD_ATTRIBUTION])
-        ),
-        "single_vs_attribution": _no_list(
-            rank_agreement(rankings["single-head ablation"], rankings[HEAD_ATTRIBUTION])
-        ),
-        "faithfulness_k10_head_attribution": mean_ci(faith10, args.seed),
-        "faithfulness_k10_random_median_pooled": random10,
+        "spread": {
+            k: v.as_dict()
+            for k, v in single_head_spread(
+                rankings["single-head ablation"], check.effect[check.kept], args.seed
+            ).items()
+        },
+        "attention_vs_attribution": agreement("attention weight"),
+        "single_vs_attribution": agreement("single-head ablation"),
         "top_heads_pooled": [f"L{a}H{b}" for a, b in result.top_heads(6)],
     }
-
-
-def _no_list(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if k != "per_example"}
 
 
 def semantics_claim(model, refs, cfg: AttributionConfig, args) -> dict[str, Any]:
@@ -178,65 +169,61 @@ def semantics_claim(model, refs, cfg: AttributionConfig, args) -> dict[str, Any]
     use = [keep[i] for i in check.kept]
     _, result = _attribute(model, [inputs[i] for i in check.kept], [bases[i] for i in check.kept],
                            cfg, [str(i) for i in use])  # fmt: skip
-    sem = semantic_vs_appearance(result.importance, [examples[i][0] for i in use],
-                                 [str(examples[i][1]) for i in use], seed=args.seed)  # fmt: skip
-    return sem.summary() | {"n_examples": len(examples), "n_used": len(use)}
+    sem = semantic_similarity(result, [examples[i][0] for i in use],
+                              [str(examples[i][1]) for i in use], seed=args.seed)  # fmt: skip
+    return {"table": sem.to_frame().to_dict(orient="records"), "n_examples": len(examples),
+            "n_used": len(use)}  # fmt: skip
+
+
+def _attribute_inputs(model, n: int, seed: int, attribute: str):
+    """The correctly answered examples of one question type, as one batch, and their records."""
+    recs = attribute_records(n, seed, attributes=(attribute,))
+    inp = model.prepare([r.image for r in recs], [r.prompt for r in recs], [r.answer for r in recs])
+    with torch.no_grad():
+        right = (model(inp)[:, -1].argmax(-1) == inp.answer_ids).nonzero().flatten().tolist()
+    return inp.select(right), [recs[i] for i in right]
 
 
 def flow_claims(model, n: int, seed: int, window: int, out: Path) -> dict[str, Any]:
-    """Claim 6(1): when question and image information reach the role and final tokens."""
-    labels, inputs = [], []
-    for attribute in ATTRIBUTES:
-        recs = attribute_records(n, seed, attributes=(attribute,))
-        inp = model.prepare(
-            [r.image for r in recs], [r.prompt for r in recs], [r.answer for r in recs]
-        )
-        with torch.no_grad():
-            right = (model(inp)[:, -1].argmax(-1) == inp.answer_ids).nonzero().flatten()
-        labels.append(attribute)
-        inputs.append(inp.select(right.tolist()))
-    frame = flow_sweep(model, inputs, window, labels=labels)
-    frame.to_csv(out / "flow.csv", index=False)
-    plot_flow(frame).savefig(out / "flow.png", dpi=120)
+    """Claim 6.1: when question and image information reach the role and final tokens."""
+    frames, all_layers, n_correct = [], {}, {}
     layers = list(range(model.cfg.n_layers))
-    all_layers = {}
-    for a, x in zip(labels, inputs, strict=True):
-        all_layers[a] = {
-            f"{src}->final_effect": float(knockout_effect(model, x, src, "final", layers).mean())
+    for attribute in ATTRIBUTES:
+        inp, _ = _attribute_inputs(model, n, seed, attribute)
+        n_correct[attribute] = len(inp)
+        res = token_flow(model, inp, FlowConfig(window=window, progress=False))
+        frames.append(res.frame.assign(example=res.frame.example + 1000 * len(frames),
+                                       question=attribute))  # fmt: skip
+        all_layers[attribute] = {
+            f"{src}->final": float(knockout_effect(model, inp, src, "final", layers).mean())
             for src in ("question", "image")
         }
-    curves = frame.groupby(["edge", "centre"]).effect.mean().unstack().round(3)
-    drop = (-frame.groupby(["edge", "centre"]).effect.mean()).clip(lower=0).unstack()
-    centre = (drop * drop.columns.to_numpy()).sum(axis=1) / drop.sum(axis=1)
+    flow = type(res)(pd.concat(frames, ignore_index=True), res.window)
+    flow.frame.to_csv(out / "flow.csv", index=False)
+    flow.plot().savefig(out / "flow.png", dpi=120)
+    summary = flow.summary()
+    weight = (-summary["mean"]).clip(lower=0)
+    centre = (weight * summary.layer).groupby(summary.edge).sum() / weight.groupby(
+        summary.edge
+    ).sum()
     return {
         "window": window,
-        "n_correct": {a: len(x) for a, x in zip(labels, inputs, strict=True)},
-        "first_window_half_peak": {e: first_window(frame, e) for e in frame.edge.unique()},
+        "n_correct": n_correct,
+        "summary": summary.round(4).to_dict(orient="records"),
         "effect_centre_of_mass": centre.round(2).to_dict(),
-        "mean_effect_by_window": curves.to_dict(orient="index"),
         "all_layers": all_layers,
     }
 
 
 def token_claim(model, n: int, seed: int, refs_inputs) -> dict[str, Any]:
-    """Claim 6(2): object vs as many background image tokens, per question type."""
+    """Claim 6.2: object vs as many background image tokens, per question type."""
     mean = mean_image_token(model, refs_inputs)
     out = {}
     for attribute in ATTRIBUTES:
-        recs = attribute_records(n, seed, attributes=(attribute,))
-        inputs = _prepare(model, recs)
-        keep = _correct(model, inputs)
-        inputs = [inputs[i] for i in keep]
-        masks = [patch_grid_mask(recs[i].mask, TOY_GRID).flatten() for i in keep]
-        frame = object_vs_background(model, inputs, masks, mean, seed=seed)
-        out[attribute] = {
-            "object_accuracy": float(frame.object_correct.mean()),
-            "background_accuracy": float(frame.background_correct.mean()),
-            "object_prob_drop": mean_ci((frame.clean_prob - frame.object_prob).tolist()),
-            "background_prob_drop": mean_ci((frame.clean_prob - frame.background_prob).tolist()),
-            "mean_object_tokens": float(frame.n_object.mean()),
-            "n_correct": len(keep),
-        }
+        inp, recs = _attribute_inputs(model, n, seed, attribute)
+        res = region_ablation(model, inp, [r.mask for r in recs], baseline=mean, seed=seed,
+                              progress=False)  # fmt: skip
+        out[attribute] = res.summary(seed).to_dict(orient="records")
     return out
 
 
@@ -248,9 +235,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--n-examples", type=int, default=24, help="examples per measurement")
     p.add_argument("--data-seed", type=int, default=1000, help="seed of the synthetic examples")
     p.add_argument("--n-masks", type=int, default=1000, help="head-attribution masks per example")
-    p.add_argument("--baseline", default=CLI_BASELINE, choices=BASELINES, help="head ablation")
+    p.add_argument("--baseline", default=RunOptions().attribution.ablation.baseline,
+                   choices=BASELINES, help="head-ablation baseline (the CLI's)")  # fmt: skip
     p.add_argument("--window", type=int, default=3, help="knockout window (layers)")
-    p.add_argument("--n-random", type=int, default=10, help="random rankings in the band")
     p.add_argument("--seed", type=int, default=0, help="seed of masks, bootstrap, permutations")
     p.add_argument("--skip", nargs="*", default=[], help="sections to skip",
                    choices=["baselines", "rankings", "semantics", "flow", "tokens"])  # fmt: skip
