@@ -63,7 +63,9 @@ def synthetic_records(
     ]
 
 
+#: Columns every row of a ``data.csv`` / ``data.jsonl`` (or an HF dataset) must have.
 REQUIRED_COLUMNS = ("image", "prompt", "answer")
+#: Columns a row may have: an object ``bbox`` or ``mask``, and an ``id``.
 OPTIONAL_COLUMNS = ("bbox", "mask", "id")
 
 

@@ -22,7 +22,9 @@ from tqdm.auto import tqdm
 
 from lvlm_lens.model.inputs import LVLMInput
 
+#: Kinds of baseline keys/values (see :class:`HeadAblation`).
 BASELINES = ("mean", "image", "blank", "zero")
+#: Which queries read the baseline: ``text`` (after the last source token) or ``all``.
 SCOPES = ("text", "all")
 
 

@@ -34,6 +34,21 @@ class HookedLVLM(TokensMixin, HookedRootModule):
     embeddings, so every residual-stream hook sees the image.
 
     Build one with :meth:`from_pretrained` or :meth:`from_hf`; make inputs with :meth:`prepare`.
+
+    Attributes:
+        cfg: The language backbone's configuration (TransformerLens field names).
+        embed: Token embedding (``W_E``).
+        hook_image_embeds: Hook on the projected image embeddings, flat
+            ``[n_image_tokens_in_batch, d_model]`` in order of appearance.
+        hook_embed: Hook on the token embeddings with the image embeddings spliced in.
+        vision: The HF vision tower, projector and image packing.
+        blocks: The decoder blocks (``blocks[l].attn``, ``blocks[l].mlp``, ``ln1``, ``ln2``).
+        ln_final: The final RMSNorm.
+        unembed: The unembedding (``W_U``).
+        rotary_emb: The checkpoint's own rotary-embedding module.
+        tokenizer: The checkpoint's tokenizer.
+        image_processor: The checkpoint's image processor.
+        chat_template: The chat template used by ``prepare(..., template="chat")``.
     """
 
     def __init__(
@@ -120,7 +135,23 @@ class HookedLVLM(TokensMixin, HookedRootModule):
     def prepare(
         self, images: Any, prompts: str | list[str], answers: Any = None, **kwargs: Any
     ) -> LVLMInput:
-        """Build a batched :class:`LVLMInput`; see :func:`~.prepare.prepare_inputs`."""
+        """Build a batched :class:`LVLMInput` from images, prompts and answers.
+
+        Args:
+            images: Per prompt: an image (PIL, uint8 array or path), a list of images, or
+                ``None``; a bare image for a single prompt.
+            prompts: With ``template="raw"`` (default), complete prompts holding one image
+                placeholder (``<image>``) per image, e.g.
+                ``"USER: <image>\\nWhat is this? ASSISTANT:"``. With ``template="chat"``, bare
+                questions wrapped in the checkpoint's chat template.
+            answers: Optional answer per prompt (string or token id); its first token is scored.
+            **kwargs: ``template`` (``"raw"`` or ``"chat"``), ``system`` (system message, chat
+                template only) and ``answer_rule`` (``"single"`` refuses answers of several
+                tokens, ``"first"`` scores their first token).
+
+        Returns:
+            A left-padded batch with named token groups (see :class:`LVLMInput`).
+        """
         from lvlm_lens.model.prepare import prepare_inputs
 
         return prepare_inputs(self, images, prompts, answers, **kwargs)
@@ -363,14 +394,17 @@ class HookedLVLM(TokensMixin, HookedRootModule):
     # weights as TransformerLens stacks ---------------------------------------------------------
     @property
     def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+        """Unembedding matrix (``ln_final``'s weight not folded in)."""
         return self.unembed.W_U
 
     @property
     def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
+        """Token embedding matrix."""
         return self.embed.W_E
 
     @property
     def W_O(self) -> Float[Tensor, "layer head d_head d_model"]:
+        """Output weights of every head, stacked over layers."""
         return torch.stack([b.attn.W_O for b in self.blocks])
 
     def set_use_attn_result(self, use_attn_result: bool) -> None:
