@@ -101,6 +101,7 @@ def test_every_public_name_has_a_docstring(package):
         assert names or path == "lvlm_lens.analysis", f"{path} exports nothing"
         for name in names:
             assert name in module.members, f"{path}.__all__ names {name!r}, which it lacks"
+            assert not _target(module.members[name]).is_module, f"{path}.{name} is a module"
             missing += undocumented(module.members[name], f"{path}.{name}")
     assert not missing, "public names without a docstring:\n" + "\n".join(sorted(set(missing)))
 

@@ -8,7 +8,10 @@ adapts them when the site is built (the source is not changed):
 - Sphinx roles (``:func:`~lvlm_lens.data.image_prompt```, ``:class:`LVLMInput```,
   ``:meth:`run_prefix```, ``:mod:`~.engine```...) become links to the object's entry in the API
   reference when it has one, and inline code otherwise;
-- a paragraph ending in ``::`` (reST's literal-block marker) ends in ``:``.
+- a paragraph ending in ``::`` (reST's literal-block marker) ends in ``:``;
+- a name exported in ``__all__`` that is also the name of a submodule
+  (``lvlm_lens.attribution.head_attribution``, the function, vs the module it comes from) is
+  the exported object, as at run time, not the submodule.
 
 ``tests/test_api_docs.py`` loads the package through the same extension, so the test that every
 public name is documented sees exactly what the site shows.
@@ -113,6 +116,21 @@ def resolve(target: str, owner: Any, objects: dict[str, Any], pkg: Any) -> str |
     return None
 
 
+def unshadow(objects: dict[str, Any]) -> None:
+    """Make ``pkg.name`` the object ``__all__`` exports where a submodule has the same name."""
+    for path in ("lvlm_lens", *API_MODULES):
+        mod = objects.get(path)
+        if mod is None:
+            continue
+        for name in exported(mod):
+            member = mod.members.get(name)
+            if member is None or member.is_alias or not member.is_module:
+                continue
+            inner = member.members.get(name)
+            if inner is not None and not inner.is_module:
+                mod.set_member(name, griffe.Alias(name, inner, parent=mod))
+
+
 class SphinxDocstrings(griffe.Extension):
     """See the module docstring."""
 
@@ -127,6 +145,7 @@ class SphinxDocstrings(griffe.Extension):
         """Rewrite Sphinx roles and ``::`` in every docstring of the package."""
         objects: dict[str, Any] = {}
         _walk(pkg, objects)
+        unshadow(objects)
         where = anchors(pkg, objects)
 
         for obj in list(objects.values()):

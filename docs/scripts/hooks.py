@@ -8,6 +8,8 @@
   navigation when they exist.
 - **Command-line help**: ``<!-- cli-help: SUBCOMMAND -->`` in a page is replaced by the
   ``--help`` text of that ``lvlm-lens`` subcommand, so the CLI page cannot drift from the parser.
+- **API index**: ``<!-- api-index -->`` is replaced by a table of ``lvlm_lens.__all__``, each
+  name linked to its entry in the reference and summed up by the first line of its docstring.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ OPTIONAL_PAGES = {
     "testing.md": ("Background", "Testing"),
 }
 CLI_HELP = re.compile(r"<!--\s*cli-help:\s*([\w ]*?)\s*-->")
+API_INDEX = "<!-- api-index -->"
+ROLE = re.compile(r":\w+:`~?\.?([^`]+)`")
 
 
 def notebooks() -> list[Path]:
@@ -105,8 +109,7 @@ def on_files(files: Files, config: Any) -> Files:
 
 def cli_help(command: str) -> str:
     """``lvlm-lens COMMAND --help``, as the parser prints it."""
-    if str(ROOT) not in sys.path:  # the checkout's package, also when built from a worktree
-        sys.path.insert(0, str(ROOT))
+    _package()
     from lvlm_lens.run.cli import build_parser
 
     out, columns = io.StringIO(), os.environ.get("COLUMNS")
@@ -122,9 +125,45 @@ def cli_help(command: str) -> str:
     return out.getvalue().rstrip()
 
 
+def _package() -> Any:
+    if str(ROOT) not in sys.path:  # the checkout's package, also when built from a worktree
+        sys.path.insert(0, str(ROOT))
+    import lvlm_lens
+
+    return lvlm_lens
+
+
+def api_index() -> str:
+    """A Markdown table of the top-level names, linked to the subpackage pages."""
+    import importlib
+    import inspect
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from griffe_docstrings import API_MODULES
+
+    pkg = _package()
+    homes = {}
+    for module in API_MODULES:
+        mod = importlib.import_module(module)
+        names = getattr(mod, "__all__", None) or [  # no __all__: what the module defines
+            n for n in vars(mod) if getattr(getattr(mod, n), "__module__", None) == module
+        ]
+        for name in names:
+            homes.setdefault(name, module)
+    rows = ["| name | what |", "|---|---|"]
+    for name in pkg.__all__:
+        doc = (inspect.getdoc(getattr(pkg, name)) or "").split("\n\n")[0].replace("\n", " ")
+        doc = ROLE.sub(lambda m: f"`{m.group(1).rsplit('.', 1)[-1]}`", doc)
+        rows.append(f"| [`{name}`][{homes[name]}.{name}] | {doc} |")
+    return "\n".join(rows)
+
+
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:
-    """Replace ``<!-- cli-help: ... -->`` markers with the help text in a code block."""
-    return CLI_HELP.sub(lambda m: f"```text\n{cli_help(m.group(1))}\n```", markdown)
+    """Replace the ``cli-help`` and ``api-index`` markers."""
+    markdown = CLI_HELP.sub(lambda m: f"```text\n{cli_help(m.group(1))}\n```", markdown)
+    if API_INDEX in markdown:
+        markdown = markdown.replace(API_INDEX, api_index())
+    return markdown
 
 
 def on_serve(server: Any, config: Any, builder: Any) -> Any:
