@@ -59,6 +59,18 @@ def test_no_run_markers_say_why():
                 )
 
 
+def test_code_lines_fit_the_page():
+    """Python lines of at most 88 characters fit the site's text column without scrolling."""
+    long = [
+        f"{page.relative_to(DOCS)}:{line + i}"
+        for page in PAGES
+        for line, code, _ in python_blocks(page.read_text(encoding="utf-8"))
+        for i, text in enumerate(code.splitlines(), 1)
+        if len(text) > 88
+    ]
+    assert not long, f"code lines over 88 characters: {long}"
+
+
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(DOCS)) for p in PAGES])
 def test_page_code_runs(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # examples write runs/, my_data/, ...
