@@ -89,8 +89,11 @@ def test_hook_table_lists_every_hook_with_its_rank():
     from lvlm_lens import load_toy, synthetic_records
 
     page = (DOCS / "concepts" / "hooked-lvlm.md").read_text(encoding="utf-8")
-    rows = re.findall(r"^\| `([\w.{}]+)` \| `\[([^\]]*)\]` \|", page, flags=re.M)
-    table = {name: len(shape.split(",")) for name, shape in rows}
+    table = {}
+    for section in re.split(r"^### ", page, flags=re.M):  # block hooks: names after blocks.{l}.
+        prefix = "blocks.{l}." if section.startswith("In every block") else ""
+        rows = re.findall(r"^\| `([\w.{}]+)` \| `\[([^\]]*)\]` \|", section, flags=re.M)
+        table |= {prefix + name: len(shape.split(",")) for name, shape in rows}
     model = load_toy(device="cpu")
     model.set_use_attn_result(True)
     rec = synthetic_records(1, seed=0)[0]

@@ -1,7 +1,7 @@
 """MkDocs hooks of the lvlm_lens site (``hooks:`` in ``mkdocs.yml``).
 
 - **Tutorials**: every ``notebooks/*.ipynb`` of the repository is rendered (by mkdocs-jupyter,
-  without executing it) under ``tutorials/``, with a generated index page, and listed in the
+  without executing it) under ``notebooks/``, with a generated index page, and listed in the
   navigation in file-name order. No notebook, no Tutorials section: the navigation never names
   a file that is not there, so ``mkdocs build --strict`` passes before and after they land.
 - **Optional pages**: pages that other work adds (``claims.md``, ``testing.md``) join the
@@ -59,14 +59,14 @@ def notebook_title(path: Path) -> str:
 
 
 def tutorials_index(paths: list[Path]) -> str:
-    """Markdown of the generated ``tutorials/index.md``."""
+    """Markdown of the generated ``notebooks/index.md``."""
     rows = "\n".join(f"- [{notebook_title(p)}]({p.name})" for p in paths)
     return (
         "# Tutorials\n\n"
         "The notebooks of the repository's `notebooks/` folder, rendered as they are stored. "
         "Each runs top to bottom on a CPU with the bundled toy LVLM; the test suite executes "
-        "them, so their code matches the library. Open one in Jupyter to run it yourself "
-        "(`jupyter lab notebooks/`).\n\n" + rows + "\n"
+        "them, so their code matches the library. Open one in Jupyter to run it "
+        "yourself.\n\n" + rows + "\n"
     )
 
 
@@ -83,13 +83,15 @@ def on_config(config: Any) -> Any:
     docs = Path(config["docs_dir"])
     for page, (section, title) in OPTIONAL_PAGES.items():
         entries = _section(nav, section)
-        listed = entries is not None and any(page in e.values() for e in entries if isinstance(e, dict))
+        listed = entries is not None and any(
+            page in e.values() for e in entries if isinstance(e, dict)
+        )
         if (docs / page).is_file() and entries is not None and not listed:
             entries.append({title: page})
     paths = notebooks()
     if paths and _section(nav, "Tutorials") is None:
-        entries = ["tutorials/index.md"]
-        entries += [{notebook_title(p): f"tutorials/{p.name}"} for p in paths]
+        entries = ["notebooks/index.md"]
+        entries += [{notebook_title(p): f"notebooks/{p.name}"} for p in paths]
         at = next((i + 1 for i, e in enumerate(nav) if isinstance(e, dict) and "User guides" in e),
                   len(nav))
         nav.insert(at, {"Tutorials": entries})
@@ -101,9 +103,10 @@ def on_files(files: Files, config: Any) -> Files:
     """Make each notebook (and the tutorials index) a file of the site."""
     paths = notebooks()
     if paths:
-        files.append(File.generated(config, "tutorials/index.md", content=tutorials_index(paths)))
-        for path in paths:
-            files.append(File.generated(config, f"tutorials/{path.name}", abs_src_path=str(path)))
+        files.append(File.generated(config, "notebooks/index.md", content=tutorials_index(paths)))
+        for path in paths:  # a real file of the repository, outside docs/
+            rel = path.relative_to(ROOT).as_posix()
+            files.append(File(rel, str(ROOT), config["site_dir"], config["use_directory_urls"]))
     return files
 
 
@@ -113,7 +116,7 @@ def cli_help(command: str) -> str:
     from lvlm_lens.run.cli import build_parser
 
     out, columns = io.StringIO(), os.environ.get("COLUMNS")
-    os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal: fix the width
+    os.environ["COLUMNS"] = "86"  # argparse wraps to the terminal: the text column
     try:
         with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
             build_parser().parse_args([*command.split(), "--help"])

@@ -135,7 +135,7 @@ def head_ablation_figure(path: Path) -> None:
             ax.axhline(i, color="w", lw=0.6)
             ax.axvline(i, color="w", lw=0.6)
         _segments(ax, -1.3, 1.0, spans)
-        for start, end, group, label in spans:
+        for start, end, group, _ in spans:
             ax.add_patch(Rectangle((-1.3, start), 1.0, end - start,
                                    fc=GROUP_COLOURS[group], ec="w", clip_on=False))
         ax.set_xlim(-1.4, n)
