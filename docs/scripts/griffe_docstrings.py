@@ -128,7 +128,12 @@ def unshadow(objects: dict[str, Any]) -> None:
                 continue
             inner = member.members.get(name)
             if inner is not None and not inner.is_module:
-                mod.set_member(name, griffe.Alias(name, inner, parent=mod))
+                # the line that imports it, so that "source" order keeps its place
+                lines = mod.lines[: next((i for i, t in enumerate(mod.lines)
+                                          if t.startswith("__all__")), len(mod.lines))]
+                lineno = next((i + 1 for i, t in enumerate(lines)
+                               if re.search(rf"\b{name}\b", t.split(" import ")[-1])), None)
+                mod.set_member(name, griffe.Alias(name, inner, lineno=lineno, parent=mod))
 
 
 class SphinxDocstrings(griffe.Extension):
