@@ -35,4 +35,4 @@ demo: venv
 	$(PY) -m lvlm_lens.run.demo
 
 lint: venv
-	$(VENV)/bin/ruff check lvlm_lens tests
+	$(VENV)/bin/ruff check lvlm_lens tests benchmarks docs/scripts
