@@ -19,13 +19,15 @@ from lvlm_lens.model.config import LVLMConfig
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.model.kv_cache import HeadSwitch, KVCache
 from lvlm_lens.model.masks import causal_mask
+from lvlm_lens.model.prepare import prepare_inputs
 from lvlm_lens.model.tokens import TokensMixin
 from lvlm_lens.model.vision import VisionSide
+from lvlm_lens.model.weights import ModelWeights
 
 ReturnType = Literal["logits", "loss", "both"] | None
 
 
-class HookedLVLM(TokensMixin, HookedRootModule):
+class HookedLVLM(TokensMixin, ModelWeights, HookedRootModule):
     """A LLaVA / LLaVA-NeXT / LLaVA-OneVision model with TransformerLens hooks.
 
     The vision tower, projector and image packing are the HF model's own modules; the
@@ -132,29 +134,9 @@ class HookedLVLM(TokensMixin, HookedRootModule):
             chat_template=chat_template,
         )
 
-    def prepare(
-        self, images: Any, prompts: str | list[str], answers: Any = None, **kwargs: Any
-    ) -> LVLMInput:
-        """Build a batched :class:`LVLMInput` from images, prompts and answers.
-
-        Args:
-            images: Per prompt: an image (PIL, uint8 array or path), a list of images, or
-                ``None``; a bare image for a single prompt.
-            prompts: With ``template="raw"`` (default), complete prompts holding one image
-                placeholder (``<image>``) per image, e.g.
-                ``"USER: <image>\\nWhat is this? ASSISTANT:"``. With ``template="chat"``, bare
-                questions wrapped in the checkpoint's chat template.
-            answers: Optional answer per prompt (string or token id); its first token is scored.
-            **kwargs: ``template`` (``"raw"`` or ``"chat"``), ``system`` (system message, chat
-                template only) and ``answer_rule`` (``"single"`` refuses answers of several
-                tokens, ``"first"`` scores their first token).
-
-        Returns:
-            A left-padded batch with named token groups (see :class:`LVLMInput`).
-        """
-        from lvlm_lens.model.prepare import prepare_inputs
-
-        return prepare_inputs(self, images, prompts, answers, **kwargs)
+    #: ``model.prepare(images, prompts, answers=None, *, template="raw", system=None,
+    #: answer_rule="single")``: build a batched :class:`LVLMInput` (see its docstring).
+    prepare = prepare_inputs
 
     # inputs ------------------------------------------------------------------------------
     @contextmanager
@@ -175,7 +157,8 @@ class HookedLVLM(TokensMixin, HookedRootModule):
         if isinstance(input, LVLMInput):
             return input
         if isinstance(input, str | list):
-            input = self.to_tokens(input)
+            input, mask = self.encode_text(input)
+            attention_mask = mask if attention_mask is None else attention_mask
         if not isinstance(input, Tensor):
             raise TypeError(f"expected an LVLMInput, a token tensor or text, got {type(input)}")
         if input.ndim == 1:
@@ -364,48 +347,23 @@ class HookedLVLM(TokensMixin, HookedRootModule):
             cache = ActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
         return out, cache
 
-    def generate(self, input: LVLMInput, max_new_tokens: int = 10, **kwargs: Any) -> Tensor:
-        """Greedy generation with a KV cache; see :func:`~.generate.greedy_generate`."""
+    def generate(
+        self,
+        input: LVLMInput | Tensor | str | list[str],
+        max_new_tokens: int = 10,
+        *,
+        eos_token_id: int | list[int] | None = None,
+        return_type: Literal["input", "tokens", "str"] = "input",
+        new_tokens_only: bool = False,
+        verbose: bool = False,
+    ) -> Tensor | list[str] | str:
+        """Greedy generation with a KV cache, returning the prompt plus the new tokens (as
+        TransformerLens does) or only the new ones; see :func:`~.generate.greedy_generate`."""
         from lvlm_lens.model.generate import greedy_generate
 
-        return greedy_generate(self, input, max_new_tokens, **kwargs)
-
-    def tokens_to_residual_directions(
-        self, tokens: int | str | Tensor
-    ) -> Float[Tensor, "... d_model"]:
-        """Unembedding directions of tokens, with ``ln_final``'s weight folded in, so that
-        ``ActivationCache.logit_attrs`` sums exactly to the logit."""
-        if isinstance(tokens, str):
-            tokens = self.to_single_token(tokens)
-        tokens = torch.as_tensor(tokens, device=self.unembed.lm_head.weight.device)
-        return self.unembed.lm_head.weight[tokens] * self.ln_final.w
-
-    def accumulated_bias(
-        self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
-    ) -> Float[Tensor, " d_model"]:
-        """Sum of the output biases written to the residual stream before ``layer``."""
-        total = self.unembed.lm_head.weight.new_zeros(self.cfg.d_model)
-        for i in range(layer + int(mlp_input)):
-            total = total + self.blocks[i].attn.b_O
-            if include_mlp_biases and i < layer:
-                total = total + self.blocks[i].mlp.b_out
-        return total
-
-    # weights as TransformerLens stacks ---------------------------------------------------------
-    @property
-    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
-        """Unembedding matrix (``ln_final``'s weight not folded in)."""
-        return self.unembed.W_U
-
-    @property
-    def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
-        """Token embedding matrix."""
-        return self.embed.W_E
-
-    @property
-    def W_O(self) -> Float[Tensor, "layer head d_head d_model"]:
-        """Output weights of every head, stacked over layers."""
-        return torch.stack([b.attn.W_O for b in self.blocks])
+        return greedy_generate(self, input, max_new_tokens, eos_token_id=eos_token_id,
+                               return_type=return_type, new_tokens_only=new_tokens_only,
+                               verbose=verbose)
 
     def set_use_attn_result(self, use_attn_result: bool) -> None:
         """Toggle computing ``blocks.{l}.attn.hook_result`` (per-head outputs)."""
