@@ -117,11 +117,12 @@ def test_top_level_names_are_on_a_reference_page(package):
 
 
 def test_every_subpackage_has_a_reference_page():
-    """New subpackages join the API reference (``run`` is the CLI, documented in cli.md)."""
+    """New subpackages join the API reference (``run`` is the CLI, documented in cli.md);
+    so do top-level modules that export names (``lvlm_lens.progress``)."""
     subpackages = sorted(
         f"lvlm_lens.{p.parent.name}" for p in (ROOT / "lvlm_lens").glob("*/__init__.py")
     )
-    assert set(subpackages) - {"lvlm_lens.run"} == set(EXT.API_MODULES)
+    assert set(subpackages) - {"lvlm_lens.run"} <= set(EXT.API_MODULES)
     for module in EXT.API_MODULES:
         page = DOCS / "api" / f"{module.removeprefix('lvlm_lens.')}.md"
         assert page.is_file() and f"::: {module}" in page.read_text(), f"no page for {module}"

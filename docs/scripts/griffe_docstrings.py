@@ -5,6 +5,8 @@ adapts them when the site is built (the source is not changed):
 
 - ``#: text`` comment lines just above a module or class attribute become its docstring
   (griffe reads only string literals after an assignment);
+- a class attribute made by a factory (``W_Q = _per_head(...)``, a ``property`` built at
+  import) gets the docstring the object has at run time, and is shown as a property;
 - Sphinx roles (``:func:`~lvlm_lens.data.image_prompt```, ``:class:`LVLMInput```,
   ``:meth:`run_prefix```, ``:mod:`~.engine```...) become links to the object's entry in the API
   reference when it has one, and inline code otherwise;
@@ -35,6 +37,7 @@ API_MODULES = (
     "lvlm_lens.data",
     "lvlm_lens.toy",
     "lvlm_lens.testing",
+    "lvlm_lens.progress",
 )
 
 
@@ -116,6 +119,26 @@ def resolve(target: str, owner: Any, objects: dict[str, Any], pkg: Any) -> str |
     return None
 
 
+def runtime_docstrings(objects: dict[str, Any]) -> None:
+    """Docstrings of class attributes that are properties built at run time (factories)."""
+    import importlib
+
+    for obj in list(objects.values()):
+        if not obj.is_class:
+            continue
+        try:
+            cls = getattr(importlib.import_module(obj.module.path), obj.name)
+        except (ImportError, AttributeError):
+            continue
+        for name, member in obj.members.items():
+            if member.is_alias or not member.is_attribute or member.docstring is not None:
+                continue
+            value = cls.__dict__.get(name)
+            if isinstance(value, property) and value.__doc__:
+                member.docstring = griffe.Docstring(value.__doc__, parent=member)
+                member.labels.add("property")
+
+
 def unshadow(objects: dict[str, Any]) -> None:
     """Make ``pkg.name`` the object ``__all__`` exports where a submodule has the same name."""
     for path in ("lvlm_lens", *API_MODULES):
@@ -150,6 +173,7 @@ class SphinxDocstrings(griffe.Extension):
         """Rewrite Sphinx roles and ``::`` in every docstring of the package."""
         objects: dict[str, Any] = {}
         _walk(pkg, objects)
+        runtime_docstrings(objects)
         unshadow(objects)
         where = anchors(pkg, objects)
 
