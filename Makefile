@@ -16,11 +16,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The layering contract (pyproject.toml [tool.importlinter]) and the strict docs build are part
-# of the test command; tests/test_docs.py runs the docs' code blocks.
+# of the test command (tests/test_docs.py runs the docs' code blocks), and so are the
+# notebooks: nbmake executes each one top to bottom (single-threaded, on the toy model).
 test: venv
 	$(VENV)/bin/lint-imports
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir $(DOCS_SITE)
 	$(PY) -m pytest -q tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q --nbmake --nbmake-timeout=600 notebooks
 
 # The documentation site (mkdocs.yml): built into site/, or served with live reload.
 docs: venv

@@ -7,6 +7,20 @@ bottom.
 The names below are the public API; import them from here.
 """
 
+from lvlm_lens.analysis import (
+    FlowConfig,
+    PatchingConfig,
+    TextVsImageConfig,
+    activation_patching,
+    attribution_patching,
+    image_regions,
+    path_patching,
+    ranking_curves,
+    region_ablation,
+    semantic_similarity,
+    text_vs_image,
+    token_flow,
+)
 from lvlm_lens.attribution import (
     AttributionConfig,
     AttributionResult,
@@ -29,31 +43,47 @@ from lvlm_lens.interventions import (
 from lvlm_lens.model import HookedLVLM, KVCache, LVLMConfig, LVLMInput
 from lvlm_lens.progress import show_progress
 from lvlm_lens.toy import load_toy, toy_checkpoint_path
+from lvlm_lens.viz import attention_overlay, attention_view, logit_lens
 
 __all__ = [
     "AblationEngine",
     "AttributionConfig",
     "AttributionResult",
     "BaselineKV",
+    "FlowConfig",
     "HeadAblation",
     "HookedLVLM",
     "KVCache",
     "LVLMConfig",
     "LVLMInput",
+    "PatchingConfig",
     "Record",
+    "TextVsImageConfig",
     "ablate_heads",
     "ablate_image_tokens",
+    "activation_patching",
+    "attention_overlay",
+    "attention_view",
+    "attribution_patching",
     "compare_rankings",
     "compute_baseline",
     "get_metric",
     "head_attribution",
+    "image_regions",
     "knockout",
     "knockout_effect",
     "load_folder",
     "load_hf_dataset",
     "load_toy",
+    "logit_lens",
+    "path_patching",
+    "ranking_curves",
+    "region_ablation",
+    "semantic_similarity",
     "show_progress",
     "synthetic_records",
+    "text_vs_image",
+    "token_flow",
     "toy_checkpoint_path",
     "window_layers",
 ]
