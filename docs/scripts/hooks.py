@@ -91,7 +91,8 @@ def on_config(config: Any) -> Any:
     paths = notebooks()
     if paths and _section(nav, "Tutorials") is None:
         entries = ["notebooks/index.md"]
-        entries += [{notebook_title(p): f"notebooks/{p.name}"} for p in paths]
+        # the navigation shows a title's head ("2 · Head attribution"), the index the whole
+        entries += [{notebook_title(p).split(": ")[0]: f"notebooks/{p.name}"} for p in paths]
         at = next((i + 1 for i, e in enumerate(nav) if isinstance(e, dict) and "User guides" in e),
                   len(nav))
         nav.insert(at, {"Tutorials": entries})
