@@ -54,6 +54,7 @@ class LVLMInput:
 
     @property
     def has_images(self) -> bool:
+        """Whether any example of the batch holds an image."""
         return sum(self.images_per_example) > 0
 
     def __len__(self) -> int:

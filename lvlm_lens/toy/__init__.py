@@ -33,9 +33,11 @@ from lvlm_lens.data.questions import (
 from lvlm_lens.testing.llava_config import clip_llama_config
 from lvlm_lens.testing.tiny import LLAVA_CHAT_TEMPLATE, build_tiny_tokenizer
 
-#: Image side in pixels and vision patch size: a 6x6 grid of 36 image tokens.
+#: Image side of the toy in pixels.
 TOY_IMAGE_SIZE = 48
+#: Vision patch size in pixels.
 TOY_PATCH_SIZE = 8
+#: Patches per image side: a 6x6 grid of 36 image tokens.
 TOY_GRID = TOY_IMAGE_SIZE // TOY_PATCH_SIZE
 
 
