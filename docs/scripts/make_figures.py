@@ -45,7 +45,8 @@ GROUP_COLOURS = {
 
 
 def token_group(inp, j: int) -> str:
-    """The group a position is drawn in: ``final`` wins over ``role`` (it is in both)."""
+    """The group a position is drawn in (groups are disjoint; ``final`` wins on a prompt that
+    ends with an image token, the one overlap)."""
     for name in ("final", "image", "question", "system", "bos", "role"):
         if bool(inp.groups[name][0, j]):
             return name

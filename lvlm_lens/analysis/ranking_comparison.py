@@ -115,7 +115,7 @@ def paired_comparison(
         curves: :func:`~lvlm_lens.analysis.faithfulness.ranking_curves` of per-example
             rankings (one engine per example); the more ``k`` evaluated, the finer the scores.
         reference: The ranking compared with the others.
-        threshold: Curve value for :attr:`PairedComparison.heads`.
+        threshold: Curve value for the heads-needed table (``PairedComparison.heads``).
         tie_tol: Score differences at most this large are ties.
         n_boot: Bootstrap resamples (examples) of the mean difference.
         seed: Seed of the bootstrap.
