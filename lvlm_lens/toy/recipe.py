@@ -10,15 +10,19 @@ Two presets ship:
   (``docs/claims.md``).
 
 A task turns one step's seeded random stream into a batch of prompts and one-word answers
-(:func:`sample_batch`).
+(:func:`sample_batch`); :func:`warm_start_vision_` starts a vision tower from a shipped toy's;
+:class:`TrainLog` keeps the running accuracy per question type between log lines.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors.torch import load_file
+from transformers import LlavaForConditionalGeneration
 
 from lvlm_lens.data import CLASSES, IMAGE_QUESTIONS, TEXT_QUESTIONS, SyntheticExample
 from lvlm_lens.data.questions import (
@@ -195,3 +199,66 @@ def sample_batch(
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     kinds = [("image:" if i < n_image else "text:") + a for i, a in enumerate(attrs)]
     return Batch(examples, prompts, answers, kinds)
+
+
+def warm_start_vision_(model: LlavaForConditionalGeneration, folder: str | Path) -> None:
+    """Copy the vision tower (and the projector, when its shapes match) of a toy checkpoint."""
+    path = Path(folder) / "model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint to start the vision tower from at {path}")
+    state = load_file(path)
+    for part in ("vision_tower", "multi_modal_projector"):
+        sub = {k[len(part) + 1 :]: v for k, v in state.items() if k.startswith(part + ".")}
+        module = getattr(model.model, part)
+        own = module.state_dict()
+        if part == "multi_modal_projector" and any(
+            k not in own or own[k].shape != v.shape for k, v in sub.items()
+        ):
+            continue  # another language width: the projector starts from scratch
+        module.load_state_dict(sub)
+
+
+class TrainLog:
+    """Running loss and accuracy per prompt kind between two log lines of training."""
+
+    def __init__(self) -> None:
+        self.loss, self.steps = 0.0, 0
+        self.hits: dict[str, list[int]] = {}
+
+    def add(self, loss: float, kinds: list[str], hits: list[bool]) -> None:
+        self.loss += loss
+        self.steps += 1
+        for kind, hit in zip(kinds, hits, strict=True):
+            counts = self.hits.setdefault(kind, [0, 0])
+            counts[0] += int(hit)
+            counts[1] += 1
+
+    def entry(self, step: int, lr: float, seconds: float, task: str) -> dict[str, Any]:
+        def acc(prefix: str) -> float | None:
+            got = [c for k, c in self.hits.items() if k.startswith(prefix)]
+            total = sum(c[1] for c in got)
+            return sum(c[0] for c in got) / total if total else None
+
+        entry: dict[str, Any] = {
+            "step": step,
+            "loss": self.loss / self.steps,
+            "train_image_acc": acc("image:"),
+            "train_text_acc": acc("text:"),
+        }
+        if task != "shape":
+            entry["train_acc"] = {k: c[0] / c[1] for k, c in sorted(self.hits.items())}
+        entry |= {"lr": lr, "seconds": round(seconds, 1)}
+        return entry
+
+
+def log_line(entry: dict[str, Any]) -> str:
+    """One printed line of a :class:`TrainLog` entry."""
+    text = "-" if entry["train_text_acc"] is None else f"{entry['train_text_acc']:.3f}"
+    line = (
+        f"step {entry['step']:5d}  loss {entry['loss']:.4f}  train acc image "
+        f"{entry['train_image_acc']:.3f} text {text}  lr {entry['lr']:.2e}  "
+        f"{entry['seconds']:.0f}s"
+    )
+    if "train_acc" in entry:
+        line += "  " + " ".join(f"{k} {v:.2f}" for k, v in entry["train_acc"].items())
+    return line

@@ -24,7 +24,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import transformers
-from safetensors.torch import load_file
 from transformers import LlavaForConditionalGeneration
 
 from lvlm_lens.toy import (
@@ -36,7 +35,15 @@ from lvlm_lens.toy import (
     toy_checkpoint_path,
     toy_config,
 )
-from lvlm_lens.toy.recipe import PRESETS, ToyArchitecture, ToyRecipe, sample_batch
+from lvlm_lens.toy.recipe import (
+    PRESETS,
+    ToyArchitecture,
+    ToyRecipe,
+    TrainLog,
+    log_line,
+    sample_batch,
+    warm_start_vision_,
+)
 
 #: Salt of the training streams' seed sequence, so training batches never coincide with
 #: ``generate_dataset(n, seed)`` (evaluation sets) for any seed.
@@ -77,23 +84,6 @@ def init_vision_(
         w = emb.position_embedding.weight
         w.zero_()
         w[1:, : table.shape[1]] = table
-
-
-def warm_start_vision_(model: LlavaForConditionalGeneration, folder: str | Path) -> None:
-    """Copy the vision tower (and the projector, when its shapes match) of a toy checkpoint."""
-    path = Path(folder) / "model.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint to start the vision tower from at {path}")
-    state = load_file(path)
-    for part in ("vision_tower", "multi_modal_projector"):
-        sub = {k[len(part) + 1 :]: v for k, v in state.items() if k.startswith(part + ".")}
-        module = getattr(model.model, part)
-        own = module.state_dict()
-        if part == "multi_modal_projector" and any(
-            k not in own or own[k].shape != v.shape for k, v in sub.items()
-        ):
-            continue  # another language width: the projector starts from scratch
-        module.load_state_dict(sub)
 
 
 def _right_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,7 +241,7 @@ def _train(
     )
 
     start = time.perf_counter()
-    window = _Window()
+    window = TrainLog()
     history = []
     loss_value = math.nan
     for step in range(steps):
@@ -285,8 +275,8 @@ def _train(
             entry = window.entry(step + 1, step_lr, time.perf_counter() - start, recipe.task)
             history.append(entry)
             if verbose:
-                print(_log_line(entry), flush=True)
-            window = _Window()
+                print(log_line(entry), flush=True)
+            window = TrainLog()
     wall = time.perf_counter() - start
 
     model.eval()
@@ -334,51 +324,6 @@ def _train(
     if verbose:
         print(f"saved {out_dir} after {wall:.0f}s of training", flush=True)
     return summary
-
-
-class _Window:
-    """Running loss and accuracy per prompt kind between two log lines."""
-
-    def __init__(self) -> None:
-        self.loss, self.steps = 0.0, 0
-        self.hits: dict[str, list[int]] = {}
-
-    def add(self, loss: float, kinds: list[str], hits: list[bool]) -> None:
-        self.loss += loss
-        self.steps += 1
-        for kind, hit in zip(kinds, hits, strict=True):
-            counts = self.hits.setdefault(kind, [0, 0])
-            counts[0] += int(hit)
-            counts[1] += 1
-
-    def entry(self, step: int, lr: float, seconds: float, task: str) -> dict[str, Any]:
-        def acc(prefix: str) -> float | None:
-            got = [c for k, c in self.hits.items() if k.startswith(prefix)]
-            total = sum(c[1] for c in got)
-            return sum(c[0] for c in got) / total if total else None
-
-        entry: dict[str, Any] = {
-            "step": step,
-            "loss": self.loss / self.steps,
-            "train_image_acc": acc("image:"),
-            "train_text_acc": acc("text:"),
-        }
-        if task != "shape":
-            entry["train_acc"] = {k: c[0] / c[1] for k, c in sorted(self.hits.items())}
-        entry |= {"lr": lr, "seconds": round(seconds, 1)}
-        return entry
-
-
-def _log_line(entry: dict[str, Any]) -> str:
-    text = "-" if entry["train_text_acc"] is None else f"{entry['train_text_acc']:.3f}"
-    line = (
-        f"step {entry['step']:5d}  loss {entry['loss']:.4f}  train acc image "
-        f"{entry['train_image_acc']:.3f} text {text}  lr {entry['lr']:.2e}  "
-        f"{entry['seconds']:.0f}s"
-    )
-    if "train_acc" in entry:
-        line += "  " + " ".join(f"{k} {v:.2f}" for k, v in entry["train_acc"].items())
-    return line
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
