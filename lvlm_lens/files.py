@@ -11,7 +11,7 @@ import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from safetensors.torch import save_file
@@ -55,3 +55,26 @@ def atomic_json(obj: Any, path: str | os.PathLike) -> None:
     """Write ``obj`` as indented JSON (unknown types via ``str``), atomically."""
     text = json.dumps(obj, indent=2, default=str)
     atomic_write(path, lambda p: p.write_text(text))
+
+
+class Checkpoints(Protocol):
+    """Where finished pieces of a long computation are kept, so that a rerun skips them
+    (``lvlm_lens.run.store.CheckpointFiles`` keeps each as an atomically written file)."""
+
+    def load(self, key: str) -> dict[str, torch.Tensor] | None:
+        """The tensors saved under ``key``, or ``None``."""
+
+    def save(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
+        """Keep ``tensors`` under ``key``."""
+
+
+def cached(
+    store: Checkpoints | None, key: str, compute: Callable[[], dict[str, torch.Tensor]]
+) -> dict[str, torch.Tensor]:
+    """``store``'s tensors under ``key``; else ``compute()``, saved there first."""
+    if store is not None and (hit := store.load(key)) is not None:
+        return hit
+    out = compute()
+    if store is not None:
+        store.save(key, out)
+    return out

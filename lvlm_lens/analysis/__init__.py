@@ -23,6 +23,14 @@ from lvlm_lens.analysis.flow import (
     token_flow,
 )
 from lvlm_lens.analysis.path_patching import PathPatchingResult, path_patching
+from lvlm_lens.analysis.ranking_comparison import (
+    LayerDistribution,
+    PairedComparison,
+    layer_distribution,
+    paired_comparison,
+    per_example_curves,
+    single_head_spread,
+)
 from lvlm_lens.analysis.regions import (
     RegionAblationResult,
     image_regions,
@@ -41,6 +49,7 @@ from lvlm_lens.analysis.stats import (
     bootstrap_ratio,
     permutation_test,
     sign_flip_test,
+    sign_test,
     spearman,
 )
 from lvlm_lens.analysis.text_vs_image import (
@@ -56,6 +65,8 @@ __all__ = [
     "Estimate",
     "FlowConfig",
     "FlowResult",
+    "LayerDistribution",
+    "PairedComparison",
     "PatchingConfig",
     "PatchingResult",
     "PathPatchingResult",
@@ -71,14 +82,19 @@ __all__ = [
     "class_heads",
     "default_window",
     "image_regions",
+    "layer_distribution",
     "object_patches",
+    "paired_comparison",
     "path_patching",
+    "per_example_curves",
     "permutation_test",
     "random_rankings",
     "ranking_curves",
     "region_ablation",
     "semantic_similarity",
     "sign_flip_test",
+    "sign_test",
+    "single_head_spread",
     "span_group",
     "spearman",
     "text_vs_image",

@@ -93,6 +93,7 @@ class PatchingResult:
         clean: Clean metric per example.
         corrupted: Corrupted metric per example.
         method: ``exact`` (activation patching) or ``attribution`` (first-order estimate).
+        seed: Seed of the bootstrap intervals of :meth:`summary`.
     """
 
     frame: pd.DataFrame

@@ -73,6 +73,7 @@ class FlowResult:
             ``change`` (relative change of the answer probability) and ``heads`` (number of
             query heads knocked out in the window).
         window: The window size used.
+        summary_seed: Seed of the bootstrap intervals of :meth:`summary`.
     """
 
     frame: pd.DataFrame

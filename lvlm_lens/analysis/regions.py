@@ -78,6 +78,7 @@ class RegionAblationResult:
         frame: One row per (region, draw, example): ``n_tokens`` replaced, ``p_clean``,
             ``p_new``, ``change`` (relative change of the answer probability) and ``correct``
             (argmax still the answer).
+        summary_: Not read by any method (``None`` unless the caller sets it).
     """
 
     frame: pd.DataFrame

@@ -8,6 +8,7 @@ examples); comparisons add a permutation p-value. All resampling is seeded (nump
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -229,3 +230,12 @@ def ci_table(
         rows.append({**dict(zip(by, key, strict=True)), "mean": est.value, "low": est.low,
                      "high": est.high, "n": est.n})
     return pd.DataFrame(rows)
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact sign test (binomial, p = 1/2) of ``wins`` vs ``losses`` (ties dropped)."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2**n
+    return min(1.0, 2 * tail)

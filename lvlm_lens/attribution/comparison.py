@@ -5,7 +5,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 from dataclasses import fields
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float
@@ -26,23 +26,13 @@ from lvlm_lens.attribution.rankings import (
     single_head_ablation,
 )
 from lvlm_lens.attribution.results import AttributionResult
+from lvlm_lens.files import Checkpoints, cached
 from lvlm_lens.interventions.ablation import BaselineKV, HeadAblation
 from lvlm_lens.interventions.engine import AblationEngine
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.progress import show_progress
 
 HEAD_ATTRIBUTION = "head attribution"
-
-
-class Checkpoints(Protocol):
-    """Where the finished pieces of a comparison are kept, so that a rerun skips them (the
-    run layer stores each as an atomically written file)."""
-
-    def load(self, key: str) -> dict[str, Tensor] | None:
-        """The tensors saved under ``key``, or ``None``."""
-
-    def save(self, key: str, tensors: dict[str, Tensor]) -> None:
-        """Keep ``tensors`` under ``key``."""
 
 
 def pooled_runner(engines: list[AblationEngine]) -> Callable[[Tensor], Tensor]:
@@ -54,15 +44,6 @@ def pooled_runner(engines: list[AblationEngine]) -> Callable[[Tensor], Tensor]:
     return run
 
 
-def _cached(store: Checkpoints | None, key: str, fn: Callable[[], dict[str, Tensor]]):
-    if store is not None and (hit := store.load(key)) is not None:
-        return hit
-    out = fn()
-    if store is not None:
-        store.save(key, out)
-    return out
-
-
 def _curves_tensors(c: Curves) -> dict[str, Tensor]:
     return {f.name: torch.as_tensor(getattr(c, f.name)) for f in fields(Curves)}
 
@@ -70,6 +51,39 @@ def _curves_tensors(c: Curves) -> dict[str, Tensor]:
 def _curves_of(t: dict[str, Tensor]) -> Curves:
     return Curves(**{f.name: t[f.name] if t[f.name].ndim else float(t[f.name])
                      for f in fields(Curves)})
+
+
+def example_rankings(
+    model: Any,
+    inputs: list[LVLMInput],
+    baselines: list[BaselineKV],
+    engines: list[AblationEngine],
+    config: HeadAblation,
+    metric: str,
+    checkpoints: Checkpoints | None = None,
+    keys: list[str] | None = None,
+) -> dict[str, Tensor]:
+    """Single-head ablation, attention weight and attribution patching of every example
+    (each example's ranking kept in ``checkpoints`` under its key, and read from there).
+
+    Returns:
+        Name -> ``[n_examples, n_layers, n_heads]`` importance (larger = more important).
+    """
+    keys = keys or [str(i) for i in range(len(inputs))]
+    make = {
+        "single-head ablation": lambda i: single_head_ablation(engines[i], progress=False),
+        "attention weight": lambda i: attention_weight(model, inputs[i], config.source),
+        "attribution patching": lambda i: attribution_patching(
+            model, inputs[i], baselines[i], config.scope, metric
+        ),
+    }
+    return {
+        name: torch.cat([
+            cached(checkpoints, f"{name}/{k}", lambda i=i, fn=fn: {"scores": fn(i)})["scores"]
+            for i, k in enumerate(keys)
+        ])
+        for name, fn in make.items()
+    }
 
 
 def baseline_rankings(
@@ -82,22 +96,10 @@ def baseline_rankings(
     checkpoints: Checkpoints | None = None,
     keys: list[str] | None = None,
 ) -> dict[str, Tensor]:
-    """Single-head ablation, attention weight and attribution patching, averaged over examples
-    (each example's ranking kept in ``checkpoints`` under its key)."""
-    keys = keys or [str(i) for i in range(len(inputs))]
-    make = {
-        "single-head ablation": lambda i: single_head_ablation(engines[i], progress=False),
-        "attention weight": lambda i: attention_weight(model, inputs[i], config.source),
-        "attribution patching": lambda i: attribution_patching(
-            model, inputs[i], baselines[i], config.scope, metric
-        ),
-    }
-    out = {}
-    for name, fn in make.items():
-        per = [_cached(checkpoints, f"{name}/{k}", lambda i=i, fn=fn: {"scores": fn(i)})
-               for i, k in enumerate(keys)]
-        out[name] = torch.cat([p["scores"] for p in per]).mean(0)
-    return out
+    """Single-head ablation, attention weight and attribution patching, averaged over examples."""
+    per_example = example_rankings(model, inputs, baselines, engines, config, metric,
+                                   checkpoints, keys)
+    return {name: r.mean(0) for name, r in per_example.items()}
 
 
 def compare_rankings(
@@ -121,8 +123,9 @@ def compare_rankings(
     Args:
         engines: Engines already built for ``inputs`` (their prefix caches are reused); a
             missing one (``None``) is built.
-        checkpoints: Where each finished piece (one example's ranking, one ranking's curves,
-            one random ranking's curves) is kept; pieces found there are not recomputed.
+        checkpoints: Where each finished piece (one example's ranking, the endpoints, one
+            ranking's curves, one random ranking's curves) is kept; pieces found there are not
+            recomputed.
         keys: An identifier per input for its checkpoints (default: its position).
         progress: ``False`` hides every progress bar.
     """
@@ -146,11 +149,11 @@ def compare_rankings(
     pool = f"{len(keys)}-{zlib.crc32(' '.join(keys).encode()):08x}"  # the pooled examples
 
     def curves_of(name: str, ranking: Tensor) -> Curves:
-        return _curves_of(_cached(checkpoints, f"curves/{name}/{pool}", lambda: _curves_tensors(
+        return _curves_of(cached(checkpoints, f"curves/{name}/{pool}", lambda: _curves_tensors(
             curves_given_endpoints(run, ranking, ks, clean, ablated, batch_size))))
 
     with show_progress(progress):
-        ends = _cached(checkpoints, f"endpoints/{pool}", lambda: dict(zip(
+        ends = cached(checkpoints, f"endpoints/{pool}", lambda: dict(zip(
             ("clean", "ablated"), map(torch.tensor, endpoints(run, cfg.n_layers, cfg.n_heads,
                                                               batch_size)), strict=True)))
         clean, ablated = float(ends["clean"]), float(ends["ablated"])

@@ -23,7 +23,9 @@ from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.model.prepare import to_rgb
 from lvlm_lens.progress import progress_bar, show_progress
 
+#: Kinds of baseline keys/values (see :class:`HeadAblation`).
 BASELINES = ("mean", "image", "blank", "zero")
+#: Which queries read the baseline: ``text`` (after the last source token) or ``all``.
 SCOPES = ("text", "all")
 
 

@@ -11,6 +11,7 @@ O(prefix + batch x suffix). Under scope ``all`` masks are batched over full sequ
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +65,11 @@ class AblationEngine:
         config: The ablation options (scope, source).
         metric: Metric name (:mod:`~lvlm_lens.interventions.metrics`) or ``f(logits, answer_ids)``.
         batch_size: Masks per forward pass.
+
+    Attributes:
+        answers: The answer token per example: ``inp.answer_ids``, or the model's own clean
+            answer when the input has none.
+        baseline: The baseline keys/values the ablated heads read.
     """
 
     def __init__(
@@ -82,6 +88,12 @@ class AblationEngine:
         self.answers = clean_answers(model, inp)
         self.baseline = baseline
         self._examples: dict[int, _Example] = {}
+
+    def with_metric(self, metric: str | Metric) -> AblationEngine:
+        """An engine measuring ``metric`` that shares this one's prefix caches (built or not)."""
+        other = copy.copy(self)
+        other.metric = get_metric(metric)
+        return other
 
     @torch.no_grad()
     def _example(self, i: int) -> _Example:

@@ -17,6 +17,8 @@ from lvlm_lens.attribution.curves import Curves, RandomBand
 from lvlm_lens.attribution.results import AttributionResult
 from lvlm_lens.data import load_folder, synthetic_records
 from lvlm_lens.errors import OptionError
+from lvlm_lens.interventions.baseline_check import BaselineCheck, baseline_note, check_baseline
+from lvlm_lens.interventions.engine import AblationEngine
 from lvlm_lens.model import HookedLVLM
 from lvlm_lens.run.distributed import current_shard
 from lvlm_lens.run.options import RunOptions
@@ -148,29 +150,40 @@ def compare(
     baselines: BaselineCache,
     engines: dict[int, Any] | None = None,
     checkpoints: CheckpointFiles | None = None,
-) -> tuple[dict[str, torch.Tensor], dict[str, Curves], RandomBand]:
-    """Head attribution against the other rankings, on the examples ``subset`` (reusing the
-    ``engines`` of the masked runs by example index; finished pieces kept in ``checkpoints``)."""
+) -> tuple[dict[str, torch.Tensor], dict[str, Curves], RandomBand | None, BaselineCheck]:
+    """Head attribution against the other rankings, on the examples ``subset`` whose
+    all-heads effect is large enough to normalise by (:func:`check_baseline`); the check is
+    returned too. The masked runs' ``engines`` (by example index) are reused, and every
+    finished piece is kept in ``checkpoints`` for a resumed run."""
     cfg = opts.attribution
     inputs = [
         model.prepare(records[i].image, records[i].prompt, answers=records[i].answer,
                       answer_rule=opts.answer_rule)  # fmt: skip
         for i in subset
     ]
-    return compare_rankings(
+    bases = [baselines(x) for x in inputs]
+    engines = [(engines or {}).get(i) or AblationEngine(model, x, b, cfg.ablation, cfg.metric,
+                                                        cfg.batch_size)
+               for i, x, b in zip(subset, inputs, bases, strict=True)]
+    keys = [str(i) for i in subset]
+    check = check_baseline(model, inputs, bases, cfg.ablation, cfg.metric, engines=engines,
+                           checkpoints=checkpoints, keys=keys)
+    if not check.kept:
+        return {}, {}, None, check
+    return *compare_rankings(
         model,
         result,
-        inputs,
-        [baselines(x) for x in inputs],
+        [inputs[i] for i in check.kept],
+        [bases[i] for i in check.kept],
         cfg.ablation,
         cfg.metric,
         n_random=opts.n_random,
         seed=cfg.seed,
         batch_size=cfg.batch_size,
-        engines=[(engines or {}).get(i) for i in subset],
+        engines=[engines[i] for i in check.kept],
         checkpoints=checkpoints,
-        keys=[str(i) for i in subset],
-    )
+        keys=[keys[i] for i in check.kept],
+    ), check
 
 
 def attribute(
@@ -195,11 +208,14 @@ def attribute(
     rankings, curves, band = {}, {}, None
     if opts.rankings:
         t1 = time.time()
-        rankings, curves, band = compare(  # reusing the masked runs' baselines and engines
+        rankings, curves, band, check = compare(  # reusing the masked runs' baselines, engines
             model, opts, records, kept[:curve_examples], result, merged["baselines"],
             merged["engines"], CheckpointFiles(out / "comparison"),  # a resume skips what is done
         )
-        notes += comparison_notes(curves, band, model.cfg.n_layers * model.cfg.n_heads)
+        summary["baseline_check"] = check.summary()
+        notes.append(baseline_note(check, opts.attribution.ablation.baseline))
+        if curves:
+            notes += comparison_notes(curves, band, model.cfg.n_layers * model.cfg.n_heads)
         summary["curves"] = {
             n: {f: getattr(c, f).tolist() for f in ("ks", "faithfulness", "completeness")}
             for n, c in curves.items()

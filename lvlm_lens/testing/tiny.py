@@ -44,6 +44,8 @@ from transformers.models.clip import CLIPImageProcessorPil
 from transformers.models.llava_next import LlavaNextImageProcessorPil
 from transformers.models.llava_onevision import LlavaOnevisionImageProcessorPil
 
+#: The families :func:`build_tiny_checkpoint` builds: LLaVA-1.5 (Llama), LLaVA-NeXT (Mistral,
+#: Vicuna) and LLaVA-OneVision (Qwen2).
 TINY_KINDS = ("llava-llama", "llava-next-mistral", "llava-next-vicuna", "llava-onevision-qwen2")
 
 SPECIAL_TOKENS = (

@@ -46,7 +46,7 @@ def counted(monkeypatch):
 def options(model, out):
     cfg = AttributionConfig(n_masks=32, rate=0.2, batch_size=16,
                             ablation=HeadAblation(baseline="mean"))
-    return RunOptions(out=str(out), model=str(model), n_examples=2, n_reference=2,
+    return RunOptions(out=str(out), model=str(model), n_examples=3, n_reference=2,
                       keep_wrong=True, chunk_masks=16, n_random=2, attribution=cfg)
 
 
