@@ -21,6 +21,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lvlm_lens.model.inputs import LVLMInput
+from lvlm_lens.model.prepare import to_rgb
 
 BASELINES = ("mean", "image", "blank", "zero")
 SCOPES = ("text", "all")
@@ -103,12 +104,21 @@ def kv_of(model: Any, inp: LVLMInput) -> tuple[list[Tensor], list[Tensor]]:
 
 
 def with_images(model: Any, inp: LVLMInput, images: Sequence[Any]) -> LVLMInput:
-    """The same prompts with other images (one per example); token ids must not change."""
+    """The same prompts with other images (one per example); token ids must not change.
+
+    Where an image gives another image-token layout than the example's (any- and native-
+    resolution models: LLaVA-NeXT, Qwen2-VL), it is resized to the example's image size."""
     other = model.prepare(list(images), inp.texts, template="raw")
-    if other.shape != inp.shape or not torch.equal(other.input_ids, inp.input_ids):
-        raise ValueError("the baseline image gives a different image-token layout than the "
-                         "example's image (any-resolution models): use images of the same size")
-    return other
+    if other.shape == inp.shape and torch.equal(other.input_ids, inp.input_ids):
+        return other
+    sizes = inp.image_sizes.tolist() if inp.image_sizes is not None else []
+    if len(sizes) == len(images):
+        resized = [to_rgb(im).resize((w, h)) for im, (h, w) in zip(images, sizes, strict=True)]
+        other = model.prepare(resized, inp.texts, template="raw")
+        if other.shape == inp.shape and torch.equal(other.input_ids, inp.input_ids):
+            return other
+    raise ValueError("the baseline image gives a different image-token layout than the "
+                     "example's image: use images of the same size")
 
 
 def compute_baseline(

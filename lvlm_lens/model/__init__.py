@@ -4,13 +4,17 @@ Lowest model layer: imports only :mod:`lvlm_lens.files` and :mod:`lvlm_lens.data
 :mod:`lvlm_lens.testing` if ever needed, never interventions, attribution, analysis, viz or run.
 """
 
-from lvlm_lens.model.config import SUPPORTED_LVLMS, SUPPORTED_TEXT_MODELS, LVLMConfig
+from lvlm_lens.model.config import DecoderSpec, LVLMConfig
+from lvlm_lens.model.families import FAMILIES, SUPPORTED_LVLMS, SUPPORTED_TEXT_MODELS, Family
 from lvlm_lens.model.hooked_lvlm import HookedLVLM
 from lvlm_lens.model.inputs import GROUP_NAMES, LVLMInput
 from lvlm_lens.model.kv_cache import KVCache
 
 __all__ = [
+    "FAMILIES",
     "GROUP_NAMES",
+    "DecoderSpec",
+    "Family",
     "SUPPORTED_LVLMS",
     "SUPPORTED_TEXT_MODELS",
     "HookedLVLM",

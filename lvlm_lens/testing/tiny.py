@@ -44,7 +44,11 @@ from transformers.models.clip import CLIPImageProcessorPil
 from transformers.models.llava_next import LlavaNextImageProcessorPil
 from transformers.models.llava_onevision import LlavaOnevisionImageProcessorPil
 
-TINY_KINDS = ("llava-llama", "llava-next-mistral", "llava-next-vicuna", "llava-onevision-qwen2")
+from lvlm_lens.testing.tiny_families import FAMILY_KINDS, build_family_checkpoint
+
+LLAVA_KINDS = ("llava-llama", "llava-next-mistral", "llava-next-vicuna", "llava-onevision-qwen2")
+#: Every tiny kind: the LLaVA families here, Qwen2-VL / Qwen2.5-VL / Gemma 3 in ``tiny_families``.
+TINY_KINDS = LLAVA_KINDS + FAMILY_KINDS
 
 SPECIAL_TOKENS = (
     "<unk>",
@@ -110,7 +114,10 @@ CHATML_CHAT_TEMPLATE = (
 
 
 def build_tiny_tokenizer(
-    *, chat_template: str | None = None, words: Sequence[str] = TINY_WORDS
+    *,
+    chat_template: str | None = None,
+    words: Sequence[str] = TINY_WORDS,
+    named_specials: dict[str, str] | None = None,
 ) -> PreTrainedTokenizerFast:
     """Builds a word-level tokenizer (by default the one shared by all tiny checkpoints).
 
@@ -118,13 +125,18 @@ def build_tiny_tokenizer(
         chat_template: Optional Jinja chat template to attach.
         words: The vocabulary after ``SPECIAL_TOKENS`` (ids ``len(SPECIAL_TOKENS)`` onwards, in
             this order); words are ``\\w+`` runs, single punctuation characters or ``"\\n"``.
+        named_specials: A family's own special tokens by attribute name (``image_token``,
+            ``boi_token``...), appended after ``words``; default ``{"image_token": "<image>"}``.
 
     Returns:
-        A fast tokenizer (supports ``return_offsets_mapping``) whose ``<image>`` is one token.
+        A fast tokenizer (supports ``return_offsets_mapping``) whose image token is one token.
     """
     words = tuple(words)
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + words)}
-    if len(vocab) != len(SPECIAL_TOKENS) + len(words):
+    named = dict(named_specials or {"image_token": "<image>"})
+    extra = tuple(t for t in named.values() if t not in SPECIAL_TOKENS)
+    specials = SPECIAL_TOKENS + extra
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + words + extra)}
+    if len(vocab) != len(specials) + len(words):
         raise ValueError("duplicate entries in the tiny vocabulary")
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(
@@ -133,16 +145,14 @@ def build_tiny_tokenizer(
     backend.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A $B:1", special_tokens=[("<s>", vocab["<s>"])]
     )
-    backend.add_special_tokens(
-        [AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS]
-    )
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         unk_token="<unk>",
         pad_token="<pad>",
         bos_token="<s>",
         eos_token="</s>",
-        extra_special_tokens={"image_token": "<image>"},
+        extra_special_tokens=named,
     )
     if chat_template is not None:
         tokenizer.chat_template = chat_template
@@ -216,14 +226,15 @@ def build_tiny_checkpoint(
     chat_template: bool = False,
     **text_overrides: Any,
 ) -> Path:
-    """Builds and saves a tiny random checkpoint of one LLaVA family.
+    """Builds and saves a tiny random checkpoint of one supported family.
 
     Args:
         kind: One of ``TINY_KINDS``.
         folder: Where to save; created if missing.
         seed: Seed for the random weights (the same seed gives identical weights).
         chat_template: Whether to save a chat template with the tokenizer (llava-hf style
-            ``USER: <image>\\n... ASSISTANT:`` for LLaVA/NeXT, ChatML for OneVision).
+            ``USER: <image>\\n... ASSISTANT:`` for LLaVA/NeXT, ChatML for OneVision, the
+            family's own for Qwen2-VL / Qwen2.5-VL / Gemma 3).
         **text_overrides: Fields set on the text config, e.g. ``num_hidden_layers``,
             ``rope_parameters``, ``sliding_window`` or ``tie_word_embeddings``.
 
@@ -235,6 +246,10 @@ def build_tiny_checkpoint(
         raise ValueError(f"unknown tiny kind {kind!r}; expected one of {TINY_KINDS}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if kind in FAMILY_KINDS:
+        return build_family_checkpoint(
+            kind, folder, seed=seed, chat_template=chat_template, **text_overrides
+        )
     onevision = kind == "llava-onevision-qwen2"
     template = (
         (CHATML_CHAT_TEMPLATE if onevision else LLAVA_CHAT_TEMPLATE) if chat_template else None

@@ -154,3 +154,21 @@ def test_clear_errors(pair):
     other = inp.select(0)
     with pytest.raises(ValueError, match="same input"):
         model.run_with_hooks(other, fwd_hooks=knockout_hooks(model, inp, "image", "final", [0]))
+
+
+@pytest.mark.parametrize("kind", ["llava-llama", "qwen2-vl", "qwen2.5-vl", "gemma3"])
+def test_knocking_out_image_to_text_makes_the_answer_independent_of_the_image(
+    tiny_checkpoint, kind
+):
+    model = HookedLVLM.from_pretrained(tiny_checkpoint(kind, chat_template=kind != "llava-llama"))
+    a = model.prepare([noise_image(20, 28, 1), noise_image(30, 18, 2)], PROMPTS)
+    b = model.prepare([noise_image(20, 28, 3), noise_image(30, 18, 4)], PROMPTS)
+    assert torch.equal(a.input_ids, b.input_ids)
+    text = a.groups["text"]
+    assert (model(a)[text] - model(b)[text]).abs().max() > 1e-3  # the image matters
+    every = list(range(model.cfg.n_layers))
+    with knockout(model, a, "image", "text", every):
+        out_a = model(a)
+    with knockout(model, b, "image", "text", every):
+        out_b = model(b)
+    assert (out_a - out_b)[text].abs().max() <= 1e-5
