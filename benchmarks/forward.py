@@ -2,12 +2,16 @@
 
 Builds one random LLaVA-1.5-shaped model in memory (a small CLIP tower giving 576 image
 tokens, a Llama decoder of ``--layers`` x ``--d-model``; fp32, eval, eager attention) and a
-batch of ``--batch`` prompts of 5 text tokens + 576 image tokens + 26 text tokens. Under
+batch of ``--batch`` prompts of 5 text tokens + 576 image tokens + 26 text tokens. With
+``--family qwen2-vl`` / ``qwen2.5-vl`` / ``gemma3`` the model is that family's instead (its own
+vision tower; the decoder at the same sizes: M-RoPE and q/k/v biases, or Gemma 3's sandwich
+norms, q/k norms and sliding layers), 576 image tokens for Qwen and 256 for Gemma 3. Under
 ``torch.no_grad()`` and torch's default thread count it times, interleaved in one process
 (see :func:`benchmarks.common.time_interleaved`: 2 warm-up rounds, then ``--repeats`` rounds
 in a random order each, medians):
 
-- ``hf``: ``hf_model(input_ids, pixel_values, attention_mask, position_ids, use_cache=False)``
+- ``hf``: ``hf_model(**inp.to_hf(), use_cache=False)`` (ids, mask, positions, pixels and the
+  family's extra inputs)
 - ``forward``: ``model(inp)``
 - ``run_with_cache``: ``model.run_with_cache(inp)`` (every hook cached)
 - ``hf_embeds`` / ``forward_embeds``: the same with the projected image features computed
@@ -37,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (  # noqa: E402
     OtherLoad,
+    build_random_family,
     build_random_llava,
     keep_freed_memory,
     llava15_prompt,
@@ -53,6 +58,9 @@ TARGETS = {"forward": 1.05, "run_with_cache": 1.3, "forward_embeds": 1.05}
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--family", default="llava", choices=["llava", "qwen2-vl", "qwen2.5-vl", "gemma3"]
+    )
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--d-model", type=int, default=1024)
     parser.add_argument("--heads", type=int, default=16)
@@ -71,13 +79,19 @@ def main() -> None:
     d_mlp = args.d_mlp or int(2.75 * args.d_model)
 
     torch.manual_seed(0)
-    hf, tokenizer, image_processor = build_random_llava(
-        n_layers=args.layers, d_model=args.d_model, n_heads=args.heads, d_mlp=d_mlp
-    )
+    sizes = dict(n_layers=args.layers, d_model=args.d_model, n_heads=args.heads, d_mlp=d_mlp)
+    side, vision = 336, "CLIP 2 x 256"
+    if args.family == "llava":
+        hf, tokenizer, image_processor = build_random_llava(**sizes)
+    else:
+        hf, tokenizer, image_processor, side = build_random_family(args.family, **sizes)
+        vision = f"{args.family} vision 2 x 256 at {side} px"
     model = HookedLVLM.from_hf(hf, tokenizer=tokenizer, image_processor=image_processor)
-    inp = model.prepare(random_images(args.batch), [llava15_prompt()] * args.batch)
-    position_ids = (inp.attention_mask.cumsum(-1) - 1).clamp(min=0)
-    hf_kwargs = dict(attention_mask=inp.attention_mask, position_ids=position_ids, use_cache=False)
+    inp = model.prepare(random_images(args.batch, side), [llava15_prompt()] * args.batch)
+    full = dict(inp.to_hf(), use_cache=False)
+    # on precomputed image features: the language side only (positions, masks, token types)
+    hf_kwargs = {k: v for k, v in full.items() if k in ("attention_mask", "position_ids",
+                                                         "token_type_ids", "use_cache")}
     is_image = (inp.input_ids == model.cfg.image_token_id)[..., None]
 
     with torch.no_grad():
@@ -90,9 +104,7 @@ def main() -> None:
             return hf(inputs_embeds=x, **hf_kwargs).logits
 
         fns = {
-            "hf": lambda: (
-                hf(input_ids=inp.input_ids, pixel_values=inp.pixel_values, **hf_kwargs).logits
-            ),
+            "hf": lambda: hf(**full).logits,
             "forward": lambda: model(inp),
             "run_with_cache": lambda: model.run_with_cache(inp),
             "hf_embeds": hf_embeds,
@@ -111,7 +123,8 @@ def main() -> None:
     print(machine_info())
     print(
         f"model: {args.layers} layers, d_model {args.d_model}, {args.heads} heads, d_mlp {d_mlp}, "
-        f"vocab {model.cfg.d_vocab}; CLIP 2 x 256, 576 image tokens; fp32; malloc: {malloc}"
+        f"vocab {model.cfg.d_vocab}; {vision}, {int(inp.groups['image'].sum())} image tokens; "
+        f"fp32; malloc: {malloc}"
     )
     print(
         f"input: batch {args.batch} x {inp.input_ids.shape[1]} tokens; {args.repeats} "

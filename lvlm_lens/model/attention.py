@@ -43,7 +43,7 @@ class Segment:
     v_alt: Float[Tensor, "batch_kv kv_head pos d_head"] | None = None
     select: Bool[Tensor, "batch head"] | None = None
     index: tuple[Tensor, Tensor] | None = None  # (rows, heads) of ``select``: sparse path
-    queries: Bool[Tensor, "batch_or_1 q"] | None = None  # only these queries read the alternative
+    queries: Bool[Tensor, "batch_or_1 q"] | None = None  # only these read it (dense path)
 
     @property
     def length(self) -> int:
@@ -123,14 +123,6 @@ def _dense_cond(seg: Segment, batch: int) -> Tensor:
     return cond
 
 
-def _only_queries(seg: Segment, rows: Tensor, new: Tensor, old: Tensor) -> Tensor:
-    """Selected pairs' rows ``[n, q, x]``: the alternative at allowed queries, else unchanged."""
-    if seg.queries is None:
-        return new
-    allowed = seg.queries.expand(seg.select.shape[0], -1)[rows][:, :, None]
-    return torch.where(allowed, new, old)
-
-
 class Attention(nn.Module):
     """Causal self-attention with RoPE, grouped-query heads and TransformerLens hooks.
 
@@ -193,23 +185,22 @@ class Attention(nn.Module):
         out = segment_scores(q, seg.k) * self.scaling
         if seg.select is None:
             return out
-        if seg.index is None:
+        if seg.index is None or seg.queries is not None:
             alt = segment_scores(q, seg.k_alt) * self.scaling
             return torch.where(_dense_cond(seg, out.shape[0]), alt, out)
         b, h, kb, kh = _pairs(seg, seg.k_alt)
-        new = (q[b, h] @ seg.k_alt[kb, kh].transpose(-1, -2)) * self.scaling
-        out[b, h] = _only_queries(seg, b, new, out[b, h])
+        out[b, h] = (q[b, h] @ seg.k_alt[kb, kh].transpose(-1, -2)) * self.scaling
         return out
 
     def _values(self, pattern: Tensor, seg: Segment) -> Tensor:
         out = segment_values(pattern, seg.v)
         if seg.select is None:
             return out
-        if seg.index is None:
+        if seg.index is None or seg.queries is not None:
             alt = segment_values(pattern, seg.v_alt)
             return torch.where(_dense_cond(seg, out.shape[0]), alt, out)
         b, h, kb, kh = _pairs(seg, seg.v_alt)
-        out[b, h] = _only_queries(seg, b, pattern[b, h] @ seg.v_alt[kb, kh], out[b, h])
+        out[b, h] = pattern[b, h] @ seg.v_alt[kb, kh]
         return out
 
     # forward -----------------------------------------------------------------------------

@@ -110,7 +110,7 @@ def _text_kwargs(tokenizer: PreTrainedTokenizerFast, overrides: dict[str, Any]) 
     return kwargs
 
 
-def _qwen(kind: str, tokenizer: PreTrainedTokenizerFast, overrides: dict[str, Any]):
+def _qwen(kind: str, tokenizer: PreTrainedTokenizerFast, overrides: dict, vision_overrides: dict):
     tied = overrides.pop("tie_word_embeddings", kind == "qwen2-vl")  # as Qwen2-VL-2B
     text = _text_kwargs(tokenizer, overrides)
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
@@ -129,6 +129,7 @@ def _qwen(kind: str, tokenizer: PreTrainedTokenizerFast, overrides: dict[str, An
     )  # fmt: skip
     if kind == "qwen2-vl":
         vision.update(embed_dim=32, hidden_size=text["hidden_size"], mlp_ratio=2)
+        vision.update(vision_overrides)
         config = Qwen2VLConfig(text_config=dict(text, tie_word_embeddings=tied),
                                vision_config=vision, **common)
         return config, Qwen2VLForConditionalGeneration
@@ -136,12 +137,13 @@ def _qwen(kind: str, tokenizer: PreTrainedTokenizerFast, overrides: dict[str, An
         hidden_size=32, intermediate_size=64, out_hidden_size=text["hidden_size"],
         window_size=4 * QWEN_PATCH * QWEN_MERGE, fullatt_block_indexes=[1],
     )  # fmt: skip
+    vision.update(vision_overrides)
     config = Qwen2_5_VLConfig(text_config=dict(text, tie_word_embeddings=tied),
                               vision_config=vision, **common)
     return config, Qwen2_5_VLForConditionalGeneration
 
 
-def _gemma(tokenizer: PreTrainedTokenizerFast, overrides: dict[str, Any]):
+def _gemma(tokenizer: PreTrainedTokenizerFast, overrides: dict, vision_overrides: dict):
     tied = overrides.pop("tie_word_embeddings", True)
     overrides.setdefault("num_hidden_layers", 3)
     text = _text_kwargs(tokenizer, overrides)
@@ -164,16 +166,60 @@ def _gemma(tokenizer: PreTrainedTokenizerFast, overrides: dict[str, Any]):
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
         image_size=GEMMA_IMAGE_SIZE, patch_size=GEMMA_PATCH, vision_use_head=False,
     )  # fmt: skip
+    vision_overrides = dict(vision_overrides)
+    tokens = vision_overrides.pop("mm_tokens_per_image", GEMMA_TOKENS)
+    vision.update(vision_overrides)
     config = Gemma3Config(
         text_config=dict(text, tie_word_embeddings=tied),
         vision_config=vision,
-        mm_tokens_per_image=GEMMA_TOKENS,
+        mm_tokens_per_image=tokens,
         boi_token_index=tokenizer.convert_tokens_to_ids(GEMMA_SPECIALS["boi_token"]),
         eoi_token_index=tokenizer.convert_tokens_to_ids(GEMMA_SPECIALS["eoi_token"]),
         image_token_index=tokenizer.convert_tokens_to_ids(GEMMA_SPECIALS["image_token"]),
         tie_word_embeddings=tied,
     )
     return config, Gemma3ForConditionalGeneration
+
+
+def family_config(
+    kind: str,
+    tokenizer: PreTrainedTokenizerFast,
+    text_overrides: dict[str, Any] | None = None,
+    vision_overrides: dict[str, Any] | None = None,
+) -> tuple[Any, type]:
+    """The HF config and model class of a ``kind`` model (tiny unless overridden).
+
+    Args:
+        kind: One of :data:`FAMILY_KINDS`.
+        tokenizer: From :func:`family_tokenizer` (special token ids, vocabulary size).
+        text_overrides: Text config fields (``hidden_size``, ``num_hidden_layers``...).
+        vision_overrides: Vision config fields; for Gemma 3 also ``mm_tokens_per_image``.
+    """
+    text, vision = dict(text_overrides or {}), dict(vision_overrides or {})
+    if kind == "gemma3":
+        config, cls = _gemma(tokenizer, text, vision)
+    else:
+        config, cls = _qwen(kind, tokenizer, text, vision)
+    config._attn_implementation = "eager"
+    return config, cls
+
+
+def family_image_processor(kind: str, patch_size: int = QWEN_PATCH, image_size: int = 0) -> Any:
+    """The family's PIL image processor: Qwen's native resolution (up to 64 merged tokens per
+    image by default) or Gemma 3's fixed ``image_size`` square (default the tiny one)."""
+    if kind == "gemma3":
+        side = image_size or GEMMA_IMAGE_SIZE
+        return Gemma3ImageProcessorPil(
+            size={"height": side, "width": side}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        )
+    factor = patch_size * QWEN_MERGE
+    longest = image_size * image_size if image_size else 64 * factor * factor
+    return Qwen2VLImageProcessorPil(
+        size={"shortest_edge": factor * factor, "longest_edge": longest},
+        patch_size=patch_size,
+        merge_size=QWEN_MERGE,
+        temporal_patch_size=2,
+    )
 
 
 def family_tokenizer(kind: str, chat_template: bool) -> PreTrainedTokenizerFast:
@@ -196,23 +242,8 @@ def build_family_checkpoint(
     from lvlm_lens.testing.tiny import _randomize_
 
     tokenizer = family_tokenizer(kind, chat_template)
-    if kind == "gemma3":
-        config, model_cls = _gemma(tokenizer, dict(text_overrides))
-        image_processor = Gemma3ImageProcessorPil(
-            size={"height": GEMMA_IMAGE_SIZE, "width": GEMMA_IMAGE_SIZE},
-            image_mean=[0.5] * 3,
-            image_std=[0.5] * 3,
-        )
-    else:
-        config, model_cls = _qwen(kind, tokenizer, dict(text_overrides))
-        factor = QWEN_PATCH * QWEN_MERGE
-        image_processor = Qwen2VLImageProcessorPil(
-            size={"shortest_edge": factor * factor, "longest_edge": 64 * factor * factor},
-            patch_size=QWEN_PATCH,
-            merge_size=QWEN_MERGE,
-            temporal_patch_size=2,
-        )
-    config._attn_implementation = "eager"
+    config, model_cls = family_config(kind, tokenizer, text_overrides)
+    image_processor = family_image_processor(kind)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_cls(config)
