@@ -76,6 +76,8 @@ class TransformerBlock(nn.Module):
             self.ln2 = RMSNorm(hf_layer.post_attention_layernorm, off)
         for name in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"):
             setattr(self, f"hook_{name}", HookPoint())
+        if spec.deepstack:
+            self.hook_deepstack = HookPoint()
 
     def forward(
         self,
@@ -85,8 +87,12 @@ class TransformerBlock(nn.Module):
         mask: Tensor,
         past: list[Segment] | None = None,
         alt: SelfAlternative | None = None,
+        extra: Float[Tensor, "batch pos d_model"] | None = None,
     ) -> tuple[Float[Tensor, "batch pos d_model"], KV]:
-        """Run the block; returns the new residual stream and this block's new ``(key, value)``."""
+        """Run the block; returns the new residual stream and this block's new ``(key, value)``.
+
+        ``extra`` (Qwen3-VL's DeepStack features) is added to the residual stream after the
+        block, through ``hook_deepstack``, as part of ``hook_mlp_out``."""
         resid_pre = self.hook_resid_pre(x)
         attn_out, kv = self.attn(self.ln1(resid_pre), cos, sin, mask, past, alt)
         if self.sandwich:
@@ -95,6 +101,8 @@ class TransformerBlock(nn.Module):
         mlp_out = self.mlp(self.ln2(resid_mid))
         if self.sandwich:
             mlp_out = self.ln2_post(mlp_out)
+        if extra is not None:
+            mlp_out = mlp_out + self.hook_deepstack(extra)
         return self.hook_resid_post(resid_mid + self.hook_mlp_out(mlp_out)), kv
 
 

@@ -24,22 +24,27 @@ class DecoderSpec:
             ``blocks.{l}.attn.q_norm`` / ``k_norm``.
         embed_scale: Factor the HF embedding multiplies token embeddings by (``sqrt(d_model)``
             for Gemma); image embeddings are spliced in unscaled, after it.
-        rotary: ``"rope"`` (1-D positions) or ``"mrope"`` (Qwen2-VL's multimodal RoPE: ``(t, h,
+        rotary: ``"rope"`` (1-D positions), ``"mrope"`` (Qwen2-VL's multimodal RoPE: ``(t, h,
             w)`` positions per token, ``[3, batch, pos]``, the rotary module splits the
-            frequencies by ``mrope_section``).
+            frequencies into ``mrope_section`` blocks) or ``"mrope_interleaved"`` (Qwen3-VL: the
+            same positions, the frequencies of t, h, w interleaved).
         rope_per_layer_type: The rotary module takes the layer type (Gemma 3: a local and a
             global rope base).
         bidirectional_image: The tokens of one image attend to each other in both directions
             (Gemma 3); everything else stays causal.
+        deepstack: Features of intermediate vision layers are added at the image positions
+            after the first decoder layers (Qwen3-VL's DeepStack): ``blocks.{l}.hook_deepstack``,
+            part of that layer's ``hook_mlp_out`` so ``decompose_resid`` still sums.
     """
 
     norm_offset: float = 0.0
     sandwich_norms: bool = False
     qk_norm: bool = False
     embed_scale: float = 1.0
-    rotary: Literal["rope", "mrope"] = "rope"
+    rotary: Literal["rope", "mrope", "mrope_interleaved"] = "rope"
     rope_per_layer_type: bool = False
     bidirectional_image: bool = False
+    deepstack: bool = False
 
 
 @dataclass

@@ -70,6 +70,12 @@ FAMILIES: dict[str, Family] = {
         "Qwen2.5-VL", "Qwen2_5_VLForConditionalGeneration",
         checkpoints=("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct"), **_QWEN,
     ),
+    "qwen3_vl": Family(
+        "Qwen3-VL", "Qwen3VLForConditionalGeneration", text_types=("qwen3_vl_text",),
+        checkpoints=("Qwen/Qwen3-VL-2B-Instruct", "Qwen/Qwen3-VL-4B-Instruct",
+                     "Qwen/Qwen3-VL-8B-Instruct"),
+        hf_inputs=_QWEN["hf_inputs"], vision=QwenVision,
+    ),
     "gemma3": Family(
         "Gemma 3", "Gemma3ForConditionalGeneration", ("gemma3_text",),
         ("google/gemma-3-4b-it", "google/gemma-3-12b-it", "google/gemma-3-27b-it"),
@@ -123,6 +129,8 @@ def decoder_spec(hf_model: nn.Module) -> DecoderSpec:
     scale = float(getattr(embed, "scalar_embed_scale", 1.0))
     if model_type in ("qwen2_vl", "qwen2_5_vl"):
         return DecoderSpec(rotary="mrope")
+    if model_type == "qwen3_vl":
+        return DecoderSpec(qk_norm=True, rotary="mrope_interleaved", deepstack=True)
     if model_type == "gemma3":
         return DecoderSpec(
             norm_offset=1.0,
@@ -160,7 +168,7 @@ def image_text(config: Any, tokenizer: Any) -> ImageText:
     """The :class:`ImageText` of a model, from its config's token ids and its tokenizer."""
     name = lambda i: tokenizer.convert_ids_to_tokens(int(i))  # noqa: E731
     token = name(config.image_token_id)
-    if config.model_type in ("qwen2_vl", "qwen2_5_vl"):
+    if config.model_type in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
         start, end = name(config.vision_start_token_id), name(config.vision_end_token_id)
         return ImageText(token, f"{start}{token}{end}", token, (end,))
     if config.model_type == "gemma3":

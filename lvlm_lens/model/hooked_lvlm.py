@@ -26,9 +26,17 @@ from lvlm_lens.model.tokens import TokensMixin
 ReturnType = Literal["logits", "loss", "both"] | None
 
 
+def _at_images(
+    feats: list[list[Tensor]], is_image: Tensor, like: Tensor
+) -> list[Float[Tensor, "batch pos d_model"]]:
+    """Per DeepStack layer, its per-image features placed at the image positions (0 elsewhere)."""
+    mask = is_image[..., None]
+    return [torch.zeros_like(like).masked_scatter(mask, torch.cat(f).to(like)) for f in feats]
+
+
 class HookedLVLM(TokensMixin, HookedRootModule):
     """A vision-language model with TransformerLens hooks: LLaVA-1.5 / NeXT / OneVision,
-    Qwen2-VL, Qwen2.5-VL and Gemma 3 (:data:`~lvlm_lens.model.families.FAMILIES`).
+    Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Gemma 3 (:data:`~lvlm_lens.model.families.FAMILIES`).
 
     The vision tower, projector and image packing are the HF model's own modules; the
     language model is one hooked decoder, configured per family by ``cfg.decoder``, sharing
@@ -106,7 +114,7 @@ class HookedLVLM(TokensMixin, HookedRootModule):
         """Wrap an in-memory HF model of a supported family (weights shared, not copied).
 
         Args:
-            hf_model: A ``Llava*``, ``Qwen2VL``, ``Qwen2_5_VL`` or ``Gemma3``
+            hf_model: A ``Llava*``, ``Qwen2VL``, ``Qwen2_5_VL``, ``Qwen3VL`` or ``Gemma3``
                 ``ForConditionalGeneration``.
             processor: Its processor; or pass ``tokenizer`` and ``image_processor`` instead.
             tokenizer: The tokenizer, when no processor is given.
@@ -184,29 +192,57 @@ class HookedLVLM(TokensMixin, HookedRootModule):
 
     def embed_input(self, inp: LVLMInput) -> Float[Tensor, "batch pos d_model"]:
         """Token embeddings with the image embeddings spliced in (output of ``hook_embed``)."""
+        return self._embed(inp)[0]
+
+    def _embed(
+        self, inp: LVLMInput
+    ) -> tuple[Float[Tensor, "batch pos d_model"], list[Tensor] | None]:
+        """``embed_input`` and, for DeepStack families, the per-layer features to add at the
+        image positions (``[batch, pos, d_model]``, zero elsewhere), from one tower run."""
         ids = inp.input_ids.to(self.cfg.device)
         is_image = ids == self.cfg.image_token_id
         if self.cfg.image_token_id >= self.cfg.d_vocab:  # out of the table: HF embeds id 0
             x = self.embed(ids.masked_fill(is_image, 0))
         else:
             x = self.embed(ids)
-        n_tok = int(is_image.sum())
+        n_tok, deep = int(is_image.sum()), None
         if n_tok or inp.has_images:
-            flat = torch.cat(self.image_embeddings(inp)).to(x.device, x.dtype)
+            if self.cfg.decoder.deepstack:
+                if inp.image_embeds is not None:
+                    raise ValueError("precomputed image embeddings carry no DeepStack features: "
+                                     "give Qwen3-VL inputs pixel values")
+                embeds, feats = self.vision.with_deepstack(inp)
+            else:
+                embeds, feats = self.image_embeddings(inp), None
+            flat = torch.cat(embeds).to(x.device, x.dtype)
             if flat.shape[0] != n_tok:
                 raise ValueError(f"{n_tok} image tokens but {flat.shape[0]} image embeddings")
             x = x.masked_scatter(is_image[..., None], self.hook_image_embeds(flat))
-        return self.hook_embed(x)
+            if feats is not None:
+                deep = _at_images(feats, is_image, x)
+        return self.hook_embed(x), deep
 
-    def layout(self, inp: LVLMInput, positions: bool = True) -> TokenLayout:
-        """Rotary positions (M-RoPE families; with ``positions``) and bidirectional image
-        blocks (Gemma 3) of an input's tokens, for :meth:`run_blocks`."""
+    def layout(
+        self, inp: LVLMInput, positions: bool = True, deepstack: list[Tensor] | None = None
+    ) -> TokenLayout:
+        """Rotary positions (M-RoPE families; with ``positions``), bidirectional image blocks
+        (Gemma 3) and DeepStack features (Qwen3-VL; computed unless given) of an input's
+        tokens, for :meth:`run_blocks`."""
         spec = self.cfg.decoder
         pos = inp.position_ids if positions else None
         blocks = None
         if spec.bidirectional_image:
             blocks = image_blocks(inp.input_ids == self.cfg.image_token_id)
-        return TokenLayout(pos, blocks).to(self.cfg.device)
+        if spec.deepstack and deepstack is None and inp.has_images:
+            if inp.image_embeds is not None:
+                raise ValueError("precomputed image embeddings carry no DeepStack features: "
+                                 "give Qwen3-VL inputs pixel values")
+            feats = self.vision.with_deepstack(inp)[1]
+            is_image = inp.input_ids.to(self.cfg.device) == self.cfg.image_token_id
+            like = torch.empty(*is_image.shape, self.cfg.d_model, dtype=self.cfg.dtype,
+                               device=self.cfg.device)
+            deepstack = _at_images(feats, is_image, like)
+        return TokenLayout(pos, blocks, deepstack).to(self.cfg.device)
 
     # forward -----------------------------------------------------------------------------
     def run_blocks(
@@ -266,7 +302,9 @@ class HookedLVLM(TokensMixin, HookedRootModule):
                 alt = SelfAlternative(switch.self_keys[layer], switch.self_values[layer],
                                       switch.self_src, select, switch.self_queries)
             cos, sin = rotary[self.cfg.layer_types[layer] if per_type else None]
-            x, kv = block(x, cos, sin, masks[self.cfg.sliding_windows[layer]], past, alt)
+            deep = layout.deepstack
+            extra = deep[layer] if deep is not None and layer < len(deep) else None
+            x, kv = block(x, cos, sin, masks[self.cfg.sliding_windows[layer]], past, alt, extra)
             new_kvs.append(kv)
         return x, new_kvs
 
@@ -293,9 +331,9 @@ class HookedLVLM(TokensMixin, HookedRootModule):
             attention_mask: Mask for a plain token tensor (default: all ones).
         """
         inp = self._as_input(input, attention_mask)
-        x = self.embed_input(inp)
+        x, deep = self._embed(inp)
         mask = inp.attention_mask.to(x.device)
-        layout = self.layout(inp, positions=past_kv_cache is None)
+        layout = self.layout(inp, positions=past_kv_cache is None, deepstack=deep)
         resid, new_kvs = self.run_blocks(x, mask, past_kv_cache, stop_at_layer, layout=layout)
         if past_kv_cache is not None and not past_kv_cache.frozen:
             past_kv_cache.append(new_kvs, mask)
@@ -336,9 +374,10 @@ class HookedLVLM(TokensMixin, HookedRootModule):
     ) -> tuple[Float[Tensor, "batch pos d_model"], KVCache]:
         """Like :meth:`run_prefix`, also returning the final residual stream of the prefix."""
         inp = self._as_input(input)
-        x = self.embed_input(inp)[:, :length]
+        x, deep = self._embed(inp)
+        x = x[:, :length]
         mask = inp.attention_mask.to(x.device)[:, :length]
-        layout = self.layout(inp)
+        layout = self.layout(inp, deepstack=deep)
         if layout.splits_block(x.shape[1]):
             raise ValueError(f"a prefix of length {length} cuts an image in two, and the tokens "
                              "of one image attend to each other both ways: cut after the image")

@@ -1,11 +1,12 @@
-"""Where the tokens of a run sit, beyond the attention mask: rotary positions, image blocks."""
+"""Where the tokens of a run sit, beyond the attention mask: rotary positions, image blocks,
+and the visual features some families add inside the decoder (DeepStack)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
 
@@ -18,16 +19,20 @@ class TokenLayout:
             ``None`` for ``cumsum(attention_mask) - 1`` continued after any cached prefix.
         image_blocks: Per token, the id of its bidirectional image block (``-1`` for tokens
             outside one), or ``None`` where attention is causal everywhere.
+        deepstack: Per early decoder layer, what is added to the residual stream after it
+            (Qwen3-VL: DeepStack features at the image positions, zero elsewhere).
     """
 
     position_ids: Int[Tensor, "*three batch pos"] | None = None
     image_blocks: Int[Tensor, "batch pos"] | None = None
+    deepstack: list[Float[Tensor, "batch pos d_model"]] | None = None
 
     def cols(self, cols: slice) -> TokenLayout:
         """The layout of a range of columns (a prefix or a suffix of the batch)."""
         return TokenLayout(
             None if self.position_ids is None else self.position_ids[..., cols],
             None if self.image_blocks is None else self.image_blocks[:, cols],
+            None if self.deepstack is None else [d[:, cols] for d in self.deepstack],
         )
 
     def expand(self, batch: int) -> TokenLayout:
@@ -36,12 +41,14 @@ class TokenLayout:
         if pos is not None:
             pos = pos.expand(*pos.shape[:-2], batch, pos.shape[-1])
         blocks = None if self.image_blocks is None else self.image_blocks.expand(batch, -1)
-        return TokenLayout(pos, blocks)
+        deep = None if self.deepstack is None else [d.expand(batch, -1, -1) for d in self.deepstack]
+        return TokenLayout(pos, blocks, deep)
 
     def to(self, device: torch.device | str) -> TokenLayout:
         """Move to ``device``."""
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return TokenLayout(mv(self.position_ids), mv(self.image_blocks))
+        deep = None if self.deepstack is None else [mv(d) for d in self.deepstack]
+        return TokenLayout(mv(self.position_ids), mv(self.image_blocks), deep)
 
     def splits_block(self, cut: int) -> bool:
         """Whether a bidirectional block has tokens on both sides of column ``cut``: then the

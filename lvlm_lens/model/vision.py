@@ -54,6 +54,10 @@ class VisionSide(nn.Module):
         """
         raise NotImplementedError
 
+    def with_deepstack(self, inp: Any) -> tuple[list[Tensor], list[list[Tensor]] | None]:
+        """The image embeddings and any DeepStack features (Qwen3-VL; ``None`` here)."""
+        return self(inp), None
+
     def rope_positions(self, input_ids: Tensor, attention_mask: Tensor, inp: Any) -> Tensor | None:
         """Rotary positions of a batch when they are not ``cumsum(mask) - 1`` (M-RoPE)."""
         return None

@@ -1,4 +1,4 @@
-"""Vision sides of the families with their own vision encoders: Qwen2-VL / Qwen2.5-VL, Gemma 3.
+"""Vision sides of the families with their own vision encoders: Qwen2-VL / 2.5-VL / 3-VL, Gemma 3.
 
 As for LLaVA, the image embeddings, token counts and positions come from the HF model's own
 code (``get_image_features``, ``get_rope_index``); only the bookkeeping is here.
@@ -16,11 +16,14 @@ from lvlm_lens.model.vision import VisionSide, grid_coords
 
 
 class QwenVision(VisionSide):
-    """Qwen2-VL / Qwen2.5-VL: the ViT over native-resolution patches and the 2x2 patch merger.
+    """Qwen2-VL / Qwen2.5-VL / Qwen3-VL: the ViT over native-resolution patches and the 2x2
+    patch merger.
 
     An image of ``t x h x w`` patches (``image_grid_thw``) gives ``t * (h/m) * (w/m)`` tokens
     in row-major order of the merged grid (``m = spatial_merge_size``); their rotary positions
-    are ``(t, h, w)`` triples (M-RoPE), computed by HF's ``get_rope_index``.
+    are ``(t, h, w)`` triples (M-RoPE), computed by HF's ``get_rope_index``. Qwen3-VL also
+    returns DeepStack features: per deepstack layer, merged features of an intermediate vision
+    layer, one ``[n_tokens, d_model]`` tensor per image (:meth:`deepstack`).
     """
 
     def __init__(self, hf_model: nn.Module):
@@ -28,11 +31,22 @@ class QwenVision(VisionSide):
         self.visual = hf_model.model.visual
         self.merge = hf_model.config.vision_config.spatial_merge_size
 
+    def _encode(self, inp: Any) -> Any:
+        grid = inp.image_grid.to(self.pixels(inp).device)
+        return self._inner.get_image_features(self.pixels(inp), grid, return_dict=True)
+
     def forward(self, inp: Any) -> list[Float[Tensor, "img_tok d_model"]]:
         """One ``[n_tokens, d_model]`` tensor per image."""
-        grid = inp.image_grid.to(self.pixels(inp).device)
-        out = self._inner.get_image_features(self.pixels(inp), grid, return_dict=True)
-        return list(out.pooler_output)
+        return list(self._encode(inp).pooler_output)
+
+    def with_deepstack(
+        self, inp: Any
+    ) -> tuple[list[Tensor], list[list[Float[Tensor, "img_tok d_model"]]] | None]:
+        """The image embeddings and, per DeepStack layer, its features per image (``None``
+        where the family has none), from one run of the tower."""
+        out = self._encode(inp)
+        deep = getattr(out, "deepstack_features", None)
+        return list(out.pooler_output), None if deep is None else [list(d) for d in deep]
 
     def token_layout(
         self, processed: Mapping[str, Tensor], images_per_example: list[int]

@@ -1,10 +1,11 @@
-"""Tiny random checkpoints of the non-LLaVA families: Qwen2-VL, Qwen2.5-VL and Gemma 3.
+"""Tiny random checkpoints of the non-LLaVA families: Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3.
 
 Each is a genuine transformers folder (config, safetensors, tokenizer with the family's
 special tokens and chat template, the family's PIL image processor) shaped like the real
-checkpoints at a tiny size: grouped-query attention, Qwen's q/k/v biases and M-RoPE
-(``mrope_section``), Gemma 3's sandwich norms, q/k norms, tied embeddings and alternating
-sliding / global layers with their own rope bases. The vocabulary is the shared tiny one
+checkpoints at a tiny size: grouped-query attention, Qwen2's q/k/v biases and M-RoPE
+(``mrope_section``), Qwen3-VL's q/k norms, interleaved M-RoPE and DeepStack, Gemma 3's
+sandwich norms, q/k norms, tied embeddings and alternating sliding / global layers with
+their own rope bases. The vocabulary is the shared tiny one
 (:data:`~lvlm_lens.testing.tiny.TINY_WORDS` plus ``model``) with the family's special tokens
 appended, so word ids are the same for every kind.
 """
@@ -23,11 +24,13 @@ from transformers import (
     Qwen2_5_VLForConditionalGeneration,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
 )
 from transformers.models.gemma3 import Gemma3ImageProcessorPil
 from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 
-FAMILY_KINDS = ("qwen2-vl", "qwen2.5-vl", "gemma3")
+FAMILY_KINDS = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3")
 
 #: Words the family chat templates need beyond the shared tiny vocabulary.
 EXTRA_WORDS = ("model",)
@@ -61,6 +64,13 @@ QWEN_CHAT_TEMPLATE = (
     "{{ '<|im_end|>\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+#: Qwen3-VL's template, shortened: as Qwen2-VL's without the default system turn.
+QWEN3_CHAT_TEMPLATE = QWEN_CHAT_TEMPLATE.replace(
+    "{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}",
+    "",
 )
 
 #: Gemma 3's template, shortened: the system message joins the first user turn, the
@@ -111,7 +121,8 @@ def _text_kwargs(tokenizer: PreTrainedTokenizerFast, overrides: dict[str, Any]) 
 
 
 def _qwen(kind: str, tokenizer: PreTrainedTokenizerFast, overrides: dict, vision_overrides: dict):
-    tied = overrides.pop("tie_word_embeddings", kind == "qwen2-vl")  # as Qwen2-VL-2B
+    # tied as Qwen2-VL-2B and Qwen3-VL-2B/4B, untied as Qwen2.5-VL-7B
+    tied = overrides.pop("tie_word_embeddings", kind != "qwen2.5-vl")
     text = _text_kwargs(tokenizer, overrides)
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
     text.setdefault("rope_parameters", rope)  # (t, h, w) sections of d_head / 2 = 8
@@ -133,6 +144,16 @@ def _qwen(kind: str, tokenizer: PreTrainedTokenizerFast, overrides: dict, vision
         config = Qwen2VLConfig(text_config=dict(text, tie_word_embeddings=tied),
                                vision_config=vision, **common)
         return config, Qwen2VLForConditionalGeneration
+    if kind == "qwen3-vl":  # q/k norms, no biases; DeepStack from both vision layers
+        text.setdefault("head_dim", text["hidden_size"] // text["num_attention_heads"])
+        vision.update(
+            hidden_size=32, intermediate_size=64, out_hidden_size=text["hidden_size"],
+            num_position_embeddings=16, deepstack_visual_indexes=[0, 1],
+        )  # fmt: skip
+        vision.update(vision_overrides)
+        config = Qwen3VLConfig(text_config=dict(text, tie_word_embeddings=tied),
+                               vision_config=vision, **common)
+        return config, Qwen3VLForConditionalGeneration
     vision.update(
         hidden_size=32, intermediate_size=64, out_hidden_size=text["hidden_size"],
         window_size=4 * QWEN_PATCH * QWEN_MERGE, fullatt_block_indexes=[1],
@@ -227,7 +248,10 @@ def family_tokenizer(kind: str, chat_template: bool) -> PreTrainedTokenizerFast:
     from lvlm_lens.testing.tiny import TINY_WORDS, build_tiny_tokenizer
 
     gemma = kind == "gemma3"
-    template = (GEMMA_CHAT_TEMPLATE if gemma else QWEN_CHAT_TEMPLATE) if chat_template else None
+    template = {"gemma3": GEMMA_CHAT_TEMPLATE, "qwen3-vl": QWEN3_CHAT_TEMPLATE}.get(
+        kind, QWEN_CHAT_TEMPLATE
+    )
+    template = template if chat_template else None
     return build_tiny_tokenizer(
         chat_template=template,
         words=TINY_WORDS + EXTRA_WORDS,

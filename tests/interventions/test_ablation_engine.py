@@ -148,7 +148,8 @@ def test_sparse_and_dense_selection_equal_reference(setup, rate):
     assert (fast - ref).abs().max() <= 1e-4
 
 
-FAMILY_KINDS = ["qwen2-vl", "qwen2.5-vl", "gemma3"]  # M-RoPE; image blocks attending both ways
+# M-RoPE; DeepStack; image blocks attending both ways
+FAMILY_KINDS = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3"]
 
 
 @pytest.fixture(scope="module", params=FAMILY_KINDS)

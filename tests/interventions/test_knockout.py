@@ -156,7 +156,7 @@ def test_clear_errors(pair):
         model.run_with_hooks(other, fwd_hooks=knockout_hooks(model, inp, "image", "final", [0]))
 
 
-@pytest.mark.parametrize("kind", ["llava-llama", "qwen2-vl", "qwen2.5-vl", "gemma3"])
+@pytest.mark.parametrize("kind", ["llava-llama", "qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3"])
 def test_knocking_out_image_to_text_makes_the_answer_independent_of_the_image(
     tiny_checkpoint, kind
 ):

@@ -10,7 +10,7 @@ from lvlm_lens import HookedLVLM
 from tests.helpers import PROMPTS, noise_image
 
 
-@pytest.fixture(scope="module", params=["llava-onevision-qwen2", "qwen2-vl", "gemma3"])
+@pytest.fixture(scope="module", params=["llava-onevision-qwen2", "qwen2-vl", "qwen3-vl", "gemma3"])
 def model(request, tiny_checkpoint):
     return HookedLVLM.from_pretrained(tiny_checkpoint(request.param))
 
@@ -134,9 +134,10 @@ def test_act_patching_with_a_corrupted_image(model):
     def patch_all(resid, hook):
         return clean_cache[hook.name]
 
-    recovered = metric(
-        model.run_with_hooks(corrupt, fwd_hooks=[("blocks.0.hook_resid_pre", patch_all)])
-    )
+    # (Qwen3-VL's image also enters later, through DeepStack: patch that too)
+    hooks = [(n, patch_all) for n in clean_cache if n == "blocks.0.hook_resid_pre"
+             or n.endswith("hook_deepstack")]
+    recovered = metric(model.run_with_hooks(corrupt, fwd_hooks=hooks))
     assert torch.allclose(recovered, clean_metric, atol=1e-5)
 
 

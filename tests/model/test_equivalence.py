@@ -16,6 +16,7 @@ CASES = {
     "llava-onevision-qwen2": {},
     "qwen2-vl": {},
     "qwen2.5-vl": {},
+    "qwen3-vl": {},
     "gemma3": {},
     # variants of the language backbone the real checkpoints use
     "llava-next-mistral/sliding-window": dict(sliding_window=20),
@@ -79,7 +80,7 @@ def test_any_resolution_token_counts_differ(tiny_checkpoint):
 
 @pytest.mark.parametrize(
     "case", ["llava-llama", "llava-onevision-qwen2", "llava-next-mistral", "qwen2-vl",
-             "qwen2.5-vl", "gemma3"],
+             "qwen2.5-vl", "qwen3-vl", "gemma3"],
 )
 def test_generate_matches_hf_greedy(tiny_checkpoint, case):
     model, reference = load_pair(tiny_checkpoint, case)
@@ -102,7 +103,9 @@ def image_end(inp) -> int:
     return int((inp.groups["image"] * cols).max()) + 1
 
 
-@pytest.mark.parametrize("case", ["llava-llama", "llava-onevision-qwen2", "qwen2-vl", "gemma3"])
+@pytest.mark.parametrize(
+    "case", ["llava-llama", "llava-onevision-qwen2", "qwen2-vl", "qwen3-vl", "gemma3"]
+)
 def test_prefix_cache_suffix_equals_full_run(tiny_checkpoint, case):
     model, _ = load_pair(tiny_checkpoint, case)
     inp = batch(model)

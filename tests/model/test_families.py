@@ -1,4 +1,5 @@
-"""Qwen2-VL, Qwen2.5-VL and Gemma 3 beyond logits: inputs, hooks, M-RoPE and image blocks."""
+"""Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Gemma 3 beyond logits: inputs, hooks, M-RoPE, image
+blocks and DeepStack."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from lvlm_lens import HookedLVLM
 from lvlm_lens.model.layout import TokenLayout
 from tests.helpers import PROMPTS, noise_image
 
-KINDS = ["qwen2-vl", "qwen2.5-vl", "gemma3"]
+KINDS = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3"]
 IMAGES = [noise_image(20, 28, 1), noise_image(30, 18, 2)]
 
 
@@ -150,3 +151,18 @@ def test_gemma3_image_tokens_attend_both_ways(tiny_checkpoint):
     # a prefix may not cut an image in two
     with pytest.raises(ValueError, match="cuts an image"):
         model.run_prefix(inp, int(img[3]))
+
+
+def test_qwen3_deepstack_enters_early_layers_at_image_positions(tiny_checkpoint):
+    model = HookedLVLM.from_pretrained(tiny_checkpoint("qwen3-vl", chat_template=True))
+    inp = model.prepare(IMAGES, PROMPTS)
+    _, cache = model.run_with_cache(inp, names_filter=lambda n: "deepstack" in n)
+    image = inp.groups["image"]
+    for layer in range(2):  # both vision layers feed DeepStack: decoder layers 0 and 1
+        deep = cache[f"blocks.{layer}.hook_deepstack"]
+        assert deep[image].abs().min() > 0 and (deep[~image] == 0).all()
+    real = inp.attention_mask.bool()
+    zero = [(f"blocks.{i}.hook_deepstack", lambda t, hook: t * 0) for i in range(2)]
+    assert (model.run_with_hooks(inp, fwd_hooks=zero) - model(inp))[real].abs().max() > 1e-3
+    with pytest.raises(ValueError, match="DeepStack"):
+        model(inp.with_image_embeds(model.image_embeddings(inp)))

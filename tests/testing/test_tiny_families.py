@@ -28,17 +28,19 @@ def test_every_family_has_a_tiny_kind():
     assert set(FAMILY_KINDS) <= set(TINY_KINDS)
 
 
-@pytest.mark.parametrize("kind", ["qwen2-vl", "qwen2.5-vl"])
+@pytest.mark.parametrize("kind", ["qwen2-vl", "qwen2.5-vl", "qwen3-vl"])
 def test_qwen_configs_are_like_the_real_ones(tiny_checkpoint, kind):
     model, tok, processor = _load(tiny_checkpoint(kind, chat_template=True))
     assert type(processor).__name__ == "Qwen2VLImageProcessorPil"  # no torchvision
     tc = model.config.text_config
     attn = model.model.language_model.layers[0].self_attn
     assert tc.num_key_value_heads < tc.num_attention_heads  # GQA
-    assert attn.q_proj.bias is not None and attn.o_proj.bias is None
+    assert attn.o_proj.bias is None
+    assert (attn.q_proj.bias is not None) == (kind != "qwen3-vl")  # Qwen3: q/k norms instead
+    assert hasattr(attn, "q_norm") == (kind == "qwen3-vl")
     assert sum(tc.rope_parameters["mrope_section"]) == attn.head_dim // 2
     tied = model.lm_head.weight is model.model.language_model.embed_tokens.weight
-    assert tied == (kind == "qwen2-vl")  # as Qwen2-VL-2B / Qwen2.5-VL-7B
+    assert tied == (kind != "qwen2.5-vl")  # as Qwen2-VL-2B, Qwen3-VL-2B / Qwen2.5-VL-7B
     assert tok.convert_ids_to_tokens(model.config.image_token_id) == "<|image_pad|>"
     text = tok.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
     assert "<|vision_start|><|image_pad|><|vision_end|>what ?<|im_end|>" in text
@@ -74,6 +76,9 @@ def test_seeded_and_real_forward(tiny_checkpoint, kind):
     with torch.no_grad():
         feats = model.get_image_features(**kw).pooler_output
     counts = [f.shape[0] for f in feats]
+    if kind == "qwen3-vl":  # DeepStack: merged features of both vision layers, per image
+        deep = model.get_image_features(**kw).deepstack_features
+        assert len(deep) == 2 and [d.shape[0] for d in deep[0]] == counts
     if kind == "gemma3":
         assert counts == [16, 16]
     else:  # 20x28 -> 20x28 px -> 5x7 merged tokens; 30x18 -> 32x16 px -> 8x4
