@@ -13,7 +13,7 @@
 - :func:`build_random_llava` builds a random ``LlavaForConditionalGeneration`` (CLIP vision
   tower + Llama decoder) in memory, with eager attention and the word-level tokenizer and
   CLIP image processor of :mod:`lvlm_lens.testing.tiny`.
-- :func:`build_random_family` does the same for Qwen2-VL, Qwen2.5-VL and Gemma 3 (their own
+- :func:`build_random_family` does the same for Qwen2-VL / 2.5-VL / 3-VL and Gemma 3 (their own
   vision towers, their decoders at the same sizes), with the configs of
   :mod:`lvlm_lens.testing.tiny_families`.
 - :func:`llava15_prompt` and :func:`random_images` make LLaVA-1.5-shaped inputs for it.
@@ -153,12 +153,13 @@ def build_random_family(
     vision_d_model: int = 256,
     seed: int = 0,
 ) -> tuple[Any, Any, Any, int]:
-    """A random ``kind`` model (``qwen2-vl``, ``qwen2.5-vl``, ``gemma3``) with the decoder sizes
-    of :func:`build_random_llava`, its tokenizer and image processor, and the image side in
-    pixels that gives LLaVA-1.5-like token counts.
+    """A random ``kind`` model (``qwen2-vl``, ``qwen2.5-vl``, ``qwen3-vl``, ``gemma3``) with the
+    decoder sizes of :func:`build_random_llava`, its tokenizer and image processor, and the
+    image side in pixels that gives LLaVA-1.5-like token counts.
 
-    Qwen: patch 14, 2x2 merge, GQA with 4 K/V heads, q/k/v biases; a 672-px image gives 576
-    tokens. Gemma 3: SigLIP at 448 px / patch 14 pooled to 256 tokens (as the real 896 px /
+    Qwen2: patch 14, 2x2 merge, GQA with 4 K/V heads, q/k/v biases; a 672-px image gives 576
+    tokens. Qwen3-VL: patch 16 (768 px: 576 tokens), q/k norms, DeepStack from both vision
+    layers. Gemma 3: SigLIP at 448 px / patch 14 pooled to 256 tokens (as the real 896 px /
     patch 14 / 256), 8 K/V heads, head_dim ``d_model / n_heads``, 5 sliding-window (512) : 1
     global layers.
     """
@@ -169,7 +170,8 @@ def build_random_family(
         num_attention_heads=n_heads, max_position_embeddings=4096, initializer_range=0.02,
         head_dim=d_head,
     )  # fmt: skip
-    vision: dict[str, Any] = dict(patch_size=14)
+    patch = 16 if kind == "qwen3-vl" else 14
+    vision: dict[str, Any] = dict(patch_size=patch)
     if kind == "gemma3":
         image_size = 448
         text.update(
@@ -183,7 +185,7 @@ def build_random_family(
             image_size=image_size, mm_tokens_per_image=256,
         )  # fmt: skip
     else:
-        image_size = 672
+        image_size = 48 * patch
         q = d_head // 2
         text.update(num_key_value_heads=4, rope_parameters={
             "rope_type": "default", "rope_theta": 1e6, "mrope_section": [q // 4, 3 * q // 8,
@@ -191,6 +193,10 @@ def build_random_family(
         heads = max(1, vision_d_model // 64)
         if kind == "qwen2-vl":
             vision.update(depth=vision_layers, embed_dim=vision_d_model, num_heads=heads)
+        elif kind == "qwen3-vl":
+            vision.update(depth=vision_layers, hidden_size=vision_d_model, num_heads=heads,
+                          intermediate_size=4 * vision_d_model, num_position_embeddings=2304,
+                          deepstack_visual_indexes=list(range(vision_layers)))
         else:
             vision.update(depth=vision_layers, hidden_size=vision_d_model, num_heads=heads,
                           intermediate_size=4 * vision_d_model, window_size=112)
@@ -198,7 +204,7 @@ def build_random_family(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = cls(config)
-    return model.eval(), tokenizer, family_image_processor(kind, 14, image_size), image_size
+    return model.eval(), tokenizer, family_image_processor(kind, patch, image_size), image_size
 
 
 def llava15_prompt() -> str:
