@@ -2,7 +2,8 @@
 
 Layers, each importing only those below it (checked by import-linter): ``model`` (the hooked
 LVLM and its inputs) <- ``interventions`` <- ``attribution`` <- ``viz`` <- ``analysis`` <-
-``toy`` <- ``run``; ``data``, ``testing`` and ``files`` sit beside them at the bottom.
+``toy`` <- ``run``; ``data``, ``testing``, ``files`` and ``progress`` sit beside them at the
+bottom.
 The names below are the public API; import them from here.
 """
 
@@ -26,6 +27,7 @@ from lvlm_lens.interventions import (
     window_layers,
 )
 from lvlm_lens.model import HookedLVLM, KVCache, LVLMConfig, LVLMInput
+from lvlm_lens.progress import show_progress
 from lvlm_lens.toy import load_toy, toy_checkpoint_path
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "load_folder",
     "load_hf_dataset",
     "load_toy",
+    "show_progress",
     "synthetic_records",
     "toy_checkpoint_path",
     "window_layers",

@@ -25,6 +25,7 @@ from lvlm_lens.attribution.results import AttributionResult
 from lvlm_lens.interventions.ablation import BaselineKV, HeadAblation
 from lvlm_lens.interventions.engine import AblationEngine
 from lvlm_lens.model.inputs import LVLMInput
+from lvlm_lens.progress import show_progress
 
 HEAD_ATTRIBUTION = "head attribution"
 
@@ -74,8 +75,10 @@ def compare_rankings(
     n_random: int = 10,
     seed: int = 0,
     batch_size: int = 64,
+    progress: bool = True,
 ) -> tuple[dict[str, Tensor], dict[str, Curves], RandomBand]:
-    """Rankings (larger = more important) and their curves on ``inputs``, with a random band."""
+    """Rankings (larger = more important) and their curves on ``inputs``, with a random band
+    (``progress=False`` hides every progress bar)."""
     engines = [
         AblationEngine(model, i, b, config, metric, batch_size)
         for i, b in zip(inputs, baselines, strict=True)
@@ -89,10 +92,11 @@ def compare_rankings(
     rankings.update(baseline_rankings(model, inputs, baselines, engines, config, metric))
     run = pooled_runner(engines)
     ks = default_ks(model.cfg.n_layers * model.cfg.n_heads)
-    curves = {name: evaluate_ranking(run, r, ks, batch_size) for name, r in rankings.items()}
-    band = random_band(
-        run, model.cfg.n_layers, model.cfg.n_heads, ks, n_random, seed, batch_size=batch_size
-    )
+    with show_progress(progress):
+        curves = {name: evaluate_ranking(run, r, ks, batch_size) for name, r in rankings.items()}
+        band = random_band(
+            run, model.cfg.n_layers, model.cfg.n_heads, ks, n_random, seed, batch_size=batch_size
+        )
     return rankings, curves, band
 
 

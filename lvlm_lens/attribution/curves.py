@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
+
+from lvlm_lens.progress import progress_bar, show_progress
 
 RunMasks = Callable[[Bool[Tensor, "n n_layers n_heads"]], Float[Tensor, " n"]]
 Ks = Sequence[int] | Int[Tensor, " n_ks"] | None
@@ -158,7 +159,8 @@ def _run(run_masks: RunMasks, masks: Tensor, batch_size: int | None, desc: str) 
     """``run_masks`` over ``masks`` in chunks of ``batch_size``, with a progress bar."""
     size = batch_size or len(masks)
     out = []
-    for chunk in tqdm(masks.split(size), desc, disable=None if len(masks) > size else True):
+    show = None if len(masks) > size else False  # one chunk: no bar
+    for chunk in progress_bar(masks.split(size), desc=desc, show=show):
         values = torch.as_tensor(run_masks(chunk)).detach().double().cpu().flatten()
         if len(values) != len(chunk):
             raise ValueError(f"run_masks returned {len(values)} values for {len(chunk)} masks")
@@ -187,6 +189,7 @@ def evaluate_ranking(
     ranking: Float[Tensor, "n_layers n_heads"],
     ks: Ks = None,
     batch_size: int | None = None,
+    progress: bool = True,
 ) -> Curves:
     """Faithfulness and completeness curves of a ranking (see the module docstring).
 
@@ -198,12 +201,14 @@ def evaluate_ranking(
         ranking: Head scores, higher = more important (e.g. ``AttributionResult.scores()``).
         ks: Numbers of top heads (default :func:`default_ks`).
         batch_size: Masks per ``run_masks`` call (default: all at once).
+        progress: Show progress bars (on a terminal).
 
     Returns:
         The curves.
     """
-    clean, ablated = _endpoints(run_masks, ranking.shape, ranking.device, batch_size)
-    return _curves(run_masks, ranking, ks, clean, ablated, batch_size, "top-k masks")
+    with show_progress(progress):
+        clean, ablated = _endpoints(run_masks, ranking.shape, ranking.device, batch_size)
+        return _curves(run_masks, ranking, ks, clean, ablated, batch_size, "top-k masks")
 
 
 def random_band(
@@ -216,6 +221,7 @@ def random_band(
     quantiles: Sequence[float] = (0.05, 0.5, 0.95),
     batch_size: int | None = None,
     device: torch.device | str | None = None,
+    progress: bool = True,
 ) -> RandomBand:
     """Curves of ``n_random`` uniformly random rankings, summarised by quantiles.
 
@@ -229,6 +235,7 @@ def random_band(
         quantiles: Quantile levels of the band (nan curves are ignored).
         batch_size: As in :func:`evaluate_ranking`.
         device: Device of the masks handed to ``run_masks``.
+        progress: Show progress bars (on a terminal).
 
     Returns:
         The band.
@@ -236,11 +243,12 @@ def random_band(
     if n_random < 1:
         raise ValueError(f"n_random must be >= 1, got {n_random}")
     gen = torch.Generator().manual_seed(seed)
-    clean, ablated = _endpoints(run_masks, (n_layers, n_heads), device, batch_size)
-    runs = []
-    for _ in tqdm(range(n_random), "random rankings", disable=None):
-        ranking = torch.rand((n_layers, n_heads), generator=gen).to(device)
-        runs.append(_curves(run_masks, ranking, ks, clean, ablated, batch_size, "masks"))
+    with show_progress(progress):
+        clean, ablated = _endpoints(run_masks, (n_layers, n_heads), device, batch_size)
+        runs = []
+        for _ in progress_bar(range(n_random), desc="random rankings", show=None):
+            ranking = torch.rand((n_layers, n_heads), generator=gen).to(device)
+            runs.append(_curves(run_masks, ranking, ks, clean, ablated, batch_size, "masks"))
     faith = torch.stack([c.faithfulness for c in runs])
     comp = torch.stack([c.completeness for c in runs])
     q = torch.tensor(quantiles, dtype=torch.float64)

@@ -19,6 +19,7 @@ from lvlm_lens.attribution.results import AttributionResult
 from lvlm_lens.interventions.ablation import BaselineKV, HeadAblation, compute_baseline
 from lvlm_lens.interventions.engine import AblationEngine, Metric
 from lvlm_lens.model.inputs import LVLMInput
+from lvlm_lens.progress import show_progress
 
 
 @dataclass
@@ -90,22 +91,23 @@ def head_attribution(
         baseline_image: Image for ``baseline="image"``.
         reference_images: Images for ``baseline="mean"``.
         metric: A custom ``f(logits, answer_ids) -> [batch]`` instead of ``config.metric``.
-        progress: Show progress bars.
+        progress: Show progress bars (``False`` hides every bar of the call).
 
     Returns:
         Per-example and pooled coefficients with held-out fit quality, masks and metrics.
     """
     config = config or AttributionConfig()
     check_config(model, config)
-    if baseline is None:
-        baseline = compute_baseline(model, inp, config.ablation, baseline_image=baseline_image,
-                                    reference_images=reference_images)
-    engine = AblationEngine(model, inp, baseline, config.ablation, metric or config.metric,
-                            config.batch_size)
-    masks = sample_masks(config.n_masks, model.cfg.n_layers, model.cfg.n_heads, config.rate,
-                         config.seed)
-    metrics = engine.run(masks, progress=progress)
-    return fit_result(masks, metrics, config, model_name=model.cfg.model_name)
+    with show_progress(progress):
+        if baseline is None:
+            baseline = compute_baseline(model, inp, config.ablation, baseline_image=baseline_image,
+                                        reference_images=reference_images)
+        engine = AblationEngine(model, inp, baseline, config.ablation, metric or config.metric,
+                                config.batch_size)
+        masks = sample_masks(config.n_masks, model.cfg.n_layers, model.cfg.n_heads, config.rate,
+                             config.seed)
+        metrics = engine.run(masks)
+        return fit_result(masks, metrics, config, model_name=model.cfg.model_name)
 
 
 def fit_result(masks: torch.Tensor, metrics: torch.Tensor, config: AttributionConfig,

@@ -16,7 +16,8 @@ from typing import Literal
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
-from tqdm.auto import tqdm
+
+from lvlm_lens.progress import progress_bar
 
 Method = Literal["ridge", "ols", "lasso"]
 #: Ridge penalties α of ``mean((y - Xβ)²) + α|β|²`` (i.e. ``α·n_train`` on the sum of squares).
@@ -128,7 +129,8 @@ def _lasso_path(xc: Tensor, yc: Tensor, lams: Tensor, max_iter: int = 5000, tol:
     gram, cov = xc.T @ xc / len(xc), xc.T @ yc / len(xc)
     step = 1.0 / torch.linalg.eigvalsh(gram)[-1].clamp_min(1e-12)
     beta, out = xc.new_zeros(xc.shape[1]), xc.new_empty(len(lams), xc.shape[1])
-    for i in tqdm(torch.argsort(lams, descending=True).tolist(), "lasso path", disable=None):
+    order = torch.argsort(lams, descending=True).tolist()
+    for i in progress_bar(order, desc="lasso path", show=None):
         z, t = beta.clone(), 1.0
         for it in range(max_iter):
             new = z - step * (gram @ z - cov)

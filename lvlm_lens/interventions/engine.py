@@ -21,7 +21,6 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from lvlm_lens.interventions.ablation import (
     BaselineKV,
@@ -34,6 +33,7 @@ from lvlm_lens.interventions.metrics import final_logits, get_metric
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.model.kv_cache import HeadSwitch, KVCache
 from lvlm_lens.model.layout import TokenLayout
+from lvlm_lens.progress import progress_bar, show_progress
 
 Metric = Callable[[Tensor, Tensor], Tensor]
 
@@ -157,18 +157,15 @@ class AblationEngine:
             raise ValueError("masks must be [n_masks, n_layers, n_heads]")
         examples = list(range(len(self.inp))) if examples is None else examples
         out = torch.empty(len(examples), masks.shape[0])
-        bar = tqdm(
-            total=len(examples) * masks.shape[0],
-            unit="mask",
-            disable=not progress,
-            desc="masked runs",
-        )
-        for row, i in enumerate(examples):
-            for start in range(0, masks.shape[0], self.batch_size):
-                chunk = masks[start : start + self.batch_size]
-                out[row, start : start + len(chunk)] = self.run_batch(i, chunk).float().cpu()
-                bar.update(len(chunk))
-        bar.close()
+        with show_progress(progress):
+            bar = progress_bar(total=len(examples) * masks.shape[0], unit="mask",
+                               desc="masked runs")
+            for row, i in enumerate(examples):
+                for start in range(0, masks.shape[0], self.batch_size):
+                    chunk = masks[start : start + self.batch_size]
+                    out[row, start : start + len(chunk)] = self.run_batch(i, chunk).float().cpu()
+                    bar.update(len(chunk))
+            bar.close()
         return out
 
 
@@ -185,8 +182,9 @@ def run_reference(
     """The reference path: one full-sequence ``run_with_hooks`` per mask (all examples at once)."""
     fn, answers = get_metric(metric), clean_answers(model, inp)
     out = torch.empty(len(inp), masks.shape[0])
-    for j in tqdm(range(masks.shape[0]), unit="mask", disable=not progress, desc="reference"):
-        hooks = head_ablation_hooks(model, inp, masks[j], baseline, config.scope)
-        logits = final_logits(model.run_with_hooks(inp, fwd_hooks=hooks))
-        out[:, j] = fn(logits, answers).float().cpu()
+    with show_progress(progress):
+        for j in progress_bar(range(masks.shape[0]), unit="mask", desc="reference"):
+            hooks = head_ablation_hooks(model, inp, masks[j], baseline, config.scope)
+            logits = final_logits(model.run_with_hooks(inp, fwd_hooks=hooks))
+            out[:, j] = fn(logits, answers).float().cpu()
     return out

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import einops
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float
@@ -20,6 +19,7 @@ from transformer_lens.hook_points import HookPoint
 
 from lvlm_lens.model.config import LVLMConfig
 from lvlm_lens.model.norm import RMSNorm
+from lvlm_lens.model.weights import AttentionWeights
 
 KV = tuple[
     Float[Tensor, "batch_kv kv_head pos d_head"], Float[Tensor, "batch_kv kv_head pos d_head"]
@@ -123,11 +123,12 @@ def _dense_cond(seg: Segment, batch: int) -> Tensor:
     return cond
 
 
-class Attention(nn.Module):
+class Attention(AttentionWeights, nn.Module):
     """Causal self-attention with RoPE, grouped-query heads and TransformerLens hooks.
 
     Weights stay in the checkpoint's own ``nn.Linear`` modules (shared with the HF model);
-    ``W_Q``/``W_K``/``W_V``/``W_O`` and biases are TransformerLens-shaped views of them.
+    ``W_Q``/``W_K``/``W_V``/``W_O``, biases, ``QK`` and ``OV`` are TransformerLens-shaped
+    views of them (:mod:`~lvlm_lens.model.weights`).
     """
 
     def __init__(self, cfg: LVLMConfig, hf_attn: nn.Module):
@@ -141,45 +142,6 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(hf_attn.k_norm, cfg.decoder.norm_offset)
         for name in ("q", "k", "v", "rot_q", "rot_k", "attn_scores", "pattern", "z", "result"):
             setattr(self, f"hook_{name}", HookPoint())
-
-    # TransformerLens-shaped weight views -------------------------------------------------
-    @property
-    def W_Q(self) -> Float[Tensor, "head d_model d_head"]:
-        return einops.rearrange(self.q_proj.weight, "(h d) m -> h m d", d=self.cfg.d_head)
-
-    @property
-    def W_K(self) -> Float[Tensor, "kv_head d_model d_head"]:
-        return einops.rearrange(self.k_proj.weight, "(h d) m -> h m d", d=self.cfg.d_head)
-
-    @property
-    def W_V(self) -> Float[Tensor, "kv_head d_model d_head"]:
-        return einops.rearrange(self.v_proj.weight, "(h d) m -> h m d", d=self.cfg.d_head)
-
-    @property
-    def W_O(self) -> Float[Tensor, "head d_head d_model"]:
-        return einops.rearrange(self.o_proj.weight, "m (h d) -> h d m", d=self.cfg.d_head)
-
-    def _bias(self, lin: nn.Linear, n: int) -> Tensor:
-        if lin.bias is None:
-            return lin.weight.new_zeros(n, self.cfg.d_head)
-        return lin.bias.view(n, self.cfg.d_head)
-
-    @property
-    def b_Q(self) -> Float[Tensor, "head d_head"]:
-        return self._bias(self.q_proj, self.cfg.n_heads)
-
-    @property
-    def b_K(self) -> Float[Tensor, "kv_head d_head"]:
-        return self._bias(self.k_proj, self.cfg.n_key_value_heads)
-
-    @property
-    def b_V(self) -> Float[Tensor, "kv_head d_head"]:
-        return self._bias(self.v_proj, self.cfg.n_key_value_heads)
-
-    @property
-    def b_O(self) -> Float[Tensor, " d_model"]:
-        b = self.o_proj.bias
-        return b if b is not None else self.o_proj.weight.new_zeros(self.cfg.d_model)
 
     def _scores(self, q: Tensor, seg: Segment) -> Tensor:
         out = segment_scores(q, seg.k) * self.scaling

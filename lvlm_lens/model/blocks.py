@@ -42,6 +42,11 @@ class GatedMLP(nn.Module):
         return self.down_proj.weight.T
 
     @property
+    def b_in(self) -> Float[Tensor, " d_mlp"]:
+        b = self.up_proj.bias
+        return b if b is not None else self.up_proj.weight.new_zeros(self.up_proj.out_features)
+
+    @property
     def b_out(self) -> Float[Tensor, " d_model"]:
         b = self.down_proj.bias
         return b if b is not None else self.down_proj.weight.new_zeros(self.down_proj.out_features)

@@ -32,6 +32,8 @@ class Family:
         checkpoints: Real checkpoints of the family (documentation, error messages).
         hf_inputs: HF forward keywords beyond ids, mask, positions and ``pixel_values``.
         vision: The vision side class.
+        size_dependent_layout: The number (and grid) of an image's tokens depends on its size
+            (any- and native-resolution families).
     """
 
     name: str
@@ -40,6 +42,7 @@ class Family:
     checkpoints: tuple[str, ...]
     hf_inputs: tuple[str, ...] = ()
     vision: type[VisionSide] = LlavaVision
+    size_dependent_layout: bool = True
 
 
 _QWEN = dict(
@@ -50,7 +53,7 @@ _QWEN = dict(
 FAMILIES: dict[str, Family] = {
     "llava": Family(
         "LLaVA-1.5", "LlavaForConditionalGeneration", ("llama", "mistral", "qwen2"),
-        ("llava-hf/llava-1.5-7b-hf", "llava-hf/llava-1.5-13b-hf"),
+        ("llava-hf/llava-1.5-7b-hf", "llava-hf/llava-1.5-13b-hf"), size_dependent_layout=False,
     ),
     "llava_next": Family(
         "LLaVA-NeXT", "LlavaNextForConditionalGeneration", ("llama", "mistral", "qwen2"),
@@ -79,7 +82,7 @@ FAMILIES: dict[str, Family] = {
     "gemma3": Family(
         "Gemma 3", "Gemma3ForConditionalGeneration", ("gemma3_text",),
         ("google/gemma-3-4b-it", "google/gemma-3-12b-it", "google/gemma-3-27b-it"),
-        hf_inputs=("token_type_ids",), vision=Gemma3Vision,
+        hf_inputs=("token_type_ids",), vision=Gemma3Vision, size_dependent_layout=False,
     ),
 }  # fmt: skip
 

@@ -21,7 +21,9 @@ from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.model.kv_cache import HeadSwitch, KVCache
 from lvlm_lens.model.layout import TokenLayout
 from lvlm_lens.model.masks import causal_mask, image_blocks
+from lvlm_lens.model.prepare import prepare_inputs
 from lvlm_lens.model.tokens import TokensMixin
+from lvlm_lens.model.weights import ModelWeights
 
 ReturnType = Literal["logits", "loss", "both"] | None
 
@@ -34,7 +36,7 @@ def _at_images(
     return [torch.zeros_like(like).masked_scatter(mask, torch.cat(f).to(like)) for f in feats]
 
 
-class HookedLVLM(TokensMixin, HookedRootModule):
+class HookedLVLM(TokensMixin, ModelWeights, HookedRootModule):
     """A vision-language model with TransformerLens hooks: LLaVA-1.5 / NeXT / OneVision,
     Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Gemma 3 (:data:`~lvlm_lens.model.families.FAMILIES`).
 
@@ -132,13 +134,9 @@ class HookedLVLM(TokensMixin, HookedRootModule):
             chat_template=chat_template,
         )
 
-    def prepare(
-        self, images: Any, prompts: str | list[str], answers: Any = None, **kwargs: Any
-    ) -> LVLMInput:
-        """Build a batched :class:`LVLMInput`; see :func:`~.prepare.prepare_inputs`."""
-        from lvlm_lens.model.prepare import prepare_inputs
-
-        return prepare_inputs(self, images, prompts, answers, **kwargs)
+    #: ``model.prepare(images, prompts, answers=None, *, template="raw", system=None,
+    #: answer_rule="single")``: build a batched :class:`LVLMInput` (see its docstring).
+    prepare = prepare_inputs
 
     # inputs ------------------------------------------------------------------------------
     @contextmanager
@@ -159,7 +157,8 @@ class HookedLVLM(TokensMixin, HookedRootModule):
         if isinstance(input, LVLMInput):
             return input
         if isinstance(input, str | list):
-            input = self.to_tokens(input)
+            input, mask = self.encode_text(input)
+            attention_mask = mask if attention_mask is None else attention_mask
         if not isinstance(input, Tensor):
             raise TypeError(f"expected an LVLMInput, a token tensor or text, got {type(input)}")
         if input.ndim == 1:
@@ -409,45 +408,23 @@ class HookedLVLM(TokensMixin, HookedRootModule):
             cache = ActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
         return out, cache
 
-    def generate(self, input: LVLMInput, max_new_tokens: int = 10, **kwargs: Any) -> Tensor:
-        """Greedy generation with a KV cache; see :func:`~.generate.greedy_generate`."""
+    def generate(
+        self,
+        input: LVLMInput | Tensor | str | list[str],
+        max_new_tokens: int = 10,
+        *,
+        eos_token_id: int | list[int] | None = None,
+        return_type: Literal["input", "tokens", "str"] = "input",
+        new_tokens_only: bool = False,
+        verbose: bool = False,
+    ) -> Tensor | list[str] | str:
+        """Greedy generation with a KV cache, returning the prompt plus the new tokens (as
+        TransformerLens does) or only the new ones; see :func:`~.generate.greedy_generate`."""
         from lvlm_lens.model.generate import greedy_generate
 
-        return greedy_generate(self, input, max_new_tokens, **kwargs)
-
-    def tokens_to_residual_directions(
-        self, tokens: int | str | Tensor
-    ) -> Float[Tensor, "... d_model"]:
-        """Unembedding directions of tokens, with ``ln_final``'s weight folded in, so that
-        ``ActivationCache.logit_attrs`` sums exactly to the logit."""
-        if isinstance(tokens, str):
-            tokens = self.to_single_token(tokens)
-        tokens = torch.as_tensor(tokens, device=self.unembed.lm_head.weight.device)
-        return self.unembed.lm_head.weight[tokens] * self.ln_final.weight
-
-    def accumulated_bias(
-        self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
-    ) -> Float[Tensor, " d_model"]:
-        """Sum of the output biases written to the residual stream before ``layer``."""
-        total = self.unembed.lm_head.weight.new_zeros(self.cfg.d_model)
-        for i in range(layer + int(mlp_input)):
-            total = total + self.blocks[i].attn.b_O
-            if include_mlp_biases and i < layer:
-                total = total + self.blocks[i].mlp.b_out
-        return total
-
-    # weights as TransformerLens stacks ---------------------------------------------------------
-    @property
-    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
-        return self.unembed.W_U
-
-    @property
-    def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
-        return self.embed.W_E
-
-    @property
-    def W_O(self) -> Float[Tensor, "layer head d_head d_model"]:
-        return torch.stack([b.attn.W_O for b in self.blocks])
+        return greedy_generate(self, input, max_new_tokens, eos_token_id=eos_token_id,
+                               return_type=return_type, new_tokens_only=new_tokens_only,
+                               verbose=verbose)
 
     def set_use_attn_result(self, use_attn_result: bool) -> None:
         """Toggle computing ``blocks.{l}.attn.hook_result`` (per-head outputs)."""

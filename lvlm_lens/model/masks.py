@@ -1,21 +1,22 @@
-"""Additive attention masks (causal, padding, sliding window, bidirectional image blocks)."""
+"""Attention masks (causal, padding, sliding window, bidirectional image blocks): which keys
+each query may see."""
 
 from __future__ import annotations
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 
-def causal_mask(
+def allowed_keys(
     key_mask: Int[Tensor, "batch k_pos"],
     n_queries: int,
-    dtype: torch.dtype,
     window: int | None = None,
     blocks: Int[Tensor, "batch pos"] | None = None,
-) -> Float[Tensor, "batch 1 pos k_pos"]:
-    """Additive causal + padding (+ sliding-window) mask; the new tokens are the last keys.
+) -> Bool[Tensor, "batch pos k_pos"]:
+    """Keys each query may attend to (causal, not padding, within the sliding window).
 
+    The ``n_queries`` queries are the last ``n_queries`` keys (a KV cache holds the others).
     ``blocks`` gives each new token's bidirectional block (Gemma 3: the tokens of one image;
     ``-1`` elsewhere): tokens of one block also see the later tokens of that block, as in
     HF's ``OR(causal, block)``, and the window still bounds how far back a query sees. Blocks
@@ -32,6 +33,18 @@ def causal_mask(
     allowed = allowed & key_mask.bool()[:, None, :]
     if window is not None:
         allowed = allowed & (k_idx > q_idx - window)[None]
+    return allowed
+
+
+def causal_mask(
+    key_mask: Int[Tensor, "batch k_pos"],
+    n_queries: int,
+    dtype: torch.dtype,
+    window: int | None = None,
+    blocks: Int[Tensor, "batch pos"] | None = None,
+) -> Float[Tensor, "batch 1 pos k_pos"]:
+    """Additive form of :func:`allowed_keys`: 0 where allowed, the dtype minimum elsewhere."""
+    allowed = allowed_keys(key_mask, n_queries, window, blocks)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=key_mask.device)
     return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,8 +13,11 @@ from PIL import Image
 
 from lvlm_lens.model.families import GENERIC_PLACEHOLDER, ImageText
 from lvlm_lens.model.inputs import GROUP_NAMES, LVLMInput
+from lvlm_lens.model.tokens import check_known
 
-#: Images whose shorter side is below this are upscaled (nearest neighbour) before processing.
+#: Images whose shorter side is below this many pixels are upscaled (nearest neighbour) before
+#: processing, with a warning: the image processors cannot handle them as they are, and what the
+#: model sees of such an image is a few blocks of colour.
 MIN_IMAGE_SIDE = 16
 #: Chat-template scaffolding recognised in raw prompts (the ``role`` token group).
 ROLE_PATTERN = re.compile(
@@ -29,8 +33,7 @@ def to_rgb(image: Any) -> Image.Image:
     """Load / convert one image to RGB.
 
     Accepts a PIL image, an ``HxW`` or ``HxWxC`` uint8 array, or a path. Transparency is
-    composited onto white; grayscale and palette images are converted; images whose shorter
-    side is below :data:`MIN_IMAGE_SIDE` pixels are upscaled with nearest neighbour.
+    composited onto white; grayscale and palette images are converted.
     """
     if isinstance(image, str | Path):
         image = Image.open(image)
@@ -44,12 +47,28 @@ def to_rgb(image: Any) -> Image.Image:
         rgba = image.convert("RGBA")
         image = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image.alpha_composite(rgba)
-    image = image.convert("RGB")
-    short = min(image.size)
-    if short < MIN_IMAGE_SIDE:
-        f = -(-MIN_IMAGE_SIDE // short)
-        image = image.resize((image.width * f, image.height * f), Image.NEAREST)
-    return image
+    return image.convert("RGB")
+
+
+def upscale_tiny(images: list[Image.Image], stacklevel: int = 4) -> list[Image.Image]:
+    """Upscale (nearest neighbour, by an integer factor) the images whose shorter side is below
+    :data:`MIN_IMAGE_SIDE`, with one warning for the lot."""
+    tiny = [im for im in images if min(im.size) < MIN_IMAGE_SIDE]
+    if not tiny:
+        return images
+    small = min(tiny, key=lambda im: min(im.size))
+    warnings.warn(
+        f"{len(tiny)} image(s) have a side below MIN_IMAGE_SIDE={MIN_IMAGE_SIDE} px (smallest "
+        f"{small.width}x{small.height}): upscaled by nearest neighbour, they carry almost no "
+        "visual content and the model's answers on them mean little",
+        UserWarning,
+        stacklevel=stacklevel,
+    )
+    out = []
+    for im in images:
+        f = -(-MIN_IMAGE_SIDE // min(im.size))
+        out.append(im if f == 1 else im.resize((im.width * f, im.height * f), Image.NEAREST))
+    return out
 
 
 def _images_per_example(images: Any, n: int) -> list[list[Any]]:
@@ -156,6 +175,7 @@ def _answer_id(tok: Any, text: str, answer: Any, rule: str) -> int:
     )
     if not ids:
         raise ValueError(f"answer {answer!r} tokenizes to nothing")
+    check_known(tok, answer, ids, what="answer ")
     if len(ids) > 1 and rule == "single":
         raise ValueError(
             f"answer {answer!r} is {len(ids)} tokens {tok.convert_ids_to_tokens(ids)}: "
@@ -174,10 +194,10 @@ def prepare_inputs(
     system: str | None = None,
     answer_rule: Literal["single", "first"] = "single",
 ) -> LVLMInput:
-    """Build a left-padded batch from images and prompts.
+    """Build a left-padded batch from images and prompts (``model.prepare(...)``).
 
     Args:
-        model: The :class:`~lvlm_lens.HookedLVLM` (tokenizer, image processor, token layout).
+        model: The :class:`~lvlm_lens.HookedLVLM` (``self`` when called as ``model.prepare``).
         images: Per prompt: an image, a list of images, or ``None`` (a bare image for one prompt).
         prompts: With ``template="raw"`` (default), complete prompts holding one image
             placeholder per image: ``<image>`` for every family, as in
@@ -187,6 +207,7 @@ def prepare_inputs(
             With ``template="chat"``, bare questions wrapped in the checkpoint's chat template
             (or ``USER: <image>\\n{question} ASSISTANT:`` if it has none), images first.
         answers: Optional answer per prompt (string or token id); its first token is scored.
+            An answer the tokenizer maps to its unknown token is refused (not in the vocabulary).
         template: ``"raw"`` or ``"chat"``, see ``prompts``.
         system: System message (``template="chat"`` only).
         answer_rule: ``"single"`` rejects answers of several tokens; ``"first"`` keeps the first.
@@ -308,7 +329,7 @@ def _process_images(
 ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
     """The image processor's output (``image_sizes`` = original ``(height, width)`` unless
     the processor gives them) and the ``(tile, row, col)`` of every image token."""
-    flat = [to_rgb(im) for ims in per_example for im in ims]
+    flat = upscale_tiny([to_rgb(im) for ims in per_example for im in ims], stacklevel=5)
     if not flat:
         return {}, []
     processed = dict(model.image_processor(images=flat, return_tensors="pt"))

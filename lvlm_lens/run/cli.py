@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         "over a dataset; resumable; shards under torchrun / SLURM.",
     )
     _common(a, "runs/attribute")
-    d, h = AttributionConfig(), HeadAblation()
+    d = RunOptions().attribution  # the CLI's defaults are RunOptions'
+    h = d.ablation
     a.add_argument("--num-masks", type=int, default=d.n_masks, help="random masks per example")
     a.add_argument("--ablation-rate", type=float, default=d.rate, help="P(head ablated) in a mask")
     a.add_argument("--baseline", default=h.baseline, choices=BASELINES, help="baseline K/V")

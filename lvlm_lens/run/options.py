@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lvlm_lens.attribution.head_attribution import AttributionConfig
+from lvlm_lens.interventions.ablation import HeadAblation
 
 
 @dataclass
@@ -28,7 +29,8 @@ class RunOptions:
         dtype: ``float32``, ``bfloat16`` or ``float16``.
         rankings: Also compute the baseline rankings and faithfulness/completeness curves.
         n_random: Random rankings for the random band.
-        attribution: Head-attribution options.
+        attribution: Head-attribution options (baseline ``mean`` over the reference images
+            by default, unlike the library's ``blank``: a run over a dataset has references).
     """
 
     out: str = "runs/attribute"
@@ -45,7 +47,9 @@ class RunOptions:
     dtype: str = "float32"
     rankings: bool = True
     n_random: int = 10
-    attribution: AttributionConfig = field(default_factory=AttributionConfig)
+    attribution: AttributionConfig = field(
+        default_factory=lambda: AttributionConfig(ablation=HeadAblation(baseline="mean"))
+    )
 
     def fingerprint(self) -> dict[str, Any]:
         """What must not change between a run and its resumption."""

@@ -19,7 +19,12 @@ from tqdm.auto import tqdm
 from lvlm_lens.attribution.head_attribution import check_config, fit_result
 from lvlm_lens.attribution.regression import sample_masks
 from lvlm_lens.files import atomic_json, atomic_save
-from lvlm_lens.interventions.ablation import BaselineKV, compute_baseline, source_mask
+from lvlm_lens.interventions.ablation import (
+    BaselineKV,
+    compute_baseline,
+    resizes_stand_ins,
+    source_mask,
+)
 from lvlm_lens.interventions.engine import AblationEngine
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.run.distributed import Shard, current_shard
@@ -29,20 +34,23 @@ from lvlm_lens.run.store import check_out_dir, chunk_path, collect
 
 class BaselineCache:
     """Baseline K/V per distinct token prefix: image K/V depend only on the tokens before the
-    last image token, so examples sharing that prefix share one baseline computation."""
+    last image token (and, on any-resolution families, on the image sizes the baseline images
+    are resized to), so examples sharing them share one baseline computation."""
 
     def __init__(
         self, model: Any, opts: RunOptions, reference_images: list[Any] | None, baseline_image: Any
     ):
         self.model, self.opts = model, opts
         self.refs, self.image = reference_images, baseline_image
-        self.store: dict[tuple[int, ...], BaselineKV] = {}
+        self.store: dict[tuple, BaselineKV] = {}
 
     def __call__(self, inp: LVLMInput) -> BaselineKV:
         cfg = self.opts.attribution.ablation
         src = source_mask(inp, cfg.source)
         cut = int(src[0].nonzero().max()) + 1
         key = tuple(inp.input_ids[0, :cut].tolist())
+        if resizes_stand_ins(self.model) and inp.image_sizes is not None:  # resized refs
+            key = (key, tuple(map(tuple, inp.image_sizes.tolist())))
         if cfg.scope != "text" or cfg.baseline == "blank":  # blank: sized like each image
             return compute_baseline(
                 self.model, inp, cfg, baseline_image=self.image, reference_images=self.refs

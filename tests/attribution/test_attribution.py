@@ -127,3 +127,12 @@ def test_attribution_patching_is_the_first_order_ablation_effect(model):
     finite_diff = -(nudged[0, answer] - clean[0, answer]) / eps
     assert torch.allclose(grad[0, 1, 2], finite_diff[0], rtol=0.05, atol=1e-3)
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_default_config_runs_on_a_single_input(model):
+    """The default baseline needs no reference image: ``AttributionConfig()`` runs as is."""
+    inp = model.prepare(noise_image(20, 20, 4), PROMPTS[1])
+    assert AttributionConfig().ablation.baseline == HeadAblation().baseline == "blank"
+    result = head_attribution(model, inp, progress=False)
+    assert result.metrics.shape == (1, AttributionConfig().n_masks)
+    assert result.metrics.std() > 1e-3 and torch.isfinite(result.pearson_r).all()
