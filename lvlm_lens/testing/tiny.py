@@ -44,7 +44,11 @@ from transformers.models.clip import CLIPImageProcessorPil
 from transformers.models.llava_next import LlavaNextImageProcessorPil
 from transformers.models.llava_onevision import LlavaOnevisionImageProcessorPil
 
-from lvlm_lens.testing.tiny_families import FAMILY_KINDS, build_family_checkpoint
+from lvlm_lens.testing.tiny_families import (
+    FAMILY_KINDS,
+    build_family_checkpoint,
+    tiny_text_kwargs,
+)
 
 LLAVA_KINDS = ("llava-llama", "llava-next-mistral", "llava-next-vicuna", "llava-onevision-qwen2")
 #: Every tiny kind: the LLaVA families here, Qwen2-VL / Qwen2.5-VL / Gemma 3 in ``tiny_families``.
@@ -181,21 +185,8 @@ def _text_config(kind: str, tokenizer: PreTrainedTokenizerFast, overrides: dict[
         "llava-next-vicuna": (LlamaConfig, 4),
         "llava-onevision-qwen2": (Qwen2Config, 2),
     }[kind]
-    kwargs: dict[str, Any] = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=n_kv_heads,
-        head_dim=16,
-        max_position_embeddings=512,
-        rms_norm_eps=1e-6,
-        initializer_range=0.1,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
+    kwargs = tiny_text_kwargs(
+        tokenizer, num_key_value_heads=n_kv_heads, head_dim=16, tie_word_embeddings=False
     )
     if config_cls is MistralConfig:
         kwargs["sliding_window"] = None

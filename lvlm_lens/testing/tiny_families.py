@@ -101,14 +101,15 @@ QWEN_PATCH, QWEN_MERGE = 2, 2
 GEMMA_IMAGE_SIZE, GEMMA_PATCH, GEMMA_TOKENS = 16, 2, 16
 
 
-def _text_kwargs(tokenizer: PreTrainedTokenizerFast, overrides: dict[str, Any]) -> dict[str, Any]:
+def tiny_text_kwargs(tokenizer: PreTrainedTokenizerFast, **overrides: Any) -> dict[str, Any]:
+    """Text-config fields of every tiny checkpoint: 2 layers, 64 wide, 4 heads of 16, MLP 128,
+    the tokenizer's vocabulary and special ids; ``overrides`` on top."""
     kwargs: dict[str, Any] = dict(
         vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=512,
         rms_norm_eps=1e-6,
         initializer_range=0.1,
@@ -123,7 +124,7 @@ def _text_kwargs(tokenizer: PreTrainedTokenizerFast, overrides: dict[str, Any]) 
 def _qwen(kind: str, tokenizer: PreTrainedTokenizerFast, overrides: dict, vision_overrides: dict):
     # tied as Qwen2-VL-2B and Qwen3-VL-2B/4B, untied as Qwen2.5-VL-7B
     tied = overrides.pop("tie_word_embeddings", kind != "qwen2.5-vl")
-    text = _text_kwargs(tokenizer, overrides)
+    text = tiny_text_kwargs(tokenizer, **{"num_key_value_heads": 2, **overrides})
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
     text.setdefault("rope_parameters", rope)  # (t, h, w) sections of d_head / 2 = 8
     ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in QWEN_SPECIALS.items()}
@@ -167,7 +168,7 @@ def _qwen(kind: str, tokenizer: PreTrainedTokenizerFast, overrides: dict, vision
 def _gemma(tokenizer: PreTrainedTokenizerFast, overrides: dict, vision_overrides: dict):
     tied = overrides.pop("tie_word_embeddings", True)
     overrides.setdefault("num_hidden_layers", 3)
-    text = _text_kwargs(tokenizer, overrides)
+    text = tiny_text_kwargs(tokenizer, **{"num_key_value_heads": 2, **overrides})
     text.setdefault("head_dim", 16)
     text.setdefault("query_pre_attn_scalar", 16)
     text.setdefault("sliding_window", 12)

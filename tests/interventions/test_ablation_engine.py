@@ -38,18 +38,22 @@ def baseline_for(model, inp, cfg):
     )
 
 
+def check_engine_equals_reference(model, inp, baseline, scope, n_masks, batch_size, rate):
+    cfg = HeadAblation(baseline=baseline, scope=scope)
+    base = baseline_for(model, inp, cfg)
+    masks = sample_masks(n_masks, model.cfg.n_layers, model.cfg.n_heads, rate=rate, seed=1)
+    fast = AblationEngine(model, inp, base, cfg, metric="logit_diff", batch_size=batch_size)
+    fast = fast.run(masks)
+    ref = run_reference(model, inp, masks, base, cfg, metric="logit_diff")
+    assert fast.shape == (2, n_masks)
+    assert (fast - ref).abs().max() <= 1e-4
+    assert ref.std() > 1e-3  # the masks do change the metric
+
+
 @pytest.mark.parametrize("scope", ["text", "all"])
 @pytest.mark.parametrize("baseline", ["mean", "image", "blank", "zero"])
 def test_fast_engine_equals_reference(setup, baseline, scope):
-    model, inp = setup
-    cfg = HeadAblation(baseline=baseline, scope=scope)
-    base = baseline_for(model, inp, cfg)
-    masks = sample_masks(64, model.cfg.n_layers, model.cfg.n_heads, rate=0.2, seed=1)
-    fast = AblationEngine(model, inp, base, cfg, metric="logit_diff", batch_size=24).run(masks)
-    ref = run_reference(model, inp, masks, base, cfg, metric="logit_diff")
-    assert fast.shape == (2, 64)
-    assert (fast - ref).abs().max() <= 1e-4
-    assert ref.std() > 1e-2  # the masks do change the metric
+    check_engine_equals_reference(*setup, baseline, scope, n_masks=64, batch_size=24, rate=0.2)
 
 
 def test_no_head_ablated_is_the_clean_run(setup):
@@ -162,14 +166,9 @@ def family_setup(request, tiny_checkpoint):
 @pytest.mark.parametrize("scope", ["text", "all"])
 @pytest.mark.parametrize("baseline", ["mean", "image", "blank", "zero"])
 def test_families_fast_engine_equals_reference(family_setup, baseline, scope):
-    model, inp = family_setup
-    cfg = HeadAblation(baseline=baseline, scope=scope)
-    base = baseline_for(model, inp, cfg)
-    masks = sample_masks(24, model.cfg.n_layers, model.cfg.n_heads, rate=0.25, seed=1)
-    fast = AblationEngine(model, inp, base, cfg, metric="logit_diff", batch_size=8).run(masks)
-    ref = run_reference(model, inp, masks, base, cfg, metric="logit_diff")
-    assert (fast - ref).abs().max() <= 1e-4
-    assert ref.std() > 1e-3
+    check_engine_equals_reference(
+        *family_setup, baseline, scope, n_masks=24, batch_size=8, rate=0.25
+    )
 
 
 def test_source_ending_inside_an_image_runs_full_sequences(tiny_checkpoint, monkeypatch):
