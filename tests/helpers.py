@@ -32,3 +32,14 @@ def hf_kwargs(model, inp) -> dict:
 def hf_logits(hf_model, model, inp) -> torch.Tensor:
     """Logits of the HF model itself on the same batch."""
     return hf_model(**inp.to_hf()).logits
+
+
+def write_data_folder(folder, n: int, answer: str = "star", bbox: str | None = None):
+    """A ``--data`` folder: ``n`` 20x20 noise images and a ``data.csv`` (optional bbox column)."""
+    rows = ["image,prompt,answer" + (",bbox" if bbox else "")]
+    for i in range(n):
+        noise_image(20, 20, i).save(folder / f"im{i}.png")
+        extra = f',"{bbox}"' if bbox else ""
+        rows.append(f'im{i}.png,"USER: <image>\nwhat is this ? ASSISTANT:",{answer}{extra}')
+    (folder / "data.csv").write_text("\n".join(rows) + "\n")
+    return folder

@@ -25,6 +25,8 @@ DEFAULT_RIDGE_ALPHAS: tuple[float, ...] = tuple(10.0 ** (e / 2) for e in range(-
 #: Lasso grid as fractions of ``λ_max = max|Xᵀy|/n``, the smallest λ with β = 0.
 DEFAULT_LASSO_FRACTIONS: tuple[float, ...] = tuple(10.0 ** (e / 2) for e in range(-8, 1))
 VAL_FRACTION = 0.2  # share of the train masks used to choose the penalty
+#: Fewest held-out masks per example: a Pearson r of fewer points says nothing (2 give ±1).
+MIN_HELDOUT = 3
 
 
 @dataclass
@@ -91,14 +93,48 @@ def sample_masks(
     return (torch.rand((n_masks, n_layers, n_heads), generator=gen) < rate).to(device)
 
 
+def _n_held(counts: Tensor, frac: float) -> Tensor:
+    """Rows held out of groups of ``counts`` rows (the rounding every split uses)."""
+    return (frac * counts).round()
+
+
 def _split(g: Tensor, n_groups: int, frac: float, gen: torch.Generator):
     """Random split of row indices into (kept, held-out), stratified by group."""
     perm = torch.randperm(len(g), generator=gen).to(g.device)
     perm = perm[torch.argsort(g[perm], stable=True)]  # grouped, shuffled within groups
     counts = torch.bincount(g, minlength=n_groups)
     rank = torch.arange(len(g), device=g.device) - (counts.cumsum(0) - counts)[g[perm]]
-    held = rank < (frac * counts[g[perm]]).round()
+    held = rank < _n_held(counts, frac)[g[perm]]
     return perm[~held], perm[held]
+
+
+def split_sizes(n_masks: int, method: Method = "ridge", holdout: float = 0.2) -> dict[str, int]:
+    """How a fit splits one example's masks: ``fit``, ``validation`` (penalty choice; 0 for
+    OLS) and ``held_out`` (reported r / R²), with the default penalty grid."""
+    held = int(_n_held(torch.tensor(n_masks), holdout))
+    val = 0 if method == "ols" else int(_n_held(torch.tensor(n_masks - held), VAL_FRACTION))
+    return {"fit": n_masks - held - val, "validation": val, "held_out": held}
+
+
+def min_masks(method: Method = "ridge", holdout: float = 0.2, n_features: int = 0) -> int:
+    """Fewest masks per example whose fit is defined and whose quality can be measured.
+
+    The held-out split needs :data:`MIN_HELDOUT` masks (unless ``holdout`` is 0), ridge and
+    lasso need one validation mask and two to fit, OLS one more than ``n_features`` to fit.
+
+    Args:
+        method: ``"ridge"``, ``"ols"`` or ``"lasso"``.
+        holdout: Share of masks held out (as in :func:`fit_linear`).
+        n_features: Heads in the model (only OLS depends on it).
+    """
+    need_fit = n_features + 1 if method == "ols" else 2
+    n = 2
+    while True:
+        s = split_sizes(n, method, holdout)
+        held_ok = holdout == 0 or s["held_out"] >= MIN_HELDOUT
+        if held_ok and s["fit"] >= need_fit and (method == "ols" or s["validation"] >= 1):
+            return n
+        n += 1
 
 
 def _center(x: Tensor, y: Tensor, g: Tensor, n_groups: int):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -100,10 +101,44 @@ def read_chat_template(name_or_path: str, tokenizer: Any) -> str | None:
     if (folder / "chat_template.jinja").is_file():
         return (folder / "chat_template.jinja").read_text()
     if (folder / "chat_template.json").is_file():
-        import json
-
         return json.loads((folder / "chat_template.json").read_text()).get("chat_template")
     return None
+
+
+#: Files of a checkpoint folder: any one of each group is enough.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")  # fmt: skip
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+#: HF transformers 5 saves the image processor inside processor_config.json; older versions
+#: wrote preprocessor_config.json.
+IMAGE_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+
+
+def _looks_like_path(name: str) -> bool:
+    """A name that can only be a folder, never a hub id (``org/name``)."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def check_folder(folder: Path) -> None:
+    """Refuse a checkpoint folder that lacks weights, a tokenizer or an image processor,
+    naming the files looked for."""
+    groups = {"weights": WEIGHT_FILES, "tokenizer": TOKENIZER_FILES,
+              "image processor": IMAGE_PROCESSOR_FILES}  # fmt: skip
+    for what, names in groups.items():
+        if not any((folder / n).is_file() for n in names):
+            raise ValueError(
+                f"model folder {folder} has no {what} file (looked for {' / '.join(names)}); "
+                "save the whole checkpoint there (model.save_pretrained and "
+                "processor.save_pretrained)"
+            )
+    if not (folder / "preprocessor_config.json").is_file():
+        config = json.loads((folder / "processor_config.json").read_text())
+        if "image_processor" not in config:
+            raise ValueError(
+                f"model folder {folder} has no image processor: processor_config.json holds "
+                "no 'image_processor' entry and there is no preprocessor_config.json; save it "
+                "with processor.save_pretrained"
+            )
 
 
 def load_pretrained(
@@ -116,24 +151,38 @@ def load_pretrained(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = resolve_dtype(dtype, device)
     local = Path(name_or_path).is_dir()
+    if local and not (Path(name_or_path) / "config.json").is_file():
+        raise ValueError(f"model folder {name_or_path} has no config.json: is it a checkpoint?")
+    if not local and _looks_like_path(name_or_path):
+        raise FileNotFoundError(f"model folder {name_or_path} does not exist")
     kw = {"local_files_only": True} if local else {}
-    config = AutoConfig.from_pretrained(name_or_path, **kw)
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, **kw)
+    except OSError as err:  # a hub id that cannot be fetched (offline, typo, gated)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"{name_or_path} is not a model folder and could not be loaded from the Hugging "
+            f"Face hub ({first})"
+        ) from err
     check_supported(config)
+    if local:
+        check_folder(Path(name_or_path))
     hf_kwargs.setdefault("attn_implementation", "eager")
     hf_model = _model_class(config.model_type).from_pretrained(
         name_or_path, dtype=dtype, **kw, **hf_kwargs
     )
     hf_model = hf_model.to(device).eval()
-    what = "tokenizer files (tokenizer.json / tokenizer_config.json)"
+    what = "tokenizer"
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kw)
-        what = "an image processor (preprocessor_config.json)"
+        what = "image processor"
         image_processor = AutoImageProcessor.from_pretrained(name_or_path, **kw)
     except (OSError, ValueError, TypeError) as err:
         raise ValueError(
-            f"{name_or_path} has no {what}: save the processor next to the weights "
-            "(tokenizer.save_pretrained / image_processor.save_pretrained), or load the HF model "
-            "yourself and call HookedLVLM.from_hf(model, tokenizer=..., image_processor=...)"
+            f"{name_or_path}: its {what} does not load ({' '.join(str(err).split())[:200]}): "
+            "save the processor next to the weights (processor.save_pretrained), or load the "
+            "HF model yourself and call HookedLVLM.from_hf(model, tokenizer=..., "
+            "image_processor=...)"
         ) from err
     return cls(
         config_from_hf(hf_model, name_or_path),

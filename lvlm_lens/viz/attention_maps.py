@@ -9,7 +9,7 @@ import torch
 
 from lvlm_lens.data import patch_grid_mask
 from lvlm_lens.model.inputs import LVLMInput
-from lvlm_lens.viz.report import ExampleView
+from lvlm_lens.viz.figures import ExampleView
 
 
 def patch_attention(

@@ -14,20 +14,15 @@ import torch
 from lvlm_lens import HookedLVLM
 from lvlm_lens.attribution.results import AttributionResult
 from lvlm_lens.run.cli import main
-from tests.helpers import noise_image
+from tests.helpers import write_data_folder
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
+RUN = {"env": ENV, "check": True, "capture_output": True, "timeout": 600}  # no test hangs
 
 
 @pytest.fixture(scope="module")
 def data_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    rows = ["image,prompt,answer"]
-    for i in range(4):
-        noise_image(20, 20, i).save(folder / f"im{i}.png")
-        rows.append(f'im{i}.png,"USER: <image>\nwhat is this ? ASSISTANT:",star')
-    (folder / "data.csv").write_text("\n".join(rows) + "\n")
-    return folder
+    return write_data_folder(tmp_path_factory.mktemp("data"), 4)
 
 
 def attribute_args(model, data, out, n_masks=400):
@@ -86,11 +81,11 @@ def test_sigkill_and_resume_gives_identical_attributions(tiny_checkpoint, data_f
     assert 0 < done < 4 * 25, "the run must be killed in the middle"
     assert not (killed / "attribution").exists()
     subprocess.run(
-        cli(*attribute_args(model, data_folder, killed)), env=ENV, check=True, capture_output=True
+        cli(*attribute_args(model, data_folder, killed)), **RUN
     )
     whole = tmp_path / "whole"
     subprocess.run(
-        cli(*attribute_args(model, data_folder, whole)), env=ENV, check=True, capture_output=True
+        cli(*attribute_args(model, data_folder, whole)), **RUN
     )
     a, b = (
         AttributionResult.load(killed / "attribution"),
@@ -104,10 +99,10 @@ def test_changed_argument_is_refused(tiny_checkpoint, data_folder, tmp_path):
     model = tiny_checkpoint("llava-llama")
     out = tmp_path / "run"
     subprocess.run(
-        cli(*attribute_args(model, data_folder, out, 32)), env=ENV, check=True, capture_output=True
+        cli(*attribute_args(model, data_folder, out, 32)), **RUN
     )
     again = subprocess.run(
-        cli(*attribute_args(model, data_folder, out, 48)), env=ENV, capture_output=True, text=True
+        cli(*attribute_args(model, data_folder, out, 48)), **RUN | {"check": False, "text": True}
     )
     assert again.returncode != 0 and "n_masks" in again.stderr and "--overwrite" in again.stderr
 
@@ -116,7 +111,7 @@ def test_torchrun_two_processes_equal_one(tiny_checkpoint, data_folder, tmp_path
     model = tiny_checkpoint("llava-llama")
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run(
-        cli(*attribute_args(model, data_folder, one, 64)), env=ENV, check=True, capture_output=True
+        cli(*attribute_args(model, data_folder, one, 64)), **RUN
     )
     run = subprocess.run(
         [
