@@ -159,10 +159,11 @@ class LVLMInput:
             "mm_token_type_ids": types,
             "token_type_ids": types,
         }
+        pixels = self.has_images and self.pixel_values is not None
         for key in family.hf_inputs if family is not None else ():
-            if self.pixel_values is not None or key.endswith("token_type_ids"):
+            if pixels or key.endswith("token_type_ids"):
                 kw[key] = extra[key]
-        if self.pixel_values is not None:
+        if pixels:
             kw["pixel_values"] = self.pixel_values
         return kw
 

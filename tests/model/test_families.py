@@ -80,6 +80,22 @@ def test_chat_template_and_native_placeholder(fam):
         model.prepare([IMAGES], PROMPTS[1])
 
 
+def test_several_images_and_a_text_only_row_match_hf(fam):
+    _, model, _ = fam
+    prompts = ["USER: <image> and <image>\nwhat is this ? ASSISTANT:",
+               "USER: what is <image> this ? ASSISTANT:", "USER: what is this ? ASSISTANT:"]
+    images = [[IMAGES[0], noise_image(40, 24, 3)], IMAGES[1], None]
+    inp = model.prepare(images, prompts)
+    assert inp.groups["image"].sum(-1)[2] == 0
+    with torch.no_grad():
+        ref = model.hf_model(**inp.to_hf()).logits
+        text_only = inp.select(2)
+        ref_text = model.hf_model(**text_only.to_hf()).logits
+    real = inp.attention_mask.bool()
+    assert (model(inp) - ref)[real].abs().max() <= 1e-4
+    assert (model(text_only) - ref_text).abs().max() <= 1e-4
+
+
 def test_select_picks_each_examples_pixels(fam):
     _, model, inp = fam
     full = model(inp)
