@@ -153,7 +153,8 @@ def build_random_family(
     vision_d_model: int = 256,
     seed: int = 0,
 ) -> tuple[Any, Any, Any, int]:
-    """A random ``kind`` model (``qwen2-vl``, ``qwen2.5-vl``, ``qwen3-vl``, ``gemma3``) with the
+    """A random ``kind`` model (``qwen2-vl``, ``qwen2.5-vl``, ``qwen3-vl``, ``gemma3``,
+    ``internvl``) with the
     decoder sizes of :func:`build_random_llava`, its tokenizer and image processor, and the
     image side in pixels that gives LLaVA-1.5-like token counts.
 
@@ -172,7 +173,15 @@ def build_random_family(
     )  # fmt: skip
     patch = 16 if kind == "qwen3-vl" else 14
     vision: dict[str, Any] = dict(patch_size=patch)
-    if kind == "gemma3":
+    if kind == "internvl":  # one 448-px tile of 32x32 patches, pixel-shuffled to 256 tokens
+        image_size = 448
+        text.update(num_key_value_heads=4)
+        vision.update(
+            hidden_size=vision_d_model, intermediate_size=4 * vision_d_model,
+            num_hidden_layers=vision_layers, num_attention_heads=max(1, vision_d_model // 64),
+            image_size=image_size,
+        )  # fmt: skip
+    elif kind == "gemma3":
         image_size = 448
         text.update(
             num_key_value_heads=n_heads // 2, query_pre_attn_scalar=d_head, sliding_window=512,

@@ -3,10 +3,11 @@
 Builds one random LLaVA-1.5-shaped model in memory (a small CLIP tower giving 576 image
 tokens, a Llama decoder of ``--layers`` x ``--d-model``; fp32, eval, eager attention) and a
 batch of ``--batch`` prompts of 5 text tokens + 576 image tokens + 26 text tokens. With
-``--family qwen2-vl`` / ``qwen2.5-vl`` / ``qwen3-vl`` / ``gemma3`` the model is that family's
-instead (its own vision tower; the decoder at the same sizes: M-RoPE and q/k/v biases, Qwen3's
-q/k norms and DeepStack, or Gemma 3's sandwich norms, q/k norms and sliding layers), 576 image
-tokens for Qwen and 256 for Gemma 3. Under
+``--family qwen2-vl`` / ``qwen2.5-vl`` / ``qwen3-vl`` / ``gemma3`` / ``internvl`` the model is
+that family's instead (its own vision tower; the decoder at the same sizes: M-RoPE and q/k/v
+biases, Qwen3's q/k norms and DeepStack, Gemma 3's sandwich norms, q/k norms and sliding
+layers, InternVL's Qwen2), 576 image tokens for Qwen, 256 for Gemma 3, and for InternVL 256
+per 448-px tile. Under
 ``torch.no_grad()`` and torch's default thread count it times, interleaved in one process
 (see :func:`benchmarks.common.time_interleaved`: 2 warm-up rounds, then ``--repeats`` rounds
 in a random order each, medians):
@@ -62,7 +63,7 @@ def main() -> None:
     parser.add_argument(
         "--family",
         default="llava",
-        choices=["llava", "qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3"],
+        choices=["llava", "qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl"],
     )
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--d-model", type=int, default=1024)

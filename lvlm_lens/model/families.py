@@ -15,7 +15,7 @@ from torch import nn
 
 from lvlm_lens.model.config import DecoderSpec
 from lvlm_lens.model.vision import LlavaVision, VisionSide
-from lvlm_lens.model.vision_native import Gemma3Vision, QwenVision
+from lvlm_lens.model.vision_native import Gemma3Vision, InternVision, QwenVision
 
 #: What a raw prompt may always write for an image, whatever the family.
 GENERIC_PLACEHOLDER = "<image>"
@@ -79,6 +79,11 @@ FAMILIES: dict[str, Family] = {
                      "Qwen/Qwen3-VL-8B-Instruct"),
         hf_inputs=_QWEN["hf_inputs"], vision=QwenVision,
     ),
+    "internvl": Family(
+        "InternVL", "InternVLForConditionalGeneration", ("qwen2", "llama", "qwen3"),
+        ("OpenGVLab/InternVL3-1B-hf", "OpenGVLab/InternVL3-2B-hf", "OpenGVLab/InternVL3-8B-hf"),
+        vision=InternVision,
+    ),
     "gemma3": Family(
         "Gemma 3", "Gemma3ForConditionalGeneration", ("gemma3_text",),
         ("google/gemma-3-4b-it", "google/gemma-3-12b-it", "google/gemma-3-27b-it"),
@@ -91,7 +96,7 @@ FAMILIES: dict[str, Family] = {
 SUPPORTED_LVLMS = tuple(FAMILIES)
 #: HF language backbones we re-implement as a hooked decoder, by ``text_config.model_type``.
 SUPPORTED_TEXT_MODELS = tuple(dict.fromkeys(t for f in FAMILIES.values() for t in f.text_types))
-_TEXT_NAMES = {"llama": "Llama/Vicuna", "mistral": "Mistral", "qwen2": "Qwen2"}
+_TEXT_NAMES = {"llama": "Llama/Vicuna", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}
 
 
 def supported_list() -> str:
@@ -128,8 +133,10 @@ def check_supported(config: Any) -> Family:
 def decoder_spec(hf_model: nn.Module) -> DecoderSpec:
     """The :class:`DecoderSpec` of an HF model, read off its config and modules."""
     model_type = hf_model.config.model_type
-    embed = hf_model.model.language_model.embed_tokens
-    scale = float(getattr(embed, "scalar_embed_scale", 1.0))
+    lm = hf_model.model.language_model
+    scale = float(getattr(lm.embed_tokens, "scalar_embed_scale", 1.0))
+    if model_type == "internvl":  # its language model is a plain Qwen2 / Llama / Qwen3
+        return DecoderSpec(qk_norm=hasattr(lm.layers[0].self_attn, "q_norm"))
     if model_type in ("qwen2_vl", "qwen2_5_vl"):
         return DecoderSpec(rotary="mrope")
     if model_type == "qwen3_vl":
@@ -177,4 +184,8 @@ def image_text(config: Any, tokenizer: Any) -> ImageText:
     if config.model_type == "gemma3":
         boi, eoi = name(config.boi_token_index), name(config.eoi_token_index)
         return ImageText(boi, boi, f"\n\n{boi}{token}{eoi}\n\n", (eoi,))
+    if config.model_type == "internvl":
+        start = getattr(tokenizer, "start_image_token", None) or "<img>"
+        end = getattr(tokenizer, "end_image_token", None) or "</img>"
+        return ImageText(token, token, f"{start}{token}{end}", (end,))
     return ImageText(token, token, token)

@@ -38,7 +38,8 @@ def _at_images(
 
 class HookedLVLM(TokensMixin, ModelWeights, HookedRootModule):
     """A vision-language model with TransformerLens hooks: LLaVA-1.5 / NeXT / OneVision,
-    Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Gemma 3 (:data:`~lvlm_lens.model.families.FAMILIES`).
+    Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3 and InternVL
+    (:data:`~lvlm_lens.model.families.FAMILIES`).
 
     The vision tower, projector and image packing are the HF model's own modules; the
     language model is one hooked decoder, configured per family by ``cfg.decoder``, sharing
@@ -116,8 +117,8 @@ class HookedLVLM(TokensMixin, ModelWeights, HookedRootModule):
         """Wrap an in-memory HF model of a supported family (weights shared, not copied).
 
         Args:
-            hf_model: A ``Llava*``, ``Qwen2VL``, ``Qwen2_5_VL``, ``Qwen3VL`` or ``Gemma3``
-                ``ForConditionalGeneration``.
+            hf_model: A ``Llava*``, ``Qwen2VL``, ``Qwen2_5_VL``, ``Qwen3VL``, ``Gemma3`` or
+                ``InternVL`` ``ForConditionalGeneration``.
             processor: Its processor; or pass ``tokenizer`` and ``image_processor`` instead.
             tokenizer: The tokenizer, when no processor is given.
             image_processor: The image processor, when no processor is given.

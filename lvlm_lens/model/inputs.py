@@ -27,6 +27,7 @@ class LVLMInput:
         image_sizes: Original ``(height, width)`` of every image.
         image_grid: Qwen2-VL: ``(t, h, w)`` patch grid of every image (HF's ``image_grid_thw``);
             ``pixel_values`` then holds the patches of all images, concatenated.
+        image_tiles: InternVL: how many tiles (rows of ``pixel_values``) each image was cut into.
         position_ids: Rotary positions when they are not ``cumsum(attention_mask) - 1``:
             ``[3, batch, pos]`` M-RoPE ``(t, h, w)`` positions (Qwen2-VL / Qwen2.5-VL).
         image_embeds: Precomputed projected image embeddings, one ``[n_tokens, d_model]`` per image.
@@ -45,6 +46,7 @@ class LVLMInput:
     pixel_values: Float[Tensor, ...] | None = None
     image_sizes: Int[Tensor, "n_images 2"] | None = None
     image_grid: Int[Tensor, "n_images 3"] | None = None
+    image_tiles: Int[Tensor, " n_images"] | None = None
     position_ids: Int[Tensor, "3 batch pos"] | None = None
     image_embeds: list[Float[Tensor, "img_tok d_model"]] | None = None
     image_coords: list[Int[Tensor, "img_tok 3"]] = field(default_factory=list)
@@ -83,6 +85,7 @@ class LVLMInput:
             pixel_values=mv(self.pixel_values),
             image_sizes=mv(self.image_sizes),
             image_grid=mv(self.image_grid),
+            image_tiles=mv(self.image_tiles),
             position_ids=mv(self.position_ids),
             image_embeds=None if self.image_embeds is None else [mv(e) for e in self.image_embeds],
             answer_ids=mv(self.answer_ids),
@@ -104,7 +107,7 @@ class LVLMInput:
         start = int((mask.sum(0) > 0).int().argmax()) if mask.numel() else 0
         cut = lambda t: t[indices][:, start:]  # noqa: E731
         pick = lambda t: None if t is None else t[img]  # noqa: E731
-        pixels = pick(self.pixel_values) if self.image_grid is None else self._patches(img)
+        pixels = pick(self.pixel_values) if self._pixel_rows() is None else self._patches(img)
         return replace(
             self,
             input_ids=cut(self.input_ids),
@@ -113,6 +116,7 @@ class LVLMInput:
             pixel_values=pixels,
             image_sizes=pick(self.image_sizes),
             image_grid=pick(self.image_grid),
+            image_tiles=pick(self.image_tiles),
             position_ids=None
             if self.position_ids is None
             else self.position_ids[:, indices][..., start:],
@@ -140,7 +144,8 @@ class LVLMInput:
 
         Per family: ``pixel_values`` always; ``image_sizes`` (LLaVA-NeXT, OneVision),
         ``batch_num_images`` (OneVision), ``image_grid_thw`` and ``mm_token_type_ids``
-        (Qwen2-VL / Qwen2.5-VL), ``token_type_ids`` (Gemma 3).
+        (Qwen2-VL / 2.5-VL / 3-VL), ``token_type_ids`` (Gemma 3); LLaVA-1.5 and InternVL take
+        the pixel values alone.
         """
         from lvlm_lens.model.families import FAMILIES
 
@@ -167,13 +172,20 @@ class LVLMInput:
             kw["pixel_values"] = self.pixel_values
         return kw
 
+    def _pixel_rows(self) -> Tensor | None:
+        """Rows of ``pixel_values`` per image where images share them unevenly (Qwen's patches,
+        InternVL's tiles); ``None`` where each image has one row."""
+        if self.image_grid is not None:
+            return self.image_grid.prod(-1)
+        return self.image_tiles
+
     def _patches(self, images: list[int]) -> Tensor | None:
         """Rows of the concatenated ``pixel_values`` that belong to the given images."""
         if self.pixel_values is None:
             return None
-        ends = self.image_grid.prod(-1).cumsum(0).tolist()
-        rows = [torch.arange(e - n, e) for e, n in zip(ends, self.image_grid.prod(-1).tolist(),
-                                                        strict=True)]
+        counts = self._pixel_rows().tolist()
+        ends = torch.tensor(counts).cumsum(0).tolist()
+        rows = [torch.arange(e - n, e) for e, n in zip(ends, counts, strict=True)]
         keep = [rows[i] for i in images]
         idx = torch.cat(keep) if keep else torch.zeros(0, dtype=torch.long)
         return self.pixel_values[idx.to(self.pixel_values.device)]

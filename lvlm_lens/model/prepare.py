@@ -313,6 +313,7 @@ def prepare_inputs(
         pixel_values=processed.get("pixel_values"),
         image_sizes=processed.get("image_sizes"),
         image_grid=processed.get("image_grid_thw"),
+        image_tiles=processed.get("num_patches"),
         image_coords=coords,
         images_per_example=n_per,
         answer_ids=answer_ids,
@@ -339,4 +340,6 @@ def _process_images(
         if sizes is not None
         else torch.tensor([[im.height, im.width] for im in flat])
     )
+    if "num_patches" in processed:  # InternVL: tiles per image
+        processed["num_patches"] = torch.as_tensor(processed["num_patches"])
     return processed, model.vision.token_layout(processed, [len(ims) for ims in per_example])

@@ -54,6 +54,11 @@ class VisionSide(nn.Module):
         """
         raise NotImplementedError
 
+    def overview_tile(self, coords: Int[Tensor, "img_tok 3"]) -> int:
+        """The tile of an image's tokens that covers the whole image (LLaVA-NeXT's base image:
+        tile 0; an untiled image: its only tile)."""
+        return 0
+
     def with_deepstack(self, inp: Any) -> tuple[list[Tensor], list[list[Tensor]] | None]:
         """The image embeddings and any DeepStack features (Qwen3-VL; ``None`` here)."""
         return self(inp), None

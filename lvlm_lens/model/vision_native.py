@@ -1,4 +1,5 @@
-"""Vision sides of the families with their own vision encoders: Qwen2-VL / 2.5-VL / 3-VL, Gemma 3.
+"""Vision sides of the families with their own vision encoders: Qwen2-VL / 2.5-VL / 3-VL,
+Gemma 3, InternVL.
 
 As for LLaVA, the image embeddings, token counts and positions come from the HF model's own
 code (``get_image_features``, ``get_rope_index``); only the bookkeeping is here.
@@ -9,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
@@ -97,3 +99,38 @@ class Gemma3Vision(VisionSide):
             raise ValueError("pan-and-scan crops are not supported: load the image processor "
                              "with do_pan_and_scan=False (Gemma 3's default)")
         return [grid_coords(self.side, self.side) for _ in range(sum(images_per_example))]
+
+
+class InternVision(VisionSide):
+    """InternVL: InternViT over 448-px tiles (an image is cut into a grid of tiles by its aspect
+    ratio, plus a thumbnail), pixel shuffle and an MLP projector; each tile gives the same
+    square grid of tokens."""
+
+    tiled = True
+
+    def __init__(self, hf_model: nn.Module):
+        super().__init__(hf_model)
+        self.vision_tower = hf_model.model.vision_tower
+        self.multi_modal_projector = hf_model.model.multi_modal_projector
+        vc = hf_model.config.vision_config
+        side = vc.image_size[0] // vc.patch_size[0]
+        self.side = int(side * hf_model.config.downsample_ratio)
+
+    def forward(self, inp: Any) -> list[Float[Tensor, "img_tok d_model"]]:
+        """One ``[n_tiles * tokens_per_tile, d_model]`` tensor per image."""
+        feats = self._inner.get_image_features(self.pixels(inp), return_dict=True).pooler_output
+        return [f.flatten(0, 1) for f in feats.split(inp.image_tiles.tolist())]
+
+    def overview_tile(self, coords: Int[Tensor, "img_tok 3"]) -> int:
+        """The thumbnail: the last tile (the only one of an image that was not cut)."""
+        return int(coords[:, 0].max())
+
+    def token_layout(
+        self, processed: Mapping[str, Tensor], images_per_example: list[int]
+    ) -> list[Int[Tensor, "img_tok 3"]]:
+        """``(tile, row, col)`` of every token: the tiles in the processor's order (the grid
+        row by row, then the thumbnail)."""
+        tiles = processed["num_patches"].tolist()
+        return [
+            torch.cat([grid_coords(self.side, self.side, tile=t) for t in range(n)]) for n in tiles
+        ]

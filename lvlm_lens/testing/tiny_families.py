@@ -1,11 +1,13 @@
-"""Tiny random checkpoints of the non-LLaVA families: Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3.
+"""Tiny random checkpoints of the non-LLaVA families: Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3,
+InternVL.
 
 Each is a genuine transformers folder (config, safetensors, tokenizer with the family's
 special tokens and chat template, the family's PIL image processor) shaped like the real
 checkpoints at a tiny size: grouped-query attention, Qwen2's q/k/v biases and M-RoPE
 (``mrope_section``), Qwen3-VL's q/k norms, interleaved M-RoPE and DeepStack, Gemma 3's
 sandwich norms, q/k norms, tied embeddings and alternating sliding / global layers with
-their own rope bases. The vocabulary is the shared tiny one
+their own rope bases, InternVL's tiles (a grid by aspect ratio plus a thumbnail) and pixel
+shuffle in front of a Qwen2. The vocabulary is the shared tiny one
 (:data:`~lvlm_lens.testing.tiny.TINY_WORDS` plus ``model``) with the family's special tokens
 appended, so word ids are the same for every kind.
 """
@@ -19,6 +21,8 @@ import torch
 from transformers import (
     Gemma3Config,
     Gemma3ForConditionalGeneration,
+    InternVLConfig,
+    InternVLForConditionalGeneration,
     PreTrainedTokenizerFast,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
@@ -28,9 +32,10 @@ from transformers import (
     Qwen3VLForConditionalGeneration,
 )
 from transformers.models.gemma3 import Gemma3ImageProcessorPil
+from transformers.models.got_ocr2 import GotOcr2ImageProcessorPil
 from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 
-FAMILY_KINDS = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3")
+FAMILY_KINDS = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl")
 
 #: Words the family chat templates need beyond the shared tiny vocabulary.
 EXTRA_WORDS = ("model",)
@@ -40,6 +45,12 @@ QWEN_SPECIALS = {
     "video_token": "<|video_pad|>",
     "vision_start_token": "<|vision_start|>",
     "vision_end_token": "<|vision_end|>",
+}
+INTERNVL_SPECIALS = {
+    "start_image_token": "<img>",
+    "end_image_token": "</img>",
+    "context_image_token": "<IMG_CONTEXT>",
+    "video_token": "<video>",
 }
 GEMMA_SPECIALS = {
     "boi_token": "<start_of_image>",
@@ -65,6 +76,14 @@ QWEN_CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+#: InternVL3's template, shortened (no default system turn): ChatML, an image as
+#: ``<IMG_CONTEXT>\n`` (the processor expands it to ``<img><IMG_CONTEXT>...</img>``).
+INTERNVL_CHAT_TEMPLATE = QWEN_CHAT_TEMPLATE.replace(
+    "{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}",
+    "",
+).replace("'<|vision_start|><|image_pad|><|vision_end|>'", "'<IMG_CONTEXT>\n'")
 
 #: Qwen3-VL's template, shortened: as Qwen2-VL's without the default system turn.
 QWEN3_CHAT_TEMPLATE = QWEN_CHAT_TEMPLATE.replace(
@@ -97,6 +116,8 @@ GEMMA_CHAT_TEMPLATE = (
 #: Qwen's vision patch side and merge: a ``H x W`` image gives ``(H/4) x (W/4)`` patches,
 #: merged 2x2 into one token each (a 20x28 image: 35 tokens, 30x14: 32).
 QWEN_PATCH, QWEN_MERGE = 2, 2
+#: InternVL: 16-px tiles of 8x8 patches, pixel-shuffled to 4x4 = 16 tokens; up to 4 tiles.
+INTERNVL_TILE, INTERNVL_MAX_TILES = 16, 4
 #: Gemma 3: a 16-px SigLIP image of 8x8 patches, average-pooled to 4x4 = 16 tokens.
 GEMMA_IMAGE_SIZE, GEMMA_PATCH, GEMMA_TOKENS = 16, 2, 16
 
@@ -203,6 +224,24 @@ def _gemma(tokenizer: PreTrainedTokenizerFast, overrides: dict, vision_overrides
     return config, Gemma3ForConditionalGeneration
 
 
+def _internvl(tokenizer: PreTrainedTokenizerFast, overrides: dict, vision_overrides: dict):
+    tied = overrides.pop("tie_word_embeddings", True)  # as InternVL3-1B / 2B
+    text = tiny_text_kwargs(tokenizer, **{"num_key_value_heads": 2, **overrides})
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        image_size=INTERNVL_TILE, patch_size=2,
+    )  # fmt: skip
+    vision.update(vision_overrides)
+    config = InternVLConfig(
+        text_config=dict(text, model_type="qwen2", tie_word_embeddings=tied),
+        vision_config=vision,
+        image_token_id=tokenizer.convert_tokens_to_ids(INTERNVL_SPECIALS["context_image_token"]),
+        image_seq_length=(vision["image_size"] // vision["patch_size"] // 2) ** 2,
+        tie_word_embeddings=tied,
+    )
+    return config, InternVLForConditionalGeneration
+
+
 def family_config(
     kind: str,
     tokenizer: PreTrainedTokenizerFast,
@@ -220,6 +259,8 @@ def family_config(
     text, vision = dict(text_overrides or {}), dict(vision_overrides or {})
     if kind == "gemma3":
         config, cls = _gemma(tokenizer, text, vision)
+    elif kind == "internvl":
+        config, cls = _internvl(tokenizer, text, vision)
     else:
         config, cls = _qwen(kind, tokenizer, text, vision)
     config._attn_implementation = "eager"
@@ -228,7 +269,14 @@ def family_config(
 
 def family_image_processor(kind: str, patch_size: int = QWEN_PATCH, image_size: int = 0) -> Any:
     """The family's PIL image processor: Qwen's native resolution (up to 64 merged tokens per
-    image by default) or Gemma 3's fixed ``image_size`` square (default the tiny one)."""
+    image by default), Gemma 3's fixed ``image_size`` square (default the tiny one) or
+    InternVL's tiles of ``image_size``."""
+    if kind == "internvl":
+        side = image_size or INTERNVL_TILE
+        return GotOcr2ImageProcessorPil(
+            size={"height": side, "width": side}, crop_to_patches=True, min_patches=1,
+            max_patches=INTERNVL_MAX_TILES,
+        )  # fmt: skip
     if kind == "gemma3":
         side = image_size or GEMMA_IMAGE_SIZE
         return Gemma3ImageProcessorPil(
@@ -248,15 +296,17 @@ def family_tokenizer(kind: str, chat_template: bool) -> PreTrainedTokenizerFast:
     """The tiny word-level tokenizer with ``kind``'s special tokens (and chat template)."""
     from lvlm_lens.testing.tiny import TINY_WORDS, build_tiny_tokenizer
 
-    gemma = kind == "gemma3"
-    template = {"gemma3": GEMMA_CHAT_TEMPLATE, "qwen3-vl": QWEN3_CHAT_TEMPLATE}.get(
-        kind, QWEN_CHAT_TEMPLATE
-    )
-    template = template if chat_template else None
+    templates = {
+        "gemma3": GEMMA_CHAT_TEMPLATE,
+        "qwen3-vl": QWEN3_CHAT_TEMPLATE,
+        "internvl": INTERNVL_CHAT_TEMPLATE,
+    }
+    specials = {"gemma3": GEMMA_SPECIALS, "internvl": INTERNVL_SPECIALS}.get(kind, QWEN_SPECIALS)
+    template = templates.get(kind, QWEN_CHAT_TEMPLATE) if chat_template else None
     return build_tiny_tokenizer(
         chat_template=template,
         words=TINY_WORDS + EXTRA_WORDS,
-        named_specials=GEMMA_SPECIALS if gemma else QWEN_SPECIALS,
+        named_specials=specials,
     )
 
 

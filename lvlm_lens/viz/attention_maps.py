@@ -15,13 +15,15 @@ from lvlm_lens.viz.figures import ExampleView
 def patch_attention(
     model: Any, inp: LVLMInput, heads: list[tuple[int, int]]
 ) -> dict[str, np.ndarray]:
-    """Attention from the final token to the (base-tile) image patches of some heads, on the
-    token grid of the first image (its shape read off ``inp.image_coords``)."""
+    """Attention from the final token to the image patches of some heads, on the token grid of
+    the first image's whole-image tile (LLaVA-NeXT's base image, InternVL's thumbnail; its
+    shape read off ``inp.image_coords``)."""
     names = [f"blocks.{layer}.attn.hook_pattern" for layer, _ in heads]
     with torch.no_grad():
         _, cache = model.run_with_cache(inp, names_filter=names, return_cache_object=False)
     coords = inp.image_coords[0]
-    keep = (coords[:, 0] == 0) & (coords[:, 1] >= 0)  # the base tile, no newline / CLS token
+    tile = model.vision.overview_tile(coords)
+    keep = (coords[:, 0] == tile) & (coords[:, 1] >= 0)  # no newline / CLS token
     pos = inp.positions("image")[keep]
     rows, cols = int(coords[keep, 1].max()) + 1, int(coords[keep, 2].max()) + 1
     out = {}
@@ -48,6 +50,8 @@ def example_views(
         inp = model.prepare(rec.image, rec.prompt)
         image = rec.load_image()
         size = getattr(model.vision.config.vision_config, "image_size", None)
+        if isinstance(size, list | tuple):
+            size = size[0]
         if size is not None:  # a fixed-size tower; native-resolution ones keep the aspect
             image = image.resize((size, size))
         obj = None

@@ -18,6 +18,7 @@ CASES = {
     "qwen2.5-vl": {},
     "qwen3-vl": {},
     "gemma3": {},
+    "internvl": {},
     # variants of the language backbone the real checkpoints use
     "llava-next-mistral/sliding-window": dict(sliding_window=20),
     "llava-llama/rope-linear": dict(
@@ -91,7 +92,7 @@ def hf_generate(reference, model, inp, n):
 
 @pytest.mark.parametrize(
     "case", ["llava-llama", "llava-onevision-qwen2", "llava-next-mistral", "qwen2-vl",
-             "qwen2.5-vl", "qwen3-vl", "gemma3"],
+             "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl"],
 )
 def test_generate_matches_hf_greedy(tiny_checkpoint, case):
     """Prompt + new tokens, as TransformerLens and HF return them; or the new tokens only."""

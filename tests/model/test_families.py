@@ -1,5 +1,5 @@
-"""Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Gemma 3 beyond logits: inputs, hooks, M-RoPE, image
-blocks and DeepStack."""
+"""Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3 and InternVL beyond logits: inputs, hooks, M-RoPE,
+image blocks, DeepStack and tiles."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from lvlm_lens import HookedLVLM
 from lvlm_lens.model.layout import TokenLayout
 from tests.helpers import PROMPTS, noise_image
 
-KINDS = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3"]
+KINDS = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl"]
 IMAGES = [noise_image(20, 28, 1), noise_image(30, 18, 2)]
 
 
@@ -45,9 +45,10 @@ def test_to_hf_has_the_family_inputs(fam):
     kind, model, inp = fam
     kw = inp.to_hf()
     extra = {"image_grid_thw", "mm_token_type_ids"} if "qwen" in kind else {"token_type_ids"}
+    extra = set() if kind == "internvl" else extra  # pixel values only
     assert set(kw) == {"input_ids", "attention_mask", "position_ids", "pixel_values"} | extra
-    types = kw["token_type_ids" if kind == "gemma3" else "mm_token_type_ids"]
-    assert torch.equal(types.bool(), inp.groups["image"])
+    for key in extra & {"token_type_ids", "mm_token_type_ids"}:
+        assert torch.equal(kw[key].bool(), inp.groups["image"])
     assert "position_ids" not in inp.to_hf(generate=True)
 
 
@@ -56,12 +57,14 @@ def test_groups_and_grid_coordinates(fam):
     strs = model.to_str_tokens(inp, 0)
     grid = (4, 4) if kind == "gemma3" else (5, 7)
     cells = [f"<img {r},{c}>" for r in range(grid[0]) for c in range(grid[1])]
-    assert [s for s in strs if s.startswith("<img")] == cells
+    if kind == "internvl":  # 20x28: a 2x2 grid of tiles and the thumbnail, 4x4 tokens each
+        cells = [f"<img {t}:{r},{c}>" for t in range(5) for r in range(4) for c in range(4)]
+    assert [s for s in strs if s.startswith("<img ")] == cells
     question = [t for t, q in zip(inp.input_ids[0], inp.groups["question"][0], strict=True) if q]
     words = model.tokenizer.convert_ids_to_tokens(question)
     assert words == ["what", "is", "the", "main", "object", "in", "this", "image", "?"]
     role = model.tokenizer.convert_ids_to_tokens(inp.input_ids[0][inp.groups["role"][0]])
-    marker = {"gemma3": "<end_of_image>"}.get(kind, "<|vision_end|>")
+    marker = {"gemma3": "<end_of_image>", "internvl": "</img>"}.get(kind, "<|vision_end|>")
     assert marker in role and "ASSISTANT" in role
 
 
