@@ -39,6 +39,33 @@ def pooled_runner(engines: list[AblationEngine]) -> Callable[[Tensor], Tensor]:
     return run
 
 
+def example_rankings(
+    model: Any,
+    inputs: list[LVLMInput],
+    baselines: list[BaselineKV],
+    engines: list[AblationEngine],
+    config: HeadAblation,
+    metric: str,
+) -> dict[str, Tensor]:
+    """Single-head ablation, attention weight and attribution patching of every example.
+
+    Returns:
+        Name -> ``[n_examples, n_layers, n_heads]`` importance (larger = more important).
+    """
+    return {
+        "single-head ablation": torch.cat(
+            [single_head_ablation(e, progress=False) for e in engines]
+        ),
+        "attention weight": torch.cat([attention_weight(model, i, config.source) for i in inputs]),
+        "attribution patching": torch.cat(
+            [
+                attribution_patching(model, i, b, config.scope, metric)
+                for i, b in zip(inputs, baselines, strict=True)
+            ]
+        ),
+    }
+
+
 def baseline_rankings(
     model: Any,
     inputs: list[LVLMInput],
@@ -48,20 +75,8 @@ def baseline_rankings(
     metric: str,
 ) -> dict[str, Tensor]:
     """Single-head ablation, attention weight and attribution patching, averaged over examples."""
-    return {
-        "single-head ablation": torch.cat(
-            [single_head_ablation(e, progress=False) for e in engines]
-        ).mean(0),
-        "attention weight": torch.cat(
-            [attention_weight(model, i, config.source) for i in inputs]
-        ).mean(0),
-        "attribution patching": torch.cat(
-            [
-                attribution_patching(model, i, b, config.scope, metric)
-                for i, b in zip(inputs, baselines, strict=True)
-            ]
-        ).mean(0),
-    }
+    per_example = example_rankings(model, inputs, baselines, engines, config, metric)
+    return {name: r.mean(0) for name, r in per_example.items()}
 
 
 def compare_rankings(

@@ -65,8 +65,10 @@ class RandomBand:
     Attributes:
         ks: Numbers of top heads.
         quantiles: The quantile levels.
-        faithfulness, completeness: ``[n_quantiles, n_ks]`` quantiles over random rankings.
-        all_faithfulness, all_completeness: ``[n_random, n_ks]``, one row per random ranking.
+        faithfulness: ``[n_quantiles, n_ks]`` quantiles of faithfulness over random rankings.
+        completeness: ``[n_quantiles, n_ks]`` quantiles of completeness over random rankings.
+        all_faithfulness: ``[n_random, n_ks]``, faithfulness of each random ranking.
+        all_completeness: ``[n_random, n_ks]``, completeness of each random ranking.
     """
 
     ks: Int[Tensor, " n_ks"]

@@ -36,10 +36,14 @@ class LinearFit:
     Attributes:
         coef: ``β_h`` per head, ``[n_layers, n_heads]``; negative = ablation lowers the metric.
         intercept: ``β₀`` (pooled fit: mean of ``example_intercepts``).
-        alpha, method: Chosen penalty (0 for OLS); ``"ridge"``, ``"ols"`` or ``"lasso"``.
-        pearson_r, r2: Held-out Pearson r and R² of predicted vs true metric (nan if no held-out).
-        n_train, n_test: Masks used for the final fit / held out.
-        alphas, val_mse: Penalty grid and its validation MSE (None for OLS / without a search).
+        alpha: Chosen penalty (0 for OLS).
+        method: ``"ridge"``, ``"ols"`` or ``"lasso"``.
+        pearson_r: Held-out Pearson r of predicted vs true metric (nan if nothing is held out).
+        r2: Held-out R² of predicted vs true metric (nan if nothing is held out).
+        n_train: Masks used for the final fit.
+        n_test: Masks held out.
+        alphas: Penalty grid searched (None for OLS or without a search).
+        val_mse: Validation MSE of each penalty of ``alphas``.
         example_intercepts: Per-example intercepts of a pooled fit.
     """
 
@@ -80,7 +84,7 @@ def sample_masks(
         n_heads: Query heads per layer.
         rate: Ablation probability in (0, 1); 0.05 is COAR's default.
         seed: Seed of the CPU generator (same masks on every device).
-        device: Where to put the masks (``torch.device`` or str).
+        device (torch.device | str | None): Where to put the masks (default: CPU).
 
     Returns:
         ``True`` where a head is ablated.
@@ -267,7 +271,10 @@ def fit_pooled(
     Args:
         masks_list: Per example, its ablation masks (counts may differ; may be shared).
         targets_list: Per example, the metric of each masked run.
-        method, alphas, holdout, seed: As in :func:`fit_linear`.
+        method: As in :func:`fit_linear`.
+        alphas: As in :func:`fit_linear`.
+        holdout: As in :func:`fit_linear`.
+        seed: As in :func:`fit_linear`.
 
     Returns:
         The fit, with ``example_intercepts`` ``[n_examples]``.

@@ -13,6 +13,7 @@ from lvlm_lens.interventions.ablation import (
     compute_baseline,
     head_ablation_hooks,
 )
+from lvlm_lens.interventions.baseline_check import BaselineCheck, check_baseline
 from lvlm_lens.interventions.engine import AblationEngine, run_reference
 from lvlm_lens.interventions.knockout import (
     knockout,
@@ -29,10 +30,12 @@ __all__ = [
     "METRICS",
     "SCOPES",
     "AblationEngine",
+    "BaselineCheck",
     "BaselineKV",
     "HeadAblation",
     "ablate_heads",
     "ablate_image_tokens",
+    "check_baseline",
     "compute_baseline",
     "get_metric",
     "head_ablation_hooks",

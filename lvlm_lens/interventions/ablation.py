@@ -24,7 +24,9 @@ from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.model.prepare import to_rgb
 from lvlm_lens.progress import progress_bar, show_progress
 
+#: Kinds of baseline keys/values (see :class:`HeadAblation`).
 BASELINES = ("mean", "image", "blank", "zero")
+#: Which queries read the baseline: ``text`` (after the last source token) or ``all``.
 SCOPES = ("text", "all")
 
 
@@ -234,17 +236,23 @@ def head_ablation_hooks(
     heads: Bool[Tensor, "... n_layers n_heads"] | Float[Tensor, "... n_layers n_heads"],
     baseline: BaselineKV,
     scope: str = "text",
+    queries: Bool[Tensor, "batch pos"] | None = None,
 ) -> list[tuple[str, Any]]:
     """Hooks that ablate ``heads`` (``True``/1 = ablated) in a full-sequence run of ``inp``.
 
     This is the reference implementation. A float ``heads`` interpolates: the selected scores
     and values move by that fraction towards the baseline, so its gradient at 0 is the
-    attribution-patching estimate of each head's ablation effect.
+    attribution-patching estimate of each head's ablation effect. ``queries`` (a bool mask of
+    query positions) replaces ``scope`` to make only those queries read the baseline, e.g. the
+    final token in path patching.
     """
     heads = check_heads(model, heads, len(inp))
     b = len(inp)
     weight = heads.to(model.cfg.dtype).expand(b, *heads.shape[-2:]).to(model.cfg.device)
-    qs = query_scope(inp, baseline.source, scope).to(model.cfg.device)
+    qs = query_scope(inp, baseline.source, scope) if queries is None else (
+        queries.bool().to(baseline.source.device) & inp.attention_mask.bool().to(
+            baseline.source.device))
+    qs = qs.to(model.cfg.device)
     src = baseline.source.to(model.cfg.device)
     g = model.cfg.n_groups
     hooks = []

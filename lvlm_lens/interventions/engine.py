@@ -71,6 +71,11 @@ class AblationEngine:
         config: The ablation options (scope, source).
         metric: Metric name (:mod:`~lvlm_lens.interventions.metrics`) or ``f(logits, answer_ids)``.
         batch_size: Masks per forward pass.
+
+    Attributes:
+        answers: The answer token per example: ``inp.answer_ids``, or the model's own clean
+            answer when the input has none.
+        baseline: The baseline keys/values the ablated heads read.
     """
 
     def __init__(

@@ -76,6 +76,16 @@ class LVLMConfig:
         device: Device the weights live on.
         dtype: Dtype of the weights.
         use_attn_result: Compute and hook the per-head output ``blocks.{l}.attn.hook_result``.
+        normalization_type: Always ``"RMS"`` (TransformerLens field, read by ``ActivationCache``).
+        final_rms: Always true: a final RMSNorm (``ln_final``) precedes the unembedding.
+        attn_only: Always false: every block has an MLP.
+        positional_embedding_type: Always ``"rotary"``.
+        original_architecture: HF architecture name of the checkpoint, if known.
+        default_prepend_bos: Whether ``to_tokens`` prepends BOS by default.
+        use_split_qkv_input: Always false (TransformerLens field; not supported).
+        use_attn_in: Always false (TransformerLens field; not supported).
+        use_hook_mlp_in: Always false (TransformerLens field; not supported).
+        extra: Family-specific settings that have no TransformerLens field.
     """
 
     n_layers: int

@@ -48,6 +48,21 @@ class HookedLVLM(TokensMixin, ModelWeights, HookedRootModule):
     hook sees the image.
 
     Build one with :meth:`from_pretrained` or :meth:`from_hf`; make inputs with :meth:`prepare`.
+
+    Attributes:
+        cfg: The language backbone's configuration (TransformerLens field names).
+        embed: Token embedding (``W_E``).
+        hook_image_embeds: Hook on the projected image embeddings, flat
+            ``[n_image_tokens_in_batch, d_model]`` in order of appearance.
+        hook_embed: Hook on the token embeddings with the image embeddings spliced in.
+        vision: The HF vision tower, projector and image packing.
+        blocks: The decoder blocks (``blocks[l].attn``, ``blocks[l].mlp``, ``ln1``, ``ln2``).
+        ln_final: The final RMSNorm.
+        unembed: The unembedding (``W_U``).
+        rotary_emb: The checkpoint's own rotary-embedding module.
+        tokenizer: The checkpoint's tokenizer.
+        image_processor: The checkpoint's image processor.
+        chat_template: The chat template used by ``prepare(..., template="chat")``.
     """
 
     def __init__(

@@ -8,7 +8,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-#: Named token groups carried by every :class:`LVLMInput`.
+#: Named token groups carried by every :class:`LVLMInput`: the first six partition the real
+#: tokens, ``text`` is every real token that is not an image token.
 GROUP_NAMES = ("bos", "system", "role", "image", "question", "final", "text")
 
 
@@ -19,10 +20,12 @@ class LVLMInput:
     Attributes:
         input_ids: Token ids, image placeholders already expanded to one token per image embedding.
         attention_mask: 1 at real tokens, 0 at left padding.
-        groups: Named token groups as boolean masks: ``bos``, ``system`` (system-message text),
-            ``role`` (chat-template scaffolding such as ``USER``, ``ASSISTANT``, ``:``),
-            ``image``, ``question`` (the user's text), ``final`` (last real token) and ``text``
-            (every real token that is not an image token).
+        groups: Named token groups as boolean masks. Every real token is in exactly one of
+            ``bos``, ``system`` (system-message text), ``role`` (chat-template scaffolding
+            such as ``USER``, ``ASSISTANT``, ``\\n``, but not the last token), ``image``,
+            ``question`` (the user's text) and ``final`` (the last real token, whatever it
+            is); ``text`` is the union of all but ``image``. The one exception: a prompt
+            that ends with an image token keeps that token in ``image`` as well as ``final``.
         pixel_values: Image processor output, or ``None`` when ``image_embeds`` is given.
         image_sizes: Original ``(height, width)`` of every image.
         image_grid: Qwen2-VL: ``(t, h, w)`` patch grid of every image (HF's ``image_grid_thw``);
@@ -63,6 +66,7 @@ class LVLMInput:
 
     @property
     def has_images(self) -> bool:
+        """Whether any example of the batch holds an image."""
         return sum(self.images_per_example) > 0
 
     def __len__(self) -> int:

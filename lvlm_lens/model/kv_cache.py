@@ -41,10 +41,12 @@ class KVCache:
 
     @property
     def batch_size(self) -> int:
+        """Number of cached examples."""
         return self.attention_mask.shape[0]
 
     @property
     def length(self) -> int:
+        """Number of cached positions (padding included)."""
         return self.attention_mask.shape[1]
 
     def rows_per_example(self, batch: int) -> int:

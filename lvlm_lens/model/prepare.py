@@ -26,7 +26,6 @@ ROLE_PATTERN = re.compile(
     r"|<start_of_turn>(?:user|model)|<end_of_turn>|<\|(?:user|assistant|system|end)\|>|###"
 )
 _USER = re.compile(r"user|human|\[INST\]", re.IGNORECASE)
-_ASSISTANT = re.compile(r"assistant|gpt|\[/INST\]|model", re.IGNORECASE)
 
 
 def to_rgb(image: Any) -> Image.Image:
@@ -93,13 +92,14 @@ def _spans_from_roles(
     question starts after the last image placeholder and any of its ``closers``."""
     roles = list(ROLE_PATTERN.finditer(text))
     users = [m for m in roles if _USER.search(m.group())]
-    if not roles:
-        return None, (0, len(text))
-    first = roles[0].start()
-    system = _strip_span(text, 0, first) if text[:first].strip() else None
-    start = users[-1].end() if users else roles[0].end()
-    after = [m for m in roles if m.start() >= start and _ASSISTANT.search(m.group())]
-    end = after[0].start() if after else len(text)
+    system, start, end = None, 0, len(text)
+    if roles:
+        first = roles[0].start()
+        system = _strip_span(text, 0, first) if text[:first].strip() else None
+        start = users[-1].end() if users else roles[0].end()
+        # the user's turn ends at the next marker (ASSISTANT:, [/INST], <|im_end|>, ...)
+        after = [m for m in roles if m.start() >= start]
+        end = after[0].start() if after else len(text)
     last_image = text.rfind(placeholder, start, end)
     if last_image >= 0:
         start = last_image + len(placeholder)
@@ -115,6 +115,31 @@ def _strip_span(text: str, start: int, end: int) -> tuple[int, int]:
     while end > start and text[end - 1].isspace():
         end -= 1
     return start, end
+
+
+def _text_group(
+    j: int,
+    n_tokens: int,
+    is_bos: bool,
+    a: int,
+    b: int,
+    q_span: tuple[int, int],
+    sys_span: tuple[int, int] | None,
+) -> str:
+    """The one group of text token ``j`` (of ``n_tokens``) at characters ``[a, b)``.
+
+    The last token is ``final`` and nothing else; then ``bos``, ``question``, ``system``, and
+    ``role`` for the rest (chat-template scaffolding).
+    """
+    if j == n_tokens - 1:
+        return "final"
+    if j == 0 and is_bos:
+        return "bos"
+    if _overlaps(q_span, a, b):
+        return "question"
+    if _overlaps(sys_span, a, b):
+        return "system"
+    return "role"
 
 
 def _render(
@@ -272,16 +297,7 @@ def prepare_inputs(
                 row += [(t, "image")] * coords[img].shape[0]
                 img += 1
                 continue
-            group = (
-                "bos"
-                if j == 0 and t == tok.bos_token_id
-                else "question"
-                if _overlaps(q_span, a, b)
-                else "system"
-                if _overlaps(sys_span, a, b)
-                else "role"
-            )
-            row.append((t, group))
+            row.append((t, _text_group(j, len(ids), t == tok.bos_token_id, a, b, q_span, sys_span)))
         rows.append(row)
 
     length = max(len(r) for r in rows)

@@ -46,6 +46,7 @@ class VisionSide(nn.Module):
         self, processed: Mapping[str, Tensor], images_per_example: list[int]
     ) -> list[Int[Tensor, "img_tok 3"]]:
         """``(tile, row, col)`` of every image token, per image, without running the tower.
+        Tile 0 is the one that shows the whole image (the only tile of an untiled image).
 
         Args:
             processed: The image processor's output, with ``image_sizes`` (original
@@ -53,11 +54,6 @@ class VisionSide(nn.Module):
             images_per_example: How many images each example holds.
         """
         raise NotImplementedError
-
-    def overview_tile(self, coords: Int[Tensor, "img_tok 3"]) -> int:
-        """The tile of an image's tokens that covers the whole image (LLaVA-NeXT's base image:
-        tile 0; an untiled image: its only tile)."""
-        return 0
 
     def with_deepstack(self, inp: Any) -> tuple[list[Tensor], list[list[Tensor]] | None]:
         """The image embeddings and any DeepStack features (Qwen3-VL; ``None`` here)."""

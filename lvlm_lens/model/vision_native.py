@@ -121,16 +121,14 @@ class InternVision(VisionSide):
         feats = self._inner.get_image_features(self.pixels(inp), return_dict=True).pooler_output
         return [f.flatten(0, 1) for f in feats.split(inp.image_tiles.tolist())]
 
-    def overview_tile(self, coords: Int[Tensor, "img_tok 3"]) -> int:
-        """The thumbnail: the last tile (the only one of an image that was not cut)."""
-        return int(coords[:, 0].max())
-
     def token_layout(
         self, processed: Mapping[str, Tensor], images_per_example: list[int]
     ) -> list[Int[Tensor, "img_tok 3"]]:
-        """``(tile, row, col)`` of every token: the tiles in the processor's order (the grid
-        row by row, then the thumbnail)."""
-        tiles = processed["num_patches"].tolist()
-        return [
-            torch.cat([grid_coords(self.side, self.side, tile=t) for t in range(n)]) for n in tiles
-        ]
+        """``(tile, row, col)`` of every token, in the processor's order: the grid of tiles
+        row by row (tiles ``1..n-1``), then the thumbnail, labelled tile 0 as the whole-image
+        tile is in every family (LLaVA-NeXT's base image)."""
+        out = []
+        for n in processed["num_patches"].tolist():
+            labels = [*range(1, n), 0] if n > 1 else [0]
+            out.append(torch.cat([grid_coords(self.side, self.side, tile=t) for t in labels]))
+        return out

@@ -140,14 +140,17 @@ class ModelWeights(Circuits):
 
     @property
     def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
+        """Token embedding matrix."""
         return self.embed.W_E
 
     @property
     def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+        """Unembedding matrix (``ln_final``'s weight not folded in)."""
         return self.unembed.W_U
 
     @property
     def b_U(self) -> Float[Tensor, " d_vocab"]:
+        """Unembedding bias (zeros if the checkpoint has none)."""
         return self.unembed.b_U
 
     def tokens_to_residual_directions(

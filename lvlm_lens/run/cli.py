@@ -61,7 +61,7 @@ def _common(p: argparse.ArgumentParser, out: str) -> None:
 
 
 def _attribute_arguments(a: argparse.ArgumentParser) -> None:
-    d = RunOptions().attribution  # the CLI's defaults are RunOptions' (baseline: mean)
+    d = RunOptions().attribution  # the CLI's defaults are RunOptions' (baseline: blank)
     h = d.ablation
     a.add_argument("--num-masks", dest="n_masks", metavar="N", type=int, default=d.n_masks,
                    help="random masks per example")  # fmt: skip

@@ -17,6 +17,7 @@ from lvlm_lens.attribution.curves import Curves, RandomBand
 from lvlm_lens.attribution.results import AttributionResult
 from lvlm_lens.data import load_folder, synthetic_records
 from lvlm_lens.errors import OptionError
+from lvlm_lens.interventions.baseline_check import BaselineCheck, baseline_note, check_baseline
 from lvlm_lens.model import HookedLVLM
 from lvlm_lens.run.distributed import current_shard
 from lvlm_lens.run.options import RunOptions
@@ -146,25 +147,31 @@ def compare(
     subset: list[int],
     result: AttributionResult,
     baselines: BaselineCache,
-) -> tuple[dict[str, torch.Tensor], dict[str, Curves], RandomBand]:
-    """Head attribution against the other rankings, on the examples ``subset``."""
+) -> tuple[dict[str, torch.Tensor], dict[str, Curves], RandomBand | None, BaselineCheck]:
+    """Head attribution against the other rankings, on the examples ``subset`` whose
+    all-heads effect is large enough to normalise by (:func:`check_baseline`); the check is
+    returned too."""
     cfg = opts.attribution
     inputs = [
         model.prepare(records[i].image, records[i].prompt, answers=records[i].answer,
                       answer_rule=opts.answer_rule)  # fmt: skip
         for i in subset
     ]
-    return compare_rankings(
+    bases = [baselines(x) for x in inputs]
+    check = check_baseline(model, inputs, bases, cfg.ablation, cfg.metric)
+    if not check.kept:
+        return {}, {}, None, check
+    return *compare_rankings(
         model,
         result,
-        inputs,
-        [baselines(x) for x in inputs],
+        [inputs[i] for i in check.kept],
+        [bases[i] for i in check.kept],
         cfg.ablation,
         cfg.metric,
         n_random=opts.n_random,
         seed=cfg.seed,
         batch_size=cfg.batch_size,
-    )
+    ), check
 
 
 def attribute(
@@ -189,10 +196,13 @@ def attribute(
     if opts.rankings:
         t1 = time.time()
         baselines = BaselineCache(model, opts, refs, image)
-        rankings, curves, band = compare(
+        rankings, curves, band, check = compare(
             model, opts, records, kept[:curve_examples], result, baselines
         )
-        notes += comparison_notes(curves, band, model.cfg.n_layers * model.cfg.n_heads)
+        summary["baseline_check"] = check.summary()
+        notes.append(baseline_note(check, opts.attribution.ablation.baseline))
+        if curves:
+            notes += comparison_notes(curves, band, model.cfg.n_layers * model.cfg.n_heads)
         summary["curves"] = {
             n: {f: getattr(c, f).tolist() for f in ("ks", "faithfulness", "completeness")}
             for n, c in curves.items()

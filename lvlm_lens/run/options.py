@@ -7,7 +7,6 @@ from typing import Any
 
 from lvlm_lens.attribution.head_attribution import AttributionConfig
 from lvlm_lens.errors import OptionError
-from lvlm_lens.interventions.ablation import HeadAblation
 
 
 @dataclass
@@ -30,8 +29,9 @@ class RunOptions:
         dtype: ``float32``, ``bfloat16`` or ``float16``.
         rankings: Also compute the baseline rankings and faithfulness/completeness curves.
         n_random: Random rankings for the random band.
-        attribution: Head-attribution options (baseline ``mean`` over the reference images
-            by default, unlike the library's ``blank``: a run over a dataset has references).
+        attribution: Head-attribution options (baseline ``blank`` by default, as the
+            library's: of the four baselines it leaves the fewest examples with a near-zero
+            all-heads effect on both shipped toys, ``docs/claims.md``).
         threads: CPU threads of torch's intra-op pool; ``None`` picks them
             (:func:`lvlm_lens.run.threads.choose_threads`). Not part of the fingerprint: a run
             may resume with other threads.
@@ -51,9 +51,7 @@ class RunOptions:
     dtype: str = "float32"
     rankings: bool = True
     n_random: int = 10
-    attribution: AttributionConfig = field(
-        default_factory=lambda: AttributionConfig(ablation=HeadAblation(baseline="mean"))
-    )
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
     threads: int | None = None
 
     def __post_init__(self) -> None:

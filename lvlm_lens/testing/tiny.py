@@ -50,8 +50,11 @@ from lvlm_lens.testing.tiny_families import (
     tiny_text_kwargs,
 )
 
+#: The LLaVA families built here: LLaVA-1.5 (Llama), LLaVA-NeXT (Mistral, Vicuna) and
+#: LLaVA-OneVision (Qwen2).
 LLAVA_KINDS = ("llava-llama", "llava-next-mistral", "llava-next-vicuna", "llava-onevision-qwen2")
-#: Every tiny kind: the LLaVA families here, Qwen2-VL / Qwen2.5-VL / Gemma 3 in ``tiny_families``.
+#: Every kind :func:`build_tiny_checkpoint` builds: those and ``tiny_families.FAMILY_KINDS``
+#: (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, InternVL).
 TINY_KINDS = LLAVA_KINDS + FAMILY_KINDS
 
 SPECIAL_TOKENS = (

@@ -5,34 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
 from lvlm_lens.data import patch_grid_mask
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.viz.figures import ExampleView
+from lvlm_lens.viz.patches import head_attention, image_grids
 
 
 def patch_attention(
     model: Any, inp: LVLMInput, heads: list[tuple[int, int]]
 ) -> dict[str, np.ndarray]:
-    """Attention from the final token to the image patches of some heads, on the token grid of
-    the first image's whole-image tile (LLaVA-NeXT's base image, InternVL's thumbnail; its
-    shape read off ``inp.image_coords``)."""
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer, _ in heads]
-    with torch.no_grad():
-        _, cache = model.run_with_cache(inp, names_filter=names, return_cache_object=False)
-    coords = inp.image_coords[0]
-    tile = model.vision.overview_tile(coords)
-    keep = (coords[:, 0] == tile) & (coords[:, 1] >= 0)  # no newline / CLS token
-    pos = inp.positions("image")[keep]
-    rows, cols = int(coords[keep, 1].max()) + 1, int(coords[keep, 2].max()) + 1
-    out = {}
-    for layer, head in heads:
-        row = cache[f"blocks.{layer}.attn.hook_pattern"][0, head, -1, pos].float().cpu()
-        grid = torch.zeros(rows, cols)
-        grid[coords[keep, 1], coords[keep, 2]] = row
-        out[f"L{layer}H{head}"] = grid.numpy()
-    return out
+    """Attention from the final token to the (base-tile) image patches of some heads."""
+    grid = image_grids(inp, 0)[0]
+    att = head_attention(model, inp, heads, "final", 0)
+    return {f"L{layer}H{head}": np.nan_to_num(grid.fill(a)).astype(np.float32)
+            for (layer, head), a in att.items()}
 
 
 def example_views(

@@ -57,8 +57,8 @@ def test_groups_and_grid_coordinates(fam):
     strs = model.to_str_tokens(inp, 0)
     grid = (4, 4) if kind == "gemma3" else (5, 7)
     cells = [f"<img {r},{c}>" for r in range(grid[0]) for c in range(grid[1])]
-    if kind == "internvl":  # 20x28: a 2x2 grid of tiles and the thumbnail, 4x4 tokens each
-        cells = [f"<img {t}:{r},{c}>" for t in range(5) for r in range(4) for c in range(4)]
+    if kind == "internvl":  # 20x28: a 2x2 grid of tiles 1-4, then the thumbnail (tile 0)
+        cells = [f"<img {t}:{r},{c}>" for t in (1, 2, 3, 4, 0) for r in range(4) for c in range(4)]
     assert [s for s in strs if s.startswith("<img ")] == cells
     question = [t for t, q in zip(inp.input_ids[0], inp.groups["question"][0], strict=True) if q]
     words = model.tokenizer.convert_ids_to_tokens(question)

@@ -31,7 +31,7 @@ def test_token_groups_of_a_raw_prompt(model):
     inp = model.prepare(noise_image(20, 20), "a helpful assistant . " + PROMPTS[0])
     assert group_tokens(model, inp, "bos") == ["<s>"]
     assert group_tokens(model, inp, "system") == ["a", "helpful", "assistant", "."]
-    assert group_tokens(model, inp, "role") == ["USER", ":", "\n", "ASSISTANT", ":"]
+    assert group_tokens(model, inp, "role") == ["USER", ":", "\n", "ASSISTANT"]
     assert group_tokens(model, inp, "question") == "what is the main object in this image ?".split()
     assert group_tokens(model, inp, "final") == [":"]
     assert int(inp.groups["image"].sum()) == 16
