@@ -50,6 +50,7 @@ _QWEN = dict(
     hf_inputs=("image_grid_thw", "mm_token_type_ids"),
     vision=QwenVision,
 )
+#: The supported families by HF ``config.model_type``.
 FAMILIES: dict[str, Family] = {
     "llava": Family(
         "LLaVA-1.5", "LlavaForConditionalGeneration", ("llama", "mistral", "qwen2"),

@@ -55,13 +55,16 @@ class HookedLVLM(TokensMixin, ModelWeights, HookedRootModule):
         hook_image_embeds: Hook on the projected image embeddings, flat
             ``[n_image_tokens_in_batch, d_model]`` in order of appearance.
         hook_embed: Hook on the token embeddings with the image embeddings spliced in.
-        vision: The HF vision tower, projector and image packing.
-        blocks: The decoder blocks (``blocks[l].attn``, ``blocks[l].mlp``, ``ln1``, ``ln2``).
+        vision: The HF vision tower, projector and image packing (the family's vision side).
+        blocks: The decoder blocks (``blocks[l].attn``, ``blocks[l].mlp``, ``ln1``, ``ln2``;
+            ``ln1_post`` / ``ln2_post`` with sandwich norms).
         ln_final: The final RMSNorm.
         unembed: The unembedding (``W_U``).
         rotary_emb: The checkpoint's own rotary-embedding module.
         tokenizer: The checkpoint's tokenizer.
         image_processor: The checkpoint's image processor.
+        image_text: How an image appears in this family's prompts and token ids
+            (placeholder, what ``<image>`` becomes, expansion).
         chat_template: The chat template used by ``prepare(..., template="chat")``.
     """
 

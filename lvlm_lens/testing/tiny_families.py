@@ -35,6 +35,7 @@ from transformers.models.gemma3 import Gemma3ImageProcessorPil
 from transformers.models.got_ocr2 import GotOcr2ImageProcessorPil
 from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 
+#: The tiny kinds built here (``build_tiny_checkpoint`` builds them as well as the LLaVA ones).
 FAMILY_KINDS = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl")
 
 #: Words the family chat templates need beyond the shared tiny vocabulary.
