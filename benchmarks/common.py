@@ -13,6 +13,9 @@
 - :func:`build_random_llava` builds a random ``LlavaForConditionalGeneration`` (CLIP vision
   tower + Llama decoder) in memory, with eager attention and the word-level tokenizer and
   CLIP image processor of :mod:`lvlm_lens.testing.tiny`.
+- :func:`build_random_family` does the same for Qwen2-VL / 2.5-VL / 3-VL and Gemma 3 (their own
+  vision towers, their decoders at the same sizes), with the configs of
+  :mod:`lvlm_lens.testing.tiny_families`.
 - :func:`llava15_prompt` and :func:`random_images` make LLaVA-1.5-shaped inputs for it.
 - :func:`keep_freed_memory` stops glibc from handing freed memory back to the kernel.
 - :func:`boot_tl_bridge` saves a random LLaVA-1.5 model with its processor and boots
@@ -42,6 +45,11 @@ from transformers.models.clip import CLIPImageProcessorPil
 
 from lvlm_lens.testing.llava_config import clip_llama_config
 from lvlm_lens.testing.tiny import build_tiny_tokenizer
+from lvlm_lens.testing.tiny_families import (
+    family_config,
+    family_image_processor,
+    family_tokenizer,
+)
 
 
 def time_interleaved(
@@ -156,6 +164,80 @@ def build_random_llava(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
     return model.eval(), tokenizer, image_processor
+
+
+def build_random_family(
+    kind: str,
+    *,
+    n_layers: int = 8,
+    d_model: int = 1024,
+    n_heads: int = 16,
+    d_mlp: int = 2816,
+    vision_layers: int = 2,
+    vision_d_model: int = 256,
+    seed: int = 0,
+) -> tuple[Any, Any, Any, int]:
+    """A random ``kind`` model (``qwen2-vl``, ``qwen2.5-vl``, ``qwen3-vl``, ``gemma3``,
+    ``internvl``) with the
+    decoder sizes of :func:`build_random_llava`, its tokenizer and image processor, and the
+    image side in pixels that gives LLaVA-1.5-like token counts.
+
+    Qwen2: patch 14, 2x2 merge, GQA with 4 K/V heads, q/k/v biases; a 672-px image gives 576
+    tokens. Qwen3-VL: patch 16 (768 px: 576 tokens), q/k norms, DeepStack from both vision
+    layers. Gemma 3: SigLIP at 448 px / patch 14 pooled to 256 tokens (as the real 896 px /
+    patch 14 / 256), 8 K/V heads, head_dim ``d_model / n_heads``, 5 sliding-window (512) : 1
+    global layers.
+    """
+    tokenizer = family_tokenizer(kind, chat_template=False)
+    d_head = d_model // n_heads
+    text: dict[str, Any] = dict(
+        hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
+        num_attention_heads=n_heads, max_position_embeddings=4096, initializer_range=0.02,
+        head_dim=d_head,
+    )  # fmt: skip
+    patch = 16 if kind == "qwen3-vl" else 14
+    vision: dict[str, Any] = dict(patch_size=patch)
+    if kind == "internvl":  # one 448-px tile of 32x32 patches, pixel-shuffled to 256 tokens
+        image_size = 448
+        text.update(num_key_value_heads=4)
+        vision.update(
+            hidden_size=vision_d_model, intermediate_size=4 * vision_d_model,
+            num_hidden_layers=vision_layers, num_attention_heads=max(1, vision_d_model // 64),
+            image_size=image_size,
+        )  # fmt: skip
+    elif kind == "gemma3":
+        image_size = 448
+        text.update(
+            num_key_value_heads=n_heads // 2, query_pre_attn_scalar=d_head, sliding_window=512,
+            layer_types=["full_attention" if i % 6 == 5 else "sliding_attention"
+                         for i in range(n_layers)],
+        )  # fmt: skip
+        vision.update(
+            hidden_size=vision_d_model, intermediate_size=4 * vision_d_model,
+            num_hidden_layers=vision_layers, num_attention_heads=max(1, vision_d_model // 64),
+            image_size=image_size, mm_tokens_per_image=256,
+        )  # fmt: skip
+    else:
+        image_size = 48 * patch
+        q = d_head // 2
+        text.update(num_key_value_heads=4, rope_parameters={
+            "rope_type": "default", "rope_theta": 1e6, "mrope_section": [q // 4, 3 * q // 8,
+                                                                          q - q // 4 - 3 * q // 8]})
+        heads = max(1, vision_d_model // 64)
+        if kind == "qwen2-vl":
+            vision.update(depth=vision_layers, embed_dim=vision_d_model, num_heads=heads)
+        elif kind == "qwen3-vl":
+            vision.update(depth=vision_layers, hidden_size=vision_d_model, num_heads=heads,
+                          intermediate_size=4 * vision_d_model, num_position_embeddings=2304,
+                          deepstack_visual_indexes=list(range(vision_layers)))
+        else:
+            vision.update(depth=vision_layers, hidden_size=vision_d_model, num_heads=heads,
+                          intermediate_size=4 * vision_d_model, window_size=112)
+    config, cls = family_config(kind, tokenizer, text, vision)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = cls(config)
+    return model.eval(), tokenizer, family_image_processor(kind, patch, image_size), image_size
 
 
 def llava15_prompt() -> str:

@@ -2,12 +2,18 @@
 
 Builds one random LLaVA-1.5-shaped model in memory (a small CLIP tower giving 576 image
 tokens, a Llama decoder of ``--layers`` x ``--d-model``; fp32, eval, eager attention) and a
-batch of ``--batch`` prompts of 5 text tokens + 576 image tokens + 26 text tokens. Under
+batch of ``--batch`` prompts of 5 text tokens + 576 image tokens + 26 text tokens. With
+``--family qwen2-vl`` / ``qwen2.5-vl`` / ``qwen3-vl`` / ``gemma3`` / ``internvl`` the model is
+that family's instead (its own vision tower; the decoder at the same sizes: M-RoPE and q/k/v
+biases, Qwen3's q/k norms and DeepStack, Gemma 3's sandwich norms, q/k norms and sliding
+layers, InternVL's Qwen2), 576 image tokens for Qwen, 256 for Gemma 3, and for InternVL 256
+per 448-px tile. Under
 ``torch.no_grad()`` and torch's default thread count it times, interleaved in one process
 (see :func:`benchmarks.common.time_interleaved`: 2 warm-up rounds, then ``--repeats`` rounds
 in a random order each, medians):
 
-- ``hf``: ``hf_model(input_ids, pixel_values, attention_mask, position_ids, use_cache=False)``
+- ``hf``: ``hf_model(**inp.to_hf(), use_cache=False)`` (ids, mask, positions, pixels and the
+  family's extra inputs)
 - ``forward``: ``model(inp)``
 - ``run_with_cache``: ``model.run_with_cache(inp)`` (every hook cached)
 - ``bridge_cache``: TransformerLens 4.3's own ``TransformerBridge`` booted from the same model
@@ -44,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import (  # noqa: E402
     OtherLoad,
     boot_tl_bridge,
+    build_random_family,
     build_random_llava,
     clock_of,
     keep_freed_memory,
@@ -64,6 +71,11 @@ BRIDGE_TARGET = 1.0
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--family",
+        default="llava",
+        choices=["llava", "qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl"],
+    )
     model_arguments(parser)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--batch", type=int, default=1)
@@ -85,18 +97,24 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
-    hf, tokenizer, image_processor = build_random_llava(
-        n_layers=args.layers, d_model=args.d_model, n_heads=args.heads, d_mlp=d_mlp
-    )
+    sizes = dict(n_layers=args.layers, d_model=args.d_model, n_heads=args.heads, d_mlp=d_mlp)
+    side, vision = 336, "CLIP 2 x 256"
+    if args.family == "llava":
+        hf, tokenizer, image_processor = build_random_llava(**sizes)
+    else:
+        hf, tokenizer, image_processor, side = build_random_family(args.family, **sizes)
+        vision = f"{args.family} vision 2 x 256 at {side} px"
     model = HookedLVLM.from_hf(hf, tokenizer=tokenizer, image_processor=image_processor)
-    inp = model.prepare(random_images(args.batch), [llava15_prompt()] * args.batch)
-    position_ids = (inp.attention_mask.cumsum(-1) - 1).clamp(min=0)
-    hf_kwargs = dict(attention_mask=inp.attention_mask, position_ids=position_ids, use_cache=False)
+    inp = model.prepare(random_images(args.batch, side), [llava15_prompt()] * args.batch)
+    full = dict(inp.to_hf(), use_cache=False)
+    # on precomputed image features: the language side only (positions, masks, token types)
+    hf_kwargs = {k: v for k, v in full.items() if k in ("attention_mask", "position_ids",
+                                                         "token_type_ids", "use_cache")}
     is_image = (inp.input_ids == model.cfg.image_token_id)[..., None]
 
     with torch.no_grad():
         image_embeds = model.image_embeddings(inp)
-        inp_embeds = inp.with_image_embeds(image_embeds)
+        inp_embeds = inp.with_image_embeds(image_embeds)  # (not run for DeepStack models)
         flat_embeds = torch.cat(image_embeds)
 
         def hf_embeds() -> torch.Tensor:
@@ -104,21 +122,22 @@ def main() -> None:
             return hf(inputs_embeds=x, **hf_kwargs).logits
 
         fns = {
-            "hf": lambda: (
-                hf(input_ids=inp.input_ids, pixel_values=inp.pixel_values, **hf_kwargs).logits
-            ),
+            "hf": lambda: hf(**full).logits,
             "forward": lambda: model(inp),
             "run_with_cache": lambda: model.run_with_cache(inp),
             "hf_embeds": hf_embeds,
             "forward_embeds": lambda: model(inp_embeds),
         }
+        if model.cfg.decoder.deepstack:  # DeepStack features are not in precomputed embeddings
+            del fns["hf_embeds"], fns["forward_embeds"]
         ref = fns["hf"]()
         diffs = {
             "forward": (fns["forward"]() - ref).abs().max().item(),
             "run_with_cache": (fns["run_with_cache"]()[0] - ref).abs().max().item(),
-            "forward_embeds": (fns["forward_embeds"]() - hf_embeds()).abs().max().item(),
+            "forward_embeds": float("nan") if "hf_embeds" not in fns
+            else (fns["forward_embeds"]() - hf_embeds()).abs().max().item(),
         }
-        if not args.no_bridge:
+        if not args.no_bridge and args.family == "llava":  # the bridge: LLaVA-1.5 only
             folder = tempfile.mkdtemp(prefix="llava15_")
             bridge = boot_tl_bridge(hf, tokenizer, image_processor, folder)
             bkw = dict(pixel_values=inp.pixel_values, attention_mask=inp.attention_mask)
@@ -140,7 +159,8 @@ def main() -> None:
     print(machine_info())
     print(
         f"model: {args.layers} layers, d_model {args.d_model}, {args.heads} heads, d_mlp {d_mlp}, "
-        f"vocab {model.cfg.d_vocab}; CLIP 2 x 256, 576 image tokens; fp32; malloc: {malloc}"
+        f"vocab {model.cfg.d_vocab}; {vision}, {int(inp.groups['image'].sum())} image tokens; "
+        f"fp32; malloc: {malloc}"
     )
     print(
         f"input: batch {args.batch} x {inp.input_ids.shape[1]} tokens; {args.repeats} "
@@ -161,7 +181,7 @@ def main() -> None:
             f"| {name:<21} | {sec:8.3f} | {min(samples[name]):6.3f} | {ratio:>6} | {target:<15} "
             f"| {diff:>14} |"
         )
-    if not args.no_bridge:
+    if "bridge_cache" in fns:
         print(f"\nhooks cached: ours {n_cached['run_with_cache']}, bridge "
               f"{n_cached['bridge_cache']} (aliases included), common names {n_cached['common']}")
         for ours, theirs in (("run_with_cache", "bridge_cache"),

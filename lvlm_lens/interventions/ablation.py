@@ -19,6 +19,7 @@ from jaxtyping import Bool, Float
 from PIL import Image
 from torch import Tensor
 
+from lvlm_lens.model.families import FAMILIES
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.model.prepare import to_rgb
 from lvlm_lens.progress import progress_bar, show_progress
@@ -151,9 +152,10 @@ def stand_ins(model: Any, inp: LVLMInput, images: Any) -> list[list[Image.Image]
 
 
 def resizes_stand_ins(model: Any) -> bool:
-    """Whether baseline images are resized to the images they replace (any-resolution families,
-    whose image-token layout depends on the image size), so baselines depend on image sizes."""
-    return model.cfg.lvlm_type != "llava"
+    """Whether baseline images are resized to the images they replace (any- and native-
+    resolution families, whose image-token layout depends on the image size: LLaVA-NeXT,
+    OneVision, Qwen2-VL...), so baselines depend on image sizes."""
+    return FAMILIES[model.cfg.lvlm_type].size_dependent_layout
 
 
 def _resize(image: Image.Image, size: list[int]) -> Image.Image:

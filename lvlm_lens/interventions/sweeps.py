@@ -33,6 +33,7 @@ from lvlm_lens.interventions.metrics import get_metric, metric_change
 from lvlm_lens.interventions.patching import check_pair
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.model.kv_cache import KVCache
+from lvlm_lens.model.layout import TokenLayout
 
 #: Patchable per-position activations: sweep name -> hook point in ``blocks.{l}``.
 ACTIVATIONS = {
@@ -119,6 +120,21 @@ def _record(model: Any, inp: LVLMInput, names: list[str]):
     return resid, cache, store
 
 
+def _block_start(layout: TokenLayout, p0: int) -> int:
+    """``p0``, moved back to the start of a bidirectional image block it falls inside (the
+    block's earlier tokens attend to its later ones, so they change too)."""
+    while layout.splits_block(p0):
+        p0 -= 1
+    return p0
+
+
+def _rows(layout: TokenLayout, n: int) -> TokenLayout:
+    """The layout of each example repeated for ``n`` consecutive rows (example-major)."""
+    rep = lambda t, d: None if t is None else t.repeat_interleave(n, dim=d)  # noqa: E731
+    deep = None if layout.deepstack is None else [rep(d, 0) for d in layout.deepstack]
+    return TokenLayout(rep(layout.position_ids, -2), rep(layout.image_blocks, 0), deep)
+
+
 def _prefix(cache: KVCache, p0: int) -> KVCache | None:
     """The cached keys/values of the positions before ``p0`` (views, not copies)."""
     if p0 == 0:
@@ -171,6 +187,7 @@ def patch_sweep(
     resid, kv, corr = _record(model, corrupted, [f"blocks.{x}.hook_resid_pre" for x in layers]
                               + acts)
     _, _, cln = _record(model, clean, acts)
+    layout = model.layout(corrupted)
     score = _scorer(model, metric, clean, model.unembed(model.ln_final(resid)))
     m_corr = score(resid[:, -1:], 0, 1)[0]
     first = masks.any(1).float().argmax(-1).tolist()  # first patched column of each group
@@ -188,7 +205,7 @@ def patch_sweep(
         bar.update(len(names) - len(todo))
         for start in range(0, len(todo), per_batch):
             chunk = todo[start : start + per_batch]
-            n, p0 = len(chunk), min(first[g] for g in chunk)
+            n, p0 = len(chunk), _block_start(layout, min(first[g] for g in chunk))
             rows = masks[chunk][:, :, p0:].transpose(0, 1).reshape(b * n, -1, 1)  # example-major
             fill = src[:, p0:].repeat_interleave(n, 0)
 
@@ -198,7 +215,8 @@ def patch_sweep(
             x = corr[f"blocks.{layer}.hook_resid_pre"][:, p0:].repeat_interleave(n, 0)
             mask = corrupted.attention_mask[:, p0:].repeat_interleave(n, 0)
             with model.hooks(fwd_hooks=[(act, patch)]):
-                out, _ = model.run_blocks(x, mask, _prefix(kv, p0), start_at_layer=layer)
+                out, _ = model.run_blocks(x, mask, _prefix(kv, p0), start_at_layer=layer,
+                                          layout=_rows(layout.cols(slice(p0, None)), n))
             values[li, chunk] = torch.tensor(score(out, p0, n))
             bar.update(n)
     bar.close()
@@ -257,9 +275,11 @@ def knockout_window_sweep(
     n = model.cfg.n_layers
     centres = list(range(n)) if centres is None else list(centres)
     window = min(window, n)
-    q0 = int(group_mask(inp, target).any(0).float().argmax())
+    layout = model.layout(inp)
+    q0 = _block_start(layout, int(group_mask(inp, target).any(0).float().argmax()))
     names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n)]
     resid, kv, pre = _record(model, inp, names)
+    suffix = layout.cols(slice(q0, None))
     clean = model.unembed(model.ln_final(resid[:, -1]))
     answers = inp.answer_ids.to(clean.device)
     mask = inp.attention_mask[:, q0:]
@@ -269,7 +289,7 @@ def knockout_window_sweep(
         start = min(layers)
         with model.hooks(fwd_hooks=knockout_hooks(model, inp, source, target, layers, heads)):
             x, _ = model.run_blocks(pre[names[start]][:, q0:], mask, _prefix(kv, q0),
-                                    start_at_layer=start)
+                                    start_at_layer=start, layout=suffix)
         new = model.unembed(model.ln_final(x[:, -1]))
         out.append(metric_change(new, clean, answers, metric, relative))
     return torch.stack(out)

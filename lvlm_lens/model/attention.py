@@ -19,6 +19,7 @@ from transformer_lens.hook_points import HookPoint
 
 from lvlm_lens.model.config import LVLMConfig
 from lvlm_lens.model.fused_attention import fused_attention
+from lvlm_lens.model.norm import RMSNorm
 from lvlm_lens.model.weights import AttentionWeights
 
 KV = tuple[
@@ -45,6 +46,7 @@ class Segment:
     index: tuple[Tensor, Tensor] | None = None  # (rows, heads) of ``select``: sparse path
     mask_rows_alike: bool = False  # the mask over these keys is the same for every query of
     # one cached row (a prefix without a sliding window): the fused path reads one mask row
+    queries: Bool[Tensor, "batch_or_1 q"] | None = None  # only these read it (dense path)
 
     @property
     def length(self) -> int:
@@ -59,6 +61,7 @@ class SelfAlternative:
     v: Float[Tensor, "batch_or_1 kv_head pos d_head"]
     src: Bool[Tensor, "batch_or_1 pos"]
     select: Bool[Tensor, "batch head"]
+    queries: Bool[Tensor, "batch_or_1 pos"] | None = None  # who may read them (default: all)
 
 
 def _watched(*points: nn.Module) -> bool:
@@ -127,6 +130,14 @@ def _pairs(seg: Segment, kv: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return b, h, b // r, h // g
 
 
+def _dense_cond(seg: Segment, batch: int) -> Tensor:
+    """Where the alternative is read: selected (row, head) pairs, at the allowed queries."""
+    cond = seg.select[:, :, None, None]
+    if seg.queries is not None:
+        cond = cond & seg.queries.expand(batch, -1)[:, None, :, None]
+    return cond
+
+
 class Attention(AttentionWeights, nn.Module):
     """Causal self-attention with RoPE, grouped-query heads and TransformerLens hooks.
 
@@ -141,6 +152,9 @@ class Attention(AttentionWeights, nn.Module):
         self.q_proj, self.k_proj = hf_attn.q_proj, hf_attn.k_proj
         self.v_proj, self.o_proj = hf_attn.v_proj, hf_attn.o_proj
         self.scaling = float(getattr(hf_attn, "scaling", cfg.d_head**-0.5))
+        if cfg.decoder.qk_norm:  # per-head RMSNorm of queries and keys before RoPE (Gemma 3)
+            self.q_norm = RMSNorm(hf_attn.q_norm, cfg.decoder.norm_offset)
+            self.k_norm = RMSNorm(hf_attn.k_norm, cfg.decoder.norm_offset)
         for name in ("q", "k", "v", "rot_q", "rot_k", "attn_scores", "pattern", "z", "result"):
             setattr(self, f"hook_{name}", HookPoint())
 
@@ -148,9 +162,9 @@ class Attention(AttentionWeights, nn.Module):
         out = segment_scores(q, seg.k).mul_(self.scaling)  # a fresh tensor: scaled in place
         if seg.select is None:
             return out
-        if seg.index is None:
+        if seg.index is None or seg.queries is not None:
             alt = segment_scores(q, seg.k_alt) * self.scaling
-            return torch.where(seg.select[:, :, None, None], alt, out)
+            return torch.where(_dense_cond(seg, out.shape[0]), alt, out)
         b, h, kb, kh = _pairs(seg, seg.k_alt)
         out[b, h] = (q[b, h] @ seg.k_alt[kb, kh].transpose(-1, -2)) * self.scaling
         return out
@@ -159,9 +173,9 @@ class Attention(AttentionWeights, nn.Module):
         out = segment_values(pattern, seg.v)
         if seg.select is None:
             return out
-        if seg.index is None:
+        if seg.index is None or seg.queries is not None:
             alt = segment_values(pattern, seg.v_alt)
-            return torch.where(seg.select[:, :, None, None], alt, out)
+            return torch.where(_dense_cond(seg, out.shape[0]), alt, out)
         b, h, kb, kh = _pairs(seg, seg.v_alt)
         out[b, h] = pattern[b, h] @ seg.v_alt[kb, kh]
         return out
@@ -222,13 +236,16 @@ class Attention(AttentionWeights, nn.Module):
         q = self.hook_q(self.q_proj(x).view(b, s, cfg.n_heads, cfg.d_head))
         k = self.hook_k(self.k_proj(x).view(b, s, cfg.n_key_value_heads, cfg.d_head))
         v = self.hook_v(self.v_proj(x).view(b, s, cfg.n_key_value_heads, cfg.d_head))
+        if cfg.decoder.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         q = self.hook_rot_q(apply_rotary(q, cos, sin)).transpose(1, 2)
         k = self.hook_rot_k(apply_rotary(k, cos, sin)).transpose(1, 2)
         v = v.transpose(1, 2)
         own = Segment(k, v)
         if alt is not None:
             src = alt.src[:, None, :, None]
-            own = Segment(k, v, torch.where(src, alt.k, k), torch.where(src, alt.v, v), alt.select)
+            own = Segment(k, v, torch.where(src, alt.k, k), torch.where(src, alt.v, v), alt.select,
+                          queries=alt.queries)
         segments = [*(past or []), own]
         if self.fused(q, segments):
             z = fused_attention(q, segments, mask, self.scaling)

@@ -85,9 +85,11 @@ def _segment(q: Tensor, seg: Any, mask: Tensor, scale: float, need_lse: bool):
     o, lse = attend(q, seg.k, seg.v, mask, scale, need_lse)
     if seg.select is None:
         return o, lse
-    if seg.index is None:  # many pairs selected: all pairs both ways, then select
+    if seg.index is None or seg.queries is not None:  # all pairs both ways, then select
         oa, la = attend(q, seg.k_alt, seg.v_alt, mask, scale, need_lse)
         pick = seg.select[:, :, None]
+        if seg.queries is not None:  # only these queries read the alternative
+            pick = pick & seg.queries.expand(q.shape[0], -1)[:, None, :]
         o = torch.where(pick[..., None], oa, o)
         return o, (torch.where(pick, la, lse) if need_lse else None)
     b, h = seg.index

@@ -27,6 +27,9 @@ class KVCache:
         alt_keys: Optional alternative prefix keys per layer (e.g. with baseline keys at the
             image positions), read by the query heads a ``HeadSwitch`` selects.
         alt_values: Alternative prefix values, likewise.
+        next_position: Per example, the rotary position of the next token (``1 +`` the largest
+            position in the prefix: under M-RoPE an image advances positions by less than its
+            token count); ``None`` means the number of real prefix tokens.
     """
 
     keys: list[Float[Tensor, "batch kv_head pos d_head"]]
@@ -35,6 +38,7 @@ class KVCache:
     frozen: bool = True
     alt_keys: list[Float[Tensor, "batch kv_head pos d_head"]] | None = None
     alt_values: list[Float[Tensor, "batch kv_head pos d_head"]] | None = None
+    next_position: Int[Tensor, " batch"] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -58,10 +62,20 @@ class KVCache:
             raise ValueError("only a frozen KV cache can be shared by several suffixes per example")
         return r
 
+    def start_positions(self, rows_per_example: int = 1) -> Int[Tensor, " rows"]:
+        """Rotary position of the first new token of each query row."""
+        start = self.next_position
+        if start is None:
+            start = self.attention_mask.long().sum(-1)
+        return start.repeat_interleave(rows_per_example, dim=0)
+
     def append(self, kvs: list[tuple[Tensor, Tensor]], attention_mask: Int[Tensor, "batch pos"]):
         """Extend the (unfrozen) cache in place with the keys/values of new tokens."""
         if self.frozen or self.alt_keys is not None:
             raise ValueError("this KV cache is frozen; build it with frozen=False to extend it")
+        self.next_position = self.start_positions() + attention_mask.long().sum(-1).to(
+            self.attention_mask.device
+        )
         self.keys = [torch.cat([k, nk], dim=2) for k, (nk, _) in zip(self.keys, kvs, strict=True)]
         self.values = [
             torch.cat([v, nv], dim=2) for v, (_, nv) in zip(self.values, kvs, strict=True)
@@ -79,12 +93,15 @@ class HeadSwitch:
             (``[1 or batch, kv_head, pos, d_head]``), or ``None`` to switch only cached segments.
         self_values: Per layer, alternative values, likewise.
         self_src: Positions of the new tokens that have alternatives.
+        self_queries: Queries among the new tokens that may read those alternatives (default:
+            all of them).
     """
 
     select: Bool[Tensor, "batch n_layers n_heads"]
     self_keys: list[Tensor] | None = None
     self_values: list[Tensor] | None = None
     self_src: Bool[Tensor, "batch_or_1 pos"] | None = None
+    self_queries: Bool[Tensor, "batch_or_1 pos"] | None = None
     index: list[tuple[Tensor, Tensor] | None] | None = None
 
     @classmethod

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lvlm_lens.model.config import SUPPORTED_LVLMS, SUPPORTED_TEXT_MODELS, LVLMConfig
+from lvlm_lens.model.config import LVLMConfig
+from lvlm_lens.model.families import FAMILIES, check_supported, decoder_spec
 
 _DTYPES = {
     "float32": torch.float32,
@@ -41,52 +42,37 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torc
     return dtype
 
 
-def check_supported(config: Any) -> None:
-    """Raise a clear error unless the HF config is a supported LLaVA-family model."""
-    model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_LVLMS:
-        raise ValueError(
-            f"unsupported architecture {model_type!r} ({getattr(config, 'architectures', None)}): "
-            f"lvlm_lens supports {', '.join(SUPPORTED_LVLMS)} (LlavaForConditionalGeneration, "
-            "LlavaNextForConditionalGeneration, LlavaOnevisionForConditionalGeneration)"
-        )
-    text_type = getattr(config.text_config, "model_type", None)
-    if text_type not in SUPPORTED_TEXT_MODELS:
-        raise ValueError(
-            f"unsupported language backbone {text_type!r}: lvlm_lens supports "
-            f"{', '.join(SUPPORTED_TEXT_MODELS)} (Llama/Vicuna, Mistral, Qwen2)"
-        )
-
-
 def _sliding_windows(tc: Any) -> tuple[int | None, ...]:
     n = tc.num_hidden_layers
     window = getattr(tc, "sliding_window", None)
     if tc.model_type == "mistral":
         return (window,) * n
     layer_types = getattr(tc, "layer_types", None)
-    if tc.model_type == "qwen2" and layer_types is not None:
+    if layer_types is not None:
         return tuple(window if t == "sliding_attention" else None for t in layer_types)
     return (None,) * n
 
 
 def config_from_hf(hf_model: nn.Module, name: str = "") -> LVLMConfig:
-    """Read an :class:`LVLMConfig` off an HF LLaVA-family model."""
+    """Read an :class:`LVLMConfig` off an HF model of a supported family."""
     config = hf_model.config
     check_supported(config)
     tc = config.text_config
-    n_heads = tc.num_attention_heads
+    n_heads, n_layers = tc.num_attention_heads, tc.num_hidden_layers
     param = next(hf_model.parameters())
     return LVLMConfig(
-        n_layers=tc.num_hidden_layers,
+        n_layers=n_layers,
         n_heads=n_heads,
-        d_head=getattr(tc, "head_dim", None) or tc.hidden_size // n_heads,
+        d_head=hf_model.model.language_model.layers[0].self_attn.head_dim,
         d_model=tc.hidden_size,
         d_mlp=tc.intermediate_size,
         d_vocab=hf_model.lm_head.out_features,
         n_key_value_heads=getattr(tc, "num_key_value_heads", None) or n_heads,
         eps=tc.rms_norm_eps,
-        act_fn=tc.hidden_act,
+        act_fn=getattr(tc, "hidden_act", None) or tc.hidden_activation,
         sliding_windows=_sliding_windows(tc),
+        layer_types=tuple(getattr(tc, "layer_types", None) or ["full_attention"] * n_layers),
+        decoder=decoder_spec(hf_model),
         n_ctx=getattr(tc, "max_position_embeddings", 4096),
         model_name=name or getattr(config, "_name_or_path", ""),
         lvlm_type=config.model_type,
@@ -104,11 +90,7 @@ def config_from_hf(hf_model: nn.Module, name: str = "") -> LVLMConfig:
 def _model_class(model_type: str) -> type:
     import transformers
 
-    return {
-        "llava": transformers.LlavaForConditionalGeneration,
-        "llava_next": transformers.LlavaNextForConditionalGeneration,
-        "llava_onevision": transformers.LlavaOnevisionForConditionalGeneration,
-    }[model_type]
+    return getattr(transformers, FAMILIES[model_type].hf_class)
 
 
 def read_chat_template(name_or_path: str, tokenizer: Any) -> str | None:

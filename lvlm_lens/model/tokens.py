@@ -18,6 +18,7 @@ class TokensMixin:
 
     tokenizer: Any
     cfg: Any
+    vision: Any
 
     def to_tokens(
         self, text: str | list[str], prepend_bos: bool = True
@@ -110,9 +111,9 @@ class TokensMixin:
                 if t == NEWLINE
                 else "<img cls>"
                 if t == CLS
-                else f"<img {r},{c}>"
-                if self.cfg.lvlm_type == "llava"
                 else f"<img {t}:{r},{c}>"
+                if self.vision.tiled
+                else f"<img {r},{c}>"
             )
         return out
 

@@ -161,7 +161,7 @@ class ModelWeights(Circuits):
         if isinstance(tokens, str):
             tokens = self.to_single_token(tokens)
         tokens = torch.as_tensor(tokens, device=self.unembed.lm_head.weight.device)
-        return self.unembed.lm_head.weight[tokens] * self.ln_final.w
+        return self.unembed.lm_head.weight[tokens] * self.ln_final.weight  # (1 + w) for Gemma
 
     def accumulated_bias(
         self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True

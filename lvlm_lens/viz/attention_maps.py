@@ -35,8 +35,12 @@ def example_views(
     for i in kept[:n]:
         rec = records[i]
         inp = model.prepare(rec.image, rec.prompt)
-        size = model.vision.config.vision_config.image_size
-        image = rec.load_image().resize((size, size))
+        image = rec.load_image()
+        size = getattr(model.vision.config.vision_config, "image_size", None)
+        if isinstance(size, list | tuple):
+            size = size[0]
+        if size is not None:  # a fixed-size tower; native-resolution ones keep the aspect
+            image = image.resize((size, size))
         obj = None
         if rec.mask is not None and model.cfg.lvlm_type == "llava":
             obj = patch_grid_mask(np.asarray(rec.mask), model.vision.tile_grid).numpy()

@@ -1,7 +1,8 @@
 """Image tokens laid out on the picture: per-token values -> patch grids -> overlays.
 
-An image's tokens form one or two grids: the *base* tile (LLaVA-1.5: the only one; LLaVA-NeXT /
-OneVision: the whole image resized to one tile) and, for any-resolution models, the *high-res*
+An image's tokens form one or two grids: the *base* tile 0 (LLaVA-1.5, Qwen2-VL, Gemma 3: the
+only one; LLaVA-NeXT / OneVision: the whole image resized to one tile; InternVL: the thumbnail)
+and, for any-resolution models, the *high-res*
 grid of the packed tiles (rows ended by image-newline tokens, padding already removed by the
 packing, so it covers the whole picture). :func:`image_grids` finds both from
 ``inp.image_coords``; :func:`draw_overlay` draws values over the picture; and
@@ -75,11 +76,12 @@ def image_grids(inp: LVLMInput, index: int = 0, image: int = 0) -> list[ImageGri
     base = tile == 0
     if not base.any():
         raise ValueError(f"image {image} of example {index} has no base-tile tokens")
-    g = int(max(row[base].max(), col[base].max())) + 1
-    grid = np.full((g, g), -1)
+    grid = np.full((int(row[base].max()) + 1, int(col[base].max()) + 1), -1)  # Qwen: not square
     grid[row[base], col[base]] = pos[base]
     single = bool((tile[(tile != CLS)] == 0).all())
-    grids = [ImageGrid("base", grid, crop=single)]
+    # only LLaVA-1.5's CLIP processor center-crops; Qwen keeps the aspect, Gemma 3 resizes
+    crop = single and inp.lvlm_type in ("", "llava")
+    grids = [ImageGrid("base", grid, crop=crop)]
     rest = np.nonzero(~base & (tile != CLS))[0]
     rest = rest[rest > np.nonzero(base)[0].max()]
     rows, current = [], []

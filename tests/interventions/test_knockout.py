@@ -214,3 +214,44 @@ def test_knockout_under_a_prefix_kv_cache(pair):
         suffix = model(inp.input_ids[:, cut:], past_kv_cache=cache)
     assert (suffix - full[:, cut:]).abs().max() <= 1e-4
     assert (full - model(inp))[:, cut:].abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "kind", ["llava-llama", "qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl"]
+)
+def test_knocking_out_image_to_text_makes_the_answer_independent_of_the_image(
+    tiny_checkpoint, kind
+):
+    model = HookedLVLM.from_pretrained(tiny_checkpoint(kind, chat_template=kind != "llava-llama"))
+    a = model.prepare([noise_image(20, 28, 1), noise_image(30, 18, 2)], PROMPTS)
+    b = model.prepare([noise_image(20, 28, 3), noise_image(30, 18, 4)], PROMPTS)
+    assert torch.equal(a.input_ids, b.input_ids)
+    text = a.groups["text"]
+    assert (model(a)[text] - model(b)[text]).abs().max() > 1e-3  # the image matters
+    every = list(range(model.cfg.n_layers))
+    with knockout(model, a, "image", "text", every):
+        out_a = model(a)
+    with knockout(model, b, "image", "text", every):
+        out_b = model(b)
+    assert (out_a - out_b)[text].abs().max() <= 1e-5
+
+
+def test_no_key_check_counts_later_tokens_of_the_same_image(tiny_checkpoint):
+    """Gemma 3: the first image token also sees the later tokens of its image, so blocking
+    every earlier key leaves it keys; causally it would have none."""
+    model = HookedLVLM.from_pretrained(tiny_checkpoint("gemma3", chat_template=True))
+    inp = model.prepare(noise_image(20, 20, 1), PROMPTS[1])
+    first = inp.positions("image")[0]
+    target = torch.zeros(inp.shape, dtype=torch.bool)
+    target[0, first] = True
+    source = inp.groups["text"] | target
+    with knockout(model, inp, source, target, [0]):
+        _, cache = model.run_with_cache(inp, names_filter="blocks.0.attn.hook_pattern")
+    row = cache["blocks.0.attn.hook_pattern"][0, :, first]
+    assert (row[:, source[0]] == 0).all() and torch.allclose(row.sum(-1), torch.ones(4))
+    qwen = HookedLVLM.from_pretrained(tiny_checkpoint("qwen2-vl", chat_template=True))
+    inp = qwen.prepare(noise_image(20, 20, 1), PROMPTS[1])
+    target = torch.zeros(inp.shape, dtype=torch.bool)
+    target[0, inp.positions("image")[0]] = True
+    with pytest.raises(ValueError, match="no key left"):
+        knockout_hooks(qwen, inp, inp.groups["text"] | target, target, [0])

@@ -27,6 +27,7 @@ TL = {
 
 
 KINDS = ["llava-llama", "llava-onevision-qwen2"]  # multi-head; GQA, any-resolution tiles
+FAMILIES = ["qwen2-vl", "gemma3"]  # M-RoPE; image tokens attending to each other both ways
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,8 @@ def load(tiny_checkpoint):
 
     def get(kind):
         if kind not in models:
-            path = tiny_checkpoint(kind, num_hidden_layers=3)
+            kw = {"chat_template": True} if kind in FAMILIES else {}
+            path = tiny_checkpoint(kind, num_hidden_layers=3, **kw)
             models[kind] = HookedLVLM.from_pretrained(path)
         return models[kind]
 
@@ -69,7 +71,8 @@ def metric_of(inp):
 
 
 @pytest.mark.parametrize(
-    ("kind", "activation"), [(KINDS[0], a) for a in TL] + [(KINDS[1], "resid_pre")]
+    ("kind", "activation"),
+    [(KINDS[0], a) for a in TL] + [(k, "resid_pre") for k in (KINDS[1], *FAMILIES)],
 )
 def test_single_positions_equal_transformer_lens(load, kind, activation):
     model = load(kind)
@@ -150,3 +153,27 @@ def test_knockout_windows_equal_knockout_effect(model, pair, source, target, kw)
         ref = knockout_effect(model, inp, source, target, layers, **kw)
         assert (sweep[centre] - ref).abs().max() <= 1e-5
     assert sweep.abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_family_knockout_windows_and_image_rows(load, kind):
+    """M-RoPE positions and bidirectional image blocks: a knockout into the image (whose first
+    query sits inside a block) and image-row patches (the block is recomputed whole)."""
+    model = load(kind)
+    clean, corrupted = make_pair(model)
+    n = model.cfg.n_layers
+    sweep = knockout_window_sweep(model, clean, "question", "image", window=2, progress=False,
+                                  metric="logit")
+    for centre in range(n):
+        ref = knockout_effect(model, clean, "question", "image", window_layers(centre, 2, n),
+                              metric="logit")
+        assert (sweep[centre] - ref).abs().max() <= 1e-5
+    rows = image_rows(clean)
+    res = patch_sweep(model, clean, corrupted, "logprob", "resid_pre", rows, layers=[1],
+                      progress=False)
+    metric = metric_of(clean)
+    _, cache = model.run_with_cache(clean)
+    for gi, name in enumerate(res.groups):
+        want = by_hand(model, corrupted, cache, "blocks.1.hook_resid_pre", rows[name], metric)
+        assert abs(res.values[0, gi] - want) <= 1e-5, name
+    assert res.values.std() > 1e-4

@@ -23,7 +23,9 @@ def batch(model, seed):
     return model.prepare(images, PROMPTS, answers=["star", "circle"])
 
 
-@pytest.fixture(scope="module", params=["llava-llama", "llava-onevision-qwen2"])
+@pytest.fixture(
+    scope="module", params=["llava-llama", "llava-onevision-qwen2", "qwen2-vl", "gemma3"]
+)
 def model(request, tiny_checkpoint):
     return HookedLVLM.from_pretrained(tiny_checkpoint(request.param))
 
@@ -77,7 +79,7 @@ def test_mean_token_ablation_changes_the_answer(model, inp):
     assert torch.allclose(mean, flat.mean(0), atol=1e-6)
     clean = answer_prob(model(inp), inp.answer_ids)
     ablated = answer_prob(ablate_image_tokens(model, inp, "image", mean), inp.answer_ids)
-    assert ((ablated - clean).abs() > 1e-4).all()
+    assert ((ablated - clean).abs() / clean > 1e-2).all()  # answer probabilities are ~1/vocab
 
 
 def test_positions_and_one_image_tiled(tiny_checkpoint):

@@ -14,6 +14,11 @@ CASES = {
     "llava-next-mistral": {},
     "llava-next-vicuna": {},
     "llava-onevision-qwen2": {},
+    "qwen2-vl": {},
+    "qwen2.5-vl": {},
+    "qwen3-vl": {},
+    "gemma3": {},
+    "internvl": {},
     # variants of the language backbone the real checkpoints use
     "llava-next-mistral/sliding-window": dict(sliding_window=20),
     "llava-llama/rope-linear": dict(
@@ -30,6 +35,13 @@ CASES = {
         }
     ),
     "llava-onevision-qwen2/tied": dict(tie_word_embeddings=True),
+    "qwen2-vl/sliding-window": dict(
+        use_sliding_window=True, sliding_window=12, max_window_layers=1
+    ),
+    "gemma3/untied-global-first": dict(
+        tie_word_embeddings=False, layer_types=["full_attention", "sliding_attention"],
+        num_hidden_layers=2, sliding_window=6,
+    ),
 }
 
 
@@ -78,7 +90,10 @@ def hf_generate(reference, model, inp, n):
         )
 
 
-@pytest.mark.parametrize("case", ["llava-llama", "llava-onevision-qwen2", "llava-next-mistral"])
+@pytest.mark.parametrize(
+    "case", ["llava-llama", "llava-onevision-qwen2", "llava-next-mistral", "qwen2-vl",
+             "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl"],
+)
 def test_generate_matches_hf_greedy(tiny_checkpoint, case):
     """Prompt + new tokens, as TransformerLens and HF return them; or the new tokens only."""
     model, reference = load_pair(tiny_checkpoint, case)
@@ -121,7 +136,9 @@ def image_end(inp) -> int:
     return int((inp.groups["image"] * cols).max()) + 1
 
 
-@pytest.mark.parametrize("case", ["llava-llama", "llava-onevision-qwen2"])
+@pytest.mark.parametrize(
+    "case", ["llava-llama", "llava-onevision-qwen2", "qwen2-vl", "qwen3-vl", "gemma3"]
+)
 def test_prefix_cache_suffix_equals_full_run(tiny_checkpoint, case):
     model, _ = load_pair(tiny_checkpoint, case)
     inp = batch(model)

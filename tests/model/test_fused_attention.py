@@ -16,10 +16,14 @@ from lvlm_lens.model.fused_attention import _cuda_lse, explicit_lse, fused_atten
 from tests.helpers import PROMPTS, noise_image
 
 TOL = 1e-5
-CASES = {  # MHA; GQA with q/k/v biases; GQA with a sliding window shorter than the prompt
+CASES = {  # MHA; GQA with q/k/v biases; GQA with a sliding window shorter than the prompt;
+    # M-RoPE; image blocks attending both ways with q/k norms; DeepStack
     "llama": ("llava-llama", {}),
     "qwen2-gqa": ("llava-onevision-qwen2", {}),
     "mistral-window": ("llava-next-mistral", {"sliding_window": 12}),
+    "qwen2-vl": ("qwen2-vl", {"chat_template": True}),
+    "gemma3": ("gemma3", {"chat_template": True}),
+    "qwen3-vl": ("qwen3-vl", {"chat_template": True}),
 }
 
 
@@ -118,6 +122,23 @@ def random_segments(b, r, h, h_kv, lengths, alt=False, seed=0):
     return q, segs
 
 
+def test_engine_on_full_sequences_with_restricted_queries(tiny_checkpoint):
+    """Gemma 3, a source ending inside an image: the engine runs full sequences where only the
+    queries after the source read the baseline (a segment's ``queries``)."""
+    model = HookedLVLM.from_pretrained(tiny_checkpoint("gemma3", chat_template=True))
+    inp = model.prepare([noise_image(20, 20, 1), noise_image(20, 20, 2)], PROMPTS)
+    top = inp.groups["image"].clone()
+    for i in range(2):
+        top[i, inp.positions("image", i)[8:]] = False
+    inp.groups["top"] = top
+    cfg = HeadAblation(baseline="zero", scope="text", source="top")
+    masks = sample_masks(16, model.cfg.n_layers, model.cfg.n_heads, rate=0.3, seed=4)
+    engine = AblationEngine(model, inp, compute_baseline(model, inp, cfg), cfg, batch_size=8)
+    fused, ref = both(model, lambda: engine.run(masks, progress=False))
+    assert engine._example(0).queries is not None  # the path under test
+    assert (fused - ref).abs().max() <= TOL and ref.std() > 1e-3
+
+
 @pytest.mark.parametrize("alt", [False, True])
 @pytest.mark.parametrize(("r", "h_kv"), [(1, 4), (2, 2), (4, 1)])
 def test_queries_without_an_allowed_key(tiny_checkpoint, alt, r, h_kv):
@@ -199,8 +220,9 @@ def test_cuda_kernel_call(h_kv):
     assert o.shape == q.shape and lse.shape == q.shape[:3]
 
 
-def test_empty_prefix_cache(setup):
-    model, inp = setup
+def test_empty_prefix_cache(tiny_checkpoint):
+    model = HookedLVLM.from_pretrained(tiny_checkpoint("llava-llama"))
+    inp = model.prepare([noise_image(20, 20, 1), noise_image(20, 20, 2)], PROMPTS)
     with torch.no_grad():
         full = model(inp)
         out = model(inp, past_kv_cache=model.run_prefix(inp, 0))

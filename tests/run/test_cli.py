@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+from lvlm_lens import HookedLVLM
 from lvlm_lens.attribution.results import AttributionResult
 from lvlm_lens.run.cli import main
 from tests.helpers import write_data_folder
@@ -136,3 +137,16 @@ def test_torchrun_two_processes_equal_one(tiny_checkpoint, data_folder, tmp_path
     assert torch.allclose(a.coef, b.coef, atol=1e-4)
     files = sorted(p.name for p in (two / "chunks").iterdir())
     assert files == sorted(p.name for p in (one / "chunks").iterdir())
+
+
+@pytest.mark.parametrize("kind", ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl"])
+def test_attribute_runs_on_every_family(tiny_checkpoint, data_folder, tmp_path, kind):
+    """The data's LLaVA-style prompts hold ``<image>``, which every family accepts."""
+    folder = tiny_checkpoint(kind, chat_template=True)
+    args = attribute_args(folder, data_folder, tmp_path / "run", n_masks=48)
+    assert main(args) in (0, None)
+    result = AttributionResult.load(tmp_path / "run" / "attribution")
+    model = HookedLVLM.from_pretrained(folder)
+    assert result.coef.shape == (4, model.cfg.n_layers, model.cfg.n_heads)
+    assert torch.isfinite(result.coef).all() and result.metrics.std() > 0
+    assert (tmp_path / "run" / "report.html").stat().st_size > 0

@@ -76,6 +76,22 @@ def test_image_grids_cover_every_image_token_once(next_pair, toy_pair):
     assert (grid.positions.ravel() == tinp.positions("image", 1).numpy()).all()
 
 
+@pytest.mark.parametrize("kind", ["qwen2-vl", "gemma3", "internvl"])
+def test_image_grids_of_the_other_families(tiny_checkpoint, kind):
+    """Qwen's grid follows the picture's aspect, uncropped; Gemma's is square; InternVL's base
+    grid is the thumbnail (tile 0, last in the sequence)."""
+    model = HookedLVLM.from_pretrained(tiny_checkpoint(kind, chat_template=True))
+    inp = model.prepare([noise_image(20, 28, 1), noise_image(30, 18, 2)], PROMPTS)
+    (grid,) = image_grids(inp, 0)
+    assert grid.kind == "base" and not grid.crop and (grid.positions >= 0).all()
+    image = inp.positions("image", 0).numpy()
+    shape = {"qwen2-vl": (5, 7), "gemma3": (4, 4), "internvl": (4, 4)}[kind]
+    assert grid.positions.shape == shape
+    base = image[-16:] if kind == "internvl" else image  # the thumbnail follows 4 tiles
+    assert (grid.positions.ravel() == base).all()
+    assert image_grids(inp, 1)[0].positions.shape == {"qwen2-vl": (8, 4)}.get(kind, shape)
+
+
 def test_attention_overlay_shows_the_models_pattern(next_pair):
     model, inp = next_pair
     att = head_attention(model, inp, [(1, 2)], query="final", index=1)[(1, 2)]
