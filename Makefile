@@ -2,8 +2,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DOCS_SITE ?= site
 
-.PHONY: venv test demo lint mutate
+.PHONY: venv test demo lint docs docs-serve mutate
 
 venv: $(STAMP)
 
@@ -11,20 +12,32 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -e ".[dev,docs]"
 	touch $(STAMP)
 
-# The layering contract (pyproject.toml [tool.importlinter]) is part of the test command.
+# The layering contract (pyproject.toml [tool.importlinter]) and the strict docs build are part
+# of the test command (tests/test_docs.py runs the docs' code blocks), and so are the
+# notebooks: nbmake executes each one top to bottom (single-threaded, on the toy model).
 test: venv
 	$(VENV)/bin/lint-imports
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir $(DOCS_SITE)
 	$(PY) -m pytest -q tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q --nbmake --nbmake-timeout=600 notebooks
+
+# The documentation site (mkdocs.yml): built into site/, or served with live reload.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir $(DOCS_SITE)
+	@echo "open $(DOCS_SITE)/index.html, or run make docs-serve"
+
+docs-serve: venv
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --strict
 
 # The main job (lvlm-lens attribute) on a generated synthetic set; prints the report's path.
 demo: venv
 	$(PY) -m lvlm_lens.run.demo
 
 lint: venv
-	$(VENV)/bin/ruff check lvlm_lens tests
+	$(VENV)/bin/ruff check lvlm_lens tests benchmarks docs/scripts tools
 
 # Mutation testing of the model, interventions and attribution layers (slow: not part of CI).
 # One worker, one thread; narrow it with PATTERNS, e.g. make mutate PATTERNS="lvlm_lens.model.*".

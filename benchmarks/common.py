@@ -13,8 +13,13 @@
 - :func:`build_random_llava` builds a random ``LlavaForConditionalGeneration`` (CLIP vision
   tower + Llama decoder) in memory, with eager attention and the word-level tokenizer and
   CLIP image processor of :mod:`lvlm_lens.testing.tiny`.
+- :func:`build_random_family` does the same for Qwen2-VL / 2.5-VL / 3-VL and Gemma 3 (their own
+  vision towers, their decoders at the same sizes), with the configs of
+  :mod:`lvlm_lens.testing.tiny_families`.
 - :func:`llava15_prompt` and :func:`random_images` make LLaVA-1.5-shaped inputs for it.
 - :func:`keep_freed_memory` stops glibc from handing freed memory back to the kernel.
+- :func:`boot_tl_bridge` saves a random LLaVA-1.5 model with its processor and boots
+  TransformerLens' own ``TransformerBridge`` on it (never installing anything).
 - :func:`machine_info` describes where a benchmark ran; :class:`OtherLoad` measures how much
   CPU other processes took meanwhile (on a shared machine that is what makes timings noisy).
 """
@@ -40,6 +45,11 @@ from transformers.models.clip import CLIPImageProcessorPil
 
 from lvlm_lens.testing.llava_config import clip_llama_config
 from lvlm_lens.testing.tiny import build_tiny_tokenizer
+from lvlm_lens.testing.tiny_families import (
+    family_config,
+    family_image_processor,
+    family_tokenizer,
+)
 
 
 def time_interleaved(
@@ -48,6 +58,7 @@ def time_interleaved(
     warmup: int = 1,
     samples: dict[str, list[float]] | None = None,
     shuffle: bool = False,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, float]:
     """Median wall-clock seconds of each function, timed in interleaved rounds.
 
@@ -58,6 +69,9 @@ def time_interleaved(
         warmup: Untimed rounds run first.
         samples: If given, filled with name -> the seconds of each timed round, in round order.
         shuffle: Call the functions in a random order each round instead of rotating it.
+        clock: Wall-clock by default; ``time.process_time`` counts only this process's CPU
+            seconds (user + kernel), which other jobs on a shared machine disturb far less when
+            torch runs one thread (see :func:`clock_of`).
 
     Returns:
         Name -> median seconds, in the order of ``fns``.
@@ -71,13 +85,28 @@ def time_interleaved(
         order = rng.sample(names, len(names)) if shuffle else names[shift:] + names[:shift]
         for name in order:
             gc.collect()
-            start = time.perf_counter()
+            start = clock()
             out = fns[name]()
-            elapsed = time.perf_counter() - start
+            elapsed = clock() - start
             del out
             if round_ >= warmup:
                 samples[name].append(elapsed)
     return {name: statistics.median(samples[name]) for name in names}
+
+
+def model_arguments(parser: Any) -> None:
+    """The random model's shape flags shared by the scripts: ``--layers --d-model --heads
+    --d-mlp`` (defaults: 8 x 1024, 16 heads, d_mlp 2.75 x d_model)."""
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--d-model", type=int, default=1024)
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--d-mlp", type=int, default=None, help="default: 2.75 x d_model")
+
+
+def clock_of(name: str) -> Callable[[], float]:
+    """``"wall"``: ``time.perf_counter``; ``"cpu"``: ``time.process_time`` (this process's CPU
+    seconds: with one torch thread, what a call costs without the time it waited for a core)."""
+    return {"wall": time.perf_counter, "cpu": time.process_time}[name]
 
 
 def paired_ratio(samples: dict[str, list[float]], name: str, base: str) -> float:
@@ -97,6 +126,8 @@ def build_random_llava(
     image_size: int = 336,
     patch_size: int = 14,
     seed: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[LlavaForConditionalGeneration, Any, CLIPImageProcessorPil]:
     """A random LLaVA-1.5-shaped model (fp32, eval, eager attention) with its tokenizer and
     image processor.
@@ -104,7 +135,8 @@ def build_random_llava(
     The vision tower is a CLIP ViT of ``vision_layers`` x ``vision_d_model`` giving
     ``(image_size / patch_size)^2`` image tokens (576 by default, as LLaVA-1.5); the decoder is
     a Llama. ``vocab_size`` defaults to the tokenizer's; a larger one (LLaVA-1.5: 32064) only
-    widens the unembedding, as the ids past the tokenizer's are never used.
+    widens the unembedding, as the ids past the tokenizer's are never used. The weights are
+    drawn directly on ``device`` in ``dtype`` (a 7B model never passes through CPU fp32).
     """
     tokenizer = build_tiny_tokenizer()
     config = clip_llama_config(
@@ -125,13 +157,87 @@ def build_random_llava(
         rms_norm_eps=1e-5,
     )
     config._attn_implementation = "eager"
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)
-        model = LlavaForConditionalGeneration(config)
+        model = LlavaForConditionalGeneration._from_config(config, dtype=dtype)
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
     return model.eval(), tokenizer, image_processor
+
+
+def build_random_family(
+    kind: str,
+    *,
+    n_layers: int = 8,
+    d_model: int = 1024,
+    n_heads: int = 16,
+    d_mlp: int = 2816,
+    vision_layers: int = 2,
+    vision_d_model: int = 256,
+    seed: int = 0,
+) -> tuple[Any, Any, Any, int]:
+    """A random ``kind`` model (``qwen2-vl``, ``qwen2.5-vl``, ``qwen3-vl``, ``gemma3``,
+    ``internvl``) with the
+    decoder sizes of :func:`build_random_llava`, its tokenizer and image processor, and the
+    image side in pixels that gives LLaVA-1.5-like token counts.
+
+    Qwen2: patch 14, 2x2 merge, GQA with 4 K/V heads, q/k/v biases; a 672-px image gives 576
+    tokens. Qwen3-VL: patch 16 (768 px: 576 tokens), q/k norms, DeepStack from both vision
+    layers. Gemma 3: SigLIP at 448 px / patch 14 pooled to 256 tokens (as the real 896 px /
+    patch 14 / 256), 8 K/V heads, head_dim ``d_model / n_heads``, 5 sliding-window (512) : 1
+    global layers.
+    """
+    tokenizer = family_tokenizer(kind, chat_template=False)
+    d_head = d_model // n_heads
+    text: dict[str, Any] = dict(
+        hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
+        num_attention_heads=n_heads, max_position_embeddings=4096, initializer_range=0.02,
+        head_dim=d_head,
+    )  # fmt: skip
+    patch = 16 if kind == "qwen3-vl" else 14
+    vision: dict[str, Any] = dict(patch_size=patch)
+    if kind == "internvl":  # one 448-px tile of 32x32 patches, pixel-shuffled to 256 tokens
+        image_size = 448
+        text.update(num_key_value_heads=4)
+        vision.update(
+            hidden_size=vision_d_model, intermediate_size=4 * vision_d_model,
+            num_hidden_layers=vision_layers, num_attention_heads=max(1, vision_d_model // 64),
+            image_size=image_size,
+        )  # fmt: skip
+    elif kind == "gemma3":
+        image_size = 448
+        text.update(
+            num_key_value_heads=n_heads // 2, query_pre_attn_scalar=d_head, sliding_window=512,
+            layer_types=["full_attention" if i % 6 == 5 else "sliding_attention"
+                         for i in range(n_layers)],
+        )  # fmt: skip
+        vision.update(
+            hidden_size=vision_d_model, intermediate_size=4 * vision_d_model,
+            num_hidden_layers=vision_layers, num_attention_heads=max(1, vision_d_model // 64),
+            image_size=image_size, mm_tokens_per_image=256,
+        )  # fmt: skip
+    else:
+        image_size = 48 * patch
+        q = d_head // 2
+        text.update(num_key_value_heads=4, rope_parameters={
+            "rope_type": "default", "rope_theta": 1e6, "mrope_section": [q // 4, 3 * q // 8,
+                                                                          q - q // 4 - 3 * q // 8]})
+        heads = max(1, vision_d_model // 64)
+        if kind == "qwen2-vl":
+            vision.update(depth=vision_layers, embed_dim=vision_d_model, num_heads=heads)
+        elif kind == "qwen3-vl":
+            vision.update(depth=vision_layers, hidden_size=vision_d_model, num_heads=heads,
+                          intermediate_size=4 * vision_d_model, num_position_embeddings=2304,
+                          deepstack_visual_indexes=list(range(vision_layers)))
+        else:
+            vision.update(depth=vision_layers, hidden_size=vision_d_model, num_heads=heads,
+                          intermediate_size=4 * vision_d_model, window_size=112)
+    config, cls = family_config(kind, tokenizer, text, vision)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = cls(config)
+    return model.eval(), tokenizer, family_image_processor(kind, patch, image_size), image_size
 
 
 def llava15_prompt() -> str:
@@ -165,6 +271,31 @@ def keep_freed_memory() -> bool:
         return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
     except (OSError, AttributeError):
         return False
+
+
+def boot_tl_bridge(hf_model: Any, tokenizer: Any, image_processor: Any, folder: str) -> Any:
+    """TransformerLens' ``TransformerBridge`` booted from ``hf_model`` saved in ``folder``.
+
+    Only a LLaVA-1.5 (``llava``) model: booting a OneVision one makes TransformerLens
+    pip-install torchvision, so that is refused, and its installer is switched off anyway.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformer_lens.model_bridge.sources.transformers import helpers
+    from transformers import LlavaProcessor
+
+    if hf_model.config.model_type != "llava":
+        raise ValueError(f"boot the bridge on LLaVA-1.5 only, not {hf_model.config.model_type}")
+    helpers._ensure_torchvision = lambda: False  # never pip-install torchvision
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=hf_model.config.vision_config.patch_size,
+        vision_feature_select_strategy=hf_model.config.vision_feature_select_strategy,
+        num_additional_image_tokens=1,
+    )
+    hf_model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return TransformerBridge.boot_transformers(folder, device="cpu", dtype=torch.float32).eval()
 
 
 def machine_info() -> str:

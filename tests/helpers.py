@@ -24,19 +24,22 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def hf_kwargs(model, inp) -> dict:
-    """HF forward/generate keyword arguments for an :class:`LVLMInput`."""
-    kw = dict(input_ids=inp.input_ids, attention_mask=inp.attention_mask)
-    if inp.pixel_values is not None:
-        kw["pixel_values"] = inp.pixel_values
-        if model.cfg.lvlm_type != "llava":
-            kw["image_sizes"] = inp.image_sizes
-        if model.cfg.lvlm_type == "llava_onevision":
-            kw["batch_num_images"] = torch.tensor(inp.images_per_example)
-    return kw
+    """HF ``generate`` keyword arguments for an :class:`LVLMInput` (no positions)."""
+    return inp.to_hf(generate=True)
 
 
 @torch.no_grad()
 def hf_logits(hf_model, model, inp) -> torch.Tensor:
     """Logits of the HF model itself on the same batch."""
-    kw = hf_kwargs(model, inp)
-    return hf_model(**kw, position_ids=position_ids(inp.attention_mask)).logits
+    return hf_model(**inp.to_hf()).logits
+
+
+def write_data_folder(folder, n: int, answer: str = "star", bbox: str | None = None):
+    """A ``--data`` folder: ``n`` 20x20 noise images and a ``data.csv`` (optional bbox column)."""
+    rows = ["image,prompt,answer" + (",bbox" if bbox else "")]
+    for i in range(n):
+        noise_image(20, 20, i).save(folder / f"im{i}.png")
+        extra = f',"{bbox}"' if bbox else ""
+        rows.append(f'im{i}.png,"USER: <image>\nwhat is this ? ASSISTANT:",{answer}{extra}')
+    (folder / "data.csv").write_text("\n".join(rows) + "\n")
+    return folder

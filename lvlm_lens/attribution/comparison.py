@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any
 
 import torch
@@ -12,9 +14,11 @@ from torch import Tensor
 from lvlm_lens.attribution.curves import (
     Curves,
     RandomBand,
+    band_of,
+    curves_given_endpoints,
     default_ks,
-    evaluate_ranking,
-    random_band,
+    endpoints,
+    random_rankings,
 )
 from lvlm_lens.attribution.rankings import (
     attention_weight,
@@ -22,9 +26,11 @@ from lvlm_lens.attribution.rankings import (
     single_head_ablation,
 )
 from lvlm_lens.attribution.results import AttributionResult
+from lvlm_lens.files import Checkpoints, cached
 from lvlm_lens.interventions.ablation import BaselineKV, HeadAblation
 from lvlm_lens.interventions.engine import AblationEngine
 from lvlm_lens.model.inputs import LVLMInput
+from lvlm_lens.progress import show_progress
 
 HEAD_ATTRIBUTION = "head attribution"
 
@@ -38,6 +44,48 @@ def pooled_runner(engines: list[AblationEngine]) -> Callable[[Tensor], Tensor]:
     return run
 
 
+def _curves_tensors(c: Curves) -> dict[str, Tensor]:
+    return {f.name: torch.as_tensor(getattr(c, f.name)) for f in fields(Curves)}
+
+
+def _curves_of(t: dict[str, Tensor]) -> Curves:
+    return Curves(**{f.name: t[f.name] if t[f.name].ndim else float(t[f.name])
+                     for f in fields(Curves)})
+
+
+def example_rankings(
+    model: Any,
+    inputs: list[LVLMInput],
+    baselines: list[BaselineKV],
+    engines: list[AblationEngine],
+    config: HeadAblation,
+    metric: str,
+    checkpoints: Checkpoints | None = None,
+    keys: list[str] | None = None,
+) -> dict[str, Tensor]:
+    """Single-head ablation, attention weight and attribution patching of every example
+    (each example's ranking kept in ``checkpoints`` under its key, and read from there).
+
+    Returns:
+        Name -> ``[n_examples, n_layers, n_heads]`` importance (larger = more important).
+    """
+    keys = keys or [str(i) for i in range(len(inputs))]
+    make = {
+        "single-head ablation": lambda i: single_head_ablation(engines[i], progress=False),
+        "attention weight": lambda i: attention_weight(model, inputs[i], config.source),
+        "attribution patching": lambda i: attribution_patching(
+            model, inputs[i], baselines[i], config.scope, metric
+        ),
+    }
+    return {
+        name: torch.cat([
+            cached(checkpoints, f"{name}/{k}", lambda i=i, fn=fn: {"scores": fn(i)})["scores"]
+            for i, k in enumerate(keys)
+        ])
+        for name, fn in make.items()
+    }
+
+
 def baseline_rankings(
     model: Any,
     inputs: list[LVLMInput],
@@ -45,22 +93,13 @@ def baseline_rankings(
     engines: list[AblationEngine],
     config: HeadAblation,
     metric: str,
+    checkpoints: Checkpoints | None = None,
+    keys: list[str] | None = None,
 ) -> dict[str, Tensor]:
     """Single-head ablation, attention weight and attribution patching, averaged over examples."""
-    return {
-        "single-head ablation": torch.cat(
-            [single_head_ablation(e, progress=False) for e in engines]
-        ).mean(0),
-        "attention weight": torch.cat(
-            [attention_weight(model, i, config.source) for i in inputs]
-        ).mean(0),
-        "attribution patching": torch.cat(
-            [
-                attribution_patching(model, i, b, config.scope, metric)
-                for i, b in zip(inputs, baselines, strict=True)
-            ]
-        ).mean(0),
-    }
+    per_example = example_rankings(model, inputs, baselines, engines, config, metric,
+                                   checkpoints, keys)
+    return {name: r.mean(0) for name, r in per_example.items()}
 
 
 def compare_rankings(
@@ -74,25 +113,53 @@ def compare_rankings(
     n_random: int = 10,
     seed: int = 0,
     batch_size: int = 64,
+    engines: list[AblationEngine | None] | None = None,
+    checkpoints: Checkpoints | None = None,
+    keys: list[str] | None = None,
+    progress: bool = True,
 ) -> tuple[dict[str, Tensor], dict[str, Curves], RandomBand]:
-    """Rankings (larger = more important) and their curves on ``inputs``, with a random band."""
+    """Rankings (larger = more important) and their curves on ``inputs``, with a random band.
+
+    Args:
+        engines: Engines already built for ``inputs`` (their prefix caches are reused); a
+            missing one (``None``) is built.
+        checkpoints: Where each finished piece (one example's ranking, the endpoints, one
+            ranking's curves, one random ranking's curves) is kept; pieces found there are not
+            recomputed.
+        keys: An identifier per input for its checkpoints (default: its position).
+        progress: ``False`` hides every progress bar.
+    """
+    engines = engines or [None] * len(inputs)
     engines = [
-        AblationEngine(model, i, b, config, metric, batch_size)
-        for i, b in zip(inputs, baselines, strict=True)
+        e or AblationEngine(model, i, b, config, metric, batch_size)
+        for e, i, b in zip(engines, inputs, baselines, strict=True)
     ]
+    keys = keys or [str(i) for i in range(len(inputs))]
     attribution = (
         result.pooled_importance
         if result.pooled_importance is not None
         else result.importance.mean(0)
     )
     rankings = {HEAD_ATTRIBUTION: attribution.float()}
-    rankings.update(baseline_rankings(model, inputs, baselines, engines, config, metric))
+    rankings.update(baseline_rankings(model, inputs, baselines, engines, config, metric,
+                                      checkpoints, keys))
     run = pooled_runner(engines)
-    ks = default_ks(model.cfg.n_layers * model.cfg.n_heads)
-    curves = {name: evaluate_ranking(run, r, ks, batch_size) for name, r in rankings.items()}
-    band = random_band(
-        run, model.cfg.n_layers, model.cfg.n_heads, ks, n_random, seed, batch_size=batch_size
-    )
+    cfg = model.cfg
+    ks = default_ks(cfg.n_layers * cfg.n_heads)
+    pool = f"{len(keys)}-{zlib.crc32(' '.join(keys).encode()):08x}"  # the pooled examples
+
+    def curves_of(name: str, ranking: Tensor) -> Curves:
+        return _curves_of(cached(checkpoints, f"curves/{name}/{pool}", lambda: _curves_tensors(
+            curves_given_endpoints(run, ranking, ks, clean, ablated, batch_size))))
+
+    with show_progress(progress):
+        ends = cached(checkpoints, f"endpoints/{pool}", lambda: dict(zip(
+            ("clean", "ablated"), map(torch.tensor, endpoints(run, cfg.n_layers, cfg.n_heads,
+                                                              batch_size)), strict=True)))
+        clean, ablated = float(ends["clean"]), float(ends["ablated"])
+        curves = {name: curves_of(name, r) for name, r in rankings.items()}
+        randoms = random_rankings(cfg.n_layers, cfg.n_heads, n_random, seed)
+        band = band_of([curves_of(f"random {j}", r) for j, r in enumerate(randoms)])
     return rankings, curves, band
 
 

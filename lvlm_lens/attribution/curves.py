@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
+
+from lvlm_lens.progress import progress_bar, show_progress
 
 RunMasks = Callable[[Bool[Tensor, "n n_layers n_heads"]], Float[Tensor, " n"]]
 Ks = Sequence[int] | Int[Tensor, " n_ks"] | None
@@ -64,8 +65,10 @@ class RandomBand:
     Attributes:
         ks: Numbers of top heads.
         quantiles: The quantile levels.
-        faithfulness, completeness: ``[n_quantiles, n_ks]`` quantiles over random rankings.
-        all_faithfulness, all_completeness: ``[n_random, n_ks]``, one row per random ranking.
+        faithfulness: ``[n_quantiles, n_ks]`` quantiles of faithfulness over random rankings.
+        completeness: ``[n_quantiles, n_ks]`` quantiles of completeness over random rankings.
+        all_faithfulness: ``[n_random, n_ks]``, faithfulness of each random ranking.
+        all_completeness: ``[n_random, n_ks]``, completeness of each random ranking.
     """
 
     ks: Int[Tensor, " n_ks"]
@@ -158,7 +161,8 @@ def _run(run_masks: RunMasks, masks: Tensor, batch_size: int | None, desc: str) 
     """``run_masks`` over ``masks`` in chunks of ``batch_size``, with a progress bar."""
     size = batch_size or len(masks)
     out = []
-    for chunk in tqdm(masks.split(size), desc, disable=None if len(masks) > size else True):
+    show = None if len(masks) > size else False  # one chunk: no bar
+    for chunk in progress_bar(masks.split(size), desc=desc, show=show):
         values = torch.as_tensor(run_masks(chunk)).detach().double().cpu().flatten()
         if len(values) != len(chunk):
             raise ValueError(f"run_masks returned {len(values)} values for {len(chunk)} masks")
@@ -174,7 +178,16 @@ def _endpoints(run_masks: RunMasks, shape, device, batch_size) -> tuple[float, f
     return clean, ablated
 
 
-def _curves(run_masks, ranking, ks, clean, ablated, batch_size, desc) -> Curves:
+def curves_given_endpoints(
+    run_masks: RunMasks,
+    ranking: Float[Tensor, "n_layers n_heads"],
+    ks: Ks,
+    clean: float,
+    ablated: float,
+    batch_size: int | None = None,
+    desc: str = "top-k masks",
+) -> Curves:
+    """:func:`evaluate_ranking` with the endpoints (clean, every head ablated) already known."""
     keep, ablate = ranking_to_masks(ranking, ks)
     values = _run(run_masks, torch.cat([keep, ablate]), batch_size, desc)
     f, g = values[: len(keep)], values[len(keep) :]
@@ -182,11 +195,20 @@ def _curves(run_masks, ranking, ks, clean, ablated, batch_size, desc) -> Curves:
     return Curves(_check_ks(ks, ranking.numel()), faith, comp, f, g, clean, ablated)
 
 
+def endpoints(
+    run_masks: RunMasks, n_layers: int, n_heads: int, batch_size: int | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[float, float]:
+    """``(clean, ablated)``: the metric with no head / every head ablated."""
+    return _endpoints(run_masks, (n_layers, n_heads), device, batch_size)
+
+
 def evaluate_ranking(
     run_masks: RunMasks,
     ranking: Float[Tensor, "n_layers n_heads"],
     ks: Ks = None,
     batch_size: int | None = None,
+    progress: bool = True,
 ) -> Curves:
     """Faithfulness and completeness curves of a ranking (see the module docstring).
 
@@ -198,12 +220,14 @@ def evaluate_ranking(
         ranking: Head scores, higher = more important (e.g. ``AttributionResult.scores()``).
         ks: Numbers of top heads (default :func:`default_ks`).
         batch_size: Masks per ``run_masks`` call (default: all at once).
+        progress: Show progress bars (on a terminal).
 
     Returns:
         The curves.
     """
-    clean, ablated = _endpoints(run_masks, ranking.shape, ranking.device, batch_size)
-    return _curves(run_masks, ranking, ks, clean, ablated, batch_size, "top-k masks")
+    with show_progress(progress):
+        clean, ablated = _endpoints(run_masks, ranking.shape, ranking.device, batch_size)
+        return curves_given_endpoints(run_masks, ranking, ks, clean, ablated, batch_size)
 
 
 def random_band(
@@ -216,6 +240,7 @@ def random_band(
     quantiles: Sequence[float] = (0.05, 0.5, 0.95),
     batch_size: int | None = None,
     device: torch.device | str | None = None,
+    progress: bool = True,
 ) -> RandomBand:
     """Curves of ``n_random`` uniformly random rankings, summarised by quantiles.
 
@@ -229,18 +254,34 @@ def random_band(
         quantiles: Quantile levels of the band (nan curves are ignored).
         batch_size: As in :func:`evaluate_ranking`.
         device: Device of the masks handed to ``run_masks``.
+        progress: Show progress bars (on a terminal).
 
     Returns:
         The band.
     """
+    rankings = random_rankings(n_layers, n_heads, n_random, seed, device)
+    with show_progress(progress):
+        clean, ablated = _endpoints(run_masks, (n_layers, n_heads), device, batch_size)
+        runs = [
+            curves_given_endpoints(run_masks, r, ks, clean, ablated, batch_size, "masks")
+            for r in progress_bar(rankings, desc="random rankings", show=None)
+        ]
+    return band_of(runs, quantiles)
+
+
+def random_rankings(
+    n_layers: int, n_heads: int, n_random: int, seed: int = 0,
+    device: torch.device | str | None = None,
+) -> list[Float[Tensor, "n_layers n_heads"]]:
+    """The uniformly random rankings of :func:`random_band` (a seeded CPU generator)."""
     if n_random < 1:
         raise ValueError(f"n_random must be >= 1, got {n_random}")
     gen = torch.Generator().manual_seed(seed)
-    clean, ablated = _endpoints(run_masks, (n_layers, n_heads), device, batch_size)
-    runs = []
-    for _ in tqdm(range(n_random), "random rankings", disable=None):
-        ranking = torch.rand((n_layers, n_heads), generator=gen).to(device)
-        runs.append(_curves(run_masks, ranking, ks, clean, ablated, batch_size, "masks"))
+    return [torch.rand((n_layers, n_heads), generator=gen).to(device) for _ in range(n_random)]
+
+
+def band_of(runs: Sequence[Curves], quantiles: Sequence[float] = (0.05, 0.5, 0.95)) -> RandomBand:
+    """Quantiles (nan curves ignored) of the curves of random rankings."""
     faith = torch.stack([c.faithfulness for c in runs])
     comp = torch.stack([c.completeness for c in runs])
     q = torch.tensor(quantiles, dtype=torch.float64)

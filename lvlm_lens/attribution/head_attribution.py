@@ -14,11 +14,19 @@ from typing import Any
 
 import torch
 
-from lvlm_lens.attribution.regression import fit_linear, fit_pooled, sample_masks
+from lvlm_lens.attribution.regression import (
+    fit_linear,
+    fit_pooled,
+    min_masks,
+    sample_masks,
+    split_sizes,
+)
 from lvlm_lens.attribution.results import AttributionResult
+from lvlm_lens.errors import OptionError
 from lvlm_lens.interventions.ablation import BaselineKV, HeadAblation, compute_baseline
 from lvlm_lens.interventions.engine import AblationEngine, Metric
 from lvlm_lens.model.inputs import LVLMInput
+from lvlm_lens.progress import show_progress
 
 
 @dataclass
@@ -47,26 +55,39 @@ class AttributionConfig:
 
     def __post_init__(self) -> None:
         if not 0 < self.rate < 1:
-            raise ValueError(f"rate must lie in (0, 1), got {self.rate}")
-        if self.n_masks < 2:
-            raise ValueError(f"n_masks must be >= 2, got {self.n_masks}")
+            raise OptionError("rate", f"must lie in (0, 1), got {self.rate}")
         if self.method not in ("ridge", "ols", "lasso"):
             raise ValueError(f"unknown method {self.method!r}; use 'ridge', 'ols' or 'lasso'")
+        if not 0 <= self.holdout < 1:
+            raise OptionError("holdout", f"must lie in [0, 1), got {self.holdout}")
+        if self.seed < 0:
+            raise OptionError("seed", f"must be >= 0, got {self.seed}")
+        if self.batch_size < 1:
+            raise OptionError("batch_size", f"must be >= 1, got {self.batch_size}")
+        if self.method != "ols":  # OLS also depends on the model's heads: check_config
+            _check_n_masks(self, 0)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable view (for result files and resume checks)."""
         return dataclasses.asdict(self)
 
 
+def _check_n_masks(config: AttributionConfig, n_heads: int) -> None:
+    need = min_masks(config.method, config.holdout, n_heads)
+    if config.n_masks < need:
+        parts = split_sizes(need, config.method, config.holdout)
+        split = ", ".join(f"{v} {k.replace('_', '-')}" for k, v in parts.items() if v)
+        ols = f"OLS over {n_heads} heads needs more than {n_heads} training masks; "
+        raise OptionError(
+            "n_masks",
+            f"must be >= {need} for a {config.method} fit ({ols * (config.method == 'ols')}"
+            f"per example: {split} masks), got {config.n_masks}",
+        )
+
+
 def check_config(model: Any, config: AttributionConfig) -> None:
     """Refuse settings the regression cannot fit, before any forward pass runs."""
-    n_heads = model.cfg.n_layers * model.cfg.n_heads
-    n_train = int(config.n_masks * (1 - config.holdout))
-    if config.method == "ols" and n_train <= n_heads:
-        need = int((n_heads + 1) / (1 - config.holdout)) + 2
-        raise ValueError(f"OLS over {n_heads} heads needs more than {n_heads} training masks; "
-                         f"n_masks={config.n_masks} gives {n_train}: use n_masks >= {need} or "
-                         "method='ridge'")
+    _check_n_masks(config, model.cfg.n_layers * model.cfg.n_heads)
 
 
 def head_attribution(
@@ -90,22 +111,23 @@ def head_attribution(
         baseline_image: Image for ``baseline="image"``.
         reference_images: Images for ``baseline="mean"``.
         metric: A custom ``f(logits, answer_ids) -> [batch]`` instead of ``config.metric``.
-        progress: Show progress bars.
+        progress: Show progress bars (``False`` hides every bar of the call).
 
     Returns:
         Per-example and pooled coefficients with held-out fit quality, masks and metrics.
     """
     config = config or AttributionConfig()
     check_config(model, config)
-    if baseline is None:
-        baseline = compute_baseline(model, inp, config.ablation, baseline_image=baseline_image,
-                                    reference_images=reference_images)
-    engine = AblationEngine(model, inp, baseline, config.ablation, metric or config.metric,
-                            config.batch_size)
-    masks = sample_masks(config.n_masks, model.cfg.n_layers, model.cfg.n_heads, config.rate,
-                         config.seed)
-    metrics = engine.run(masks, progress=progress)
-    return fit_result(masks, metrics, config, model_name=model.cfg.model_name)
+    with show_progress(progress):
+        if baseline is None:
+            baseline = compute_baseline(model, inp, config.ablation, baseline_image=baseline_image,
+                                        reference_images=reference_images)
+        engine = AblationEngine(model, inp, baseline, config.ablation, metric or config.metric,
+                                config.batch_size)
+        masks = sample_masks(config.n_masks, model.cfg.n_layers, model.cfg.n_heads, config.rate,
+                             config.seed)
+        metrics = engine.run(masks)
+        return fit_result(masks, metrics, config, model_name=model.cfg.model_name)
 
 
 def fit_result(masks: torch.Tensor, metrics: torch.Tensor, config: AttributionConfig,

@@ -16,7 +16,8 @@ from typing import Literal
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
-from tqdm.auto import tqdm
+
+from lvlm_lens.progress import progress_bar
 
 Method = Literal["ridge", "ols", "lasso"]
 #: Ridge penalties α of ``mean((y - Xβ)²) + α|β|²`` (i.e. ``α·n_train`` on the sum of squares).
@@ -24,6 +25,8 @@ DEFAULT_RIDGE_ALPHAS: tuple[float, ...] = tuple(10.0 ** (e / 2) for e in range(-
 #: Lasso grid as fractions of ``λ_max = max|Xᵀy|/n``, the smallest λ with β = 0.
 DEFAULT_LASSO_FRACTIONS: tuple[float, ...] = tuple(10.0 ** (e / 2) for e in range(-8, 1))
 VAL_FRACTION = 0.2  # share of the train masks used to choose the penalty
+#: Fewest held-out masks per example: a Pearson r of fewer points says nothing (2 give ±1).
+MIN_HELDOUT = 3
 
 
 @dataclass
@@ -33,10 +36,14 @@ class LinearFit:
     Attributes:
         coef: ``β_h`` per head, ``[n_layers, n_heads]``; negative = ablation lowers the metric.
         intercept: ``β₀`` (pooled fit: mean of ``example_intercepts``).
-        alpha, method: Chosen penalty (0 for OLS); ``"ridge"``, ``"ols"`` or ``"lasso"``.
-        pearson_r, r2: Held-out Pearson r and R² of predicted vs true metric (nan if no held-out).
-        n_train, n_test: Masks used for the final fit / held out.
-        alphas, val_mse: Penalty grid and its validation MSE (None for OLS / without a search).
+        alpha: Chosen penalty (0 for OLS).
+        method: ``"ridge"``, ``"ols"`` or ``"lasso"``.
+        pearson_r: Held-out Pearson r of predicted vs true metric (nan if nothing is held out).
+        r2: Held-out R² of predicted vs true metric (nan if nothing is held out).
+        n_train: Masks used for the final fit.
+        n_test: Masks held out.
+        alphas: Penalty grid searched (None for OLS or without a search).
+        val_mse: Validation MSE of each penalty of ``alphas``.
         example_intercepts: Per-example intercepts of a pooled fit.
     """
 
@@ -77,7 +84,7 @@ def sample_masks(
         n_heads: Query heads per layer.
         rate: Ablation probability in (0, 1); 0.05 is COAR's default.
         seed: Seed of the CPU generator (same masks on every device).
-        device: Where to put the masks (``torch.device`` or str).
+        device (torch.device | str | None): Where to put the masks (default: CPU).
 
     Returns:
         ``True`` where a head is ablated.
@@ -90,14 +97,48 @@ def sample_masks(
     return (torch.rand((n_masks, n_layers, n_heads), generator=gen) < rate).to(device)
 
 
+def _n_held(counts: Tensor, frac: float) -> Tensor:
+    """Rows held out of groups of ``counts`` rows (the rounding every split uses)."""
+    return (frac * counts).round()
+
+
 def _split(g: Tensor, n_groups: int, frac: float, gen: torch.Generator):
     """Random split of row indices into (kept, held-out), stratified by group."""
     perm = torch.randperm(len(g), generator=gen).to(g.device)
     perm = perm[torch.argsort(g[perm], stable=True)]  # grouped, shuffled within groups
     counts = torch.bincount(g, minlength=n_groups)
     rank = torch.arange(len(g), device=g.device) - (counts.cumsum(0) - counts)[g[perm]]
-    held = rank < (frac * counts[g[perm]]).round()
+    held = rank < _n_held(counts, frac)[g[perm]]
     return perm[~held], perm[held]
+
+
+def split_sizes(n_masks: int, method: Method = "ridge", holdout: float = 0.2) -> dict[str, int]:
+    """How a fit splits one example's masks: ``fit``, ``validation`` (penalty choice; 0 for
+    OLS) and ``held_out`` (reported r / R²), with the default penalty grid."""
+    held = int(_n_held(torch.tensor(n_masks), holdout))
+    val = 0 if method == "ols" else int(_n_held(torch.tensor(n_masks - held), VAL_FRACTION))
+    return {"fit": n_masks - held - val, "validation": val, "held_out": held}
+
+
+def min_masks(method: Method = "ridge", holdout: float = 0.2, n_features: int = 0) -> int:
+    """Fewest masks per example whose fit is defined and whose quality can be measured.
+
+    The held-out split needs :data:`MIN_HELDOUT` masks (unless ``holdout`` is 0), ridge and
+    lasso need one validation mask and two to fit, OLS one more than ``n_features`` to fit.
+
+    Args:
+        method: ``"ridge"``, ``"ols"`` or ``"lasso"``.
+        holdout: Share of masks held out (as in :func:`fit_linear`).
+        n_features: Heads in the model (only OLS depends on it).
+    """
+    need_fit = n_features + 1 if method == "ols" else 2
+    n = 2
+    while True:
+        s = split_sizes(n, method, holdout)
+        held_ok = holdout == 0 or s["held_out"] >= MIN_HELDOUT
+        if held_ok and s["fit"] >= need_fit and (method == "ols" or s["validation"] >= 1):
+            return n
+        n += 1
 
 
 def _center(x: Tensor, y: Tensor, g: Tensor, n_groups: int):
@@ -128,7 +169,8 @@ def _lasso_path(xc: Tensor, yc: Tensor, lams: Tensor, max_iter: int = 5000, tol:
     gram, cov = xc.T @ xc / len(xc), xc.T @ yc / len(xc)
     step = 1.0 / torch.linalg.eigvalsh(gram)[-1].clamp_min(1e-12)
     beta, out = xc.new_zeros(xc.shape[1]), xc.new_empty(len(lams), xc.shape[1])
-    for i in tqdm(torch.argsort(lams, descending=True).tolist(), "lasso path", disable=None):
+    order = torch.argsort(lams, descending=True).tolist()
+    for i in progress_bar(order, desc="lasso path", show=None):
         z, t = beta.clone(), 1.0
         for it in range(max_iter):
             new = z - step * (gram @ z - cov)
@@ -229,7 +271,10 @@ def fit_pooled(
     Args:
         masks_list: Per example, its ablation masks (counts may differ; may be shared).
         targets_list: Per example, the metric of each masked run.
-        method, alphas, holdout, seed: As in :func:`fit_linear`.
+        method: As in :func:`fit_linear`.
+        alphas: As in :func:`fit_linear`.
+        holdout: As in :func:`fit_linear`.
+        seed: As in :func:`fit_linear`.
 
     Returns:
         The fit, with ``example_intercepts`` ``[n_examples]``.

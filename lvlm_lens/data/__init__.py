@@ -15,6 +15,16 @@ from lvlm_lens.data.prompts import (
     image_prompt,
     text_prompt,
 )
+from lvlm_lens.data.questions import (
+    ATTRIBUTE_ANSWERS,
+    ATTRIBUTE_QUESTIONS,
+    ATTRIBUTES,
+    attribute_answer,
+    attribute_image_prompt,
+    attribute_records,
+    attribute_text_prompt,
+    scene_description,
+)
 from lvlm_lens.data.records import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, Record, synthetic_records
 from lvlm_lens.data.synthetic import (
     BACKGROUNDS,
@@ -31,6 +41,9 @@ from lvlm_lens.data.synthetic import (
 )
 
 __all__ = [
+    "ATTRIBUTES",
+    "ATTRIBUTE_ANSWERS",
+    "ATTRIBUTE_QUESTIONS",
     "BACKGROUNDS",
     "CLASSES",
     "COLOURS",
@@ -46,6 +59,10 @@ __all__ = [
     "VOCABULARY",
     "Record",
     "SyntheticExample",
+    "attribute_answer",
+    "attribute_image_prompt",
+    "attribute_records",
+    "attribute_text_prompt",
     "describe",
     "generate_dataset",
     "image_prompt",
@@ -53,6 +70,7 @@ __all__ = [
     "load_hf_dataset",
     "patch_grid_mask",
     "render_example",
+    "scene_description",
     "synthetic_records",
     "text_prompt",
 ]

@@ -45,7 +45,7 @@ class Record:
 def synthetic_records(
     n: int, seed: int, image_size: int = 48, prompt_index: int = 0
 ) -> list[Record]:
-    """The synthetic set as :class:`Record` s: ``image_prompt(prompt_index)``, answer = class.
+    """The synthetic set as :class:`Record` objects: ``image_prompt(prompt_index)``, answer = class.
 
     ``meta`` holds ``label``, ``appearance`` and ``description``.
     """
@@ -63,7 +63,9 @@ def synthetic_records(
     ]
 
 
+#: Columns every row of a ``data.csv`` / ``data.jsonl`` (or an HF dataset) must have.
 REQUIRED_COLUMNS = ("image", "prompt", "answer")
+#: Columns a row may have: an object ``bbox`` or ``mask``, and an ``id``.
 OPTIONAL_COLUMNS = ("bbox", "mask", "id")
 
 

@@ -46,10 +46,13 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 #: Object sizes: name -> range of the half-extent in pixels at 48 px (scaled with image_size).
 SIZES: dict[str, tuple[float, float]] = {"small": (9.0, 11.0), "large": (14.0, 18.0)}
+#: Fills: a filled shape, or its outline (a 2-3 px line).
 FILLS: tuple[str, ...] = ("filled", "outline")
+#: Textures of filled shapes (outlines are always plain).
 TEXTURES: tuple[str, ...] = ("plain", "stripes", "dots")
 #: Backgrounds: plain white / gray / cream, or per-pixel colour noise around a light gray.
 BACKGROUNDS: tuple[str, ...] = ("white", "gray", "cream", "noise")
+#: Where the object sits in the image (with jitter).
 POSITIONS: tuple[str, ...] = ("center", "left", "right", "top", "bottom")
 
 _TEXTURE_WORD = {"plain": "", "stripes": "striped", "dots": "dotted"}

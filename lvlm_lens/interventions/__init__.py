@@ -1,5 +1,6 @@
 """Interventions on the hooked LVLM: head ablation and its baselines, the fast masked-run engine,
-attention knockout, image-token ablation, activation patching, and the answer metrics.
+attention knockout, image-token ablation, activation patching, prefix-sharing patching and
+knockout sweeps, and the answer metrics.
 
 Imports only :mod:`lvlm_lens.model` (and the layers beside it), never attribution or above.
 """
@@ -13,6 +14,7 @@ from lvlm_lens.interventions.ablation import (
     compute_baseline,
     head_ablation_hooks,
 )
+from lvlm_lens.interventions.baseline_check import BaselineCheck, check_baseline
 from lvlm_lens.interventions.engine import AblationEngine, run_reference
 from lvlm_lens.interventions.knockout import (
     knockout,
@@ -20,8 +22,16 @@ from lvlm_lens.interventions.knockout import (
     knockout_hooks,
     window_layers,
 )
-from lvlm_lens.interventions.metrics import METRICS, get_metric
+from lvlm_lens.interventions.metrics import METRICS, get_metric, metric_change
 from lvlm_lens.interventions.patching import patch_attn_heads, patch_mlp_out, patch_resid
+from lvlm_lens.interventions.sweeps import (
+    SweepResult,
+    image_rows,
+    knockout_window_sweep,
+    patch_sweep,
+    single_positions,
+    token_groups,
+)
 from lvlm_lens.interventions.token_ablation import ablate_image_tokens, mean_image_token
 
 __all__ = [
@@ -29,20 +39,29 @@ __all__ = [
     "METRICS",
     "SCOPES",
     "AblationEngine",
+    "BaselineCheck",
     "BaselineKV",
     "HeadAblation",
+    "SweepResult",
     "ablate_heads",
     "ablate_image_tokens",
+    "check_baseline",
     "compute_baseline",
     "get_metric",
     "head_ablation_hooks",
+    "image_rows",
     "knockout",
     "knockout_effect",
     "knockout_hooks",
+    "knockout_window_sweep",
     "mean_image_token",
+    "metric_change",
     "patch_attn_heads",
     "patch_mlp_out",
     "patch_resid",
+    "patch_sweep",
     "run_reference",
+    "single_positions",
+    "token_groups",
     "window_layers",
 ]

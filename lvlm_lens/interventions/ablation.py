@@ -18,11 +18,15 @@ import torch
 from jaxtyping import Bool, Float
 from PIL import Image
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from lvlm_lens.model.families import FAMILIES
 from lvlm_lens.model.inputs import LVLMInput
+from lvlm_lens.model.prepare import to_rgb
+from lvlm_lens.progress import progress_bar, show_progress
 
+#: Kinds of baseline keys/values (see :class:`HeadAblation`).
 BASELINES = ("mean", "image", "blank", "zero")
+#: Which queries read the baseline: ``text`` (after the last source token) or ``all``.
 SCOPES = ("text", "all")
 
 
@@ -31,9 +35,11 @@ class HeadAblation:
     """Options of head ablation.
 
     Attributes:
-        baseline: ``"mean"`` (per-position mean of the head's K/V over ``reference_images``),
-            ``"image"`` (K/V computed from ``baseline_image``), ``"blank"`` (a constant gray
-            image of the same size) or ``"zero"``.
+        baseline: ``"blank"`` (default: a constant gray image of the same size; needs nothing
+            else, so the defaults run on any input), ``"mean"`` (per-position mean of the
+            head's K/V over ``reference_images``; the CLI's default, with reference images
+            from the data), ``"image"`` (K/V computed from ``baseline_image``) or ``"zero"``.
+            See :func:`compute_baseline` for several images and any-resolution sizes.
         scope: ``"text"`` (only queries after the last source position read the baseline; the
             prefix up to it is then identical under every mask) or ``"all"`` (every query).
         source: Token group whose keys/values are replaced (``"image"``, or e.g. ``"question"``
@@ -41,7 +47,7 @@ class HeadAblation:
         blank_value: Gray level of the ``"blank"`` image.
     """
 
-    baseline: Literal["mean", "image", "blank", "zero"] = "mean"
+    baseline: Literal["mean", "image", "blank", "zero"] = "blank"
     scope: Literal["text", "all"] = "text"
     source: str = "image"
     blank_value: int = 128
@@ -102,13 +108,59 @@ def kv_of(model: Any, inp: LVLMInput) -> tuple[list[Tensor], list[Tensor]]:
             [cache[f"blocks.{i}.attn.hook_v"].transpose(1, 2) for i in range(n)])
 
 
-def with_images(model: Any, inp: LVLMInput, images: Sequence[Any]) -> LVLMInput:
-    """The same prompts with other images (one per example); token ids must not change."""
-    other = model.prepare(list(images), inp.texts, template="raw")
+def with_images(model: Any, inp: LVLMInput, images: list[list[Any]]) -> LVLMInput:
+    """The same prompts with other images (a list per example); token ids must not change."""
+    other = model.prepare(images, inp.texts, template="raw")
     if other.shape != inp.shape or not torch.equal(other.input_ids, inp.input_ids):
-        raise ValueError("the baseline image gives a different image-token layout than the "
-                         "example's image (any-resolution models): use images of the same size")
+        raise ValueError("the baseline images give a different image-token layout than the "
+                         "example's images: give one baseline image per image of the example")
     return other
+
+
+def stand_ins(model: Any, inp: LVLMInput, images: Any) -> list[list[Image.Image]]:
+    """Baseline images laid out like ``inp``'s images, one per image of every example.
+
+    Args:
+        model: The :class:`~lvlm_lens.HookedLVLM`.
+        inp: The batch whose images they stand in for.
+        images: One image for every image of the batch, or one entry per example: an image for
+            all of that example's images, or a list with one image per image.
+
+    Returns:
+        Per example, the list of its stand-in images. On any-resolution families (LLaVA-NeXT,
+        OneVision) each is resized to the size of the image it replaces, so that the
+        image-token layout is the example's; LLaVA(-1.5) processes every image at one size,
+        and its stand-ins are left as they are.
+    """
+    n = inp.images_per_example
+    if not isinstance(images, list | tuple):
+        images = [images] * len(n)
+    if len(images) != len(n):
+        raise ValueError(f"got {len(images)} baseline image entries for {len(n)} examples: give "
+                         "one image, or one entry per example (an image or a list of images)")
+    out = []
+    for i, (entry, k) in enumerate(zip(images, n, strict=True)):
+        entry = list(entry) if isinstance(entry, list | tuple) else [entry] * k
+        if len(entry) != k:
+            raise ValueError(f"example {i} holds {k} image(s) but {len(entry)} baseline "
+                             "image(s) were given for it")
+        out.append([to_rgb(im) for im in entry])
+    if not resizes_stand_ins(model):
+        return out
+    sizes = iter(inp.image_sizes.tolist())
+    return [[_resize(im, next(sizes)) for im in ims] for ims in out]
+
+
+def resizes_stand_ins(model: Any) -> bool:
+    """Whether baseline images are resized to the images they replace (any- and native-
+    resolution families, whose image-token layout depends on the image size: LLaVA-NeXT,
+    OneVision, Qwen2-VL...), so baselines depend on image sizes."""
+    return FAMILIES[model.cfg.lvlm_type].size_dependent_layout
+
+
+def _resize(image: Image.Image, size: list[int]) -> Image.Image:
+    h, w = size
+    return image if image.size == (w, h) else image.resize((w, h), Image.BICUBIC)
 
 
 def compute_baseline(
@@ -118,15 +170,25 @@ def compute_baseline(
     *,
     baseline_image: Any = None,
     reference_images: Sequence[Any] | None = None,
+    progress: bool = True,
 ) -> BaselineKV:
     """Baseline keys/values for ``inp`` under ``config``.
+
+    Every image of an example is replaced (several images per example, and examples with
+    different numbers of images, are fine): by ``baseline_image``, by a gray image of its own
+    size (``blank``), or by each reference image in turn (``mean``: the K/V of the runs with
+    reference ``r`` in every image slot, averaged over ``r``). On any-resolution families the
+    stand-in images are resized to the size of the image they replace (see :func:`stand_ins`),
+    so ``mean`` works on data whose images differ in size.
 
     Args:
         model: The :class:`~lvlm_lens.HookedLVLM`.
         inp: The batch to ablate.
         config: The ablation options.
-        baseline_image: For ``baseline="image"``: one image for every example, or a list.
+        baseline_image: For ``baseline="image"``: one image, or one entry per example (an image
+            or a list with one image per image of the example).
         reference_images: For ``baseline="mean"``: images whose K/V are averaged per position.
+        progress: Show a progress bar over the reference images.
     """
     source = source_mask(inp, config.source)
     if config.baseline == "zero":
@@ -136,26 +198,25 @@ def compute_baseline(
     if config.source != "image" and config.baseline != "mean":
         raise ValueError(f"baseline {config.baseline!r} replaces the image; with source "
                          f"{config.source!r} use baseline='zero' or 'mean'")
-    n_ex = len(inp)
     if config.baseline == "image":
         if baseline_image is None:
             raise ValueError("baseline='image' needs baseline_image=")
-        batches = [list(baseline_image) if isinstance(baseline_image, list | tuple)
-                   else [baseline_image] * n_ex]
+        runs = [stand_ins(model, inp, baseline_image)]
     elif config.baseline == "blank":
-        sizes = inp.image_sizes.tolist()
-        gray = (config.blank_value,) * 3
-        batches = [[Image.new("RGB", (w, h), gray) for h, w in sizes]]
+        gray = iter([Image.new("RGB", (w, h), (config.blank_value,) * 3)
+                     for h, w in inp.image_sizes.tolist()])
+        runs = [[[next(gray) for _ in range(k)] for k in inp.images_per_example]]
     else:
         if not reference_images:
             raise ValueError("baseline='mean' needs reference_images= (a list of images)")
-        batches = [[im] * n_ex for im in reference_images]
+        runs = [stand_ins(model, inp, im) for im in reference_images]
     keys = values = None
-    for images in tqdm(batches, desc="baseline K/V", disable=len(batches) < 2):
-        k, v = kv_of(model, with_images(model, inp, images))
-        keys = k if keys is None else [a + b for a, b in zip(keys, k, strict=True)]
-        values = v if values is None else [a + b for a, b in zip(values, v, strict=True)]
-    return BaselineKV([k / len(batches) for k in keys], [v / len(batches) for v in values], source)
+    with show_progress(progress):
+        for images in progress_bar(runs, desc="baseline K/V", show=len(runs) > 1):
+            k, v = kv_of(model, with_images(model, inp, images))
+            keys = k if keys is None else [a + b for a, b in zip(keys, k, strict=True)]
+            values = v if values is None else [a + b for a, b in zip(values, v, strict=True)]
+    return BaselineKV([k / len(runs) for k in keys], [v / len(runs) for v in values], source)
 
 
 def check_heads(model: Any, heads: Tensor, batch: int | None = None) -> Tensor:
@@ -175,17 +236,23 @@ def head_ablation_hooks(
     heads: Bool[Tensor, "... n_layers n_heads"] | Float[Tensor, "... n_layers n_heads"],
     baseline: BaselineKV,
     scope: str = "text",
+    queries: Bool[Tensor, "batch pos"] | None = None,
 ) -> list[tuple[str, Any]]:
     """Hooks that ablate ``heads`` (``True``/1 = ablated) in a full-sequence run of ``inp``.
 
     This is the reference implementation. A float ``heads`` interpolates: the selected scores
     and values move by that fraction towards the baseline, so its gradient at 0 is the
-    attribution-patching estimate of each head's ablation effect.
+    attribution-patching estimate of each head's ablation effect. ``queries`` (a bool mask of
+    query positions) replaces ``scope`` to make only those queries read the baseline, e.g. the
+    final token in path patching.
     """
     heads = check_heads(model, heads, len(inp))
     b = len(inp)
     weight = heads.to(model.cfg.dtype).expand(b, *heads.shape[-2:]).to(model.cfg.device)
-    qs = query_scope(inp, baseline.source, scope).to(model.cfg.device)
+    qs = query_scope(inp, baseline.source, scope) if queries is None else (
+        queries.bool().to(baseline.source.device) & inp.attention_mask.bool().to(
+            baseline.source.device))
+    qs = qs.to(model.cfg.device)
     src = baseline.source.to(model.cfg.device)
     g = model.cfg.n_groups
     hooks = []

@@ -6,11 +6,15 @@ alternative at the source positions), then runs only the text suffix for a batch
 inside the attention each (mask, layer, query head) reads clean or baseline source K/V. The
 prefix cache is shared by the whole batch, never copied per mask: memory is
 O(prefix + batch x suffix). Under scope ``all`` masks are batched over full sequences.
+Where the prefix would depend on the tokens after it (Gemma 3's tokens of one image attend to
+each other both ways, so a source ending inside an image cuts that image), scope ``text``
+also runs full sequences, with only the queries after the last source reading the baseline.
 :func:`run_reference` is the plain path, one hooked full forward per mask.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,17 +22,19 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from lvlm_lens.interventions.ablation import (
     BaselineKV,
     HeadAblation,
     check_heads,
     head_ablation_hooks,
+    query_scope,
 )
 from lvlm_lens.interventions.metrics import final_logits, get_metric
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.model.kv_cache import HeadSwitch, KVCache
+from lvlm_lens.model.layout import TokenLayout
+from lvlm_lens.progress import progress_bar, show_progress
 
 Metric = Callable[[Tensor, Tensor], Tensor]
 
@@ -40,10 +46,12 @@ class _Example:
     x: Float[Tensor, "1 pos d_model"]  # embeddings of the tokens the masked runs process
     mask: Int[Tensor, "1 pos"]
     answer: Int[Tensor, " 1"]
+    layout: TokenLayout  # positions and image blocks of those tokens
     cache: KVCache | None = None  # scope text: the shared prefix
-    switch_keys: list[Tensor] | None = None  # scope all: baseline K/V at the source positions
+    switch_keys: list[Tensor] | None = None  # full sequences: baseline K/V at the source
     switch_values: list[Tensor] | None = None
     src: Bool[Tensor, "1 pos"] | None = None
+    queries: Bool[Tensor, "1 pos"] | None = None  # full sequences, scope text: who reads it
 
 
 def clean_answers(model: Any, inp: LVLMInput) -> Int[Tensor, " batch"]:
@@ -64,6 +72,11 @@ class AblationEngine:
         config: The ablation options (scope, source).
         metric: Metric name (:mod:`~lvlm_lens.interventions.metrics`) or ``f(logits, answer_ids)``.
         batch_size: Masks per forward pass.
+
+    Attributes:
+        answers: The answer token per example: ``inp.answer_ids``, or the model's own clean
+            answer when the input has none.
+        baseline: The baseline keys/values the ablated heads read.
     """
 
     def __init__(
@@ -83,6 +96,12 @@ class AblationEngine:
         self.baseline = baseline
         self._examples: dict[int, _Example] = {}
 
+    def with_metric(self, metric: str | Metric) -> AblationEngine:
+        """An engine measuring ``metric`` that shares this one's prefix caches (built or not)."""
+        other = copy.copy(self)
+        other.metric = get_metric(metric)
+        return other
+
     @torch.no_grad()
     def _example(self, i: int) -> _Example:
         if i in self._examples:
@@ -94,12 +113,17 @@ class AblationEngine:
         keys = [k[i : i + 1, :, off:] for k in base.keys]
         values = [v[i : i + 1, :, off:] for v in base.values]
         x, mask = model.embed_input(ex), ex.attention_mask.to(model.cfg.device)
-        answer = self.answers[i : i + 1]
-        if self.config.scope == "all":
-            state = _Example(x, mask, answer, switch_keys=keys, switch_values=values, src=src)
+        answer, layout = self.answers[i : i + 1], model.layout(ex)
+        cut = int(src[0].nonzero().max()) + 1
+        if self.config.scope == "all" or layout.splits_block(cut):
+            queries = None
+            if self.config.scope == "text":
+                queries = query_scope(ex, src, "text").to(model.cfg.device)
+            state = _Example(x, mask, answer, layout, switch_keys=keys, switch_values=values,
+                             src=src, queries=queries)
         else:
-            cut = int(src[0].nonzero().max()) + 1
-            _, kvs = model.run_blocks(x[:, :cut], mask[:, :cut])
+            _, kvs = model.run_blocks(x[:, :cut], mask[:, :cut],
+                                      layout=layout.cols(slice(None, cut)))
             s = src[:, None, :cut, None]
             k_clean, v_clean = [k for k, _ in kvs], [v for _, v in kvs]
 
@@ -114,7 +138,8 @@ class AblationEngine:
                 alt_keys=alt(keys, k_clean),
                 alt_values=alt(values, v_clean),
             )
-            state = _Example(x[:, cut:], mask[:, cut:], answer, cache=cache)
+            state = _Example(x[:, cut:], mask[:, cut:], answer, layout.cols(slice(cut, None)),
+                             cache=cache)
         self._examples[i] = state
         return state
 
@@ -125,8 +150,10 @@ class AblationEngine:
         b = masks.shape[0]
         x, mask = st.x.expand(b, -1, -1), st.mask.expand(b, -1)
         switch = HeadSwitch.sparse(masks, self.model.cfg.device, self_keys=st.switch_keys,
-                                   self_values=st.switch_values, self_src=st.src)
-        resid, _ = self.model.run_blocks(x, mask, st.cache, switch=switch)
+                                   self_values=st.switch_values, self_src=st.src,
+                                   self_queries=st.queries)
+        resid, _ = self.model.run_blocks(x, mask, st.cache, switch=switch,
+                                         layout=st.layout.expand(b))
         logits = self.model.unembed(self.model.ln_final(resid[:, -1]))
         return self.metric(logits, st.answer.expand(b))
 
@@ -141,19 +168,19 @@ class AblationEngine:
         if masks.ndim != 3:
             raise ValueError("masks must be [n_masks, n_layers, n_heads]")
         examples = list(range(len(self.inp))) if examples is None else examples
+        masks = masks.cpu()  # the switches' indices are found on the host, once per batch
         out = torch.empty(len(examples), masks.shape[0])
-        bar = tqdm(
-            total=len(examples) * masks.shape[0],
-            unit="mask",
-            disable=not progress,
-            desc="masked runs",
-        )
-        for row, i in enumerate(examples):
-            for start in range(0, masks.shape[0], self.batch_size):
-                chunk = masks[start : start + self.batch_size]
-                out[row, start : start + len(chunk)] = self.run_batch(i, chunk).float().cpu()
-                bar.update(len(chunk))
-        bar.close()
+        with show_progress(progress):
+            bar = progress_bar(total=len(examples) * masks.shape[0], unit="mask",
+                               desc="masked runs")
+            for row, i in enumerate(examples):
+                values = []  # stay on the device: the loop never waits for it
+                for start in range(0, masks.shape[0], self.batch_size):
+                    chunk = masks[start : start + self.batch_size]
+                    values.append(self.run_batch(i, chunk).float())
+                    bar.update(len(chunk))
+                out[row] = torch.cat(values).cpu()
+            bar.close()
         return out
 
 
@@ -170,8 +197,9 @@ def run_reference(
     """The reference path: one full-sequence ``run_with_hooks`` per mask (all examples at once)."""
     fn, answers = get_metric(metric), clean_answers(model, inp)
     out = torch.empty(len(inp), masks.shape[0])
-    for j in tqdm(range(masks.shape[0]), unit="mask", disable=not progress, desc="reference"):
-        hooks = head_ablation_hooks(model, inp, masks[j], baseline, config.scope)
-        logits = final_logits(model.run_with_hooks(inp, fwd_hooks=hooks))
-        out[:, j] = fn(logits, answers).float().cpu()
+    with show_progress(progress):
+        for j in progress_bar(range(masks.shape[0]), unit="mask", desc="reference"):
+            hooks = head_ablation_hooks(model, inp, masks[j], baseline, config.scope)
+            logits = final_logits(model.run_with_hooks(inp, fwd_hooks=hooks))
+            out[:, j] = fn(logits, answers).float().cpu()
     return out

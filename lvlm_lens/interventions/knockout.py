@@ -2,12 +2,22 @@
 
 Following Geva et al. ("Dissecting recall of factual associations") and Zhang et al.
 ("Cross-modal information flow in multimodal LLMs", CVPR'25): in the chosen layers (and heads),
-queries in the *target* group may not attend to keys in the *source* group. The hook sets those
-attention scores (``blocks.{l}.attn.hook_attn_scores``, already holding the additive
-causal/padding mask) to the dtype minimum before the softmax, exactly as the additive mask does.
+queries in the *target* group may not attend to keys in the *source* group. The hook adds the
+knocked-out edges to the additive causal/padding(/sliding-window) mask that
+``blocks.{l}.attn.hook_attn_scores`` already holds: scores of edges the mask allows are set to
+the dtype minimum, and edges the mask already blocks are left as they are (a knockout never
+unblocks a masked key). The result equals a Hugging Face run given the equivalent 4D mask
+(``finfo.min`` at masked or knocked-out edges).
 
-As with any additive mask, a query whose every key is blocked (e.g. a knocked-out edge to
-itself when it has no other allowed key) gets equal scores everywhere and attends uniformly.
+A query that would be left with no key at all (every key it may see is a source key, e.g. BOS
+under ``text -> text``, or a query whose sliding window holds only image tokens) is refused
+with an error when the hooks are built: a softmax over no key has no meaning, and an additive
+mask would make such a query attend uniformly to every column, future tokens and padding
+included, breaking causality. Remove such queries from the target group. Left-padding queries
+(which have no key to begin with) are ignored.
+
+The hooks run on the full input or on any prefix of it, with or without a KV cache of an
+earlier prefix (``run_prefix`` then a suffix run, both inside the knockout).
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from torch import Tensor
 
 from lvlm_lens.interventions.metrics import Metric, get_metric, relative_prob_change
 from lvlm_lens.model.inputs import LVLMInput
+from lvlm_lens.model.masks import allowed_keys, image_blocks
 
 Group = str | Bool[Tensor, "batch pos"]
 Hook = tuple[str, Callable[..., Tensor]]
@@ -71,6 +82,31 @@ def _check_layers(layers: int | Sequence[int], n_layers: int) -> list[int]:
     return sorted(set(layers))
 
 
+def _check_keys_left(
+    model: Any, inp: LVLMInput, block: Bool[Tensor, "batch head_or_1 pos pos"], layers: list[int]
+) -> None:
+    """Refuse a knockout that leaves a real query with no key to attend to in some layer."""
+    mask = inp.attention_mask.to(block.device)
+    blocks = None  # Gemma 3: the tokens of one image also see its later tokens
+    if model.cfg.decoder.bidirectional_image:
+        blocks = image_blocks(inp.input_ids.to(block.device) == model.cfg.image_token_id)
+    for window in {model.cfg.sliding_windows[layer] for layer in layers}:
+        allowed = allowed_keys(mask, mask.shape[1], window, blocks)[:, None]  # [batch, 1, q, k]
+        lost = (allowed.any(-1) & ~(allowed & ~block).any(-1)).any(1)  # [batch, q]
+        if not bool(lost.any()):
+            continue
+        examples = lost.any(1).nonzero().flatten().tolist()
+        hit = lambda g, lost=lost: bool((g.to(lost.device) & lost).any())  # noqa: E731
+        groups = [n for n, g in inp.groups.items() if n != "text" and hit(g)]
+        at = [layer for layer in layers if model.cfg.sliding_windows[layer] == window]
+        first = lost[examples[0]].nonzero().flatten().tolist()
+        raise ValueError(
+            f"this knockout leaves query position(s) {first} of example(s) {examples} (token "
+            f"group(s) {groups}) with no key left to attend to in layer(s) {at}: every key they "
+            "may see is a source key; remove them from the target group"
+        )
+
+
 def knockout_hooks(
     model: Any,
     inp: LVLMInput,
@@ -83,7 +119,7 @@ def knockout_hooks(
 
     Args:
         model: A :class:`~lvlm_lens.HookedLVLM`.
-        inp: The input the hooks will run on (full sequence, no KV cache).
+        inp: The input the hooks will run on (or a prefix of it, with or without a KV cache).
         source: Key group: a name from ``inp.groups`` or a bool mask ``[batch, pos]``.
         target: Query group, likewise.
         layers: Layer(s) to knock out in, e.g. from :func:`window_layers`.
@@ -91,6 +127,10 @@ def knockout_hooks(
 
     Returns:
         ``(hook_name, fn)`` pairs for ``model.run_with_hooks(inp, fwd_hooks=...)``.
+
+    Raises:
+        ValueError: If a real query would be left with no key to attend to (see the module
+            docstring), naming the examples, positions and layers.
     """
     cfg = model.cfg
     layers = _check_layers(layers, cfg.n_layers)
@@ -106,15 +146,18 @@ def knockout_hooks(
         on[list(heads)] = True
         block = edges[:, None] & on[None, :, None, None]
 
+    _check_keys_left(model, inp, block, layers)
+
     def hook(scores: Float[Tensor, "batch head q k"], hook: Any) -> Tensor:
         b, _, q, k = scores.shape
-        if b != block.shape[0] or k != block.shape[-1] or q > k:
+        if b != block.shape[0] or k > block.shape[-1] or q > k:
             raise ValueError(
                 f"knockout built for input {tuple(inp.shape)} got scores {tuple(scores.shape)}:"
-                " run it on the same input, without a KV cache"
+                " run it on the same input (or a prefix of it, with or without a KV cache)"
             )
-        m = block[..., k - q :, :].to(scores.device)
-        return scores.masked_fill(m, torch.finfo(scores.dtype).min)
+        floor = torch.finfo(scores.dtype).min
+        m = block[..., k - q : k, :k].to(scores.device) & (scores > floor / 2)
+        return scores.masked_fill(m, floor)
 
     return [(f"blocks.{layer}.attn.hook_attn_scores", hook) for layer in layers]
 

@@ -96,6 +96,25 @@ def relative_prob_change(
     return (p_new - p_clean) / p_clean
 
 
+def metric_change(
+    new_logits: Float[Tensor, "batch d_vocab"],
+    clean_logits: Float[Tensor, "batch d_vocab"],
+    answer_ids: Int[Tensor, " batch"],
+    metric: str | Metric = "prob",
+    relative: bool | None = None,
+) -> Float[Tensor, " batch"]:
+    """Change of an answer metric from a clean to an intervened run.
+
+    ``(new - clean) / clean`` if ``relative``, else ``new - clean``; by default relative for
+    ``"prob"`` (Zhang et al.'s relative probability change) and absolute otherwise.
+    """
+    if metric == "prob" and relative in (None, True):
+        return relative_prob_change(new_logits, clean_logits, answer_ids)
+    fn = get_metric(metric)
+    m_new, m_clean = fn(new_logits, answer_ids), fn(clean_logits, answer_ids)
+    return (m_new - m_clean) / m_clean if relative else m_new - m_clean
+
+
 #: Metrics by name; each maps ``(logits, answer_ids)`` to a ``[batch]`` tensor.
 METRICS: dict[str, Metric] = {
     "logit": answer_logit,

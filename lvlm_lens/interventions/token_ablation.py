@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from lvlm_lens.model.inputs import LVLMInput
+from lvlm_lens.progress import progress_bar, show_progress
 
 Which = str | Bool[Tensor, "..."] | Int[Tensor, " n"] | Sequence[int]
 Baseline = Float[Tensor, " d_model"] | Float[Tensor, "n d_model"] | LVLMInput
@@ -26,17 +26,18 @@ HOOK_NAME = "hook_image_embeds"
 
 @torch.no_grad()
 def mean_image_token(
-    model: Any, inputs: LVLMInput | Sequence[LVLMInput]
+    model: Any, inputs: LVLMInput | Sequence[LVLMInput], progress: bool = True
 ) -> Float[Tensor, " d_model"]:
     """The mean projected image token over every image token of ``inputs`` (fp32 sum)."""
     inputs = [inputs] if isinstance(inputs, LVLMInput) else list(inputs)
     total, count = None, 0
-    for inp in tqdm(inputs, desc="mean image token", disable=len(inputs) < 2):
-        if not inp.has_images:
-            continue
-        flat = torch.cat(model.image_embeddings(inp)).float()
-        total = flat.sum(0) if total is None else total + flat.sum(0)
-        count += flat.shape[0]
+    with show_progress(progress):
+        for inp in progress_bar(inputs, desc="mean image token", show=len(inputs) > 1):
+            if not inp.has_images:
+                continue
+            flat = torch.cat(model.image_embeddings(inp)).float()
+            total = flat.sum(0) if total is None else total + flat.sum(0)
+            count += flat.shape[0]
     if not count:
         raise ValueError("these inputs hold no image tokens")
     return (total / count).to(model.cfg.dtype)

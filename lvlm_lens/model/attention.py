@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import einops
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float
@@ -19,6 +18,9 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from lvlm_lens.model.config import LVLMConfig
+from lvlm_lens.model.fused_attention import fused_attention
+from lvlm_lens.model.norm import RMSNorm
+from lvlm_lens.model.weights import AttentionWeights
 
 KV = tuple[
     Float[Tensor, "batch_kv kv_head pos d_head"], Float[Tensor, "batch_kv kv_head pos d_head"]
@@ -42,6 +44,9 @@ class Segment:
     v_alt: Float[Tensor, "batch_kv kv_head pos d_head"] | None = None
     select: Bool[Tensor, "batch head"] | None = None
     index: tuple[Tensor, Tensor] | None = None  # (rows, heads) of ``select``: sparse path
+    mask_rows_alike: bool = False  # the mask over these keys is the same for every query of
+    # one cached row (a prefix without a sliding window): the fused path reads one mask row
+    queries: Bool[Tensor, "batch_or_1 q"] | None = None  # only these read it (dense path)
 
     @property
     def length(self) -> int:
@@ -56,6 +61,19 @@ class SelfAlternative:
     v: Float[Tensor, "batch_or_1 kv_head pos d_head"]
     src: Bool[Tensor, "batch_or_1 pos"]
     select: Bool[Tensor, "batch head"]
+    queries: Bool[Tensor, "batch_or_1 pos"] | None = None  # who may read them (default: all)
+
+
+def _watched(*points: nn.Module) -> bool:
+    """Whether any hook (TransformerLens' or a plain torch one, global ones included) is
+    registered on these hook points."""
+    mod = torch.nn.modules.module
+    if mod._global_forward_hooks or mod._global_forward_pre_hooks or mod._global_backward_hooks:
+        return True
+    return any(
+        p._forward_hooks or p._forward_pre_hooks or p._backward_hooks or p._backward_pre_hooks
+        for p in points
+    )
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -112,11 +130,20 @@ def _pairs(seg: Segment, kv: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return b, h, b // r, h // g
 
 
-class Attention(nn.Module):
+def _dense_cond(seg: Segment, batch: int) -> Tensor:
+    """Where the alternative is read: selected (row, head) pairs, at the allowed queries."""
+    cond = seg.select[:, :, None, None]
+    if seg.queries is not None:
+        cond = cond & seg.queries.expand(batch, -1)[:, None, :, None]
+    return cond
+
+
+class Attention(AttentionWeights, nn.Module):
     """Causal self-attention with RoPE, grouped-query heads and TransformerLens hooks.
 
     Weights stay in the checkpoint's own ``nn.Linear`` modules (shared with the HF model);
-    ``W_Q``/``W_K``/``W_V``/``W_O`` and biases are TransformerLens-shaped views of them.
+    ``W_Q``/``W_K``/``W_V``/``W_O``, biases, ``QK`` and ``OV`` are TransformerLens-shaped
+    views of them (:mod:`~lvlm_lens.model.weights`).
     """
 
     def __init__(self, cfg: LVLMConfig, hf_attn: nn.Module):
@@ -125,55 +152,19 @@ class Attention(nn.Module):
         self.q_proj, self.k_proj = hf_attn.q_proj, hf_attn.k_proj
         self.v_proj, self.o_proj = hf_attn.v_proj, hf_attn.o_proj
         self.scaling = float(getattr(hf_attn, "scaling", cfg.d_head**-0.5))
+        if cfg.decoder.qk_norm:  # per-head RMSNorm of queries and keys before RoPE (Gemma 3)
+            self.q_norm = RMSNorm(hf_attn.q_norm, cfg.decoder.norm_offset)
+            self.k_norm = RMSNorm(hf_attn.k_norm, cfg.decoder.norm_offset)
         for name in ("q", "k", "v", "rot_q", "rot_k", "attn_scores", "pattern", "z", "result"):
             setattr(self, f"hook_{name}", HookPoint())
 
-    # TransformerLens-shaped weight views -------------------------------------------------
-    @property
-    def W_Q(self) -> Float[Tensor, "head d_model d_head"]:
-        return einops.rearrange(self.q_proj.weight, "(h d) m -> h m d", d=self.cfg.d_head)
-
-    @property
-    def W_K(self) -> Float[Tensor, "kv_head d_model d_head"]:
-        return einops.rearrange(self.k_proj.weight, "(h d) m -> h m d", d=self.cfg.d_head)
-
-    @property
-    def W_V(self) -> Float[Tensor, "kv_head d_model d_head"]:
-        return einops.rearrange(self.v_proj.weight, "(h d) m -> h m d", d=self.cfg.d_head)
-
-    @property
-    def W_O(self) -> Float[Tensor, "head d_head d_model"]:
-        return einops.rearrange(self.o_proj.weight, "m (h d) -> h d m", d=self.cfg.d_head)
-
-    def _bias(self, lin: nn.Linear, n: int) -> Tensor:
-        if lin.bias is None:
-            return lin.weight.new_zeros(n, self.cfg.d_head)
-        return lin.bias.view(n, self.cfg.d_head)
-
-    @property
-    def b_Q(self) -> Float[Tensor, "head d_head"]:
-        return self._bias(self.q_proj, self.cfg.n_heads)
-
-    @property
-    def b_K(self) -> Float[Tensor, "kv_head d_head"]:
-        return self._bias(self.k_proj, self.cfg.n_key_value_heads)
-
-    @property
-    def b_V(self) -> Float[Tensor, "kv_head d_head"]:
-        return self._bias(self.v_proj, self.cfg.n_key_value_heads)
-
-    @property
-    def b_O(self) -> Float[Tensor, " d_model"]:
-        b = self.o_proj.bias
-        return b if b is not None else self.o_proj.weight.new_zeros(self.cfg.d_model)
-
     def _scores(self, q: Tensor, seg: Segment) -> Tensor:
-        out = segment_scores(q, seg.k) * self.scaling
+        out = segment_scores(q, seg.k).mul_(self.scaling)  # a fresh tensor: scaled in place
         if seg.select is None:
             return out
-        if seg.index is None:
+        if seg.index is None or seg.queries is not None:
             alt = segment_scores(q, seg.k_alt) * self.scaling
-            return torch.where(seg.select[:, :, None, None], alt, out)
+            return torch.where(_dense_cond(seg, out.shape[0]), alt, out)
         b, h, kb, kh = _pairs(seg, seg.k_alt)
         out[b, h] = (q[b, h] @ seg.k_alt[kb, kh].transpose(-1, -2)) * self.scaling
         return out
@@ -182,12 +173,40 @@ class Attention(nn.Module):
         out = segment_values(pattern, seg.v)
         if seg.select is None:
             return out
-        if seg.index is None:
+        if seg.index is None or seg.queries is not None:
             alt = segment_values(pattern, seg.v_alt)
-            return torch.where(seg.select[:, :, None, None], alt, out)
+            return torch.where(_dense_cond(seg, out.shape[0]), alt, out)
         b, h, kb, kh = _pairs(seg, seg.v_alt)
         out[b, h] = pattern[b, h] @ seg.v_alt[kb, kh]
         return out
+
+    def fused(self, q: Tensor, segments: list[Segment]) -> bool:
+        """Whether to take the fused branch: no hook reads ``hook_attn_scores`` /
+        ``hook_pattern`` (caching them is a hook), ``cfg.fused_attention`` is on, and no
+        gradient must flow through the merge of several segments."""
+        if not self.cfg.fused_attention or _watched(self.hook_attn_scores, self.hook_pattern):
+            return False
+        if len(segments) == 1 or not torch.is_grad_enabled():
+            return True
+        return not any(
+            t is not None and t.requires_grad
+            for seg in segments
+            for t in (q, seg.k, seg.v, seg.k_alt, seg.v_alt)
+        )
+
+    def _materialised(self, q: Tensor, segments: list[Segment], mask: Tensor) -> Tensor:
+        """Attention with full scores and pattern, through their hooks."""
+        scores = [self._scores(q, seg) for seg in segments]
+        scores = scores[0] if len(scores) == 1 else torch.cat(scores, dim=-1)
+        scores = self.hook_attn_scores(scores.add_(mask))  # fresh: no full-size temporary
+        pattern = self.hook_pattern(F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
+        z, start = None, 0
+        for seg in segments:
+            part = pattern if len(segments) == 1 else pattern[..., start : start + seg.length]
+            zi = self._values(part, seg)
+            z = zi if z is None else z + zi
+            start += seg.length
+        return z
 
     # forward -----------------------------------------------------------------------------
     def forward(
@@ -217,24 +236,21 @@ class Attention(nn.Module):
         q = self.hook_q(self.q_proj(x).view(b, s, cfg.n_heads, cfg.d_head))
         k = self.hook_k(self.k_proj(x).view(b, s, cfg.n_key_value_heads, cfg.d_head))
         v = self.hook_v(self.v_proj(x).view(b, s, cfg.n_key_value_heads, cfg.d_head))
+        if cfg.decoder.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         q = self.hook_rot_q(apply_rotary(q, cos, sin)).transpose(1, 2)
         k = self.hook_rot_k(apply_rotary(k, cos, sin)).transpose(1, 2)
         v = v.transpose(1, 2)
         own = Segment(k, v)
         if alt is not None:
             src = alt.src[:, None, :, None]
-            own = Segment(k, v, torch.where(src, alt.k, k), torch.where(src, alt.v, v), alt.select)
+            own = Segment(k, v, torch.where(src, alt.k, k), torch.where(src, alt.v, v), alt.select,
+                          queries=alt.queries)
         segments = [*(past or []), own]
-        scores = [self._scores(q, seg) for seg in segments]
-        scores = scores[0] if len(scores) == 1 else torch.cat(scores, dim=-1)
-        scores = self.hook_attn_scores(scores + mask)
-        pattern = self.hook_pattern(F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
-        z, start = None, 0
-        for seg in segments:
-            part = pattern if len(segments) == 1 else pattern[..., start : start + seg.length]
-            zi = self._values(part, seg)
-            z = zi if z is None else z + zi
-            start += seg.length
+        if self.fused(q, segments):
+            z = fused_attention(q, segments, mask, self.scaling)
+        else:
+            z = self._materialised(q, segments, mask)
         z = self.hook_z(z.transpose(1, 2))
         if cfg.use_attn_result:
             result = self.hook_result(torch.einsum("bshd,hdm->bshm", z, self.W_O))

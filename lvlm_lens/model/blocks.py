@@ -1,37 +1,16 @@
-"""RMSNorm, gated MLP and the decoder block, with TransformerLens hook names."""
+"""Gated MLP, the decoder block, embedding and unembedding, with TransformerLens hook names."""
 
 from __future__ import annotations
 
-import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
-from transformers.activations import ACT2FN
 
 from lvlm_lens.model.attention import KV, Attention, Segment, SelfAlternative
 from lvlm_lens.model.config import LVLMConfig
+from lvlm_lens.model.norm import RMSNorm
 
-
-class RMSNorm(nn.Module):
-    """RMSNorm computed in fp32 as HF does; hooks ``hook_scale`` and ``hook_normalized``.
-
-    ``hook_scale`` is ``sqrt(mean(x^2) + eps)``, the divisor that
-    ``ActivationCache.apply_ln_to_stack`` uses. The weight ``w`` is *not* folded into the
-    next layer, so ``hook_normalized`` is ``w * x / scale``.
-    """
-
-    def __init__(self, hf_norm: nn.Module):
-        super().__init__()
-        self.w = hf_norm.weight
-        self.eps = float(getattr(hf_norm, "variance_epsilon", getattr(hf_norm, "eps", 1e-6)))
-        self.hook_scale = HookPoint()
-        self.hook_normalized = HookPoint()
-
-    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        """Normalise ``x`` over ``d_model``."""
-        xf = x.to(torch.float32)
-        scale = self.hook_scale((xf.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        return self.hook_normalized(self.w * (xf / scale).to(x.dtype))
+__all__ = ["Embed", "GatedMLP", "RMSNorm", "TransformerBlock", "Unembed"]
 
 
 class GatedMLP(nn.Module):
@@ -45,7 +24,7 @@ class GatedMLP(nn.Module):
             hf_mlp.up_proj,
             hf_mlp.down_proj,
         )
-        self.act = ACT2FN[cfg.act_fn]
+        self.act = hf_mlp.act_fn  # the checkpoint's own activation module
         self.hook_pre = HookPoint()
         self.hook_pre_linear = HookPoint()
         self.hook_post = HookPoint()
@@ -63,6 +42,11 @@ class GatedMLP(nn.Module):
         return self.down_proj.weight.T
 
     @property
+    def b_in(self) -> Float[Tensor, " d_mlp"]:
+        b = self.up_proj.bias
+        return b if b is not None else self.up_proj.weight.new_zeros(self.up_proj.out_features)
+
+    @property
     def b_out(self) -> Float[Tensor, " d_model"]:
         b = self.down_proj.bias
         return b if b is not None else self.down_proj.weight.new_zeros(self.down_proj.out_features)
@@ -75,18 +59,30 @@ class GatedMLP(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm decoder block: ``resid_mid = resid_pre + attn(ln1(.))``,
-    ``resid_post = resid_mid + mlp(ln2(.))``."""
+    """The decoder block of every family: ``resid_mid = resid_pre + attn(ln1(.))``,
+    ``resid_post = resid_mid + mlp(ln2(.))``; with sandwich norms (Gemma) the attention and
+    MLP outputs pass ``ln1_post`` / ``ln2_post`` first (``hook_attn_out`` / ``hook_mlp_out``
+    are after them, so they are what the residual stream receives)."""
 
     def __init__(self, cfg: LVLMConfig, hf_layer: nn.Module, layer: int):
         super().__init__()
         self.layer = layer
-        self.ln1 = RMSNorm(hf_layer.input_layernorm)
+        spec = cfg.decoder
+        off = spec.norm_offset
+        self.ln1 = RMSNorm(hf_layer.input_layernorm, off)
         self.attn = Attention(cfg, hf_layer.self_attn)
-        self.ln2 = RMSNorm(hf_layer.post_attention_layernorm)
         self.mlp = GatedMLP(cfg, hf_layer.mlp)
+        self.sandwich = spec.sandwich_norms
+        if self.sandwich:
+            self.ln1_post = RMSNorm(hf_layer.post_attention_layernorm, off)
+            self.ln2 = RMSNorm(hf_layer.pre_feedforward_layernorm, off)
+            self.ln2_post = RMSNorm(hf_layer.post_feedforward_layernorm, off)
+        else:
+            self.ln2 = RMSNorm(hf_layer.post_attention_layernorm, off)
         for name in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"):
             setattr(self, f"hook_{name}", HookPoint())
+        if spec.deepstack:
+            self.hook_deepstack = HookPoint()
 
     def forward(
         self,
@@ -96,17 +92,28 @@ class TransformerBlock(nn.Module):
         mask: Tensor,
         past: list[Segment] | None = None,
         alt: SelfAlternative | None = None,
+        extra: Float[Tensor, "batch pos d_model"] | None = None,
     ) -> tuple[Float[Tensor, "batch pos d_model"], KV]:
-        """Run the block; returns the new residual stream and this block's new ``(key, value)``."""
+        """Run the block; returns the new residual stream and this block's new ``(key, value)``.
+
+        ``extra`` (Qwen3-VL's DeepStack features) is added to the residual stream after the
+        block, through ``hook_deepstack``, as part of ``hook_mlp_out``."""
         resid_pre = self.hook_resid_pre(x)
         attn_out, kv = self.attn(self.ln1(resid_pre), cos, sin, mask, past, alt)
+        if self.sandwich:
+            attn_out = self.ln1_post(attn_out)
         resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(attn_out))
-        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_mid)))
-        return self.hook_resid_post(resid_mid + mlp_out), kv
+        mlp_out = self.mlp(self.ln2(resid_mid))
+        if self.sandwich:
+            mlp_out = self.ln2_post(mlp_out)
+        if extra is not None:
+            mlp_out = mlp_out + self.hook_deepstack(extra)
+        return self.hook_resid_post(resid_mid + self.hook_mlp_out(mlp_out)), kv
 
 
 class Embed(nn.Module):
-    """Token embedding (the checkpoint's own ``nn.Embedding``)."""
+    """Token embedding (the checkpoint's own ``nn.Embedding``, with its scale if it has one:
+    Gemma multiplies by ``sqrt(d_model)``; ``W_E`` is the unscaled table)."""
 
     def __init__(self, hf_embed: nn.Embedding):
         super().__init__()

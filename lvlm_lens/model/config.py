@@ -3,13 +3,48 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
-#: HF multimodal architectures we wrap, by ``config.model_type``.
-SUPPORTED_LVLMS = ("llava", "llava_next", "llava_onevision")
-#: HF language backbones we re-implement as a hooked decoder, by ``text_config.model_type``.
-SUPPORTED_TEXT_MODELS = ("llama", "mistral", "qwen2")
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    """What differs between the language models of the supported families.
+
+    The one decoder block (:mod:`~lvlm_lens.model.blocks`) and the one attention
+    (:mod:`~lvlm_lens.model.attention`) read these flags; the weights, the embedding (with its
+    scale), the MLP activation and the rotary tables stay the HF modules' own.
+
+    Attributes:
+        norm_offset: RMSNorm multiplies by ``norm_offset + w`` (1 for Gemma's ``1 + w``).
+        sandwich_norms: Norms also after attention and after the MLP, before each residual
+            add (Gemma 2/3); their hooks are ``blocks.{l}.ln1_post`` / ``ln2_post``.
+        qk_norm: RMSNorm over ``d_head`` of each query and key head before RoPE (Gemma 3):
+            ``blocks.{l}.attn.q_norm`` / ``k_norm``.
+        embed_scale: Factor the HF embedding multiplies token embeddings by (``sqrt(d_model)``
+            for Gemma); image embeddings are spliced in unscaled, after it.
+        rotary: ``"rope"`` (1-D positions), ``"mrope"`` (Qwen2-VL's multimodal RoPE: ``(t, h,
+            w)`` positions per token, ``[3, batch, pos]``, the rotary module splits the
+            frequencies into ``mrope_section`` blocks) or ``"mrope_interleaved"`` (Qwen3-VL: the
+            same positions, the frequencies of t, h, w interleaved).
+        rope_per_layer_type: The rotary module takes the layer type (Gemma 3: a local and a
+            global rope base).
+        bidirectional_image: The tokens of one image attend to each other in both directions
+            (Gemma 3); everything else stays causal.
+        deepstack: Features of intermediate vision layers are added at the image positions
+            after the first decoder layers (Qwen3-VL's DeepStack): ``blocks.{l}.hook_deepstack``,
+            part of that layer's ``hook_mlp_out`` so ``decompose_resid`` still sums.
+    """
+
+    norm_offset: float = 0.0
+    sandwich_norms: bool = False
+    qk_norm: bool = False
+    embed_scale: float = 1.0
+    rotary: Literal["rope", "mrope", "mrope_interleaved"] = "rope"
+    rope_per_layer_type: bool = False
+    bidirectional_image: bool = False
+    deepstack: bool = False
 
 
 @dataclass
@@ -30,6 +65,8 @@ class LVLMConfig:
         eps: RMSNorm epsilon.
         act_fn: Name of the MLP activation in ``transformers.activations.ACT2FN``.
         sliding_windows: Per-layer sliding-window size, ``None`` for full attention.
+        layer_types: Per-layer HF layer type (``full_attention`` / ``sliding_attention``).
+        decoder: What this family's decoder does differently (:class:`DecoderSpec`).
         n_ctx: Maximum number of positions of the checkpoint.
         model_name: Name or path the model was loaded from.
         lvlm_type: HF ``model_type`` of the multimodal model (``llava``, ``llava_next``, ...).
@@ -39,6 +76,19 @@ class LVLMConfig:
         device: Device the weights live on.
         dtype: Dtype of the weights.
         use_attn_result: Compute and hook the per-head output ``blocks.{l}.attn.hook_result``.
+        fused_attention: Where no hook reads ``attn.hook_attn_scores`` / ``attn.hook_pattern``,
+            attend with fused kernels that never hold the full scores (same numbers); ``False``
+            always materialises them.
+        normalization_type: Always ``"RMS"`` (TransformerLens field, read by ``ActivationCache``).
+        final_rms: Always true: a final RMSNorm (``ln_final``) precedes the unembedding.
+        attn_only: Always false: every block has an MLP.
+        positional_embedding_type: Always ``"rotary"``.
+        original_architecture: HF architecture name of the checkpoint, if known.
+        default_prepend_bos: Whether ``to_tokens`` prepends BOS by default.
+        use_split_qkv_input: Always false (TransformerLens field; not supported).
+        use_attn_in: Always false (TransformerLens field; not supported).
+        use_hook_mlp_in: Always false (TransformerLens field; not supported).
+        extra: Family-specific settings that have no TransformerLens field.
     """
 
     n_layers: int
@@ -51,6 +101,8 @@ class LVLMConfig:
     eps: float
     act_fn: str = "silu"
     sliding_windows: tuple[int | None, ...] = ()
+    layer_types: tuple[str, ...] = ()
+    decoder: DecoderSpec = field(default_factory=DecoderSpec)
     n_ctx: int = 4096
     model_name: str = ""
     lvlm_type: str = "llava"
@@ -60,6 +112,7 @@ class LVLMConfig:
     device: torch.device | str = "cpu"
     dtype: torch.dtype = torch.float32
     use_attn_result: bool = False
+    fused_attention: bool = True
     # Constant TransformerLens fields that analysis code reads.
     normalization_type: str = "RMS"
     final_rms: bool = True

@@ -1,9 +1,10 @@
-"""HookedLVLM: a LLaVA-family model whose language side is a TransformerLens-hooked decoder."""
+"""HookedLVLM: a vision-language model whose language side is a TransformerLens-hooked decoder."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
@@ -16,24 +17,49 @@ from transformer_lens.HookedRootModule import HookedRootModule
 from lvlm_lens.model.attention import KV, Segment, SelfAlternative
 from lvlm_lens.model.blocks import Embed, RMSNorm, TransformerBlock, Unembed
 from lvlm_lens.model.config import LVLMConfig
+from lvlm_lens.model.embedding import EmbeddingMixin
+from lvlm_lens.model.families import FAMILIES, image_text
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.model.kv_cache import HeadSwitch, KVCache
+from lvlm_lens.model.layout import TokenLayout
 from lvlm_lens.model.masks import causal_mask
+from lvlm_lens.model.prepare import prepare_inputs
 from lvlm_lens.model.tokens import TokensMixin
-from lvlm_lens.model.vision import VisionSide
+from lvlm_lens.model.weights import ModelWeights
 
 ReturnType = Literal["logits", "loss", "both"] | None
 
 
-class HookedLVLM(TokensMixin, HookedRootModule):
-    """A LLaVA / LLaVA-NeXT / LLaVA-OneVision model with TransformerLens hooks.
+class HookedLVLM(TokensMixin, EmbeddingMixin, ModelWeights, HookedRootModule):
+    """A vision-language model with TransformerLens hooks: LLaVA-1.5 / NeXT / OneVision,
+    Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3 and InternVL
+    (:data:`~lvlm_lens.model.families.FAMILIES`).
 
     The vision tower, projector and image packing are the HF model's own modules; the
-    language model is a hooked decoder sharing the HF weights. ``hook_embed`` fires *after*
-    the projected image embeddings (``hook_image_embeds``) are spliced into the token
-    embeddings, so every residual-stream hook sees the image.
+    language model is one hooked decoder, configured per family by ``cfg.decoder``, sharing
+    the HF weights. ``hook_embed`` fires *after* the projected image embeddings
+    (``hook_image_embeds``) are spliced into the token embeddings, so every residual-stream
+    hook sees the image.
 
     Build one with :meth:`from_pretrained` or :meth:`from_hf`; make inputs with :meth:`prepare`.
+
+    Attributes:
+        cfg: The language backbone's configuration (TransformerLens field names).
+        embed: Token embedding (``W_E``).
+        hook_image_embeds: Hook on the projected image embeddings, flat
+            ``[n_image_tokens_in_batch, d_model]`` in order of appearance.
+        hook_embed: Hook on the token embeddings with the image embeddings spliced in.
+        vision: The HF vision tower, projector and image packing (the family's vision side).
+        blocks: The decoder blocks (``blocks[l].attn``, ``blocks[l].mlp``, ``ln1``, ``ln2``;
+            ``ln1_post`` / ``ln2_post`` with sandwich norms).
+        ln_final: The final RMSNorm.
+        unembed: The unembedding (``W_U``).
+        rotary_emb: The checkpoint's own rotary-embedding module.
+        tokenizer: The checkpoint's tokenizer.
+        image_processor: The checkpoint's image processor.
+        image_text: How an image appears in this family's prompts and token ids
+            (placeholder, what ``<image>`` becomes, expansion).
+        chat_template: The chat template used by ``prepare(..., template="chat")``.
     """
 
     def __init__(
@@ -50,14 +76,15 @@ class HookedLVLM(TokensMixin, HookedRootModule):
         self.embed = Embed(lm.embed_tokens)
         self.hook_image_embeds = HookPoint()
         self.hook_embed = HookPoint()
-        self.vision = VisionSide(hf_model)
+        self.vision = FAMILIES[cfg.lvlm_type].vision(hf_model)
         self.blocks = nn.ModuleList(
             TransformerBlock(cfg, layer, i) for i, layer in enumerate(lm.layers)
         )
-        self.ln_final = RMSNorm(lm.norm)
+        self.ln_final = RMSNorm(lm.norm, cfg.decoder.norm_offset)
         self.unembed = Unembed(hf_model.lm_head)
         self.rotary_emb = lm.rotary_emb
         self.tokenizer = tokenizer
+        self.image_text = image_text(hf_model.config, tokenizer)
         self.image_processor = image_processor
         self.chat_template = chat_template
         object.__setattr__(self, "hf_model", hf_model)  # for reference runs; weights are shared
@@ -78,7 +105,9 @@ class HookedLVLM(TokensMixin, HookedRootModule):
         """Load a checkpoint (local folder, or hub id where a network exists) with its processor.
 
         Args:
-            name_or_path: Folder or hub id of a LLaVA, LLaVA-NeXT or LLaVA-OneVision checkpoint.
+            name_or_path: Folder or hub id of a checkpoint of a supported family (e.g.
+                ``llava-hf/llava-1.5-7b-hf``, ``Qwen/Qwen2.5-VL-7B-Instruct``,
+                ``google/gemma-3-4b-it``).
             device: Where to put the weights (default: CUDA if available, else CPU).
             dtype: ``float32`` (default), ``bfloat16`` or ``float16`` (not on CPU).
             **hf_kwargs: Passed to ``from_pretrained`` of the HF model class.
@@ -97,10 +126,11 @@ class HookedLVLM(TokensMixin, HookedRootModule):
         image_processor: Any = None,
         chat_template: str | None = None,
     ) -> HookedLVLM:
-        """Wrap an in-memory HF LLaVA-family model (weights shared, not copied).
+        """Wrap an in-memory HF model of a supported family (weights shared, not copied).
 
         Args:
-            hf_model: A ``Llava*ForConditionalGeneration``.
+            hf_model: A ``Llava*``, ``Qwen2VL``, ``Qwen2_5_VL``, ``Qwen3VL``, ``Gemma3`` or
+                ``InternVL`` ``ForConditionalGeneration``.
             processor: Its processor; or pass ``tokenizer`` and ``image_processor`` instead.
             tokenizer: The tokenizer, when no processor is given.
             image_processor: The image processor, when no processor is given.
@@ -117,13 +147,9 @@ class HookedLVLM(TokensMixin, HookedRootModule):
             chat_template=chat_template,
         )
 
-    def prepare(
-        self, images: Any, prompts: str | list[str], answers: Any = None, **kwargs: Any
-    ) -> LVLMInput:
-        """Build a batched :class:`LVLMInput`; see :func:`~.prepare.prepare_inputs`."""
-        from lvlm_lens.model.prepare import prepare_inputs
-
-        return prepare_inputs(self, images, prompts, answers, **kwargs)
+    #: ``model.prepare(images, prompts, answers=None, *, template="raw", system=None,
+    #: answer_rule="single")``: build a batched :class:`LVLMInput` (see its docstring).
+    prepare = prepare_inputs
 
     # inputs ------------------------------------------------------------------------------
     @contextmanager
@@ -144,7 +170,8 @@ class HookedLVLM(TokensMixin, HookedRootModule):
         if isinstance(input, LVLMInput):
             return input
         if isinstance(input, str | list):
-            input = self.to_tokens(input)
+            input, mask = self.encode_text(input)
+            attention_mask = mask if attention_mask is None else attention_mask
         if not isinstance(input, Tensor):
             raise TypeError(f"expected an LVLMInput, a token tensor or text, got {type(input)}")
         if input.ndim == 1:
@@ -165,33 +192,6 @@ class HookedLVLM(TokensMixin, HookedRootModule):
             attention_mask = torch.ones_like(input)
         return LVLMInput(input_ids=input, attention_mask=attention_mask, groups={})
 
-    def image_embeddings(self, inp: LVLMInput) -> list[Float[Tensor, "img_tok d_model"]]:
-        """Projected image embeddings of every image in the batch (before ``hook_image_embeds``)."""
-        if inp.image_embeds is not None:
-            return inp.image_embeds
-        if inp.pixel_values is None:
-            raise ValueError(
-                "this input has image tokens but neither pixel_values nor image_embeds"
-            )
-        return self.vision(
-            inp.pixel_values.to(self.cfg.device, self.cfg.dtype),
-            inp.image_sizes,
-            inp.images_per_example,
-        )
-
-    def embed_input(self, inp: LVLMInput) -> Float[Tensor, "batch pos d_model"]:
-        """Token embeddings with the image embeddings spliced in (output of ``hook_embed``)."""
-        ids = inp.input_ids.to(self.cfg.device)
-        x = self.embed(ids)
-        is_image = ids == self.cfg.image_token_id
-        n_tok = int(is_image.sum())
-        if n_tok or inp.has_images:
-            flat = torch.cat(self.image_embeddings(inp)).to(x.device, x.dtype)
-            if flat.shape[0] != n_tok:
-                raise ValueError(f"{n_tok} image tokens but {flat.shape[0]} image embeddings")
-            x = x.masked_scatter(is_image[..., None], self.hook_image_embeds(flat))
-        return self.hook_embed(x)
-
     # forward -----------------------------------------------------------------------------
     def run_blocks(
         self,
@@ -200,14 +200,19 @@ class HookedLVLM(TokensMixin, HookedRootModule):
         past_kv_cache: KVCache | None = None,
         stop_at_layer: int | None = None,
         switch: HeadSwitch | None = None,
+        layout: TokenLayout | None = None,
+        start_at_layer: int = 0,
     ) -> tuple[Float[Tensor, "batch pos d_model"], list[KV]]:
         """Run the decoder blocks on already-embedded tokens (after any cached prefix).
 
         ``switch`` makes the selected query heads read the cache's alternative keys/values
         (and the given alternatives at the new tokens' own positions); it is how the head
-        ablation engine runs many masks against one shared prefix.
+        ablation engine runs many masks against one shared prefix. ``layout`` gives the new
+        tokens' rotary positions (default: continue after the cache) and image blocks.
+        ``start_at_layer`` runs only blocks ``start_at_layer..``: ``x`` is then the residual
+        stream entering that block.
 
-        Returns the residual stream after the last block run and each block's new keys/values.
+        Returns the residual stream after the last block run and each run block's new keys/values.
         """
         b, s, _ = x.shape
         mask_new = attention_mask.to(x.device).long()
@@ -216,27 +221,45 @@ class HookedLVLM(TokensMixin, HookedRootModule):
             r = cache.rows_per_example(b)
             prev = cache.attention_mask.to(x.device).long().repeat_interleave(r, dim=0)
             key_mask = torch.cat([prev, mask_new], dim=1)
+            start = cache.start_positions(r).to(x.device)[:, None]
         else:
-            prev, key_mask = mask_new[:, :0], mask_new
-        position_ids = prev.sum(-1, keepdim=True) + mask_new.cumsum(-1) - 1
-        position_ids = position_ids.masked_fill(mask_new == 0, 1)
-        cos, sin = self.rotary_emb(x, position_ids)
-        masks = {w: causal_mask(key_mask, s, x.dtype, w) for w in set(self.cfg.sliding_windows)}
+            key_mask, start = mask_new, 0
+        layout = layout or TokenLayout()
+        position_ids = layout.position_ids
+        if position_ids is None:
+            position_ids = (start + mask_new.cumsum(-1) - 1).masked_fill(mask_new == 0, 1)
+        per_type = self.cfg.decoder.rope_per_layer_type  # Gemma 3: local and global rope bases
+        rotary = (
+            {t: self.rotary_emb(x, position_ids, t) for t in set(self.cfg.layer_types)}
+            if per_type
+            else {None: self.rotary_emb(x, position_ids)}
+        )
+        masks = {
+            w: causal_mask(key_mask, s, x.dtype, w, layout.image_blocks)
+            for w in set(self.cfg.sliding_windows)
+        }
         new_kvs = []
         for layer, block in enumerate(self.blocks[:stop_at_layer]):
+            if layer < start_at_layer:
+                continue
             select = None if switch is None else switch.select[:, layer]
             past, alt = None, None
             if cache is not None:
-                seg = Segment(cache.keys[layer], cache.values[layer])
+                window = self.cfg.sliding_windows[layer]
+                seg = Segment(cache.keys[layer], cache.values[layer],
+                              mask_rows_alike=window is None or cache.length + s <= window)
                 if select is not None and cache.alt_keys is not None:
                     index = None if switch.index is None else switch.index[layer]
-                    seg = Segment(seg.k, seg.v, cache.alt_keys[layer], cache.alt_values[layer],
-                                  select, index)
+                    seg = replace(seg, k_alt=cache.alt_keys[layer],
+                                  v_alt=cache.alt_values[layer], select=select, index=index)
                 past = [seg]
             if select is not None and switch.self_keys is not None:
                 alt = SelfAlternative(switch.self_keys[layer], switch.self_values[layer],
-                                      switch.self_src, select)
-            x, kv = block(x, cos, sin, masks[self.cfg.sliding_windows[layer]], past, alt)
+                                      switch.self_src, select, switch.self_queries)
+            cos, sin = rotary[self.cfg.layer_types[layer] if per_type else None]
+            deep = layout.deepstack
+            extra = deep[layer] if deep is not None and layer < len(deep) else None
+            x, kv = block(x, cos, sin, masks[self.cfg.sliding_windows[layer]], past, alt, extra)
             new_kvs.append(kv)
         return x, new_kvs
 
@@ -263,9 +286,10 @@ class HookedLVLM(TokensMixin, HookedRootModule):
             attention_mask: Mask for a plain token tensor (default: all ones).
         """
         inp = self._as_input(input, attention_mask)
-        x = self.embed_input(inp)
+        x, deep = self._embed(inp)
         mask = inp.attention_mask.to(x.device)
-        resid, new_kvs = self.run_blocks(x, mask, past_kv_cache, stop_at_layer)
+        layout = self.layout(inp, positions=past_kv_cache is None, deepstack=deep)
+        resid, new_kvs = self.run_blocks(x, mask, past_kv_cache, stop_at_layer, layout=layout)
         if past_kv_cache is not None and not past_kv_cache.frozen:
             past_kv_cache.append(new_kvs, mask)
         if stop_at_layer is not None:
@@ -305,10 +329,17 @@ class HookedLVLM(TokensMixin, HookedRootModule):
     ) -> tuple[Float[Tensor, "batch pos d_model"], KVCache]:
         """Like :meth:`run_prefix`, also returning the final residual stream of the prefix."""
         inp = self._as_input(input)
-        x = self.embed_input(inp)[:, :length]
+        x, deep = self._embed(inp)
+        x = x[:, :length]
         mask = inp.attention_mask.to(x.device)[:, :length]
-        resid, kvs = self.run_blocks(x, mask)
-        return resid, KVCache([k for k, _ in kvs], [v for _, v in kvs], mask, frozen=frozen)
+        layout = self.layout(inp, deepstack=deep)
+        if layout.splits_block(x.shape[1]):
+            raise ValueError(f"a prefix of length {length} cuts an image in two, and the tokens "
+                             "of one image attend to each other both ways: cut after the image")
+        layout = layout.cols(slice(None, length))
+        resid, kvs = self.run_blocks(x, mask, layout=layout)
+        return resid, KVCache([k for k, _ in kvs], [v for _, v in kvs], mask, frozen=frozen,
+                              next_position=layout.next_positions(mask))
 
     def run_with_cache(
         self,
@@ -333,45 +364,23 @@ class HookedLVLM(TokensMixin, HookedRootModule):
             cache = ActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
         return out, cache
 
-    def generate(self, input: LVLMInput, max_new_tokens: int = 10, **kwargs: Any) -> Tensor:
-        """Greedy generation with a KV cache; see :func:`~.generate.greedy_generate`."""
+    def generate(
+        self,
+        input: LVLMInput | Tensor | str | list[str],
+        max_new_tokens: int = 10,
+        *,
+        eos_token_id: int | list[int] | None = None,
+        return_type: Literal["input", "tokens", "str"] = "input",
+        new_tokens_only: bool = False,
+        verbose: bool = False,
+    ) -> Tensor | list[str] | str:
+        """Greedy generation with a KV cache, returning the prompt plus the new tokens (as
+        TransformerLens does) or only the new ones; see :func:`~.generate.greedy_generate`."""
         from lvlm_lens.model.generate import greedy_generate
 
-        return greedy_generate(self, input, max_new_tokens, **kwargs)
-
-    def tokens_to_residual_directions(
-        self, tokens: int | str | Tensor
-    ) -> Float[Tensor, "... d_model"]:
-        """Unembedding directions of tokens, with ``ln_final``'s weight folded in, so that
-        ``ActivationCache.logit_attrs`` sums exactly to the logit."""
-        if isinstance(tokens, str):
-            tokens = self.to_single_token(tokens)
-        tokens = torch.as_tensor(tokens, device=self.unembed.lm_head.weight.device)
-        return self.unembed.lm_head.weight[tokens] * self.ln_final.w
-
-    def accumulated_bias(
-        self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
-    ) -> Float[Tensor, " d_model"]:
-        """Sum of the output biases written to the residual stream before ``layer``."""
-        total = self.unembed.lm_head.weight.new_zeros(self.cfg.d_model)
-        for i in range(layer + int(mlp_input)):
-            total = total + self.blocks[i].attn.b_O
-            if include_mlp_biases and i < layer:
-                total = total + self.blocks[i].mlp.b_out
-        return total
-
-    # weights as TransformerLens stacks ---------------------------------------------------------
-    @property
-    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
-        return self.unembed.W_U
-
-    @property
-    def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
-        return self.embed.W_E
-
-    @property
-    def W_O(self) -> Float[Tensor, "layer head d_head d_model"]:
-        return torch.stack([b.attn.W_O for b in self.blocks])
+        return greedy_generate(self, input, max_new_tokens, eos_token_id=eos_token_id,
+                               return_type=return_type, new_tokens_only=new_tokens_only,
+                               verbose=verbose)
 
     def set_use_attn_result(self, use_attn_result: bool) -> None:
         """Toggle computing ``blocks.{l}.attn.hook_result`` (per-head outputs)."""

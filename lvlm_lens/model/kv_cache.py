@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
@@ -26,6 +27,9 @@ class KVCache:
         alt_keys: Optional alternative prefix keys per layer (e.g. with baseline keys at the
             image positions), read by the query heads a ``HeadSwitch`` selects.
         alt_values: Alternative prefix values, likewise.
+        next_position: Per example, the rotary position of the next token (``1 +`` the largest
+            position in the prefix: under M-RoPE an image advances positions by less than its
+            token count); ``None`` means the number of real prefix tokens.
     """
 
     keys: list[Float[Tensor, "batch kv_head pos d_head"]]
@@ -34,13 +38,16 @@ class KVCache:
     frozen: bool = True
     alt_keys: list[Float[Tensor, "batch kv_head pos d_head"]] | None = None
     alt_values: list[Float[Tensor, "batch kv_head pos d_head"]] | None = None
+    next_position: Int[Tensor, " batch"] | None = None
 
     @property
     def batch_size(self) -> int:
+        """Number of cached examples."""
         return self.attention_mask.shape[0]
 
     @property
     def length(self) -> int:
+        """Number of cached positions (padding included)."""
         return self.attention_mask.shape[1]
 
     def rows_per_example(self, batch: int) -> int:
@@ -55,10 +62,20 @@ class KVCache:
             raise ValueError("only a frozen KV cache can be shared by several suffixes per example")
         return r
 
+    def start_positions(self, rows_per_example: int = 1) -> Int[Tensor, " rows"]:
+        """Rotary position of the first new token of each query row."""
+        start = self.next_position
+        if start is None:
+            start = self.attention_mask.long().sum(-1)
+        return start.repeat_interleave(rows_per_example, dim=0)
+
     def append(self, kvs: list[tuple[Tensor, Tensor]], attention_mask: Int[Tensor, "batch pos"]):
         """Extend the (unfrozen) cache in place with the keys/values of new tokens."""
         if self.frozen or self.alt_keys is not None:
             raise ValueError("this KV cache is frozen; build it with frozen=False to extend it")
+        self.next_position = self.start_positions() + attention_mask.long().sum(-1).to(
+            self.attention_mask.device
+        )
         self.keys = [torch.cat([k, nk], dim=2) for k, (nk, _) in zip(self.keys, kvs, strict=True)]
         self.values = [
             torch.cat([v, nv], dim=2) for v, (_, nv) in zip(self.values, kvs, strict=True)
@@ -76,12 +93,15 @@ class HeadSwitch:
             (``[1 or batch, kv_head, pos, d_head]``), or ``None`` to switch only cached segments.
         self_values: Per layer, alternative values, likewise.
         self_src: Positions of the new tokens that have alternatives.
+        self_queries: Queries among the new tokens that may read those alternatives (default:
+            all of them).
     """
 
     select: Bool[Tensor, "batch n_layers n_heads"]
     self_keys: list[Tensor] | None = None
     self_values: list[Tensor] | None = None
     self_src: Bool[Tensor, "batch_or_1 pos"] | None = None
+    self_queries: Bool[Tensor, "batch_or_1 pos"] | None = None
     index: list[tuple[Tensor, Tensor] | None] | None = None
 
     @classmethod
@@ -92,11 +112,31 @@ class HeadSwitch:
         dense_above: float = 0.25,
         **kwargs,
     ) -> HeadSwitch:
-        """A switch whose layers with few selected heads compute only those (indices are
-        found on ``select``'s device, e.g. the CPU where masks are sampled, then moved)."""
-        index = []
-        for layer in range(select.shape[1]):
-            sel = select[:, layer]
-            dense = sel.float().mean() > dense_above
-            index.append(None if dense else tuple(t.to(device) for t in sel.nonzero(as_tuple=True)))
-        return cls(select.to(device), index=index, **kwargs)
+        """A switch whose layers with few selected heads compute only those.
+
+        The indices are found on the host (``select`` is read there once: pass it on the CPU,
+        where masks are sampled, and nothing waits for the device) and sent in one copy,
+        asynchronous from pinned memory on CUDA, so a loop over batches of masks never
+        synchronises with the device.
+        """
+        device = torch.device(device)
+        sel = select.detach().cpu().numpy()
+        n = sel.shape[0] * sel.shape[2]
+        index: list[tuple[int, int] | None] = []
+        parts = []
+        for layer in range(sel.shape[1]):
+            rows, heads = np.nonzero(sel[:, layer])
+            if len(rows) > dense_above * n:
+                index.append(None)
+                continue
+            index.append((len(rows), len(parts)))
+            parts += [rows, heads]
+        flat = torch.from_numpy(np.concatenate([*parts, sel.reshape(-1)]).astype(np.int64))
+        if device.type == "cuda":
+            flat = flat.pin_memory()
+        flat = flat.to(device, non_blocking=True)
+        sizes = [len(p) for p in parts] + [sel.size]
+        pieces = flat.split(sizes)
+        select_dev = pieces[-1].view(sel.shape).bool()
+        out = [None if i is None else (pieces[i[1]], pieces[i[1] + 1]) for i in index]
+        return cls(select_dev, index=out, **kwargs)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from lvlm_lens.model.config import SUPPORTED_LVLMS, SUPPORTED_TEXT_MODELS, LVLMConfig
+from lvlm_lens.model.config import LVLMConfig
+from lvlm_lens.model.families import FAMILIES, check_supported, decoder_spec
 
 _DTYPES = {
     "float32": torch.float32,
@@ -40,52 +42,37 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torc
     return dtype
 
 
-def check_supported(config: Any) -> None:
-    """Raise a clear error unless the HF config is a supported LLaVA-family model."""
-    model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_LVLMS:
-        raise ValueError(
-            f"unsupported architecture {model_type!r} ({getattr(config, 'architectures', None)}): "
-            f"lvlm_lens supports {', '.join(SUPPORTED_LVLMS)} (LlavaForConditionalGeneration, "
-            "LlavaNextForConditionalGeneration, LlavaOnevisionForConditionalGeneration)"
-        )
-    text_type = getattr(config.text_config, "model_type", None)
-    if text_type not in SUPPORTED_TEXT_MODELS:
-        raise ValueError(
-            f"unsupported language backbone {text_type!r}: lvlm_lens supports "
-            f"{', '.join(SUPPORTED_TEXT_MODELS)} (Llama/Vicuna, Mistral, Qwen2)"
-        )
-
-
 def _sliding_windows(tc: Any) -> tuple[int | None, ...]:
     n = tc.num_hidden_layers
     window = getattr(tc, "sliding_window", None)
     if tc.model_type == "mistral":
         return (window,) * n
     layer_types = getattr(tc, "layer_types", None)
-    if tc.model_type == "qwen2" and layer_types is not None:
+    if layer_types is not None:
         return tuple(window if t == "sliding_attention" else None for t in layer_types)
     return (None,) * n
 
 
 def config_from_hf(hf_model: nn.Module, name: str = "") -> LVLMConfig:
-    """Read an :class:`LVLMConfig` off an HF LLaVA-family model."""
+    """Read an :class:`LVLMConfig` off an HF model of a supported family."""
     config = hf_model.config
     check_supported(config)
     tc = config.text_config
-    n_heads = tc.num_attention_heads
+    n_heads, n_layers = tc.num_attention_heads, tc.num_hidden_layers
     param = next(hf_model.parameters())
     return LVLMConfig(
-        n_layers=tc.num_hidden_layers,
+        n_layers=n_layers,
         n_heads=n_heads,
-        d_head=getattr(tc, "head_dim", None) or tc.hidden_size // n_heads,
+        d_head=hf_model.model.language_model.layers[0].self_attn.head_dim,
         d_model=tc.hidden_size,
         d_mlp=tc.intermediate_size,
         d_vocab=hf_model.lm_head.out_features,
         n_key_value_heads=getattr(tc, "num_key_value_heads", None) or n_heads,
         eps=tc.rms_norm_eps,
-        act_fn=tc.hidden_act,
+        act_fn=getattr(tc, "hidden_act", None) or tc.hidden_activation,
         sliding_windows=_sliding_windows(tc),
+        layer_types=tuple(getattr(tc, "layer_types", None) or ["full_attention"] * n_layers),
+        decoder=decoder_spec(hf_model),
         n_ctx=getattr(tc, "max_position_embeddings", 4096),
         model_name=name or getattr(config, "_name_or_path", ""),
         lvlm_type=config.model_type,
@@ -103,11 +90,7 @@ def config_from_hf(hf_model: nn.Module, name: str = "") -> LVLMConfig:
 def _model_class(model_type: str) -> type:
     import transformers
 
-    return {
-        "llava": transformers.LlavaForConditionalGeneration,
-        "llava_next": transformers.LlavaNextForConditionalGeneration,
-        "llava_onevision": transformers.LlavaOnevisionForConditionalGeneration,
-    }[model_type]
+    return getattr(transformers, FAMILIES[model_type].hf_class)
 
 
 def read_chat_template(name_or_path: str, tokenizer: Any) -> str | None:
@@ -118,10 +101,44 @@ def read_chat_template(name_or_path: str, tokenizer: Any) -> str | None:
     if (folder / "chat_template.jinja").is_file():
         return (folder / "chat_template.jinja").read_text()
     if (folder / "chat_template.json").is_file():
-        import json
-
         return json.loads((folder / "chat_template.json").read_text()).get("chat_template")
     return None
+
+
+#: Files of a checkpoint folder: any one of each group is enough.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")  # fmt: skip
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+#: HF transformers 5 saves the image processor inside processor_config.json; older versions
+#: wrote preprocessor_config.json.
+IMAGE_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+
+
+def _looks_like_path(name: str) -> bool:
+    """A name that can only be a folder, never a hub id (``org/name``)."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def check_folder(folder: Path) -> None:
+    """Refuse a checkpoint folder that lacks weights, a tokenizer or an image processor,
+    naming the files looked for."""
+    groups = {"weights": WEIGHT_FILES, "tokenizer": TOKENIZER_FILES,
+              "image processor": IMAGE_PROCESSOR_FILES}  # fmt: skip
+    for what, names in groups.items():
+        if not any((folder / n).is_file() for n in names):
+            raise ValueError(
+                f"model folder {folder} has no {what} file (looked for {' / '.join(names)}); "
+                "save the whole checkpoint there (model.save_pretrained and "
+                "processor.save_pretrained)"
+            )
+    if not (folder / "preprocessor_config.json").is_file():
+        config = json.loads((folder / "processor_config.json").read_text())
+        if "image_processor" not in config:
+            raise ValueError(
+                f"model folder {folder} has no image processor: processor_config.json holds "
+                "no 'image_processor' entry and there is no preprocessor_config.json; save it "
+                "with processor.save_pretrained"
+            )
 
 
 def load_pretrained(
@@ -134,24 +151,38 @@ def load_pretrained(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = resolve_dtype(dtype, device)
     local = Path(name_or_path).is_dir()
+    if local and not (Path(name_or_path) / "config.json").is_file():
+        raise ValueError(f"model folder {name_or_path} has no config.json: is it a checkpoint?")
+    if not local and _looks_like_path(name_or_path):
+        raise FileNotFoundError(f"model folder {name_or_path} does not exist")
     kw = {"local_files_only": True} if local else {}
-    config = AutoConfig.from_pretrained(name_or_path, **kw)
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, **kw)
+    except OSError as err:  # a hub id that cannot be fetched (offline, typo, gated)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"{name_or_path} is not a model folder and could not be loaded from the Hugging "
+            f"Face hub ({first})"
+        ) from err
     check_supported(config)
+    if local:
+        check_folder(Path(name_or_path))
     hf_kwargs.setdefault("attn_implementation", "eager")
     hf_model = _model_class(config.model_type).from_pretrained(
         name_or_path, dtype=dtype, **kw, **hf_kwargs
     )
     hf_model = hf_model.to(device).eval()
-    what = "tokenizer files (tokenizer.json / tokenizer_config.json)"
+    what = "tokenizer"
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kw)
-        what = "an image processor (preprocessor_config.json)"
+        what = "image processor"
         image_processor = AutoImageProcessor.from_pretrained(name_or_path, **kw)
     except (OSError, ValueError, TypeError) as err:
         raise ValueError(
-            f"{name_or_path} has no {what}: save the processor next to the weights "
-            "(tokenizer.save_pretrained / image_processor.save_pretrained), or load the HF model "
-            "yourself and call HookedLVLM.from_hf(model, tokenizer=..., image_processor=...)"
+            f"{name_or_path}: its {what} does not load ({' '.join(str(err).split())[:200]}): "
+            "save the processor next to the weights (processor.save_pretrained), or load the "
+            "HF model yourself and call HookedLVLM.from_hf(model, tokenizer=..., "
+            "image_processor=...)"
         ) from err
     return cls(
         config_from_hf(hf_model, name_or_path),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -10,9 +11,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lvlm_lens.model.families import GENERIC_PLACEHOLDER, ImageText
 from lvlm_lens.model.inputs import GROUP_NAMES, LVLMInput
+from lvlm_lens.model.tokens import check_known
 
-#: Images whose shorter side is below this are upscaled (nearest neighbour) before processing.
+#: Images whose shorter side is below this many pixels are upscaled (nearest neighbour) before
+#: processing, with a warning: the image processors cannot handle them as they are, and what the
+#: model sees of such an image is a few blocks of colour.
 MIN_IMAGE_SIDE = 16
 #: Chat-template scaffolding recognised in raw prompts (the ``role`` token group).
 ROLE_PATTERN = re.compile(
@@ -21,15 +26,13 @@ ROLE_PATTERN = re.compile(
     r"|<start_of_turn>(?:user|model)|<end_of_turn>|<\|(?:user|assistant|system|end)\|>|###"
 )
 _USER = re.compile(r"user|human|\[INST\]", re.IGNORECASE)
-_ASSISTANT = re.compile(r"assistant|gpt|\[/INST\]|model", re.IGNORECASE)
 
 
 def to_rgb(image: Any) -> Image.Image:
     """Load / convert one image to RGB.
 
     Accepts a PIL image, an ``HxW`` or ``HxWxC`` uint8 array, or a path. Transparency is
-    composited onto white; grayscale and palette images are converted; images whose shorter
-    side is below :data:`MIN_IMAGE_SIDE` pixels are upscaled with nearest neighbour.
+    composited onto white; grayscale and palette images are converted.
     """
     if isinstance(image, str | Path):
         image = Image.open(image)
@@ -43,12 +46,28 @@ def to_rgb(image: Any) -> Image.Image:
         rgba = image.convert("RGBA")
         image = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image.alpha_composite(rgba)
-    image = image.convert("RGB")
-    short = min(image.size)
-    if short < MIN_IMAGE_SIDE:
-        f = -(-MIN_IMAGE_SIDE // short)
-        image = image.resize((image.width * f, image.height * f), Image.NEAREST)
-    return image
+    return image.convert("RGB")
+
+
+def upscale_tiny(images: list[Image.Image], stacklevel: int = 4) -> list[Image.Image]:
+    """Upscale (nearest neighbour, by an integer factor) the images whose shorter side is below
+    :data:`MIN_IMAGE_SIDE`, with one warning for the lot."""
+    tiny = [im for im in images if min(im.size) < MIN_IMAGE_SIDE]
+    if not tiny:
+        return images
+    small = min(tiny, key=lambda im: min(im.size))
+    warnings.warn(
+        f"{len(tiny)} image(s) have a side below MIN_IMAGE_SIDE={MIN_IMAGE_SIDE} px (smallest "
+        f"{small.width}x{small.height}): upscaled by nearest neighbour, they carry almost no "
+        "visual content and the model's answers on them mean little",
+        UserWarning,
+        stacklevel=stacklevel,
+    )
+    out = []
+    for im in images:
+        f = -(-MIN_IMAGE_SIDE // min(im.size))
+        out.append(im if f == 1 else im.resize((im.width * f, im.height * f), Image.NEAREST))
+    return out
 
 
 def _images_per_example(images: Any, n: int) -> list[list[Any]]:
@@ -67,21 +86,25 @@ def _images_per_example(images: Any, n: int) -> list[list[Any]]:
 
 
 def _spans_from_roles(
-    text: str, placeholder: str
+    text: str, placeholder: str, closers: tuple[str, ...] = ()
 ) -> tuple[tuple[int, int] | None, tuple[int, int]]:
-    """Infer (system, question) character spans of a raw prompt from its role markers."""
+    """Infer (system, question) character spans of a raw prompt from its role markers; the
+    question starts after the last image placeholder and any of its ``closers``."""
     roles = list(ROLE_PATTERN.finditer(text))
     users = [m for m in roles if _USER.search(m.group())]
-    if not roles:
-        return None, (0, len(text))
-    first = roles[0].start()
-    system = _strip_span(text, 0, first) if text[:first].strip() else None
-    start = users[-1].end() if users else roles[0].end()
-    after = [m for m in roles if m.start() >= start and _ASSISTANT.search(m.group())]
-    end = after[0].start() if after else len(text)
+    system, start, end = None, 0, len(text)
+    if roles:
+        first = roles[0].start()
+        system = _strip_span(text, 0, first) if text[:first].strip() else None
+        start = users[-1].end() if users else roles[0].end()
+        # the user's turn ends at the next marker (ASSISTANT:, [/INST], <|im_end|>, ...)
+        after = [m for m in roles if m.start() >= start]
+        end = after[0].start() if after else len(text)
     last_image = text.rfind(placeholder, start, end)
     if last_image >= 0:
         start = last_image + len(placeholder)
+        closer = next((c for c in closers if text.startswith(c, start)), None)
+        start += len(closer) if closer else 0
     return system, _strip_span(text, start, end)
 
 
@@ -94,15 +117,41 @@ def _strip_span(text: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
+def _text_group(
+    j: int,
+    n_tokens: int,
+    is_bos: bool,
+    a: int,
+    b: int,
+    q_span: tuple[int, int],
+    sys_span: tuple[int, int] | None,
+) -> str:
+    """The one group of text token ``j`` (of ``n_tokens``) at characters ``[a, b)``.
+
+    The last token is ``final`` and nothing else; then ``bos``, ``question``, ``system``, and
+    ``role`` for the rest (chat-template scaffolding).
+    """
+    if j == n_tokens - 1:
+        return "final"
+    if j == 0 and is_bos:
+        return "bos"
+    if _overlaps(q_span, a, b):
+        return "question"
+    if _overlaps(sys_span, a, b):
+        return "system"
+    return "role"
+
+
 def _render(
-    model: Any, question: str, n_images: int, system: str | None, placeholder: str
+    model: Any, question: str, n_images: int, system: str | None, it: ImageText
 ) -> tuple[str, tuple[int, int] | None, tuple[int, int]]:
     """Wrap a bare question in the chat template (or ``USER: ... ASSISTANT:``)."""
-    if placeholder in question:
-        raise ValueError(
-            f"template='chat' takes a bare question, but this one holds {placeholder!r}"
-            ": use template='raw' for a complete prompt"
-        )
+    for placeholder in {it.placeholder, GENERIC_PLACEHOLDER}:
+        if placeholder in question:
+            raise ValueError(
+                f"template='chat' takes a bare question, but this one holds {placeholder!r}"
+                ": use template='raw' for a complete prompt"
+            )
     if model.chat_template:
         content = [{"type": "image"}] * n_images + [{"type": "text", "text": question}]
         messages = [{"role": "user", "content": content}]
@@ -112,11 +161,26 @@ def _render(
             messages, chat_template=model.chat_template, tokenize=False, add_generation_prompt=True
         )
     else:
-        text = (f"{system} " if system else "") + "USER: " + f"{placeholder}\n" * n_images
+        text = (f"{system} " if system else "") + "USER: " + f"{it.alias}\n" * n_images
         text += f"{question} ASSISTANT:"
     q = text.rfind(question)
     s = text.find(system) if system else -1
     return text, (s, s + len(system)) if s >= 0 else None, (q, q + len(question))
+
+
+def _expand(
+    text: str, it: ImageText, spans: tuple[tuple[int, int] | None, ...]
+) -> tuple[str, tuple[tuple[int, int] | None, ...]]:
+    """Replace each image placeholder by the family's expansion (one image token inside, e.g.
+    Gemma 3's ``\\n\\n<start_of_image><image_soft_token><end_of_image>\\n\\n``), shifting
+    the character spans that follow."""
+    if it.expansion == it.placeholder:
+        return text, spans
+    starts = [m.start() for m in re.finditer(re.escape(it.placeholder), text)]
+    delta = len(it.expansion) - len(it.placeholder)
+    shift = lambda o: o + delta * sum(st < o for st in starts)  # noqa: E731
+    moved = tuple(None if sp is None else (shift(sp[0]), shift(sp[1])) for sp in spans)
+    return it.expansion.join(text.split(it.placeholder)), moved
 
 
 def _overlaps(span: tuple[int, int] | None, a: int, b: int) -> bool:
@@ -136,6 +200,7 @@ def _answer_id(tok: Any, text: str, answer: Any, rule: str) -> int:
     )
     if not ids:
         raise ValueError(f"answer {answer!r} tokenizes to nothing")
+    check_known(tok, answer, ids, what="answer ")
     if len(ids) > 1 and rule == "single":
         raise ValueError(
             f"answer {answer!r} is {len(ids)} tokens {tok.convert_ids_to_tokens(ids)}: "
@@ -154,17 +219,20 @@ def prepare_inputs(
     system: str | None = None,
     answer_rule: Literal["single", "first"] = "single",
 ) -> LVLMInput:
-    """Build a left-padded batch from images and prompts.
+    """Build a left-padded batch from images and prompts (``model.prepare(...)``).
 
     Args:
-        model: The :class:`~lvlm_lens.HookedLVLM` (tokenizer, image processor, token layout).
+        model: The :class:`~lvlm_lens.HookedLVLM` (``self`` when called as ``model.prepare``).
         images: Per prompt: an image, a list of images, or ``None`` (a bare image for one prompt).
         prompts: With ``template="raw"`` (default), complete prompts holding one image
-            placeholder (e.g. ``<image>``) per image, as in
-            ``"USER: <image>\\nWhat is this? ASSISTANT:"``.
+            placeholder per image: ``<image>`` for every family, as in
+            ``"USER: <image>\\nWhat is this? ASSISTANT:"``, or the family's own
+            (``<|vision_start|><|image_pad|><|vision_end|>`` for Qwen2-VL,
+            ``<start_of_image>`` for Gemma 3).
             With ``template="chat"``, bare questions wrapped in the checkpoint's chat template
             (or ``USER: <image>\\n{question} ASSISTANT:`` if it has none), images first.
         answers: Optional answer per prompt (string or token id); its first token is scored.
+            An answer the tokenizer maps to its unknown token is refused (not in the vocabulary).
         template: ``"raw"`` or ``"chat"``, see ``prompts``.
         system: System message (``template="chat"`` only).
         answer_rule: ``"single"`` rejects answers of several tokens; ``"first"`` keeps the first.
@@ -172,8 +240,8 @@ def prepare_inputs(
     Returns:
         The batch; ``groups`` as described in :class:`LVLMInput`.
     """
-    tok = model.tokenizer
-    placeholder = tok.convert_ids_to_tokens(model.cfg.image_token_id)
+    tok, it = model.tokenizer, model.image_text
+    placeholder = it.placeholder
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     per_example = _images_per_example(images, len(prompts))
     if answers is not None and not isinstance(answers, list | tuple):
@@ -184,10 +252,12 @@ def prepare_inputs(
     texts, spans = [], []
     for i, (prompt, ims) in enumerate(zip(prompts, per_example, strict=True)):
         if template == "chat":
-            text, sys_span, q_span = _render(model, prompt, len(ims), system, placeholder)
+            text, sys_span, q_span = _render(model, prompt, len(ims), system, it)
         elif template == "raw":
             text = prompt
-            sys_span, q_span = _spans_from_roles(text, placeholder)
+            if placeholder != GENERIC_PLACEHOLDER:
+                text = text.replace(GENERIC_PLACEHOLDER, it.alias)
+            sys_span, q_span = _spans_from_roles(text, placeholder, it.closers)
         else:
             raise ValueError(f"template must be 'raw' or 'chat', got {template!r}")
         n_ph = text.count(placeholder)
@@ -205,46 +275,29 @@ def prepare_inputs(
         texts.append(text)
         spans.append((sys_span, q_span))
 
-    flat = [to_rgb(im) for ims in per_example for im in ims]
     n_per = [len(ims) for ims in per_example]
-    pixel_values = image_sizes = None
-    coords: list[torch.Tensor] = []
-    if flat:
-        processed = model.image_processor(images=flat, return_tensors="pt")
-        pixel_values = processed["pixel_values"]
-        sizes = processed.get("image_sizes")
-        image_sizes = (
-            torch.as_tensor(sizes)
-            if sizes is not None
-            else torch.tensor([[im.height, im.width] for im in flat])
-        )
-        coords = model.vision.token_layout(image_sizes, n_per)
+    processed, coords = _process_images(model, per_example)
 
     rows, img = [], 0
     bos = tok.bos_token
-    for text, (sys_span, q_span), n in zip(texts, spans, n_per, strict=True):
+    for text, span_pair, n in zip(texts, spans, n_per, strict=True):
+        text, (sys_span, q_span) = _expand(text, it, span_pair)
         enc = tok(
             text, return_offsets_mapping=True, add_special_tokens=not (bos and text.startswith(bos))
         )
         ids, offsets = enc.input_ids, enc.offset_mapping
         if ids.count(model.cfg.image_token_id) != n:
-            raise ValueError(f"the tokenizer did not keep {placeholder!r} as one token in {text!r}")
+            raise ValueError(
+                f"the tokenizer did not keep the image token of {placeholder!r} as one token "
+                f"in {text!r}"
+            )
         row = []
         for j, (t, (a, b)) in enumerate(zip(ids, offsets, strict=True)):
             if t == model.cfg.image_token_id:
                 row += [(t, "image")] * coords[img].shape[0]
                 img += 1
                 continue
-            group = (
-                "bos"
-                if j == 0 and t == tok.bos_token_id
-                else "question"
-                if _overlaps(q_span, a, b)
-                else "system"
-                if _overlaps(sys_span, a, b)
-                else "role"
-            )
-            row.append((t, group))
+            row.append((t, _text_group(j, len(ids), t == tok.bos_token_id, a, b, q_span, sys_span)))
         rows.append(row)
 
     length = max(len(r) for r in rows)
@@ -264,18 +317,45 @@ def prepare_inputs(
     answer_ids = None
     if answers is not None:
         answer_ids = torch.tensor(
-            [_answer_id(tok, t, a, answer_rule) for t, a in zip(texts, answers, strict=True)]
+            [
+                _answer_id(tok, _expand(t, it, ())[0], a, answer_rule)
+                for t, a in zip(texts, answers, strict=True)
+            ]
         )
-    device = model.cfg.device
     inp = LVLMInput(
         input_ids=input_ids,
         attention_mask=attention_mask,
         groups=groups,
-        pixel_values=pixel_values,
-        image_sizes=image_sizes,
+        pixel_values=processed.get("pixel_values"),
+        image_sizes=processed.get("image_sizes"),
+        image_grid=processed.get("image_grid_thw"),
+        image_tiles=processed.get("num_patches"),
         image_coords=coords,
         images_per_example=n_per,
         answer_ids=answer_ids,
         texts=texts,
+        lvlm_type=model.cfg.lvlm_type,
+        image_token_id=model.cfg.image_token_id,
     )
-    return inp.to(device)
+    inp.position_ids = model.vision.rope_positions(input_ids, attention_mask, inp)
+    return inp.to(model.cfg.device)
+
+
+def _process_images(
+    model: Any, per_example: list[list[Any]]
+) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """The image processor's output (``image_sizes`` = original ``(height, width)`` unless
+    the processor gives them) and the ``(tile, row, col)`` of every image token."""
+    flat = upscale_tiny([to_rgb(im) for ims in per_example for im in ims], stacklevel=5)
+    if not flat:
+        return {}, []
+    processed = dict(model.image_processor(images=flat, return_tensors="pt"))
+    sizes = processed.get("image_sizes")
+    processed["image_sizes"] = (
+        torch.as_tensor(sizes)
+        if sizes is not None
+        else torch.tensor([[im.height, im.width] for im in flat])
+    )
+    if "num_patches" in processed:  # InternVL: tiles per image
+        processed["num_patches"] = torch.as_tensor(processed["num_patches"])
+    return processed, model.vision.token_layout(processed, [len(ims) for ims in per_example])

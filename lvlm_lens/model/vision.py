@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
@@ -10,38 +13,85 @@ from torch import Tensor, nn
 NEWLINE, CLS = -1, -2
 
 
+def grid_coords(rows: int, cols: int, tile: int = 0) -> Int[Tensor, "tok 3"]:
+    """``(tile, row, col)`` of a row-major ``rows x cols`` grid of image tokens."""
+    r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    return torch.stack([torch.full((rows * cols,), tile), r.flatten(), c.flatten()], dim=-1)
+
+
 class VisionSide(nn.Module):
     """Projected image embeddings from pixels, computed by the HF model's own modules.
 
-    The vision tower, projector and ``image_newline`` are registered here (shared with the HF
-    model, so ``.to()`` moves them); feature-layer selection and any-resolution packing are
-    HF's ``get_image_features``.
+    Subclasses register the HF vision modules (shared with the HF model, so ``.to()`` moves
+    them) and implement :meth:`forward` and :meth:`token_layout` with HF's own code.
+
+    Attributes:
+        tiled: Image tokens come in several tiles (``to_str_tokens`` shows the tile).
     """
+
+    tiled = False
 
     def __init__(self, hf_model: nn.Module):
         super().__init__()
+        object.__setattr__(self, "_inner", hf_model.model)  # not registered: its LM is ours
+        self.config = hf_model.config
+        self.lvlm_type = hf_model.config.model_type
+
+    def forward(self, inp: Any) -> list[Float[Tensor, "img_tok d_model"]]:
+        """Embed every image of an :class:`~lvlm_lens.LVLMInput`; one ``[n_tokens, d_model]``
+        tensor per image."""
+        raise NotImplementedError
+
+    def token_layout(
+        self, processed: Mapping[str, Tensor], images_per_example: list[int]
+    ) -> list[Int[Tensor, "img_tok 3"]]:
+        """``(tile, row, col)`` of every image token, per image, without running the tower.
+        Tile 0 is the one that shows the whole image (the only tile of an untiled image).
+
+        Args:
+            processed: The image processor's output, with ``image_sizes`` (original
+                ``(height, width)``) filled in.
+            images_per_example: How many images each example holds.
+        """
+        raise NotImplementedError
+
+    def with_deepstack(self, inp: Any) -> tuple[list[Tensor], list[list[Tensor]] | None]:
+        """The image embeddings and any DeepStack features (Qwen3-VL; ``None`` here)."""
+        return self(inp), None
+
+    def rope_positions(self, input_ids: Tensor, attention_mask: Tensor, inp: Any) -> Tensor | None:
+        """Rotary positions of a batch when they are not ``cumsum(mask) - 1`` (M-RoPE)."""
+        return None
+
+    def pixels(self, inp: Any) -> Tensor:
+        """``inp.pixel_values`` on the tower's device and dtype."""
+        p = next(self.parameters())
+        return inp.pixel_values.to(p.device, p.dtype)
+
+
+class LlavaVision(VisionSide):
+    """LLaVA / LLaVA-NeXT / LLaVA-OneVision: vision tower, projector, ``image_newline``;
+    feature-layer selection and any-resolution packing are HF's ``get_image_features``."""
+
+    def __init__(self, hf_model: nn.Module):
+        super().__init__(hf_model)
         inner = hf_model.model
         self.vision_tower = inner.vision_tower
         self.multi_modal_projector = inner.multi_modal_projector
         if getattr(inner, "image_newline", None) is not None:
             self.image_newline = inner.image_newline
-        object.__setattr__(self, "_inner", inner)  # not registered: its language model is ours
-        self.config = hf_model.config
-        self.lvlm_type = hf_model.config.model_type
+        self.tiled = self.lvlm_type != "llava"
 
-    def forward(
-        self,
-        pixel_values: Tensor,
-        image_sizes: Int[Tensor, "n_images 2"] | None,
-        images_per_example: list[int],
-    ) -> list[Float[Tensor, "img_tok d_model"]]:
+    def forward(self, inp: Any) -> list[Float[Tensor, "img_tok d_model"]]:
         """Embed every image of a batch; returns one ``[n_tokens, d_model]`` tensor per image."""
         kwargs = {}
         if self.lvlm_type != "llava":
-            kwargs["image_sizes"] = image_sizes
+            kwargs["image_sizes"] = inp.image_sizes
         if self.lvlm_type == "llava_onevision":
-            kwargs["batch_num_images"] = torch.tensor([n for n in images_per_example if n > 0])
-        out = self._inner.get_image_features(pixel_values=pixel_values, return_dict=True, **kwargs)
+            kwargs["batch_num_images"] = torch.tensor([n for n in inp.images_per_example if n > 0])
+        out = self._inner.get_image_features(
+            pixel_values=self.pixels(inp), return_dict=True, **kwargs
+        )
         return list(out.pooler_output)
 
     @property
@@ -51,17 +101,16 @@ class VisionSide(nn.Module):
         return vc.image_size // vc.patch_size
 
     def token_layout(
-        self, image_sizes: Int[Tensor, "n_images 2"] | None, images_per_example: list[int]
+        self, processed: Mapping[str, Tensor], images_per_example: list[int]
     ) -> list[Int[Tensor, "img_tok 3"]]:
         """``(tile, row, col)`` of every image token, per image, without running the tower.
 
         Any-resolution packing is HF's own ``pack_image_features`` applied to coordinate
         features, so token counts and order are exactly the model's.
         """
+        image_sizes = processed["image_sizes"]
         n_images = sum(images_per_example)
-        g = self.tile_grid
-        rows, cols = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
-        tile = torch.stack([torch.zeros(g * g), rows.flatten(), cols.flatten()], dim=-1).float()
+        tile = grid_coords(self.tile_grid, self.tile_grid).float()
         if self.lvlm_type == "llava":
             if self.config.vision_feature_select_strategy == "full":
                 tile = torch.cat([torch.full((1, 3), float(CLS)), tile])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.metadata as md
+import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -11,16 +13,24 @@ import torch
 from PIL import Image
 
 from lvlm_lens.attribution.comparison import compare_rankings, comparison_notes
+from lvlm_lens.attribution.curves import Curves, RandomBand
+from lvlm_lens.attribution.results import AttributionResult
 from lvlm_lens.data import load_folder, synthetic_records
-from lvlm_lens.files import atomic_json
+from lvlm_lens.errors import OptionError
+from lvlm_lens.interventions.baseline_check import BaselineCheck, baseline_note, check_baseline
+from lvlm_lens.interventions.engine import AblationEngine
 from lvlm_lens.model import HookedLVLM
 from lvlm_lens.run.distributed import current_shard
 from lvlm_lens.run.options import RunOptions
+from lvlm_lens.run.rerender import rerender
 from lvlm_lens.run.runner import BaselineCache, run_attribution
-from lvlm_lens.run.store import save_rankings
+from lvlm_lens.run.store import CheckpointFiles, save_report_inputs
+from lvlm_lens.run.threads import apply_threads
 from lvlm_lens.toy import toy_checkpoint_path
 from lvlm_lens.viz.attention_maps import example_views
-from lvlm_lens.viz.report import ReportData, write_report
+from lvlm_lens.viz.report import ReportData
+
+TOY_LABEL = "toy LVLM (bundled)"
 
 
 def default_model_path() -> Path:
@@ -35,12 +45,23 @@ def default_model_path() -> Path:
 
 
 def load_model(opts: RunOptions) -> Any:
-    """The run's model: ``opts.model`` or the bundled toy LVLM (one GPU per local rank)."""
+    """The run's model (``opts.model`` or the bundled toy LVLM; one GPU per local rank), with
+    torch's CPU threads set for it (``opts.threads``)."""
     device = opts.device
     if device is None and torch.cuda.is_available():
         device = f"cuda:{current_shard().local_rank}"
     path = opts.model or default_model_path()
-    return HookedLVLM.from_pretrained(path, device=device, dtype=opts.dtype)
+    model = HookedLVLM.from_pretrained(path, device=device, dtype=opts.dtype)
+    apply_threads(model, opts.threads)
+    return model
+
+
+def model_label(opts: RunOptions) -> str:
+    """A short name of the model for titles: the hub id, a folder's name, or the toy."""
+    if opts.model is None:
+        return TOY_LABEL
+    path = Path(opts.model)
+    return path.resolve().name if path.is_dir() else opts.model
 
 
 def load_records(opts: RunOptions) -> tuple[list[Any], list[Image.Image]]:
@@ -54,6 +75,17 @@ def load_records(opts: RunOptions) -> tuple[list[Any], list[Image.Image]]:
     return (records[: opts.n_examples] if opts.n_examples else records), refs
 
 
+def load_baseline_image(opts: RunOptions) -> Image.Image | None:
+    """The image of ``--baseline image``, if one is given."""
+    if opts.baseline_image is None:
+        if opts.attribution.ablation.baseline == "image":
+            raise OptionError("baseline_image", "is needed by the 'image' baseline: pass a file")
+        return None
+    if not Path(opts.baseline_image).is_file():
+        raise FileNotFoundError(f"--baseline-image {opts.baseline_image}: no such file")
+    return Image.open(opts.baseline_image)
+
+
 def versions() -> dict[str, str]:
     """Versions of the packages that determine the numbers."""
     out = {}
@@ -65,28 +97,18 @@ def versions() -> dict[str, str]:
     return out
 
 
-def attribute(
-    opts: RunOptions, *, overwrite: bool = False, curve_examples: int = 16
-) -> Path | None:
-    """Run the whole job; returns the report path on rank 0 (``None`` on other ranks)."""
-    t0 = time.time()
-    model = load_model(opts)
-    records, refs = load_records(opts)
-    image = Image.open(opts.baseline_image) if opts.baseline_image else None
-    merged = run_attribution(
-        model, records, opts, overwrite=overwrite, reference_images=refs, baseline_image=image
-    )
-    if merged is None:
-        return None
-    t_masks = time.time() - t0
-    out, result, infos, kept = merged["out"], merged["result"], merged["infos"], merged["kept"]
-    cfg = opts.attribution
-    summary: dict[str, Any] = {
+def run_summary(
+    opts: RunOptions, model: Any, infos: list[dict], kept: list[int], result: AttributionResult
+) -> dict[str, Any]:
+    """What ``summary.json`` records: model, data, accuracy, fit quality, top heads, options."""
+    top = result.top_heads(10)
+    coef = result.pooled_coef if result.pooled_coef is not None else result.coef.mean(0)
+    return {
         "model": model.cfg.model_name,
+        "model_label": model_label(opts),
+        "heads": [model.cfg.n_layers, model.cfg.n_heads],
         "data": opts.data or "synthetic",
-        "options": opts.fingerprint(),
-        "versions": versions(),
-        "n_examples": len(records),
+        "n_examples": len(infos),
         "n_kept": len(kept),
         "accuracy": sum(i["correct"] for i in infos) / len(infos),
         "wrong_examples": [i["id"] for i in infos if not i["correct"]],
@@ -94,56 +116,133 @@ def attribute(
             "pooled_r": result.pooled_r,
             "pooled_r2": result.pooled_r2,
             "median_example_r": float(result.pearson_r.nanmedian()),
+            "median_example_r2": float(result.r2.nanmedian()),
         },
-        "top_heads": [f"L{a}H{b}" for a, b in result.top_heads(10)],
+        "top_heads": [f"L{a}H{b}" for a, b in top],
+        "top_heads_coef": [float(coef[a, b]) for a, b in top],
+        "options": opts.fingerprint(),
+        "versions": versions(),
     }
-    n_wrong = sum(not i["correct"] for i in infos)
-    notes = (
-        [
-            f"{n_wrong} of {len(infos)} example(s) were answered wrongly and "
-            f"{'kept (--keep-wrong)' if opts.keep_wrong else 'excluded'}; see summary.json."
-        ]
-        if n_wrong
-        else []
+
+
+def run_notes(opts: RunOptions, summary: dict[str, Any]) -> list[str]:
+    """Findings about the run itself: excluded examples, a fit whose quality is unknown."""
+    notes: list[str] = []
+    n, wrong = summary["n_examples"], len(summary["wrong_examples"])
+    if wrong:
+        what = "kept (--keep-wrong)" if opts.keep_wrong else "excluded"
+        notes.append(f"{wrong} of {n} example(s) were answered wrongly and {what}; "
+                     "their ids are in summary.json.")  # fmt: skip
+    fit = summary["fit"]
+    if any(v is not None and math.isnan(v) for v in (fit["pooled_r"], fit["median_example_r"])):
+        notes.append("Part of the fit quality is NaN: the metric did not vary over the held-out "
+                     "masks, so the coefficients are not checked; use more masks (--num-masks) "
+                     "or a higher --ablation-rate.")  # fmt: skip
+    return notes
+
+
+def compare(
+    model: Any,
+    opts: RunOptions,
+    records: list[Any],
+    subset: list[int],
+    result: AttributionResult,
+    baselines: BaselineCache,
+    engines: dict[int, Any] | None = None,
+    checkpoints: CheckpointFiles | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, Curves], RandomBand | None, BaselineCheck]:
+    """Head attribution against the other rankings, on the examples ``subset`` whose
+    all-heads effect is large enough to normalise by (:func:`check_baseline`); the check is
+    returned too. The masked runs' ``engines`` (by example index) are reused, and every
+    finished piece is kept in ``checkpoints`` for a resumed run."""
+    cfg = opts.attribution
+    inputs = [
+        model.prepare(records[i].image, records[i].prompt, answers=records[i].answer,
+                      answer_rule=opts.answer_rule)  # fmt: skip
+        for i in subset
+    ]
+    bases = [baselines(x) for x in inputs]
+    engines = [(engines or {}).get(i) or AblationEngine(model, x, b, cfg.ablation, cfg.metric,
+                                                        cfg.batch_size)
+               for i, x, b in zip(subset, inputs, bases, strict=True)]
+    keys = [str(i) for i in subset]
+    check = check_baseline(model, inputs, bases, cfg.ablation, cfg.metric, engines=engines,
+                           checkpoints=checkpoints, keys=keys)
+    if not check.kept:
+        return {}, {}, None, check
+    return *compare_rankings(
+        model,
+        result,
+        [inputs[i] for i in check.kept],
+        [bases[i] for i in check.kept],
+        cfg.ablation,
+        cfg.metric,
+        n_random=opts.n_random,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        engines=[engines[i] for i in check.kept],
+        checkpoints=checkpoints,
+        keys=[keys[i] for i in check.kept],
+    ), check
+
+
+def attribute(
+    opts: RunOptions, *, overwrite: bool = False, curve_examples: int = 16
+) -> Path | None:
+    """Run the whole job; returns the report path on rank 0 (``None`` on other ranks)."""
+    t0 = time.time()
+    model = load_model(opts)
+    records, refs = load_records(opts)
+    image = load_baseline_image(opts)
+    merged = run_attribution(
+        model, records, opts, overwrite=overwrite, reference_images=refs, baseline_image=image,
+        keep_engines=curve_examples if opts.rankings else 0,
     )
+    if merged is None:
+        return None
+    out, result, infos, kept = merged["out"], merged["result"], merged["infos"], merged["kept"]
+    summary = run_summary(opts, model, infos, kept, result)
+    summary["seconds_attribution"] = time.time() - t0
+    summary["warnings"] = run_notes(opts, summary)
+    notes = list(summary["warnings"])
     rankings, curves, band = {}, {}, None
     if opts.rankings:
         t1 = time.time()
-        subset = kept[:curve_examples]
-        baselines = BaselineCache(model, opts, refs, image)
-        inputs = [
-            model.prepare(
-                records[i].image,
-                records[i].prompt,
-                answers=records[i].answer,
-                answer_rule=opts.answer_rule,
-            )
-            for i in subset
-        ]
-        rankings, curves, band = compare_rankings(
-            model,
-            result,
-            inputs,
-            [baselines(x) for x in inputs],
-            cfg.ablation,
-            cfg.metric,
-            n_random=opts.n_random,
-            seed=cfg.seed,
-            batch_size=cfg.batch_size,
+        rankings, curves, band, check = compare(  # reusing the masked runs' baselines, engines
+            model, opts, records, kept[:curve_examples], result, merged["baselines"],
+            merged["engines"], CheckpointFiles(out / "comparison"),  # a resume skips what is done
         )
-        save_rankings(out / "rankings.safetensors", rankings)
-        notes += comparison_notes(curves, band, model.cfg.n_layers * model.cfg.n_heads)
+        summary["baseline_check"] = check.summary()
+        notes.append(baseline_note(check, opts.attribution.ablation.baseline))
+        if curves:
+            notes += comparison_notes(curves, band, model.cfg.n_layers * model.cfg.n_heads)
         summary["curves"] = {
-            n: {
-                "ks": c.ks.tolist(),
-                "faithfulness": c.faithfulness.tolist(),
-                "completeness": c.completeness.tolist(),
-            }
+            n: {f: getattr(c, f).tolist() for f in ("ks", "faithfulness", "completeness")}
             for n, c in curves.items()
         }
         summary["seconds_comparison"] = time.time() - t1
-    summary["seconds_attribution"] = t_masks
-    summary["notes"] = notes
-    atomic_json(summary, out / "summary.json")
     views = example_views(model, records, infos, kept, result.top_heads(3))
-    return write_report(out, ReportData(result, rankings, curves, band, views, summary, notes))
+    save_report_inputs(out, ReportData(result, rankings, curves, band, views, summary, notes))
+    return rerender(out)  # the report is drawn from the files, as `lvlm-lens report` does
+
+
+def terminal_summary(report: Path) -> str:
+    """A few lines for the terminal at the end of a run: accuracy, fit, top heads, report."""
+    s = json.loads((report.parent / "summary.json").read_text())
+    fit = s["fit"]
+    r = lambda v: "n/a" if v is None or math.isnan(v) else f"{v:.2f}"  # noqa: E731
+    correct = round(s["accuracy"] * s["n_examples"])
+    metric = s["options"]["attribution"]["metric"]
+    heads = ", ".join(
+        f"{h} ({-b:+.2f})" for h, b in zip(s["top_heads"][:5], s["top_heads_coef"], strict=False)
+    )
+    lines = [
+        f"{s['model_label']} on {s['data']}: {correct}/{s['n_examples']} examples answered "
+        f"correctly ({s['accuracy']:.0%}); {s['n_kept']} attributed",
+        f"fit on held-out masks: r = {r(fit['pooled_r'])} pooled over examples, "
+        f"{r(fit['median_example_r'])} per example (median)",
+        f"top heads (importance = -beta, {metric} units): {heads}",
+        *[f"note: {n}" for n in s.get("warnings", [])],
+        f"report: {report}",
+    ]
+    return "\n".join(lines)

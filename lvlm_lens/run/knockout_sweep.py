@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from lvlm_lens.interventions.knockout import knockout_effect, window_layers  # noqa: E402
+from lvlm_lens.interventions.sweeps import knockout_window_sweep  # noqa: E402
 from lvlm_lens.run.job import load_model, load_records  # noqa: E402
 from lvlm_lens.run.options import RunOptions  # noqa: E402
 
@@ -40,12 +40,11 @@ def run_knockout_sweep(opts: RunOptions, window: int = 9, metric: str = "prob") 
     window = min(window, n)
     rows = []
     for source, target in tqdm(PAIRS, desc="knockout"):
-        for centre in range(n):
-            layers = window_layers(centre, window, n)
-            effect = torch.cat(
-                [knockout_effect(model, i, source, target, layers, metric) for i in inputs]
-            ).mean()
-            rows.append((f"{source}->{target}", centre, float(effect)))
+        effect = torch.cat(  # [window centre, example], one shared prefix per example
+            [knockout_window_sweep(model, i, source, target, window, metric=metric,
+                                   progress=False) for i in inputs], dim=1
+        ).mean(1)
+        rows += [(f"{source}->{target}", c, float(e)) for c, e in enumerate(effect)]
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "knockout.csv"

@@ -9,7 +9,6 @@ merges the chunks and fits the attribution.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,31 +17,49 @@ from tqdm.auto import tqdm
 
 from lvlm_lens.attribution.head_attribution import check_config, fit_result
 from lvlm_lens.attribution.regression import sample_masks
-from lvlm_lens.files import atomic_json, atomic_save
-from lvlm_lens.interventions.ablation import BaselineKV, compute_baseline, source_mask
+from lvlm_lens.files import atomic_json
+from lvlm_lens.interventions.ablation import (
+    BaselineKV,
+    compute_baseline,
+    resizes_stand_ins,
+    source_mask,
+)
 from lvlm_lens.interventions.engine import AblationEngine
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.run.distributed import Shard, current_shard
 from lvlm_lens.run.options import RunOptions
-from lvlm_lens.run.store import check_out_dir, chunk_path, collect
+from lvlm_lens.run.store import (
+    check_out_dir,
+    chunk_done,
+    chunk_fingerprint,
+    collect,
+    load_prediction,
+    options_key,
+    prediction_path,
+    save_chunk,
+    wait_timeout,
+)
 
 
 class BaselineCache:
     """Baseline K/V per distinct token prefix: image K/V depend only on the tokens before the
-    last image token, so examples sharing that prefix share one baseline computation."""
+    last image token (and, on any-resolution families, on the image sizes the baseline images
+    are resized to), so examples sharing them share one baseline computation."""
 
     def __init__(
         self, model: Any, opts: RunOptions, reference_images: list[Any] | None, baseline_image: Any
     ):
         self.model, self.opts = model, opts
         self.refs, self.image = reference_images, baseline_image
-        self.store: dict[tuple[int, ...], BaselineKV] = {}
+        self.store: dict[tuple, BaselineKV] = {}
 
     def __call__(self, inp: LVLMInput) -> BaselineKV:
         cfg = self.opts.attribution.ablation
         src = source_mask(inp, cfg.source)
         cut = int(src[0].nonzero().max()) + 1
         key = tuple(inp.input_ids[0, :cut].tolist())
+        if resizes_stand_ins(self.model) and inp.image_sizes is not None:  # resized refs
+            key = (key, tuple(map(tuple, inp.image_sizes.tolist())))
         if cfg.scope != "text" or cfg.baseline == "blank":  # blank: sized like each image
             return compute_baseline(
                 self.model, inp, cfg, baseline_image=self.image, reference_images=self.refs
@@ -72,6 +89,17 @@ def predict(model: Any, inp: LVLMInput) -> int:
         return int(model(inp)[0, -1].argmax())
 
 
+def chunk_metas(opts: RunOptions, records: list[Any], n_masks: int) -> dict[int, list[dict]]:
+    """Per example, the fingerprint of each of its chunks (the last one may be short)."""
+    key, size = options_key(opts), opts.chunk_masks
+    starts = range(0, n_masks, size)
+    return {
+        i: [chunk_fingerprint(key, i, rec.id, c, min(size, n_masks - s))
+            for c, s in enumerate(starts)]  # fmt: skip
+        for i, rec in enumerate(records)
+    }
+
+
 def run_shard(
     model: Any,
     records: list[Any],
@@ -80,19 +108,23 @@ def run_shard(
     shard: Shard,
     masks: torch.Tensor,
     baselines: BaselineCache,
+    engines: dict[int, AblationEngine] | None = None,
+    keep_engines: int = 0,
 ) -> None:
-    """Predictions and masked-run chunks of this process's examples (skipping finished ones)."""
-    cfg = opts.attribution
-    n_chunks = -(-masks.shape[0] // opts.chunk_masks)
+    """Predictions and masked-run chunks of this process's examples (skipping finished ones).
+
+    The engines of the first ``keep_engines`` attributed examples are kept in ``engines``, so
+    that later steps (the ranking comparison) reuse their prefix caches.
+    """
+    cfg, size = opts.attribution, opts.chunk_masks
+    metas = chunk_metas(opts, records, masks.shape[0])
     mine = [i for i in range(len(records)) if shard.owns(i)]
     bar = tqdm(total=len(mine) * masks.shape[0], unit="mask", desc=f"attribute [rank {shard.rank}]")
     for i in mine:
         rec = records[i]
         inp = model.prepare(rec.image, rec.prompt, answers=rec.answer, answer_rule=opts.answer_rule)
-        pred_file = out / "examples" / f"{i:05d}.json"
-        if pred_file.exists():
-            info = json.loads(pred_file.read_text())
-        else:
+        info = load_prediction(out, i)
+        if info is None:
             guess = predict(model, inp)
             info = {
                 "index": i,
@@ -103,22 +135,23 @@ def run_shard(
                 "prediction": model.tokenizer.convert_ids_to_tokens(guess),
                 "correct": guess == int(inp.answer_ids[0]),
             }
-            atomic_json(info, pred_file)
+            atomic_json(info, prediction_path(out, i))
         if not (info["correct"] or opts.keep_wrong):
             bar.update(masks.shape[0])
             continue
-        todo = [c for c in range(n_chunks) if not chunk_path(out, i, c).exists()]
-        bar.update((n_chunks - len(todo)) * opts.chunk_masks)
+        todo = [c for c, meta in enumerate(metas[i]) if not chunk_done(out, i, c, meta)]
+        bar.update(masks.shape[0] - sum(int(metas[i][c]["n_masks"]) for c in todo))
         if not todo:
             continue
         engine = AblationEngine(
             model, inp, baselines(inp), cfg.ablation, cfg.metric, cfg.batch_size
         )
         for c in todo:
-            part = masks[c * opts.chunk_masks : (c + 1) * opts.chunk_masks]
-            metrics = engine.run(part, progress=False)[0]
-            atomic_save({"metrics": metrics}, chunk_path(out, i, c))
+            part = masks[c * size : (c + 1) * size]
+            save_chunk(out, i, c, engine.run(part, progress=False)[0], metas[i][c])
             bar.update(part.shape[0])
+        if engines is not None and len(engines) < keep_engines:
+            engines[i] = engine
     bar.close()
 
 
@@ -131,15 +164,22 @@ def run_attribution(
     reference_images: list[Any] | None = None,
     baseline_image: Any = None,
     merge_timeout: float = 7 * 24 * 3600,
+    keep_engines: int = 0,
 ) -> dict[str, Any] | None:
     """Run (or resume) head attribution over ``records``; rank 0 returns the merged outputs.
 
-    ``merge_timeout`` is how long rank 0 of a SLURM array waits for the other tasks' files; a
-    single process or a torchrun group (after its barrier) never waits: a missing file there
-    can only mean a lost one, and the run stops at once asking to be re-run.
+    Args:
+        model, records, opts: The model, the examples and the run's options.
+        overwrite: Discard a run with other options in ``opts.out``.
+        reference_images, baseline_image: For the ``mean`` and ``image`` baselines.
+        merge_timeout: Seconds rank 0 of a SLURM array waits for the other tasks' files
+            (a single process or a torchrun group never waits).
+        keep_engines: How many examples' engines to hand back (see :func:`run_shard`).
 
     Returns:
-        On rank 0: ``{"result", "infos", "kept", "metrics", "masks", "out"}``; else ``None``.
+        On rank 0: ``{"result", "infos", "kept", "metrics", "masks", "out", "baselines",
+        "engines"}`` (the baseline cache, and the engines of the first ``keep_engines``
+        examples this process attributed, by example index); else ``None``.
     """
     shard = current_shard()
     cfg = opts.attribution
@@ -147,14 +187,14 @@ def run_attribution(
     out = check_out_dir(opts, overwrite, shard)
     masks = sample_masks(cfg.n_masks, model.cfg.n_layers, model.cfg.n_heads, cfg.rate, cfg.seed)
     baselines = BaselineCache(model, opts, reference_images, baseline_image)
-    run_shard(model, records, opts, out, shard, masks, baselines)
+    engines: dict[int, AblationEngine] = {}
+    run_shard(model, records, opts, out, shard, masks, baselines, engines, keep_engines)
     shard.barrier()
     if shard.rank != 0:
         return None
-    # only a SLURM array's rank 0 can see files still being written by others: it waits
-    others_writing = shard.world > 1 and not shard.synchronised
-    timeout = merge_timeout if others_writing else 0.0
-    infos, kept, metrics = collect(out, len(records), cfg.n_masks, opts, timeout)
+    metas = chunk_metas(opts, records, cfg.n_masks)
+    timeout = wait_timeout(shard, merge_timeout)
+    infos, kept, metrics = collect(out, len(records), metas, opts, timeout)
     result = fit_result(
         masks,
         metrics,
@@ -171,4 +211,6 @@ def run_attribution(
         "metrics": metrics,
         "masks": masks,
         "out": out,
+        "baselines": baselines,
+        "engines": engines,
     }

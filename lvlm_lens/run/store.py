@@ -1,25 +1,37 @@
-"""Persistence of a run: the output folder, its fingerprint, result chunks and rankings.
+"""Persistence of a run: the output folder, its fingerprint, predictions, result chunks, and
+what the report is drawn from.
 
 Everything a run computes is a file under ``out`` written atomically (:mod:`lvlm_lens.files`):
 ``run.json`` (the options a resumed run must share), one prediction file per example, one
-metrics chunk per (example, block of masks), the attribution, the rankings and the summary.
+metrics chunk per (example, block of masks) carrying its fingerprint, the attribution, the
+rankings, the curves, the example views and the summary. ``lvlm-lens report`` redraws the
+report from these files alone, and ``attribute`` draws it the same way.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor
 
-from lvlm_lens.files import atomic_json, atomic_save
+from lvlm_lens.attribution.curves import Curves, RandomBand
+from lvlm_lens.attribution.results import AttributionResult
+from lvlm_lens.files import atomic_json, atomic_save, atomic_write
 from lvlm_lens.run.distributed import Shard
 from lvlm_lens.run.options import RunOptions
+from lvlm_lens.viz.figures import ExampleView
+from lvlm_lens.viz.report import ReportData
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -32,6 +44,8 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
 def check_out_dir(opts: RunOptions, overwrite: bool, shard: Shard) -> Path:
     """Create ``out`` or check that it belongs to a run with the same options."""
     out = Path(opts.out)
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"--out {out} is a file: pass a folder (it is created if missing)")
     marker = out / "run.json"
     mine = json.loads(json.dumps(opts.fingerprint(), default=str))
     if marker.exists():
@@ -48,58 +62,274 @@ def check_out_dir(opts: RunOptions, overwrite: bool, shard: Shard) -> Path:
             if shard.rank == 0:
                 shutil.rmtree(out)
     shard.barrier()
-    for sub in ("examples", "chunks"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+    try:
+        for sub in ("examples", "chunks"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SystemExit(f"--out {out}: cannot create the folder ({err.strerror})") from err
     if shard.rank == 0 and not marker.exists():
         atomic_json(mine, marker)
     return out
 
 
-def chunk_path(out: Path, example: int, chunk: int) -> Path:
-    """File of one example's metrics for one block of masks."""
-    return out / "chunks" / f"ex{example:05d}_c{chunk:04d}.safetensors"
+def options_key(opts: RunOptions) -> str:
+    """A short hash of the run's fingerprint, stored in every chunk."""
+    text = json.dumps(opts.fingerprint(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def wait_timeout(shard: Shard, timeout: float) -> float:
+    """How long rank 0 may wait for other processes' files: only a SLURM array (several
+    processes, no process group) writes them after rank 0 gets there; alone or after a
+    torchrun barrier, a missing file is an error at once."""
+    return timeout if shard.world > 1 and not shard.synchronised else 0.0
 
 
 def wait_for_files(paths: list[Path], timeout: float, poll: float = 5.0) -> None:
     """Rank 0 of a SLURM array: wait until the other tasks have written their files."""
     start = time.time()
     while missing := [p for p in paths if not p.exists()]:
-        left = timeout - (time.time() - start)
-        if left <= 0:
+        if time.time() - start >= timeout:
             raise SystemExit(
                 f"{len(missing)} result files still missing after {timeout:.0f}s "
                 f"(e.g. {missing[0]}): re-run the same command to finish them"
             )
-        time.sleep(min(poll, left))
+        time.sleep(min(poll, max(0.0, timeout - (time.time() - start))))
+
+
+def _clear_stale(path: Path) -> None:
+    """Remove temporary files a killed write of ``path`` left (only ``path``'s one writer calls
+    this, so no write in progress is touched)."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+# predictions ---------------------------------------------------------------------------------
+def prediction_path(out: Path, example: int) -> Path:
+    """File of one example's answer, prediction and correctness."""
+    return out / "examples" / f"{example:05d}.json"
+
+
+def load_prediction(out: Path, example: int) -> dict | None:
+    """The stored prediction of an example; ``None`` if missing or unreadable (then removed).
+    Called by the example's owner only."""
+    path = prediction_path(out, example)
+    _clear_stale(path)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        warnings.warn(f"{path} is damaged ({err}): computing it again", stacklevel=2)
+        path.unlink(missing_ok=True)
+        return None
+
+
+# chunks --------------------------------------------------------------------------------------
+def chunk_path(out: Path, example: int, chunk: int) -> Path:
+    """File of one example's metrics for one block of masks."""
+    return out / "chunks" / f"ex{example:05d}_c{chunk:04d}.safetensors"
+
+
+def chunk_fingerprint(
+    options: str, example: int, example_id: str, chunk: int, n_masks: int
+) -> dict[str, str]:
+    """What a chunk must belong to: the run's options key, the example, the block of masks."""
+    return {"options": options, "example": str(example), "example_id": str(example_id),
+            "chunk": str(chunk), "n_masks": str(n_masks)}  # fmt: skip
+
+
+def save_chunk(out: Path, example: int, chunk: int, metrics: Tensor, meta: dict[str, str]) -> None:
+    """Write one chunk with its fingerprint in the safetensors metadata."""
+    atomic_save({"metrics": metrics}, chunk_path(out, example, chunk), meta)
+
+
+def _read_chunk(path: Path, meta: dict[str, str]) -> tuple[Tensor | None, str]:
+    """The chunk's metrics, or ``None`` and what is wrong with it."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            stored, metrics = f.metadata() or {}, f.get_tensor("metrics")
+    except Exception as err:  # truncated, not safetensors, no "metrics" tensor
+        return None, f"does not load ({str(err).splitlines()[0] if str(err) else type(err)})"
+    wrong = [k for k in meta if stored.get(k) != meta[k]]
+    if wrong:
+        found = ", ".join(f"{k} {stored.get(k)!r} instead of {meta[k]!r}" for k in wrong)
+        return None, f"belongs to another run or example ({found})"
+    if tuple(metrics.shape) != (int(meta["n_masks"]),):
+        return None, f"holds {tuple(metrics.shape)} metrics instead of ({meta['n_masks']},)"
+    return metrics, ""
+
+
+def chunk_done(out: Path, example: int, chunk: int, meta: dict[str, str]) -> bool:
+    """Whether a valid chunk exists; a damaged or foreign one is named, removed, and False.
+    Called by the example's owner only."""
+    path = chunk_path(out, example, chunk)
+    _clear_stale(path)
+    if not path.exists():
+        return False
+    metrics, why = _read_chunk(path, meta)
+    if metrics is None:
+        warnings.warn(f"{path} {why}: discarding it and computing it again", stacklevel=2)
+        path.unlink(missing_ok=True)
+    return metrics is not None
+
+
+def load_chunk(out: Path, example: int, chunk: int, meta: dict[str, str]) -> Tensor:
+    """A chunk's metrics for the merge; a damaged one is removed and the run stops, naming it."""
+    path = chunk_path(out, example, chunk)
+    metrics, why = _read_chunk(path, meta)
+    if metrics is None:
+        path.unlink(missing_ok=True)
+        raise SystemExit(f"{path} {why}: removed it; run the same command again to recompute it")
+    return metrics
 
 
 def collect(
-    out: Path, n_records: int, n_masks: int, opts: RunOptions, timeout: float
-) -> tuple[list[dict], list[int], torch.Tensor]:
-    """Merge every example's chunks into ``[n_kept, n_masks]`` metrics."""
-    wait_for_files([out / "examples" / f"{i:05d}.json" for i in range(n_records)], timeout)
-    infos = [json.loads((out / "examples" / f"{i:05d}.json").read_text()) for i in range(n_records)]
+    out: Path, n_records: int, metas: dict[int, list[dict[str, str]]], opts: RunOptions,
+    timeout: float,
+) -> tuple[list[dict], list[int], torch.Tensor]:  # fmt: skip
+    """Merge every example's chunks into ``[n_kept, n_masks]`` metrics.
+
+    Args:
+        out: The run's folder.
+        n_records: Examples in the run.
+        metas: Per example, the fingerprint of each of its chunks.
+        opts: The run's options.
+        timeout: Seconds to wait for files other processes still write.
+    """
+    if n_records == 0:
+        raise SystemExit("the dataset has no examples: nothing to attribute")
+    wait_for_files([prediction_path(out, i) for i in range(n_records)], timeout)
+    infos = [json.loads(prediction_path(out, i).read_text()) for i in range(n_records)]
     kept = [i for i, info in enumerate(infos) if info["correct"] or opts.keep_wrong]
     if not kept:
         raise SystemExit(
-            "the model answered every example wrongly: nothing to attribute "
-            "(use --keep-wrong to attribute its own answers anyway)"
+            f"the model answered none of the {n_records} example(s) correctly: nothing to "
+            "attribute (use --keep-wrong to attribute its own answers anyway)"
         )
-    n_chunks = -(-n_masks // opts.chunk_masks)
-    paths = [chunk_path(out, i, c) for i in kept for c in range(n_chunks)]
-    wait_for_files(paths, timeout)
-    rows = [
-        torch.cat([load_file(str(chunk_path(out, i, c)))["metrics"] for c in range(n_chunks)])
-        for i in kept
-    ]
+    wait_for_files([chunk_path(out, i, c) for i in kept for c in range(len(metas[i]))], timeout)
+    rows = [torch.cat([load_chunk(out, i, c, m) for c, m in enumerate(metas[i])]) for i in kept]
     return infos, kept, torch.stack(rows)
 
 
+# what the report shows -----------------------------------------------------------------------
 def save_rankings(path: Path, rankings: dict[str, Tensor]) -> None:
-    """Rankings as one safetensors file (names as keys)."""
-    atomic_save({k: v.float() for k, v in rankings.items()}, path)
+    """Rankings as one safetensors file (names as keys, their order in the metadata)."""
+    meta = {"names": json.dumps(list(rankings))}
+    atomic_save({k: v.float() for k, v in rankings.items()}, path, meta)
 
 
 def load_rankings(path: Path) -> dict[str, Tensor]:
-    """Inverse of :func:`save_rankings`."""
-    return dict(load_file(str(path)))
+    """Inverse of :func:`save_rankings`, in the order they were saved."""
+    with safe_open(str(path), "pt") as f:
+        names = json.loads((f.metadata() or {}).get("names", "[]")) or sorted(f.keys())
+        return {n: f.get_tensor(n) for n in names}
+
+
+CURVE_FIELDS = ("ks", "faithfulness", "completeness", "f_values", "g_values")
+BAND_FIELDS = ("ks", "faithfulness", "completeness", "all_faithfulness", "all_completeness")
+
+
+def save_curves(path: Path, curves: dict[str, Curves], band: RandomBand | None) -> None:
+    """Curves of every ranking and the random band, exactly (tensors + metadata)."""
+    tensors = {f"{n}/{f}": getattr(c, f) for n, c in curves.items() for f in CURVE_FIELDS}
+    tensors |= {f"{n}/{f}": torch.tensor(float(getattr(c, f)), dtype=torch.float64)
+                for n, c in curves.items() for f in ("clean", "ablated")}  # fmt: skip
+    if band is not None:
+        tensors |= {f"random band/{f}": getattr(band, f) for f in BAND_FIELDS}
+    meta = {"names": json.dumps(list(curves))}
+    meta |= {"quantiles": json.dumps(list(band.quantiles))} if band is not None else {}
+    atomic_save({k: torch.as_tensor(v) for k, v in tensors.items()}, path, meta)
+
+
+def load_curves(path: Path) -> tuple[dict[str, Curves], RandomBand | None]:
+    """Inverse of :func:`save_curves`; no file: no curves."""
+    if not path.exists():
+        return {}, None
+    with safe_open(str(path), "pt") as f:
+        meta, t = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    curves = {
+        n: Curves(*(t[f"{n}/{f}"] for f in CURVE_FIELDS),
+                  float(t[f"{n}/clean"]), float(t[f"{n}/ablated"]))  # fmt: skip
+        for n in json.loads(meta["names"])
+    }
+    band = None
+    if "quantiles" in meta:
+        q = tuple(json.loads(meta["quantiles"]))
+        band = RandomBand(t["random band/ks"], q, *(t[f"random band/{f}"] for f in BAND_FIELDS[1:]))
+    return curves, band
+
+
+def save_views(folder: Path, views: list[ExampleView]) -> None:
+    """Example views: images as PNG, attention grids and object patches as safetensors."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors, index = {}, []
+    for i, v in enumerate(views):
+        atomic_write(folder / f"{i:02d}.png", lambda p, im=v.image: im.save(p, format="PNG"))
+        att = v.patch_attention.items()
+        tensors |= {f"{i}/{h}": torch.from_numpy(np.asarray(a)) for h, a in att}
+        if v.object_patches is not None:
+            tensors[f"{i}/object"] = torch.from_numpy(np.asarray(v.object_patches, bool))
+        index.append({"label": v.label, "prediction": v.prediction,
+                      "heads": list(v.patch_attention)})  # fmt: skip
+    atomic_save(tensors, folder / "views.safetensors")
+    atomic_json(index, folder / "views.json")
+
+
+def load_views(folder: Path) -> list[ExampleView]:
+    """Inverse of :func:`save_views`; no folder: no views."""
+    if not (folder / "views.json").exists():
+        return []
+    t = load_file(str(folder / "views.safetensors"))
+    views = []
+    for i, v in enumerate(json.loads((folder / "views.json").read_text())):
+        with Image.open(folder / f"{i:02d}.png") as im:
+            image = im.copy()
+        att = {h: t[f"{i}/{h}"].numpy() for h in v["heads"]}
+        obj = t[f"{i}/object"].numpy() if f"{i}/object" in t else None
+        views.append(ExampleView(image, v["label"], v["prediction"], att, obj))
+    return views
+
+
+def save_report_inputs(out: Path, data: ReportData) -> None:
+    """Everything :func:`load_report_inputs` needs besides the attribution (saved by the runner)."""
+    if data.rankings:
+        save_rankings(out / "rankings.safetensors", data.rankings)
+    save_curves(out / "curves.safetensors", data.curves, data.random_band)
+    save_views(out / "views", data.examples)
+    atomic_json(data.summary | {"notes": data.notes}, out / "summary.json")
+
+
+def load_report_inputs(out: Path) -> ReportData:
+    """What the report of the run in ``out`` shows, read from its files."""
+    if not (out / "summary.json").exists():
+        raise ValueError(f"{out} has no summary.json: run `lvlm-lens attribute --out {out}` first")
+    summary = json.loads((out / "summary.json").read_text())
+    path = out / "rankings.safetensors"
+    rankings = load_rankings(path) if path.exists() else {}
+    curves, band = load_curves(out / "curves.safetensors")
+    result = AttributionResult.load(out / "attribution")
+    views = load_views(out / "views")
+    return ReportData(result, rankings, curves, band, views, summary, summary.get("notes", []))
+
+
+class CheckpointFiles:
+    """Finished pieces of the ranking comparison, one atomically written safetensors file per
+    key under ``folder`` (see :class:`~lvlm_lens.attribution.comparison.Checkpoints`)."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        """The file of ``key``."""
+        return self.folder / (key.replace("/", "__").replace(" ", "_") + ".safetensors")
+
+    def load(self, key: str) -> dict[str, Tensor] | None:
+        """The tensors saved under ``key``, or ``None``."""
+        path = self.path(key)
+        return dict(load_file(str(path))) if path.exists() else None
+
+    def save(self, key: str, tensors: dict[str, Tensor]) -> None:
+        """Write ``tensors`` under ``key``, atomically."""
+        atomic_save(tensors, self.path(key))

@@ -44,7 +44,18 @@ from transformers.models.clip import CLIPImageProcessorPil
 from transformers.models.llava_next import LlavaNextImageProcessorPil
 from transformers.models.llava_onevision import LlavaOnevisionImageProcessorPil
 
-TINY_KINDS = ("llava-llama", "llava-next-mistral", "llava-next-vicuna", "llava-onevision-qwen2")
+from lvlm_lens.testing.tiny_families import (
+    FAMILY_KINDS,
+    build_family_checkpoint,
+    tiny_text_kwargs,
+)
+
+#: The LLaVA families built here: LLaVA-1.5 (Llama), LLaVA-NeXT (Mistral, Vicuna) and
+#: LLaVA-OneVision (Qwen2).
+LLAVA_KINDS = ("llava-llama", "llava-next-mistral", "llava-next-vicuna", "llava-onevision-qwen2")
+#: Every kind :func:`build_tiny_checkpoint` builds: those and ``tiny_families.FAMILY_KINDS``
+#: (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, InternVL).
+TINY_KINDS = LLAVA_KINDS + FAMILY_KINDS
 
 SPECIAL_TOKENS = (
     "<unk>",
@@ -110,7 +121,10 @@ CHATML_CHAT_TEMPLATE = (
 
 
 def build_tiny_tokenizer(
-    *, chat_template: str | None = None, words: Sequence[str] = TINY_WORDS
+    *,
+    chat_template: str | None = None,
+    words: Sequence[str] = TINY_WORDS,
+    named_specials: dict[str, str] | None = None,
 ) -> PreTrainedTokenizerFast:
     """Builds a word-level tokenizer (by default the one shared by all tiny checkpoints).
 
@@ -118,13 +132,18 @@ def build_tiny_tokenizer(
         chat_template: Optional Jinja chat template to attach.
         words: The vocabulary after ``SPECIAL_TOKENS`` (ids ``len(SPECIAL_TOKENS)`` onwards, in
             this order); words are ``\\w+`` runs, single punctuation characters or ``"\\n"``.
+        named_specials: A family's own special tokens by attribute name (``image_token``,
+            ``boi_token``...), appended after ``words``; default ``{"image_token": "<image>"}``.
 
     Returns:
-        A fast tokenizer (supports ``return_offsets_mapping``) whose ``<image>`` is one token.
+        A fast tokenizer (supports ``return_offsets_mapping``) whose image token is one token.
     """
     words = tuple(words)
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + words)}
-    if len(vocab) != len(SPECIAL_TOKENS) + len(words):
+    named = dict(named_specials or {"image_token": "<image>"})
+    extra = tuple(t for t in named.values() if t not in SPECIAL_TOKENS)
+    specials = SPECIAL_TOKENS + extra
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + words + extra)}
+    if len(vocab) != len(specials) + len(words):
         raise ValueError("duplicate entries in the tiny vocabulary")
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(
@@ -133,16 +152,14 @@ def build_tiny_tokenizer(
     backend.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A $B:1", special_tokens=[("<s>", vocab["<s>"])]
     )
-    backend.add_special_tokens(
-        [AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS]
-    )
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         unk_token="<unk>",
         pad_token="<pad>",
         bos_token="<s>",
         eos_token="</s>",
-        extra_special_tokens={"image_token": "<image>"},
+        extra_special_tokens=named,
     )
     if chat_template is not None:
         tokenizer.chat_template = chat_template
@@ -171,21 +188,8 @@ def _text_config(kind: str, tokenizer: PreTrainedTokenizerFast, overrides: dict[
         "llava-next-vicuna": (LlamaConfig, 4),
         "llava-onevision-qwen2": (Qwen2Config, 2),
     }[kind]
-    kwargs: dict[str, Any] = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=n_kv_heads,
-        head_dim=16,
-        max_position_embeddings=512,
-        rms_norm_eps=1e-6,
-        initializer_range=0.1,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
+    kwargs = tiny_text_kwargs(
+        tokenizer, num_key_value_heads=n_kv_heads, head_dim=16, tie_word_embeddings=False
     )
     if config_cls is MistralConfig:
         kwargs["sliding_window"] = None
@@ -216,14 +220,15 @@ def build_tiny_checkpoint(
     chat_template: bool = False,
     **text_overrides: Any,
 ) -> Path:
-    """Builds and saves a tiny random checkpoint of one LLaVA family.
+    """Builds and saves a tiny random checkpoint of one supported family.
 
     Args:
         kind: One of ``TINY_KINDS``.
         folder: Where to save; created if missing.
         seed: Seed for the random weights (the same seed gives identical weights).
         chat_template: Whether to save a chat template with the tokenizer (llava-hf style
-            ``USER: <image>\\n... ASSISTANT:`` for LLaVA/NeXT, ChatML for OneVision).
+            ``USER: <image>\\n... ASSISTANT:`` for LLaVA/NeXT, ChatML for OneVision, the
+            family's own for Qwen2-VL / Qwen2.5-VL / Gemma 3).
         **text_overrides: Fields set on the text config, e.g. ``num_hidden_layers``,
             ``rope_parameters``, ``sliding_window`` or ``tie_word_embeddings``.
 
@@ -235,6 +240,10 @@ def build_tiny_checkpoint(
         raise ValueError(f"unknown tiny kind {kind!r}; expected one of {TINY_KINDS}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if kind in FAMILY_KINDS:
+        return build_family_checkpoint(
+            kind, folder, seed=seed, chat_template=chat_template, **text_overrides
+        )
     onevision = kind == "llava-onevision-qwen2"
     template = (
         (CHATML_CHAT_TEMPLATE if onevision else LLAVA_CHAT_TEMPLATE) if chat_template else None

@@ -23,12 +23,21 @@ from transformers import (
 from transformers.models.clip import CLIPImageProcessorPil
 
 from lvlm_lens.data import IMAGE_QUESTIONS, VOCABULARY, generate_dataset, image_prompt, text_prompt
+from lvlm_lens.data.questions import (
+    ATTRIBUTE_QUESTIONS,
+    ATTRIBUTES,
+    attribute_answer,
+    attribute_image_prompt,
+    attribute_text_prompt,
+)
 from lvlm_lens.testing.llava_config import clip_llama_config
 from lvlm_lens.testing.tiny import LLAVA_CHAT_TEMPLATE, build_tiny_tokenizer
 
-#: Image side in pixels and vision patch size: a 6x6 grid of 36 image tokens.
+#: Image side of the toy in pixels.
 TOY_IMAGE_SIZE = 48
+#: Vision patch size in pixels.
 TOY_PATCH_SIZE = 8
+#: Patches per image side: a 6x6 grid of 36 image tokens.
 TOY_GRID = TOY_IMAGE_SIZE // TOY_PATCH_SIZE
 
 
@@ -88,27 +97,44 @@ def toy_config(tokenizer: Any | None = None, **text_overrides: Any) -> LlavaConf
     )
 
 
-def toy_checkpoint_path() -> Path:
-    """The folder of the shipped toy checkpoint (inside the installed package)."""
-    return Path(str(files("lvlm_lens.toy").joinpath("checkpoint")))
+#: The shipped checkpoints: name -> folder inside the package (``None`` = ``"bundled"``).
+TOY_CHECKPOINTS: dict[str, str] = {"bundled": "checkpoint", "science": "science_checkpoint"}
+
+
+def toy_checkpoint_path(name: str | None = None) -> Path:
+    """The folder of a shipped toy checkpoint (inside the installed package).
+
+    Args:
+        name: ``None`` or ``"bundled"``: the 4-layer shape toy; ``"science"``: the 8-layer
+            multi-attribute toy (``docs/toy_model.md``).
+    """
+    key = "bundled" if name is None else name
+    if key not in TOY_CHECKPOINTS:
+        raise ValueError(f"unknown toy {name!r}; expected one of {tuple(TOY_CHECKPOINTS)}")
+    return Path(str(files("lvlm_lens.toy").joinpath(TOY_CHECKPOINTS[key])))
 
 
 def load_toy(
-    device: str | torch.device | None = None, dtype: torch.dtype | str | None = None
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    *,
+    name: str | None = None,
 ) -> Any:
-    """The shipped toy checkpoint as a :class:`~lvlm_lens.HookedLVLM`.
+    """A shipped toy checkpoint as a :class:`~lvlm_lens.HookedLVLM`.
 
     Args:
         device: Where to put it (default: CUDA if available, else CPU).
         dtype: ``float32`` (default), ``bfloat16`` or ``float16`` (not on CPU).
+        name: Which toy (:func:`toy_checkpoint_path`): the bundled one by default.
     """
     from lvlm_lens.model.hooked_lvlm import HookedLVLM
 
-    path = toy_checkpoint_path()
+    path = toy_checkpoint_path(name)
     if not (path / "config.json").is_file():
+        preset = "bundled" if name is None else name
         raise FileNotFoundError(
-            f"no toy checkpoint at {path}: train one with `python -m lvlm_lens.toy.train --out "
-            f"{path}` (or lvlm_lens.toy.train.train_toy)"
+            f"no toy checkpoint at {path}: train one with `python -m lvlm_lens.toy.train "
+            f"--preset {preset} --out {path}` (or lvlm_lens.toy.train.train_toy)"
         )
     return HookedLVLM.from_pretrained(path, device=device, dtype=dtype)
 
@@ -158,3 +184,57 @@ def evaluate_toy(
             pred = model(inp)[:, -1].argmax(-1)
             hits[kind] += int((pred == inp.answer_ids.to(pred.device)).sum())
     return {"image_acc": hits["image"] / n, "text_acc": hits["text"] / n, "n": n, "seed": seed}
+
+
+@torch.no_grad()
+def evaluate_attributes(
+    model: Any,
+    n: int = 500,
+    seed: int = 12345,
+    *,
+    batch_size: int = 100,
+    attributes: tuple[str, ...] = ATTRIBUTES,
+) -> dict[str, Any]:
+    """Held-out accuracy of a toy model per question type (attribute x image / text).
+
+    Every example is asked for every attribute (:mod:`lvlm_lens.data.questions`), once with
+    its image and once with the scene described in words; the question template cycles over
+    the examples. An answer is correct when the argmax at the final position is the answer.
+
+    Args:
+        model: A :class:`~lvlm_lens.HookedLVLM` (e.g. ``load_toy(name="science")``).
+        n: Number of examples (each asked ``2 * len(attributes)`` times).
+        seed: Seed of :func:`~lvlm_lens.data.generate_dataset` (keep it apart from training).
+        batch_size: Examples per forward pass.
+        attributes: Which attributes to ask.
+
+    Returns:
+        ``acc``: ``{"image:shape": ..., "text:colour": ...}``; ``image_acc`` / ``text_acc``
+        (the lowest over the attributes), ``n`` and ``seed``.
+    """
+    examples = generate_dataset(n, seed, image_size=TOY_IMAGE_SIZE)
+    hits = {f"{k}:{a}": 0 for k in ("image", "text") for a in attributes}
+    for start in range(0, n, batch_size):
+        chunk = examples[start : start + batch_size]
+        for a in attributes:
+            count = len(ATTRIBUTE_QUESTIONS[a])
+            which = [(start + k) % count for k in range(len(chunk))]
+            answers = [attribute_answer(ex, a) for ex in chunk]
+            images = [ex.image for ex in chunk]
+            texts = [attribute_text_prompt(ex, a, t) for ex, t in zip(chunk, which, strict=True)]
+            prompts = [attribute_image_prompt(a, t) for t in which]
+            batches = {
+                "image": model.prepare(images, prompts, answers),
+                "text": model.prepare(None, texts, answers),
+            }
+            for kind, inp in batches.items():
+                pred = model(inp)[:, -1].argmax(-1)
+                hits[f"{kind}:{a}"] += int((pred == inp.answer_ids.to(pred.device)).sum())
+    acc = {k: v / n for k, v in hits.items()}
+    return {
+        "acc": acc,
+        "image_acc": min(v for k, v in acc.items() if k.startswith("image:")),
+        "text_acc": min(v for k, v in acc.items() if k.startswith("text:")),
+        "n": n,
+        "seed": seed,
+    }

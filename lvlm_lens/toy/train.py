@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +26,23 @@ import torch.nn.functional as F
 import transformers
 from transformers import LlavaForConditionalGeneration
 
-from lvlm_lens.data import CLASSES, IMAGE_QUESTIONS, TEXT_QUESTIONS
-from lvlm_lens.data.synthetic import _generate
 from lvlm_lens.toy import (
     TOY_GRID,
     TOY_IMAGE_SIZE,
     build_toy_processor,
+    evaluate_attributes,
     evaluate_toy,
+    toy_checkpoint_path,
     toy_config,
+)
+from lvlm_lens.toy.recipe import (
+    PRESETS,
+    ToyArchitecture,
+    ToyRecipe,
+    TrainLog,
+    log_line,
+    sample_batch,
+    warm_start_vision_,
 )
 
 #: Salt of the training streams' seed sequence, so training batches never coincide with
@@ -93,27 +103,29 @@ def _answer_loss(
     targets: torch.Tensor,
     pixel_values: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed answer-token cross-entropy and the number correct, at each row's last token."""
+    """Summed answer-token cross-entropy and whether each row's argmax is right (last token)."""
     hidden = model.model(input_ids=ids, attention_mask=mask, pixel_values=pixel_values)
     last = mask.sum(-1) - 1
     final = hidden.last_hidden_state[torch.arange(len(ids)), last]
     logits = model.lm_head(final).float()
     loss = F.cross_entropy(logits, targets, reduction="sum")
-    return loss, (logits.argmax(-1) == targets).sum()
+    return loss, logits.argmax(-1) == targets
 
 
 def train_toy(
     out_dir: str | Path,
     seed: int = 0,
-    steps: int = 1500,
-    batch_size: int = 64,
-    lr: float = 1e-3,
+    steps: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
     *,
-    text_fraction: float = 0.25,
-    weight_decay: float = 0.01,
-    warmup_frac: float = 0.1,
-    sincos_positions: bool = True,
-    patch_init_std: float = 0.2,
+    preset: str = "bundled",
+    architecture: ToyArchitecture | None = None,
+    text_fraction: float | None = None,
+    weight_decay: float | None = None,
+    warmup_frac: float | None = None,
+    sincos_positions: bool | None = None,
+    patch_init_std: float | None = None,
     eval_n: int = 500,
     eval_seed: int = 999,
     log_every: int = 100,
@@ -122,7 +134,9 @@ def train_toy(
 ) -> dict[str, Any]:
     """Train a toy LVLM from scratch and save it as a HF checkpoint folder.
 
-    The defaults are the recipe of the shipped checkpoint (``docs/toy_model.md``).
+    Every setting left ``None`` comes from the preset (:data:`~lvlm_lens.toy.recipe.PRESETS`):
+    ``"bundled"`` is the recipe of the shipped 4-layer toy, ``"science"`` the one of the
+    8-layer multi-attribute toy (``docs/toy_model.md``).
 
     Args:
         out_dir: Folder to write (config, ``model.safetensors``, tokenizer, image processor,
@@ -132,6 +146,8 @@ def train_toy(
         steps: Optimizer steps; each sees a fresh batch.
         batch_size: Examples per step, image and text prompts together.
         lr: Peak learning rate of the one-cycle schedule.
+        preset: ``"bundled"`` or ``"science"``.
+        architecture: Sizes of the language model (layers, heads, width, attention dropout).
         text_fraction: Share of each batch asked as text-only prompts.
         weight_decay: AdamW weight decay (weights only; not biases, norms or embeddings
             of rank 1).
@@ -149,18 +165,27 @@ def train_toy(
 
     Returns:
         A summary (also saved as ``training.json``): settings, wall time, final loss, a loss /
-        training-accuracy history and, if ``eval_n``, the held-out ``image_acc`` /
-        ``text_acc``.
+        training-accuracy history and, if ``eval_n``, the held-out accuracy (``image_acc`` /
+        ``text_acc``; per question type for the science preset).
     """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {tuple(PRESETS)}")
+    recipe = PRESETS[preset].with_overrides(
+        architecture=architecture,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        text_fraction=text_fraction,
+        weight_decay=weight_decay,
+        warmup_frac=warmup_frac,
+        sincos_positions=sincos_positions,
+        patch_init_std=patch_init_std,
+    )
     previous_threads = torch.get_num_threads()
     if num_threads:
         torch.set_num_threads(num_threads)
     try:
-        return _train(
-            Path(out_dir), seed, steps, batch_size, lr, text_fraction, weight_decay,
-            warmup_frac, sincos_positions, patch_init_std, eval_n, eval_seed, log_every,
-            verbose,
-        )  # fmt: skip
+        return _train(Path(out_dir), seed, preset, recipe, eval_n, eval_seed, log_every, verbose)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -168,42 +193,35 @@ def train_toy(
 def _train(
     out_dir: Path,
     seed: int,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    text_fraction: float,
-    weight_decay: float,
-    warmup_frac: float,
-    sincos_positions: bool,
-    patch_init_std: float,
+    preset: str,
+    recipe: ToyRecipe,
     eval_n: int,
     eval_seed: int,
     log_every: int,
     verbose: bool,
 ) -> dict[str, Any]:
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    n_text = int(round(batch_size * text_fraction))
+    steps, batch_size, lr = recipe.steps, recipe.batch_size, recipe.lr
+    n_text = int(round(batch_size * recipe.text_fraction))
     n_image = batch_size - n_text
-    if n_image < 1:
-        raise ValueError("text_fraction leaves no image prompts in the batch")
     threads = torch.get_num_threads()
 
     processor = build_toy_processor()
     tokenizer = processor.tokenizer
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlavaForConditionalGeneration(toy_config(tokenizer))
-        init_vision_(model, patch_std=patch_init_std, sincos_positions=sincos_positions)
+        model = LlavaForConditionalGeneration(
+            toy_config(tokenizer, **recipe.architecture.text_config())
+        )
+        init_vision_(
+            model, patch_std=recipe.patch_init_std, sincos_positions=recipe.sincos_positions
+        )
+        if recipe.vision_init:
+            warm_start_vision_(model, toy_checkpoint_path(recipe.vision_init))
     model.set_attn_implementation("sdpa")  # training speed; the saved model loads as eager
     model.train()
 
     # Image prompts: the placeholder expanded to one <image> per patch, as the processor does.
-    n_img_tok = TOY_GRID * TOY_GRID
-    image_rows = [
-        tokenizer(q.replace("<image>", "<image>" * n_img_tok)).input_ids for q in IMAGE_QUESTIONS
-    ]
-    class_id = {c: tokenizer.convert_tokens_to_ids(c) for c in CLASSES}
+    image_tokens = "<image>" * (TOY_GRID * TOY_GRID)
     mean = torch.tensor(processor.image_processor.image_mean, dtype=torch.float32)
     std = torch.tensor(processor.image_processor.image_std, dtype=torch.float32)
     pad_id = tokenizer.pad_token_id
@@ -211,38 +229,35 @@ def _train(
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0}],
+        [
+            {"params": decay, "weight_decay": recipe.weight_decay},
+            {"params": no_decay, "weight_decay": 0},
+        ],
         lr=lr,
         betas=(0.9, 0.98),
     )
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=lr, total_steps=steps, pct_start=warmup_frac, anneal_strategy="cos"
+        opt, max_lr=lr, total_steps=steps, pct_start=recipe.warmup_frac, anneal_strategy="cos"
     )
 
     start = time.perf_counter()
-    window = {"loss": 0.0, "img": 0, "txt": 0, "n": 0}
+    window = TrainLog()
     history = []
     loss_value = math.nan
     for step in range(steps):
         rng = np.random.default_rng([seed, step, _TRAIN_STREAM])
-        examples = _generate(batch_size, rng, TOY_IMAGE_SIZE, CLASSES)
-        which = rng.integers(0, len(IMAGE_QUESTIONS), size=batch_size).tolist()
-        img_ex, txt_ex = examples[:n_image], examples[n_image:]
-
-        ids, mask = _right_padded([image_rows[w] for w in which[:n_image]], pad_id)
-        targets = torch.tensor([class_id[ex.label] for ex in img_ex])
-        pixels = _pixel_values([ex.image for ex in img_ex], mean, std)
-        loss, img_hits = _answer_loss(model, ids, mask, targets, pixels)
-        txt_hits = torch.tensor(0)
-        if txt_ex:
-            texts = [
-                TEXT_QUESTIONS[w].format(description=ex.description)
-                for ex, w in zip(txt_ex, which[n_image:], strict=True)
-            ]
-            ids, mask = _right_padded(tokenizer(texts).input_ids, pad_id)
-            targets = torch.tensor([class_id[ex.label] for ex in txt_ex])
-            txt_loss, txt_hits = _answer_loss(model, ids, mask, targets, None)
-            loss = loss + txt_loss
+        batch = sample_batch(recipe, rng, batch_size, n_image, TOY_IMAGE_SIZE)
+        targets = torch.tensor(tokenizer.convert_tokens_to_ids(batch.answers))
+        rows = tokenizer(
+            [p.replace("<image>", image_tokens) for p in batch.prompts[:n_image]]
+        ).input_ids
+        ids, mask = _right_padded(rows, pad_id)
+        pixels = _pixel_values([ex.image for ex in batch.examples[:n_image]], mean, std)
+        loss, hits = _answer_loss(model, ids, mask, targets[:n_image], pixels)
+        if n_text:
+            ids, mask = _right_padded(tokenizer(batch.prompts[n_image:]).input_ids, pad_id)
+            txt_loss, txt_hits = _answer_loss(model, ids, mask, targets[n_image:], None)
+            loss, hits = loss + txt_loss, torch.cat([hits, txt_hits])
         loss = loss / batch_size
 
         opt.zero_grad(set_to_none=True)
@@ -255,30 +270,13 @@ def _train(
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"loss is {loss_value} at step {step}")
-        window["loss"] += loss_value
-        window["img"] += int(img_hits)
-        window["txt"] += int(txt_hits)
-        window["n"] += 1
+        window.add(loss_value, batch.kinds, hits.tolist())
         if (step + 1) % log_every == 0 or step + 1 == steps:
-            k = window["n"]
-            entry = {
-                "step": step + 1,
-                "loss": window["loss"] / k,
-                "train_image_acc": window["img"] / (k * n_image),
-                "train_text_acc": window["txt"] / (k * n_text) if n_text else None,
-                "lr": step_lr,
-                "seconds": round(time.perf_counter() - start, 1),
-            }
+            entry = window.entry(step + 1, step_lr, time.perf_counter() - start, recipe.task)
             history.append(entry)
             if verbose:
-                text_acc = "-" if n_text == 0 else f"{entry['train_text_acc']:.3f}"
-                print(
-                    f"step {entry['step']:5d}  loss {entry['loss']:.4f}  train acc image "
-                    f"{entry['train_image_acc']:.3f} text {text_acc}  lr {entry['lr']:.2e}  "
-                    f"{entry['seconds']:.0f}s",
-                    flush=True,
-                )
-            window = {"loss": 0.0, "img": 0, "txt": 0, "n": 0}
+                print(log_line(entry), flush=True)
+            window = TrainLog()
     wall = time.perf_counter() - start
 
     model.eval()
@@ -288,14 +286,19 @@ def _train(
     processor.save_pretrained(out_dir)
     summary: dict[str, Any] = {
         "seed": seed,
+        "preset": preset,
+        "task": recipe.task,
+        "architecture": asdict(recipe.architecture),
         "steps": steps,
         "batch_size": batch_size,
         "lr": lr,
-        "text_fraction": text_fraction,
-        "weight_decay": weight_decay,
-        "warmup_frac": warmup_frac,
-        "sincos_positions": sincos_positions,
-        "patch_init_std": patch_init_std,
+        "text_fraction": recipe.text_fraction,
+        "weight_decay": recipe.weight_decay,
+        "warmup_frac": recipe.warmup_frac,
+        "sincos_positions": recipe.sincos_positions,
+        "patch_init_std": recipe.patch_init_std,
+        "attribute_weights": list(recipe.attribute_weights),
+        "vision_init": recipe.vision_init,
         "train_seconds": round(wall, 1),
         "torch_threads": threads,
         "final_loss": loss_value,
@@ -308,14 +311,15 @@ def _train(
         from lvlm_lens.model.hooked_lvlm import HookedLVLM
 
         hooked = HookedLVLM.from_pretrained(out_dir, device="cpu")
-        summary["eval"] = evaluate_toy(hooked, eval_n, eval_seed)
+        if recipe.task == "shape":
+            summary["eval"] = evaluate_toy(hooked, eval_n, eval_seed)
+        else:
+            summary["eval"] = evaluate_attributes(hooked, eval_n, eval_seed)
         if verbose:
             ev = summary["eval"]
-            print(
-                f"held-out (n={ev['n']}, seed={ev['seed']}): image acc {ev['image_acc']:.3f}, "
-                f"text acc {ev['text_acc']:.3f}",
-                flush=True,
-            )
+            accs = ev.get("acc", {"image": ev["image_acc"], "text": ev["text_acc"]})
+            accs = ", ".join(f"{k} {v:.3f}" for k, v in accs.items())
+            print(f"held-out (n={ev['n']}, seed={ev['seed']}): {accs}", flush=True)
     (out_dir / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     if verbose:
         print(f"saved {out_dir} after {wall:.0f}s of training", flush=True)
@@ -323,14 +327,26 @@ def _train(
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Training flags shared by ``python -m lvlm_lens.toy.train`` and ``lvlm-lens toy train``."""
+    """Training flags shared by ``python -m lvlm_lens.toy.train`` and ``lvlm-lens toy train``.
+
+    Recipe flags left out take the ``--preset`` value (:data:`~lvlm_lens.toy.recipe.PRESETS`).
+    """
     parser.add_argument("--out", required=True, help="output checkpoint folder")
-    parser.add_argument("--steps", type=int, default=1500, help="training steps")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the data")
-    parser.add_argument("--batch-size", type=int, default=64, help="examples per step")
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak one-cycle learning rate")
     parser.add_argument(
-        "--text-fraction", type=float, default=0.25, help="share of text-only prompts per batch"
+        "--preset", default="bundled", choices=tuple(PRESETS),
+        help="recipe: the bundled 4-layer shape toy or the 8-layer multi-attribute science toy",
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the data")
+    parser.add_argument("--steps", type=int, help="training steps (default: the preset's)")
+    parser.add_argument("--batch-size", type=int, help="examples per step")
+    parser.add_argument("--lr", type=float, help="peak one-cycle learning rate")
+    parser.add_argument("--text-fraction", type=float, help="share of text-only prompts per batch")
+    parser.add_argument("--layers", type=int, help="decoder layers")
+    parser.add_argument("--heads", type=int, help="attention heads per layer")
+    parser.add_argument("--d-model", type=int, help="residual width (head dim = d_model / heads)")
+    parser.add_argument("--d-mlp", type=int, help="MLP width")
+    parser.add_argument(
+        "--attention-dropout", type=float, help="dropout on attention probabilities (training)"
     )
     parser.add_argument("--eval-n", type=int, default=500, help="held-out examples (0: skip)")
     parser.add_argument("--eval-seed", type=int, default=999, help="seed of the held-out set")
@@ -342,12 +358,23 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def train_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Run :func:`train_toy` with the flags of :func:`add_train_arguments`."""
+    base = PRESETS[args.preset].architecture
+    sizes = {
+        "layers": args.layers,
+        "heads": args.heads,
+        "d_model": args.d_model,
+        "d_mlp": args.d_mlp,
+        "attention_dropout": args.attention_dropout,
+    }
+    architecture = replace(base, **{k: v for k, v in sizes.items() if v is not None})
     return train_toy(
         args.out,
         seed=args.seed,
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
+        preset=args.preset,
+        architecture=architecture,
         text_fraction=args.text_fraction,
         eval_n=args.eval_n,
         eval_seed=args.eval_seed,
@@ -359,7 +386,7 @@ def train_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Entry point of ``python -m lvlm_lens.toy.train``."""
     parser = argparse.ArgumentParser(
-        prog="python -m lvlm_lens.toy.train", description="Train the toy LVLM from scratch."
+        prog="python -m lvlm_lens.toy.train", description="Train a toy LVLM from scratch."
     )
     add_train_arguments(parser)
     return train_from_args(parser.parse_args(argv))

@@ -5,32 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
 from lvlm_lens.data import patch_grid_mask
 from lvlm_lens.model.inputs import LVLMInput
-from lvlm_lens.model.vision import NEWLINE
-from lvlm_lens.viz.report import ExampleView
+from lvlm_lens.viz.figures import ExampleView
+from lvlm_lens.viz.patches import head_attention, image_grids
 
 
 def patch_attention(
     model: Any, inp: LVLMInput, heads: list[tuple[int, int]]
 ) -> dict[str, np.ndarray]:
     """Attention from the final token to the (base-tile) image patches of some heads."""
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer, _ in heads]
-    with torch.no_grad():
-        _, cache = model.run_with_cache(inp, names_filter=names, return_cache_object=False)
-    coords = inp.image_coords[0]
-    keep = (coords[:, 0] == 0) & (coords[:, 1] != NEWLINE)
-    pos = inp.positions("image")[keep]
-    g = model.vision.tile_grid
-    out = {}
-    for layer, head in heads:
-        row = cache[f"blocks.{layer}.attn.hook_pattern"][0, head, -1, pos].float().cpu()
-        grid = torch.zeros(g, g)
-        grid[coords[keep, 1], coords[keep, 2]] = row
-        out[f"L{layer}H{head}"] = grid.numpy()
-    return out
+    grid = image_grids(inp, 0)[0]
+    att = head_attention(model, inp, heads, "final", 0)
+    return {f"L{layer}H{head}": np.nan_to_num(grid.fill(a)).astype(np.float32)
+            for (layer, head), a in att.items()}
 
 
 def example_views(
@@ -46,8 +35,12 @@ def example_views(
     for i in kept[:n]:
         rec = records[i]
         inp = model.prepare(rec.image, rec.prompt)
-        size = model.vision.config.vision_config.image_size
-        image = rec.load_image().resize((size, size))
+        image = rec.load_image()
+        size = getattr(model.vision.config.vision_config, "image_size", None)
+        if isinstance(size, list | tuple):
+            size = size[0]
+        if size is not None:  # a fixed-size tower; native-resolution ones keep the aspect
+            image = image.resize((size, size))
         obj = None
         if rec.mask is not None and model.cfg.lvlm_type == "llava":
             obj = patch_grid_mask(np.asarray(rec.mask), model.vision.tile_grid).numpy()

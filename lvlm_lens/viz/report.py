@@ -1,7 +1,11 @@
-"""Self-contained HTML report of a head-attribution run: :func:`write_report` draws figures with
-matplotlib's Agg canvas (no display), saves each as ``out_dir/figures/*.png`` and writes
-``out_dir/report.html`` with the same PNGs as base64 data URIs and inline CSS (no network, no
-other file needed). NaN values (e.g. flat-metric curves) are drawn as gaps or grey cells."""
+"""Self-contained HTML report of a head-attribution run.
+
+:func:`write_report` draws the figures of :mod:`lvlm_lens.viz.figures`, saves each as
+``out_dir/figures/*.png`` and writes ``out_dir/report.html`` with the same PNGs as base64 data
+URIs and inline CSS (no network, no other file needed). The page reads top to bottom: what was
+run and how well the linear model fits, notes, the important heads, how they compare with other
+rankings, examples, and the options. Numbers behind the curves stay in the run's files.
+"""
 
 from __future__ import annotations
 
@@ -15,39 +19,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
-from PIL import Image
 from torch import Tensor
 
 from lvlm_lens.attribution.curves import Curves, RandomBand
 from lvlm_lens.attribution.results import AttributionResult
-
-HA = "head attribution"
-FC = ("faithfulness", "completeness")
-
-
-@dataclass
-class ExampleView:
-    """One example to show with the attention of the top heads over its image patches.
-
-    Attributes:
-        image: The image as the model saw it (after any crop / pad), so patches line up.
-        label: True object name.
-        prediction: The model's answer.
-        patch_attention: Head name (e.g. ``"L2H5"``) -> ``[grid_h, grid_w]`` attention from the
-            final token to each image patch.
-        object_patches: Optional ``[grid_h, grid_w]`` bool, True on patches of the object.
-    """
-
-    image: Image.Image
-    label: str
-    prediction: str
-    patch_attention: dict[str, np.ndarray]
-    object_patches: np.ndarray | None = None
+from lvlm_lens.viz.figures import (
+    FC,
+    HA,
+    ExampleView,
+    curves_figure,
+    example_figure,
+    importance_figure,
+    to_numpy,
+)
 
 
 @dataclass
@@ -62,7 +48,8 @@ class ReportData:
         curves: Name -> faithfulness / completeness curves of that ranking.
         random_band: Quantile band of random rankings, if evaluated.
         examples: Examples to show with patch-attention overlays.
-        summary: Model, options, versions, fit quality, accuracy, n_examples, timings, ...
+        summary: What the run recorded (``summary.json`` of ``lvlm-lens attribute``): model,
+            data, accuracy, options, versions, timings; every key is optional.
         notes: Findings shown prominently (e.g. the outcome of the ranking comparison).
     """
 
@@ -75,19 +62,53 @@ class ReportData:
     notes: list[str] = field(default_factory=list)
 
 
-def _np(x: Any) -> np.ndarray:
-    return x.detach().double().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x, float)
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}h1{margin-bottom:.2em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.6em 0;font-size:14px}td,th{border:1px solid #ccc;
+padding:4px 8px;text-align:left;vertical-align:top}th{background:#f2f2f2}td.n{text-align:right;
+font-variant-numeric:tabular-nums}table.kv>tbody>tr>td:first-child{font-weight:600;
+white-space:nowrap}table table{margin:0;font-size:13px}.muted{color:#888}.notes{background:#fff6d5;
+border-left:6px solid #e0a800;padding:.2em 1.2em;margin:1em 0;font-size:16px}img{max-width:100%;
+display:block;margin:.5em 0}.cap{color:#444;font-size:14px;max-width:900px}"""
+
+RANKING_UNITS = {
+    "single-head ablation": "drop of the {metric} when only this head is ablated",
+    "attention weight": "share of the final token's attention on the image tokens",
+    "attribution patching": "first-order estimate of the {metric}'s drop when it is ablated",
+}
 
 
 def _fmt(v: Any) -> str:
     v = v.item() if isinstance(v, Tensor) and v.numel() == 1 else v
+    if isinstance(v, bool):
+        return str(v).lower()
     if isinstance(v, float | np.floating):
-        return "–" if math.isnan(v) else f"{v:.4g}"
+        return "–" if math.isnan(v) else f"{v:.3g}"
     if isinstance(v, dict):
-        return "<br>".join(f"<code>{html.escape(str(k))}</code>: {_fmt(x)}" for k, x in v.items())
+        return _nested(v)
     if isinstance(v, list | tuple):
-        return ", ".join(_fmt(x) for x in v)
-    return "–" if v is None else html.escape(str(v))
+        return ", ".join(_fmt(x) for x in v) or '<span class="muted">none</span>'
+    return '<span class="muted">default</span>' if v is None else html.escape(str(v))
+
+
+def _nested(d: dict) -> str:
+    """A dict as a two-column table; dict values become tables inside their cell."""
+    return _table(None, [[html.escape(str(k)), _fmt(v)] for k, v in d.items()], cls="kv")
+
+
+def _table(
+    header: list[str] | None, rows: list[list[str]], numeric_from: int = 99, cls: str = ""
+) -> str:
+    """HTML table of already-escaped cells; columns from ``numeric_from`` on right-aligned."""
+    th = "<tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>" if header else ""
+    td = [" class=n" * (j >= numeric_from) for j in range(max(map(len, rows), default=0))]
+    body = ["".join(f"<td{td[j]}>{v}</td>" for j, v in enumerate(r)) for r in rows]
+    attr = f' class="{cls}"' if cls else ""
+    return f"<table{attr}>{th}{''.join(f'<tr>{r}</tr>' for r in body)}</table>"
+
+
+def _p(text: str) -> str:
+    return f'<p class="cap">{text}</p>'
 
 
 def _save(fig: Figure, path: Path) -> str:
@@ -99,143 +120,68 @@ def _save(fig: Figure, path: Path) -> str:
     return f'<img alt="{path.stem}" src="data:image/png;base64,{data}">'
 
 
-def _heatmap(imp: np.ndarray, title: str, top: list[tuple[int, int]]) -> Figure:
-    n_l, n_h = imp.shape
-    size = (min(max(n_h * 0.24 + 2.2, 5.0), 13.0), min(max(n_l * 0.22 + 1.4, 3.2), 11.0))
-    fig = Figure(figsize=size, dpi=120, layout="constrained")
-    ax = fig.add_subplot()
-    vmax = float(np.nanmax(np.abs(imp))) if np.isfinite(imp).any() else 0.0
-    kw = dict(vmin=-(vmax or 1.0), vmax=vmax or 1.0, aspect="auto", interpolation="nearest")
-    im = ax.imshow(imp, cmap=colormaps["RdBu_r"].with_extremes(bad="0.75"), **kw)
-    kw = dict(ha="center", va="center", fontsize=7 if n_h > 16 else 9, fontweight="bold")
-    for rank, (layer, head) in enumerate(top, 1):  # rank number on the top heads
-        dark = abs(imp[layer, head]) > 0.5 * (vmax or 1.0)
-        ax.text(head, layer, str(rank), color="w" if dark else "k", **kw)
-    for set_ticks, n in ((ax.set_xticks, n_h), (ax.set_yticks, n_l)):
-        ticks = range(0, n, max(1, math.ceil(n / 32)))
-        set_ticks(ticks, [str(i) for i in ticks], fontsize=7 if n > 16 else 9)
-    ax.set(xlabel="head", ylabel="layer (0 = first)", title=title)
-    fig.colorbar(im, ax=ax, label="importance −β", shrink=0.9)
-    return fig
-
-
-def _curves_fig(curves: dict[str, Curves], band: RandomBand | None, n_total: int) -> Figure:
-    fig = Figure(figsize=(11, 4.8), dpi=120, layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
-    for ax, what in zip(axes, FC, strict=True):
-        if band is not None:
-            q, ks, lv = _np(getattr(band, what)), _np(band.ks), band.quantiles
-            lo, hi = int(np.argmin(lv)), int(np.argmax(lv))
-            label = f"random ({lv[lo]:.0%}–{lv[hi]:.0%})"
-            ax.fill_between(ks, q[lo], q[hi], color="0.6", alpha=0.35, lw=0, label=label)
-            if 0.5 in lv:
-                ax.plot(ks, q[lv.index(0.5)], "--", color="0.35", lw=1.2, label="random (median)")
-        for i, name in enumerate(sorted(curves, key=lambda n: n != HA)):  # attribution first
-            y = _np(getattr(curves[name], what))
-            label = name + ("" if np.isfinite(y).any() else " (all NaN)")
-            kw = dict(lw=2.4, zorder=3) if name == HA else dict(lw=1.4, zorder=2)
-            ax.plot(_np(curves[name].ks), y, marker="o", ms=3, color=f"C{i}", label=label, **kw)
-        ax.hlines([0, 1], 0, n_total, color="0.8", lw=0.8, zorder=0)
-        pct = ax.twiny()  # % of heads on top; same symlog scale so the ticks line up
-        for a in (ax, pct):
-            a.set_xscale("symlog", linthresh=1, linscale=0.4)
-            a.set_xlim(0, n_total)
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
-        fracs = [p for p in (0.001, 0.01, 0.1, 0.25, 0.5, 1.0) if p * n_total >= 1]
-        pct.set_xticks([p * n_total for p in fracs], [f"{p * 100:g}%" for p in fracs], fontsize=8)
-        pct.minorticks_off()
-        pct.set_xlabel("% of heads", fontsize=9)
-        pct.set_title(what, fontsize=12)
-        ax.set_xlabel(f"top-k heads (of {n_total}; log scale)")
-        ax.grid(alpha=0.3, which="major")
-    axes[0].set_ylabel("fraction of the clean–ablated gap")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 6), fontsize=9)
-    return fig
-
-
-def _outline(mask: np.ndarray, sx: float, sy: float) -> LineCollection:
-    """Segments on the border between True and False cells of ``mask`` (pixel coordinates)."""
-    m = np.pad(np.asarray(mask, bool), 1)
-    hor, ver = np.nonzero(m[1:, :-1] != m[:-1, :-1]), np.nonzero(m[:-1, 1:] != m[:-1, :-1])
-    segs = [[((c - 1) * sx, r * sy), (c * sx, r * sy)] for r, c in zip(*hor, strict=True)]
-    segs += [[(c * sx, (r - 1) * sy), (c * sx, r * sy)] for r, c in zip(*ver, strict=True)]
-    return LineCollection(segs, colors="#00e5ff", linewidths=1.6)
-
-
-def _example_fig(ex: ExampleView) -> Figure:
-    img = np.asarray(ex.image.convert("RGB"))
-    h, w = img.shape[:2]
-    gray = img.mean(-1)  # overlays go on a grey copy so the heatmap colours stay readable
-    panels = [("image", None), *ex.patch_attention.items()]
-    cols, rows = min(len(panels), 5), math.ceil(len(panels) / 5)
-    size = (2.6 * cols, (2.6 * h / w + 0.3) * rows + 0.4)
-    fig = Figure(figsize=size, dpi=110, layout="constrained")
-    ok = ex.label.strip().lower() == ex.prediction.strip().lower()
-    title = f"label: {ex.label}   prediction: {ex.prediction}   ({'✓' if ok else '✗'})"
-    fig.suptitle(title, color="k" if ok else "#b00020")
-    ext, axes = (0, w, h, 0), list(fig.subplots(rows, cols, squeeze=False).flat)
-    for ax in axes:
-        ax.set_axis_off()
-    for ax, (name, att) in zip(axes, panels, strict=False):
-        if att is None:
-            ax.imshow(img, extent=ext, interpolation="nearest")
-        else:
-            ax.imshow(gray, extent=ext, cmap="gray", vmin=-60, vmax=255, interpolation="nearest")
-            a = np.asarray(att, float)
-            top = np.nanmax(a) if np.isfinite(a).any() else 0.0
-            norm = np.nan_to_num(a / top if top > 0 else a * 0, nan=0.0).clip(0, 1)
-            rgba = colormaps["inferno"](norm)
-            rgba[..., 3] = 0.15 + 0.75 * norm
-            ax.imshow(rgba, extent=ext, interpolation="nearest")
-            name = f"{name}  (Σ={np.nansum(a):.2f}, max={top:.2g})"
-        if ex.object_patches is not None:
-            gh, gw = np.shape(ex.object_patches)
-            ax.add_collection(_outline(ex.object_patches, w / gw, h / gh))
-        ax.set(xlim=(0, w), ylim=(h, 0))
-        ax.set_title(name, fontsize=8)
-    return fig
-
-
-CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
-color:#222}table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;
-padding:4px 8px;text-align:left;vertical-align:top}th{background:#f2f2f2}td.n{text-align:right;
-font-variant-numeric:tabular-nums}.notes{background:#fff6d5;border-left:6px solid #e0a800;
-padding:.4em 1.2em;margin:1em 0;font-size:17px}img{max-width:100%;display:block;margin:.5em 0}
-.cap{color:#555;font-size:14px}"""
-
-
-CAPS = {
-    "heat": "Importance −β per layer and head (red: ablating the head's image access lowers the "
-    "metric; grey: NaN). Numbers: rank of the {} most important heads.",
-    "curves": "Faithfulness: only the top-k heads keep their image access; completeness: only "
-    "they lose it; 1 = the whole clean–ablated gap. Table: smallest evaluated k reaching 0.8.",
-    "examples": "Attention from the final token to each image patch, per head, scaled to its max "
-    "(brighter, more opaque = more; Σ = total on the image). Cyan outline: object patches.",
-}
-CAPS = {k: f'<p class="cap">{html.escape(v)}</p>' for k, v in CAPS.items()}
-
-
-def _table(header: list[str] | None, rows: list[list[str]], numeric_from: int = 99) -> str:
-    """HTML table of already-escaped cells; columns from ``numeric_from`` on right-aligned."""
-    th = "<tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>" if header else ""
-    td = [" class=n" * (j >= numeric_from) for j in range(max(map(len, rows), default=0))]
-    body = ["".join(f"<td{td[j]}>{v}</td>" for j, v in enumerate(r)) for r in rows]
-    return f"<table>{th}{''.join(f'<tr>{r}</tr>' for r in body)}</table>"
-
-
 def _order(scores: np.ndarray) -> np.ndarray:
     """Flat head indices, most important first; ties keep layer-major order, NaN go last."""
     return np.nan_to_num(-np.asarray(scores), nan=np.inf).ravel().argsort(kind="stable")
 
 
+def model_label(summary: dict[str, Any], result: AttributionResult) -> str:
+    """A short model name: the run's label, else the last part of a path, else the name."""
+    name = summary.get("model_label") or result.model_name or "head attribution"
+    return Path(name).name if name.startswith(("/", ".", "~")) else name
+
+
+def _summary(data: ReportData, pooled: bool) -> str:
+    """The summary table and how to read the fit quality."""
+    res, s, opts = data.result, data.summary, data.result.options
+    n_ex, n_l, n_h = res.coef.shape
+    rows = [["Model", f"{html.escape(model_label(s, res))}: {n_l} layers × {n_h} heads = "
+                      f"{n_l * n_h} attention heads ranked"]]  # fmt: skip
+    if "data" in s:
+        data_name = "synthetic shapes (generated)" if s["data"] == "synthetic" else s["data"]
+        rows.append(["Data", f"{html.escape(str(data_name))}, {s.get('n_examples', n_ex)} "
+                             "example(s)"])  # fmt: skip
+    if "accuracy" in s:
+        n_all = s.get("n_examples")
+        count = f" ({round(s['accuracy'] * n_all)} of {n_all})" if n_all else ""
+        rows.append(["Accuracy", f"{s['accuracy']:.0%} answered correctly{count}; "
+                                 f"{n_ex} example(s) attributed"])  # fmt: skip
+    abl = opts.get("ablation", {})
+    masks = [f"{opts['n_masks']} random masks per example"] if "n_masks" in opts else []
+    if "rate" in opts:
+        masks.append(f"each head ablated with probability {opts['rate'] * 100:g}%")
+    if abl:
+        masks.append(f"ablating a head replaces its {abl.get('source', 'image')} keys/values "
+                     f"with the '{abl.get('baseline')}' baseline for the "
+                     f"{abl.get('scope')} queries")  # fmt: skip
+    if "method" in opts:
+        masks.append(f"{opts['method']} fit of the answer's {opts.get('metric', 'metric')}")
+    if masks:
+        rows.append(["Masks and fit", html.escape("; ".join(masks))])
+    med_r, med_r2 = float(res.pearson_r.nanmedian()), float(res.r2.nanmedian())
+    fit = f"per example: median r = {_fmt(med_r)}, R² = {_fmt(med_r2)}"
+    if pooled:
+        fit = f"pooled: r = {_fmt(res.pooled_r)}, R² = {_fmt(res.pooled_r2)}; " + fit
+    rows.append(["Fit on held-out masks", fit])
+    used = "the pooled β" if pooled else f"the mean of the {n_ex} per-example β"
+    how = (
+        "r compares the metric the linear model predicts with the one measured, on masks "
+        "never used to fit it. Per example, each example has its own β; the pooled fit shares "
+        "one β per head across examples (each keeps its own intercept), so its r is lower "
+        "when examples rely on different heads, and a low per-example r means the metric is "
+        f"not linear in the ablated heads. The figures and tables below use {used}."
+    )
+    return _table(None, rows, cls="kv") + _p(how)
+
+
 def _top_table(data: ReportData, top: list[tuple[int, int]], coef: np.ndarray, k: int) -> str:
     """Top heads: rank, name, β, score and rank under the other rankings, per-example top-k."""
     res, n_h = data.result, coef.shape[1]
-    others = {n: _np(v).reshape(-1, *coef.shape).mean(0) for n, v in data.rankings.items()}
+    metric = res.options.get("metric", "metric")
+    others = {n: to_numpy(v).reshape(-1, *coef.shape).mean(0) for n, v in data.rankings.items()}
     others.pop(HA, None)
     ranks = {n: _order(v).argsort().reshape(coef.shape) + 1 for n, v in others.items()}
-    counts = Counter(divmod(int(j), n_h) for c in _np(res.coef) for j in _order(-c)[:k])
+    counts = Counter(divmod(int(j), n_h) for c in to_numpy(res.coef) for j in _order(-c)[:k])
     rows = [
         [str(i + 1), f"L{lh[0]}H{lh[1]}", _fmt(coef[lh])]
         + [f"{_fmt(others[n][lh])} (#{ranks[n][lh]})" for n in others]
@@ -243,8 +189,37 @@ def _top_table(data: ReportData, top: list[tuple[int, int]], coef: np.ndarray, k
         for i, lh in enumerate(top)
     ]
     beta = "β (pooled fit)" if res.pooled_coef is not None else "β (mean over examples)"
-    extra = [f"{html.escape(n)} (rank)" for n in others]
-    return _table(["rank", "head", beta, *extra, f"in per-example top-{k}"], rows, 2)
+    extra = [f"{html.escape(n)}<br>score (#rank)" for n in others]
+    legend = [f"<b>β</b>: the fitted change of the answer's {metric} (in {metric} units) when "
+              "the head is ablated, the other heads as they are; negative = the head carries "
+              "image information the answer needs. Heads are ranked by importance = −β.",
+              f"<b>in per-example top-{k}</b>: in how many examples' own fits the head is among "
+              f"the {k} most important."]  # fmt: skip
+    units = {n: RANKING_UNITS.get(n, "its score").format(metric=metric) for n in others}
+    legend += [f"<b>{html.escape(n)}</b>: {html.escape(u)}; larger = more important; #rank "
+               "among all heads." for n, u in units.items()]  # fmt: skip
+    items = "".join(f"<li>{x}</li>" for x in legend)
+    header = ["rank", "head", f"{beta}, {html.escape(metric)}", *extra, f"in per-example top-{k}"]
+    return _table(header, rows, 2) + f'<ul class="cap">{items}</ul>'
+
+
+def _details(data: ReportData) -> str:
+    """Options (nested), versions, timings and anything else the summary holds."""
+    s, shown = data.summary, {"model_label", "data", "n_examples", "n_kept", "accuracy", "fit",
+                              "top_heads", "top_heads_coef", "curves", "notes", "warnings",
+                              "heads"}  # fmt: skip
+    rows = [["options", _fmt(s.get("options", data.result.options))]]
+    if "model" in s:
+        rows.append(["model path", html.escape(str(s["model"]))])
+    if s.get("wrong_examples"):
+        rows.append(["wrongly answered", _fmt(s["wrong_examples"])])
+    seconds = {k.removeprefix("seconds_"): f"{v:.1f} s" for k, v in s.items()
+               if k.startswith("seconds_")}  # fmt: skip
+    if seconds:
+        rows.append(["time", _fmt(seconds)])
+    skip = shown | {"options", "model", "wrong_examples"} | {f"seconds_{k}" for k in seconds}
+    rows += [[html.escape(str(k)), _fmt(v)] for k, v in s.items() if k not in skip]
+    return _table(None, rows, cls="kv")
 
 
 def write_report(out_dir: str | Path, data: ReportData, n_top: int = 20) -> Path:
@@ -260,39 +235,48 @@ def write_report(out_dir: str | Path, data: ReportData, n_top: int = 20) -> Path
         Path of ``report.html``.
     """
     (fig_dir := Path(out_dir) / "figures").mkdir(parents=True, exist_ok=True)
+    for old in fig_dir.glob("example_*.png"):  # a previous rendering's, maybe more of them
+        old.unlink()
     n_ex, n_l, n_h = (res := data.result).coef.shape
     pooled = res.pooled_coef is not None
-    med_r, med_r2 = float(res.pearson_r.nanmedian()), float(res.r2.nanmedian())
-    r = res.pooled_r if pooled and res.pooled_r is not None else med_r
+    r = res.pooled_r if pooled and res.pooled_r is not None else float(res.pearson_r.nanmedian())
     fit = "pooled fit" if pooled else f"mean of {n_ex} per-example fits"
-    imp = _np(res.scores(pooled))  # -β of the pooled fit, or of the mean per-example β
+    imp = to_numpy(res.scores(pooled))  # -β of the pooled fit, or of the mean per-example β
     top = [divmod(int(j), n_h) for j in _order(imp)[:n_top]]
-    title = f"Head-attribution importance\n({fit}; held-out r = {_fmt(r)})"
-    heat = _save(_heatmap(imp, title, top[:10]), fig_dir / "importance.png")
-    fit_q = {"held-out r (pooled)": res.pooled_r, "held-out R² (pooled)": res.pooled_r2}
-    fit_q |= {"held-out r (per example, median)": med_r, "R² (per example, median)": med_r2}
-    summary = {"model": res.model_name, "n_examples": n_ex, "options": res.options}
-    summary |= {"fit quality": fit_q} | data.summary
-    rows = [[html.escape(str(k)), _fmt(v)] for k, v in summary.items()]
-    parts = [f"<h1>lvlm_lens report: {_fmt(res.model_name or 'head attribution')}</h1>"]
-    parts += ["<h2>Summary</h2>", _table(None, rows)]
+    metric = html.escape(str(res.options.get("metric", "metric")))
+    parts = [f"<h1>Head attribution: {html.escape(model_label(data.summary, res))}</h1>"]
+    parts += ["<h2>Summary</h2>", _summary(data, pooled)]
     if data.notes:
-        notes = "".join(f"<li>{html.escape(n)}</li>" for n in data.notes)
-        parts.append(f'<div class="notes"><h2>Notes</h2><ul>{notes}</ul></div>')
-    parts += ["<h2>Head importance</h2>", heat, CAPS["heat"].format(min(10, len(top)))]
+        notes = "".join(f"<li>{html.escape(n)}</li>" for n in dict.fromkeys(data.notes))
+        parts.append(f'<div class="notes"><h3>Notes</h3><ul>{notes}</ul></div>')
+    title = f"Head-attribution importance −β\n({fit}; held-out r = {_fmt(r)})"
+    parts += ["<h2>Head importance</h2>"]
+    parts += [_save(importance_figure(imp, title, top[:10]), fig_dir / "importance.png")]
+    parts += [_p(f"Importance = −β per layer and head, in {metric} units. Red: ablating the "
+                 f"head's image access lowers the answer's {metric} (the head carries image "
+                 "information to the answer); blue: ablating it raises it; grey: NaN. Numbers: "
+                 f"rank of the {min(10, len(top))} most important heads.")]  # fmt: skip
+    parts += [f"<h2>Top {len(top)} heads</h2>", _top_table(data, top, -imp, n_top)]
     if data.curves:
-        fig = _curves_fig(data.curves, data.random_band, n_l * n_h)
+        fig = curves_figure(data.curves, data.random_band, n_l * n_h)
         need = [
             [html.escape(n)] + [str(c.heads_needed(0.8, w) or "not reached") for w in FC]
             for n, c in data.curves.items()
         ]
         parts += ["<h2>Faithfulness and completeness</h2>", _save(fig, fig_dir / "curves.png")]
-        parts += [CAPS["curves"], _table(["ranking", *FC], need, 1)]
-    parts += [f"<h2>Top {len(top)} heads</h2>", _top_table(data, top, -imp, n_top)]
+        parts += [_p("Faithfulness: only the top-k heads of a ranking keep their image access; "
+                     "completeness: only they lose it. 1 = the whole gap between the clean and "
+                     "the all-heads-ablated metric. A better ranking gets there with fewer "
+                     "heads. Table: smallest evaluated k reaching 0.8.")]  # fmt: skip
+        parts += [_table(["ranking", *FC], need, 1)]
     if data.examples:
-        parts += ["<h2>Examples</h2>", CAPS["examples"]]
+        parts += ["<h2>Examples</h2>"]
+        parts += [_p("Attention from the final token to each image patch, per top head, scaled "
+                     "to its maximum (brighter, more opaque = more; Σ = total attention on the "
+                     "image). Cyan outline: the object's patches.")]  # fmt: skip
         for i, ex in enumerate(data.examples):
-            parts.append(_save(_example_fig(ex), fig_dir / f"example_{i}.png"))
+            parts.append(_save(example_figure(ex), fig_dir / f"example_{i}.png"))
+    parts += ["<h2>Run details</h2>", _details(data)]
     head = f'<meta charset="utf-8"><title>lvlm_lens report</title><style>{CSS}</style>'
     page = f'<!DOCTYPE html><html lang="en"><head>{head}</head><body>{"".join(parts)}</body></html>'
     (path := fig_dir.parent / "report.html").write_text(page, encoding="utf-8")

@@ -13,6 +13,7 @@ from lvlm_lens.attribution.head_attribution import (
     head_attribution,
 )
 from lvlm_lens.attribution.regression import fit_linear, fit_pooled, sample_masks
+from lvlm_lens.errors import OptionError
 from lvlm_lens.interventions.ablation import HeadAblation, compute_baseline
 from lvlm_lens.interventions.engine import run_reference
 from tests.helpers import PROMPTS, noise_image
@@ -105,15 +106,16 @@ def test_bad_attribution_arguments(model):
             inp,
             AttributionConfig(n_masks=10, method="ols", ablation=HeadAblation(baseline="zero")),
         )
-    # 12 heads, holdout 0.2: 16 masks leave 12 training masks (too few), 17 leave 13
-    n = model.cfg.n_layers * model.cfg.n_heads
-    assert n == 12
-    with pytest.raises(ValueError, match=r"n_masks=16 gives 12: use n_masks >= 18 or method"):
-        check_config(model, AttributionConfig(n_masks=16, method="ols"))
-    check_config(model, AttributionConfig(n_masks=17, method="ols"))
-    check_config(model, AttributionConfig(n_masks=2))  # ridge: no such limit
-    with pytest.raises(ValueError, match="n_masks must be >= 2, got 1"):
-        AttributionConfig(n_masks=1)
+    # 12 heads, holdout 0.2: 15 masks hold out 3 and leave 12 to fit (too few), 16 leave 13
+    assert model.cfg.n_layers * model.cfg.n_heads == 12
+    msg = r"n_masks must be >= 16 for a ols fit \(OLS over 12 heads .* 13 fit, 3 held-out .*got 15"
+    with pytest.raises(OptionError, match=msg):
+        check_config(model, AttributionConfig(n_masks=15, method="ols"))
+    check_config(model, AttributionConfig(n_masks=16, method="ols"))
+    # ridge: 3 held out, 2 validation, 8 to fit whatever the heads
+    check_config(model, AttributionConfig(n_masks=13))
+    with pytest.raises(OptionError, match=r"n_masks must be >= 13 for a ridge fit .*got 12$"):
+        AttributionConfig(n_masks=12)
 
 
 def test_fit_result_keeps_example_ids():
@@ -121,3 +123,12 @@ def test_fit_result_keeps_example_ids():
     metrics = torch.randn(2, 40, generator=torch.Generator().manual_seed(0))
     result = fit_result(masks, metrics, AttributionConfig(n_masks=40), "m", ["a.png", "b.png"])
     assert result.example_ids == ["a.png", "b.png"] and result.model_name == "m"
+
+
+def test_default_config_runs_on_a_single_input(model):
+    """The default baseline needs no reference image: ``AttributionConfig()`` runs as is."""
+    inp = model.prepare(noise_image(20, 20, 4), PROMPTS[1])
+    assert AttributionConfig().ablation.baseline == HeadAblation().baseline == "blank"
+    result = head_attribution(model, inp, progress=False)
+    assert result.metrics.shape == (1, AttributionConfig().n_masks)
+    assert result.metrics.std() > 1e-3 and torch.isfinite(result.pearson_r).all()

@@ -249,3 +249,24 @@ def test_predict_uses_the_examples_own_intercept():
     torch.testing.assert_close(fit.predict(x, example=1), lin + fit.example_intercepts[1])
     torch.testing.assert_close(fit.predict(x), lin + fit.intercept)
     assert fit.example_intercepts[1] - fit.example_intercepts[0] > 3
+
+
+@pytest.mark.parametrize(("method", "holdout"), [("ridge", 0.2), ("lasso", 0.3), ("ols", 0.2)])
+def test_min_masks_is_the_fewest_a_fit_measures(method, holdout):
+    from lvlm_lens.attribution.head_attribution import AttributionConfig, _check_n_masks
+    from lvlm_lens.attribution.regression import MIN_HELDOUT, min_masks, split_sizes
+    from lvlm_lens.errors import OptionError
+
+    n = min_masks(method, holdout, L * H)
+    assert split_sizes(n, method, holdout)["held_out"] >= MIN_HELDOUT
+    masks, y, _ = planted(n, rate=0.3, noise=0.3)
+    fit = fit_linear(masks, y, method=method, holdout=holdout)
+    assert fit.n_test == split_sizes(n, method, holdout)["held_out"]
+    assert math.isfinite(fit.r2)
+    # lasso may zero every β on so few masks: a constant prediction has no r (the job says so)
+    assert math.isfinite(fit.pearson_r) or (method == "lasso" and not fit.coef.any())
+    config = AttributionConfig(n_masks=n, method=method, holdout=holdout)
+    config.n_masks = n - 1
+    with pytest.raises(OptionError, match=f"n_masks must be >= {n} ") as err:
+        _check_n_masks(config, L * H)
+    assert err.value.field == "n_masks"

@@ -19,7 +19,7 @@ from lvlm_lens.toy import toy_checkpoint_path
 @pytest.fixture(scope="module")
 def run():
     model = HookedLVLM.from_pretrained(toy_checkpoint_path())
-    opts = RunOptions()  # the CLI's defaults (mean baseline over 16 reference images)
+    opts = RunOptions()  # the CLI's defaults (blank baseline)
     records = synthetic_records(6, seed=4242)
     refs = [r.image for r in synthetic_records(opts.n_reference, seed=4243)]
     inputs = [model.prepare(r.image, r.prompt, answers=r.answer) for r in records]

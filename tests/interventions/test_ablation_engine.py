@@ -39,18 +39,22 @@ def baseline_for(model, inp, cfg):
     )
 
 
+def check_engine_equals_reference(model, inp, baseline, scope, n_masks, batch_size, rate):
+    cfg = HeadAblation(baseline=baseline, scope=scope)
+    base = baseline_for(model, inp, cfg)
+    masks = sample_masks(n_masks, model.cfg.n_layers, model.cfg.n_heads, rate=rate, seed=1)
+    fast = AblationEngine(model, inp, base, cfg, metric="logit_diff", batch_size=batch_size)
+    fast = fast.run(masks)
+    ref = run_reference(model, inp, masks, base, cfg, metric="logit_diff")
+    assert fast.shape == (2, n_masks)
+    assert (fast - ref).abs().max() <= 1e-4
+    assert ref.std() > 1e-3  # the masks do change the metric
+
+
 @pytest.mark.parametrize("scope", ["text", "all"])
 @pytest.mark.parametrize("baseline", ["mean", "image", "blank", "zero"])
 def test_fast_engine_equals_reference(setup, baseline, scope):
-    model, inp = setup
-    cfg = HeadAblation(baseline=baseline, scope=scope)
-    base = baseline_for(model, inp, cfg)
-    masks = sample_masks(64, model.cfg.n_layers, model.cfg.n_heads, rate=0.2, seed=1)
-    fast = AblationEngine(model, inp, base, cfg, metric="logit_diff", batch_size=24).run(masks)
-    ref = run_reference(model, inp, masks, base, cfg, metric="logit_diff")
-    assert fast.shape == (2, 64)
-    assert (fast - ref).abs().max() <= 1e-4
-    assert ref.std() > 1e-2  # the masks do change the metric
+    check_engine_equals_reference(*setup, baseline, scope, n_masks=64, batch_size=24, rate=0.2)
 
 
 def test_no_head_ablated_is_the_clean_run(setup):
@@ -190,3 +194,43 @@ def test_progress_bars_show_unless_silenced(setup, capsys):
     run_reference(model, inp, masks, base, cfg)
     err = capsys.readouterr().err
     assert "reference" in err and "3/3" in err and "mask/s" in err
+
+
+# M-RoPE; DeepStack; image blocks attending both ways
+FAMILY_KINDS = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl"]
+
+
+@pytest.fixture(scope="module", params=FAMILY_KINDS)
+def family_setup(request, tiny_checkpoint):
+    model = HookedLVLM.from_pretrained(tiny_checkpoint(request.param, chat_template=True))
+    inp = model.prepare([noise_image(20, 28, 1), noise_image(30, 18, 2)], PROMPTS)
+    return model, inp
+
+
+@pytest.mark.parametrize("scope", ["text", "all"])
+@pytest.mark.parametrize("baseline", ["mean", "image", "blank", "zero"])
+def test_families_fast_engine_equals_reference(family_setup, baseline, scope):
+    check_engine_equals_reference(
+        *family_setup, baseline, scope, n_masks=24, batch_size=8, rate=0.25
+    )
+
+
+def test_source_ending_inside_an_image_runs_full_sequences(tiny_checkpoint, monkeypatch):
+    """Gemma 3: a source of the first image rows ends inside the image, whose tokens attend to
+    each other both ways, so the prefix depends on the tokens after it. The engine then runs
+    full sequences (the reference); a shared prefix cut there would be wrong."""
+    model = HookedLVLM.from_pretrained(tiny_checkpoint("gemma3", chat_template=True))
+    inp = model.prepare([noise_image(20, 20, 1), noise_image(20, 20, 2)], PROMPTS)
+    top = inp.groups["image"].clone()
+    for i in range(2):
+        top[i, inp.positions("image", i)[8:]] = False  # the first two of four rows
+    inp.groups["top"] = top
+    cfg = HeadAblation(baseline="zero", scope="text", source="top")
+    base = compute_baseline(model, inp, cfg)
+    masks = sample_masks(16, model.cfg.n_layers, model.cfg.n_heads, rate=0.3, seed=4)
+    ref = run_reference(model, inp, masks, base, cfg)
+    fast = AblationEngine(model, inp, base, cfg, batch_size=8).run(masks)
+    assert (fast - ref).abs().max() <= 1e-4 and ref.std() > 1e-3
+    monkeypatch.setattr("lvlm_lens.model.layout.TokenLayout.splits_block", lambda self, cut: False)
+    cut_prefix = AblationEngine(model, inp, base, cfg, batch_size=8).run(masks)
+    assert (cut_prefix - ref).abs().max() > 1e-3

@@ -25,7 +25,9 @@ def batch(model, seed):
     return model.prepare(images, PROMPTS, answers=["star", "circle"])
 
 
-@pytest.fixture(scope="module", params=["llava-llama", "llava-onevision-qwen2"])
+@pytest.fixture(
+    scope="module", params=["llava-llama", "llava-onevision-qwen2", "qwen2-vl", "gemma3"]
+)
 def model(request, tiny_checkpoint):
     return HookedLVLM.from_pretrained(tiny_checkpoint(request.param))
 
@@ -80,7 +82,7 @@ def test_mean_token_ablation_changes_the_answer(model, inp):
     clean = answer_prob(model(inp), inp.answer_ids)
     logits = ablate_image_tokens(model, inp, "image", mean)
     ablated = answer_prob(logits, inp.answer_ids)
-    assert ((ablated - clean).abs() > 1e-4).all()
+    assert ((ablated - clean).abs() / clean > 1e-2).all()  # answer probabilities are ~1/vocab
     # known answer: every image token replaced by the mean token
     n = [c.shape[0] for c in inp.image_coords]
     by_hand = model(inp.with_image_embeds([mean.expand(k, -1) for k in n]))

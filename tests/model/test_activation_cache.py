@@ -10,9 +10,9 @@ from lvlm_lens import HookedLVLM
 from tests.helpers import PROMPTS, noise_image
 
 
-@pytest.fixture(scope="module")
-def model(tiny_checkpoint):
-    return HookedLVLM.from_pretrained(tiny_checkpoint("llava-onevision-qwen2"))
+@pytest.fixture(scope="module", params=["llava-onevision-qwen2", "qwen2-vl", "qwen3-vl", "gemma3"])
+def model(request, tiny_checkpoint):
+    return HookedLVLM.from_pretrained(tiny_checkpoint(request.param))
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +66,11 @@ def test_stack_head_results_sum_to_attn_out(model, inp):
     heads = cache.stack_head_results(layer=model.cfg.n_layers)
     heads = heads.view(model.cfg.n_layers, model.cfg.n_heads, *heads.shape[1:])
     for layer in range(model.cfg.n_layers):
-        attn_out = cache[f"blocks.{layer}.hook_attn_out"]
-        assert (heads[layer].sum(0) + model.blocks[layer].attn.b_O - attn_out).abs().max() < 1e-5
+        block = model.blocks[layer]
+        attn_out = heads[layer].sum(0) + block.attn.b_O
+        if block.sandwich:  # Gemma: the heads' sum passes ln1_post before the residual stream
+            attn_out = block.ln1_post(attn_out)
+        assert (attn_out - cache[f"blocks.{layer}.hook_attn_out"]).abs().max() < 1e-5
 
 
 def test_use_attn_result_matches_plain_run(model, inp):
@@ -131,9 +134,10 @@ def test_act_patching_with_a_corrupted_image(model):
     def patch_all(resid, hook):
         return clean_cache[hook.name]
 
-    recovered = metric(
-        model.run_with_hooks(corrupt, fwd_hooks=[("blocks.0.hook_resid_pre", patch_all)])
-    )
+    # (Qwen3-VL's image also enters later, through DeepStack: patch that too)
+    hooks = [(n, patch_all) for n in clean_cache if n == "blocks.0.hook_resid_pre"
+             or n.endswith("hook_deepstack")]
+    recovered = metric(model.run_with_hooks(corrupt, fwd_hooks=hooks))
     assert torch.allclose(recovered, clean_metric, atol=1e-5)
 
 

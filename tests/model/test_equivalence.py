@@ -14,6 +14,11 @@ CASES = {
     "llava-next-mistral": {},
     "llava-next-vicuna": {},
     "llava-onevision-qwen2": {},
+    "qwen2-vl": {},
+    "qwen2.5-vl": {},
+    "qwen3-vl": {},
+    "gemma3": {},
+    "internvl": {},
     # variants of the language backbone the real checkpoints use
     "llava-next-mistral/sliding-window": dict(sliding_window=20),
     "llava-llama/rope-linear": dict(
@@ -30,6 +35,13 @@ CASES = {
         }
     ),
     "llava-onevision-qwen2/tied": dict(tie_word_embeddings=True),
+    "qwen2-vl/sliding-window": dict(
+        use_sliding_window=True, sliding_window=12, max_window_layers=1
+    ),
+    "gemma3/untied-global-first": dict(
+        tie_word_embeddings=False, layer_types=["full_attention", "sliding_attention"],
+        num_hidden_layers=2, sliding_window=6,
+    ),
 }
 
 
@@ -71,20 +83,55 @@ def test_any_resolution_token_counts_match_the_hf_processor(tiny_checkpoint):
     assert (enc["input_ids"] == model.cfg.image_token_id).sum(1).tolist() == counts
 
 
-@pytest.mark.parametrize("case", ["llava-llama", "llava-onevision-qwen2", "llava-next-mistral"])
-def test_generate_matches_hf_greedy(tiny_checkpoint, case):
-    model, reference = load_pair(tiny_checkpoint, case)
-    inp = batch(model)
-    ours = model.generate(inp, max_new_tokens=6, eos_token_id=[])
+def hf_generate(reference, model, inp, n):
     with torch.no_grad():
-        theirs = reference.generate(
+        return reference.generate(
             **hf_kwargs(model, inp),
-            max_new_tokens=6,
+            max_new_tokens=n,
             do_sample=False,
             eos_token_id=None,
             pad_token_id=model.tokenizer.pad_token_id,
         )
-    assert torch.equal(ours, theirs[:, inp.input_ids.shape[1] :])
+
+
+@pytest.mark.parametrize(
+    "case", ["llava-llama", "llava-onevision-qwen2", "llava-next-mistral", "qwen2-vl",
+             "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl"],
+)
+def test_generate_matches_hf_greedy(tiny_checkpoint, case):
+    """Prompt + new tokens, as TransformerLens and HF return them; or the new tokens only."""
+    model, reference = load_pair(tiny_checkpoint, case)
+    inp = batch(model)
+    theirs = hf_generate(reference, model, inp, 6)
+    assert torch.equal(model.generate(inp, max_new_tokens=6, eos_token_id=[]), theirs)
+    new = model.generate(inp, max_new_tokens=6, eos_token_id=[], new_tokens_only=True)
+    assert torch.equal(new, theirs[:, inp.shape[1] :])
+    text = model.generate(inp, max_new_tokens=6, eos_token_id=[], return_type="str")
+    assert text == model.tokenizer.batch_decode(theirs, skip_special_tokens=True)
+    assert text[0].startswith("USER") and "main object" in text[0] and "<image>" not in text[0]
+
+
+def test_generate_embeds_a_generated_image_token_as_an_ordinary_token(tiny_checkpoint):
+    """When the model emits the image token id, HF embeds it like any token; so do we."""
+    model, reference = load_pair(tiny_checkpoint, "llava-llama")
+    inp = batch(model)
+    image = model.cfg.image_token_id
+    with torch.no_grad():
+        first = model(inp)[0, -1].argmax()
+        for m in (model.hf_model, reference):  # the image token outscores example 0's answer
+            m.lm_head.weight[image] = 1.5 * m.lm_head.weight[first]
+    theirs = hf_generate(reference, model, inp, 5)
+    assert (theirs[:, inp.shape[1] :] == image).any()
+    assert torch.equal(model.generate(inp, max_new_tokens=5, eos_token_id=[]), theirs)
+
+
+def test_generate_text_only(tiny_checkpoint):
+    model, _ = load_pair(tiny_checkpoint, "llava-llama")
+    out = model.generate("what is this ?", max_new_tokens=3, eos_token_id=[])
+    assert isinstance(out, str) and out.startswith("what is this ?")
+    tokens = model.generate("what is this ?", 3, eos_token_id=[], return_type="tokens")
+    assert tokens.shape == (1, 5 + 3)
+    assert model.tokenizer.decode(tokens[0], skip_special_tokens=True) == out
 
 
 def image_end(inp) -> int:
@@ -93,7 +140,9 @@ def image_end(inp) -> int:
     return int((inp.groups["image"] * cols).max()) + 1
 
 
-@pytest.mark.parametrize("case", ["llava-llama", "llava-onevision-qwen2"])
+@pytest.mark.parametrize(
+    "case", ["llava-llama", "llava-onevision-qwen2", "qwen2-vl", "qwen3-vl", "gemma3"]
+)
 def test_prefix_cache_suffix_equals_full_run(tiny_checkpoint, case):
     model, _ = load_pair(tiny_checkpoint, case)
     inp = batch(model)
@@ -139,3 +188,14 @@ def test_bf16_close_to_hf_bf16(tiny_checkpoint):
     real = inp.attention_mask.bool()
     assert logits.dtype == torch.float32 and model.cfg.dtype == torch.bfloat16
     assert (logits - ref)[real].abs().max() <= 0.02 * ref[real].abs().max()
+
+
+def test_text_batch_of_different_lengths_is_padded_and_masked(tiny_checkpoint):
+    """A list of prompts is left-padded with its attention mask (it used to attend to padding)."""
+    model, _ = load_pair(tiny_checkpoint, "llava-llama")
+    texts = ["what is this ?", "what is the main object in this image ?"]
+    batch_logits = model(texts)
+    alone = model(texts[0])
+    assert (batch_logits[0, -alone.shape[1] :] - alone[0]).abs().max() <= 1e-4
+    out = model.generate(texts, max_new_tokens=3, eos_token_id=[])
+    assert out == [model.generate(t, max_new_tokens=3, eos_token_id=[]) for t in texts]

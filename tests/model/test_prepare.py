@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +13,7 @@ from PIL import Image
 
 from lvlm_lens import HookedLVLM
 from lvlm_lens.model.loading import check_supported
-from lvlm_lens.model.prepare import MIN_IMAGE_SIDE
+from lvlm_lens.model.prepare import MIN_IMAGE_SIDE, prepare_inputs
 from tests.helpers import PROMPTS, noise_image
 
 
@@ -28,7 +31,7 @@ def test_token_groups_of_a_raw_prompt(model):
     inp = model.prepare(noise_image(20, 20), "a helpful assistant . " + PROMPTS[0])
     assert group_tokens(model, inp, "bos") == ["<s>"]
     assert group_tokens(model, inp, "system") == ["a", "helpful", "assistant", "."]
-    assert group_tokens(model, inp, "role") == ["USER", ":", "\n", "ASSISTANT", ":"]
+    assert group_tokens(model, inp, "role") == ["USER", ":", "\n", "ASSISTANT"]
     assert group_tokens(model, inp, "question") == "what is the main object in this image ?".split()
     assert group_tokens(model, inp, "final") == [":"]
     assert int(inp.groups["image"].sum()) == 16
@@ -112,8 +115,47 @@ def test_rgba_grayscale_and_tiny_images_are_converted(model):
         f = -(-MIN_IMAGE_SIDE // min(h, w))  # upscaled by a whole factor, nearest neighbour
         by_hand = Image.fromarray(pixels.repeat(f, 0).repeat(f, 1))
         assert min(by_hand.size) >= MIN_IMAGE_SIDE
-        got = model.prepare(Image.fromarray(pixels), PROMPTS[0]).pixel_values
+        with pytest.warns(UserWarning, match="MIN_IMAGE_SIDE"):
+            got = model.prepare(Image.fromarray(pixels), PROMPTS[0]).pixel_values
         assert torch.equal(got, model.prepare(by_hand, PROMPTS[0]).pixel_values)
+
+
+def test_tiny_images_warn_once_per_call(model):
+    """Upscaled silently, a 1x1 image is mispredicted without a hint: one warning per call,
+    however many images are tiny, and none for images of at least MIN_IMAGE_SIDE."""
+    tiny = [Image.new("RGB", (1, 1), "red"), Image.new("RGB", (3, MIN_IMAGE_SIDE), "blue")]
+    with pytest.warns(UserWarning) as caught:
+        model.prepare(tiny, PROMPTS)
+    assert len(caught) == 1
+    assert "2 image(s)" in str(caught[0].message) and "smallest 1x1" in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.prepare(Image.new("RGB", (MIN_IMAGE_SIDE, MIN_IMAGE_SIDE)), PROMPTS[0])
+
+
+def test_answers_outside_the_vocabulary_are_refused(model):
+    """The tiny tokenizer is word-level: 'elephant' maps to <unk>, which must not be scored."""
+    with pytest.raises(ValueError, match="answer 'elephant' is not in the model's vocabulary"):
+        model.prepare(noise_image(20, 20), PROMPTS[0], answers="elephant")
+    with pytest.raises(ValueError, match="answer 'cat elephant' is not in the model's vocab"):
+        model.prepare(noise_image(20, 20), PROMPTS[0], answers="cat elephant", answer_rule="first")
+    with pytest.raises(ValueError, match="'elephant' is not in the model's vocabulary"):
+        model.to_single_token("elephant")
+    with pytest.raises(ValueError, match="'elephant' is not"):
+        model.tokens_to_residual_directions("elephant")
+    assert model.to_single_token("cat") != model.tokenizer.unk_token_id
+    inp = model.prepare(noise_image(20, 20), PROMPTS[0], answers="cat")
+    assert inp.answer_ids.tolist() == [model.to_single_token("cat")]
+
+
+def test_help_shows_the_real_parameters_of_prepare(model):
+    params = inspect.signature(model.prepare).parameters
+    assert not any(p.kind is p.VAR_KEYWORD for p in params.values())
+    expected = list(inspect.signature(prepare_inputs).parameters)[1:]  # without `model`
+    assert list(params) == expected
+    for name in ("template", "system", "answer_rule"):
+        assert params[name].default == inspect.signature(prepare_inputs).parameters[name].default
+        assert f"{name}:" in model.prepare.__doc__
 
 
 def test_multi_token_answers(model):
@@ -128,6 +170,12 @@ def test_unsupported_architectures(tmp_path):
         check_supported(transformers.LlamaConfig())
     with pytest.raises(ValueError, match="unsupported language backbone 'gemma'.*Llama"):
         check_supported(transformers.LlavaConfig(text_config=transformers.GemmaConfig().to_dict()))
+    with pytest.raises(ValueError) as err:
+        check_supported(transformers.Idefics3Config())
+    for name in ("Qwen/Qwen2.5-VL-7B-Instruct", "google/gemma-3-4b-it", "llava-hf/llava-1.5-7b-hf"):
+        assert name in str(err.value)  # the error lists what is supported
+    with pytest.raises(ValueError, match="attn_logit_softcapping"):
+        check_supported(transformers.Gemma3Config(text_config={"attn_logit_softcapping": 50.0}))
     cfg = transformers.LlamaConfig(
         hidden_size=16,
         intermediate_size=32,

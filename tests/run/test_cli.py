@@ -11,22 +11,18 @@ import time
 import pytest
 import torch
 
+from lvlm_lens import HookedLVLM
 from lvlm_lens.attribution.results import AttributionResult
 from lvlm_lens.run.cli import main
-from tests.helpers import noise_image
+from tests.helpers import write_data_folder
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
+RUN = {"env": ENV, "check": True, "capture_output": True, "timeout": 600}  # no test hangs
 
 
 @pytest.fixture(scope="module")
 def data_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    rows = ["image,prompt,answer"]
-    for i in range(4):
-        noise_image(20, 20, i).save(folder / f"im{i}.png")
-        rows.append(f'im{i}.png,"USER: <image>\nwhat is this ? ASSISTANT:",star')
-    (folder / "data.csv").write_text("\n".join(rows) + "\n")
-    return folder
+    return write_data_folder(tmp_path_factory.mktemp("data"), 4)
 
 
 def attribute_args(model, data, out, n_masks=400):
@@ -67,11 +63,6 @@ def cli(*args):
     return [sys.executable, "-m", "lvlm_lens.run.cli", *args]
 
 
-def run_cli(*args, **kwargs):
-    """The CLI in a subprocess; a hung run fails the test after 5 minutes."""
-    return subprocess.run(cli(*args), env=ENV, capture_output=True, timeout=300, **kwargs)
-
-
 def test_sigkill_and_resume_gives_identical_attributions(tiny_checkpoint, data_folder, tmp_path):
     model = tiny_checkpoint("llava-llama")
     killed = tmp_path / "killed"
@@ -89,9 +80,13 @@ def test_sigkill_and_resume_gives_identical_attributions(tiny_checkpoint, data_f
     done = len(list((killed / "chunks").glob("*.safetensors")))
     assert 0 < done < 4 * 25, "the run must be killed in the middle"
     assert not (killed / "attribution").exists()
-    run_cli(*attribute_args(model, data_folder, killed), check=True)
+    subprocess.run(
+        cli(*attribute_args(model, data_folder, killed)), **RUN
+    )
     whole = tmp_path / "whole"
-    run_cli(*attribute_args(model, data_folder, whole), check=True)
+    subprocess.run(
+        cli(*attribute_args(model, data_folder, whole)), **RUN
+    )
     a, b = (
         AttributionResult.load(killed / "attribution"),
         AttributionResult.load(whole / "attribution"),
@@ -103,15 +98,21 @@ def test_sigkill_and_resume_gives_identical_attributions(tiny_checkpoint, data_f
 def test_changed_argument_is_refused(tiny_checkpoint, data_folder, tmp_path):
     model = tiny_checkpoint("llava-llama")
     out = tmp_path / "run"
-    run_cli(*attribute_args(model, data_folder, out, 32), check=True)
-    again = run_cli(*attribute_args(model, data_folder, out, 48), text=True)
+    subprocess.run(
+        cli(*attribute_args(model, data_folder, out, 32)), **RUN
+    )
+    again = subprocess.run(
+        cli(*attribute_args(model, data_folder, out, 48)), **RUN | {"check": False, "text": True}
+    )
     assert again.returncode != 0 and "n_masks" in again.stderr and "--overwrite" in again.stderr
 
 
 def test_torchrun_two_processes_equal_one(tiny_checkpoint, data_folder, tmp_path):
     model = tiny_checkpoint("llava-llama")
     one, two = tmp_path / "one", tmp_path / "two"
-    run_cli(*attribute_args(model, data_folder, one, 64), check=True)
+    subprocess.run(
+        cli(*attribute_args(model, data_folder, one, 64)), **RUN
+    )
     run = subprocess.run(
         [
             sys.executable,
@@ -136,3 +137,16 @@ def test_torchrun_two_processes_equal_one(tiny_checkpoint, data_folder, tmp_path
     assert torch.allclose(a.coef, b.coef, atol=1e-4)
     files = sorted(p.name for p in (two / "chunks").iterdir())
     assert files == sorted(p.name for p in (one / "chunks").iterdir())
+
+
+@pytest.mark.parametrize("kind", ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl"])
+def test_attribute_runs_on_every_family(tiny_checkpoint, data_folder, tmp_path, kind):
+    """The data's LLaVA-style prompts hold ``<image>``, which every family accepts."""
+    folder = tiny_checkpoint(kind, chat_template=True)
+    args = attribute_args(folder, data_folder, tmp_path / "run", n_masks=48)
+    assert main(args) in (0, None)
+    result = AttributionResult.load(tmp_path / "run" / "attribution")
+    model = HookedLVLM.from_pretrained(folder)
+    assert result.coef.shape == (4, model.cfg.n_layers, model.cfg.n_heads)
+    assert torch.isfinite(result.coef).all() and result.metrics.std() > 0
+    assert (tmp_path / "run" / "report.html").stat().st_size > 0

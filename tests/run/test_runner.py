@@ -145,3 +145,68 @@ def test_slurm_array_rank_0_waits_for_the_others_with_a_timeout(model, tmp_path,
     assert 1.0 <= time.time() - start < 60
     out = tmp_path / "run"
     assert sorted(p.name for p in (out / "examples").iterdir()) == ["00000.json", "00002.json"]
+
+
+def test_damaged_and_foreign_chunks_are_named_discarded_and_recomputed(model, tmp_path):
+    recs = records(model)
+    refs = [noise_image(20, 20, 50)]
+    first = run_attribution(model, recs, options(tmp_path), reference_images=refs)
+    out = first["out"]
+    truncated, foreign, alien = chunk_path(out, 0, 1), chunk_path(out, 1, 0), chunk_path(out, 2, 2)
+    truncated.write_bytes(truncated.read_bytes()[:-7])  # a cut copy
+    foreign.write_bytes(chunk_path(out, 2, 0).read_bytes())  # another example's chunk
+    alien.write_bytes(b"not a safetensors file")
+    with pytest.warns(UserWarning) as caught:
+        second = run_attribution(model, recs, options(tmp_path), reference_images=refs)
+    text = "\n".join(str(w.message) for w in caught)
+    for path in (truncated, foreign, alien):
+        assert f"{path} " in text, text
+    assert "example '2' instead of '1'" in text
+    assert torch.equal(second["metrics"], first["metrics"])
+    assert torch.equal(second["result"].coef, first["result"].coef)
+
+
+def test_merge_names_a_damaged_chunk(model, tmp_path):
+    from lvlm_lens.run.runner import chunk_metas
+    from lvlm_lens.run.store import collect
+
+    recs = records(model, 2)
+    opts = options(tmp_path)
+    out = run_attribution(model, recs, opts, reference_images=[noise_image(20, 20, 50)])["out"]
+    chunk_path(out, 1, 2).write_bytes(b"\0" * 8)
+    with pytest.raises(SystemExit, match=r"ex00001_c0002\.safetensors does not load"):
+        collect(out, 2, chunk_metas(opts, recs, 40), opts, timeout=0.0)
+    assert not chunk_path(out, 1, 2).exists()  # the next run recomputes it
+
+
+def test_progress_never_passes_its_total(model, tmp_path, monkeypatch):
+    import lvlm_lens.run.runner as runner
+
+    bars = []
+
+    class Bar(runner.tqdm):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **{**kw, "disable": True})
+            self.done = 0
+            bars.append(self)
+
+        def update(self, n=1):
+            self.done += n
+            assert self.done <= self.total, (self.done, self.total)
+
+    monkeypatch.setattr(runner, "tqdm", Bar)
+    recs = records(model, 2)
+    refs = [noise_image(20, 20, 50)]
+    first = run_attribution(model, recs, options(tmp_path), reference_images=refs)
+    chunk_path(first["out"], 0, 0).unlink()  # resume with the short last chunk (8 masks) done
+    run_attribution(model, recs, options(tmp_path), reference_images=refs)
+    assert [b.done for b in bars] == [2 * 40, 2 * 40]
+
+
+def test_only_an_unsynchronised_array_waits_for_files():
+    from lvlm_lens.run.distributed import Shard
+    from lvlm_lens.run.store import wait_timeout
+
+    assert wait_timeout(Shard(), 3600.0) == 0.0
+    assert wait_timeout(Shard(0, 2, synchronised=True), 3600.0) == 0.0
+    assert wait_timeout(Shard(0, 2), 3600.0) == 3600.0

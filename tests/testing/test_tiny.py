@@ -15,7 +15,7 @@ from transformers import (
     LlavaOnevisionForConditionalGeneration,
 )
 
-from lvlm_lens.testing.tiny import IMAGE_SIZE, PATCH_SIZE, TINY_KINDS, hf_num_image_tokens
+from lvlm_lens.testing.tiny import IMAGE_SIZE, LLAVA_KINDS, PATCH_SIZE, hf_num_image_tokens
 
 MODEL_CLASSES = {
     "llava-llama": LlavaForConditionalGeneration,
@@ -66,7 +66,7 @@ def _images(seed: int = 0) -> list[Image.Image]:
     ]
 
 
-@pytest.mark.parametrize("kind", TINY_KINDS)
+@pytest.mark.parametrize("kind", LLAVA_KINDS)
 def test_loads_offline_with_expected_classes_and_config(tiny_checkpoint, kind):
     model, tokenizer, image_processor = _load(tiny_checkpoint(kind), kind)
     assert type(image_processor).__name__ == IMAGE_PROCESSOR_CLASSES[kind]
@@ -90,7 +90,7 @@ def test_loads_offline_with_expected_classes_and_config(tiny_checkpoint, kind):
         assert cfg.image_grid_pinpoints
 
 
-@pytest.mark.parametrize("kind", TINY_KINDS)
+@pytest.mark.parametrize("kind", LLAVA_KINDS)
 def test_weights_are_randomised_and_seeded(tiny_checkpoint, kind):
     model, _, _ = _load(tiny_checkpoint(kind), kind)
     again, _, _ = _load(tiny_checkpoint(kind, seed=0, chat_template=False), kind)
@@ -104,7 +104,7 @@ def test_weights_are_randomised_and_seeded(tiny_checkpoint, kind):
     assert not torch.equal(state["lm_head.weight"], state_other["lm_head.weight"])
 
 
-@pytest.mark.parametrize("kind", TINY_KINDS)
+@pytest.mark.parametrize("kind", LLAVA_KINDS)
 def test_tokenizer_round_trip_with_offsets(tiny_checkpoint, kind):
     _, tokenizer, _ = _load(tiny_checkpoint(kind), kind)
     enc = tokenizer(PROMPT, return_offsets_mapping=True)
@@ -143,7 +143,7 @@ def test_chat_template(tiny_checkpoint, kind, expected):
     assert AutoTokenizer.from_pretrained(tiny_checkpoint(kind)).chat_template is None
 
 
-@pytest.mark.parametrize("kind", TINY_KINDS)
+@pytest.mark.parametrize("kind", LLAVA_KINDS)
 def test_image_token_counts(tiny_checkpoint, kind):
     model, _, image_processor = _load(tiny_checkpoint(kind), kind)
     image_inputs = image_processor(_images(), return_tensors="pt")
@@ -174,7 +174,7 @@ def _expanded_batch(tokenizer, image_token_id, counts):
     return input_ids, attention_mask
 
 
-@pytest.mark.parametrize("kind", TINY_KINDS)
+@pytest.mark.parametrize("kind", LLAVA_KINDS)
 def test_forward_with_expanded_image_tokens(tiny_checkpoint, kind):
     model, tokenizer, image_processor = _load(tiny_checkpoint(kind), kind)
     image_inputs = image_processor(_images(), return_tensors="pt")

@@ -92,3 +92,27 @@ def test_report_without_pooled_fit_curves_or_examples(tmp_path):
     assert len(re.findall(r"data:image/png", page)) == 1
     assert "<td>L1H2</td><td class=n>–</td>" in page  # NaN head ranked last
     assert page.index("<td>L1H2</td>") > page.index("<td>L1H3</td>")
+
+
+def test_report_reads_as_a_page_not_a_dump(tmp_path):
+    data = make_data(4, 8)
+    data.result.model_name = "/home/someone/checkpoints/llava-toy"
+    curve = [0.123456789, 0.2468013579]
+    data.summary = {
+        "model": "/home/someone/checkpoints/llava-toy",
+        "data": "synthetic",
+        "n_examples": 4,
+        "accuracy": 0.75,
+        "curves": {"head attribution": {"ks": [0, 1], "faithfulness": curve}},
+        "options": {"n_examples": 4, "attribution": {"rate": 0.05, "ablation": {"scope": "text"}}},
+        "notes": [NOTE],
+    }
+    data.notes = [NOTE, NOTE]
+    page = write_report(tmp_path, data).read_text()
+    title = re.search(r"<h1>(.*?)</h1>", page).group(1)
+    assert "llava-toy" in title and "/home" not in title
+    assert page.count(NOTE) == 1  # notes once: not in a table, not twice
+    assert "0.1235" not in page and "0.2468" not in page  # curves as figures only
+    assert re.search(r"<td>attribution</td><td><table class=\"kv\">.*<td>ablation</td>", page)
+    assert "pooled" in page and "per example" in page  # how to read both r
+    assert "importance = −β" in page and "logit units" in page

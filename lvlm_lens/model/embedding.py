@@ -1,0 +1,97 @@
+"""How an :class:`LVLMInput` becomes the decoder's input: token embeddings with the image
+spliced in, Qwen3-VL's DeepStack features, rotary positions and Gemma 3's image blocks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from lvlm_lens.model.inputs import LVLMInput
+from lvlm_lens.model.layout import TokenLayout
+from lvlm_lens.model.masks import image_blocks
+
+
+def _at_images(
+    feats: list[list[Tensor]], is_image: Tensor, like: Tensor
+) -> list[Float[Tensor, "batch pos d_model"]]:
+    """Per DeepStack layer, its per-image features placed at the image positions (0 elsewhere)."""
+    mask = is_image[..., None]
+    return [torch.zeros_like(like).masked_scatter(mask, torch.cat(f).to(like)) for f in feats]
+
+
+class EmbeddingMixin:
+    """Input side of :class:`~lvlm_lens.HookedLVLM` (needs ``cfg``, ``embed``, ``vision``,
+    ``hook_image_embeds`` and ``hook_embed``)."""
+
+    cfg: Any
+    embed: Any
+    vision: Any
+    hook_image_embeds: Any
+    hook_embed: Any
+
+    def image_embeddings(self, inp: LVLMInput) -> list[Float[Tensor, "img_tok d_model"]]:
+        """Projected image embeddings of every image in the batch (before ``hook_image_embeds``)."""
+        if inp.image_embeds is not None:
+            return inp.image_embeds
+        if inp.pixel_values is None:
+            raise ValueError(
+                "this input has image tokens but neither pixel_values nor image_embeds"
+            )
+        return self.vision(inp)
+
+    def embed_input(self, inp: LVLMInput) -> Float[Tensor, "batch pos d_model"]:
+        """Token embeddings with the image embeddings spliced in (output of ``hook_embed``)."""
+        return self._embed(inp)[0]
+
+    def _embed(
+        self, inp: LVLMInput
+    ) -> tuple[Float[Tensor, "batch pos d_model"], list[Tensor] | None]:
+        """``embed_input`` and, for DeepStack families, the per-layer features to add at the
+        image positions (``[batch, pos, d_model]``, zero elsewhere), from one tower run."""
+        ids = inp.input_ids.to(self.cfg.device)
+        is_image = ids == self.cfg.image_token_id
+        if self.cfg.image_token_id >= self.cfg.d_vocab:  # out of the table: HF embeds id 0
+            x = self.embed(ids.masked_fill(is_image, 0))
+        else:
+            x = self.embed(ids)
+        n_tok, deep = int(is_image.sum()), None
+        if n_tok or inp.has_images:
+            if self.cfg.decoder.deepstack:
+                if inp.image_embeds is not None:
+                    raise ValueError("precomputed image embeddings carry no DeepStack features: "
+                                     "give Qwen3-VL inputs pixel values")
+                embeds, feats = self.vision.with_deepstack(inp)
+            else:
+                embeds, feats = self.image_embeddings(inp), None
+            flat = torch.cat(embeds).to(x.device, x.dtype)
+            if flat.shape[0] != n_tok:
+                raise ValueError(f"{n_tok} image tokens but {flat.shape[0]} image embeddings")
+            x = x.masked_scatter(is_image[..., None], self.hook_image_embeds(flat))
+            if feats is not None:
+                deep = _at_images(feats, is_image, x)
+        return self.hook_embed(x), deep
+
+    def layout(
+        self, inp: LVLMInput, positions: bool = True, deepstack: list[Tensor] | None = None
+    ) -> TokenLayout:
+        """Rotary positions (M-RoPE families; with ``positions``), bidirectional image blocks
+        (Gemma 3) and DeepStack features (Qwen3-VL; computed unless given) of an input's
+        tokens, for :meth:`run_blocks`."""
+        spec = self.cfg.decoder
+        pos = inp.position_ids if positions else None
+        blocks = None
+        if spec.bidirectional_image:
+            blocks = image_blocks(inp.input_ids == self.cfg.image_token_id)
+        if spec.deepstack and deepstack is None and inp.has_images:
+            if inp.image_embeds is not None:
+                raise ValueError("precomputed image embeddings carry no DeepStack features: "
+                                 "give Qwen3-VL inputs pixel values")
+            feats = self.vision.with_deepstack(inp)[1]
+            is_image = inp.input_ids.to(self.cfg.device) == self.cfg.image_token_id
+            like = torch.empty(*is_image.shape, self.cfg.d_model, dtype=self.cfg.dtype,
+                               device=self.cfg.device)
+            deepstack = _at_images(feats, is_image, like)
+        return TokenLayout(pos, blocks, deepstack).to(self.cfg.device)

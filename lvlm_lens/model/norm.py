@@ -1,0 +1,39 @@
+"""RMSNorm with TransformerLens hooks (``w`` or Gemma's ``1 + w``)."""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in fp32 as HF does; hooks ``hook_scale`` and ``hook_normalized``.
+
+    ``hook_scale`` is ``sqrt(mean(x^2) + eps)``, the divisor that
+    ``ActivationCache.apply_ln_to_stack`` uses. The weight is *not* folded into the next
+    layer, so ``hook_normalized`` is ``weight * x / scale``, with ``weight = offset + w``
+    (``offset`` 1 for Gemma's ``1 + w`` norms, which also multiply in fp32).
+    """
+
+    def __init__(self, hf_norm: nn.Module, offset: float = 0.0):
+        super().__init__()
+        self.w = hf_norm.weight
+        self.offset = offset
+        self.eps = float(getattr(hf_norm, "variance_epsilon", getattr(hf_norm, "eps", 1e-6)))
+        self.hook_scale = HookPoint()
+        self.hook_normalized = HookPoint()
+
+    @property
+    def weight(self) -> Float[Tensor, " d"]:
+        """The effective multiplier ``offset + w``."""
+        return self.w + self.offset if self.offset else self.w
+
+    def forward(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
+        """Normalise ``x`` over its last dimension."""
+        xf = x.to(torch.float32)
+        scale = self.hook_scale((xf.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        if self.offset:
+            return self.hook_normalized(((xf / scale) * (self.w.float() + self.offset)).to(x.dtype))
+        return self.hook_normalized(self.w * (xf / scale).to(x.dtype))

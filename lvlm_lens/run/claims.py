@@ -1,0 +1,284 @@
+"""``python -m lvlm_lens.run.claims``: every number of ``docs/claims.md``, from one seeded command.
+
+On the science toy (``load_toy(name="science")``, 8 layers x 8 heads): the baselines'
+all-heads answers (both toys), head attribution on the object-identification question with the
+per-example and pooled ranking comparison, the spread of the transfer over heads, attention
+weight vs importance, semantic vs appearance, token-level flow by attention knockout, and
+object vs background image tokens. Writes ``claims.json``, CSV tables and PNG figures to
+``--out``; prints a one-screen summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lvlm_lens.analysis.faithfulness import random_rankings, ranking_curves
+from lvlm_lens.analysis.flow import FlowConfig, token_flow
+from lvlm_lens.analysis.ranking_comparison import (
+    layer_distribution,
+    paired_comparison,
+    single_head_spread,
+)
+from lvlm_lens.analysis.regions import region_ablation
+from lvlm_lens.analysis.semantics import semantic_similarity
+from lvlm_lens.analysis.stats import bootstrap_ci, spearman
+from lvlm_lens.attribution.comparison import HEAD_ATTRIBUTION, example_rankings
+from lvlm_lens.attribution.head_attribution import AttributionConfig, fit_result
+from lvlm_lens.attribution.regression import sample_masks
+from lvlm_lens.data import render_example
+from lvlm_lens.data.questions import ATTRIBUTES, attribute_records
+from lvlm_lens.data.records import synthetic_records
+from lvlm_lens.data.synthetic import CLASSES
+from lvlm_lens.interventions.ablation import BASELINES, HeadAblation, compute_baseline
+from lvlm_lens.interventions.baseline_check import check_baseline
+from lvlm_lens.interventions.engine import AblationEngine
+from lvlm_lens.interventions.knockout import knockout_effect
+from lvlm_lens.interventions.token_ablation import mean_image_token
+from lvlm_lens.model.hooked_lvlm import HookedLVLM
+from lvlm_lens.run.options import RunOptions
+from lvlm_lens.toy import load_toy
+
+#: Looks of the semantic-vs-appearance grid: every class is drawn in each.
+LOOKS = (
+    {"colour": "red", "size": "large", "fill": "filled", "texture": "plain",
+     "background": "white", "position": "center"},
+    {"colour": "blue", "size": "small", "fill": "outline", "texture": "plain",
+     "background": "gray", "position": "left"},
+    {"colour": "yellow", "size": "large", "fill": "filled", "texture": "stripes",
+     "background": "noise", "position": "right"},
+)  # fmt: skip
+
+
+def _prepare(model: Any, records: list[Any]) -> list[Any]:
+    return [model.prepare(r.image, r.prompt, answers=r.answer) for r in records]
+
+
+def _correct(model: Any, inputs: list[Any]) -> list[int]:
+    with torch.no_grad():
+        return [
+            i for i, x in enumerate(inputs) if int(model(x)[0, -1].argmax()) == int(x.answer_ids[0])
+        ]
+
+
+def baseline_table(model: Any, records: list[Any], refs: list[Any], metric: str) -> dict[str, Any]:
+    """All-heads answers and flagged examples under every baseline."""
+    inputs = _prepare(model, records)
+    out = {}
+    for name in BASELINES:
+        cfg = HeadAblation(baseline=name)
+        bases = [compute_baseline(model, x, cfg, baseline_image=refs[0], reference_images=refs)
+                 for x in inputs]  # fmt: skip
+        check = check_baseline(model, inputs, bases, cfg, metric)
+        still_right = [
+            int(a) == int(x.answer_ids[0]) for a, x in zip(check.answer_ids, inputs, strict=True)
+        ]
+        out[name] = check.summary() | {"all_heads_accuracy": float(np.mean(still_right))}
+    return out
+
+
+def _attribute(model, inputs, bases, cfg: AttributionConfig, ids):
+    """Per-example engines and a head-attribution result over ``inputs``."""
+    engines = [AblationEngine(model, x, b, cfg.ablation, cfg.metric, cfg.batch_size)
+               for x, b in zip(inputs, bases, strict=True)]  # fmt: skip
+    masks = sample_masks(cfg.n_masks, model.cfg.n_layers, model.cfg.n_heads, cfg.rate, cfg.seed)
+    metrics = torch.stack([e.run(masks, progress=False)[0] for e in engines])
+    return engines, fit_result(masks, metrics, cfg, model.cfg.model_name, ids)
+
+
+def ranking_claims(model, records, refs, cfg: AttributionConfig, out: Path, args) -> dict[str, Any]:
+    """Claims 2-4: per-example ranking comparison, spread over heads, attention weight, layers."""
+    inputs, n_all = _prepare(model, records), len(records)
+    keep = _correct(model, inputs)
+    inputs = [inputs[i] for i in keep]
+    bases = [compute_baseline(model, x, cfg.ablation, reference_images=refs) for x in inputs]
+    check = check_baseline(model, inputs, bases, cfg.ablation, cfg.metric)
+    inputs = [inputs[i] for i in check.kept]
+    bases = [bases[i] for i in check.kept]
+    ids = [records[keep[i]].id for i in check.kept]
+    engines, result = _attribute(model, inputs, bases, cfg, ids)
+    rankings = {HEAD_ATTRIBUTION: result.importance.float()}
+    rankings |= example_rankings(model, inputs, bases, engines, cfg.ablation, cfg.metric)
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    rankings["random"] = random_rankings(n_layers, n_heads, len(inputs), seed=args.seed)
+    curves = ranking_curves(engines, rankings, list(range(n_layers * n_heads + 1)), seed=args.seed)
+    comp = paired_comparison(curves, seed=args.seed)
+    comp.paired.to_csv(out / "paired.csv", index=False)
+    comp.heads.to_csv(out / "heads_needed.csv", index=False)
+    comp.plot(0.1).savefig(out / "paired_k10.png", dpi=120)
+    comp.plot(0.25).savefig(out / "paired_k25.png", dpi=120)
+    curves.plot(max_k=32).savefig(out / "curves.png", dpi=120)
+    layers = {f"k{int(f * 100)}": layer_distribution(rankings[HEAD_ATTRIBUTION], f, seed=args.seed)
+              for f in (0.1, 0.25)}  # fmt: skip
+    layers["k10"].plot().savefig(out / "layers_k10.png", dpi=120)
+    pooled_layers = layer_distribution(result.pooled_importance, 0.1)
+
+    def agreement(a: str) -> dict[str, Any]:
+        rho = [spearman(x, y) for x, y in zip(rankings[a], rankings[HEAD_ATTRIBUTION], strict=True)]
+        return bootstrap_ci(rho, seed=args.seed).as_dict()
+
+    return {
+        "n_examples": n_all,
+        "n_correct": len(keep),
+        "baseline_check": check.summary(),
+        "fit": {
+            "median_example_r": float(result.pearson_r.nanmedian()),
+            "pooled_r": result.pooled_r,
+        },  # fmt: skip
+        "paired": comp.paired.to_dict(orient="records"),
+        "heads_needed": comp.heads.to_dict(orient="records"),
+        "layers": {
+            k: {"counts": v.counts.tolist(), "later_half": v.later_half.as_dict(), "k": v.k}
+            for k, v in layers.items()
+        },  # fmt: skip
+        "pooled_layers_k10": {
+            "counts": pooled_layers.counts.tolist(),
+            "later_half": pooled_layers.later_half.value,
+        },  # fmt: skip
+        "spread": {
+            k: v.as_dict()
+            for k, v in single_head_spread(
+                rankings["single-head ablation"], check.effect[check.kept], args.seed
+            ).items()
+        },
+        "attention_vs_attribution": agreement("attention weight"),
+        "single_vs_attribution": agreement("single-head ablation"),
+        "top_heads_pooled": [f"L{a}H{b}" for a, b in result.top_heads(6)],
+    }
+
+
+def semantics_claim(model, refs, cfg: AttributionConfig, args) -> dict[str, Any]:
+    """Claim 5: same class / other look vs same look / other class, on a class x look grid."""
+    rng = np.random.default_rng(args.seed + 77)
+    examples = [
+        (c, k, render_example(c, look, rng)) for k, look in enumerate(LOOKS) for c in CLASSES
+    ]
+    prompt = "USER: <image>\nwhat is the shape of the object ? answer with one word . ASSISTANT:"
+    inputs = [model.prepare(ex.image, prompt, answers=c) for c, _, ex in examples]
+    keep = _correct(model, inputs)
+    inputs = [inputs[i] for i in keep]
+    bases = [compute_baseline(model, x, cfg.ablation, reference_images=refs) for x in inputs]
+    check = check_baseline(model, inputs, bases, cfg.ablation, cfg.metric)
+    use = [keep[i] for i in check.kept]
+    _, result = _attribute(model, [inputs[i] for i in check.kept], [bases[i] for i in check.kept],
+                           cfg, [str(i) for i in use])  # fmt: skip
+    sem = semantic_similarity(result, [examples[i][0] for i in use],
+                              [str(examples[i][1]) for i in use], seed=args.seed)  # fmt: skip
+    return {"table": sem.to_frame().to_dict(orient="records"), "n_examples": len(examples),
+            "n_used": len(use)}  # fmt: skip
+
+
+def _attribute_inputs(model, n: int, seed: int, attribute: str):
+    """The correctly answered examples of one question type, as one batch, and their records."""
+    recs = attribute_records(n, seed, attributes=(attribute,))
+    inp = model.prepare([r.image for r in recs], [r.prompt for r in recs], [r.answer for r in recs])
+    with torch.no_grad():
+        right = (model(inp)[:, -1].argmax(-1) == inp.answer_ids).nonzero().flatten().tolist()
+    return inp.select(right), [recs[i] for i in right]
+
+
+def flow_claims(model, n: int, seed: int, window: int, out: Path) -> dict[str, Any]:
+    """Claim 6.1: when question and image information reach the role and final tokens."""
+    frames, all_layers, n_correct = [], {}, {}
+    layers = list(range(model.cfg.n_layers))
+    for attribute in ATTRIBUTES:
+        inp, _ = _attribute_inputs(model, n, seed, attribute)
+        n_correct[attribute] = len(inp)
+        res = token_flow(model, inp, FlowConfig(window=window, progress=False))
+        frames.append(res.frame.assign(example=res.frame.example + 1000 * len(frames),
+                                       question=attribute))  # fmt: skip
+        all_layers[attribute] = {
+            f"{src}->final": float(knockout_effect(model, inp, src, "final", layers).mean())
+            for src in ("question", "image")
+        }
+    flow = type(res)(pd.concat(frames, ignore_index=True), res.window)
+    flow.frame.to_csv(out / "flow.csv", index=False)
+    flow.plot().savefig(out / "flow.png", dpi=120)
+    summary = flow.summary()
+    weight = (-summary["mean"]).clip(lower=0)
+    centre = (weight * summary.layer).groupby(summary.edge).sum() / weight.groupby(
+        summary.edge
+    ).sum()
+    return {
+        "window": window,
+        "n_correct": n_correct,
+        "summary": summary.round(4).to_dict(orient="records"),
+        "effect_centre_of_mass": centre.round(2).to_dict(),
+        "all_layers": all_layers,
+    }
+
+
+def token_claim(model, n: int, seed: int, refs_inputs) -> dict[str, Any]:
+    """Claim 6.2: object vs as many background image tokens, per question type."""
+    mean = mean_image_token(model, refs_inputs)
+    out = {}
+    for attribute in ATTRIBUTES:
+        inp, recs = _attribute_inputs(model, n, seed, attribute)
+        res = region_ablation(model, inp, [r.mask for r in recs], baseline=mean, seed=seed,
+                              progress=False)  # fmt: skip
+        out[attribute] = res.summary(seed).to_dict(orient="records")
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Entry point: parse flags, measure, write ``claims.json`` and print a summary."""
+    p = argparse.ArgumentParser("python -m lvlm_lens.run.claims", description=__doc__)
+    p.add_argument("--out", default="runs/claims", help="output folder")
+    p.add_argument("--model", help="checkpoint folder (default: the shipped science toy)")
+    p.add_argument("--n-examples", type=int, default=24, help="examples per measurement")
+    p.add_argument("--data-seed", type=int, default=1000, help="seed of the synthetic examples")
+    p.add_argument("--n-masks", type=int, default=1000, help="head-attribution masks per example")
+    p.add_argument("--baseline", default=RunOptions().attribution.ablation.baseline,
+                   choices=BASELINES, help="head-ablation baseline (the CLI's)")  # fmt: skip
+    p.add_argument("--window", type=int, default=3, help="knockout window (layers)")
+    p.add_argument("--seed", type=int, default=0, help="seed of masks, bootstrap, permutations")
+    p.add_argument("--skip", nargs="*", default=[], help="sections to skip",
+                   choices=["baselines", "rankings", "semantics", "flow", "tokens"])  # fmt: skip
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = (
+        HookedLVLM.from_pretrained(args.model, device="cpu")
+        if args.model
+        else load_toy(device="cpu", name="science")
+    )
+    refs = [r.image for r in synthetic_records(16, args.data_seed + 1)]
+    cfg = AttributionConfig(n_masks=args.n_masks, seed=args.seed,
+                            ablation=HeadAblation(baseline=args.baseline))  # fmt: skip
+    shape = attribute_records(args.n_examples, args.data_seed, attributes=("shape",))
+    n, res = args.n_examples, {"args": vars(args), "seconds": {}}
+    steps = {
+        "baselines": lambda: {
+            "science": baseline_table(
+                model, attribute_records(n, args.data_seed), refs, cfg.metric
+            ),
+            "bundled": baseline_table(load_toy(device="cpu"), synthetic_records(n, args.data_seed),
+                                      refs, cfg.metric),
+        },  # fmt: skip
+        "rankings": lambda: ranking_claims(model, shape, refs, cfg, out, args),
+        "semantics": lambda: semantics_claim(model, refs, cfg, args),
+        "flow": lambda: flow_claims(model, n, args.data_seed, args.window, out),
+        "tokens": lambda: token_claim(model, n, args.data_seed,
+                                      _prepare(model, synthetic_records(16, args.data_seed + 1))),
+    }  # fmt: skip
+    for name, step in steps.items():
+        if name in args.skip:
+            continue
+        t0 = time.perf_counter()
+        res[name] = step()
+        res["seconds"][name] = round(time.perf_counter() - t0, 1)
+        (out / "claims.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
+        print(f"[{name}] done in {res['seconds'][name]:.0f}s", flush=True)
+    return res
+
+
+if __name__ == "__main__":
+    main()

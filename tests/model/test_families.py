@@ -1,0 +1,187 @@
+"""Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3 and InternVL beyond logits: inputs, hooks, M-RoPE,
+image blocks, DeepStack and tiles."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import Gemma3Processor
+
+from lvlm_lens import HookedLVLM
+from lvlm_lens.model.layout import TokenLayout
+from tests.helpers import PROMPTS, noise_image
+
+KINDS = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl"]
+IMAGES = [noise_image(20, 28, 1), noise_image(30, 18, 2)]
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def fam(request, tiny_checkpoint):
+    model = HookedLVLM.from_pretrained(tiny_checkpoint(request.param, chat_template=True))
+    inp = model.prepare(IMAGES, PROMPTS, answers=["star", "circle"])
+    return request.param, model, inp
+
+
+def test_hook_embed_is_hf_inputs_embeds(fam):
+    _, model, inp = fam
+    seen = {}
+
+    def grab(module, args, kwargs):
+        seen["x"] = kwargs["inputs_embeds"]
+
+    handle = model.hf_model.model.language_model.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model.hf_model(**inp.to_hf())
+    finally:
+        handle.remove()
+    _, cache = model.run_with_cache(inp, names_filter="hook_embed")
+    image, real = inp.groups["image"], inp.attention_mask.bool()
+    assert image.sum() > 0 and torch.equal(cache["hook_embed"][image], seen["x"][image])
+    assert (cache["hook_embed"] - seen["x"])[real].abs().max() <= 1e-6
+
+
+def test_to_hf_has_the_family_inputs(fam):
+    kind, model, inp = fam
+    kw = inp.to_hf()
+    extra = {"image_grid_thw", "mm_token_type_ids"} if "qwen" in kind else {"token_type_ids"}
+    extra = set() if kind == "internvl" else extra  # pixel values only
+    assert set(kw) == {"input_ids", "attention_mask", "position_ids", "pixel_values"} | extra
+    for key in extra & {"token_type_ids", "mm_token_type_ids"}:
+        assert torch.equal(kw[key].bool(), inp.groups["image"])
+    assert "position_ids" not in inp.to_hf(generate=True)
+
+
+def test_groups_and_grid_coordinates(fam):
+    kind, model, inp = fam
+    strs = model.to_str_tokens(inp, 0)
+    grid = (4, 4) if kind == "gemma3" else (5, 7)
+    cells = [f"<img {r},{c}>" for r in range(grid[0]) for c in range(grid[1])]
+    if kind == "internvl":  # 20x28: a 2x2 grid of tiles 1-4, then the thumbnail (tile 0)
+        cells = [f"<img {t}:{r},{c}>" for t in (1, 2, 3, 4, 0) for r in range(4) for c in range(4)]
+    assert [s for s in strs if s.startswith("<img ")] == cells
+    question = [t for t, q in zip(inp.input_ids[0], inp.groups["question"][0], strict=True) if q]
+    words = model.tokenizer.convert_ids_to_tokens(question)
+    assert words == ["what", "is", "the", "main", "object", "in", "this", "image", "?"]
+    role = model.tokenizer.convert_ids_to_tokens(inp.input_ids[0][inp.groups["role"][0]])
+    marker = {"gemma3": "<end_of_image>", "internvl": "</img>"}.get(kind, "<|vision_end|>")
+    assert marker in role and "ASSISTANT" in role
+
+
+def test_chat_template_and_native_placeholder(fam):
+    kind, model, inp = fam
+    chat = model.prepare(IMAGES[:1], "what is this ?", template="chat", system="You are helpful")
+    sys_tokens = model.tokenizer.convert_ids_to_tokens(chat.input_ids[0][chat.groups["system"][0]])
+    assert sys_tokens == ["You", "are", "helpful"]
+    q = model.tokenizer.convert_ids_to_tokens(chat.input_ids[0][chat.groups["question"][0]])
+    assert q == ["what", "is", "this", "?"]
+    native = model.image_text.alias  # the family's own placeholder form
+    raw = model.prepare(IMAGES[:1], PROMPTS[1].replace("<image>", native))
+    generic = model.prepare(IMAGES[:1], PROMPTS[1])
+    assert torch.equal(raw.input_ids, generic.input_ids)
+    with pytest.raises(ValueError, match="image placeholder"):
+        model.prepare([IMAGES], PROMPTS[1])
+
+
+def test_several_images_and_a_text_only_row_match_hf(fam):
+    _, model, _ = fam
+    prompts = ["USER: <image> and <image>\nwhat is this ? ASSISTANT:",
+               "USER: what is <image> this ? ASSISTANT:", "USER: what is this ? ASSISTANT:"]
+    images = [[IMAGES[0], noise_image(40, 24, 3)], IMAGES[1], None]
+    inp = model.prepare(images, prompts)
+    assert inp.groups["image"].sum(-1)[2] == 0
+    with torch.no_grad():
+        ref = model.hf_model(**inp.to_hf()).logits
+        text_only = inp.select(2)
+        ref_text = model.hf_model(**text_only.to_hf()).logits
+    real = inp.attention_mask.bool()
+    assert (model(inp) - ref)[real].abs().max() <= 1e-4
+    assert (model(text_only) - ref_text).abs().max() <= 1e-4
+
+
+def test_select_picks_each_examples_pixels(fam):
+    _, model, inp = fam
+    full = model(inp)
+    for i in range(2):
+        one = inp.select(i)
+        n = one.shape[1]
+        assert (model(one)[0] - full[i, -n:]).abs().max() <= 1e-4
+
+
+def test_gemma3_prepare_equals_the_hf_processor(tiny_checkpoint):
+    folder = tiny_checkpoint("gemma3", chat_template=True)
+    model = HookedLVLM.from_pretrained(folder)
+    inp = model.prepare(IMAGES, ["what is this ?", "what is the main object ?"], template="chat")
+    model.tokenizer.padding_side = "left"
+    proc = Gemma3Processor(model.image_processor, model.tokenizer, image_seq_length=16)
+    enc = proc(text=inp.texts, images=[[im] for im in IMAGES], return_tensors="pt",
+               padding=True, add_special_tokens=False)
+    kw = inp.to_hf()
+    for key in ("input_ids", "attention_mask", "pixel_values", "token_type_ids"):
+        assert torch.equal(enc[key].to(kw[key].dtype), kw[key]), key
+
+
+def test_qwen_input_ids_are_the_processor_expansion(tiny_checkpoint):
+    """The Qwen2-VL processor needs torchvision; its rule is: each ``<|image_pad|>`` becomes
+    ``grid.prod() // merge**2`` copies."""
+    model = HookedLVLM.from_pretrained(tiny_checkpoint("qwen2-vl", chat_template=True))
+    inp = model.prepare(IMAGES[:1], "what is this ?", template="chat")
+    n = int(inp.image_grid.prod() // 4)
+    expected = model.tokenizer(inp.texts[0].replace("<|image_pad|>", "<|image_pad|>" * n))
+    assert inp.input_ids[0].tolist() == expected.input_ids
+
+
+def test_mrope_positions(tiny_checkpoint):
+    model = HookedLVLM.from_pretrained(tiny_checkpoint("qwen2-vl", chat_template=True))
+    inp = model.prepare(IMAGES, PROMPTS)
+    pos, image = inp.position_ids, inp.groups["image"]
+    assert pos.shape == (3, *inp.shape)
+    for i in range(2):
+        coords = torch.cat(inp.image_coords[inp.image_slice(i)])
+        start = int(pos[0, i][image[i]][0])
+        assert (pos[0, i][image[i]] == start).all()  # one frame
+        assert torch.equal(pos[1, i][image[i]] - start, coords[:, 1])
+        assert torch.equal(pos[2, i][image[i]] - start, coords[:, 2])
+        after = int(image[i].nonzero().max()) + 1
+        assert (pos[:, i, after] == pos[:, i][:, image[i]].max() + 1).all()
+    # the M-RoPE positions matter: 1-D positions give other logits
+    one_d = model.run_blocks(model.embed_input(inp), inp.attention_mask, layout=TokenLayout())[0]
+    real = inp.attention_mask.bool()
+    assert (one_d - model(inp, stop_at_layer=model.cfg.n_layers))[real].abs().max() > 1e-3
+
+
+def test_gemma3_image_tokens_attend_both_ways(tiny_checkpoint):
+    model = HookedLVLM.from_pretrained(tiny_checkpoint("gemma3", chat_template=True))
+    inp = model.prepare(IMAGES, PROMPTS)
+    _, cache = model.run_with_cache(inp, names_filter=lambda n: n.endswith("hook_pattern"))
+    img = inp.positions("image", 0)
+    for layer in range(model.cfg.n_layers):
+        pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0][:, img][:, :, img]
+        assert (pattern.triu(1) > 0).any()  # earlier image tokens see later ones
+        text = inp.positions("text", 0)
+        pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0][:, text][:, :, text]
+        assert (pattern.triu(1) == 0).all()  # text stays causal
+    # HF without the image blocks (no token_type_ids) differs: the equality with HF is not vacuous
+    kw = inp.to_hf()
+    with torch.no_grad():
+        causal = model.hf_model(**{k: v for k, v in kw.items() if k != "token_type_ids"}).logits
+    real = inp.attention_mask.bool()
+    assert (causal - model(inp))[real].abs().max() > 1e-3
+    # a prefix may not cut an image in two
+    with pytest.raises(ValueError, match="cuts an image"):
+        model.run_prefix(inp, int(img[3]))
+
+
+def test_qwen3_deepstack_enters_early_layers_at_image_positions(tiny_checkpoint):
+    model = HookedLVLM.from_pretrained(tiny_checkpoint("qwen3-vl", chat_template=True))
+    inp = model.prepare(IMAGES, PROMPTS)
+    _, cache = model.run_with_cache(inp, names_filter=lambda n: "deepstack" in n)
+    image = inp.groups["image"]
+    for layer in range(2):  # both vision layers feed DeepStack: decoder layers 0 and 1
+        deep = cache[f"blocks.{layer}.hook_deepstack"]
+        assert deep[image].abs().min() > 0 and (deep[~image] == 0).all()
+    real = inp.attention_mask.bool()
+    zero = [(f"blocks.{i}.hook_deepstack", lambda t, hook: t * 0) for i in range(2)]
+    assert (model.run_with_hooks(inp, fwd_hooks=zero) - model(inp))[real].abs().max() > 1e-3
+    with pytest.raises(ValueError, match="DeepStack"):
+        model(inp.with_image_embeds(model.image_embeddings(inp)))
