@@ -10,18 +10,26 @@ Usage:
     python -m tools.mutate [PATTERN ...]     e.g. "lvlm_lens.interventions.*"
     python -m tools.mutate --report          scores of the last run, survivors to review
     python -m tools.mutate --survivors       every survivor's diff and its equivalence rule
+    python -m tools.mutate --sample N [--seed S] PREFIX
+                                             N mutants drawn at random among those whose name
+                                             starts with PREFIX (e.g. lvlm_lens.model); needs
+                                             the mutants of an earlier run (any run makes all)
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import random
 import re
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from difflib import SequenceMatcher
 from pathlib import Path
+
+from tools.mutate_reviewed import REVIEWED
 
 LAYERS = ("lvlm_lens.model.*", "lvlm_lens.interventions.*", "lvlm_lens.attribution.*")
 
@@ -91,8 +99,34 @@ RULES: dict[str, tuple[str, Rule]] = {
 }  # fmt: skip
 
 
-def classify(diff: str) -> str | None:
-    """The rule a survivor's one-line change matches (None: needs a look)."""
+# Survivors read one by one and found equivalent (or unobservable) that no general rule covers:
+# (end of the mangled function name, text of a removed line, text of an added line, verdict,
+# why). Matched on the change, not on the mutant's number (which shifts when the function is
+# edited); docs/testing.md explains each.
+
+
+def _verdict(rule: str) -> str:
+    return RULES[rule][0] if rule in RULES else rule.split(":")[0]
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion ``k / n``."""
+    if n == 0:
+        return math.nan, math.nan
+    p, d = k / n, 1 + z * z / n
+    mid, half = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return mid - half, mid + half
+
+
+def classify(diff: str, name: str = "") -> str | None:
+    """The rule a survivor's change matches: a reviewed survivor of its function (REVIEWED),
+    else a general rule (RULES); None: needs a look."""
+    function = name.split("__mutmut_")[0]
+    rows = diff.splitlines()[2:]
+    gone, came = ([r[1:].strip() for r in rows if r[:1] == sign] for sign in "-+")
+    for where, old, new, verdict, why in REVIEWED:
+        if function.endswith(where) and any(old in r for r in gone) and any(new in r for r in came):
+            return f"{verdict}: {why}"
     lines = diff.splitlines()[2:]  # without the ---/+++ header
     minus = [i for i, line in enumerate(lines) if line.startswith("-")]
     plus = [i for i, line in enumerate(lines) if line.startswith("+")]
@@ -126,9 +160,9 @@ def report(show: bool = False) -> int:
             status = status_by_exit_code[code]
             if status == "survived":
                 diff = get_diff_for_mutant(name, path=source)
-                rule = classify(diff)
+                rule = classify(diff, name)
                 survivors.append((name, diff, rule))
-                status = RULES[rule][0] if rule else "survived"
+                status = _verdict(rule) if rule else "survived"
             per_module[module]["detected" if status in detected else status] += 1
 
     def line(name: str, c: Counter) -> str:
@@ -145,11 +179,22 @@ def report(show: bool = False) -> int:
     for module, c in sorted(per_module.items()):
         total += c
         print(line(module, c))
+    layers: dict[str, Counter] = defaultdict(Counter)
+    for module, c in per_module.items():
+        layers[".".join(module.split(".")[:2])] += c
+    for layer, c in sorted(layers.items()):
+        print(line(layer, c))
     print(line("total", total))
     print("not run:", {k: v for k, v in total.items() if k not in cols})
     print("score non-eq. = detected / (all - equivalent); all = detected / all mutants run")
+    for layer, c in sorted(layers.items()):
+        n = sum(c[k] for k in cols) - c["equivalent"]
+        if n and sum(c.values()) > sum(c[k] for k in cols):  # a sample: give its uncertainty
+            lo, hi = wilson(c["detected"], n)
+            print(f"{layer}: {n} of {sum(c.values()) - c['equivalent']} mutants run, non-eq. "
+                  f"{c['detected'] / n:.0%} (95 % Wilson interval {lo:.0%}-{hi:.0%})")
     for name, n in Counter(rule for *_, rule in survivors if rule).most_common():
-        print(f"  {n:4d}  {RULES[name][0]}: {name}")
+        print(f"  {n:4d}  {_verdict(name)}: {name.split(': ', 1)[-1]}")
     print("survivors to review:" if not show else "")
     for name, diff, rule in survivors:
         if show:
@@ -160,6 +205,17 @@ def report(show: bool = False) -> int:
     return 0
 
 
+def sample(n: int, prefix: str, seed: int = 0) -> list[str]:
+    """``n`` mutant names drawn (seeded) among the generated mutants starting with ``prefix``."""
+    names = sorted(name for meta in Path("mutants").rglob("*.py.meta")
+                   for name in json.loads(meta.read_text())["exit_code_by_key"]
+                   if name.startswith(prefix))  # fmt: skip
+    if len(names) < n:
+        raise SystemExit(f"{len(names)} generated mutants start with {prefix!r} (need {n}): "
+                         "run `make mutate` once (any run generates every mutant)")
+    return sorted(random.Random(seed).sample(names, n))
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] in (["--report"], ["--survivors"]):
         return report(show=argv[0] == "--survivors")
@@ -167,6 +223,8 @@ def main(argv: list[str]) -> int:
     _allow_no_grad()
     from mutmut.__main__ import cli
 
+    if argv[:1] == ["--sample"]:
+        argv = sample(int(argv[1]), argv[-1], int(argv[3]) if argv[2:3] == ["--seed"] else 0)
     patterns = argv or list(LAYERS)
     try:
         cli(["run", "--max-children", "1", *patterns], standalone_mode=False)

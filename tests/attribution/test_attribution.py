@@ -123,6 +123,8 @@ def test_fit_result_keeps_example_ids():
     metrics = torch.randn(2, 40, generator=torch.Generator().manual_seed(0))
     result = fit_result(masks, metrics, AttributionConfig(n_masks=40), "m", ["a.png", "b.png"])
     assert result.example_ids == ["a.png", "b.png"] and result.model_name == "m"
+    unnamed = fit_result(masks, metrics, AttributionConfig(n_masks=40))
+    assert unnamed.model_name == "" and unnamed.example_ids is None
 
 
 def test_default_config_runs_on_a_single_input(model):
@@ -132,3 +134,20 @@ def test_default_config_runs_on_a_single_input(model):
     result = head_attribution(model, inp, progress=False)
     assert result.metrics.shape == (1, AttributionConfig().n_masks)
     assert result.metrics.std() > 1e-3 and torch.isfinite(result.pearson_r).all()
+
+
+def test_config_refuses_each_bad_option_naming_its_field():
+    """One OptionError per bad option, naming the field (the CLI words it with the flag)."""
+    bad = [(dict(rate=0.0), "rate", "must lie in (0, 1), got 0.0"),
+           (dict(holdout=1.0), "holdout", "must lie in [0, 1), got 1.0"),
+           (dict(holdout=-0.1), "holdout", "must lie in [0, 1), got -0.1"),
+           (dict(seed=-1), "seed", "must be >= 0, got -1"),
+           (dict(batch_size=0), "batch_size", "must be >= 1, got 0"),
+           (dict(n_masks=12), "n_masks", "must be >= 13 for a ridge fit (per example: 8 fit, "
+                                         "2 validation, 3 held-out masks), got 12")]  # fmt: skip
+    for kw, field, problem in bad:
+        with pytest.raises(OptionError) as err:
+            AttributionConfig(**kw)
+        assert (err.value.field, err.value.problem) == (field, problem)
+    for kw in (dict(holdout=0.0), dict(holdout=0.9), dict(seed=0), dict(batch_size=1)):
+        AttributionConfig(**kw)  # the edges that work

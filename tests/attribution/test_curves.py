@@ -126,6 +126,9 @@ def test_batching_and_defaults(setup):
     ks = default_ks(L * H)
     assert ks[0] == 0 and ks[-1] == L * H and ks == sorted(set(ks))
     assert evaluate_ranking(run_masks, weights).ks.tolist() == ks
+    calls.clear()
+    evaluate_ranking(run_masks, weights, [0, 32], batch_size=1)
+    assert calls == [1] * 6  # the endpoints too run one mask per call
     assert curves.faithfulness[-1] == 1
 
     def bad(masks):
@@ -133,3 +136,55 @@ def test_batching_and_defaults(setup):
 
     with pytest.raises(ValueError, match="returned"):
         evaluate_ranking(bad, weights, KS)
+
+
+def test_heads_needed_by_hand():
+    """The first k whose curve reaches the threshold (inclusive), 0.8 by default."""
+    ks = torch.tensor([0, 1, 2, 4])
+    curve = torch.tensor([0.0, 0.5, 0.8, 1.0], dtype=torch.float64)
+    low = torch.tensor([0.0, 0.1, 0.2, 0.85], dtype=torch.float64)
+    c = Curves(ks, curve, low, curve, low, 1.0, 0.0)
+    assert c.heads_needed() == 2  # 0.8 reached exactly at k = 2
+    assert c.heads_needed(0.81) == 4 and c.heads_needed(0.5) == 1 and c.heads_needed(1.01) is None
+    assert c.heads_needed(curve="completeness") == 4
+
+
+def test_default_ks_by_hand():
+    """0, the rounded values of 24 log-spaced points from 1 to n_total, and n_total."""
+    for n in (1000, 1656):  # 1656: float32 steps would round one point differently
+        want = sorted({0, n} | {round(n ** (i / 23)) for i in range(24)})
+        assert default_ks(n) == want and 1 in want and 2 in want
+    assert default_ks(12) == list(range(13))  # every k when the grid is denser than the heads
+
+
+def test_single_k_and_the_raw_values(setup):
+    weights, run_masks, _ = setup
+    one = evaluate_ranking(run_masks, weights, [3])
+    top3 = weights.flatten().sort(descending=True).values[:3].sum()
+    assert one.ks.tolist() == [3]
+    assert one.f_values.item() == pytest.approx(2 + top3.item(), rel=1e-6)
+    assert one.g_values.item() == pytest.approx(2 + weights.sum().item() - top3.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="non-empty"):
+        evaluate_ranking(run_masks, weights, [])
+
+
+def test_random_band_defaults_and_members(setup):
+    """20 rankings drawn with seed 0 by default; each member is the curve of its ranking, the
+    band their quantiles."""
+    from lvlm_lens.attribution.curves import random_rankings
+
+    _, run_masks, _ = setup
+    band = random_band(run_masks, L, H, KS)
+    rankings = random_rankings(L, H, 20)
+    assert band.all_faithfulness.shape == (20, len(KS)) and band.ks.tolist() == KS
+    for i in (0, 19):
+        c = evaluate_ranking(run_masks, rankings[i], KS)
+        torch.testing.assert_close(band.all_faithfulness[i], c.faithfulness)
+        torch.testing.assert_close(band.all_completeness[i], c.completeness)
+    q = torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64)
+    torch.testing.assert_close(band.completeness, band.all_completeness.quantile(q, 0))
+    calls = []
+    counted = lambda m: calls.append(len(m)) or run_masks(m)  # noqa: E731
+    one = random_band(counted, L, H, KS, n_random=1, quantiles=(0.5,), batch_size=1)
+    torch.testing.assert_close(one.faithfulness[0], one.all_faithfulness[0])  # its own median
+    assert one.faithfulness.shape == (1, len(KS)) and set(calls) == {1}

@@ -117,3 +117,13 @@ def test_attribution_patching_is_a_derivative(setup, scope, metric):
     slope = -(at(every) - at(-every)) / (2 * eps)
     assert torch.allclose(grad.sum((1, 2)), slope, rtol=0.05, atol=1e-3)
     assert grad.abs().max() > 1e-2
+
+
+def test_defaults_are_image_source_final_query_text_scope_logit(setup):
+    """Called with defaults: image source, final query; patching at text scope on the logit."""
+    model, inp = setup
+    assert torch.equal(attention_weight(model, inp), attention_weight(model, inp, "image", "final"))
+    cfg = HeadAblation(baseline="image")
+    base = compute_baseline(model, inp, cfg, baseline_image=noise_image(20, 20, 9))
+    torch.testing.assert_close(attribution_patching(model, inp, base),
+                               attribution_patching(model, inp, base, "text", "logit"))  # fmt: skip

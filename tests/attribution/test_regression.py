@@ -270,3 +270,44 @@ def test_min_masks_is_the_fewest_a_fit_measures(method, holdout):
     with pytest.raises(OptionError, match=f"n_masks must be >= {n} ") as err:
         _check_n_masks(config, L * H)
     assert err.value.field == "n_masks"
+
+
+def test_split_sizes_and_min_masks_by_hand():
+    """100 masks, holdout 0.2: 20 held out; ridge / lasso keep 20 % of the other 80 (16) to
+    choose the penalty; OLS fits on all 80. The minimum is the first n whose split holds >= 3
+    out (0.2·13 = 2.6 rounds to 3), validates on >= 1 and fits >= 2 (OLS: heads + 1)."""
+    from lvlm_lens.attribution.regression import min_masks, split_sizes
+
+    assert split_sizes(100) == {"fit": 64, "validation": 16, "held_out": 20}
+    assert split_sizes(100, "lasso", 0.1) == {"fit": 72, "validation": 18, "held_out": 10}
+    assert split_sizes(100, "ols") == {"fit": 80, "validation": 0, "held_out": 20}
+    assert min_masks() == min_masks("lasso") == 13
+    assert min_masks("ols", n_features=12) == 16  # 3 held out, 13 to fit
+    assert min_masks("ridge", 0.0) == 3  # 1 to validate (0.2·3 = 0.6), 2 to fit
+    assert min_masks("ols", 0.0) == 2 and min_masks("ols", 0.0, n_features=12) == 13
+    assert min_masks("ols", 0.7) == 4  # 0.7·4 = 2.8: 3 held out, 1 to fit
+
+
+def test_defaults_and_bounds_of_sampling_and_pooling():
+    assert torch.equal(sample_masks(50, 2, 3), sample_masks(50, 2, 3, 0.05, seed=0))
+    assert sample_masks(1, 1, 1, rate=0.5).shape == (1, 1, 1)
+    for sizes in ((0, 2, 3), (5, 0, 3), (5, 2, 0)):
+        with pytest.raises(ValueError, match="sizes must be positive"):
+            sample_masks(*sizes)
+    masks, y, _ = planted(n=60, noise=0.5)
+    a, b = fit_pooled([masks, masks], [y, y.flip(0)]), fit_pooled([masks, masks], [y, y.flip(0)],
+                                                                   seed=0)  # fmt: skip
+    torch.testing.assert_close(a.coef, b.coef)
+
+
+def test_lasso_default_grid_is_a_fraction_of_lambda_max():
+    """λ_max = max|Xᵀy|/n (centred train masks) scales the default fractions."""
+    from lvlm_lens.attribution.regression import DEFAULT_LASSO_FRACTIONS
+
+    masks, y, _ = planted(n=400, noise=0.1)
+    fit = fit_linear(masks, y, method="lasso", holdout=0.0)
+    ratio = fit.alphas / torch.tensor(DEFAULT_LASSO_FRACTIONS, dtype=torch.float64)
+    torch.testing.assert_close(ratio, ratio[:1].expand_as(ratio))
+    x = masks.flatten(1).double()
+    lam_max = ((x - x.mean(0)).T @ (y.double() - y.double().mean())).abs().max() / len(x)
+    assert 0.8 < ratio[0] / lam_max < 1.2  # on the 80 % of masks that choose the penalty
