@@ -22,6 +22,8 @@ FISTA = "FISTA variant (momentum, warm-start order, check interval, iteration ca
 STEP = "ACCEPTABLE GAP: a step from the wrong eigenvalue converges on the tested designs; " \
     "an ill-conditioned design could diverge (not tested)"
 ONE_ALPHA = "with one penalty the validation split is never used"
+IMPORT = "a property factory that runs at import, before mutmut switches the mutant on"
+MARKERS = "InternVL's tokenizer defines exactly these image markers (the fallbacks)"
 F64 = "fit_pooled already made the targets float64 on the masks' device"
 
 
@@ -94,6 +96,22 @@ REVIEWED: list[tuple[str, str, str, str, str]] = [
                                                    'XXmasksXX', 'MASKS'), UN, BAR),
     ("random_band", "clean, ablated, batch_size,", "clean, ablated, None,", EQ, BATCHING),
     ("band_of", "runs[0].ks", "runs[1].ks", EQ, "every run of a band shares the same ks"),
+    *_each("split_sizes", 'method: Method = "ridge"', ('"XXridgeXX"', '"RIDGE"'), EQ,
+           'only "ols" is told apart: any other name splits as ridge'),
+    *_each("min_masks", 'method: Method = "ridge"', ('"XXridgeXX"', '"RIDGE"'), EQ,
+           'only "ols" is told apart: any other name counts as ridge'),
+    ("fit_pooled", "t.to(dev, torch.float64)", "t.to(torch.float64)", UN,
+     "device placement (every test runs on CPU)"),
+    *_each("to_csv", 'open(p, "w", newline="")', ('newline=None', 'open(p, "w", )'), UN,
+           "newline translation: the same file on Linux (csv writes \\r\\n either way)"),
+    ("TransformerBlockǁ__init__", "RMSNorm(hf_layer.post_attention_layernorm, off)",
+     "RMSNorm(hf_layer.post_attention_layernorm, )", EQ,
+     "this branch serves families whose norms have offset 0, the default (Gemma takes the other)"),
+    ("rotary_positions", "cumsum(-1)", "cumsum(+1)", EQ, "the mask is [batch, pos]: dim 1 is -1"),
+    ("_stacked", "", "", UN, IMPORT),
+    ("_per_head", "", "", UN, IMPORT),
+    *_each("image_text", 'or "<img>"', ('and "<img>"', "XXstart_image_tokenXX"), EQ, MARKERS),
+    *_each("image_text", 'or "</img>"', ('and "</img>"', "XXend_image_tokenXX"), EQ, MARKERS),
     *_each("save", "json.dumps(meta, indent=2)", ("indent=None", "indent=3", "json.dumps(meta, )"),
            UN, "indentation of the JSON file (same content)"),
 ]  # fmt: skip

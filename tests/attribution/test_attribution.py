@@ -144,7 +144,10 @@ def test_config_refuses_each_bad_option_naming_its_field():
            (dict(seed=-1), "seed", "must be >= 0, got -1"),
            (dict(batch_size=0), "batch_size", "must be >= 1, got 0"),
            (dict(n_masks=12), "n_masks", "must be >= 13 for a ridge fit (per example: 8 fit, "
-                                         "2 validation, 3 held-out masks), got 12")]  # fmt: skip
+                                         "2 validation, 3 held-out masks), got 12"),
+           (dict(n_masks=5, holdout=0.5), "n_masks", "must be >= 6 for a ridge fit (per "
+                                                     "example: 2 fit, 1 validation, 3 held-out "
+                                                     "masks), got 5")]  # fmt: skip
     for kw, field, problem in bad:
         with pytest.raises(OptionError) as err:
             AttributionConfig(**kw)

@@ -48,6 +48,10 @@ def test_names_filter_and_remove_batch_dim(model, inp):
     )
     assert set(cache.keys()) == {f"blocks.{i}.attn.hook_z" for i in range(model.cfg.n_layers)}
     assert cache["blocks.0.attn.hook_z"].ndim == 3
+    _, single = model.run_with_cache(one, remove_batch_dim=True)
+    _, batched = model.run_with_cache(one)
+    assert not single.has_batch_dim and batched.has_batch_dim  # TL's stacks read this flag
+    torch.testing.assert_close(single.decompose_resid(), batched.decompose_resid()[:, 0])
     with pytest.raises(ValueError, match="batch of one"):
         model.run_with_cache(inp, remove_batch_dim=True)
 

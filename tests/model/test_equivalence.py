@@ -132,6 +132,10 @@ def test_generate_text_only(tiny_checkpoint):
     tokens = model.generate("what is this ?", 3, eos_token_id=[], return_type="tokens")
     assert tokens.shape == (1, 5 + 3)
     assert model.tokenizer.decode(tokens[0], skip_special_tokens=True) == out
+    # no new token: the prompt itself, or no column per example
+    inp = batch(model)
+    assert torch.equal(model.generate(inp, max_new_tokens=0), inp.input_ids)
+    assert model.generate(inp, max_new_tokens=0, new_tokens_only=True).shape == (len(inp), 0)
 
 
 def image_end(inp) -> int:

@@ -47,3 +47,12 @@ def test_to_string(model):
     assert model.to_string(inp) == ["<s> USER : a cat ? ASSISTANT :",
                                     "<s> USER : the red dog ? ASSISTANT :"]
     assert model.to_single_token("dog") == int(ids[1, -1])
+
+
+def test_to_string_keeps_spaces_whatever_the_tokenizer_cleans(model, monkeypatch):
+    """As TransformerLens: decoded text keeps " ?" even where the tokenizer's default would
+    clean it up to "?" (many real tokenizers do)."""
+    monkeypatch.setattr(model.tokenizer, "clean_up_tokenization_spaces", True)
+    ids = model.to_tokens("a cat ?", prepend_bos=False)[0]
+    assert model.tokenizer.decode(ids.tolist()) == "a cat?"  # the default would clean
+    assert model.to_string(ids) == "a cat ?" and model.to_string(ids[None]) == ["a cat ?"]
