@@ -18,7 +18,7 @@ from lvlm_lens.model.attention import KV, Segment, SelfAlternative
 from lvlm_lens.model.blocks import Embed, RMSNorm, TransformerBlock, Unembed
 from lvlm_lens.model.config import LVLMConfig
 from lvlm_lens.model.embedding import EmbeddingMixin
-from lvlm_lens.model.families import FAMILIES, image_text
+from lvlm_lens.model.families import FAMILIES, image_text, language_model
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.model.kv_cache import HeadSwitch, KVCache
 from lvlm_lens.model.layout import TokenLayout
@@ -72,7 +72,7 @@ class HookedLVLM(TokensMixin, EmbeddingMixin, ModelWeights, HookedRootModule):
     ):
         super().__init__()
         self.cfg = cfg
-        lm = hf_model.model.language_model
+        lm = language_model(hf_model)
         self.embed = Embed(lm.embed_tokens)
         self.hook_image_embeds = HookPoint()
         self.hook_embed = HookPoint()
