@@ -178,7 +178,9 @@ class ImageText:
             ``<|vision_start|><|image_pad|><|vision_end|>``).
         expansion: What each placeholder becomes before tokenization, holding the image token
             once (Gemma 3: ``\\n\\n<start_of_image><image_soft_token><end_of_image>\\n\\n``);
-            the image token is then repeated once per image embedding.
+            the image token is then repeated once per image embedding. Where it depends on the
+            image (Idefics3's tiles and their markers) the vision side's ``placeholder_text``
+            writes it per image, from this one.
         closers: Markers that may follow a placeholder and are not question text.
     """
 

@@ -32,7 +32,7 @@ ReturnType = Literal["logits", "loss", "both"] | None
 
 class HookedLVLM(TokensMixin, EmbeddingMixin, ModelWeights, HookedRootModule):
     """A vision-language model with TransformerLens hooks: LLaVA-1.5 / NeXT / OneVision,
-    Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3 and InternVL
+    Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, InternVL and Idefics3 / SmolVLM
     (:data:`~lvlm_lens.model.families.FAMILIES`).
 
     The vision tower, projector and image packing are the HF model's own modules; the
@@ -129,8 +129,8 @@ class HookedLVLM(TokensMixin, EmbeddingMixin, ModelWeights, HookedRootModule):
         """Wrap an in-memory HF model of a supported family (weights shared, not copied).
 
         Args:
-            hf_model: A ``Llava*``, ``Qwen2VL``, ``Qwen2_5_VL``, ``Qwen3VL``, ``Gemma3`` or
-                ``InternVL`` ``ForConditionalGeneration``.
+            hf_model: A ``Llava*``, ``Qwen2VL``, ``Qwen2_5_VL``, ``Qwen3VL``, ``Gemma3``,
+                ``InternVL`` or ``Idefics3`` ``ForConditionalGeneration``.
             processor: Its processor; or pass ``tokenizer`` and ``image_processor`` instead.
             tokenizer: The tokenizer, when no processor is given.
             image_processor: The image processor, when no processor is given.
