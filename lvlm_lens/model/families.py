@@ -180,7 +180,7 @@ class ImageText:
             once (Gemma 3: ``\\n\\n<start_of_image><image_soft_token><end_of_image>\\n\\n``);
             the image token is then repeated once per image embedding. Where it depends on the
             image (Idefics3's tiles and their markers) the vision side's ``placeholder_text``
-            writes it per image, from this one.
+            writes it per image around the placeholder.
         closers: Markers that may follow a placeholder and are not question text.
     """
 

@@ -101,12 +101,31 @@ class Gemma3Vision(VisionSide):
         return [grid_coords(self.side, self.side) for _ in range(sum(images_per_example))]
 
 
-class InternVision(VisionSide):
+class TiledVision(VisionSide):
+    """A family that cuts an image into a grid of square tiles plus one whole-image tile after
+    them (InternVL's thumbnail, Idefics3's global image), each tile giving the same
+    ``side x side`` grid of tokens; ``processed["num_patches"]`` holds the tiles per image."""
+
+    tiled = True
+    side: int
+
+    def token_layout(
+        self, processed: Mapping[str, Tensor], images_per_example: list[int]
+    ) -> list[Int[Tensor, "img_tok 3"]]:
+        """``(tile, row, col)`` of every token, in the processor's order: the grid of tiles
+        row by row (tiles ``1..n-1``), then the whole image, labelled tile 0 as the whole-image
+        tile is in every family (LLaVA-NeXT's base image)."""
+        out = []
+        for n in processed["num_patches"].tolist():
+            labels = [*range(1, n), 0]
+            out.append(torch.cat([grid_coords(self.side, self.side, tile=t) for t in labels]))
+        return out
+
+
+class InternVision(TiledVision):
     """InternVL: InternViT over 448-px tiles (an image is cut into a grid of tiles by its aspect
     ratio, plus a thumbnail), pixel shuffle and an MLP projector; each tile gives the same
     square grid of tokens."""
-
-    tiled = True
 
     def __init__(self, hf_model: nn.Module):
         super().__init__(hf_model)
@@ -121,24 +140,13 @@ class InternVision(VisionSide):
         feats = self._inner.get_image_features(self.pixels(inp), return_dict=True).pooler_output
         return [f.flatten(0, 1) for f in feats.split(inp.image_tiles.tolist())]
 
-    def token_layout(
-        self, processed: Mapping[str, Tensor], images_per_example: list[int]
-    ) -> list[Int[Tensor, "img_tok 3"]]:
-        """``(tile, row, col)`` of every token, in the processor's order: the grid of tiles
-        row by row (tiles ``1..n-1``), then the thumbnail, labelled tile 0 as the whole-image
-        tile is in every family (LLaVA-NeXT's base image)."""
-        out = []
-        for n in processed["num_patches"].tolist():
-            labels = [*range(1, n), 0] if n > 1 else [0]
-            out.append(torch.cat([grid_coords(self.side, self.side, tile=t) for t in labels]))
-        return out
 
 
 #: Idefics3's text around image tokens (the HF processor's own strings).
 IDEFICS3_FAKE, IDEFICS3_GLOBAL = "<fake_token_around_image>", "<global-img>"
 
 
-class Idefics3Vision(VisionSide):
+class Idefics3Vision(TiledVision):
     """Idefics3 / SmolVLM: a SigLIP-style tower over square tiles (an image larger than one tile
     is cut into a grid of ``rows x cols`` tiles plus a downscaled global image), pixel shuffle
     and a linear projection; each tile gives the same square grid of tokens.
@@ -148,8 +156,6 @@ class Idefics3Vision(VisionSide):
     ``\n<fake_token_around_image><global-img>`` + its tokens + ``<fake_token_around_image>``
     (an image of one tile is only the global part), as HF's ``Idefics3Processor`` writes it.
     """
-
-    tiled = True
 
     def __init__(self, hf_model: nn.Module):
         super().__init__(hf_model)
@@ -176,17 +182,6 @@ class Idefics3Vision(VisionSide):
         mask = None if mask is None else mask[None].to(inp.pixel_values.device)
         feats = self._inner.get_image_features(self.pixels(inp)[None], mask).pooler_output[0]
         return list(feats.split((inp.image_tiles * self.side**2).tolist()))
-
-    def token_layout(
-        self, processed: Mapping[str, Tensor], images_per_example: list[int]
-    ) -> list[Int[Tensor, "img_tok 3"]]:
-        """``(tile, row, col)`` of every token, in the prompt's order: the grid of tiles row by
-        row (tiles ``1..n-1``), then the global image, labelled tile 0."""
-        out = []
-        for n in processed["num_patches"].tolist():
-            labels = [*range(1, n), 0]
-            out.append(torch.cat([grid_coords(self.side, self.side, tile=t) for t in labels]))
-        return out
 
     def placeholder_text(
         self, image_text: Any, processed: Mapping[str, Tensor], index: int, n_tokens: int
