@@ -288,7 +288,12 @@ class HookedLVLM(TokensMixin, EmbeddingMixin, ModelWeights, HookedRootModule):
         inp = self._as_input(input, attention_mask)
         x, deep = self._embed(inp)
         mask = inp.attention_mask.to(x.device)
-        layout = self.layout(inp, positions=past_kv_cache is None, deepstack=deep)
+        layout = self.layout(inp, deepstack=deep)
+        if past_kv_cache is not None and layout.position_ids is not None:
+            # M-RoPE: the input's own (t, h, w) positions, continued after the cached prefix
+            rows = past_kv_cache.rows_per_example(x.shape[0])
+            start = past_kv_cache.start_positions(rows).to(layout.position_ids.device)
+            layout.position_ids = layout.position_ids + start[:, None]
         resid, new_kvs = self.run_blocks(x, mask, past_kv_cache, stop_at_layer, layout=layout)
         if past_kv_cache is not None and not past_kv_cache.frozen:
             past_kv_cache.append(new_kvs, mask)
