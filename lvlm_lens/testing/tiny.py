@@ -54,7 +54,7 @@ from lvlm_lens.testing.tiny_families import (
 #: LLaVA-OneVision (Qwen2).
 LLAVA_KINDS = ("llava-llama", "llava-next-mistral", "llava-next-vicuna", "llava-onevision-qwen2")
 #: Every kind :func:`build_tiny_checkpoint` builds: those and ``tiny_families.FAMILY_KINDS``
-#: (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, InternVL).
+#: (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, InternVL, Idefics3).
 TINY_KINDS = LLAVA_KINDS + FAMILY_KINDS
 
 SPECIAL_TOKENS = (
@@ -125,6 +125,7 @@ def build_tiny_tokenizer(
     chat_template: str | None = None,
     words: Sequence[str] = TINY_WORDS,
     named_specials: dict[str, str] | None = None,
+    more_specials: Sequence[str] = (),
 ) -> PreTrainedTokenizerFast:
     """Builds a word-level tokenizer (by default the one shared by all tiny checkpoints).
 
@@ -134,13 +135,15 @@ def build_tiny_tokenizer(
             this order); words are ``\\w+`` runs, single punctuation characters or ``"\\n"``.
         named_specials: A family's own special tokens by attribute name (``image_token``,
             ``boi_token``...), appended after ``words``; default ``{"image_token": "<image>"}``.
+        more_specials: Further special tokens without an attribute name (Idefics3's
+            ``<row_1_col_1>``...), appended after those.
 
     Returns:
         A fast tokenizer (supports ``return_offsets_mapping``) whose image token is one token.
     """
     words = tuple(words)
     named = dict(named_specials or {"image_token": "<image>"})
-    extra = tuple(t for t in named.values() if t not in SPECIAL_TOKENS)
+    extra = tuple(t for t in named.values() if t not in SPECIAL_TOKENS) + tuple(more_specials)
     specials = SPECIAL_TOKENS + extra
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + words + extra)}
     if len(vocab) != len(specials) + len(words):

@@ -153,7 +153,7 @@ def test_sparse_and_dense_selection_equal_reference(setup, rate):
 
 
 # M-RoPE; DeepStack; image blocks attending both ways
-FAMILY_KINDS = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl"]
+FAMILY_KINDS = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl", "idefics3"]
 
 
 @pytest.fixture(scope="module", params=FAMILY_KINDS)

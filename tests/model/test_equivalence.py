@@ -19,6 +19,7 @@ CASES = {
     "qwen3-vl": {},
     "gemma3": {},
     "internvl": {},
+    "idefics3": {},
     # variants of the language backbone the real checkpoints use
     "llava-next-mistral/sliding-window": dict(sliding_window=20),
     "llava-llama/rope-linear": dict(
@@ -38,6 +39,7 @@ CASES = {
     "qwen2-vl/sliding-window": dict(
         use_sliding_window=True, sliding_window=12, max_window_layers=1
     ),
+    "idefics3/untied": dict(tie_word_embeddings=False),
     "gemma3/untied-global-first": dict(
         tie_word_embeddings=False, layer_types=["full_attention", "sliding_attention"],
         num_hidden_layers=2, sliding_window=6,
@@ -92,7 +94,7 @@ def hf_generate(reference, model, inp, n):
 
 @pytest.mark.parametrize(
     "case", ["llava-llama", "llava-onevision-qwen2", "llava-next-mistral", "qwen2-vl",
-             "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl"],
+             "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl", "idefics3"],
 )
 def test_generate_matches_hf_greedy(tiny_checkpoint, case):
     """Prompt + new tokens, as TransformerLens and HF return them; or the new tokens only."""

@@ -141,7 +141,9 @@ def test_torchrun_two_processes_equal_one(tiny_checkpoint, data_folder, tmp_path
     assert files == sorted(p.name for p in (one / "chunks").iterdir())
 
 
-@pytest.mark.parametrize("kind", ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl"])
+@pytest.mark.parametrize(
+    "kind", ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl", "idefics3"]
+)
 def test_attribute_runs_on_every_family(tiny_checkpoint, data_folder, tmp_path, kind):
     """The data's LLaVA-style prompts hold ``<image>``, which every family accepts."""
     folder = tiny_checkpoint(kind, chat_template=True)
