@@ -37,6 +37,9 @@ class LVLMInput:
         position_ids: Rotary positions when they are not ``cumsum(attention_mask) - 1``:
             ``[3, batch, pos]`` M-RoPE ``(t, h, w)`` positions (Qwen2-VL / Qwen2.5-VL).
         image_embeds: Precomputed projected image embeddings, one ``[n_tokens, d_model]`` per image.
+        image_deepstack: With ``image_embeds`` on DeepStack families (Qwen3-VL): per DeepStack
+            layer, the features added at each image's positions, one ``[n_tokens, d_model]``
+            per image.
         image_coords: Per image, ``(tile, row, col)`` of each of its tokens (``-1`` marks an
             image-newline token); used by ``to_str_tokens`` and patch overlays.
         images_per_example: How many images each example holds, in batch order.
@@ -56,6 +59,7 @@ class LVLMInput:
     pixel_attention_mask: Int[Tensor, "n_tiles height width"] | None = None
     position_ids: Int[Tensor, "3 batch pos"] | None = None
     image_embeds: list[Float[Tensor, "img_tok d_model"]] | None = None
+    image_deepstack: list[list[Float[Tensor, "img_tok d_model"]]] | None = None
     image_coords: list[Int[Tensor, "img_tok 3"]] = field(default_factory=list)
     images_per_example: list[int] = field(default_factory=list)
     answer_ids: Int[Tensor, " batch"] | None = None
@@ -97,6 +101,8 @@ class LVLMInput:
             pixel_attention_mask=mv(self.pixel_attention_mask),
             position_ids=mv(self.position_ids),
             image_embeds=None if self.image_embeds is None else [mv(e) for e in self.image_embeds],
+            image_deepstack=None if self.image_deepstack is None
+            else [[mv(e) for e in d] for d in self.image_deepstack],
             answer_ids=mv(self.answer_ids),
         )
 
@@ -131,6 +137,8 @@ class LVLMInput:
             if self.position_ids is None
             else self.position_ids[:, indices][..., start:],
             image_embeds=None if self.image_embeds is None else [self.image_embeds[i] for i in img],
+            image_deepstack=None if self.image_deepstack is None
+            else [[d[i] for i in img] for d in self.image_deepstack],
             image_coords=[self.image_coords[i] for i in img] if self.image_coords else [],
             images_per_example=[self.images_per_example[i] for i in indices],
             answer_ids=None if self.answer_ids is None else self.answer_ids[indices],
@@ -219,16 +227,26 @@ class LVLMInput:
         idx = torch.cat(keep) if keep else torch.zeros(0, dtype=torch.long)
         return values[idx.to(values.device)]
 
-    def with_image_embeds(self, embeds: list[Float[Tensor, "img_tok d_model"]]) -> LVLMInput:
-        """The same batch with its images replaced by precomputed embeddings."""
-        if len(embeds) != sum(self.images_per_example):
-            raise ValueError(
-                f"got {len(embeds)} image embeddings for {sum(self.images_per_example)} images"
-            )
+    def with_image_embeds(
+        self,
+        embeds: list[Float[Tensor, "img_tok d_model"]],
+        deepstack: list[list[Float[Tensor, "img_tok d_model"]]] | None = None,
+    ) -> LVLMInput:
+        """The same batch with its images replaced by precomputed embeddings (and, for DeepStack
+        families, ``deepstack``: per DeepStack layer, one ``[n_tokens, d_model]`` per image)."""
+        n_images = sum(self.images_per_example)
+        if len(embeds) != n_images:
+            raise ValueError(f"got {len(embeds)} image embeddings for {n_images} images")
         for i, (e, c) in enumerate(zip(embeds, self.image_coords, strict=False)):
             if e.shape[0] != c.shape[0]:
                 raise ValueError(
                     f"image {i}: {e.shape[0]} embeddings for {c.shape[0]} image tokens"
                 )
+        for layer, feats in enumerate(deepstack or []):
+            shapes = [tuple(f.shape) for f in feats]
+            if shapes != [tuple(e.shape) for e in embeds]:
+                raise ValueError(f"deepstack layer {layer}: feature shapes {shapes} differ from "
+                                 "the image embeddings' (one per image, same shape)")
         return replace(self, image_embeds=list(embeds), pixel_values=None,
-                       pixel_attention_mask=None)
+                       pixel_attention_mask=None,
+                       image_deepstack=None if deepstack is None else [list(d) for d in deepstack])

@@ -201,6 +201,11 @@ def test_qwen3_deepstack_enters_early_layers_at_image_positions(tiny_checkpoint)
     assert (model.run_with_hooks(inp, fwd_hooks=zero) - model(inp))[real].abs().max() > 1e-3
     with pytest.raises(ValueError, match="DeepStack"):
         model(inp.with_image_embeds(model.image_embeddings(inp)))
+    # precomputed embeddings with their DeepStack features are the run on pixels
+    pre = inp.with_image_embeds(*model.image_features(inp))
+    assert pre.pixel_values is None
+    assert (model(pre) - model(inp))[real].abs().max() <= 1e-6
+    assert torch.allclose(model(pre.select(1)), model(inp.select(1)), atol=1e-6)
 
 
 @pytest.mark.parametrize("split", [True, False])
