@@ -134,7 +134,28 @@ def check_supported(config: Any) -> Family:
             raise ValueError(f"{family.name} with {flag}={getattr(tc, flag)} is not supported")
     if getattr(tc, "use_bidirectional_attention", False):
         raise ValueError(f"{family.name} with use_bidirectional_attention=True is not supported")
+    _check_rope(family, tc)
     return family
+
+
+#: RoPE types whose frequencies change with the longest position of a call: HF's depend on the
+#: batch an example is run in (and ``dynamic`` on the calls before), so per-example results,
+#: prefix caches and batched masked runs would all disagree with a full batched run.
+LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
+
+
+def _check_rope(family: Family, tc: Any) -> None:
+    """Refuse a length-dependent RoPE type (``text_config.rope_parameters['rope_type']``)."""
+    params = getattr(tc, "rope_parameters", None) or {}
+    per_type = params.values() if all(isinstance(v, dict) for v in params.values()) else [params]
+    for p in per_type:
+        rope_type = (p or {}).get("rope_type", "default")
+        if any(t in rope_type for t in LENGTH_DEPENDENT_ROPE):
+            raise ValueError(
+                f"{family.name} with text_config.rope_parameters rope_type={rope_type!r} is not "
+                "supported: its frequencies depend on the sequence length of the batch; "
+                "supported: default, linear, llama3, yarn, proportional"
+            )
 
 
 def language_model(hf_model: nn.Module) -> nn.Module:

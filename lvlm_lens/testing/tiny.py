@@ -169,7 +169,7 @@ def build_tiny_tokenizer(
     return tokenizer
 
 
-def _vision_config(kind: str) -> CLIPVisionConfig | SiglipVisionConfig:
+def _vision_config(kind: str, overrides: dict) -> CLIPVisionConfig | SiglipVisionConfig:
     common = dict(
         hidden_size=32,
         intermediate_size=64,
@@ -179,6 +179,7 @@ def _vision_config(kind: str) -> CLIPVisionConfig | SiglipVisionConfig:
         patch_size=PATCH_SIZE,
         attention_dropout=0.0,
     )
+    common.update(overrides)
     if kind == "llava-onevision-qwen2":
         return SiglipVisionConfig(vision_use_head=False, **common)
     return CLIPVisionConfig(projection_dim=32, **common)
@@ -221,6 +222,9 @@ def build_tiny_checkpoint(
     *,
     seed: int = 0,
     chat_template: bool = False,
+    vision: dict[str, Any] | None = None,
+    lvlm: dict[str, Any] | None = None,
+    processor: dict[str, Any] | None = None,
     **text_overrides: Any,
 ) -> Path:
     """Builds and saves a tiny random checkpoint of one supported family.
@@ -232,8 +236,14 @@ def build_tiny_checkpoint(
         chat_template: Whether to save a chat template with the tokenizer (llava-hf style
             ``USER: <image>\\n... ASSISTANT:`` for LLaVA/NeXT, ChatML for OneVision, the
             family's own for Qwen2-VL / Qwen2.5-VL / Gemma 3).
+        vision: Fields set on the vision config (Gemma 3 also ``mm_tokens_per_image``,
+            Idefics3 also ``scale_factor``).
+        lvlm: Fields set on the multimodal config (LLaVA's ``vision_feature_layer``,
+            ``vision_feature_select_strategy``...).
+        processor: Attributes set on the image processor (Idefics3's ``do_image_splitting``).
         **text_overrides: Fields set on the text config, e.g. ``num_hidden_layers``,
-            ``rope_parameters``, ``sliding_window`` or ``tie_word_embeddings``.
+            ``rope_parameters``, ``sliding_window`` or ``tie_word_embeddings`` (InternVL and
+            Idefics3 also ``model_type``: the text model's type).
 
     Returns:
         The folder, loadable with ``from_pretrained`` and ``AutoTokenizer`` /
@@ -245,7 +255,8 @@ def build_tiny_checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     if kind in FAMILY_KINDS:
         return build_family_checkpoint(
-            kind, folder, seed=seed, chat_template=chat_template, **text_overrides
+            kind, folder, seed=seed, chat_template=chat_template, vision=vision, lvlm=lvlm,
+            processor=processor, **text_overrides,
         )
     onevision = kind == "llava-onevision-qwen2"
     template = (
@@ -253,7 +264,7 @@ def build_tiny_checkpoint(
     )
     tokenizer = build_tiny_tokenizer(chat_template=template)
     common = dict(
-        vision_config=_vision_config(kind),
+        vision_config=_vision_config(kind, vision or {}),
         text_config=_text_config(kind, tokenizer, text_overrides),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         projector_hidden_act="gelu",
@@ -297,6 +308,10 @@ def build_tiny_checkpoint(
             crop_size=square,
             image_grid_pinpoints=GRID_PINPOINTS,
         )
+    for key, value in (lvlm or {}).items():
+        setattr(config, key, value)
+    for key, value in (processor or {}).items():
+        setattr(image_processor, key, value)
     config._attn_implementation = "eager"
 
     with torch.random.fork_rng(devices=[]):

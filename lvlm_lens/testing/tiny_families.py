@@ -245,7 +245,7 @@ def _internvl(tokenizer: PreTrainedTokenizerFast, overrides: dict, vision_overri
     )  # fmt: skip
     vision.update(vision_overrides)
     config = InternVLConfig(
-        text_config=dict(text, model_type="qwen2", tie_word_embeddings=tied),
+        text_config={"model_type": "qwen2", **text, "tie_word_embeddings": tied},
         vision_config=vision,
         image_token_id=tokenizer.convert_tokens_to_ids(INTERNVL_SPECIALS["context_image_token"]),
         image_seq_length=(vision["image_size"] // vision["patch_size"] // 2) ** 2,
@@ -333,14 +333,26 @@ def family_tokenizer(kind: str, chat_template: bool) -> PreTrainedTokenizerFast:
 
 
 def build_family_checkpoint(
-    kind: str, folder: Path, *, seed: int, chat_template: bool, **text_overrides: Any
+    kind: str,
+    folder: Path,
+    *,
+    seed: int,
+    chat_template: bool,
+    vision: dict[str, Any] | None = None,
+    lvlm: dict[str, Any] | None = None,
+    processor: dict[str, Any] | None = None,
+    **text_overrides: Any,
 ) -> Path:
     """Builds and saves a tiny ``kind`` checkpoint (see :func:`~.tiny.build_tiny_checkpoint`)."""
     from lvlm_lens.testing.tiny import _randomize_
 
     tokenizer = family_tokenizer(kind, chat_template)
-    config, model_cls = family_config(kind, tokenizer, text_overrides)
+    config, model_cls = family_config(kind, tokenizer, text_overrides, vision)
+    for key, value in (lvlm or {}).items():
+        setattr(config, key, value)
     image_processor = family_image_processor(kind)
+    for key, value in (processor or {}).items():
+        setattr(image_processor, key, value)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_cls(config)

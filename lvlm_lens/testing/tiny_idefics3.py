@@ -65,7 +65,7 @@ def idefics3_config(
     vision.update(vision_overrides)
     scale = vision.pop("scale_factor", IDEFICS3_SCALE)
     config = Idefics3Config(
-        text_config=dict(text, model_type="llama", tie_word_embeddings=tied),
+        text_config={"model_type": "llama", **text, "tie_word_embeddings": tied},
         vision_config=vision,
         scale_factor=scale,
         image_token_id=tokenizer.convert_tokens_to_ids(IDEFICS3_SPECIALS["image_token"]),
