@@ -137,3 +137,19 @@ def test_collapsed_attention_keeps_rows_normalised(next_pair):
     assert col.pattern[1, -1, first] == pytest.approx(p[col.members[first]].sum(), abs=1e-5)
     html = str(col.render())
     assert "img" in html
+
+
+def test_logit_lens_plot_draws_every_grid_of_an_any_resolution_image(next_pair):
+    """LLaVA-NeXT: the base tile and the high-res grid each get a row of panels, and every
+    panel shows the top candidate of the tokens at its cells."""
+    model, inp = next_pair
+    lens = logit_lens(model, inp, ["star", "circle", "square"], index=1)
+    grids = image_grids(lens.inp)
+    assert [g.kind for g in grids] == ["base", "high-res"]
+    fig = lens.plot(layers=[-1, 0, 1], picture=noise_image(30, 18, 2))
+    fig.canvas.draw()
+    top = lens.top_words()
+    for row, grid in enumerate(grids):
+        for col, layer in enumerate([-1, 0, 1]):
+            drawn = np.ma.filled(fig.axes[row * 4 + col].images[-1].get_array(), np.nan)
+            np.testing.assert_array_equal(drawn, grid.fill(top[layer + 1].astype(float)))
