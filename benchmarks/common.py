@@ -178,7 +178,7 @@ def build_random_family(
     seed: int = 0,
 ) -> tuple[Any, Any, Any, int]:
     """A random ``kind`` model (``qwen2-vl``, ``qwen2.5-vl``, ``qwen3-vl``, ``gemma3``,
-    ``internvl``) with the
+    ``internvl``, ``idefics3``) with the
     decoder sizes of :func:`build_random_llava`, its tokenizer and image processor, and the
     image side in pixels that gives LLaVA-1.5-like token counts.
 
@@ -186,7 +186,9 @@ def build_random_family(
     tokens. Qwen3-VL: patch 16 (768 px: 576 tokens), q/k norms, DeepStack from both vision
     layers. Gemma 3: SigLIP at 448 px / patch 14 pooled to 256 tokens (as the real 896 px /
     patch 14 / 256), 8 K/V heads, head_dim ``d_model / n_heads``, 5 sliding-window (512) : 1
-    global layers.
+    global layers. Idefics3: SmolVLM's 512-px tiles of 16-px patches pixel-shuffled by 4 (64
+    tokens a tile); a 1536-px image is cut into 3x3 tiles + the global image (640 tokens), 4 K/V
+    heads, tied embeddings.
     """
     tokenizer = family_tokenizer(kind, chat_template=False)
     d_head = d_model // n_heads
@@ -197,8 +199,8 @@ def build_random_family(
     )  # fmt: skip
     patch = 16 if kind == "qwen3-vl" else 14
     vision: dict[str, Any] = dict(patch_size=patch)
-    if kind == "internvl":  # one 448-px tile of 32x32 patches, pixel-shuffled to 256 tokens
-        image_size = 448
+    if kind in ("internvl", "idefics3"):  # InternVL: one 448-px tile of 32x32 patches -> 256
+        image_size = 448 if kind == "internvl" else 512
         text.update(num_key_value_heads=4)
         vision.update(
             hidden_size=vision_d_model, intermediate_size=4 * vision_d_model,
@@ -233,11 +235,14 @@ def build_random_family(
         else:
             vision.update(depth=vision_layers, hidden_size=vision_d_model, num_heads=heads,
                           intermediate_size=4 * vision_d_model, window_size=112)
+    if kind == "idefics3":
+        vision.update(patch_size=16, scale_factor=4)
     config, cls = family_config(kind, tokenizer, text, vision)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = cls(config)
-    return model.eval(), tokenizer, family_image_processor(kind, patch, image_size), image_size
+    processor = family_image_processor(kind, patch, image_size)
+    return model.eval(), tokenizer, processor, 3 * image_size if kind == "idefics3" else image_size
 
 
 def llava15_prompt() -> str:

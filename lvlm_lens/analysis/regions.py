@@ -24,7 +24,11 @@ from lvlm_lens.analysis.stats import bootstrap_ci
 from lvlm_lens.data import patch_grid_mask
 from lvlm_lens.interventions.engine import clean_answers
 from lvlm_lens.interventions.metrics import answer_prob, final_logits
-from lvlm_lens.interventions.token_ablation import mean_image_token, token_ablation_hooks
+from lvlm_lens.interventions.token_ablation import (
+    ImageBaseline,
+    mean_image_baseline,
+    token_ablation_hooks,
+)
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.progress import progress_bar, show_progress
 from lvlm_lens.viz.patches import image_grids
@@ -114,7 +118,7 @@ def region_ablation(
     inp: LVLMInput,
     masks: Sequence[Any],
     *,
-    baseline: Tensor | None = None,
+    baseline: Tensor | ImageBaseline | None = None,
     n_draws: int = 5,
     threshold: float = 0.25,
     seed: int = 0,
@@ -131,7 +135,9 @@ def region_ablation(
         model: A :class:`~lvlm_lens.HookedLVLM`.
         inp: The examples (answer = ``inp.answer_ids`` or the model's clean answer).
         masks: ``[H, W]`` object mask per example.
-        baseline: ``[d_model]`` replacement token (default: the mean image token of ``inp``).
+        baseline: ``[d_model]`` replacement token or an
+            :class:`~lvlm_lens.interventions.ImageBaseline` (default: the mean image token of
+            ``inp`` and, on Qwen3-VL, its mean DeepStack features).
         n_draws: Random draws of the matched background / random tokens.
         threshold: Object fraction of an object patch.
         seed: Seed of the draws.
@@ -139,7 +145,7 @@ def region_ablation(
     """
     obj = object_patches(inp, masks, threshold=threshold)
     image = inp.groups["image"].bool().cpu()
-    base = mean_image_token(model, inp) if baseline is None else baseline
+    base = mean_image_baseline(model, inp, progress=False) if baseline is None else baseline
     answers = clean_answers(model, inp)
     clean = final_logits(model(inp))
     p_clean = answer_prob(clean, answers).cpu()

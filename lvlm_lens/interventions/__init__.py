@@ -32,7 +32,12 @@ from lvlm_lens.interventions.sweeps import (
     single_positions,
     token_groups,
 )
-from lvlm_lens.interventions.token_ablation import ablate_image_tokens, mean_image_token
+from lvlm_lens.interventions.token_ablation import (
+    ImageBaseline,
+    ablate_image_tokens,
+    mean_image_baseline,
+    mean_image_token,
+)
 
 __all__ = [
     "BASELINES",
@@ -42,6 +47,7 @@ __all__ = [
     "BaselineCheck",
     "BaselineKV",
     "HeadAblation",
+    "ImageBaseline",
     "SweepResult",
     "ablate_heads",
     "ablate_image_tokens",
@@ -54,6 +60,7 @@ __all__ = [
     "knockout_effect",
     "knockout_hooks",
     "knockout_window_sweep",
+    "mean_image_baseline",
     "mean_image_token",
     "metric_change",
     "patch_attn_heads",

@@ -4,12 +4,17 @@ Following Neo et al. ("Towards interpreting visual information processing in VLM
 the projected image embeddings (``hook_image_embeds``, flat ``[n_image_tokens_in_batch,
 d_model]`` in order of appearance, row-major over batch then position) of chosen tokens, e.g.
 object patches, are overwritten with the dataset-mean image token or with another image's
-embedding at the same image-token index.
+embedding at the same image-token index. On DeepStack families (Qwen3-VL) the image also
+enters early decoder layers (``blocks.{l}.hook_deepstack``); there the DeepStack features at
+the ablated positions are replaced by the baseline's own (another image's at the same index,
+or the mean feature of each DeepStack layer over the same reference tokens), so an ablated
+token carries nothing of its image.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,27 +25,59 @@ from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.progress import progress_bar, show_progress
 
 Which = str | Bool[Tensor, "..."] | Int[Tensor, " n"] | Sequence[int]
-Baseline = Float[Tensor, " d_model"] | Float[Tensor, "n d_model"] | LVLMInput
 HOOK_NAME = "hook_image_embeds"
 
 
+@dataclass
+class ImageBaseline:
+    """What ablated image tokens get instead of their image.
+
+    Attributes:
+        embeds: For ``hook_image_embeds``: a ``[d_model]`` token (every ablated token), or
+            ``[n, d_model]`` rows taken at the same image-token index (``n`` is the batch's
+            image-token count or, tiled over every image, one image's token count).
+        deepstack: DeepStack families (Qwen3-VL): per DeepStack layer, rows shaped like
+            ``embeds`` for ``blocks.{l}.hook_deepstack``; ``None`` for other families.
+    """
+
+    embeds: Float[Tensor, " d_model"] | Float[Tensor, "n d_model"]
+    deepstack: list[Float[Tensor, "*n d_model"]] | None = None
+
+
+Baseline = Float[Tensor, " d_model"] | Float[Tensor, "n d_model"] | LVLMInput | ImageBaseline
+
+
 @torch.no_grad()
-def mean_image_token(
+def mean_image_baseline(
     model: Any, inputs: LVLMInput | Sequence[LVLMInput], progress: bool = True
-) -> Float[Tensor, " d_model"]:
-    """The mean projected image token over every image token of ``inputs`` (fp32 sum)."""
+) -> ImageBaseline:
+    """The mean projected image token over every image token of ``inputs`` (fp32 sums) and,
+    on DeepStack families, the mean DeepStack feature of each layer over the same tokens."""
     inputs = [inputs] if isinstance(inputs, LVLMInput) else list(inputs)
-    total, count = None, 0
+    sums: list[Tensor] | None = None
+    count = 0
     with show_progress(progress):
         for inp in progress_bar(inputs, desc="mean image token", show=len(inputs) > 1):
             if not inp.has_images:
                 continue
-            flat = torch.cat(model.image_embeddings(inp)).float()
-            total = flat.sum(0) if total is None else total + flat.sum(0)
-            count += flat.shape[0]
+            embeds, deep = model.image_features(inp)
+            parts = [torch.cat(embeds)] + [torch.cat(d) for d in deep or []]
+            new = [p.float().sum(0) for p in parts]
+            sums = new if sums is None else [a + b for a, b in zip(sums, new, strict=True)]
+            count += parts[0].shape[0]
     if not count:
         raise ValueError("these inputs hold no image tokens")
-    return (total / count).to(model.cfg.dtype)
+    means = [(t / count).to(model.cfg.dtype) for t in sums]
+    return ImageBaseline(means[0], means[1:] if model.cfg.decoder.deepstack else None)
+
+
+def mean_image_token(
+    model: Any, inputs: LVLMInput | Sequence[LVLMInput], progress: bool = True
+) -> Float[Tensor, " d_model"]:
+    """The mean projected image token over every image token of ``inputs`` (fp32 sum). On
+    DeepStack families ablate with :func:`mean_image_baseline`, which also holds the mean
+    DeepStack features."""
+    return mean_image_baseline(model, inputs, progress).embeds
 
 
 def image_token_mask(inp: LVLMInput, which: Which) -> Bool[Tensor, " n_image_tokens"]:
@@ -83,8 +120,31 @@ def _image_token_counts(inp: LVLMInput) -> list[int]:
     return [e.shape[0] for e in inp.image_embeds or []]
 
 
+def image_baseline(model: Any, baseline: Baseline) -> ImageBaseline:
+    """``baseline`` as an :class:`ImageBaseline`: an ``LVLMInput`` gives its image embeddings
+    (and DeepStack features); a tensor is the embeddings alone, refused on DeepStack families,
+    where it would leave the ablated tokens' DeepStack features (their image) in place."""
+    if isinstance(baseline, LVLMInput):
+        embeds, deep = model.image_features(baseline)
+        baseline = ImageBaseline(torch.cat(embeds),
+                                 None if deep is None else [torch.cat(d) for d in deep])
+    elif not isinstance(baseline, ImageBaseline):
+        baseline = ImageBaseline(baseline)
+    if model.cfg.decoder.deepstack and baseline.deepstack is None:
+        raise ValueError("a tensor baseline holds no DeepStack features, and Qwen3-VL adds the "
+                         "image's there too: pass mean_image_baseline(...), an LVLMInput or an "
+                         "ImageBaseline with deepstack=")
+    if not model.cfg.decoder.deepstack and baseline.deepstack is not None:
+        raise ValueError("the baseline holds DeepStack features but this model has none")
+    for layer, d in enumerate(baseline.deepstack or []):
+        if d.shape != baseline.embeds.shape:
+            raise ValueError(f"baseline DeepStack layer {layer} has shape {tuple(d.shape)}, "
+                             f"its embeddings {tuple(baseline.embeds.shape)}")
+    return baseline
+
+
 def baseline_embeds(
-    model: Any, inp: LVLMInput, baseline: Baseline
+    model: Any, inp: LVLMInput, baseline: Baseline | Tensor
 ) -> Float[Tensor, "n_image_tokens d_model"] | Float[Tensor, " d_model"]:
     """Replacement rows for ``hook_image_embeds``: a ``[d_model]`` vector (broadcast to every
     ablated token) or one row per image token of the batch.
@@ -95,10 +155,12 @@ def baseline_embeds(
         baseline: A ``[d_model]`` token (e.g. :func:`mean_image_token`); an ``LVLMInput`` or a
             ``[n, d_model]`` tensor of other image embeddings, taken at the same image-token
             index: ``n`` is either the batch's image-token count or, tiled over every image,
-            the token count of one image.
+            the token count of one image. An :class:`ImageBaseline` gives its ``embeds``.
     """
     if isinstance(baseline, LVLMInput):
         baseline = torch.cat(model.image_embeddings(baseline))
+    elif isinstance(baseline, ImageBaseline):
+        baseline = baseline.embeds
     baseline = baseline.to(model.cfg.device, model.cfg.dtype)
     n = int(inp.groups["image"].sum())
     if baseline.ndim == 1 or baseline.shape[0] == n:
@@ -114,12 +176,15 @@ def baseline_embeds(
 def token_ablation_hooks(
     model: Any, inp: LVLMInput, which: Which, baseline: Baseline
 ) -> list[tuple[str, Callable[..., Tensor]]]:
-    """A ``hook_image_embeds`` hook that overwrites the chosen image tokens by ``baseline``.
+    """A ``hook_image_embeds`` hook that overwrites the chosen image tokens by ``baseline``
+    and, on DeepStack families, ``blocks.{l}.hook_deepstack`` hooks that overwrite their
+    DeepStack features by the baseline's.
 
-    See :func:`image_token_mask` for ``which`` and :func:`baseline_embeds` for ``baseline``.
+    See :func:`image_token_mask` for ``which`` and :func:`image_baseline` for ``baseline``.
     """
     mask = image_token_mask(inp, which).to(model.cfg.device)
-    rows = baseline_embeds(model, inp, baseline)
+    base = image_baseline(model, baseline)
+    rows = baseline_embeds(model, inp, base.embeds)
 
     def hook(embeds: Float[Tensor, "n_image_tokens d_model"], hook: Any) -> Tensor:
         if embeds.shape[0] != mask.shape[0]:
@@ -129,7 +194,29 @@ def token_ablation_hooks(
         new = rows.to(embeds.dtype).expand_as(embeds)
         return torch.where(mask[:, None], new, embeds)
 
-    return [(HOOK_NAME, hook)]
+    hooks = [(HOOK_NAME, hook)]
+    if base.deepstack is None:
+        return hooks
+    deep = [baseline_embeds(model, inp, d) for d in base.deepstack]
+    is_image = (inp.input_ids == model.cfg.image_token_id).to(model.cfg.device)
+    ablated = torch.zeros_like(is_image).masked_scatter(is_image, mask)
+
+    def deep_hook(feats: Float[Tensor, "batch pos d_model"], hook: Any, layer: int) -> Tensor:
+        if feats.shape[:2] != ablated.shape:
+            raise ValueError(f"ablation built for a {tuple(ablated.shape)} batch got DeepStack "
+                             f"features of {tuple(feats.shape[:2])}")
+        if layer >= len(deep):
+            raise ValueError(f"the baseline has {len(deep)} DeepStack layers; the model adds "
+                             f"DeepStack features after layer {layer} too")
+        new = deep[layer].to(feats.dtype)
+        if new.ndim == 2:
+            new = torch.zeros_like(feats).masked_scatter(is_image[..., None], new)
+        return torch.where(ablated[..., None], new, feats)
+
+    for layer in range(model.cfg.n_layers):
+        hooks.append((f"blocks.{layer}.hook_deepstack",
+                      lambda t, hook, layer=layer: deep_hook(t, hook, layer)))
+    return hooks
 
 
 def ablate_image_tokens(
@@ -138,7 +225,7 @@ def ablate_image_tokens(
     """Logits of ``inp`` with the chosen image tokens replaced by ``baseline``.
 
     Example:
-        >>> mean = mean_image_token(model, dataset)
+        >>> mean = mean_image_baseline(model, dataset)
         >>> logits = ablate_image_tokens(model, inp, object_mask, mean)
     """
     return model.run_with_hooks(inp, fwd_hooks=token_ablation_hooks(model, inp, which, baseline))

@@ -8,7 +8,7 @@ from transformer_lens.hook_points import HookPoint
 
 from lvlm_lens.model.attention import KV, Attention, Segment, SelfAlternative
 from lvlm_lens.model.config import LVLMConfig
-from lvlm_lens.model.norm import RMSNorm
+from lvlm_lens.model.norm import RMSNorm, through_hook
 
 __all__ = ["Embed", "GatedMLP", "RMSNorm", "TransformerBlock", "Unembed"]
 
@@ -97,7 +97,8 @@ class TransformerBlock(nn.Module):
         """Run the block; returns the new residual stream and this block's new ``(key, value)``.
 
         ``extra`` (Qwen3-VL's DeepStack features) is added to the residual stream after the
-        block, through ``hook_deepstack``, as part of ``hook_mlp_out``."""
+        block, through ``hook_deepstack``, as part of ``hook_mlp_out`` (summed after the MLP's
+        residual add, as in HF, unless a hook edits ``hook_mlp_out``)."""
         resid_pre = self.hook_resid_pre(x)
         attn_out, kv = self.attn(self.ln1(resid_pre), cos, sin, mask, past, alt)
         if self.sandwich:
@@ -106,9 +107,13 @@ class TransformerBlock(nn.Module):
         mlp_out = self.mlp(self.ln2(resid_mid))
         if self.sandwich:
             mlp_out = self.ln2_post(mlp_out)
-        if extra is not None:
-            mlp_out = mlp_out + self.hook_deepstack(extra)
-        return self.hook_resid_post(resid_mid + self.hook_mlp_out(mlp_out)), kv
+        if extra is None:
+            return self.hook_resid_post(resid_mid + self.hook_mlp_out(mlp_out)), kv
+        deep = self.hook_deepstack(extra)
+        total, untouched = through_hook(self.hook_mlp_out, mlp_out + deep)
+        # HF adds DeepStack features to the block's output: that order where no hook edited it
+        resid_post = (resid_mid + mlp_out) + deep if untouched else resid_mid + total
+        return self.hook_resid_post(resid_post), kv
 
 
 class Embed(nn.Module):

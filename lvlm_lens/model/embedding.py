@@ -42,6 +42,24 @@ class EmbeddingMixin:
             )
         return self.vision(inp)
 
+    def image_features(
+        self, inp: LVLMInput
+    ) -> tuple[list[Float[Tensor, "img_tok d_model"]], list[list[Tensor]] | None]:
+        """:meth:`image_embeddings` and, for DeepStack families (Qwen3-VL), per DeepStack
+        layer the features added at each image's positions (``None`` for other families)."""
+        if not self.cfg.decoder.deepstack:
+            return self.image_embeddings(inp), None
+        if inp.image_embeds is not None:
+            if inp.image_deepstack is None:
+                raise ValueError("precomputed image embeddings without DeepStack features: give "
+                                 "Qwen3-VL inputs pixel values or with_image_embeds(deepstack=)")
+            return inp.image_embeds, inp.image_deepstack
+        if inp.pixel_values is None:
+            raise ValueError(
+                "this input has image tokens but neither pixel_values nor image_embeds"
+            )
+        return self.vision.with_deepstack(inp)
+
     def embed_input(self, inp: LVLMInput) -> Float[Tensor, "batch pos d_model"]:
         """Token embeddings with the image embeddings spliced in (output of ``hook_embed``)."""
         return self._embed(inp)[0]
@@ -59,13 +77,7 @@ class EmbeddingMixin:
             x = self.embed(ids)
         n_tok, deep = int(is_image.sum()), None
         if n_tok or inp.has_images:
-            if self.cfg.decoder.deepstack:
-                if inp.image_embeds is not None:
-                    raise ValueError("precomputed image embeddings carry no DeepStack features: "
-                                     "give Qwen3-VL inputs pixel values")
-                embeds, feats = self.vision.with_deepstack(inp)
-            else:
-                embeds, feats = self.image_embeddings(inp), None
+            embeds, feats = self.image_features(inp)
             flat = torch.cat(embeds).to(x.device, x.dtype)
             if flat.shape[0] != n_tok:
                 raise ValueError(f"{n_tok} image tokens but {flat.shape[0]} image embeddings")
@@ -86,10 +98,7 @@ class EmbeddingMixin:
         if spec.bidirectional_image:
             blocks = image_blocks(inp.input_ids == self.cfg.image_token_id)
         if spec.deepstack and deepstack is None and inp.has_images:
-            if inp.image_embeds is not None:
-                raise ValueError("precomputed image embeddings carry no DeepStack features: "
-                                 "give Qwen3-VL inputs pixel values")
-            feats = self.vision.with_deepstack(inp)[1]
+            feats = self.image_features(inp)[1]
             is_image = inp.input_ids.to(self.cfg.device) == self.cfg.image_token_id
             like = torch.empty(*is_image.shape, self.cfg.d_model, dtype=self.cfg.dtype,
                                device=self.cfg.device)

@@ -15,7 +15,7 @@ from torch import nn
 
 from lvlm_lens.model.config import DecoderSpec
 from lvlm_lens.model.vision import LlavaVision, VisionSide
-from lvlm_lens.model.vision_native import Gemma3Vision, InternVision, QwenVision
+from lvlm_lens.model.vision_native import Gemma3Vision, Idefics3Vision, InternVision, QwenVision
 
 #: What a raw prompt may always write for an image, whatever the family.
 GENERIC_PLACEHOLDER = "<image>"
@@ -90,6 +90,12 @@ FAMILIES: dict[str, Family] = {
         ("google/gemma-3-4b-it", "google/gemma-3-12b-it", "google/gemma-3-27b-it"),
         hf_inputs=("token_type_ids",), vision=Gemma3Vision, size_dependent_layout=False,
     ),
+    "idefics3": Family(
+        "Idefics3 / SmolVLM", "Idefics3ForConditionalGeneration", ("llama",),
+        ("HuggingFaceTB/SmolVLM-256M-Instruct", "HuggingFaceTB/SmolVLM-500M-Instruct",
+         "HuggingFaceTB/SmolVLM-Instruct", "HuggingFaceM4/Idefics3-8B-Llama3"),
+        hf_inputs=("pixel_attention_mask",), vision=Idefics3Vision,
+    ),
 }  # fmt: skip
 
 
@@ -128,15 +134,43 @@ def check_supported(config: Any) -> Family:
             raise ValueError(f"{family.name} with {flag}={getattr(tc, flag)} is not supported")
     if getattr(tc, "use_bidirectional_attention", False):
         raise ValueError(f"{family.name} with use_bidirectional_attention=True is not supported")
+    _check_rope(family, tc)
     return family
+
+
+#: RoPE types whose frequencies change with the longest position of a call: HF's depend on the
+#: batch an example is run in (and ``dynamic`` on the calls before), so per-example results,
+#: prefix caches and batched masked runs would all disagree with a full batched run.
+LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
+
+
+def _check_rope(family: Family, tc: Any) -> None:
+    """Refuse a length-dependent RoPE type (``text_config.rope_parameters['rope_type']``)."""
+    params = getattr(tc, "rope_parameters", None) or {}
+    per_type = params.values() if all(isinstance(v, dict) for v in params.values()) else [params]
+    for p in per_type:
+        rope_type = (p or {}).get("rope_type", "default")
+        if any(t in rope_type for t in LENGTH_DEPENDENT_ROPE):
+            raise ValueError(
+                f"{family.name} with text_config.rope_parameters rope_type={rope_type!r} is not "
+                "supported: its frequencies depend on the sequence length of the batch; "
+                "supported: default, linear, llama3, yarn, proportional"
+            )
+
+
+def language_model(hf_model: nn.Module) -> nn.Module:
+    """The HF language model (decoder layers, norm, embedding, rotary) inside a multimodal one:
+    ``model.language_model``, or ``model.text_model`` for Idefics3."""
+    inner = hf_model.model
+    return inner.text_model if hf_model.config.model_type == "idefics3" else inner.language_model
 
 
 def decoder_spec(hf_model: nn.Module) -> DecoderSpec:
     """The :class:`DecoderSpec` of an HF model, read off its config and modules."""
     model_type = hf_model.config.model_type
-    lm = hf_model.model.language_model
+    lm = language_model(hf_model)
     scale = float(getattr(lm.embed_tokens, "scalar_embed_scale", 1.0))
-    if model_type == "internvl":  # its language model is a plain Qwen2 / Llama / Qwen3
+    if model_type in ("internvl", "idefics3"):  # a plain Qwen2 / Llama / Qwen3
         return DecoderSpec(qk_norm=hasattr(lm.layers[0].self_attn, "q_norm"))
     if model_type in ("qwen2_vl", "qwen2_5_vl"):
         return DecoderSpec(rotary="mrope")
@@ -165,7 +199,9 @@ class ImageText:
             ``<|vision_start|><|image_pad|><|vision_end|>``).
         expansion: What each placeholder becomes before tokenization, holding the image token
             once (Gemma 3: ``\\n\\n<start_of_image><image_soft_token><end_of_image>\\n\\n``);
-            the image token is then repeated once per image embedding.
+            the image token is then repeated once per image embedding. Where it depends on the
+            image (Idefics3's tiles and their markers) the vision side's ``placeholder_text``
+            writes it per image around the placeholder.
         closers: Markers that may follow a placeholder and are not question text.
     """
 

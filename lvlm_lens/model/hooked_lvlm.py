@@ -18,7 +18,7 @@ from lvlm_lens.model.attention import KV, Segment, SelfAlternative
 from lvlm_lens.model.blocks import Embed, RMSNorm, TransformerBlock, Unembed
 from lvlm_lens.model.config import LVLMConfig
 from lvlm_lens.model.embedding import EmbeddingMixin
-from lvlm_lens.model.families import FAMILIES, image_text
+from lvlm_lens.model.families import FAMILIES, image_text, language_model
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.model.kv_cache import HeadSwitch, KVCache
 from lvlm_lens.model.layout import TokenLayout
@@ -32,7 +32,7 @@ ReturnType = Literal["logits", "loss", "both"] | None
 
 class HookedLVLM(TokensMixin, EmbeddingMixin, ModelWeights, HookedRootModule):
     """A vision-language model with TransformerLens hooks: LLaVA-1.5 / NeXT / OneVision,
-    Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3 and InternVL
+    Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, InternVL and Idefics3 / SmolVLM
     (:data:`~lvlm_lens.model.families.FAMILIES`).
 
     The vision tower, projector and image packing are the HF model's own modules; the
@@ -72,7 +72,7 @@ class HookedLVLM(TokensMixin, EmbeddingMixin, ModelWeights, HookedRootModule):
     ):
         super().__init__()
         self.cfg = cfg
-        lm = hf_model.model.language_model
+        lm = language_model(hf_model)
         self.embed = Embed(lm.embed_tokens)
         self.hook_image_embeds = HookPoint()
         self.hook_embed = HookPoint()
@@ -129,8 +129,8 @@ class HookedLVLM(TokensMixin, EmbeddingMixin, ModelWeights, HookedRootModule):
         """Wrap an in-memory HF model of a supported family (weights shared, not copied).
 
         Args:
-            hf_model: A ``Llava*``, ``Qwen2VL``, ``Qwen2_5_VL``, ``Qwen3VL``, ``Gemma3`` or
-                ``InternVL`` ``ForConditionalGeneration``.
+            hf_model: A ``Llava*``, ``Qwen2VL``, ``Qwen2_5_VL``, ``Qwen3VL``, ``Gemma3``,
+                ``InternVL`` or ``Idefics3`` ``ForConditionalGeneration``.
             processor: Its processor; or pass ``tokenizer`` and ``image_processor`` instead.
             tokenizer: The tokenizer, when no processor is given.
             image_processor: The image processor, when no processor is given.
@@ -288,7 +288,12 @@ class HookedLVLM(TokensMixin, EmbeddingMixin, ModelWeights, HookedRootModule):
         inp = self._as_input(input, attention_mask)
         x, deep = self._embed(inp)
         mask = inp.attention_mask.to(x.device)
-        layout = self.layout(inp, positions=past_kv_cache is None, deepstack=deep)
+        layout = self.layout(inp, deepstack=deep)
+        if past_kv_cache is not None and layout.position_ids is not None:
+            # M-RoPE: the input's own (t, h, w) positions, continued after the cached prefix
+            rows = past_kv_cache.rows_per_example(x.shape[0])
+            start = past_kv_cache.start_positions(rows).to(layout.position_ids.device)
+            layout.position_ids = layout.position_ids + start[:, None]
         resid, new_kvs = self.run_blocks(x, mask, past_kv_cache, stop_at_layer, layout=layout)
         if past_kv_cache is not None and not past_kv_cache.frozen:
             past_kv_cache.append(new_kvs, mask)

@@ -30,10 +30,16 @@ class LVLMInput:
         image_sizes: Original ``(height, width)`` of every image.
         image_grid: Qwen2-VL: ``(t, h, w)`` patch grid of every image (HF's ``image_grid_thw``);
             ``pixel_values`` then holds the patches of all images, concatenated.
-        image_tiles: InternVL: how many tiles (rows of ``pixel_values``) each image was cut into.
+        image_tiles: InternVL, Idefics3: how many tiles (rows of ``pixel_values``) each image
+            was cut into.
+        pixel_attention_mask: Idefics3: the real (unpadded) pixels of each tile, ``1`` where
+            ``pixel_values`` holds the image.
         position_ids: Rotary positions when they are not ``cumsum(attention_mask) - 1``:
             ``[3, batch, pos]`` M-RoPE ``(t, h, w)`` positions (Qwen2-VL / Qwen2.5-VL).
         image_embeds: Precomputed projected image embeddings, one ``[n_tokens, d_model]`` per image.
+        image_deepstack: With ``image_embeds`` on DeepStack families (Qwen3-VL): per DeepStack
+            layer, the features added at each image's positions, one ``[n_tokens, d_model]``
+            per image.
         image_coords: Per image, ``(tile, row, col)`` of each of its tokens (``-1`` marks an
             image-newline token); used by ``to_str_tokens`` and patch overlays.
         images_per_example: How many images each example holds, in batch order.
@@ -50,8 +56,10 @@ class LVLMInput:
     image_sizes: Int[Tensor, "n_images 2"] | None = None
     image_grid: Int[Tensor, "n_images 3"] | None = None
     image_tiles: Int[Tensor, " n_images"] | None = None
+    pixel_attention_mask: Int[Tensor, "n_tiles height width"] | None = None
     position_ids: Int[Tensor, "3 batch pos"] | None = None
     image_embeds: list[Float[Tensor, "img_tok d_model"]] | None = None
+    image_deepstack: list[list[Float[Tensor, "img_tok d_model"]]] | None = None
     image_coords: list[Int[Tensor, "img_tok 3"]] = field(default_factory=list)
     images_per_example: list[int] = field(default_factory=list)
     answer_ids: Int[Tensor, " batch"] | None = None
@@ -90,8 +98,11 @@ class LVLMInput:
             image_sizes=mv(self.image_sizes),
             image_grid=mv(self.image_grid),
             image_tiles=mv(self.image_tiles),
+            pixel_attention_mask=mv(self.pixel_attention_mask),
             position_ids=mv(self.position_ids),
             image_embeds=None if self.image_embeds is None else [mv(e) for e in self.image_embeds],
+            image_deepstack=None if self.image_deepstack is None
+            else [[mv(e) for e in d] for d in self.image_deepstack],
             answer_ids=mv(self.answer_ids),
         )
 
@@ -112,13 +123,14 @@ class LVLMInput:
         cut = lambda t: t[indices][:, start:]  # noqa: E731
         # no image selected: None, as prepare gives
         pick = lambda t: None if t is None or not img else t[img]  # noqa: E731
-        pixels = pick(self.pixel_values) if self._pixel_rows() is None else self._patches(img)
+        rows = pick if self._pixel_rows() is None else lambda t: self._patches(t, img)
         return replace(
             self,
             input_ids=cut(self.input_ids),
             attention_mask=cut(self.attention_mask),
             groups={k: cut(v) for k, v in self.groups.items()},
-            pixel_values=pixels,
+            pixel_values=rows(self.pixel_values),
+            pixel_attention_mask=rows(self.pixel_attention_mask),
             image_sizes=pick(self.image_sizes),
             image_grid=pick(self.image_grid),
             image_tiles=pick(self.image_tiles),
@@ -126,6 +138,8 @@ class LVLMInput:
             if self.position_ids is None
             else self.position_ids[:, indices][..., start:],
             image_embeds=None if self.image_embeds is None else [self.image_embeds[i] for i in img],
+            image_deepstack=None if self.image_deepstack is None
+            else [[d[i] for i in img] for d in self.image_deepstack],
             image_coords=[self.image_coords[i] for i in img] if self.image_coords else [],
             images_per_example=[self.images_per_example[i] for i in indices],
             answer_ids=None if self.answer_ids is None else self.answer_ids[indices],
@@ -149,8 +163,9 @@ class LVLMInput:
 
         Per family: ``pixel_values`` always; ``image_sizes`` (LLaVA-NeXT, OneVision),
         ``batch_num_images`` (OneVision), ``image_grid_thw`` and ``mm_token_type_ids``
-        (Qwen2-VL / 2.5-VL / 3-VL), ``token_type_ids`` (Gemma 3); LLaVA-1.5 and InternVL take
-        the pixel values alone.
+        (Qwen2-VL / 2.5-VL / 3-VL), ``token_type_ids`` (Gemma 3), ``pixel_attention_mask``
+        (Idefics3, whose ``pixel_values`` are ``[batch, max_tiles, 3, height, width]``: each
+        example's tiles, zero-padded); LLaVA-1.5 and InternVL take the pixel values alone.
         """
         from lvlm_lens.model.families import FAMILIES
 
@@ -171,38 +186,67 @@ class LVLMInput:
         }
         pixels = self.has_images and self.pixel_values is not None
         for key in family.hf_inputs if family is not None else ():
-            if pixels or key.endswith("token_type_ids"):
+            if pixels and key == "pixel_attention_mask":
+                kw["pixel_values"], kw[key] = self._tiles_per_example()
+            elif pixels or key.endswith("token_type_ids"):
                 kw[key] = extra[key]
-        if pixels:
+        if pixels and "pixel_values" not in kw:
             kw["pixel_values"] = self.pixel_values
         return kw
 
+    def _tiles_per_example(self) -> tuple[Tensor, Tensor]:
+        """Idefics3's HF layout: ``[batch, max_tiles, ...]`` pixel values and pixel masks, each
+        example's tiles first, zeros after (HF drops all-zero tiles)."""
+        tiles = self.image_tiles.tolist()
+        per = [sum(tiles[self.image_slice(i)]) for i in range(len(self))]
+        values = self.pixel_values.new_zeros(len(self), max(per), *self.pixel_values.shape[1:])
+        mask = self.pixel_attention_mask
+        if mask is None:
+            mask = torch.ones(self.pixel_values.shape[:1] + self.pixel_values.shape[2:],
+                              dtype=torch.long, device=self.pixel_values.device)
+        masks = mask.new_zeros(len(self), max(per), *mask.shape[1:])
+        for i, (v, m) in enumerate(zip(self.pixel_values.split(per), mask.split(per), strict=True)):
+            values[i, : len(v)], masks[i, : len(m)] = v, m
+        return values, masks
+
     def _pixel_rows(self) -> Tensor | None:
         """Rows of ``pixel_values`` per image where images share them unevenly (Qwen's patches,
-        InternVL's tiles); ``None`` where each image has one row."""
+        InternVL's and Idefics3's tiles); ``None`` where each image has one row."""
         if self.image_grid is not None:
             return self.image_grid.prod(-1)
         return self.image_tiles
 
-    def _patches(self, images: list[int]) -> Tensor | None:
-        """Rows of the concatenated ``pixel_values`` that belong to the given images."""
-        if self.pixel_values is None or not images:
+    def _patches(self, values: Tensor | None, images: list[int]) -> Tensor | None:
+        """Rows of the concatenated ``values`` (pixel values, pixel masks) that belong to the
+        given images."""
+        if values is None or not images:
             return None
         counts = self._pixel_rows().tolist()
         ends = torch.tensor(counts).cumsum(0).tolist()
         rows = [torch.arange(e - n, e) for e, n in zip(ends, counts, strict=True)]
         idx = torch.cat([rows[i] for i in images])
-        return self.pixel_values[idx.to(self.pixel_values.device)]
+        return values[idx.to(values.device)]
 
-    def with_image_embeds(self, embeds: list[Float[Tensor, "img_tok d_model"]]) -> LVLMInput:
-        """The same batch with its images replaced by precomputed embeddings."""
-        if len(embeds) != sum(self.images_per_example):
-            raise ValueError(
-                f"got {len(embeds)} image embeddings for {sum(self.images_per_example)} images"
-            )
+    def with_image_embeds(
+        self,
+        embeds: list[Float[Tensor, "img_tok d_model"]],
+        deepstack: list[list[Float[Tensor, "img_tok d_model"]]] | None = None,
+    ) -> LVLMInput:
+        """The same batch with its images replaced by precomputed embeddings (and, for DeepStack
+        families, ``deepstack``: per DeepStack layer, one ``[n_tokens, d_model]`` per image)."""
+        n_images = sum(self.images_per_example)
+        if len(embeds) != n_images:
+            raise ValueError(f"got {len(embeds)} image embeddings for {n_images} images")
         for i, (e, c) in enumerate(zip(embeds, self.image_coords, strict=False)):
             if e.shape[0] != c.shape[0]:
                 raise ValueError(
                     f"image {i}: {e.shape[0]} embeddings for {c.shape[0]} image tokens"
                 )
-        return replace(self, image_embeds=list(embeds), pixel_values=None)
+        for layer, feats in enumerate(deepstack or []):
+            shapes = [tuple(f.shape) for f in feats]
+            if shapes != [tuple(e.shape) for e in embeds]:
+                raise ValueError(f"deepstack layer {layer}: feature shapes {shapes} differ from "
+                                 "the image embeddings' (one per image, same shape)")
+        return replace(self, image_embeds=list(embeds), pixel_values=None,
+                       pixel_attention_mask=None,
+                       image_deepstack=None if deepstack is None else [list(d) for d in deepstack])

@@ -63,5 +63,7 @@ class TokenLayout:
         if self.position_ids is None:
             return attention_mask.long().sum(-1)
         pos = self.position_ids if self.position_ids.ndim == 2 else self.position_ids.amax(0)
+        if pos.shape[-1] == 0:  # an empty prefix: the first token takes position 0
+            return torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
         pos = pos.masked_fill(attention_mask.to(pos.device) == 0, -1)
         return pos.amax(-1) + 1

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lvlm_lens.model.config import LVLMConfig
-from lvlm_lens.model.families import FAMILIES, check_supported, decoder_spec
+from lvlm_lens.model.families import FAMILIES, check_supported, decoder_spec, language_model
 
 _DTYPES = {
     "float32": torch.float32,
@@ -53,6 +53,14 @@ def _sliding_windows(tc: Any) -> tuple[int | None, ...]:
     return (None,) * n
 
 
+def _pad_token_id(config: Any) -> int:
+    """The checkpoint's pad id: the config's own, else its text config's (Idefics3's top-level
+    ``pad_token_id`` is a deprecated property with a default that is not its tokenizer's)."""
+    own = isinstance(getattr(type(config), "pad_token_id", None), property)
+    top = None if own else getattr(config, "pad_token_id", None)
+    return top or getattr(config.text_config, "pad_token_id", None) or 0
+
+
 def config_from_hf(hf_model: nn.Module, name: str = "") -> LVLMConfig:
     """Read an :class:`LVLMConfig` off an HF model of a supported family."""
     config = hf_model.config
@@ -63,7 +71,7 @@ def config_from_hf(hf_model: nn.Module, name: str = "") -> LVLMConfig:
     return LVLMConfig(
         n_layers=n_layers,
         n_heads=n_heads,
-        d_head=hf_model.model.language_model.layers[0].self_attn.head_dim,
+        d_head=language_model(hf_model).layers[0].self_attn.head_dim,
         d_model=tc.hidden_size,
         d_mlp=tc.intermediate_size,
         d_vocab=hf_model.lm_head.out_features,
@@ -78,9 +86,7 @@ def config_from_hf(hf_model: nn.Module, name: str = "") -> LVLMConfig:
         lvlm_type=config.model_type,
         text_model_type=tc.model_type,
         image_token_id=config.image_token_id,
-        pad_token_id=getattr(config, "pad_token_id", None)
-        or getattr(tc, "pad_token_id", None)
-        or 0,
+        pad_token_id=_pad_token_id(config),
         device=param.device,
         dtype=param.dtype,
         original_architecture=type(hf_model).__name__,

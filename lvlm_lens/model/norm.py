@@ -8,13 +8,23 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 
+def through_hook(hook: HookPoint, t: Tensor) -> tuple[Tensor, bool]:
+    """``hook(t)`` and whether ``t`` came through unchanged (no hook replaced it or edited it
+    in place), so a computation may then take an order of operations that rounds as HF's."""
+    version = t._version
+    out = hook(t)
+    return out, out is t and t._version == version
+
+
 class RMSNorm(nn.Module):
     """RMSNorm computed in fp32 as HF does; hooks ``hook_scale`` and ``hook_normalized``.
 
     ``hook_scale`` is ``sqrt(mean(x^2) + eps)``, the divisor that
     ``ActivationCache.apply_ln_to_stack`` uses. The weight is *not* folded into the next
     layer, so ``hook_normalized`` is ``weight * x / scale``, with ``weight = offset + w``
-    (``offset`` 1 for Gemma's ``1 + w`` norms, which also multiply in fp32).
+    (``offset`` 1 for Gemma's ``1 + w`` norms, which also multiply in fp32). Unless a hook
+    changes ``hook_scale``, ``x`` is multiplied by ``rsqrt(mean(x^2) + eps)`` as in HF (not
+    divided by the scale), so bf16 outputs round exactly as HF's do.
     """
 
     def __init__(self, hf_norm: nn.Module, offset: float = 0.0):
@@ -33,7 +43,12 @@ class RMSNorm(nn.Module):
     def forward(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
         """Normalise ``x`` over its last dimension."""
         xf = x.to(torch.float32)
-        scale = self.hook_scale((xf.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        var = xf.pow(2).mean(-1, keepdim=True) + self.eps
+        scale, untouched = through_hook(self.hook_scale, var.sqrt())
+        if untouched:  # HF's rounding
+            normed = xf * torch.rsqrt(var)
+        else:
+            normed = xf / scale
         if self.offset:
-            return self.hook_normalized(((xf / scale) * (self.w.float() + self.offset)).to(x.dtype))
-        return self.hook_normalized(self.w * (xf / scale).to(x.dtype))
+            return self.hook_normalized((normed * (self.w.float() + self.offset)).to(x.dtype))
+        return self.hook_normalized(self.w * normed.to(x.dtype))

@@ -24,6 +24,7 @@ ROLE_PATTERN = re.compile(
     r"(?:USER|ASSISTANT|SYSTEM|User|Assistant|System|Human|HUMAN|GPT)\s*:"
     r"|\[/?INST\]|<\|im_start\|>\s*(?:system|user|assistant)|<\|im_end\|>"
     r"|<start_of_turn>(?:user|model)|<end_of_turn>|<\|(?:user|assistant|system|end)\|>|###"
+    r"|<end_of_utterance>"
 )
 _USER = re.compile(r"user|human|\[INST\]", re.IGNORECASE)
 
@@ -169,18 +170,18 @@ def _render(
 
 
 def _expand(
-    text: str, it: ImageText, spans: tuple[tuple[int, int] | None, ...]
+    text: str, placeholder: str, expansions: list[str], spans: tuple[tuple[int, int] | None, ...]
 ) -> tuple[str, tuple[tuple[int, int] | None, ...]]:
-    """Replace each image placeholder by the family's expansion (one image token inside, e.g.
-    Gemma 3's ``\\n\\n<start_of_image><image_soft_token><end_of_image>\\n\\n``), shifting
-    the character spans that follow."""
-    if it.expansion == it.placeholder:
-        return text, spans
-    starts = [m.start() for m in re.finditer(re.escape(it.placeholder), text)]
-    delta = len(it.expansion) - len(it.placeholder)
-    shift = lambda o: o + delta * sum(st < o for st in starts)  # noqa: E731
+    """Replace the image placeholders, in order, by their expansions (the image token once per
+    run of image tokens: Gemma 3's ``\\n\\n<start_of_image><image_soft_token><end_of_image>
+    \\n\\n``, Idefics3's tile markers), shifting the character spans that follow."""
+    pieces = text.split(placeholder)
+    starts = [m.start() for m in re.finditer(re.escape(placeholder), text)]
+    deltas = [len(e) - len(placeholder) for e in expansions]
+    shift = lambda o: o + sum(d for st, d in zip(starts, deltas, strict=True) if st < o)  # noqa: E731
     moved = tuple(None if sp is None else (shift(sp[0]), shift(sp[1])) for sp in spans)
-    return it.expansion.join(text.split(it.placeholder)), moved
+    out = pieces[0] + "".join(e + p for e, p in zip(expansions, pieces[1:], strict=True))
+    return out, moved
 
 
 def _overlaps(span: tuple[int, int] | None, a: int, b: int) -> bool:
@@ -277,16 +278,23 @@ def prepare_inputs(
 
     n_per = [len(ims) for ims in per_example]
     processed, coords = _process_images(model, per_example)
+    # per image: what its placeholder becomes, and the image-token runs in it
+    images = [model.vision.placeholder_text(it, processed, k, len(c)) for k, c in enumerate(coords)]
+    runs = iter([n for _, r in images for n in r])
 
-    rows, img = [], 0
+    rows, expanded, img = [], [], 0
     bos = tok.bos_token
     for text, span_pair, n in zip(texts, spans, n_per, strict=True):
-        text, (sys_span, q_span) = _expand(text, it, span_pair)
+        own = [e for e, _ in images[img : img + n]]
+        n_runs = sum(len(r) for _, r in images[img : img + n])
+        img += n
+        text, (sys_span, q_span) = _expand(text, placeholder, own, span_pair)
+        expanded.append(text)
         enc = tok(
             text, return_offsets_mapping=True, add_special_tokens=not (bos and text.startswith(bos))
         )
         ids, offsets = enc.input_ids, enc.offset_mapping
-        if ids.count(model.cfg.image_token_id) != n:
+        if ids.count(model.cfg.image_token_id) != n_runs:
             raise ValueError(
                 f"the tokenizer did not keep the image token of {placeholder!r} as one token "
                 f"in {text!r}"
@@ -294,8 +302,7 @@ def prepare_inputs(
         row = []
         for j, (t, (a, b)) in enumerate(zip(ids, offsets, strict=True)):
             if t == model.cfg.image_token_id:
-                row += [(t, "image")] * coords[img].shape[0]
-                img += 1
+                row += [(t, "image")] * next(runs)
                 continue
             row.append((t, _text_group(j, len(ids), t == tok.bos_token_id, a, b, q_span, sys_span)))
         rows.append(row)
@@ -317,10 +324,7 @@ def prepare_inputs(
     answer_ids = None
     if answers is not None:
         answer_ids = torch.tensor(
-            [
-                _answer_id(tok, _expand(t, it, ())[0], a, answer_rule)
-                for t, a in zip(texts, answers, strict=True)
-            ]
+            [_answer_id(tok, t, a, answer_rule) for t, a in zip(expanded, answers, strict=True)]
         )
     inp = LVLMInput(
         input_ids=input_ids,
@@ -330,6 +334,7 @@ def prepare_inputs(
         image_sizes=processed.get("image_sizes"),
         image_grid=processed.get("image_grid_thw"),
         image_tiles=processed.get("num_patches"),
+        pixel_attention_mask=processed.get("pixel_attention_mask"),
         image_coords=coords,
         images_per_example=n_per,
         answer_ids=answer_ids,
@@ -349,13 +354,13 @@ def _process_images(
     flat = upscale_tiny([to_rgb(im) for ims in per_example for im in ims], stacklevel=5)
     if not flat:
         return {}, []
-    processed = dict(model.image_processor(images=flat, return_tensors="pt"))
+    processed = model.vision.preprocess(model.image_processor, flat)
     sizes = processed.get("image_sizes")
     processed["image_sizes"] = (
         torch.as_tensor(sizes)
         if sizes is not None
         else torch.tensor([[im.height, im.width] for im in flat])
     )
-    if "num_patches" in processed:  # InternVL: tiles per image
+    if "num_patches" in processed:  # InternVL, Idefics3: tiles per image
         processed["num_patches"] = torch.as_tensor(processed["num_patches"])
     return processed, model.vision.token_layout(processed, [len(ims) for ims in per_example])

@@ -55,6 +55,18 @@ class VisionSide(nn.Module):
         """
         raise NotImplementedError
 
+    def preprocess(self, image_processor: Any, images: list[Any]) -> dict[str, Tensor]:
+        """The image processor's output for all images of a batch (a flat list, in order)."""
+        return dict(image_processor(images=images, return_tensors="pt"))
+
+    def placeholder_text(
+        self, image_text: Any, processed: Mapping[str, Tensor], index: int, n_tokens: int
+    ) -> tuple[str, list[int]]:
+        """What the placeholder of image ``index`` becomes before tokenization, holding the
+        image token once per run of consecutive image tokens, and the length of each run (one
+        run of ``n_tokens`` here; Idefics3: one per tile, with tile markers between them)."""
+        return image_text.expansion, [n_tokens]
+
     def with_deepstack(self, inp: Any) -> tuple[list[Tensor], list[list[Tensor]] | None]:
         """The image embeddings and any DeepStack features (Qwen3-VL; ``None`` here)."""
         return self(inp), None

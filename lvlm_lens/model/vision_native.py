@@ -1,5 +1,5 @@
 """Vision sides of the families with their own vision encoders: Qwen2-VL / 2.5-VL / 3-VL,
-Gemma 3, InternVL.
+Gemma 3, InternVL, Idefics3 / SmolVLM.
 
 As for LLaVA, the image embeddings, token counts and positions come from the HF model's own
 code (``get_image_features``, ``get_rope_index``); only the bookkeeping is here.
@@ -101,12 +101,31 @@ class Gemma3Vision(VisionSide):
         return [grid_coords(self.side, self.side) for _ in range(sum(images_per_example))]
 
 
-class InternVision(VisionSide):
+class TiledVision(VisionSide):
+    """A family that cuts an image into a grid of square tiles plus one whole-image tile after
+    them (InternVL's thumbnail, Idefics3's global image), each tile giving the same
+    ``side x side`` grid of tokens; ``processed["num_patches"]`` holds the tiles per image."""
+
+    tiled = True
+    side: int
+
+    def token_layout(
+        self, processed: Mapping[str, Tensor], images_per_example: list[int]
+    ) -> list[Int[Tensor, "img_tok 3"]]:
+        """``(tile, row, col)`` of every token, in the processor's order: the grid of tiles
+        row by row (tiles ``1..n-1``), then the whole image, labelled tile 0 as the whole-image
+        tile is in every family (LLaVA-NeXT's base image)."""
+        out = []
+        for n in processed["num_patches"].tolist():
+            labels = [*range(1, n), 0]
+            out.append(torch.cat([grid_coords(self.side, self.side, tile=t) for t in labels]))
+        return out
+
+
+class InternVision(TiledVision):
     """InternVL: InternViT over 448-px tiles (an image is cut into a grid of tiles by its aspect
     ratio, plus a thumbnail), pixel shuffle and an MLP projector; each tile gives the same
     square grid of tokens."""
-
-    tiled = True
 
     def __init__(self, hf_model: nn.Module):
         super().__init__(hf_model)
@@ -121,14 +140,60 @@ class InternVision(VisionSide):
         feats = self._inner.get_image_features(self.pixels(inp), return_dict=True).pooler_output
         return [f.flatten(0, 1) for f in feats.split(inp.image_tiles.tolist())]
 
-    def token_layout(
-        self, processed: Mapping[str, Tensor], images_per_example: list[int]
-    ) -> list[Int[Tensor, "img_tok 3"]]:
-        """``(tile, row, col)`` of every token, in the processor's order: the grid of tiles
-        row by row (tiles ``1..n-1``), then the thumbnail, labelled tile 0 as the whole-image
-        tile is in every family (LLaVA-NeXT's base image)."""
-        out = []
-        for n in processed["num_patches"].tolist():
-            labels = [*range(1, n), 0] if n > 1 else [0]
-            out.append(torch.cat([grid_coords(self.side, self.side, tile=t) for t in labels]))
-        return out
+
+
+#: Idefics3's text around image tokens (the HF processor's own strings).
+IDEFICS3_FAKE, IDEFICS3_GLOBAL = "<fake_token_around_image>", "<global-img>"
+
+
+class Idefics3Vision(TiledVision):
+    """Idefics3 / SmolVLM: a SigLIP-style tower over square tiles (an image larger than one tile
+    is cut into a grid of ``rows x cols`` tiles plus a downscaled global image), pixel shuffle
+    and a linear projection; each tile gives the same square grid of tokens.
+
+    In the prompt each tile is ``<fake_token_around_image><row_r_col_c>`` and its image tokens,
+    each row of tiles ends with ``\n``, and the global image follows as
+    ``\n<fake_token_around_image><global-img>`` + its tokens + ``<fake_token_around_image>``
+    (an image of one tile is only the global part), as HF's ``Idefics3Processor`` writes it.
+    """
+
+    def __init__(self, hf_model: nn.Module):
+        super().__init__(hf_model)
+        self.vision_model = hf_model.model.vision_model
+        self.connector = hf_model.model.connector
+        vc = hf_model.config.vision_config
+        self.side = vc.image_size // vc.patch_size // hf_model.config.scale_factor
+
+    def preprocess(self, image_processor: Any, images: list[Any]) -> dict[str, Tensor]:
+        """Every tile of every image as a row of ``pixel_values`` (and of
+        ``pixel_attention_mask``), tiles per image in ``num_patches``, and each image's grid of
+        tiles in ``tile_grid`` (``(0, 0)``: not split)."""
+        out = image_processor(images=[images], return_tensors="pt", return_row_col_info=True)
+        grid = torch.tensor([out["rows"][0], out["cols"][0]]).T.reshape(-1, 2)
+        processed = {"pixel_values": out["pixel_values"][0], "tile_grid": grid,
+                     "num_patches": grid.prod(-1) + 1}  # fmt: skip
+        if "pixel_attention_mask" in out:
+            processed["pixel_attention_mask"] = out["pixel_attention_mask"][0]
+        return processed
+
+    def forward(self, inp: Any) -> list[Float[Tensor, "img_tok d_model"]]:
+        """One ``[n_tiles * tokens_per_tile, d_model]`` tensor per image."""
+        mask = inp.pixel_attention_mask
+        mask = None if mask is None else mask[None].to(inp.pixel_values.device)
+        feats = self._inner.get_image_features(self.pixels(inp)[None], mask).pooler_output[0]
+        return list(feats.split((inp.image_tiles * self.side**2).tolist()))
+
+    def placeholder_text(
+        self, image_text: Any, processed: Mapping[str, Tensor], index: int, n_tokens: int
+    ) -> tuple[str, list[int]]:
+        """The tile markers with the image token once per tile (HF ``Idefics3Processor``'s
+        layout); one run of ``tokens_per_tile`` image tokens per tile."""
+        rows, cols = processed["tile_grid"][index].tolist()
+        image = image_text.placeholder
+        text = "".join(
+            "".join(f"{IDEFICS3_FAKE}<row_{r + 1}_col_{c + 1}>{image}" for c in range(cols)) + "\n"
+            for r in range(rows)
+        )
+        text += "\n" if rows else ""
+        text += f"{IDEFICS3_FAKE}{IDEFICS3_GLOBAL}{image}{IDEFICS3_FAKE}"
+        return text, [self.side**2] * (rows * cols + 1)

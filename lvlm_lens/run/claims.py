@@ -41,7 +41,7 @@ from lvlm_lens.interventions.ablation import BASELINES, HeadAblation, compute_ba
 from lvlm_lens.interventions.baseline_check import check_baseline
 from lvlm_lens.interventions.engine import AblationEngine
 from lvlm_lens.interventions.knockout import knockout_effect
-from lvlm_lens.interventions.token_ablation import mean_image_token
+from lvlm_lens.interventions.token_ablation import mean_image_baseline
 from lvlm_lens.model.hooked_lvlm import HookedLVLM
 from lvlm_lens.run.options import RunOptions
 from lvlm_lens.toy import load_toy
@@ -217,7 +217,7 @@ def flow_claims(model, n: int, seed: int, window: int, out: Path) -> dict[str, A
 
 def token_claim(model, n: int, seed: int, refs_inputs) -> dict[str, Any]:
     """Claim 6.2: object vs as many background image tokens, per question type."""
-    mean = mean_image_token(model, refs_inputs)
+    mean = mean_image_baseline(model, refs_inputs)
     out = {}
     for attribute in ATTRIBUTES:
         inp, recs = _attribute_inputs(model, n, seed, attribute)

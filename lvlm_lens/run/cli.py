@@ -11,6 +11,7 @@ from pathlib import Path
 from lvlm_lens.attribution.head_attribution import AttributionConfig
 from lvlm_lens.errors import OptionError
 from lvlm_lens.interventions.ablation import BASELINES, SCOPES, HeadAblation
+from lvlm_lens.interventions.metrics import METRICS
 from lvlm_lens.run.options import RunOptions
 from lvlm_lens.run.threads import SMALL_MODEL_PARAMS
 from lvlm_lens.toy.train import add_train_arguments, train_from_args
@@ -76,7 +77,7 @@ def _attribute_arguments(a: argparse.ArgumentParser) -> None:
                    help="queries that see the baseline (text: those after the image)")  # fmt: skip
     a.add_argument("--source", default=h.source,
                    help="token group whose keys/values are replaced")  # fmt: skip
-    a.add_argument("--metric", default=d.metric, choices=["logit", "logit_diff", "logprob", "prob"],
+    a.add_argument("--metric", default=d.metric, choices=sorted(METRICS),
                    help="what is measured on the answer token")  # fmt: skip
     a.add_argument("--method", default=d.method, choices=["ridge", "ols", "lasso"],
                    help="regressor of the metric on the masks")  # fmt: skip
@@ -93,6 +94,14 @@ def _attribute_arguments(a: argparse.ArgumentParser) -> None:
     a.add_argument("--n-random", type=int, default=RunOptions.n_random,
                    help="random rankings in the random band")  # fmt: skip
     a.add_argument("--overwrite", action="store_true", help="discard a run with other options")
+
+
+def _at_least_one(value: str) -> int:
+    """An integer >= 1 (argparse names the flag when this raises)."""
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,8 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     _common(k, "runs/knockout")
-    k.add_argument("--window", type=int, default=9, help="layers per knockout window")
-    k.add_argument("--metric", default="prob", help="answer metric (relative change for prob)")
+    k.add_argument("--window", type=_at_least_one, default=9, help="layers per knockout window")
+    k.add_argument("--metric", default="prob", choices=sorted(METRICS),
+                   help="answer metric (relative change for prob)")
     r = sub.add_parser(
         "report", help="re-render the report of an attribute run", formatter_class=fmt
     )

@@ -54,7 +54,7 @@ from lvlm_lens.testing.tiny_families import (
 #: LLaVA-OneVision (Qwen2).
 LLAVA_KINDS = ("llava-llama", "llava-next-mistral", "llava-next-vicuna", "llava-onevision-qwen2")
 #: Every kind :func:`build_tiny_checkpoint` builds: those and ``tiny_families.FAMILY_KINDS``
-#: (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, InternVL).
+#: (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, InternVL, Idefics3).
 TINY_KINDS = LLAVA_KINDS + FAMILY_KINDS
 
 SPECIAL_TOKENS = (
@@ -125,6 +125,7 @@ def build_tiny_tokenizer(
     chat_template: str | None = None,
     words: Sequence[str] = TINY_WORDS,
     named_specials: dict[str, str] | None = None,
+    more_specials: Sequence[str] = (),
 ) -> PreTrainedTokenizerFast:
     """Builds a word-level tokenizer (by default the one shared by all tiny checkpoints).
 
@@ -134,13 +135,15 @@ def build_tiny_tokenizer(
             this order); words are ``\\w+`` runs, single punctuation characters or ``"\\n"``.
         named_specials: A family's own special tokens by attribute name (``image_token``,
             ``boi_token``...), appended after ``words``; default ``{"image_token": "<image>"}``.
+        more_specials: Further special tokens without an attribute name (Idefics3's
+            ``<row_1_col_1>``...), appended after those.
 
     Returns:
         A fast tokenizer (supports ``return_offsets_mapping``) whose image token is one token.
     """
     words = tuple(words)
     named = dict(named_specials or {"image_token": "<image>"})
-    extra = tuple(t for t in named.values() if t not in SPECIAL_TOKENS)
+    extra = tuple(t for t in named.values() if t not in SPECIAL_TOKENS) + tuple(more_specials)
     specials = SPECIAL_TOKENS + extra
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + words + extra)}
     if len(vocab) != len(specials) + len(words):
@@ -166,7 +169,7 @@ def build_tiny_tokenizer(
     return tokenizer
 
 
-def _vision_config(kind: str) -> CLIPVisionConfig | SiglipVisionConfig:
+def _vision_config(kind: str, overrides: dict) -> CLIPVisionConfig | SiglipVisionConfig:
     common = dict(
         hidden_size=32,
         intermediate_size=64,
@@ -176,6 +179,7 @@ def _vision_config(kind: str) -> CLIPVisionConfig | SiglipVisionConfig:
         patch_size=PATCH_SIZE,
         attention_dropout=0.0,
     )
+    common.update(overrides)
     if kind == "llava-onevision-qwen2":
         return SiglipVisionConfig(vision_use_head=False, **common)
     return CLIPVisionConfig(projection_dim=32, **common)
@@ -218,6 +222,9 @@ def build_tiny_checkpoint(
     *,
     seed: int = 0,
     chat_template: bool = False,
+    vision: dict[str, Any] | None = None,
+    lvlm: dict[str, Any] | None = None,
+    processor: dict[str, Any] | None = None,
     **text_overrides: Any,
 ) -> Path:
     """Builds and saves a tiny random checkpoint of one supported family.
@@ -229,8 +236,14 @@ def build_tiny_checkpoint(
         chat_template: Whether to save a chat template with the tokenizer (llava-hf style
             ``USER: <image>\\n... ASSISTANT:`` for LLaVA/NeXT, ChatML for OneVision, the
             family's own for Qwen2-VL / Qwen2.5-VL / Gemma 3).
+        vision: Fields set on the vision config (Gemma 3 also ``mm_tokens_per_image``,
+            Idefics3 also ``scale_factor``).
+        lvlm: Fields set on the multimodal config (LLaVA's ``vision_feature_layer``,
+            ``vision_feature_select_strategy``...).
+        processor: Attributes set on the image processor (Idefics3's ``do_image_splitting``).
         **text_overrides: Fields set on the text config, e.g. ``num_hidden_layers``,
-            ``rope_parameters``, ``sliding_window`` or ``tie_word_embeddings``.
+            ``rope_parameters``, ``sliding_window`` or ``tie_word_embeddings`` (InternVL and
+            Idefics3 also ``model_type``: the text model's type).
 
     Returns:
         The folder, loadable with ``from_pretrained`` and ``AutoTokenizer`` /
@@ -242,7 +255,8 @@ def build_tiny_checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     if kind in FAMILY_KINDS:
         return build_family_checkpoint(
-            kind, folder, seed=seed, chat_template=chat_template, **text_overrides
+            kind, folder, seed=seed, chat_template=chat_template, vision=vision, lvlm=lvlm,
+            processor=processor, **text_overrides,
         )
     onevision = kind == "llava-onevision-qwen2"
     template = (
@@ -250,7 +264,7 @@ def build_tiny_checkpoint(
     )
     tokenizer = build_tiny_tokenizer(chat_template=template)
     common = dict(
-        vision_config=_vision_config(kind),
+        vision_config=_vision_config(kind, vision or {}),
         text_config=_text_config(kind, tokenizer, text_overrides),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         projector_hidden_act="gelu",
@@ -294,6 +308,10 @@ def build_tiny_checkpoint(
             crop_size=square,
             image_grid_pinpoints=GRID_PINPOINTS,
         )
+    for key, value in (lvlm or {}).items():
+        setattr(config, key, value)
+    for key, value in (processor or {}).items():
+        setattr(image_processor, key, value)
     config._attn_implementation = "eager"
 
     with torch.random.fork_rng(devices=[]):

@@ -1,5 +1,5 @@
 """Tiny random checkpoints of the non-LLaVA families: Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3,
-InternVL.
+InternVL, Idefics3 / SmolVLM.
 
 Each is a genuine transformers folder (config, safetensors, tokenizer with the family's
 special tokens and chat template, the family's PIL image processor) shaped like the real
@@ -7,7 +7,8 @@ checkpoints at a tiny size: grouped-query attention, Qwen2's q/k/v biases and M-
 (``mrope_section``), Qwen3-VL's q/k norms, interleaved M-RoPE and DeepStack, Gemma 3's
 sandwich norms, q/k norms, tied embeddings and alternating sliding / global layers with
 their own rope bases, InternVL's tiles (a grid by aspect ratio plus a thumbnail) and pixel
-shuffle in front of a Qwen2. The vocabulary is the shared tiny one
+shuffle in front of a Qwen2, Idefics3's tiles with row/column markers in front of a Llama
+(:mod:`~lvlm_lens.testing.tiny_idefics3`). The vocabulary is the shared tiny one
 (:data:`~lvlm_lens.testing.tiny.TINY_WORDS` plus ``model``) with the family's special tokens
 appended, so word ids are the same for every kind.
 """
@@ -35,8 +36,18 @@ from transformers.models.gemma3 import Gemma3ImageProcessorPil
 from transformers.models.got_ocr2 import GotOcr2ImageProcessorPil
 from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 
+from lvlm_lens.testing.tiny_idefics3 import (
+    IDEFICS3_CHAT_TEMPLATE,
+    IDEFICS3_SPECIALS,
+    IDEFICS3_TILE_TOKENS,
+    IDEFICS3_WORDS,
+    idefics3_config,
+    idefics3_image_processor,
+    idefics3_processor,
+)
+
 #: The tiny kinds built here (``build_tiny_checkpoint`` builds them as well as the LLaVA ones).
-FAMILY_KINDS = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl")
+FAMILY_KINDS = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl", "idefics3")
 
 #: Words the family chat templates need beyond the shared tiny vocabulary.
 EXTRA_WORDS = ("model",)
@@ -234,7 +245,7 @@ def _internvl(tokenizer: PreTrainedTokenizerFast, overrides: dict, vision_overri
     )  # fmt: skip
     vision.update(vision_overrides)
     config = InternVLConfig(
-        text_config=dict(text, model_type="qwen2", tie_word_embeddings=tied),
+        text_config={"model_type": "qwen2", **text, "tie_word_embeddings": tied},
         vision_config=vision,
         image_token_id=tokenizer.convert_tokens_to_ids(INTERNVL_SPECIALS["context_image_token"]),
         image_seq_length=(vision["image_size"] // vision["patch_size"] // 2) ** 2,
@@ -255,13 +266,17 @@ def family_config(
         kind: One of :data:`FAMILY_KINDS`.
         tokenizer: From :func:`family_tokenizer` (special token ids, vocabulary size).
         text_overrides: Text config fields (``hidden_size``, ``num_hidden_layers``...).
-        vision_overrides: Vision config fields; for Gemma 3 also ``mm_tokens_per_image``.
+        vision_overrides: Vision config fields; for Gemma 3 also ``mm_tokens_per_image``, for
+            Idefics3 also ``scale_factor``.
     """
     text, vision = dict(text_overrides or {}), dict(vision_overrides or {})
     if kind == "gemma3":
         config, cls = _gemma(tokenizer, text, vision)
     elif kind == "internvl":
         config, cls = _internvl(tokenizer, text, vision)
+    elif kind == "idefics3":  # tied as SmolVLM-256M / 500M
+        tied = text.pop("tie_word_embeddings", True)
+        config, cls = idefics3_config(tokenizer, tiny_text_kwargs(tokenizer, **text), vision, tied)
     else:
         config, cls = _qwen(kind, tokenizer, text, vision)
     config._attn_implementation = "eager"
@@ -270,8 +285,10 @@ def family_config(
 
 def family_image_processor(kind: str, patch_size: int = QWEN_PATCH, image_size: int = 0) -> Any:
     """The family's PIL image processor: Qwen's native resolution (up to 64 merged tokens per
-    image by default), Gemma 3's fixed ``image_size`` square (default the tiny one) or
-    InternVL's tiles of ``image_size``."""
+    image by default), Gemma 3's fixed ``image_size`` square (default the tiny one),
+    InternVL's or Idefics3's tiles of ``image_size``."""
+    if kind == "idefics3":
+        return idefics3_image_processor(image_size) if image_size else idefics3_image_processor()
     if kind == "internvl":
         side = image_size or INTERNVL_TILE
         return GotOcr2ImageProcessorPil(
@@ -301,25 +318,41 @@ def family_tokenizer(kind: str, chat_template: bool) -> PreTrainedTokenizerFast:
         "gemma3": GEMMA_CHAT_TEMPLATE,
         "qwen3-vl": QWEN3_CHAT_TEMPLATE,
         "internvl": INTERNVL_CHAT_TEMPLATE,
+        "idefics3": IDEFICS3_CHAT_TEMPLATE,
     }
-    specials = {"gemma3": GEMMA_SPECIALS, "internvl": INTERNVL_SPECIALS}.get(kind, QWEN_SPECIALS)
+    specials = {"gemma3": GEMMA_SPECIALS, "internvl": INTERNVL_SPECIALS,
+                "idefics3": IDEFICS3_SPECIALS}.get(kind, QWEN_SPECIALS)  # fmt: skip
     template = templates.get(kind, QWEN_CHAT_TEMPLATE) if chat_template else None
+    idefics = kind == "idefics3"
     return build_tiny_tokenizer(
         chat_template=template,
-        words=TINY_WORDS + EXTRA_WORDS,
+        words=TINY_WORDS + EXTRA_WORDS + (IDEFICS3_WORDS if idefics else ()),
         named_specials=specials,
+        more_specials=IDEFICS3_TILE_TOKENS if idefics else (),
     )
 
 
 def build_family_checkpoint(
-    kind: str, folder: Path, *, seed: int, chat_template: bool, **text_overrides: Any
+    kind: str,
+    folder: Path,
+    *,
+    seed: int,
+    chat_template: bool,
+    vision: dict[str, Any] | None = None,
+    lvlm: dict[str, Any] | None = None,
+    processor: dict[str, Any] | None = None,
+    **text_overrides: Any,
 ) -> Path:
     """Builds and saves a tiny ``kind`` checkpoint (see :func:`~.tiny.build_tiny_checkpoint`)."""
     from lvlm_lens.testing.tiny import _randomize_
 
     tokenizer = family_tokenizer(kind, chat_template)
-    config, model_cls = family_config(kind, tokenizer, text_overrides)
+    config, model_cls = family_config(kind, tokenizer, text_overrides, vision)
+    for key, value in (lvlm or {}).items():
+        setattr(config, key, value)
     image_processor = family_image_processor(kind)
+    for key, value in (processor or {}).items():
+        setattr(image_processor, key, value)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_cls(config)
@@ -333,6 +366,9 @@ def build_family_checkpoint(
                 proj.normal_(0.0, 0.2)
     model.eval()
     model.save_pretrained(folder)
+    if kind == "idefics3":  # its HF processor needs no torchvision: save it whole
+        idefics3_processor(config, tokenizer, image_processor).save_pretrained(folder)
+        return folder
     tokenizer.save_pretrained(folder)
     image_processor.save_pretrained(folder)
     return folder

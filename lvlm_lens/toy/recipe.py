@@ -137,7 +137,7 @@ PRESETS: dict[str, ToyRecipe] = {
     "science": ToyRecipe(
         task="attributes",
         architecture=ToyArchitecture(layers=8, heads=8, d_model=128, attention_dropout=0.1),
-        steps=800,
+        steps=2000,
         # the shape needs most of the vision learning; colour, size and background are easier
         attribute_weights=(0.4, 0.2, 0.2, 0.2),
         # from scratch, the shape of the image was still at 22 % after 600 steps (docs)

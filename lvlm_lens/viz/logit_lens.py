@@ -73,23 +73,31 @@ class LogitLens:
              max_text: int = 24) -> Figure:
         """Top candidate per image patch (one panel per layer) and per text token (a strip).
 
+        Every patch grid of the image gets a row of panels: the base tile, and on
+        any-resolution models (LLaVA-NeXT / OneVision) the high-res grid below it.
+
         Args:
             layers: Layers to show (default: every block's output); ``-1`` is the embeddings.
-            picture: The example's image, drawn under the patch grid.
+            picture: The example's image, drawn under the patch grids.
             max_text: Show at most this many text tokens (the last ones).
         """
         n = self.probs.shape[0] - 1
         layers = list(range(n)) if layers is None else list(layers)
         top = self.top_words()
         cmap = ListedColormap([PALETTE[i % len(PALETTE)] for i in range(len(self.candidates))])
-        grid = image_grids(self.inp)[0]
-        fig, axes = new_figure(len(layers) + 1, 1, (2.3, 2.5))
-        for ax, layer in zip(axes[0], layers, strict=False):
-            vals = grid.fill(top[layer + 1].astype(float))
+        grids = image_grids(self.inp)
+        fig, axes = new_figure(len(layers) + 1, len(grids), (2.3, 2.5))
+        for row, grid in enumerate(grids):
             pic = None if picture is None else model_view(picture, grid)
-            draw_overlay(ax, pic, vals, cmap=cmap, vmin=-0.5, vmax=len(self.candidates) - 0.5,
-                         alpha=0.55, scale_alpha=False)
-            ax.set_title("embeddings" if layer < 0 else f"after layer {layer}", fontsize=8)
+            for ax, layer in zip(axes[row], layers, strict=False):
+                vals = grid.fill(top[layer + 1].astype(float))
+                draw_overlay(ax, pic, vals, cmap=cmap, vmin=-0.5,
+                             vmax=len(self.candidates) - 0.5, alpha=0.55, scale_alpha=False)
+                where = "" if len(grids) == 1 else f"{grid.kind}, "
+                ax.set_title(where + ("embeddings" if layer < 0 else f"after layer {layer}"),
+                             fontsize=8)
+            if row:  # the text strip sits in the first row only
+                axes[row, -1].set_axis_off()
         text = [i for i, g in enumerate(self.groups) if g not in ("image", "pad")][-max_text:]
         ax = axes[0, -1]
         strip = top[[layer + 1 for layer in layers]][:, text]

@@ -275,3 +275,26 @@ def test_a_text_source_takes_only_baselines_that_do_not_replace_the_image(llava)
     q = inp.groups["question"][:, None, :, None]
     for k_mean, k_x in zip(mean.keys, clean.keys, strict=True):
         assert ((k_mean - k_x) * q).abs().max() <= 1e-5
+
+
+def test_qwen3_vl_baselines_carry_the_baseline_images_deepstack_features(tiny_checkpoint):
+    """Qwen3-VL adds DeepStack features of the image in early layers. The baseline K/V come
+    from runs on the baseline images, so they carry those images' DeepStack features: every
+    head ablated is a run on the (resized) baseline image, with ``image`` and with ``mean``
+    (one image per example: no clean token sits between images)."""
+    model = HookedLVLM.from_pretrained(tiny_checkpoint("qwen3-vl"))
+    images, prompts = [noise_image(20, 28, 1), noise_image(36, 20, 2)], [MIXED[0]] * 2
+    inp = model.prepare(images, prompts)
+    x = noise_image(16, 40, 9)
+    on = model(model.prepare([x.resize(im.size, Image.BICUBIC) for im in images], prompts))
+    answers = model(inp)[:, -1].argmax(-1)
+    expected = on[torch.arange(2), -1, answers]
+    assert (on - model(inp))[:, -1].abs().max() > 1e-3
+    every = torch.ones(1, model.cfg.n_layers, model.cfg.n_heads, dtype=torch.bool)
+    for kind, kw in (("image", {"baseline_image": x}), ("mean", {"reference_images": [x, x]})):
+        cfg = HeadAblation(baseline=kind)
+        base = compute_baseline(model, inp, cfg, progress=False, **kw)
+        fast = AblationEngine(model, inp, base, cfg).run(every, progress=False)[:, 0]
+        ref = run_reference(model, inp, every, base, cfg, metric="logit", progress=False)[:, 0]
+        assert torch.allclose(fast, expected, atol=1e-4)
+        assert torch.allclose(ref, expected, atol=1e-4)

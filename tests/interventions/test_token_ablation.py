@@ -10,8 +10,10 @@ import torch
 from lvlm_lens import HookedLVLM
 from lvlm_lens.interventions.metrics import answer_prob
 from lvlm_lens.interventions.token_ablation import (
+    ImageBaseline,
     ablate_image_tokens,
     image_token_mask,
+    mean_image_baseline,
     mean_image_token,
     token_ablation_hooks,
 )
@@ -151,3 +153,54 @@ def test_flat_masks_text_only_inputs_and_embeddings_without_coordinates(model, i
         got = ablate_image_tokens(model, bare, "image", tile)
         want = model(inp.with_image_embeds([tile, tile]))
         assert (got - want)[inp.attention_mask.bool()].abs().max() <= 1e-5
+
+
+
+
+@pytest.fixture(scope="module")
+def qwen3(tiny_checkpoint):
+    """Qwen3-VL adds DeepStack features of the image at its positions in early layers."""
+    return HookedLVLM.from_pretrained(tiny_checkpoint("qwen3-vl"))
+
+
+def test_qwen3_vl_another_image_replaces_its_deepstack_features_too(qwen3):
+    inp, other = batch(qwen3, 1), batch(qwen3, 11)
+    assert torch.equal(other.input_ids, inp.input_ids)
+    expected, real = qwen3(other), inp.attention_mask.bool()
+    assert (qwen3(inp) - expected)[real].abs().max() > 1e-3
+    embeds, deep = qwen3.image_features(other)
+    tensors = ImageBaseline(torch.cat(embeds), [torch.cat(d) for d in deep])
+    for baseline in (other, tensors):
+        ablated = ablate_image_tokens(qwen3, inp, "image", baseline)
+        assert (ablated - expected)[real].abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="DeepStack"):  # embeddings alone would keep the image
+        ablate_image_tokens(qwen3, inp, "image", torch.cat(embeds))
+
+
+def test_qwen3_vl_mean_token_equals_hand_edited_embeddings_and_deepstack(qwen3):
+    inp = batch(qwen3, 1)
+    dataset = [batch(qwen3, s) for s in (3, 5)]
+    mean = mean_image_baseline(qwen3, dataset)
+    feats = [qwen3.image_features(d) for d in dataset]
+    assert torch.allclose(mean.embeds, torch.cat([e for f in feats for e in f[0]]).mean(0),
+                          atol=1e-6)
+    image = inp.groups["image"]
+    which = image & (torch.rand(image.shape, generator=torch.Generator().manual_seed(0)) < 0.4)
+    ablated = ablate_image_tokens(qwen3, inp, which, mean)
+    # by hand: per layer, the mean DeepStack feature over the same reference tokens
+    flat_mask = image_token_mask(inp, which)
+    embeds, deep = qwen3.image_features(inp)
+
+    def edit(mine: list, value: torch.Tensor) -> list:
+        counts = [e.shape[0] for e in mine]
+        m = flat_mask[:, None].split(counts)
+        return [torch.where(k, value, e) for k, e in zip(m, mine, strict=True)]
+
+    layers = range(len(deep))
+    deep_means = [torch.cat([d for f in feats for d in f[1][layer]]).mean(0) for layer in layers]
+    hand = inp.with_image_embeds(edit(embeds, mean.embeds),
+                                 [edit(deep[layer], deep_means[layer]) for layer in layers])
+    real = inp.attention_mask.bool()
+    assert (ablated - qwen3(hand))[real].abs().max() <= 1e-5
+    assert (ablated - qwen3(inp))[real].abs().max() > 1e-3
+    assert torch.equal(mean_image_token(qwen3, dataset), mean.embeds)

@@ -41,6 +41,22 @@ def test_hook_names_and_shapes(model, inp):
     assert torch.allclose(model.unembed(model.ln_final(final)), logits, atol=1e-5)
 
 
+def test_hooks_editing_in_place_take_effect(model, inp):
+    """Norms (and Qwen3-VL's DeepStack sum) round as HF does only where no hook changed
+    ``hook_scale`` (``hook_mlp_out``): an edit in place is a change too."""
+    clean = model(inp)
+
+    def double(t, hook):  # in place, returning nothing
+        t.mul_(2)
+
+    for name in ("blocks.1.ln2.hook_scale", "blocks.0.hook_mlp_out"):
+        new = model.run_with_hooks(inp, fwd_hooks=[(name, lambda t, hook: t * 2)])
+        same = model.run_with_hooks(inp, fwd_hooks=[(name, lambda t, hook: t.mul_(2))])
+        silent = model.run_with_hooks(inp, fwd_hooks=[(name, double)])
+        assert torch.equal(new, same) and torch.equal(new, silent)
+        assert (new - clean).abs().max() > 1e-3
+
+
 def test_names_filter_and_remove_batch_dim(model, inp):
     one = inp.select(1)
     _, cache = model.run_with_cache(

@@ -1,17 +1,18 @@
-"""Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3 and InternVL beyond logits: inputs, hooks, M-RoPE,
-image blocks, DeepStack and tiles."""
+"""Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, InternVL and Idefics3 beyond logits: inputs, hooks,
+M-RoPE, image blocks, DeepStack and tiles."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from transformers import Gemma3Processor
+from transformers import AutoProcessor, Gemma3Processor
 
 from lvlm_lens import HookedLVLM
+from lvlm_lens.model.families import language_model
 from lvlm_lens.model.layout import TokenLayout
 from tests.helpers import PROMPTS, noise_image
 
-KINDS = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl"]
+KINDS = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl", "idefics3"]
 IMAGES = [noise_image(20, 28, 1), noise_image(30, 18, 2)]
 
 
@@ -29,7 +30,8 @@ def test_hook_embed_is_hf_inputs_embeds(fam):
     def grab(module, args, kwargs):
         seen["x"] = kwargs["inputs_embeds"]
 
-    handle = model.hf_model.model.language_model.register_forward_pre_hook(grab, with_kwargs=True)
+    lm = language_model(model.hf_model)
+    handle = lm.register_forward_pre_hook(grab, with_kwargs=True)
     try:
         with torch.no_grad():
             model.hf_model(**inp.to_hf())
@@ -41,11 +43,21 @@ def test_hook_embed_is_hf_inputs_embeds(fam):
     assert (cache["hook_embed"] - seen["x"])[real].abs().max() <= 1e-6
 
 
+def test_decompose_resid_sums_to_the_final_residual(fam):
+    _, model, inp = fam
+    _, cache = model.run_with_cache(inp)
+    parts = cache.decompose_resid()
+    resid = cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]
+    real = inp.attention_mask.bool()
+    assert (parts.sum(0) - resid)[real].abs().max() < 1e-5
+    assert resid[inp.groups["image"]].abs().max() > 0.1
+
+
 def test_to_hf_has_the_family_inputs(fam):
     kind, model, inp = fam
     kw = inp.to_hf()
     extra = {"image_grid_thw", "mm_token_type_ids"} if "qwen" in kind else {"token_type_ids"}
-    extra = set() if kind == "internvl" else extra  # pixel values only
+    extra = {"internvl": set(), "idefics3": {"pixel_attention_mask"}}.get(kind, extra)
     assert set(kw) == {"input_ids", "attention_mask", "position_ids", "pixel_values"} | extra
     for key in extra & {"token_type_ids", "mm_token_type_ids"}:
         assert torch.equal(kw[key].bool(), inp.groups["image"])
@@ -59,12 +71,16 @@ def test_groups_and_grid_coordinates(fam):
     cells = [f"<img {r},{c}>" for r in range(grid[0]) for c in range(grid[1])]
     if kind == "internvl":  # 20x28: a 2x2 grid of tiles 1-4, then the thumbnail (tile 0)
         cells = [f"<img {t}:{r},{c}>" for t in (1, 2, 3, 4, 0) for r in range(4) for c in range(4)]
+    if kind == "idefics3":  # 20x28 -> 68x96 px: 3x3 tiles 1-9, then the global image (tile 0)
+        tiles = [*range(1, 10), 0]
+        cells = [f"<img {t}:{r},{c}>" for t in tiles for r in range(4) for c in range(4)]
     assert [s for s in strs if s.startswith("<img ")] == cells
     question = [t for t, q in zip(inp.input_ids[0], inp.groups["question"][0], strict=True) if q]
     words = model.tokenizer.convert_ids_to_tokens(question)
     assert words == ["what", "is", "the", "main", "object", "in", "this", "image", "?"]
     role = model.tokenizer.convert_ids_to_tokens(inp.input_ids[0][inp.groups["role"][0]])
-    marker = {"gemma3": "<end_of_image>", "internvl": "</img>"}.get(kind, "<|vision_end|>")
+    marker = {"gemma3": "<end_of_image>", "internvl": "</img>",
+              "idefics3": "<row_3_col_3>"}.get(kind, "<|vision_end|>")  # fmt: skip
     assert marker in role and "ASSISTANT" in role
 
 
@@ -185,3 +201,36 @@ def test_qwen3_deepstack_enters_early_layers_at_image_positions(tiny_checkpoint)
     assert (model.run_with_hooks(inp, fwd_hooks=zero) - model(inp))[real].abs().max() > 1e-3
     with pytest.raises(ValueError, match="DeepStack"):
         model(inp.with_image_embeds(model.image_embeddings(inp)))
+    # precomputed embeddings with their DeepStack features are the run on pixels
+    pre = inp.with_image_embeds(*model.image_features(inp))
+    assert pre.pixel_values is None
+    assert (model(pre) - model(inp))[real].abs().max() <= 1e-6
+    assert torch.allclose(model(pre.select(1)), model(inp.select(1)), atol=1e-6)
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_idefics3_prepare_equals_the_hf_processor(tiny_checkpoint, split):
+    """Idefics3's processor needs no torchvision: our tile layout is its own, token for token,
+    on a batch whose images give 3x3, 3x1 and 3x2 tiles (one each without splitting), with
+    several images in one example."""
+    folder = tiny_checkpoint("idefics3", chat_template=True)
+    proc = AutoProcessor.from_pretrained(folder)
+    proc.image_processor.do_image_splitting = split
+    model = HookedLVLM.from_hf(HookedLVLM.from_pretrained(folder).hf_model, proc)
+    images = [[IMAGES[0], noise_image(54, 16, 4)], IMAGES[1]]
+    inp = model.prepare(images, ["what is this ?", "what is the main object ?"], template="chat")
+    assert inp.image_tiles.tolist() == ([10, 4, 7] if split else [1, 1, 1])
+    proc.tokenizer.padding_side = "left"
+    enc = proc(text=inp.texts, images=[images[0], [images[1]]], return_tensors="pt", padding=True,
+               add_special_tokens=False)
+    kw = inp.to_hf()
+    for key in ("input_ids", "attention_mask", "pixel_values", "pixel_attention_mask"):
+        assert torch.equal(enc[key].to(kw[key].dtype), kw[key]), key
+    assert inp.texts[1] == "<s>User:<image>what is the main object ?<end_of_utterance>\nAssistant:"
+    # SmolVLM's raw format: the user's turn ends at <end_of_utterance>
+    raw = model.prepare(IMAGES[:1], inp.texts[1])
+    q = model.tokenizer.convert_ids_to_tokens(raw.input_ids[0][raw.groups["question"][0]])
+    assert q == ["what", "is", "the", "main", "object", "?"]
+    with torch.no_grad():
+        sub = inp.select(1)  # its tiles and their pixel masks
+        assert (model(sub)[0] - model.hf_model(**sub.to_hf()).logits[0]).abs().max() <= 1e-4

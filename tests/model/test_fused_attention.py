@@ -220,8 +220,9 @@ def test_cuda_kernel_call(h_kv):
     assert o.shape == q.shape and lse.shape == q.shape[:3]
 
 
-def test_empty_prefix_cache(tiny_checkpoint):
-    model = HookedLVLM.from_pretrained(tiny_checkpoint("llava-llama"))
+@pytest.mark.parametrize("kind", ["llava-llama", "qwen2-vl"])  # 1-D RoPE and M-RoPE positions
+def test_empty_prefix_cache(tiny_checkpoint, kind):
+    model = HookedLVLM.from_pretrained(tiny_checkpoint(kind, chat_template=kind != "llava-llama"))
     inp = model.prepare([noise_image(20, 20, 1), noise_image(20, 20, 2)], PROMPTS)
     with torch.no_grad():
         full = model(inp)

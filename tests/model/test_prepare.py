@@ -171,8 +171,9 @@ def test_unsupported_architectures(tmp_path):
     with pytest.raises(ValueError, match="unsupported language backbone 'gemma'.*Llama"):
         check_supported(transformers.LlavaConfig(text_config=transformers.GemmaConfig().to_dict()))
     with pytest.raises(ValueError) as err:
-        check_supported(transformers.Idefics3Config())
-    for name in ("Qwen/Qwen2.5-VL-7B-Instruct", "google/gemma-3-4b-it", "llava-hf/llava-1.5-7b-hf"):
+        check_supported(transformers.PaliGemmaConfig())
+    for name in ("Qwen/Qwen2.5-VL-7B-Instruct", "google/gemma-3-4b-it", "llava-hf/llava-1.5-7b-hf",
+                 "HuggingFaceTB/SmolVLM-256M-Instruct"):
         assert name in str(err.value)  # the error lists what is supported
     with pytest.raises(ValueError, match="attn_logit_softcapping"):
         check_supported(transformers.Gemma3Config(text_config={"attn_logit_softcapping": 50.0}))

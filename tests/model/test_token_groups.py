@@ -76,3 +76,24 @@ def test_a_prompt_ending_with_an_image_keeps_that_token_in_image(tiny_checkpoint
     assert bool(inp.groups["final"][0, -1]) and bool(inp.groups["image"][0, -1])
     assert int(inp.groups["image"].sum()) == inp.image_coords[0].shape[0]
     assert _tokens(model, inp, "role", 0) == ["USER", ":", "ASSISTANT", ":"]
+
+
+@pytest.mark.parametrize(
+    "kind", ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl", "idefics3"]
+)
+def test_groups_partition_the_chat_templates_of_the_other_families(tiny_checkpoint, kind):
+    """The same partition with each family's own chat template, a system prompt and a
+    left-padded batch of two images of different sizes."""
+    model = HookedLVLM.from_pretrained(tiny_checkpoint(kind, chat_template=True))
+    images = [noise_image(20, 28, 1), noise_image(30, 18, 2)]
+    inp = model.prepare(images, ["what is the main object ?", "what ?"], template="chat",
+                        system="you are helpful .")  # fmt: skip
+    real = inp.attention_mask.bool()
+    stacked = torch.stack([inp.groups[g] for g in PARTITION]).int()
+    assert torch.equal(stacked.sum(0), real.int()), "every real token in exactly one group"
+    for i in range(len(inp)):
+        last = int(real[i].nonzero().max())
+        assert inp.groups["final"][i].nonzero().flatten().tolist() == [last]
+    assert _tokens(model, inp, "question", 0) == "what is the main object ?".split()
+    assert _tokens(model, inp, "question", 1) == ["what", "?"]
+    assert _tokens(model, inp, "system", 0) == "you are helpful .".split()

@@ -132,3 +132,21 @@ def test_help_documents_every_option_with_its_default():
                 assert f"(default: {action.default})" in " ".join(text.split()), (
                     f"{name} {action.option_strings[0]} does not show its default"
                 )
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--window", "0"], "argument --window: must be >= 1, got 0"),
+        (["--window", "-3"], "argument --window: must be >= 1, got -3"),
+        (["--metric", "foo"], "argument --metric: invalid choice: 'foo'"),
+    ],
+)
+def test_knockout_flags_are_checked_before_the_model_loads(capsys, tmp_path, argv, expected):
+    with pytest.raises(SystemExit) as exit_:
+        main(["knockout", *argv, "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("lvlm-lens knockout: error: ") and expected in last
+    assert not (tmp_path / "run").exists()

@@ -1,4 +1,4 @@
-"""Tiny Qwen2-VL / Qwen2.5-VL / Gemma 3 checkpoints: offline loading, real-like configs."""
+"""Tiny family checkpoints: offline loading, real-like configs."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def test_gemma3_config_is_like_the_real_one(tiny_checkpoint):
     assert "<unk>" not in tok.convert_ids_to_tokens(tok(text).input_ids)
 
 
-@pytest.mark.parametrize("kind", [k for k in FAMILY_KINDS if k != "internvl"])
+@pytest.mark.parametrize("kind", [k for k in FAMILY_KINDS if k not in ("internvl", "idefics3")])
 def test_seeded_and_real_forward(tiny_checkpoint, kind):
     model, _, processor = _load(tiny_checkpoint(kind, chat_template=True))
     other, _, _ = _load(tiny_checkpoint(kind, seed=1))
@@ -102,4 +102,25 @@ def test_internvl_config_is_like_the_real_one(tiny_checkpoint):
         feats = model.get_image_features(out["pixel_values"]).pooler_output
     assert feats.shape[:2] == (6, model.config.image_seq_length) == (6, 16)
     other, _, _ = _load(tiny_checkpoint("internvl", seed=1))
+    assert not torch.equal(model.lm_head.weight, other.lm_head.weight)
+
+
+def test_idefics3_config_is_like_smolvlm(tiny_checkpoint):
+    model, tok, processor = _load(tiny_checkpoint("idefics3", chat_template=True))
+    assert type(processor).__name__ == "Idefics3ImageProcessorPil" and processor.do_image_splitting
+    tc = model.config.text_config
+    assert tc.model_type == "llama" and tc.num_key_value_heads < tc.num_attention_heads
+    assert model.lm_head.weight is model.model.text_model.embed_tokens.weight  # SmolVLM-256M
+    assert model.config.scale_factor == 4  # pixel shuffle by 4, as SmolVLM-256M / 500M
+    assert tok.convert_ids_to_tokens(model.config.image_token_id) == "<image>"
+    text = tok.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+    assert text == "<s>User:<image>what ?<end_of_utterance>\nAssistant:"
+    for special in ("<fake_token_around_image>", "<global-img>", "<row_6_col_6>"):
+        assert tok.convert_tokens_to_ids(special) != tok.unk_token_id
+    out = processor([noise_image(20, 28, 1), noise_image(54, 16, 2)], return_tensors="pt")
+    assert out["pixel_values"].shape[:2] == (1, 14)  # 3x3 tiles + global; 3x1 + global
+    with torch.no_grad():
+        feats = model.get_image_features(**out).pooler_output
+    assert [f.shape[0] for f in feats] == [14 * 16]  # 4x4 tokens per tile
+    other, _, _ = _load(tiny_checkpoint("idefics3", seed=1))
     assert not torch.equal(model.lm_head.weight, other.lm_head.weight)

@@ -67,40 +67,37 @@ def test_shipped_science_checkpoint(science):
 
 
 def test_science_heldout_accuracy_per_question_type(science):
-    """Fresh seed, every attribute asked with the image and with the scene in words.
-
-    The target was >= 95 % on every type; the shipped 800-step checkpoint reaches it on seven
-    of eight. Naming the shape of an image stays at ~70 % (docs/toy_model.md): this test
-    guards what was reached, it does not claim the target.
-    """
+    """Fresh seed (not the training data, not the held-out set of training.json), every
+    attribute asked with the image and with the scene in words: >= 95 % on each."""
     acc = evaluate_attributes(science, n=100, seed=24680)["acc"]
-    assert acc.pop("image:shape") >= 0.6
-    assert min(acc.values()) >= 0.95, acc
+    assert len(acc) == 8 and min(acc.values()) >= 0.95, acc
 
 
 @torch.no_grad()
 def test_question_to_final_knockout_changes_the_answer(science):
-    """The question matters. Blocking question -> final in every layer changes most correct
-    answers of every attribute; blocking question -> role as well hides the question
-    completely: the same image then gets the same answer whatever is asked (minimal-pair
-    prompts), so at most one attribute in four can still be right."""
+    """The question matters. Blocking question -> final in every layer changes the correct
+    answers of every attribute but at most one (the model's fallback when it cannot read the
+    question: the shipped toy then names the background); blocking question -> role as well
+    hides the question completely: the same image then gets the same answer whatever is asked
+    (minimal-pair prompts), so at most one attribute in four can still be right."""
     layers = list(range(science.cfg.n_layers))
     recs = {a: attribute_records(16, seed=97531, attributes=(a,)) for a in ATTRIBUTES}
-    logits, hits, blind = [], [], []
+    logits, hits, blind, changed = [], [], [], []
     for attribute in ATTRIBUTES:
         rs = recs[attribute]
         inp = science.prepare([r.image for r in rs], [r.prompt for r in rs], [r.answer for r in rs])
         clean = science(inp)[:, -1].argmax(-1)
         ok = clean == inp.answer_ids
-        assert ok.float().mean() >= 0.7
+        assert ok.float().mean() >= 0.9
         hooks = knockout_hooks(science, inp, "question", "final", layers)
         blocked = science.run_with_hooks(inp, fwd_hooks=hooks)[:, -1].argmax(-1)
-        assert (blocked != clean)[ok].float().mean() >= 0.5, attribute
+        changed.append(float((blocked != clean)[ok].float().mean()))
         hooks += knockout_hooks(science, inp, "question", "role", layers)
         out = science.run_with_hooks(inp, fwd_hooks=hooks)[:, -1]
         logits.append(out)
         hits.append(ok.float().mean())
         blind.append((out.argmax(-1) == inp.answer_ids).float())
+    assert sorted(changed)[1] >= 0.5, dict(zip(ATTRIBUTES, changed, strict=True))
     for other in logits[1:]:
         torch.testing.assert_close(other, logits[0], atol=1e-4, rtol=1e-4)
     assert float(torch.stack(blind).sum(0).max()) <= 1  # one attribute per image at most

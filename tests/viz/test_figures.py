@@ -76,18 +76,18 @@ def test_image_grids_cover_every_image_token_once(next_pair, toy_pair):
     assert (grid.positions.ravel() == tinp.positions("image", 1).numpy()).all()
 
 
-@pytest.mark.parametrize("kind", ["qwen2-vl", "gemma3", "internvl"])
+@pytest.mark.parametrize("kind", ["qwen2-vl", "gemma3", "internvl", "idefics3"])
 def test_image_grids_of_the_other_families(tiny_checkpoint, kind):
-    """Qwen's grid follows the picture's aspect, uncropped; Gemma's is square; InternVL's base
-    grid is the thumbnail (tile 0, last in the sequence)."""
+    """Qwen's grid follows the picture's aspect, uncropped; Gemma's is square; InternVL's and
+    Idefics3's base grid is the thumbnail / global image (tile 0, last in the sequence)."""
     model = HookedLVLM.from_pretrained(tiny_checkpoint(kind, chat_template=True))
     inp = model.prepare([noise_image(20, 28, 1), noise_image(30, 18, 2)], PROMPTS)
     (grid,) = image_grids(inp, 0)
     assert grid.kind == "base" and not grid.crop and (grid.positions >= 0).all()
     image = inp.positions("image", 0).numpy()
-    shape = {"qwen2-vl": (5, 7), "gemma3": (4, 4), "internvl": (4, 4)}[kind]
+    shape = {"qwen2-vl": (5, 7), "gemma3": (4, 4), "internvl": (4, 4), "idefics3": (4, 4)}[kind]
     assert grid.positions.shape == shape
-    base = image[-16:] if kind == "internvl" else image  # the thumbnail follows 4 tiles
+    base = image[-16:] if kind in ("internvl", "idefics3") else image  # after the other tiles
     assert (grid.positions.ravel() == base).all()
     assert image_grids(inp, 1)[0].positions.shape == {"qwen2-vl": (8, 4)}.get(kind, shape)
 
@@ -137,3 +137,19 @@ def test_collapsed_attention_keeps_rows_normalised(next_pair):
     assert col.pattern[1, -1, first] == pytest.approx(p[col.members[first]].sum(), abs=1e-5)
     html = str(col.render())
     assert "img" in html
+
+
+def test_logit_lens_plot_draws_every_grid_of_an_any_resolution_image(next_pair):
+    """LLaVA-NeXT: the base tile and the high-res grid each get a row of panels, and every
+    panel shows the top candidate of the tokens at its cells."""
+    model, inp = next_pair
+    lens = logit_lens(model, inp, ["star", "circle", "square"], index=1)
+    grids = image_grids(lens.inp)
+    assert [g.kind for g in grids] == ["base", "high-res"]
+    fig = lens.plot(layers=[-1, 0, 1], picture=noise_image(30, 18, 2))
+    fig.canvas.draw()
+    top = lens.top_words()
+    for row, grid in enumerate(grids):
+        for col, layer in enumerate([-1, 0, 1]):
+            drawn = np.ma.filled(fig.axes[row * 4 + col].images[-1].get_array(), np.nan)
+            np.testing.assert_array_equal(drawn, grid.fill(top[layer + 1].astype(float)))
