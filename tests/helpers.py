@@ -1,10 +1,15 @@
-"""Test helpers: reference HF runs and small synthetic images."""
+"""Test helpers: reference HF runs, small synthetic images, and the engine-vs-reference check
+that several test modules share."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 from PIL import Image
+
+from lvlm_lens.attribution.regression import sample_masks
+from lvlm_lens.interventions.ablation import HeadAblation, compute_baseline
+from lvlm_lens.interventions.engine import AblationEngine, run_reference
 
 PROMPTS = [
     "USER: <image>\nwhat is the main object in this image ? ASSISTANT:",
@@ -43,3 +48,27 @@ def write_data_folder(folder, n: int, answer: str = "star", bbox: str | None = N
         rows.append(f'im{i}.png,"USER: <image>\nwhat is this ? ASSISTANT:",{answer}{extra}')
     (folder / "data.csv").write_text("\n".join(rows) + "\n")
     return folder
+
+
+def baseline_for(model, inp, cfg):
+    """The baseline of ``cfg`` with fixed stand-in and reference images."""
+    return compute_baseline(
+        model,
+        inp,
+        cfg,
+        baseline_image=noise_image(20, 20, 5),
+        reference_images=[noise_image(20, 20, s) for s in (6, 7, 8)],
+    )
+
+
+def check_engine_equals_reference(model, inp, baseline, scope, n_masks, batch_size, rate):
+    """The fast engine equals the per-mask reference path on random masks (and they matter)."""
+    cfg = HeadAblation(baseline=baseline, scope=scope)
+    base = baseline_for(model, inp, cfg)
+    masks = sample_masks(n_masks, model.cfg.n_layers, model.cfg.n_heads, rate=rate, seed=1)
+    fast = AblationEngine(model, inp, base, cfg, metric="logit_diff", batch_size=batch_size)
+    fast = fast.run(masks)
+    ref = run_reference(model, inp, masks, base, cfg, metric="logit_diff")
+    assert fast.shape == (2, n_masks)
+    assert (fast - ref).abs().max() <= 1e-4
+    assert ref.std() > 1e-3  # the masks do change the metric

@@ -16,7 +16,7 @@ from lvlm_lens.interventions.ablation import (
 )
 from lvlm_lens.interventions.engine import AblationEngine, run_reference
 from lvlm_lens.interventions.metrics import get_metric
-from tests.helpers import PROMPTS, noise_image
+from tests.helpers import PROMPTS, baseline_for, check_engine_equals_reference, noise_image
 
 KINDS = ["llava-llama", "llava-onevision-qwen2"]  # multi-head; GQA with q/k/v bias
 
@@ -27,28 +27,6 @@ def setup(request, tiny_checkpoint):
     inp = model.prepare([noise_image(20, 20, 1), noise_image(20, 20, 2)], PROMPTS)
     assert (inp.attention_mask == 0).any()  # a padded batch
     return model, inp
-
-
-def baseline_for(model, inp, cfg):
-    return compute_baseline(
-        model,
-        inp,
-        cfg,
-        baseline_image=noise_image(20, 20, 5),
-        reference_images=[noise_image(20, 20, s) for s in (6, 7, 8)],
-    )
-
-
-def check_engine_equals_reference(model, inp, baseline, scope, n_masks, batch_size, rate):
-    cfg = HeadAblation(baseline=baseline, scope=scope)
-    base = baseline_for(model, inp, cfg)
-    masks = sample_masks(n_masks, model.cfg.n_layers, model.cfg.n_heads, rate=rate, seed=1)
-    fast = AblationEngine(model, inp, base, cfg, metric="logit_diff", batch_size=batch_size)
-    fast = fast.run(masks)
-    ref = run_reference(model, inp, masks, base, cfg, metric="logit_diff")
-    assert fast.shape == (2, n_masks)
-    assert (fast - ref).abs().max() <= 1e-4
-    assert ref.std() > 1e-3  # the masks do change the metric
 
 
 @pytest.mark.parametrize("scope", ["text", "all"])

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from lvlm_lens import HookedLVLM
-from tests.helpers import PROMPTS, hf_logits, noise_image
-from tests.interventions.test_ablation_engine import check_engine_equals_reference
+from tests.helpers import PROMPTS, check_engine_equals_reference, hf_logits, noise_image
 
 SIZES = [(20, 28), (30, 14)]
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "rope_theta": 500000.0, "low_freq_factor": 1.0,
