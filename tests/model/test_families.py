@@ -234,3 +234,29 @@ def test_idefics3_prepare_equals_the_hf_processor(tiny_checkpoint, split):
     with torch.no_grad():
         sub = inp.select(1)  # its tiles and their pixel masks
         assert (model(sub)[0] - model.hf_model(**sub.to_hf()).logits[0]).abs().max() <= 1e-4
+
+
+def test_qwen3_deepstack_features_are_hfs_at_image_positions_from_one_tower_run(tiny_checkpoint):
+    """``hook_deepstack`` of decoder layer ``l`` holds HF's DeepStack feature ``l`` of each image
+    token, in order, at the image positions (zero elsewhere), and one forward (or prefill) runs
+    the vision tower once: the features come from the run that gave the image embeddings."""
+    model = HookedLVLM.from_pretrained(tiny_checkpoint("qwen3-vl", chat_template=True))
+    inp = model.prepare(IMAGES, PROMPTS)
+    with torch.no_grad():
+        hf = model.hf_model.model.get_image_features(
+            inp.pixel_values, inp.image_grid, return_dict=True).deepstack_features
+    image = inp.groups["image"]
+    runs = []
+    handle = model.hf_model.model.visual.register_forward_hook(lambda *a: runs.append(1))
+    try:
+        _, cache = model.run_with_cache(inp, names_filter=lambda n: "deepstack" in n)
+        assert len(runs) == 1
+        model.prefill(inp)
+        assert len(runs) == 2
+    finally:
+        handle.remove()
+    assert len(hf) == 2
+    for layer, feats in enumerate(hf):
+        deep = cache[f"blocks.{layer}.hook_deepstack"]
+        assert torch.allclose(deep[image], torch.cat(list(feats)), atol=1e-6)
+        assert (deep[~image] == 0).all()
