@@ -112,6 +112,23 @@ REVIEWED: list[tuple[str, str, str, str, str]] = [
     ("_per_head", "", "", UN, IMPORT),
     *_each("image_text", 'or "<img>"', ('and "<img>"', "XXstart_image_tokenXX"), EQ, MARKERS),
     *_each("image_text", 'or "</img>"', ('and "</img>"', "XXend_image_tokenXX"), EQ, MARKERS),
+    # interventions sample (seed 14, 120 mutants), 25 Nov 2026
+    ("_resize", "image if image.size == (w, h) else", "and False else", EQ,
+     "PIL's resize to the image's own size returns a copy: the same pixels"),
+    ("_resize", "image.resize((w, h), Image.BICUBIC)", "image.resize((w, h), )", EQ,
+     "Pillow's default filter is BICUBIC (modes 1 and P get NEAREST either way)"),
+    ("compute_baseline", "(config.blank_value,) * 3)", "(config.blank_value,) * 4)", EQ,
+     "Image.new('RGB', ...) takes the first three values of a 4-tuple"),
+    ("knockout_hooks", "(scores > floor / 2)", "(scores > floor * 2)", EQ,
+     "floor * 2 is a Python float below every finite score: it adds only entries at ~floor "
+     "(already masked, weight 0), refilled with floor; -inf stays excluded"),
+    # found once the wording rule stopped covering changed {fields} and non-error lines
+    ("ranking_to_masks", "stable=True", "stable=None", UN, TIES),
+    ("__post_init__", "_check_n_masks(self, 0)", "_check_n_masks(self, None)", EQ,
+     "the head count only matters for OLS, which is checked with the model"),
+    ("_fit", "y.to(x.device, torch.float64)", "y.to(x.device, None)", EQ, F64),
+    ("fit_pooled", "m.flatten(1).to(dev)", "m.flatten(1).to(None)", UN,
+     "device placement (every test runs on CPU)"),
     *_each("save", "json.dumps(meta, indent=2)", ("indent=None", "indent=3", "json.dumps(meta, )"),
            UN, "indentation of the JSON file (same content)"),
 ]  # fmt: skip

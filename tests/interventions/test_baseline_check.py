@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -9,6 +11,7 @@ from lvlm_lens import HookedLVLM
 from lvlm_lens.data import synthetic_records
 from lvlm_lens.interventions.ablation import HeadAblation, compute_baseline, head_ablation_hooks
 from lvlm_lens.interventions.baseline_check import (
+    BaselineCheck,
     baseline_note,
     check_baseline,
     flag_small_effects,
@@ -22,7 +25,31 @@ def test_small_and_negative_effects_are_flagged():
     assert flag_small_effects(effect).tolist() == [False, False, True, True, False]
     assert flag_small_effects(effect, 0.01).tolist() == [False, False, False, True, False]
     assert flag_small_effects(torch.tensor([-1.0, 0.0, 0.5])).all()  # median <= 0: nothing to use
-    assert flag_small_effects(torch.zeros(0)).shape == (0,)
+    none = flag_small_effects(torch.zeros(0))
+    assert none.shape == (0,) and none.dtype == torch.bool  # a mask: ~none keeps no example
+
+
+def test_note_and_kept_examples_by_hand():
+    """The report line for both shares of the most common all-heads answer, word for word;
+    the kept examples, also when there are none."""
+    effect = torch.tensor([4.0, 0.1, 5.0, 3.0])
+    check = BaselineCheck(answers=["cat", "cat", "dog", "cat"],
+                          answer_ids=torch.tensor([1, 1, 2, 1]), clean=effect + 1,
+                          ablated=torch.ones(4), effect=effect, flagged=flag_small_effects(effect))
+    assert check.kept == [0, 2, 3]
+    assert baseline_note(check, "mean") == (
+        "Baseline 'mean': not class-neutral: with every head ablated the model answers 'cat' "
+        "for 75% of the examples. 1 of 4 example(s) have an all-heads effect below 10% of the "
+        "median and are left out of the faithfulness / completeness curves.")
+    mixed = replace(check, answers=["cat", "dog", "ant", "bee"])
+    assert baseline_note(mixed, "zero") == (
+        "Baseline 'zero': with every head ablated the most common answer is 'cat' (25% of the "
+        "examples). 1 of 4 example(s) have an all-heads effect below 10% of the median and are "
+        "left out of the faithfulness / completeness curves.")
+    empty = torch.zeros(0)
+    nothing = BaselineCheck([], torch.zeros(0, dtype=torch.long), empty, empty, empty,
+                            flag_small_effects(empty))
+    assert nothing.kept == [] and nothing.summary()["median_effect"] is None
 
 
 @pytest.mark.parametrize("baseline", ["mean", "zero"])

@@ -121,7 +121,9 @@ def test_groups_and_a_changed_question(model):
             want = by_hand(model, corrupted, cache, f"blocks.{layer}.hook_resid_pre",
                            groups[name], metric)
             assert abs(res.values[li, gi] - want) <= 1e-5, (layer, name)
-    assert res.to_frame().shape == (2, len(groups))
+    frame = res.to_frame()
+    assert list(frame.index) == [0, 2] and list(frame.columns) == list(groups)
+    assert torch.equal(torch.tensor(frame.to_numpy()), res.values)
     assert res.values.std() > 1e-3
 
 
@@ -177,3 +179,25 @@ def test_family_knockout_windows_and_image_rows(load, kind):
         want = by_hand(model, corrupted, cache, "blocks.1.hook_resid_pre", rows[name], metric)
         assert abs(res.values[0, gi] - want) <= 1e-5, name
     assert res.values.std() > 1e-4
+
+
+def test_image_row_labels_and_masks(load):
+    """One image per example without tiles (LLaVA): ``row r`` holds the r-th run of ``side``
+    image tokens of every example; with any-resolution tiles (OneVision) the labels name the
+    image and tile."""
+    model = load("llava-llama")
+    clean = model.prepare(images(1, 2), PROMPTS)
+    vision = model.hf_model.config.vision_config
+    side = vision.image_size // vision.patch_size
+    rows = image_rows(clean)
+    assert list(rows) == [f"row {r}" for r in range(side)]
+    for i in range(len(clean)):
+        pos = clean.groups["image"][i].nonzero().flatten()
+        assert len(pos) == side * side
+        for r in range(side):
+            want = torch.zeros(clean.shape[1], dtype=torch.bool)
+            want[pos[r * side : (r + 1) * side]] = True
+            assert torch.equal(rows[f"row {r}"][i], want)
+    tiled = image_rows(load("llava-onevision-qwen2").prepare(images(1, 2), PROMPTS))
+    assert [f"image 0 tile 0 row {r}" for r in range(side)] == list(tiled)[:side]
+    assert len(tiled) > side and all(name.startswith("image 0 tile ") for name in tiled)

@@ -204,3 +204,21 @@ def test_qwen3_vl_mean_token_equals_hand_edited_embeddings_and_deepstack(qwen3):
     assert (ablated - qwen3(hand))[real].abs().max() <= 1e-5
     assert (ablated - qwen3(inp))[real].abs().max() > 1e-3
     assert torch.equal(mean_image_token(qwen3, dataset), mean.embeds)
+
+
+def test_qwen3_vl_hooks_refuse_another_batch_naming_both_sizes(qwen3):
+    """Hooks built for one batch and run on the same images under longer prompts: the image
+    embeddings fit (same count), the DeepStack features do not (another ``[batch, pos]``); on
+    one example of the batch the image embeddings do not (fewer tokens)."""
+    inp = batch(qwen3, 1)
+    images = [noise_image(h, w, 1 + i) for i, (h, w) in enumerate(SIZES)]
+    longer = qwen3.prepare(images, [p + " please answer" for p in PROMPTS])
+    assert longer.shape[1] > inp.shape[1]
+    hooks = token_ablation_hooks(qwen3, inp, "image", mean_image_baseline(qwen3, [inp]))
+    want = (rf"ablation built for a {tuple(inp.shape)} batch got DeepStack features of "
+            rf"{tuple(longer.shape)}").replace("(", r"\(").replace(")", r"\)")
+    with pytest.raises(ValueError, match=want):
+        qwen3.run_with_hooks(longer, fwd_hooks=hooks)
+    n, first = int(inp.groups["image"].sum()), int(inp.groups["image"][0].sum())
+    with pytest.raises(ValueError, match=f"ablation built for {n} image tokens got {first}$"):
+        qwen3.run_with_hooks(inp.select([0]), fwd_hooks=hooks)
