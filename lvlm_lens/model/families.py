@@ -160,9 +160,9 @@ def _check_rope(family: Family, tc: Any) -> None:
 
 def language_model(hf_model: nn.Module) -> nn.Module:
     """The HF language model (decoder layers, norm, embedding, rotary) inside a multimodal one:
-    ``model.language_model``, or ``model.text_model`` for Idefics3."""
+    ``model.language_model``, or ``model.text_model`` where a family names it so (Idefics3)."""
     inner = hf_model.model
-    return inner.text_model if hf_model.config.model_type == "idefics3" else inner.language_model
+    return inner.language_model if hasattr(inner, "language_model") else inner.text_model
 
 
 def decoder_spec(hf_model: nn.Module) -> DecoderSpec:
