@@ -311,3 +311,39 @@ def test_lasso_default_grid_is_a_fraction_of_lambda_max():
     x = masks.flatten(1).double()
     lam_max = ((x - x.mean(0)).T @ (y.double() - y.double().mean())).abs().max() / len(x)
     assert 0.8 < ratio[0] / lam_max < 1.2  # on the 80 % of masks that choose the penalty
+
+
+def test_pooled_held_out_scores_are_within_example_by_hand():
+    """Three examples with intercepts 0, 40 and -25 and one shared β: held-out r and R² centre
+    truth and prediction per example (over its held-out masks), computed here example by
+    example. Fails with the pooled variance (``truth - truth.mean()`` over all examples: the
+    intercepts' spread makes R² ~ 1) or a pooled correlation (r ~ 1), or if each example's
+    prediction used the mean intercept."""
+    gen = torch.Generator().manual_seed(100)
+    beta = -torch.rand(L, H, generator=gen, dtype=torch.float64)
+    masks = [sample_masks(60, L, H, 0.2, seed=s) for s in range(3)]
+    targets = [b0 + (m.double() * beta).sum((1, 2))
+               + 1.0 * torch.randn(60, generator=gen, dtype=torch.float64)
+               for b0, m in zip((0.0, 40.0, -25.0), masks, strict=True)]
+    fit = fit_pooled(masks, targets, alphas=[1e-3], seed=5)
+    g = torch.arange(3).repeat_interleave(60)
+    _, test = _split(g, 3, 0.2, torch.Generator().manual_seed(5))
+    assert fit.n_test == len(test) == 36
+    num = ss_t = ss_p = ss_res = 0.0
+    truths, preds = [], []
+    for i in range(3):
+        rows = test[g[test] == i] - 60 * i
+        truth, pred = targets[i][rows], fit.predict(masks[i][rows], example=i)
+        ct, cp = truth - truth.mean(), pred - pred.mean()
+        num, ss_t, ss_p = num + (ct * cp).sum(), ss_t + (ct**2).sum(), ss_p + (cp**2).sum()
+        ss_res += ((truth - pred) ** 2).sum()
+        truths.append(truth)
+        preds.append(pred)
+    r, r2 = float(num / (ss_t * ss_p) ** 0.5), float(1 - ss_res / ss_t)
+    assert fit.pearson_r == pytest.approx(r, abs=1e-9)
+    assert fit.r2 == pytest.approx(r2, abs=1e-9)
+    truth, pred = torch.cat(truths), torch.cat(preds)
+    pooled_r2 = float(1 - ss_res / ((truth - truth.mean()) ** 2).sum())
+    pooled_r = float(torch.corrcoef(torch.stack([truth, pred]))[0, 1])
+    assert 0.2 < fit.r2 < pooled_r2 - 0.1 and fit.pearson_r < pooled_r - 0.05
+    assert fit.example_intercepts.tolist() == pytest.approx([0.0, 40.0, -25.0], abs=1.0)
