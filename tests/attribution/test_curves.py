@@ -188,3 +188,27 @@ def test_random_band_defaults_and_members(setup):
     one = random_band(counted, L, H, KS, n_random=1, quantiles=(0.5,), batch_size=1)
     torch.testing.assert_close(one.faithfulness[0], one.all_faithfulness[0])  # its own median
     assert one.faithfulness.shape == (1, len(KS)) and set(calls) == {1}
+
+
+def test_curves_of_an_interacting_metric_at_every_k_by_hand():
+    """Three heads a, b, c scored 1, 3, 2 (ranked b > c > a, a 3-cycle of positions);
+    metric = 4·[b kept] + 2·[c kept] + 1·[a kept] + 3·[b and c kept] (clean 10, all ablated
+    0). Keeping the top k gives f = 0, 4, 9, 10; ablating them leaves g = 10, 3, 1, 0. So
+    faithfulness = 0, .4, .9, 1 and completeness = 0, .7, .9, 1 (unequal: not an additive
+    metric). Fails with f and g swapped, endpoints swapped, ``<=`` at the k boundary (one head
+    too many), the ranking ascending or the sort order used as ranks (no inverse)."""
+    def run_masks(masks):
+        a, b, c = (~masks.reshape(len(masks), 3)).double().unbind(1)
+        return 4 * b + 2 * c + a + 3 * b * c
+
+    scores = torch.tensor([[1.0, 3.0, 2.0]])
+    curves = evaluate_ranking(run_masks, scores, [0, 1, 2, 3])
+    assert (curves.clean, curves.ablated) == (10.0, 0.0)
+    assert curves.f_values.tolist() == [0.0, 4.0, 9.0, 10.0]
+    assert curves.g_values.tolist() == [10.0, 3.0, 1.0, 0.0]
+    want = torch.tensor([[0, 0.4, 0.9, 1], [0, 0.7, 0.9, 1]], dtype=torch.float64)
+    torch.testing.assert_close(curves.faithfulness, want[0])
+    torch.testing.assert_close(curves.completeness, want[1])
+    assert curves.heads_needed(0.7, "completeness") == 1 and curves.heads_needed(0.7) == 2
+    _, ablate = ranking_to_masks(scores, [1, 2])
+    assert ablate.reshape(2, 3).tolist() == [[False, True, False], [False, True, True]]
