@@ -48,6 +48,13 @@ from lvlm_lens.toy.recipe import (
 #: Salt of the training streams' seed sequence, so training batches never coincide with
 #: ``generate_dataset(n, seed)`` (evaluation sets) for any seed.
 _TRAIN_STREAM = 0x70790
+#: Salt of the dropout stream (torch's global generator while training), seeded by ``seed``.
+_DROPOUT_STREAM = 0xD209
+
+
+def dropout_seed(seed: int) -> int:
+    """The torch seed of the dropout stream of a training run of ``seed`` (64 bits)."""
+    return int(np.random.SeedSequence([seed, _DROPOUT_STREAM]).generate_state(1, np.uint64)[0])
 
 
 def _pixel_values(images: list[Any], mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -141,8 +148,10 @@ def train_toy(
     Args:
         out_dir: Folder to write (config, ``model.safetensors``, tokenizer, image processor,
             chat template, ``training.json``); created if missing.
-        seed: Seed of the weight init and of the data stream (same seed, same model, given
-            the same library versions and thread count).
+        seed: Seed of the weight init, the data stream and the dropout stream (same seed,
+            same model, given the same library versions and thread count; the caller's torch
+            generator is left as it was). The science preset's vision warm start copies the
+            shipped toy's tower whatever the seed.
         steps: Optimizer steps; each sees a fresh batch.
         batch_size: Examples per step, image and text prompts together.
         lr: Peak learning rate of the one-cycle schedule.
@@ -185,7 +194,13 @@ def train_toy(
     if num_threads:
         torch.set_num_threads(num_threads)
     try:
-        return _train(Path(out_dir), seed, preset, recipe, eval_n, eval_seed, log_every, verbose)
+        # Dropout draws from torch's global generator: seed it from ``seed`` for the run, and
+        # give the caller's generator back untouched afterwards.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(dropout_seed(seed))
+            return _train(
+                Path(out_dir), seed, preset, recipe, eval_n, eval_seed, log_every, verbose
+            )
     finally:
         torch.set_num_threads(previous_threads)
 

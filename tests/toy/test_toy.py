@@ -87,3 +87,29 @@ def test_training_runs_a_few_steps(tmp_path):
     assert json.loads((out / "training.json").read_text())["steps"] == 3
     model = HookedLVLM.from_pretrained(out, device="cpu")
     assert model.cfg.n_layers == 4
+
+
+def test_seed_reaches_the_dropout_stream(tmp_path):
+    """Same seed, same weights, whatever the caller's torch generator holds; the caller's
+    generator is left as it was. Before the dropout stream was seeded, dropout drew from the
+    caller's generator: the two runs below gave different weights and consumed its state."""
+    from safetensors.torch import load_file
+
+    from lvlm_lens.toy.recipe import ToyArchitecture
+    from lvlm_lens.toy.train import dropout_seed, train_toy
+
+    arch = ToyArchitecture(layers=1, heads=2, d_model=16, d_mlp=16, attention_dropout=0.5)
+    weights = []
+    for caller_seed, run_seed, name in ((1, 7, "a"), (2, 7, "b"), (1, 8, "c")):
+        torch.manual_seed(caller_seed)
+        before = torch.get_rng_state()
+        train_toy(tmp_path / name, seed=run_seed, steps=2, batch_size=4, architecture=arch,
+                  eval_n=0, verbose=False)  # fmt: skip
+        assert torch.equal(torch.get_rng_state(), before)
+        weights.append(load_file(tmp_path / name / "model.safetensors"))
+    same, other = weights[1], weights[2]
+    assert all(torch.equal(v, same[k]) for k, v in weights[0].items())
+    assert any(not torch.equal(v, other[k]) for k, v in weights[0].items())
+    # The stream's seed is a fixed function of the run's seed, distinct per seed.
+    assert dropout_seed(7) == dropout_seed(7) != dropout_seed(8)
+    assert 0 <= dropout_seed(2**63) < 2**64
