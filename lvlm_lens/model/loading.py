@@ -10,7 +10,13 @@ import torch
 from torch import nn
 
 from lvlm_lens.model.config import LVLMConfig
-from lvlm_lens.model.families import FAMILIES, check_supported, decoder_spec, language_model
+from lvlm_lens.model.families import (
+    FAMILIES,
+    WINDOW_ON_EVERY_LAYER,
+    check_supported,
+    decoder_spec,
+    language_model,
+)
 
 _DTYPES = {
     "float32": torch.float32,
@@ -45,7 +51,7 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torc
 def _sliding_windows(tc: Any) -> tuple[int | None, ...]:
     n = tc.num_hidden_layers
     window = getattr(tc, "sliding_window", None)
-    if tc.model_type == "mistral":
+    if tc.model_type in WINDOW_ON_EVERY_LAYER:
         return (window,) * n
     layer_types = getattr(tc, "layer_types", None)
     if layer_types is not None:

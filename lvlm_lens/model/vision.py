@@ -82,8 +82,10 @@ class VisionSide(nn.Module):
 
 
 class LlavaVision(VisionSide):
-    """LLaVA / LLaVA-NeXT / LLaVA-OneVision: vision tower, projector, ``image_newline``;
-    feature-layer selection and any-resolution packing are HF's ``get_image_features``."""
+    """LLaVA-1.5, and the base of LLaVA-NeXT / OneVision: vision tower, projector,
+    ``image_newline`` (where the model has one); feature-layer selection is HF's
+    ``get_image_features``. Every image gives one ``tile_grid x tile_grid`` grid of patches
+    (and a CLS token with ``vision_feature_select_strategy="full"``)."""
 
     def __init__(self, hf_model: nn.Module):
         super().__init__(hf_model)
@@ -92,17 +94,15 @@ class LlavaVision(VisionSide):
         self.multi_modal_projector = inner.multi_modal_projector
         if getattr(inner, "image_newline", None) is not None:
             self.image_newline = inner.image_newline
-        self.tiled = self.lvlm_type != "llava"
+
+    def image_kwargs(self, inp: Any) -> dict[str, Any]:
+        """Keywords of HF's ``get_image_features`` beyond the pixel values (none here)."""
+        return {}
 
     def forward(self, inp: Any) -> list[Float[Tensor, "img_tok d_model"]]:
         """Embed every image of a batch; returns one ``[n_tokens, d_model]`` tensor per image."""
-        kwargs = {}
-        if self.lvlm_type != "llava":
-            kwargs["image_sizes"] = inp.image_sizes
-        if self.lvlm_type == "llava_onevision":
-            kwargs["batch_num_images"] = torch.tensor([n for n in inp.images_per_example if n > 0])
         out = self._inner.get_image_features(
-            pixel_values=self.pixels(inp), return_dict=True, **kwargs
+            pixel_values=self.pixels(inp), return_dict=True, **self.image_kwargs(inp)
         )
         return list(out.pooler_output)
 
@@ -115,38 +115,30 @@ class LlavaVision(VisionSide):
     def token_layout(
         self, processed: Mapping[str, Tensor], images_per_example: list[int]
     ) -> list[Int[Tensor, "img_tok 3"]]:
-        """``(tile, row, col)`` of every image token, per image, without running the tower.
+        """``(0, row, col)`` of every image token (a CLS token first where the feature layer
+        keeps it), the same for every image."""
+        tile = grid_coords(self.tile_grid, self.tile_grid)
+        if self.config.vision_feature_select_strategy == "full":
+            tile = torch.cat([torch.full((1, 3), CLS), tile])
+        return [tile.clone() for _ in range(sum(images_per_example))]
 
-        Any-resolution packing is HF's own ``pack_image_features`` applied to coordinate
-        features, so token counts and order are exactly the model's.
-        """
-        image_sizes = processed["image_sizes"]
-        n_images = sum(images_per_example)
-        tile = grid_coords(self.tile_grid, self.tile_grid).float()
-        if self.lvlm_type == "llava":
-            if self.config.vision_feature_select_strategy == "full":
-                tile = torch.cat([torch.full((1, 3), float(CLS)), tile])
-            return [tile.long() for _ in range(n_images)]
-        from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
-        multi = [n > 1 for n in images_per_example for _ in range(n)]
-        feats = []
-        for size, is_multi in zip(image_sizes.tolist(), multi, strict=True):
-            n = 1
-            if not (self.lvlm_type == "llava_onevision" and is_multi):
-                n = image_size_to_num_patches(
-                    size, self.config.image_grid_pinpoints, self.config.vision_config.image_size
-                )
-            t = tile.repeat(n, 1, 1)
-            t[:, :, 0] = torch.arange(n, dtype=torch.float32)[:, None]
-            feats.append(t)
-        newline = torch.full((3,), float(NEWLINE))
-        if self.lvlm_type == "llava_next":
-            packed, _ = self._inner.pack_image_features(
-                feats, image_sizes.cpu(), self.config.vision_feature_select_strategy, newline
-            )
-        else:
-            packed, _ = self._inner.pack_image_features(
-                feats, image_sizes.cpu(), newline, self.config.vision_aspect_ratio
-            )
-        return [p.round().long() for p in packed]
+class TiledVision(VisionSide):
+    """A family that cuts an image into a grid of square tiles plus one whole-image tile after
+    them (InternVL's thumbnail, Idefics3's global image), each tile giving the same
+    ``side x side`` grid of tokens; ``processed["num_patches"]`` holds the tiles per image."""
+
+    tiled = True
+    side: int
+
+    def token_layout(
+        self, processed: Mapping[str, Tensor], images_per_example: list[int]
+    ) -> list[Int[Tensor, "img_tok 3"]]:
+        """``(tile, row, col)`` of every token, in the processor's order: the grid of tiles
+        row by row (tiles ``1..n-1``), then the whole image, labelled tile 0 as the whole-image
+        tile is in every family (LLaVA-NeXT's base image)."""
+        out = []
+        for n in processed["num_patches"].tolist():
+            labels = [*range(1, n), 0]
+            out.append(torch.cat([grid_coords(self.side, self.side, tile=t) for t in labels]))
+        return out

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from lvlm_lens.data import patch_grid_mask
+from lvlm_lens.model.families import FAMILIES
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.viz.figures import ExampleView
 from lvlm_lens.viz.patches import head_attention, image_grids
@@ -42,7 +43,8 @@ def example_views(
         if size is not None:  # a fixed-size tower; native-resolution ones keep the aspect
             image = image.resize((size, size))
         obj = None
-        if rec.mask is not None and model.cfg.lvlm_type == "llava":
+        family = FAMILIES.get(model.cfg.lvlm_type)
+        if rec.mask is not None and family is not None and family.cropped_grid:
             obj = patch_grid_mask(np.asarray(rec.mask), model.vision.tile_grid).numpy()
         views.append(
             ExampleView(

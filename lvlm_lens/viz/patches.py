@@ -22,6 +22,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from PIL import Image
 
+from lvlm_lens.model.families import FAMILIES
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.model.vision import CLS, NEWLINE
 from lvlm_lens.viz.plots import SEQUENTIAL, new_figure
@@ -79,8 +80,10 @@ def image_grids(inp: LVLMInput, index: int = 0, image: int = 0) -> list[ImageGri
     grid = np.full((int(row[base].max()) + 1, int(col[base].max()) + 1), -1)  # Qwen: not square
     grid[row[base], col[base]] = pos[base]
     single = bool((tile[(tile != CLS)] == 0).all())
-    # only LLaVA-1.5's CLIP processor center-crops; Qwen keeps the aspect, Gemma 3 resizes
-    crop = single and inp.lvlm_type in ("", "llava")
+    # only LLaVA-1.5's CLIP processor center-crops (Qwen keeps the aspect, Gemma 3 resizes); an
+    # input made without a model (no lvlm_type) has LLaVA-1.5's fixed grid
+    family = FAMILIES.get(inp.lvlm_type)
+    crop = single and (family.cropped_grid if family is not None else not inp.lvlm_type)
     grids = [ImageGrid("base", grid, crop=crop)]
     rest = np.nonzero(~base & (tile != CLS))[0]
     rest = rest[rest > np.nonzero(base)[0].max()]
