@@ -117,3 +117,19 @@ def test_attribution_beats_its_own_reverse_on_every_example(toy, toy_inp):
         row = table[(table.curve == curve) & (table.fraction == 0.25)].iloc[0]
         assert (row.wins, row.losses) == (3, 0), table
         assert row.low > 0 and row.pooled_reference > row.pooled_other
+
+
+def test_paired_comparison_ci_is_the_bootstrap_of_the_per_example_differences():
+    """Differences 0.2, 0.2, 0.2, -0.2, 0 (faithfulness over the first 10 % of heads): mean 0.08
+    and the 2.5 / 97.5 % quantiles of the means of the same ``default_rng(seed)`` resamples.
+    Fails at the wrong level (0.9) or with the seed ignored (0)."""
+    import numpy as np
+
+    res = _curves({HEAD_ATTRIBUTION: [0.5] * 5, "other": [0.3, 0.3, 0.3, 0.7, 0.5]})
+    table = paired_comparison(res, n_boot=300, seed=6).to_frame()
+    row = table[(table.curve == "faithfulness") & (table.fraction == 0.1)].iloc[0]
+    diff = np.array([0.2, 0.2, 0.2, -0.2, 0.0])
+    boots, boots0 = (diff[np.random.default_rng(s).integers(0, 5, size=(300, 5))].mean(1)
+                     for s in (6, 0))
+    assert (row.low, row.high) == pytest.approx(tuple(np.quantile(boots, [0.025, 0.975])))
+    assert abs(np.quantile(boots0, 0.025) - row.low) > 1e-6  # seed 0: another interval
