@@ -154,13 +154,26 @@ class ModelWeights(Circuits):
         return self.unembed.b_U
 
     def tokens_to_residual_directions(
-        self, tokens: int | str | Tensor
+        self, tokens: int | str | list[int] | list[str] | Tensor
     ) -> Float[Tensor, "... d_model"]:
-        """Unembedding directions of tokens, with ``ln_final``'s weight folded in, so that
-        ``ActivationCache.logit_attrs`` sums exactly to the logit."""
+        """Unembedding directions of tokens, with ``ln_final``'s weight folded in (as
+        TransformerLens with ``fold_ln``), so that ``ActivationCache.logit_attrs`` sums exactly
+        to the logit.
+
+        Shapes as TransformerLens: one token (a string that is one token, an ``int``, a
+        one-element tensor) gives ``[d_model]``; a tensor of several gives its shape plus
+        ``d_model``; a list of ``n`` ids or one-token strings gives ``[n, d_model]``.
+        """
+        is_list = isinstance(tokens, list | tuple)
         if isinstance(tokens, str):
             tokens = self.to_single_token(tokens)
+        elif is_list:
+            tokens = [self.to_single_token(t) if isinstance(t, str) else int(t) for t in tokens]
         tokens = torch.as_tensor(tokens, device=self.unembed.lm_head.weight.device)
+        if tokens.is_floating_point():
+            raise TypeError(f"tokens must be token ids or one-token strings, got {tokens.dtype}")
+        if tokens.numel() == 1 and not is_list:  # TransformerLens: one token -> [d_model]
+            tokens = tokens.reshape(())
         return self.unembed.lm_head.weight[tokens] * self.ln_final.weight  # (1 + w) for Gemma
 
     def accumulated_bias(
