@@ -33,7 +33,6 @@ class TokensMixin:
     cfg: Any
     vision: Any
     _as_input: Any
-    embed_input: Any
     #: The side ``to_tokens`` pads a batch of strings on when ``padding_side`` is not given.
     default_padding_side: PaddingSide = "left"
 
