@@ -45,9 +45,11 @@ from lvlm_lens.testing.tiny_idefics3 import (
     idefics3_image_processor,
     idefics3_processor,
 )
+from lvlm_lens.testing.tiny_qwen3_vl_moe import qwen3_vl_moe_config, split_moe_fields
 
 #: The tiny kinds built here (``build_tiny_checkpoint`` builds them as well as the LLaVA ones).
 FAMILY_KINDS = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl", "idefics3")
+FAMILY_KINDS += ("qwen3-vl-moe",)
 
 #: Words the family chat templates need beyond the shared tiny vocabulary.
 EXTRA_WORDS = ("model",)
@@ -277,6 +279,10 @@ def family_config(
     elif kind == "idefics3":  # tied as SmolVLM-256M / 500M
         tied = text.pop("tie_word_embeddings", True)
         config, cls = idefics3_config(tokenizer, tiny_text_kwargs(tokenizer, **text), vision, tied)
+    elif kind == "qwen3-vl-moe":  # untied, as Qwen3-VL-30B-A3B
+        moe = split_moe_fields(text)
+        text.setdefault("tie_word_embeddings", False)
+        config, cls = qwen3_vl_moe_config(_qwen("qwen3-vl", tokenizer, text, vision)[0], moe)
     else:
         config, cls = _qwen(kind, tokenizer, text, vision)
     config._attn_implementation = "eager"
@@ -317,6 +323,7 @@ def family_tokenizer(kind: str, chat_template: bool) -> PreTrainedTokenizerFast:
     templates = {
         "gemma3": GEMMA_CHAT_TEMPLATE,
         "qwen3-vl": QWEN3_CHAT_TEMPLATE,
+        "qwen3-vl-moe": QWEN3_CHAT_TEMPLATE,
         "internvl": INTERNVL_CHAT_TEMPLATE,
         "idefics3": IDEFICS3_CHAT_TEMPLATE,
     }
