@@ -304,7 +304,7 @@ def family_image_processor(kind: str, patch_size: int = QWEN_PATCH, image_size: 
     if kind == "idefics3":
         return idefics3_image_processor(image_size) if image_size else idefics3_image_processor()
     if kind == "llava-onevision-1.5":
-        return llava_onevision1_5_image_processor()
+        return llava_onevision1_5_image_processor(patch_size, image_size)
     if kind == "internvl":
         side = image_size or INTERNVL_TILE
         return GotOcr2ImageProcessorPil(

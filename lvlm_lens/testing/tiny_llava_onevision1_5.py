@@ -42,10 +42,12 @@ def llava_onevision1_5_config(
     return config, LlavaOnevision15ForConditionalGeneration
 
 
-def llava_onevision1_5_image_processor() -> Any:
-    """Qwen2-VL's PIL image processor with one frame per patch (up to 64 merged tokens)."""
-    factor = OV15_PATCH * OV15_MERGE
+def llava_onevision1_5_image_processor(patch_size: int = OV15_PATCH, image_size: int = 0) -> Any:
+    """Qwen2-VL's PIL image processor with one frame per patch: up to 64 merged tokens, or
+    up to ``image_size**2`` pixels."""
+    factor = patch_size * OV15_MERGE
+    longest = image_size * image_size if image_size else 64 * factor * factor
     return Qwen2VLImageProcessorPil(
-        size={"shortest_edge": factor * factor, "longest_edge": 64 * factor * factor},
-        patch_size=OV15_PATCH, merge_size=OV15_MERGE, temporal_patch_size=1,
+        size={"shortest_edge": factor * factor, "longest_edge": longest},
+        patch_size=patch_size, merge_size=OV15_MERGE, temporal_patch_size=1,
     )  # fmt: skip
