@@ -178,7 +178,7 @@ def build_random_family(
     seed: int = 0,
 ) -> tuple[Any, Any, Any, int]:
     """A random ``kind`` model (``qwen2-vl``, ``qwen2.5-vl``, ``qwen3-vl``, ``gemma3``,
-    ``internvl``, ``idefics3``) with the
+    ``internvl``, ``idefics3``, ``qwen3-vl-moe``, ``llava-onevision-1.5``) with the
     decoder sizes of :func:`build_random_llava`, its tokenizer and image processor, and the
     image side in pixels that gives LLaVA-1.5-like token counts.
 
@@ -188,7 +188,9 @@ def build_random_family(
     patch 14 / 256), 8 K/V heads, head_dim ``d_model / n_heads``, 5 sliding-window (512) : 1
     global layers. Idefics3: SmolVLM's 512-px tiles of 16-px patches pixel-shuffled by 4 (64
     tokens a tile); a 1536-px image is cut into 3x3 tiles + the global image (640 tokens), 4 K/V
-    heads, tied embeddings.
+    heads, tied embeddings. Qwen3-VL-MoE: Qwen3-VL's with every MLP sparse (128 experts of width
+    ``3 d_model / 8``, 8 per token, as Qwen3-VL-30B-A3B). LLaVA-OneVision-1.5: patch 14 (672 px:
+    576 tokens), a Qwen3 decoder with 4 K/V heads and 1-D positions.
     """
     tokenizer = family_tokenizer(kind, chat_template=False)
     d_head = d_model // n_heads
@@ -197,7 +199,7 @@ def build_random_family(
         num_attention_heads=n_heads, max_position_embeddings=4096, initializer_range=0.02,
         head_dim=d_head,
     )  # fmt: skip
-    patch = 16 if kind == "qwen3-vl" else 14
+    patch = 16 if kind.startswith("qwen3-vl") else 14
     vision: dict[str, Any] = dict(patch_size=patch)
     if kind in ("internvl", "idefics3"):  # InternVL: one 448-px tile of 32x32 patches -> 256
         image_size = 448 if kind == "internvl" else 512
@@ -219,6 +221,11 @@ def build_random_family(
             num_hidden_layers=vision_layers, num_attention_heads=max(1, vision_d_model // 64),
             image_size=image_size, mm_tokens_per_image=256,
         )  # fmt: skip
+    elif kind == "llava-onevision-1.5":  # a 672-px image: 48x48 patches merged 2x2 -> 576
+        image_size = 48 * patch
+        text.update(num_key_value_heads=4)
+        vision.update(depth=vision_layers, hidden_size=vision_d_model, num_heads=4,
+                      intermediate_size=4 * vision_d_model)
     else:
         image_size = 48 * patch
         q = d_head // 2
@@ -228,7 +235,7 @@ def build_random_family(
         heads = max(1, vision_d_model // 64)
         if kind == "qwen2-vl":
             vision.update(depth=vision_layers, embed_dim=vision_d_model, num_heads=heads)
-        elif kind == "qwen3-vl":
+        elif kind.startswith("qwen3-vl"):
             vision.update(depth=vision_layers, hidden_size=vision_d_model, num_heads=heads,
                           intermediate_size=4 * vision_d_model, num_position_embeddings=2304,
                           deepstack_visual_indexes=list(range(vision_layers)))
@@ -237,6 +244,8 @@ def build_random_family(
                           intermediate_size=4 * vision_d_model, window_size=112)
     if kind == "idefics3":
         vision.update(patch_size=16, scale_factor=4)
+    if kind == "qwen3-vl-moe":  # Qwen3-VL-30B-A3B's ratios: 128 experts of d_model * 3/8, top 8
+        text.update(num_experts=128, num_experts_per_tok=8, moe_intermediate_size=3 * d_model // 8)
     config, cls = family_config(kind, tokenizer, text, vision)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -8,6 +8,7 @@ from transformer_lens.hook_points import HookPoint
 
 from lvlm_lens.model.attention import KV, Attention, Segment, SelfAlternative
 from lvlm_lens.model.config import LVLMConfig
+from lvlm_lens.model.moe import SparseMoE
 from lvlm_lens.model.norm import RMSNorm, through_hook
 
 __all__ = ["Embed", "GatedMLP", "RMSNorm", "TransformerBlock", "Unembed"]
@@ -62,7 +63,8 @@ class TransformerBlock(nn.Module):
     """The decoder block of every family: ``resid_mid = resid_pre + attn(ln1(.))``,
     ``resid_post = resid_mid + mlp(ln2(.))``; with sandwich norms (Gemma) the attention and
     MLP outputs pass ``ln1_post`` / ``ln2_post`` first (``hook_attn_out`` / ``hook_mlp_out``
-    are after them, so they are what the residual stream receives)."""
+    are after them, so they are what the residual stream receives). The MLP of a layer the
+    spec's ``moe`` lists is a :class:`~lvlm_lens.model.moe.SparseMoE`."""
 
     def __init__(self, cfg: LVLMConfig, hf_layer: nn.Module, layer: int):
         super().__init__()
@@ -71,7 +73,9 @@ class TransformerBlock(nn.Module):
         off = spec.norm_offset
         self.ln1 = RMSNorm(hf_layer.input_layernorm, off)
         self.attn = Attention(cfg, hf_layer.self_attn)
-        self.mlp = GatedMLP(cfg, hf_layer.mlp)
+        moe = spec.moe
+        sparse = moe is not None and layer in moe.layers
+        self.mlp = SparseMoE(moe, hf_layer.mlp) if sparse else GatedMLP(cfg, hf_layer.mlp)
         self.sandwich = spec.sandwich_norms
         if self.sandwich:
             self.ln1_post = RMSNorm(hf_layer.post_attention_layernorm, off)

@@ -9,6 +9,28 @@ import torch
 
 
 @dataclass(frozen=True)
+class MoESpec:
+    """A sparse mixture-of-experts MLP (Qwen3-VL-MoE): a linear router over ``n_experts``
+    experts, softmax, the ``top_k`` most probable experts per token (their probabilities
+    renormalised to sum to 1 where ``renormalize``), each a gated MLP of width ``d_expert``;
+    the MLP output is the routing-weighted sum of the chosen experts' outputs.
+
+    Attributes:
+        n_experts: Experts per sparse layer.
+        top_k: Experts each token is sent to.
+        d_expert: Hidden width of one expert.
+        layers: The layers whose MLP is sparse (the others keep a dense gated MLP).
+        renormalize: The chosen experts' probabilities are divided by their sum.
+    """
+
+    n_experts: int
+    top_k: int
+    d_expert: int
+    layers: tuple[int, ...]
+    renormalize: bool = True
+
+
+@dataclass(frozen=True)
 class DecoderSpec:
     """What differs between the language models of the supported families.
 
@@ -35,6 +57,8 @@ class DecoderSpec:
         deepstack: Features of intermediate vision layers are added at the image positions
             after the first decoder layers (Qwen3-VL's DeepStack): ``blocks.{l}.hook_deepstack``,
             part of that layer's ``hook_mlp_out`` so ``decompose_resid`` still sums.
+        moe: The sparse MLP of the layers it lists (:class:`MoESpec`), ``None`` where every
+            MLP is dense: ``blocks.{l}.mlp`` is then a :class:`~lvlm_lens.model.moe.SparseMoE`.
     """
 
     norm_offset: float = 0.0
@@ -45,6 +69,7 @@ class DecoderSpec:
     rope_per_layer_type: bool = False
     bidirectional_image: bool = False
     deepstack: bool = False
+    moe: MoESpec | None = None
 
 
 @dataclass

@@ -31,8 +31,8 @@ ReturnType = Literal["logits", "loss", "both"] | None
 
 
 class HookedLVLM(TokensMixin, EmbeddingMixin, ModelWeights, HookedRootModule):
-    """A vision-language model with TransformerLens hooks: LLaVA-1.5 / NeXT / OneVision,
-    Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, InternVL and Idefics3 / SmolVLM
+    """A vision-language model with TransformerLens hooks: LLaVA-1.5 / NeXT / OneVision / OV-1.5,
+    Qwen2-VL, Qwen2.5-VL, Qwen3-VL (dense and MoE), Gemma 3, InternVL and Idefics3 / SmolVLM
     (:data:`~lvlm_lens.model.families.FAMILIES`).
 
     The vision tower, projector and image packing are the HF model's own modules; the

@@ -54,7 +54,8 @@ from lvlm_lens.testing.tiny_families import (
 #: LLaVA-OneVision (Qwen2).
 LLAVA_KINDS = ("llava-llama", "llava-next-mistral", "llava-next-vicuna", "llava-onevision-qwen2")
 #: Every kind :func:`build_tiny_checkpoint` builds: those and ``tiny_families.FAMILY_KINDS``
-#: (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, InternVL, Idefics3).
+#: (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, InternVL, Idefics3, Qwen3-VL-MoE,
+#: LLaVA-OneVision-1.5).
 TINY_KINDS = LLAVA_KINDS + FAMILY_KINDS
 
 SPECIAL_TOKENS = (

@@ -45,9 +45,16 @@ from lvlm_lens.testing.tiny_idefics3 import (
     idefics3_image_processor,
     idefics3_processor,
 )
+from lvlm_lens.testing.tiny_llava_onevision1_5 import (
+    llava_onevision1_5_config,
+    llava_onevision1_5_image_processor,
+)
+from lvlm_lens.testing.tiny_qwen3_vl_moe import qwen3_vl_moe_config, split_moe_fields
 
 #: The tiny kinds built here (``build_tiny_checkpoint`` builds them as well as the LLaVA ones).
 FAMILY_KINDS = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl", "idefics3")
+FAMILY_KINDS += ("qwen3-vl-moe",)
+FAMILY_KINDS += ("llava-onevision-1.5",)
 
 #: Words the family chat templates need beyond the shared tiny vocabulary.
 EXTRA_WORDS = ("model",)
@@ -277,6 +284,13 @@ def family_config(
     elif kind == "idefics3":  # tied as SmolVLM-256M / 500M
         tied = text.pop("tie_word_embeddings", True)
         config, cls = idefics3_config(tokenizer, tiny_text_kwargs(tokenizer, **text), vision, tied)
+    elif kind == "llava-onevision-1.5":
+        ids = {name: tokenizer.convert_tokens_to_ids(t) for name, t in QWEN_SPECIALS.items()}
+        config, cls = llava_onevision1_5_config(tiny_text_kwargs(tokenizer, **text), ids, vision)
+    elif kind == "qwen3-vl-moe":  # untied, as Qwen3-VL-30B-A3B
+        moe = split_moe_fields(text)
+        text.setdefault("tie_word_embeddings", False)
+        config, cls = qwen3_vl_moe_config(_qwen("qwen3-vl", tokenizer, text, vision)[0], moe)
     else:
         config, cls = _qwen(kind, tokenizer, text, vision)
     config._attn_implementation = "eager"
@@ -289,6 +303,8 @@ def family_image_processor(kind: str, patch_size: int = QWEN_PATCH, image_size: 
     InternVL's or Idefics3's tiles of ``image_size``."""
     if kind == "idefics3":
         return idefics3_image_processor(image_size) if image_size else idefics3_image_processor()
+    if kind == "llava-onevision-1.5":
+        return llava_onevision1_5_image_processor(patch_size, image_size)
     if kind == "internvl":
         side = image_size or INTERNVL_TILE
         return GotOcr2ImageProcessorPil(
@@ -317,6 +333,8 @@ def family_tokenizer(kind: str, chat_template: bool) -> PreTrainedTokenizerFast:
     templates = {
         "gemma3": GEMMA_CHAT_TEMPLATE,
         "qwen3-vl": QWEN3_CHAT_TEMPLATE,
+        "qwen3-vl-moe": QWEN3_CHAT_TEMPLATE,
+        "llava-onevision-1.5": QWEN_CHAT_TEMPLATE,
         "internvl": INTERNVL_CHAT_TEMPLATE,
         "idefics3": IDEFICS3_CHAT_TEMPLATE,
     }

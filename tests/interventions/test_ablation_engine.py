@@ -176,6 +176,8 @@ def test_progress_bars_show_unless_silenced(setup, capsys):
 
 # M-RoPE; DeepStack; image blocks attending both ways
 FAMILY_KINDS = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl", "idefics3"]
+FAMILY_KINDS += ["qwen3-vl-moe"]
+FAMILY_KINDS += ["llava-onevision-1.5"]
 
 
 @pytest.fixture(scope="module", params=FAMILY_KINDS)

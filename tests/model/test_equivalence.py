@@ -20,6 +20,8 @@ CASES = {
     "gemma3": {},
     "internvl": {},
     "idefics3": {},
+    "qwen3-vl-moe": {},
+    "llava-onevision-1.5": {},
     # variants of the language backbone the real checkpoints use
     "llava-next-mistral/sliding-window": dict(sliding_window=20),
     "llava-llama/rope-linear": dict(
@@ -98,7 +100,8 @@ def hf_generate(reference, model, inp, n):
 
 @pytest.mark.parametrize(
     "case", ["llava-llama", "llava-onevision-qwen2", "llava-next-mistral", "qwen2-vl",
-             "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl", "idefics3"],
+             "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl", "idefics3", "qwen3-vl-moe",
+             "llava-onevision-1.5"],
 )
 def test_generate_matches_hf_greedy(tiny_checkpoint, case):
     """Prompt + new tokens, as TransformerLens and HF return them; or the new tokens only."""
@@ -147,7 +150,8 @@ def image_end(inp) -> int:
 
 
 @pytest.mark.parametrize(
-    "case", ["llava-llama", "llava-onevision-qwen2", "qwen2-vl", "qwen3-vl", "gemma3"]
+    "case", ["llava-llama", "llava-onevision-qwen2", "qwen2-vl", "qwen3-vl", "gemma3",
+             "qwen3-vl-moe", "llava-onevision-1.5"]
 )
 def test_prefix_cache_suffix_equals_full_run(tiny_checkpoint, case):
     model, _ = load_pair(tiny_checkpoint, case)
@@ -183,7 +187,12 @@ def test_shared_prefix_many_suffixes(tiny_checkpoint):
         assert (out[r, width - n :] - model(i)[0, cut:]).abs().max() <= 1e-4
 
 
-@pytest.mark.parametrize("kind", [case for case in CASES if "/" not in case])
+#: bf16 with the fused kernel may flip a top-k expert choice, so an MoE model is not "close"
+#: there: tests/model/test_qwen3_vl_moe.py checks it bit for bit with the materialised attention.
+MOE_KINDS = ("qwen3-vl-moe",)
+
+
+@pytest.mark.parametrize("kind", [c for c in CASES if "/" not in c and c not in MOE_KINDS])
 def test_bf16_close_to_hf_bf16(tiny_checkpoint, kind):
     """bf16 against HF's bf16 eager forward: close with the fused attention (its kernel sums in
     another order), and bit for bit with the materialised one, which rounds as HF does

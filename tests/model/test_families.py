@@ -13,6 +13,8 @@ from lvlm_lens.model.layout import TokenLayout
 from tests.helpers import PROMPTS, noise_image
 
 KINDS = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl", "idefics3"]
+KINDS += ["qwen3-vl-moe"]
+KINDS += ["llava-onevision-1.5"]
 IMAGES = [noise_image(20, 28, 1), noise_image(30, 18, 2)]
 
 
@@ -57,7 +59,8 @@ def test_to_hf_has_the_family_inputs(fam):
     kind, model, inp = fam
     kw = inp.to_hf()
     extra = {"image_grid_thw", "mm_token_type_ids"} if "qwen" in kind else {"token_type_ids"}
-    extra = {"internvl": set(), "idefics3": {"pixel_attention_mask"}}.get(kind, extra)
+    extra = {"internvl": set(), "idefics3": {"pixel_attention_mask"},
+             "llava-onevision-1.5": {"image_grid_thw"}}.get(kind, extra)  # fmt: skip
     assert set(kw) == {"input_ids", "attention_mask", "position_ids", "pixel_values"} | extra
     for key in extra & {"token_type_ids", "mm_token_type_ids"}:
         assert torch.equal(kw[key].bool(), inp.groups["image"])

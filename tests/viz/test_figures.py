@@ -76,7 +76,9 @@ def test_image_grids_cover_every_image_token_once(next_pair, toy_pair):
     assert (grid.positions.ravel() == tinp.positions("image", 1).numpy()).all()
 
 
-@pytest.mark.parametrize("kind", ["qwen2-vl", "gemma3", "internvl", "idefics3"])
+@pytest.mark.parametrize(
+    "kind", ["qwen2-vl", "gemma3", "internvl", "idefics3", "qwen3-vl-moe", "llava-onevision-1.5"]
+)
 def test_image_grids_of_the_other_families(tiny_checkpoint, kind):
     """Qwen's grid follows the picture's aspect, uncropped; Gemma's is square; InternVL's and
     Idefics3's base grid is the thumbnail / global image (tile 0, last in the sequence)."""
@@ -85,11 +87,12 @@ def test_image_grids_of_the_other_families(tiny_checkpoint, kind):
     (grid,) = image_grids(inp, 0)
     assert grid.kind == "base" and not grid.crop and (grid.positions >= 0).all()
     image = inp.positions("image", 0).numpy()
-    shape = {"qwen2-vl": (5, 7), "gemma3": (4, 4), "internvl": (4, 4), "idefics3": (4, 4)}[kind]
+    shape = {"gemma3": (4, 4), "internvl": (4, 4), "idefics3": (4, 4)}.get(kind, (5, 7))
     assert grid.positions.shape == shape
     base = image[-16:] if kind in ("internvl", "idefics3") else image  # after the other tiles
     assert (grid.positions.ravel() == base).all()
-    assert image_grids(inp, 1)[0].positions.shape == {"qwen2-vl": (8, 4)}.get(kind, shape)
+    square = ("gemma3", "internvl", "idefics3")
+    assert image_grids(inp, 1)[0].positions.shape == (shape if kind in square else (8, 4))
 
 
 def test_attention_overlay_shows_the_models_pattern(next_pair):

@@ -1,0 +1,108 @@
+"""The sparse mixture-of-experts MLP (Qwen3-VL-MoE), with TransformerLens-named routing hooks.
+
+Hooks of ``blocks.{l}.mlp`` on a sparse layer:
+
+- ``hook_router_logits`` ``[batch, pos, expert]``: the router's logits (TransformerLens 4's
+  bridge fires them on ``mlp.gate.hook_out``).
+- ``hook_expert_weights`` ``[batch, pos, expert]``: the routing probabilities over every expert,
+  before the top-k choice, as HookedTransformer's MoE; an edit re-routes the token.
+- ``hook_expert_indices`` ``[batch, pos, top_k]``: the chosen experts, most probable first, as
+  HookedTransformer's; an edit sends the token to other experts (with their probabilities).
+- ``hook_expert_out`` ``[batch, pos, top_k, d_model]``: each chosen expert's output times its
+  routing weight, in the order of ``hook_expert_indices``; they sum to the MLP's output.
+
+The weights stay the HF modules' own (router ``[expert, d_model]``, fused gate/up
+``[expert, 2 * d_expert, d_model]``, down ``[expert, d_model, d_expert]``); ``W_gate``,
+``W_in`` and ``W_out`` are TransformerLens-shaped views per expert.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
+
+from lvlm_lens.model.config import MoESpec
+
+__all__ = ["SparseMoE"]
+
+
+class SparseMoE(nn.Module):
+    """A linear router, softmax, top-k routing and gated-MLP experts (HF's
+    ``Qwen3VLMoeTextSparseMoeBlock``), computed expert by expert on the tokens routed to it."""
+
+    def __init__(self, spec: MoESpec, hf_mlp: nn.Module):
+        super().__init__()
+        self.spec = spec
+        self.router = hf_mlp.gate  # weight [expert, d_model]
+        self.experts = hf_mlp.experts  # gate_up_proj, down_proj, act_fn
+        for name in ("router_logits", "expert_weights", "expert_indices", "expert_out"):
+            setattr(self, f"hook_{name}", HookPoint())
+
+    @property
+    def W_router(self) -> Float[Tensor, "d_model expert"]:
+        """The router's weight (logits are ``x @ W_router``)."""
+        return self.router.weight.T
+
+    @property
+    def W_gate(self) -> Float[Tensor, "expert d_model d_expert"]:
+        """Each expert's gate projection."""
+        return self.experts.gate_up_proj[:, : self.spec.d_expert].transpose(1, 2)
+
+    @property
+    def W_in(self) -> Float[Tensor, "expert d_model d_expert"]:
+        """Each expert's up (linear) projection."""
+        return self.experts.gate_up_proj[:, self.spec.d_expert :].transpose(1, 2)
+
+    @property
+    def W_out(self) -> Float[Tensor, "expert d_expert d_model"]:
+        """Each expert's down projection."""
+        return self.experts.down_proj.transpose(1, 2)
+
+    @property
+    def b_in(self) -> Float[Tensor, "expert d_expert"]:
+        """Zeros: the experts have no biases."""
+        return self.experts.down_proj.new_zeros(self.spec.n_experts, self.spec.d_expert)
+
+    @property
+    def b_out(self) -> Float[Tensor, " d_model"]:
+        """Zeros: the experts have no biases."""
+        return self.experts.down_proj.new_zeros(self.experts.down_proj.shape[1])
+
+    def route(
+        self, x: Float[Tensor, "batch pos d_model"]
+    ) -> tuple[Tensor, Tensor]:
+        """The chosen experts ``[batch, pos, top_k]`` and their weights (in ``x``'s dtype)."""
+        logits = F.linear(x, self.router.weight)
+        logits = self.hook_router_logits(logits)
+        probs = self.hook_expert_weights(F.softmax(logits, dim=-1, dtype=torch.float32))
+        index = self.hook_expert_indices(torch.topk(probs, self.spec.top_k, dim=-1).indices)
+        weight = probs.gather(-1, index)  # the top-k values, or those of edited indices
+        if self.spec.renormalize:
+            weight = weight / weight.sum(dim=-1, keepdim=True)
+        return index, weight.to(logits.dtype)
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        """Route every token and sum its experts' weighted outputs."""
+        b, s, d = x.shape
+        index, weight = self.route(x)
+        flat, k = x.reshape(-1, d), index.shape[-1]
+        slots_of = index.reshape(-1, k)
+        w = weight.reshape(-1, k)
+        out = x.new_zeros(b * s, k, d)
+        gate_up, down = self.experts.gate_up_proj, self.experts.down_proj
+        for e in torch.unique(slots_of).tolist():
+            rows, slots = torch.where(slots_of == e)
+            gate, up = F.linear(flat[rows], gate_up[e]).chunk(2, dim=-1)
+            y = F.linear(self.experts.act_fn(gate) * up, down[e])
+            out[rows, slots] = y * w[rows, slots, None]
+        per_expert = self.hook_expert_out(out.view(b, s, k, d))
+        # summed in increasing expert order, the order HF accumulates them in
+        order = index.argsort(dim=-1, stable=True)[..., None].expand(-1, -1, -1, d)
+        ordered = per_expert.gather(2, order)
+        total = ordered[:, :, 0]
+        for j in range(1, k):
+            total = total + ordered[:, :, j]
+        return total
