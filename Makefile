@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DOCS_SITE ?= site
 
-.PHONY: venv test demo lint docs docs-serve mutate
+.PHONY: venv test demo lint docs docs-serve mutate seeds claims-seeds
 
 venv: $(STAMP)
 
@@ -45,3 +45,17 @@ lint: venv
 mutate: venv
 	$(PY) -m pip install -q -e ".[dev,mutate]"
 	OMP_NUM_THREADS=1 $(PY) -m tools.mutate $(PATTERNS)
+
+# Science-toy seeds for the across-seeds claims (docs/toy_model.md, "Seeds"; not part of CI:
+# ~28 CPU minutes per seed, one after the other, one thread). Each seed first trains its own
+# bundled-recipe vision warm start into runs/seeds/bundled_seed<N>; finished seeds are skipped.
+SEEDS ?= 1 2 3 4
+seeds: venv
+	for n in $(SEEDS); do test -f runs/seeds/seed$$n/training.json || \
+		OMP_NUM_THREADS=1 $(PY) -m lvlm_lens.toy.train --preset science --seed $$n \
+		--out runs/seeds/seed$$n || exit 1; done
+
+# The claims table over the shipped toy (seed 0) and every trained seed; rewrites docs/claims.md.
+claims-seeds: venv
+	OMP_NUM_THREADS=1 $(PY) -m lvlm_lens.run.claims --out runs/claims_seeds --docs docs/claims.md \
+		--seeds lvlm_lens/toy/science_checkpoint $(wildcard runs/seeds/seed*)

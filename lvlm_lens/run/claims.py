@@ -44,6 +44,7 @@ from lvlm_lens.interventions.knockout import knockout_effect
 from lvlm_lens.interventions.token_ablation import mean_image_baseline
 from lvlm_lens.model.hooked_lvlm import HookedLVLM
 from lvlm_lens.run.options import RunOptions
+from lvlm_lens.run.seeds import aggregate, markdown, replace_block
 from lvlm_lens.toy import load_toy
 
 #: Looks of the semantic-vs-appearance grid: every class is drawn in each.
@@ -126,6 +127,7 @@ def ranking_claims(model, records, refs, cfg: AttributionConfig, out: Path, args
 
     return {
         "n_examples": n_all,
+        "n_heads": n_layers * n_heads,
         "n_correct": len(keep),
         "baseline_check": check.summary(),
         "fit": {
@@ -227,34 +229,19 @@ def token_claim(model, n: int, seed: int, refs_inputs) -> dict[str, Any]:
     return out
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Entry point: parse flags, measure, write ``claims.json`` and print a summary."""
-    p = argparse.ArgumentParser("python -m lvlm_lens.run.claims", description=__doc__)
-    p.add_argument("--out", default="runs/claims", help="output folder")
-    p.add_argument("--model", help="checkpoint folder (default: the shipped science toy)")
-    p.add_argument("--n-examples", type=int, default=24, help="examples per measurement")
-    p.add_argument("--data-seed", type=int, default=1000, help="seed of the synthetic examples")
-    p.add_argument("--n-masks", type=int, default=1000, help="head-attribution masks per example")
-    p.add_argument("--baseline", default=RunOptions().attribution.ablation.baseline,
-                   choices=BASELINES, help="head-ablation baseline (the CLI's)")  # fmt: skip
-    p.add_argument("--window", type=int, default=3, help="knockout window (layers)")
-    p.add_argument("--seed", type=int, default=0, help="seed of masks, bootstrap, permutations")
-    p.add_argument("--skip", nargs="*", default=[], help="sections to skip",
-                   choices=["baselines", "rankings", "semantics", "flow", "tokens"])  # fmt: skip
-    args = p.parse_args(argv)
-    torch.set_num_threads(1)
-    out = Path(args.out)
+def _measure(args: argparse.Namespace, out: Path, folder: str | None) -> dict[str, Any]:
+    """Every section not in ``args.skip`` on one checkpoint; writes ``out/claims.json``."""
     out.mkdir(parents=True, exist_ok=True)
     model = (
-        HookedLVLM.from_pretrained(args.model, device="cpu")
-        if args.model
+        HookedLVLM.from_pretrained(folder, device="cpu")
+        if folder
         else load_toy(device="cpu", name="science")
     )
     refs = [r.image for r in synthetic_records(16, args.data_seed + 1)]
     cfg = AttributionConfig(n_masks=args.n_masks, seed=args.seed,
                             ablation=HeadAblation(baseline=args.baseline))  # fmt: skip
     shape = attribute_records(args.n_examples, args.data_seed, attributes=("shape",))
-    n, res = args.n_examples, {"args": vars(args), "seconds": {}}
+    n, res = args.n_examples, {"args": vars(args) | {"model": folder}, "seconds": {}}
     steps = {
         "baselines": lambda: {
             "science": baseline_table(
@@ -278,6 +265,61 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         (out / "claims.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
         print(f"[{name}] done in {res['seconds'][name]:.0f}s", flush=True)
     return res
+
+
+def _seed_name(folder: str) -> str:
+    record = Path(folder) / "training.json"
+    if not record.is_file():
+        raise ValueError(f"--seeds: {folder} has no training.json; pass trained toy folders")
+    return f"seed{json.loads(record.read_text())['seed']}"
+
+
+def run_seeds(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Every claim on each ``--seeds`` checkpoint, then the across-seeds table.
+
+    Writes ``out/<seed>/`` per checkpoint, ``out/claims.json`` (the table only: no timings or
+    paths, so a rerun gives the same bytes), ``out/seeds.md`` and, with ``--docs``, the seeds
+    table of that file.
+    """
+    names = [_seed_name(f) for f in args.seeds]
+    results = [_measure(args, out / name, f) for name, f in zip(names, args.seeds, strict=True)]
+    table = aggregate(names, results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "claims.json").write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
+    block = markdown(table)
+    (out / "seeds.md").write_text(block)
+    if args.docs:
+        docs = Path(args.docs)
+        docs.write_text(replace_block(docs.read_text(), block))
+    for row in table["primary"]:
+        print(f"claim {row['claim']}: {row['verdict']}", flush=True)
+    return table
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Entry point: parse flags, measure, write ``claims.json`` and print a summary."""
+    p = argparse.ArgumentParser("python -m lvlm_lens.run.claims", description=__doc__)
+    p.add_argument("--out", default="runs/claims", help="output folder")
+    p.add_argument("--model", help="checkpoint folder (default: the shipped science toy)")
+    p.add_argument("--seeds", nargs="+", help="checkpoint folders, one per training seed: "
+                   "measure each and write the across-seeds table (run/seeds.py)")  # fmt: skip
+    p.add_argument("--docs", help="with --seeds: regenerate the seeds table of this file")
+    p.add_argument("--n-examples", type=int, default=24, help="examples per measurement")
+    p.add_argument("--data-seed", type=int, default=1000, help="seed of the synthetic examples")
+    p.add_argument("--n-masks", type=int, default=1000, help="head-attribution masks per example")
+    p.add_argument("--baseline", default=RunOptions().attribution.ablation.baseline,
+                   choices=BASELINES, help="head-ablation baseline (the CLI's)")  # fmt: skip
+    p.add_argument("--window", type=int, default=3, help="knockout window (layers)")
+    p.add_argument("--seed", type=int, default=0, help="seed of masks, bootstrap, permutations")
+    p.add_argument("--skip", nargs="*", default=[], help="sections to skip",
+                   choices=["baselines", "rankings", "semantics", "flow", "tokens"])  # fmt: skip
+    args = p.parse_args(argv)
+    if args.docs and not args.seeds:
+        p.error("--docs needs --seeds")
+    torch.set_num_threads(1)
+    if args.seeds:
+        return run_seeds(args, Path(args.out))
+    return _measure(args, Path(args.out), args.model)
 
 
 if __name__ == "__main__":

@@ -10,19 +10,16 @@ Two presets ship:
   (``docs/claims.md``).
 
 A task turns one step's seeded random stream into a batch of prompts and one-word answers
-(:func:`sample_batch`); :func:`warm_start_vision_` starts a vision tower from a shipped toy's;
+(:func:`sample_batch`);
 :class:`TrainLog` keeps the running accuracy per question type between log lines.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.torch import load_file
-from transformers import LlavaForConditionalGeneration
 
 from lvlm_lens.data import CLASSES, IMAGE_QUESTIONS, TEXT_QUESTIONS, SyntheticExample
 from lvlm_lens.data.questions import (
@@ -199,23 +196,6 @@ def sample_batch(
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     kinds = [("image:" if i < n_image else "text:") + a for i, a in enumerate(attrs)]
     return Batch(examples, prompts, answers, kinds)
-
-
-def warm_start_vision_(model: LlavaForConditionalGeneration, folder: str | Path) -> None:
-    """Copy the vision tower (and the projector, when its shapes match) of a toy checkpoint."""
-    path = Path(folder) / "model.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint to start the vision tower from at {path}")
-    state = load_file(path)
-    for part in ("vision_tower", "multi_modal_projector"):
-        sub = {k[len(part) + 1 :]: v for k, v in state.items() if k.startswith(part + ".")}
-        module = getattr(model.model, part)
-        own = module.state_dict()
-        if part == "multi_modal_projector" and any(
-            k not in own or own[k].shape != v.shape for k, v in sub.items()
-        ):
-            continue  # another language width: the projector starts from scratch
-        module.load_state_dict(sub)
 
 
 class TrainLog:

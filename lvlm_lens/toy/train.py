@@ -32,7 +32,6 @@ from lvlm_lens.toy import (
     build_toy_processor,
     evaluate_attributes,
     evaluate_toy,
-    toy_checkpoint_path,
     toy_config,
 )
 from lvlm_lens.toy.recipe import (
@@ -42,6 +41,11 @@ from lvlm_lens.toy.recipe import (
     TrainLog,
     log_line,
     sample_batch,
+)
+from lvlm_lens.toy.warm_start import (
+    has_checkpoint,
+    init_vision_,
+    warm_start_folder,
     warm_start_vision_,
 )
 
@@ -62,35 +66,6 @@ def _pixel_values(images: list[Any], mean: torch.Tensor, std: torch.Tensor) -> t
     arr = torch.from_numpy(np.stack([np.asarray(im, dtype=np.float32) for im in images]))
     arr = arr.permute(0, 3, 1, 2) / 255.0
     return (arr - mean[:, None, None]) / std[:, None, None]
-
-
-def init_vision_(
-    model: LlavaForConditionalGeneration, patch_std: float = 0.2, sincos_positions: bool = True
-) -> None:
-    """Re-initialise the CLIP patch and position embeddings for training from scratch.
-
-    Only initial values change (everything stays trainable). HF draws both from
-    ``N(0, 0.02)``; a ViT trained from scratch on the synthetic set learns several times faster
-    from a larger patch embedding (``N(0, patch_std)``) and 2-D sine/cosine position embeddings
-    (frequencies ``100^(-k/q)``, amplitude 1; zeros for the CLS position).
-    """
-    emb = model.model.vision_tower.embeddings
-    with torch.no_grad():
-        emb.patch_embedding.weight.normal_(0.0, patch_std)
-    if not sincos_positions:
-        return
-    dim = emb.position_embedding.weight.shape[1]
-    grid = int(round(math.sqrt(emb.num_patches)))
-    q = dim // 4
-    steps = torch.arange(grid, dtype=torch.float32)
-    y, x = torch.meshgrid(steps, steps, indexing="ij")
-    omega = 1.0 / (100.0 ** (torch.arange(q, dtype=torch.float32) / q))
-    x, y = x.flatten()[:, None] * omega, y.flatten()[:, None] * omega
-    table = torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)
-    with torch.no_grad():
-        w = emb.position_embedding.weight
-        w.zero_()
-        w[1:, : table.shape[1]] = table
 
 
 def _right_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,6 +113,8 @@ def train_toy(
     log_every: int = 100,
     num_threads: int | None = 1,
     verbose: bool = True,
+    vision_dir: str | Path | None = None,
+    vision_steps: int | None = None,
 ) -> dict[str, Any]:
     """Train a toy LVLM from scratch and save it as a HF checkpoint folder.
 
@@ -148,10 +125,11 @@ def train_toy(
     Args:
         out_dir: Folder to write (config, ``model.safetensors``, tokenizer, image processor,
             chat template, ``training.json``); created if missing.
-        seed: Seed of the weight init, the data stream and the dropout stream (same seed,
-            same model, given the same library versions and thread count; the caller's torch
-            generator is left as it was). The science preset's vision warm start copies the
-            shipped toy's tower whatever the seed.
+        seed: Seed of the weight init, the data stream, the dropout stream and the vision
+            warm start (same seed, same model, given the same library versions and thread
+            count; the caller's torch generator is left as it was). The science preset's
+            tower starts from the bundled recipe trained with the same seed
+            (:mod:`lvlm_lens.toy.warm_start`).
         steps: Optimizer steps; each sees a fresh batch.
         batch_size: Examples per step, image and text prompts together.
         lr: Peak learning rate of the one-cycle schedule.
@@ -162,7 +140,7 @@ def train_toy(
             of rank 1).
         warmup_frac: Share of the steps spent warming up (one-cycle ``pct_start``).
         sincos_positions: Start the vision position embeddings from a 2-D sine/cosine
-            pattern instead of HF's random init (see :func:`init_vision_`).
+            pattern instead of HF's random init (:func:`~lvlm_lens.toy.warm_start.init_vision_`).
         patch_init_std: Standard deviation of the initial patch embedding weights.
         eval_n: Held-out examples evaluated at the end (0 to skip).
         eval_seed: Seed of that held-out set.
@@ -171,6 +149,10 @@ def train_toy(
             setting alone. One thread is the default: the model is too small to gain much
             from a second one, and on a shared CPU extra threads often slow it down.
         verbose: Print progress.
+        vision_dir: The warm start's checkpoint folder; ``None``: the shipped toy for seed 0,
+            else ``<out_dir's parent>/<vision_init>_seed<seed>``. Trained first (with the
+            same seed) when it holds no checkpoint.
+        vision_steps: Steps of that warm-start training (default: its preset's).
 
     Returns:
         A summary (also saved as ``training.json``): settings, wall time, final loss, a loss /
@@ -190,6 +172,18 @@ def train_toy(
         sincos_positions=sincos_positions,
         patch_init_std=patch_init_std,
     )
+    out_dir, folder = Path(out_dir), None
+    if recipe.vision_init:
+        folder = (
+            Path(vision_dir)
+            if vision_dir is not None
+            else warm_start_folder(recipe.vision_init, seed, out_dir.parent)
+        )
+        if not has_checkpoint(folder):
+            if verbose:
+                print(f"training the vision warm start of seed {seed} into {folder}", flush=True)
+            train_toy(folder, seed=seed, steps=vision_steps, preset=recipe.vision_init,
+                      log_every=log_every, num_threads=num_threads, verbose=verbose)  # fmt: skip
     previous_threads = torch.get_num_threads()
     if num_threads:
         torch.set_num_threads(num_threads)
@@ -199,7 +193,7 @@ def train_toy(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(dropout_seed(seed))
             return _train(
-                Path(out_dir), seed, preset, recipe, eval_n, eval_seed, log_every, verbose
+                out_dir, seed, preset, recipe, folder, eval_n, eval_seed, log_every, verbose
             )
     finally:
         torch.set_num_threads(previous_threads)
@@ -210,6 +204,7 @@ def _train(
     seed: int,
     preset: str,
     recipe: ToyRecipe,
+    vision_folder: Path | None,
     eval_n: int,
     eval_seed: int,
     log_every: int,
@@ -230,8 +225,8 @@ def _train(
         init_vision_(
             model, patch_std=recipe.patch_init_std, sincos_positions=recipe.sincos_positions
         )
-        if recipe.vision_init:
-            warm_start_vision_(model, toy_checkpoint_path(recipe.vision_init))
+        if vision_folder is not None:
+            warm_start_vision_(model, vision_folder)
     model.set_attn_implementation("sdpa")  # training speed; the saved model loads as eager
     model.train()
 
@@ -314,6 +309,9 @@ def _train(
         "patch_init_std": recipe.patch_init_std,
         "attribute_weights": list(recipe.attribute_weights),
         "vision_init": recipe.vision_init,
+        "vision_init_seed": None
+        if vision_folder is None
+        else json.loads((vision_folder / "training.json").read_text())["seed"],
         "train_seconds": round(wall, 1),
         "torch_threads": threads,
         "final_loss": loss_value,
@@ -351,7 +349,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset", default="bundled", choices=tuple(PRESETS),
         help="recipe: the bundled 4-layer shape toy or the 8-layer multi-attribute science toy",
     )  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the data")
+    parser.add_argument(
+        "--seed", type=int, default=0,
+        help="seed of the weights, the data, dropout and the vision warm start",
+    )  # fmt: skip
+    parser.add_argument(
+        "--vision-dir",
+        help="checkpoint whose vision tower starts the run (default: the shipped toy for seed "
+        "0, else <out>/../<vision_init>_seed<N>, trained first if missing)",
+    )
+    parser.add_argument("--vision-steps", type=int, help="steps of that warm-start training")
     parser.add_argument("--steps", type=int, help="training steps (default: the preset's)")
     parser.add_argument("--batch-size", type=int, help="examples per step")
     parser.add_argument("--lr", type=float, help="peak one-cycle learning rate")
@@ -395,6 +402,8 @@ def train_from_args(args: argparse.Namespace) -> dict[str, Any]:
         eval_seed=args.eval_seed,
         log_every=args.log_every,
         num_threads=args.threads,
+        vision_dir=args.vision_dir,
+        vision_steps=args.vision_steps,
     )
 
 

@@ -113,3 +113,42 @@ def test_seed_reaches_the_dropout_stream(tmp_path):
     # The stream's seed is a fixed function of the run's seed, distinct per seed.
     assert dropout_seed(7) == dropout_seed(7) != dropout_seed(8)
     assert 0 <= dropout_seed(2**63) < 2**64
+
+
+def test_seed_reaches_the_vision_warm_start(tmp_path):
+    """A science-preset run of seed N starts its tower from the bundled recipe trained with seed
+    N (trained first into ``<out>/../bundled_seed<N>`` when missing): the same seed gives the
+    same weights everywhere, even with the warm start trained afresh; another seed gives another
+    starting tower. Seed 0 starts from the shipped bundled toy (trained with seed 0). Before,
+    every seed copied the shipped tower, so the two seeds' starting towers below were equal."""
+    from safetensors.torch import load_file
+
+    from lvlm_lens.toy.recipe import ToyArchitecture
+    from lvlm_lens.toy.train import train_toy
+    from lvlm_lens.toy.warm_start import warm_start_folder
+
+    arch = ToyArchitecture(layers=1, heads=2, d_model=16, d_mlp=16, attention_dropout=0.5)
+    runs = {}
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        out = tmp_path / name / "science"
+        summary = train_toy(out, seed=seed, steps=2, batch_size=4, preset="science",
+                            architecture=arch, eval_n=0, verbose=False, vision_steps=1)  # fmt: skip
+        assert summary["vision_init"] == "bundled" and summary["vision_init_seed"] == seed
+        runs[name] = load_file(out / "model.safetensors")
+    assert all(torch.equal(v, runs["b"][k]) for k, v in runs["a"].items())
+    assert any(not torch.equal(v, runs["c"][k]) for k, v in runs["a"].items())
+
+    def tower(folder):
+        state = load_file(folder / "model.safetensors")
+        return {k: v for k, v in state.items() if "vision_tower" in k}
+
+    start_1, start_2 = (
+        tower(tmp_path / "a" / "bundled_seed1"),
+        tower(tmp_path / "c" / "bundled_seed2"),
+    )
+    assert any(not torch.equal(v, start_2[k]) for k, v in start_1.items())
+    assert all(
+        torch.equal(v, tower(tmp_path / "b" / "bundled_seed1")[k]) for k, v in start_1.items()
+    )
+    assert warm_start_folder("bundled", 0, tmp_path) == toy_checkpoint_path("bundled")
+    assert warm_start_folder("bundled", 3, tmp_path) == tmp_path / "bundled_seed3"
