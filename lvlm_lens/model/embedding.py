@@ -33,7 +33,8 @@ class EmbeddingMixin:
     hook_embed: Any
 
     def image_embeddings(self, inp: LVLMInput) -> list[Float[Tensor, "img_tok d_model"]]:
-        """Projected image embeddings of every image in the batch (before ``hook_image_embeds``)."""
+        """Projected image embeddings of every image in the batch (before ``hook_image_embeds``,
+        which fires them placed at their positions, ``[batch, pos, d_model]``)."""
         if inp.image_embeds is not None:
             return inp.image_embeds
         if inp.pixel_values is None:
@@ -81,7 +82,9 @@ class EmbeddingMixin:
             flat = torch.cat(embeds).to(x.device, x.dtype)
             if flat.shape[0] != n_tok:
                 raise ValueError(f"{n_tok} image tokens but {flat.shape[0]} image embeddings")
-            x = x.masked_scatter(is_image[..., None], self.hook_image_embeds(flat))
+            at = is_image[..., None]
+            placed = self.hook_image_embeds(torch.zeros_like(x).masked_scatter(at, flat))
+            x = torch.where(at, placed, x)
             if feats is not None:
                 deep = _at_images(feats, is_image, x)
         return self.hook_embed(x), deep

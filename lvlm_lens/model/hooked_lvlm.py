@@ -10,12 +10,12 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
-from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
 from lvlm_lens.model.attention import KV, Segment, SelfAlternative
 from lvlm_lens.model.blocks import Embed, RMSNorm, TransformerBlock, Unembed
+from lvlm_lens.model.caching import CachingMixin
 from lvlm_lens.model.config import LVLMConfig
 from lvlm_lens.model.embedding import EmbeddingMixin
 from lvlm_lens.model.families import FAMILIES, image_text, language_model
@@ -30,7 +30,7 @@ from lvlm_lens.model.weights import ModelWeights
 ReturnType = Literal["logits", "loss", "both"] | None
 
 
-class HookedLVLM(TokensMixin, EmbeddingMixin, ModelWeights, HookedRootModule):
+class HookedLVLM(CachingMixin, TokensMixin, EmbeddingMixin, ModelWeights, HookedRootModule):
     """A vision-language model with TransformerLens hooks: LLaVA-1.5 / NeXT / OneVision,
     Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, InternVL and Idefics3 / SmolVLM
     (:data:`~lvlm_lens.model.families.FAMILIES`).
@@ -46,8 +46,9 @@ class HookedLVLM(TokensMixin, EmbeddingMixin, ModelWeights, HookedRootModule):
     Attributes:
         cfg: The language backbone's configuration (TransformerLens field names).
         embed: Token embedding (``W_E``).
-        hook_image_embeds: Hook on the projected image embeddings, flat
-            ``[n_image_tokens_in_batch, d_model]`` in order of appearance.
+        hook_image_embeds: Hook on the projected image embeddings, batch-first
+            ``[batch, pos, d_model]``: each at its image position, zero at text positions
+            (an edit there is ignored), so TL's cache utilities slice it like any activation.
         hook_embed: Hook on the token embeddings with the image embeddings spliced in.
         vision: The HF vision tower, projector and image packing (the family's vision side).
         blocks: The decoder blocks (``blocks[l].attn``, ``blocks[l].mlp``, ``ln1``, ``ln2``;
@@ -345,29 +346,6 @@ class HookedLVLM(TokensMixin, EmbeddingMixin, ModelWeights, HookedRootModule):
         resid, kvs = self.run_blocks(x, mask, layout=layout)
         return resid, KVCache([k for k, _ in kvs], [v for _, v in kvs], mask, frozen=frozen,
                               next_position=layout.next_positions(mask))
-
-    def run_with_cache(
-        self,
-        *model_args: Any,
-        names_filter: Any = None,
-        device: Any = None,
-        remove_batch_dim: bool = False,
-        return_cache_object: bool = True,
-        **kwargs: Any,
-    ) -> tuple[Any, ActivationCache | dict[str, Tensor]]:
-        """Run the model and cache activations (an ``ActivationCache`` by default)."""
-        if remove_batch_dim and model_args and len(self._as_input(model_args[0])) != 1:
-            raise ValueError("remove_batch_dim=True needs a batch of one example")
-        out, cache = super().run_with_cache(
-            *model_args,
-            names_filter=names_filter,
-            device=device,
-            remove_batch_dim=remove_batch_dim,
-            **kwargs,
-        )
-        if return_cache_object:
-            cache = ActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
-        return out, cache
 
     def generate(
         self,
