@@ -19,7 +19,7 @@ from transformer_lens.hook_points import HookPoint
 
 from lvlm_lens.model.config import LVLMConfig
 from lvlm_lens.model.fused_attention import fused_attention
-from lvlm_lens.model.norm import RMSNorm
+from lvlm_lens.model.norm import RMSNorm, through_hook
 from lvlm_lens.model.weights import AttentionWeights
 
 KV = tuple[
@@ -181,10 +181,15 @@ class Attention(AttentionWeights, nn.Module):
         return out
 
     def fused(self, q: Tensor, segments: list[Segment]) -> bool:
-        """Whether to take the fused branch: no hook reads ``hook_attn_scores`` /
-        ``hook_pattern`` (caching them is a hook), ``cfg.fused_attention`` is on, and no
+        """Whether to take the fused branch without materialising anything: no hook reads
+        ``hook_attn_scores`` / ``hook_pattern`` and :meth:`fusable`."""
+        return self.fusable(q, segments) and not _watched(self.hook_attn_scores,
+                                                          self.hook_pattern)
+
+    def fusable(self, q: Tensor, segments: list[Segment]) -> bool:
+        """Whether the fused kernels may compute ``z``: ``cfg.fused_attention`` is on and no
         gradient must flow through the merge of several segments."""
-        if not self.cfg.fused_attention or _watched(self.hook_attn_scores, self.hook_pattern):
+        if not self.cfg.fused_attention:
             return False
         if len(segments) == 1 or not torch.is_grad_enabled():
             return True
@@ -195,11 +200,29 @@ class Attention(AttentionWeights, nn.Module):
         )
 
     def _materialised(self, q: Tensor, segments: list[Segment], mask: Tensor) -> Tensor:
-        """Attention with full scores and pattern, through their hooks."""
+        """Attention with full scores and pattern, through their hooks.
+
+        Where the hooks only read them (caching: no hook replaced or edited either in place),
+        ``z`` is the fused kernels' when :meth:`fusable`, so ``run_with_cache(x)[0]`` equals
+        ``model(x)`` bit for bit; gradients (backward hooks on the pattern, ``incl_bwd``) flow
+        through ``pattern @ v`` all the same. An edited pattern or edited scores give
+        ``z = pattern @ v`` of the edited tensor."""
         scores = [self._scores(q, seg) for seg in segments]
         scores = scores[0] if len(scores) == 1 else torch.cat(scores, dim=-1)
-        scores = self.hook_attn_scores(scores.add_(mask))  # fresh: no full-size temporary
-        pattern = self.hook_pattern(F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
+        # scores are fresh: the mask is added in place, with no full-size temporary
+        scores, kept = through_hook(self.hook_attn_scores, scores.add_(mask))
+        pattern = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        pattern, kept_pattern = through_hook(self.hook_pattern, pattern)
+        if not (kept and kept_pattern and self.fusable(q, segments)):
+            return self._weighted(pattern, segments)
+        z = fused_attention(q, segments, mask, self.scaling)
+        if not (torch.is_grad_enabled() and pattern.requires_grad):
+            return z
+        dense = self._weighted(pattern, segments)  # the value of z, the gradient of dense
+        return z.detach() + (dense - dense.detach())
+
+    def _weighted(self, pattern: Tensor, segments: list[Segment]) -> Tensor:
+        """``z = pattern @ v`` over the segments."""
         z, start = None, 0
         for seg in segments:
             part = pattern if len(segments) == 1 else pattern[..., start : start + seg.length]

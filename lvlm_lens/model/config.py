@@ -77,8 +77,9 @@ class LVLMConfig:
         dtype: Dtype of the weights.
         use_attn_result: Compute and hook the per-head output ``blocks.{l}.attn.hook_result``.
         fused_attention: Where no hook reads ``attn.hook_attn_scores`` / ``attn.hook_pattern``,
-            attend with fused kernels that never hold the full scores (same numbers); ``False``
-            always materialises them.
+            attend with fused kernels that never hold the full scores (same numbers); where
+            hooks only read them (caching), ``z`` still comes from those kernels, so cached and
+            plain runs give the same logits bit for bit; ``False`` always materialises them.
         normalization_type: Always ``"RMS"`` (TransformerLens field, read by ``ActivationCache``).
         final_rms: Always true: a final RMSNorm (``ln_final``) precedes the unembedding.
         attn_only: Always false: every block has an MLP.

@@ -102,3 +102,46 @@ def test_image_embeds_are_batch_first_for_cache_utilities(model):
     single.remove_batch_dim()
     mine = inp.select(1).input_ids[0] == model.cfg.image_token_id
     torch.testing.assert_close(single["hook_image_embeds"][mine], embeds[1][image[1]])
+
+
+@parity("run_with_cache", "works", "its logits equal model(x) bit for bit: where hooks only "
+        "read hook_attn_scores / hook_pattern, z comes from the same fused kernels as a plain "
+        "forward (gradients still flow through pattern @ v); an edited pattern gives "
+        "pattern @ v of the edit")
+@pytest.mark.parametrize("kind", ["text", "image"])
+@pytest.mark.parametrize("grad", [False, True])
+def test_run_with_cache_logits_equal_forward_bit_for_bit(model, kind, grad):
+    inp = model.to_tokens(TEXT) if kind == "text" else images(model)
+    with torch.set_grad_enabled(grad):
+        plain = model(inp)
+        cached, cache = model.run_with_cache(inp)
+        only_patterns, _ = model.run_with_cache(inp, names_filter=lambda n: "pattern" in n)
+    assert "blocks.0.attn.hook_pattern" in cache.keys()
+    assert torch.equal(cached, plain) and torch.equal(only_patterns, plain)
+    assert cached.requires_grad == grad
+    # the cached pattern is the one the run used: z from it is the cached hook_z
+    attn = model.blocks[0].attn
+    v = cache["blocks.0.attn.hook_v"].repeat_interleave(
+        model.cfg.n_heads // model.cfg.n_key_value_heads, dim=2)
+    z = torch.einsum("bhqk,bkhd->bqhd", cache["blocks.0.attn.hook_pattern"], v)
+    torch.testing.assert_close(z, cache["blocks.0.attn.hook_z"], atol=1e-5, rtol=1e-4)
+    assert attn.cfg.fused_attention
+
+
+def test_edited_pattern_and_backward_hooks_still_take_effect(model):
+    inp = images(model)
+    plain = model(inp)
+    name = "blocks.1.attn.hook_pattern"
+
+    def uniform(pattern, hook):  # in place: every query attends equally to keys 0..q
+        causal = torch.ones_like(pattern).tril()
+        pattern.copy_(causal / causal.sum(-1, keepdim=True))
+
+    edited = model.run_with_hooks(inp, fwd_hooks=[(name, uniform)])
+    assert (edited - plain).abs().max() > 1e-3
+    # the gradient of the loss reaches the pattern through the cached run (TL's incl_bwd)
+    loss, cache = model.run_with_cache(inp, return_type="loss", incl_bwd=True,
+                                       names_filter=lambda n: n == name)
+    grad = cache[name + "_grad"]
+    assert grad.shape == cache[name].shape and grad.abs().max() > 0
+    torch.testing.assert_close(loss, model(inp, return_type="loss"), atol=0, rtol=0)
