@@ -234,7 +234,7 @@ class Attention(AttentionWeights, nn.Module):
     # forward -----------------------------------------------------------------------------
     def forward(
         self,
-        x: Float[Tensor, "batch pos d_model"],
+        x: Float[Tensor, "batch pos d_model"] | tuple[Tensor, Tensor, Tensor],
         cos: Float[Tensor, "batch pos d_head"],
         sin: Float[Tensor, "batch pos d_head"],
         mask: Float[Tensor, "batch head_or_1 pos k_pos"],
@@ -244,7 +244,9 @@ class Attention(AttentionWeights, nn.Module):
         """Attend from ``x`` to the cached segments ``past`` and to ``x`` itself.
 
         Args:
-            x: Normalised residual stream of the new tokens.
+            x: Normalised residual stream of the new tokens, or (with ``use_attn_in`` /
+                ``use_split_qkv_input``) the normalised query, key and value inputs per head,
+                ``[batch, pos, head, d_model]`` (K/V: ``kv_head``).
             cos: Rotary cosines of the new tokens' positions.
             sin: Rotary sines of the new tokens' positions.
             mask: Additive mask over ``[past..., new]`` keys (0 keeps, dtype minimum blocks).
@@ -255,10 +257,17 @@ class Attention(AttentionWeights, nn.Module):
             The attention output and this call's own ``(key, value)``, ``[B, H_kv, pos, d_head]``.
         """
         cfg = self.cfg
-        b, s, _ = x.shape
-        q = self.hook_q(self.q_proj(x).view(b, s, cfg.n_heads, cfg.d_head))
-        k = self.hook_k(self.k_proj(x).view(b, s, cfg.n_key_value_heads, cfg.d_head))
-        v = self.hook_v(self.v_proj(x).view(b, s, cfg.n_key_value_heads, cfg.d_head))
+        if isinstance(x, tuple):  # per-head inputs (split q/k/v inputs, hook_attn_in)
+            q, k, v = x
+            b, s = q.shape[:2]
+            q = self.hook_q(torch.einsum("bshm,hmd->bshd", q, self.W_Q) + self.b_Q)
+            k = self.hook_k(torch.einsum("bshm,hmd->bshd", k, self._W_K) + self._b_K)
+            v = self.hook_v(torch.einsum("bshm,hmd->bshd", v, self._W_V) + self._b_V)
+        else:
+            b, s, _ = x.shape
+            q = self.hook_q(self.q_proj(x).view(b, s, cfg.n_heads, cfg.d_head))
+            k = self.hook_k(self.k_proj(x).view(b, s, cfg.n_key_value_heads, cfg.d_head))
+            v = self.hook_v(self.v_proj(x).view(b, s, cfg.n_key_value_heads, cfg.d_head))
         if cfg.decoder.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q = self.hook_rot_q(apply_rotary(q, cos, sin)).transpose(1, 2)

@@ -20,6 +20,8 @@ from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import Slice
 
+from lvlm_lens.model.switches import refuse_if_off, switch_off
+
 #: Hooks whose position axis is not axis 1 of the batch-first tensor: scores and patterns
 #: are ``[batch, head, query_pos, key_pos]``, sliced on the query axis as TransformerLens does.
 _QUERY_AXIS = ("hook_attn_scores", "hook_pattern")
@@ -61,7 +63,9 @@ class CachingMixin:
         """Hooks that store activations (and, with ``incl_bwd``, their gradients) in ``cache``.
 
         As TransformerLens' ``HookedRootModule.get_caching_hooks``, except that ``pos_slice``
-        slices each activation's own position axis (:func:`position_axis`).
+        slices each activation's own position axis (:func:`position_axis`) and conditional
+        points whose switch is off are skipped (refused when ``names_filter`` names them; see
+        :mod:`~lvlm_lens.model.switches`).
 
         Returns:
             The cache dict, the forward hooks and the backward hooks (``(name, fn)`` pairs).
@@ -80,7 +84,10 @@ class CachingMixin:
                 t = pos.apply(t, dim=axis)
             cache[hook.name + suffix] = t
 
-        names = [n for n in self.hook_dict if keep(n)]
+        if isinstance(names_filter, str | list | tuple | set):  # named: refused if it can't fire
+            for n in [names_filter] if isinstance(names_filter, str) else names_filter:
+                refuse_if_off(self.cfg, n)
+        names = [n for n in self.hook_dict if keep(n) and switch_off(self.cfg, n) is None]
         fwd = [(n, save) for n in names]
         bwd = [(n, lambda t, hook: save(t, hook, "_grad")) for n in names] if incl_bwd else []
         return cache, fwd, bwd

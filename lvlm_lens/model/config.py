@@ -86,9 +86,10 @@ class LVLMConfig:
         positional_embedding_type: Always ``"rotary"``.
         original_architecture: HF architecture name of the checkpoint, if known.
         default_prepend_bos: Whether ``to_tokens`` prepends BOS by default.
-        use_split_qkv_input: Always false (TransformerLens field; not supported).
-        use_attn_in: Always false (TransformerLens field; not supported).
-        use_hook_mlp_in: Always false (TransformerLens field; not supported).
+        use_split_qkv_input: Hook ``hook_q_input`` / ``hook_k_input`` / ``hook_v_input`` (a copy
+            of the attention input per head; see :mod:`~lvlm_lens.model.switches`).
+        use_attn_in: Hook ``hook_attn_in`` (the attention input copied per query head).
+        use_hook_mlp_in: Hook ``hook_mlp_in`` (the MLP input before ``ln2``).
         extra: Family-specific settings that have no TransformerLens field.
     """
 

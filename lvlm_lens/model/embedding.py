@@ -24,11 +24,12 @@ def _at_images(
 
 class EmbeddingMixin:
     """Input side of :class:`~lvlm_lens.HookedLVLM` (needs ``cfg``, ``embed``, ``vision``,
-    ``hook_image_embeds`` and ``hook_embed``)."""
+    ``hook_tokens``, ``hook_image_embeds`` and ``hook_embed``)."""
 
     cfg: Any
     embed: Any
     vision: Any
+    hook_tokens: Any
     hook_image_embeds: Any
     hook_embed: Any
 
@@ -70,7 +71,7 @@ class EmbeddingMixin:
     ) -> tuple[Float[Tensor, "batch pos d_model"], list[Tensor] | None]:
         """``embed_input`` and, for DeepStack families, the per-layer features to add at the
         image positions (``[batch, pos, d_model]``, zero elsewhere), from one tower run."""
-        ids = inp.input_ids.to(self.cfg.device)
+        ids = self.hook_tokens(inp.input_ids.to(self.cfg.device))
         is_image = ids == self.cfg.image_token_id
         if self.cfg.image_token_id >= self.cfg.d_vocab:  # out of the table: HF embeds id 0
             x = self.embed(ids.masked_fill(is_image, 0))

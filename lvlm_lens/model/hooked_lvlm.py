@@ -24,13 +24,16 @@ from lvlm_lens.model.kv_cache import HeadSwitch, KVCache
 from lvlm_lens.model.layout import TokenLayout
 from lvlm_lens.model.masks import causal_mask
 from lvlm_lens.model.prepare import prepare_inputs
+from lvlm_lens.model.switches import SwitchesMixin
 from lvlm_lens.model.tokens import TokensMixin
 from lvlm_lens.model.weights import ModelWeights
 
 ReturnType = Literal["logits", "loss", "both"] | None
 
 
-class HookedLVLM(CachingMixin, TokensMixin, EmbeddingMixin, ModelWeights, HookedRootModule):
+class HookedLVLM(
+    SwitchesMixin, CachingMixin, TokensMixin, EmbeddingMixin, ModelWeights, HookedRootModule
+):
     """A vision-language model with TransformerLens hooks: LLaVA-1.5 / NeXT / OneVision,
     Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, InternVL and Idefics3 / SmolVLM
     (:data:`~lvlm_lens.model.families.FAMILIES`).
@@ -46,6 +49,8 @@ class HookedLVLM(CachingMixin, TokensMixin, EmbeddingMixin, ModelWeights, Hooked
     Attributes:
         cfg: The language backbone's configuration (TransformerLens field names).
         embed: Token embedding (``W_E``).
+        hook_tokens: Hook on the token ids ``[batch, pos]`` (image placeholders included)
+            before they are embedded.
         hook_image_embeds: Hook on the projected image embeddings, batch-first
             ``[batch, pos, d_model]``: each at its image position, zero at text positions
             (an edit there is ignored), so TL's cache utilities slice it like any activation.
@@ -75,6 +80,7 @@ class HookedLVLM(CachingMixin, TokensMixin, EmbeddingMixin, ModelWeights, Hooked
         self.cfg = cfg
         lm = language_model(hf_model)
         self.embed = Embed(lm.embed_tokens)
+        self.hook_tokens = HookPoint()
         self.hook_image_embeds = HookPoint()
         self.hook_embed = HookPoint()
         self.vision = FAMILIES[cfg.lvlm_type].vision(hf_model)
@@ -364,10 +370,6 @@ class HookedLVLM(CachingMixin, TokensMixin, EmbeddingMixin, ModelWeights, Hooked
         return greedy_generate(self, input, max_new_tokens, eos_token_id=eos_token_id,
                                return_type=return_type, new_tokens_only=new_tokens_only,
                                verbose=verbose)
-
-    def set_use_attn_result(self, use_attn_result: bool) -> None:
-        """Toggle computing ``blocks.{l}.attn.hook_result`` (per-head outputs)."""
-        self.cfg.use_attn_result = use_attn_result
 
     def __repr__(self) -> str:  # the HF modules inside make the default repr unreadable
         c = self.cfg

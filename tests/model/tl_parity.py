@@ -21,6 +21,7 @@ Status = Literal["works", "differs", "n/a"]
 MODULES = (
     "tests.model.test_tl_tokens",
     "tests.model.test_tl_cache",
+    "tests.model.test_tl_switches",
     "tests.model.test_tl_generate",
     "tests.model.test_tl_analysis",
 )
