@@ -138,10 +138,12 @@ class TransformerBlock(nn.Module):
             return q, q[:, :, :h_kv], q[:, :, :h_kv]
 
         def fork(hook: HookPoint, n: int) -> Tensor:
-            return self.ln1(hook(src[:, :, :n].expand(-1, -1, n, -1).clone()))
+            return hook(src[:, :, :n].expand(-1, -1, n, -1).clone())
 
-        return fork(self.hook_q_input, h), fork(self.hook_k_input, h_kv), fork(
-            self.hook_v_input, h_kv)
+        # TL's order: the three inputs' hooks, then ln1 on each
+        qkv = (fork(self.hook_q_input, h), fork(self.hook_k_input, h_kv),
+               fork(self.hook_v_input, h_kv))
+        return self.ln1(qkv[0]), self.ln1(qkv[1]), self.ln1(qkv[2])
 
 
 class Embed(nn.Module):

@@ -19,6 +19,7 @@ from lvlm_lens.model.caching import CachingMixin
 from lvlm_lens.model.config import LVLMConfig
 from lvlm_lens.model.embedding import EmbeddingMixin
 from lvlm_lens.model.families import FAMILIES, image_text, language_model
+from lvlm_lens.model.forward import ForwardMixin
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.model.kv_cache import HeadSwitch, KVCache
 from lvlm_lens.model.layout import TokenLayout
@@ -28,11 +29,10 @@ from lvlm_lens.model.switches import SwitchesMixin
 from lvlm_lens.model.tokens import TokensMixin
 from lvlm_lens.model.weights import ModelWeights
 
-ReturnType = Literal["logits", "loss", "both"] | None
-
 
 class HookedLVLM(
-    SwitchesMixin, CachingMixin, TokensMixin, EmbeddingMixin, ModelWeights, HookedRootModule
+    ForwardMixin, SwitchesMixin, CachingMixin, TokensMixin, EmbeddingMixin, ModelWeights,
+    HookedRootModule,
 ):
     """A vision-language model with TransformerLens hooks: LLaVA-1.5 / NeXT / OneVision,
     Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, InternVL and Idefics3 / SmolVLM
@@ -269,62 +269,6 @@ class HookedLVLM(
             x, kv = block(x, cos, sin, masks[self.cfg.sliding_windows[layer]], past, alt, extra)
             new_kvs.append(kv)
         return x, new_kvs
-
-    def forward(
-        self,
-        input: LVLMInput | Int[Tensor, "batch pos"] | str | list[str],
-        return_type: ReturnType = "logits",
-        *,
-        loss_per_token: bool = False,
-        past_kv_cache: KVCache | None = None,
-        stop_at_layer: int | None = None,
-        attention_mask: Int[Tensor, "batch pos"] | None = None,
-    ) -> Any:
-        """Run the model.
-
-        Args:
-            input: An :class:`LVLMInput`, token ids (text-only, or bound with :meth:`bind`) or text.
-            return_type: ``"logits"``, ``"loss"`` (next-token loss over real text targets),
-                ``"both"`` or ``None``.
-            loss_per_token: Return the loss per position instead of its mean.
-            past_kv_cache: A prefix cache (from :meth:`run_prefix`); ``input`` then holds only
-                the tokens after it. An unfrozen cache is extended in place.
-            stop_at_layer: Run only blocks ``[0, stop_at_layer)`` and return the residual stream.
-            attention_mask: Mask for a plain token tensor (default: all ones).
-        """
-        inp = self._as_input(input, attention_mask)
-        x, deep = self._embed(inp)
-        mask = inp.attention_mask.to(x.device)
-        layout = self.layout(inp, deepstack=deep)
-        if past_kv_cache is not None and layout.position_ids is not None:
-            # M-RoPE: the input's own (t, h, w) positions, continued after the cached prefix
-            rows = past_kv_cache.rows_per_example(x.shape[0])
-            start = past_kv_cache.start_positions(rows).to(layout.position_ids.device)
-            layout.position_ids = layout.position_ids + start[:, None]
-        resid, new_kvs = self.run_blocks(x, mask, past_kv_cache, stop_at_layer, layout=layout)
-        if past_kv_cache is not None and not past_kv_cache.frozen:
-            past_kv_cache.append(new_kvs, mask)
-        if stop_at_layer is not None:
-            return resid
-        if return_type is None:
-            return None
-        logits = self.unembed(self.ln_final(resid))
-        if return_type == "logits":
-            return logits
-        loss = self.lm_loss(logits, inp, per_token=loss_per_token)
-        return loss if return_type == "loss" else (logits, loss)
-
-    def lm_loss(
-        self, logits: Float[Tensor, "batch pos d_vocab"], inp: LVLMInput, per_token: bool = False
-    ) -> Tensor:
-        """Next-token cross-entropy, counting only real, non-image target tokens."""
-        ids = inp.input_ids.to(logits.device)
-        target_ok = (inp.attention_mask.to(logits.device)[:, 1:] > 0) & (
-            ids[:, 1:] != self.cfg.image_token_id
-        )
-        lp = logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
-        loss = -lp * target_ok
-        return loss if per_token else loss.sum() / target_ok.sum().clamp(min=1)
 
     def run_prefix(
         self, input: LVLMInput | Tensor, length: int | None = None, *, frozen: bool = True
