@@ -1,14 +1,13 @@
 """Image-token ablation: replace chosen projected image tokens by a baseline embedding.
 
 Following Neo et al. ("Towards interpreting visual information processing in VLMs", ICLR'25):
-the projected image embeddings (``hook_image_embeds``, flat ``[n_image_tokens_in_batch,
-d_model]`` in order of appearance, row-major over batch then position) of chosen tokens, e.g.
-object patches, are overwritten with the dataset-mean image token or with another image's
-embedding at the same image-token index. On DeepStack families (Qwen3-VL) the image also
-enters early decoder layers (``blocks.{l}.hook_deepstack``); there the DeepStack features at
-the ablated positions are replaced by the baseline's own (another image's at the same index,
-or the mean feature of each DeepStack layer over the same reference tokens), so an ablated
-token carries nothing of its image.
+the projected image embeddings (``hook_image_embeds``, ``[batch, pos, d_model]``, each at its
+image position) of chosen tokens, e.g. object patches, are overwritten with the dataset-mean
+image token or with another image's embedding at the same image-token index. On DeepStack
+families (Qwen3-VL) the image also enters early decoder layers (``blocks.{l}.hook_deepstack``);
+there the DeepStack features at the ablated positions are replaced by the baseline's own
+(another image's at the same index, or the mean feature of each DeepStack layer over the same
+reference tokens), so an ablated token carries nothing of its image.
 """
 
 from __future__ import annotations
@@ -81,7 +80,8 @@ def mean_image_token(
 
 
 def image_token_mask(inp: LVLMInput, which: Which) -> Bool[Tensor, " n_image_tokens"]:
-    """Which image tokens of the batch to ablate, as a flat mask in ``hook_image_embeds`` order.
+    """Which image tokens of the batch to ablate, as a flat mask over the batch's image tokens
+    in order of appearance (row-major over batch then position).
 
     Args:
         inp: The batch.
@@ -146,8 +146,8 @@ def image_baseline(model: Any, baseline: Baseline) -> ImageBaseline:
 def baseline_embeds(
     model: Any, inp: LVLMInput, baseline: Baseline | Tensor
 ) -> Float[Tensor, "n_image_tokens d_model"] | Float[Tensor, " d_model"]:
-    """Replacement rows for ``hook_image_embeds``: a ``[d_model]`` vector (broadcast to every
-    ablated token) or one row per image token of the batch.
+    """Replacement rows for the image embeddings: a ``[d_model]`` vector (broadcast to every
+    ablated token) or one row per image token of the batch, in order of appearance.
 
     Args:
         model: The :class:`~lvlm_lens.HookedLVLM`.
@@ -185,33 +185,28 @@ def token_ablation_hooks(
     mask = image_token_mask(inp, which).to(model.cfg.device)
     base = image_baseline(model, baseline)
     rows = baseline_embeds(model, inp, base.embeds)
-
-    def hook(embeds: Float[Tensor, "n_image_tokens d_model"], hook: Any) -> Tensor:
-        if embeds.shape[0] != mask.shape[0]:
-            raise ValueError(
-                f"ablation built for {mask.shape[0]} image tokens got {embeds.shape[0]}"
-            )
-        new = rows.to(embeds.dtype).expand_as(embeds)
-        return torch.where(mask[:, None], new, embeds)
-
-    hooks = [(HOOK_NAME, hook)]
-    if base.deepstack is None:
-        return hooks
-    deep = [baseline_embeds(model, inp, d) for d in base.deepstack]
     is_image = (inp.input_ids == model.cfg.image_token_id).to(model.cfg.device)
     ablated = torch.zeros_like(is_image).masked_scatter(is_image, mask)
 
+    def replace(new: Tensor, old: Float[Tensor, "batch pos d_model"], what: str) -> Tensor:
+        if old.shape[:2] != ablated.shape:
+            raise ValueError(f"ablation built for a {tuple(ablated.shape)} batch got {what} "
+                             f"of {tuple(old.shape[:2])}")
+        new = new.to(old.dtype)
+        if new.ndim == 2:  # one row per image token of the batch: place them at their positions
+            new = torch.zeros_like(old).masked_scatter(is_image[..., None], new)
+        return torch.where(ablated[..., None], new, old)
+
+    hooks = [(HOOK_NAME, lambda t, hook: replace(rows, t, "image embeddings"))]
+    if base.deepstack is None:
+        return hooks
+    deep = [baseline_embeds(model, inp, d) for d in base.deepstack]
+
     def deep_hook(feats: Float[Tensor, "batch pos d_model"], hook: Any, layer: int) -> Tensor:
-        if feats.shape[:2] != ablated.shape:
-            raise ValueError(f"ablation built for a {tuple(ablated.shape)} batch got DeepStack "
-                             f"features of {tuple(feats.shape[:2])}")
         if layer >= len(deep):
             raise ValueError(f"the baseline has {len(deep)} DeepStack layers; the model adds "
                              f"DeepStack features after layer {layer} too")
-        new = deep[layer].to(feats.dtype)
-        if new.ndim == 2:
-            new = torch.zeros_like(feats).masked_scatter(is_image[..., None], new)
-        return torch.where(ablated[..., None], new, feats)
+        return replace(deep[layer], feats, "DeepStack features")
 
     for layer in range(model.cfg.n_layers):
         hooks.append((f"blocks.{layer}.hook_deepstack",

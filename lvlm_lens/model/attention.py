@@ -19,7 +19,7 @@ from transformer_lens.hook_points import HookPoint
 
 from lvlm_lens.model.config import LVLMConfig
 from lvlm_lens.model.fused_attention import fused_attention
-from lvlm_lens.model.norm import RMSNorm
+from lvlm_lens.model.norm import RMSNorm, through_hook
 from lvlm_lens.model.weights import AttentionWeights
 
 KV = tuple[
@@ -181,10 +181,15 @@ class Attention(AttentionWeights, nn.Module):
         return out
 
     def fused(self, q: Tensor, segments: list[Segment]) -> bool:
-        """Whether to take the fused branch: no hook reads ``hook_attn_scores`` /
-        ``hook_pattern`` (caching them is a hook), ``cfg.fused_attention`` is on, and no
+        """Whether to take the fused branch without materialising anything: no hook reads
+        ``hook_attn_scores`` / ``hook_pattern`` and :meth:`fusable`."""
+        return self.fusable(q, segments) and not _watched(self.hook_attn_scores,
+                                                          self.hook_pattern)
+
+    def fusable(self, q: Tensor, segments: list[Segment]) -> bool:
+        """Whether the fused kernels may compute ``z``: ``cfg.fused_attention`` is on and no
         gradient must flow through the merge of several segments."""
-        if not self.cfg.fused_attention or _watched(self.hook_attn_scores, self.hook_pattern):
+        if not self.cfg.fused_attention:
             return False
         if len(segments) == 1 or not torch.is_grad_enabled():
             return True
@@ -195,11 +200,29 @@ class Attention(AttentionWeights, nn.Module):
         )
 
     def _materialised(self, q: Tensor, segments: list[Segment], mask: Tensor) -> Tensor:
-        """Attention with full scores and pattern, through their hooks."""
+        """Attention with full scores and pattern, through their hooks.
+
+        Where the hooks only read them (caching: no hook replaced or edited either in place),
+        ``z`` is the fused kernels' when :meth:`fusable`, so ``run_with_cache(x)[0]`` equals
+        ``model(x)`` bit for bit; gradients (backward hooks on the pattern, ``incl_bwd``) flow
+        through ``pattern @ v`` all the same. An edited pattern or edited scores give
+        ``z = pattern @ v`` of the edited tensor."""
         scores = [self._scores(q, seg) for seg in segments]
         scores = scores[0] if len(scores) == 1 else torch.cat(scores, dim=-1)
-        scores = self.hook_attn_scores(scores.add_(mask))  # fresh: no full-size temporary
-        pattern = self.hook_pattern(F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
+        # scores are fresh: the mask is added in place, with no full-size temporary
+        scores, kept = through_hook(self.hook_attn_scores, scores.add_(mask))
+        pattern = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        pattern, kept_pattern = through_hook(self.hook_pattern, pattern)
+        if not (kept and kept_pattern and self.fusable(q, segments)):
+            return self._weighted(pattern, segments)
+        z = fused_attention(q, segments, mask, self.scaling)
+        if not (torch.is_grad_enabled() and pattern.requires_grad):
+            return z
+        dense = self._weighted(pattern, segments)  # the value of z, the gradient of dense
+        return z.detach() + (dense - dense.detach())
+
+    def _weighted(self, pattern: Tensor, segments: list[Segment]) -> Tensor:
+        """``z = pattern @ v`` over the segments."""
         z, start = None, 0
         for seg in segments:
             part = pattern if len(segments) == 1 else pattern[..., start : start + seg.length]
@@ -211,7 +234,7 @@ class Attention(AttentionWeights, nn.Module):
     # forward -----------------------------------------------------------------------------
     def forward(
         self,
-        x: Float[Tensor, "batch pos d_model"],
+        x: Float[Tensor, "batch pos d_model"] | tuple[Tensor, Tensor, Tensor],
         cos: Float[Tensor, "batch pos d_head"],
         sin: Float[Tensor, "batch pos d_head"],
         mask: Float[Tensor, "batch head_or_1 pos k_pos"],
@@ -221,7 +244,9 @@ class Attention(AttentionWeights, nn.Module):
         """Attend from ``x`` to the cached segments ``past`` and to ``x`` itself.
 
         Args:
-            x: Normalised residual stream of the new tokens.
+            x: Normalised residual stream of the new tokens, or (with ``use_attn_in`` /
+                ``use_split_qkv_input``) the normalised query, key and value inputs per head,
+                ``[batch, pos, head, d_model]`` (K/V: ``kv_head``).
             cos: Rotary cosines of the new tokens' positions.
             sin: Rotary sines of the new tokens' positions.
             mask: Additive mask over ``[past..., new]`` keys (0 keeps, dtype minimum blocks).
@@ -232,10 +257,17 @@ class Attention(AttentionWeights, nn.Module):
             The attention output and this call's own ``(key, value)``, ``[B, H_kv, pos, d_head]``.
         """
         cfg = self.cfg
-        b, s, _ = x.shape
-        q = self.hook_q(self.q_proj(x).view(b, s, cfg.n_heads, cfg.d_head))
-        k = self.hook_k(self.k_proj(x).view(b, s, cfg.n_key_value_heads, cfg.d_head))
-        v = self.hook_v(self.v_proj(x).view(b, s, cfg.n_key_value_heads, cfg.d_head))
+        if isinstance(x, tuple):  # per-head inputs (split q/k/v inputs, hook_attn_in)
+            q, k, v = x
+            b, s = q.shape[:2]
+            q = self.hook_q(torch.einsum("bshm,hmd->bshd", q, self.W_Q) + self.b_Q)
+            k = self.hook_k(torch.einsum("bshm,hmd->bshd", k, self._W_K) + self._b_K)
+            v = self.hook_v(torch.einsum("bshm,hmd->bshd", v, self._W_V) + self._b_V)
+        else:
+            b, s, _ = x.shape
+            q = self.hook_q(self.q_proj(x).view(b, s, cfg.n_heads, cfg.d_head))
+            k = self.hook_k(self.k_proj(x).view(b, s, cfg.n_key_value_heads, cfg.d_head))
+            v = self.hook_v(self.v_proj(x).view(b, s, cfg.n_key_value_heads, cfg.d_head))
         if cfg.decoder.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q = self.hook_rot_q(apply_rotary(q, cos, sin)).transpose(1, 2)

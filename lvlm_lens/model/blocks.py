@@ -68,6 +68,7 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, cfg: LVLMConfig, hf_layer: nn.Module, layer: int):
         super().__init__()
+        self.cfg = cfg
         self.layer = layer
         spec = cfg.decoder
         off = spec.norm_offset
@@ -83,7 +84,8 @@ class TransformerBlock(nn.Module):
             self.ln2_post = RMSNorm(hf_layer.post_feedforward_layernorm, off)
         else:
             self.ln2 = RMSNorm(hf_layer.post_attention_layernorm, off)
-        for name in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"):
+        for name in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post",
+                     "attn_in", "q_input", "k_input", "v_input", "mlp_in"):  # last 5: switched
             setattr(self, f"hook_{name}", HookPoint())
         if spec.deepstack:
             self.hook_deepstack = HookPoint()
@@ -103,12 +105,16 @@ class TransformerBlock(nn.Module):
         ``extra`` (Qwen3-VL's DeepStack features) is added to the residual stream after the
         block, through ``hook_deepstack``, as part of ``hook_mlp_out`` (summed after the MLP's
         residual add, as in HF, unless a hook edits ``hook_mlp_out``)."""
+        cfg = self.cfg
         resid_pre = self.hook_resid_pre(x)
-        attn_out, kv = self.attn(self.ln1(resid_pre), cos, sin, mask, past, alt)
+        split = cfg.use_attn_in or cfg.use_split_qkv_input
+        attn_in = self.per_head_inputs(resid_pre) if split else self.ln1(resid_pre)
+        attn_out, kv = self.attn(attn_in, cos, sin, mask, past, alt)
         if self.sandwich:
             attn_out = self.ln1_post(attn_out)
         resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(attn_out))
-        mlp_out = self.mlp(self.ln2(resid_mid))
+        mlp_in = self.hook_mlp_in(resid_mid.clone()) if cfg.use_hook_mlp_in else resid_mid
+        mlp_out = self.mlp(self.ln2(mlp_in))
         if self.sandwich:
             mlp_out = self.ln2_post(mlp_out)
         if extra is None:
@@ -118,6 +124,30 @@ class TransformerBlock(nn.Module):
         # HF adds DeepStack features to the block's output: that order where no hook edited it
         resid_post = (resid_mid + mlp_out) + deep if untouched else resid_mid + total
         return self.hook_resid_post(resid_post), kv
+
+    def per_head_inputs(
+        self, resid_pre: Float[Tensor, "batch pos d_model"]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The attention's normalised query, key and value inputs, one copy per head that
+        reads it (``[batch, pos, head, d_model]``, K/V: ``kv_head``), through ``hook_attn_in``
+        and / or ``hook_q_input`` / ``hook_k_input`` / ``hook_v_input`` (see
+        :mod:`~lvlm_lens.model.switches`)."""
+        cfg = self.cfg
+        h, h_kv = cfg.n_heads, cfg.n_key_value_heads
+        src = resid_pre[:, :, None]
+        if cfg.use_attn_in:
+            src = self.hook_attn_in(src.expand(-1, -1, h, -1).clone())
+        if not cfg.use_split_qkv_input:
+            q = self.ln1(src)
+            return q, q[:, :, :h_kv], q[:, :, :h_kv]
+
+        def fork(hook: HookPoint, n: int) -> Tensor:
+            return hook(src[:, :, :n].expand(-1, -1, n, -1).clone())
+
+        # TL's order: the three inputs' hooks, then ln1 on each
+        qkv = (fork(self.hook_q_input, h), fork(self.hook_k_input, h_kv),
+               fork(self.hook_v_input, h_kv))
+        return self.ln1(qkv[0]), self.ln1(qkv[1]), self.ln1(qkv[2])
 
 
 class Embed(nn.Module):

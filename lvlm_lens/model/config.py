@@ -102,17 +102,19 @@ class LVLMConfig:
         dtype: Dtype of the weights.
         use_attn_result: Compute and hook the per-head output ``blocks.{l}.attn.hook_result``.
         fused_attention: Where no hook reads ``attn.hook_attn_scores`` / ``attn.hook_pattern``,
-            attend with fused kernels that never hold the full scores (same numbers); ``False``
-            always materialises them.
+            attend with fused kernels that never hold the full scores (same numbers); where
+            hooks only read them (caching), ``z`` still comes from those kernels, so cached and
+            plain runs give the same logits bit for bit; ``False`` always materialises them.
         normalization_type: Always ``"RMS"`` (TransformerLens field, read by ``ActivationCache``).
         final_rms: Always true: a final RMSNorm (``ln_final``) precedes the unembedding.
         attn_only: Always false: every block has an MLP.
         positional_embedding_type: Always ``"rotary"``.
         original_architecture: HF architecture name of the checkpoint, if known.
         default_prepend_bos: Whether ``to_tokens`` prepends BOS by default.
-        use_split_qkv_input: Always false (TransformerLens field; not supported).
-        use_attn_in: Always false (TransformerLens field; not supported).
-        use_hook_mlp_in: Always false (TransformerLens field; not supported).
+        use_split_qkv_input: Hook ``hook_q_input`` / ``hook_k_input`` / ``hook_v_input`` (a copy
+            of the attention input per head; see :mod:`~lvlm_lens.model.switches`).
+        use_attn_in: Hook ``hook_attn_in`` (the attention input copied per query head).
+        use_hook_mlp_in: Hook ``hook_mlp_in`` (the MLP input before ``ln2``).
         extra: Family-specific settings that have no TransformerLens field.
     """
 

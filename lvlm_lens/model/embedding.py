@@ -24,16 +24,18 @@ def _at_images(
 
 class EmbeddingMixin:
     """Input side of :class:`~lvlm_lens.HookedLVLM` (needs ``cfg``, ``embed``, ``vision``,
-    ``hook_image_embeds`` and ``hook_embed``)."""
+    ``hook_tokens``, ``hook_image_embeds`` and ``hook_embed``)."""
 
     cfg: Any
     embed: Any
     vision: Any
+    hook_tokens: Any
     hook_image_embeds: Any
     hook_embed: Any
 
     def image_embeddings(self, inp: LVLMInput) -> list[Float[Tensor, "img_tok d_model"]]:
-        """Projected image embeddings of every image in the batch (before ``hook_image_embeds``)."""
+        """Projected image embeddings of every image in the batch (before ``hook_image_embeds``,
+        which fires them placed at their positions, ``[batch, pos, d_model]``)."""
         if inp.image_embeds is not None:
             return inp.image_embeds
         if inp.pixel_values is None:
@@ -69,7 +71,7 @@ class EmbeddingMixin:
     ) -> tuple[Float[Tensor, "batch pos d_model"], list[Tensor] | None]:
         """``embed_input`` and, for DeepStack families, the per-layer features to add at the
         image positions (``[batch, pos, d_model]``, zero elsewhere), from one tower run."""
-        ids = inp.input_ids.to(self.cfg.device)
+        ids = self.hook_tokens(inp.input_ids.to(self.cfg.device))
         is_image = ids == self.cfg.image_token_id
         if self.cfg.image_token_id >= self.cfg.d_vocab:  # out of the table: HF embeds id 0
             x = self.embed(ids.masked_fill(is_image, 0))
@@ -81,7 +83,9 @@ class EmbeddingMixin:
             flat = torch.cat(embeds).to(x.device, x.dtype)
             if flat.shape[0] != n_tok:
                 raise ValueError(f"{n_tok} image tokens but {flat.shape[0]} image embeddings")
-            x = x.masked_scatter(is_image[..., None], self.hook_image_embeds(flat))
+            at = is_image[..., None]
+            placed = self.hook_image_embeds(torch.zeros_like(x).masked_scatter(at, flat))
+            x = torch.where(at, placed, x)
             if feats is not None:
                 deep = _at_images(feats, is_image, x)
         return self.hook_embed(x), deep

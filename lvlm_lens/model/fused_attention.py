@@ -2,8 +2,9 @@
 
 :class:`~lvlm_lens.model.attention.Attention` takes this branch when no hook reads
 ``hook_attn_scores`` / ``hook_pattern`` (a plain forward, a KV cache, ``generate``, the head
-ablation engine). It computes exactly what the materialised branch computes, with
-``scaled_dot_product_attention`` kernels instead of full score tensors:
+ablation engine), and for ``z`` where hooks there only read them (caching). It computes
+exactly what the materialised branch computes, with ``scaled_dot_product_attention`` kernels
+instead of full score tensors:
 
 - One segment (a plain forward): ``F.scaled_dot_product_attention`` on it.
 - Several segments (a cached prefix + the new tokens): each segment is attended on its own,

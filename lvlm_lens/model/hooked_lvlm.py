@@ -10,27 +10,30 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
-from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
 from lvlm_lens.model.attention import KV, Segment, SelfAlternative
 from lvlm_lens.model.blocks import Embed, RMSNorm, TransformerBlock, Unembed
+from lvlm_lens.model.caching import CachingMixin
 from lvlm_lens.model.config import LVLMConfig
 from lvlm_lens.model.embedding import EmbeddingMixin
 from lvlm_lens.model.families import FAMILIES, image_text, language_model
+from lvlm_lens.model.forward import ForwardMixin
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.model.kv_cache import HeadSwitch, KVCache
 from lvlm_lens.model.layout import TokenLayout
 from lvlm_lens.model.masks import causal_mask
 from lvlm_lens.model.prepare import prepare_inputs
+from lvlm_lens.model.switches import SwitchesMixin
 from lvlm_lens.model.tokens import TokensMixin
 from lvlm_lens.model.weights import ModelWeights
 
-ReturnType = Literal["logits", "loss", "both"] | None
 
-
-class HookedLVLM(TokensMixin, EmbeddingMixin, ModelWeights, HookedRootModule):
+class HookedLVLM(
+    ForwardMixin, SwitchesMixin, CachingMixin, TokensMixin, EmbeddingMixin, ModelWeights,
+    HookedRootModule,
+):
     """A vision-language model with TransformerLens hooks: LLaVA-1.5 / NeXT / OneVision / OV-1.5,
     Qwen2-VL, Qwen2.5-VL, Qwen3-VL (dense and MoE), Gemma 3, InternVL and Idefics3 / SmolVLM
     (:data:`~lvlm_lens.model.families.FAMILIES`).
@@ -46,8 +49,11 @@ class HookedLVLM(TokensMixin, EmbeddingMixin, ModelWeights, HookedRootModule):
     Attributes:
         cfg: The language backbone's configuration (TransformerLens field names).
         embed: Token embedding (``W_E``).
-        hook_image_embeds: Hook on the projected image embeddings, flat
-            ``[n_image_tokens_in_batch, d_model]`` in order of appearance.
+        hook_tokens: Hook on the token ids ``[batch, pos]`` (image placeholders included)
+            before they are embedded.
+        hook_image_embeds: Hook on the projected image embeddings, batch-first
+            ``[batch, pos, d_model]``: each at its image position, zero at text positions
+            (an edit there is ignored), so TL's cache utilities slice it like any activation.
         hook_embed: Hook on the token embeddings with the image embeddings spliced in.
         vision: The HF vision tower, projector and image packing (the family's vision side).
         blocks: The decoder blocks (``blocks[l].attn``, ``blocks[l].mlp``, ``ln1``, ``ln2``;
@@ -74,6 +80,7 @@ class HookedLVLM(TokensMixin, EmbeddingMixin, ModelWeights, HookedRootModule):
         self.cfg = cfg
         lm = language_model(hf_model)
         self.embed = Embed(lm.embed_tokens)
+        self.hook_tokens = HookPoint()
         self.hook_image_embeds = HookPoint()
         self.hook_embed = HookPoint()
         self.vision = FAMILIES[cfg.lvlm_type].vision(hf_model)
@@ -263,62 +270,6 @@ class HookedLVLM(TokensMixin, EmbeddingMixin, ModelWeights, HookedRootModule):
             new_kvs.append(kv)
         return x, new_kvs
 
-    def forward(
-        self,
-        input: LVLMInput | Int[Tensor, "batch pos"] | str | list[str],
-        return_type: ReturnType = "logits",
-        *,
-        loss_per_token: bool = False,
-        past_kv_cache: KVCache | None = None,
-        stop_at_layer: int | None = None,
-        attention_mask: Int[Tensor, "batch pos"] | None = None,
-    ) -> Any:
-        """Run the model.
-
-        Args:
-            input: An :class:`LVLMInput`, token ids (text-only, or bound with :meth:`bind`) or text.
-            return_type: ``"logits"``, ``"loss"`` (next-token loss over real text targets),
-                ``"both"`` or ``None``.
-            loss_per_token: Return the loss per position instead of its mean.
-            past_kv_cache: A prefix cache (from :meth:`run_prefix`); ``input`` then holds only
-                the tokens after it. An unfrozen cache is extended in place.
-            stop_at_layer: Run only blocks ``[0, stop_at_layer)`` and return the residual stream.
-            attention_mask: Mask for a plain token tensor (default: all ones).
-        """
-        inp = self._as_input(input, attention_mask)
-        x, deep = self._embed(inp)
-        mask = inp.attention_mask.to(x.device)
-        layout = self.layout(inp, deepstack=deep)
-        if past_kv_cache is not None and layout.position_ids is not None:
-            # M-RoPE: the input's own (t, h, w) positions, continued after the cached prefix
-            rows = past_kv_cache.rows_per_example(x.shape[0])
-            start = past_kv_cache.start_positions(rows).to(layout.position_ids.device)
-            layout.position_ids = layout.position_ids + start[:, None]
-        resid, new_kvs = self.run_blocks(x, mask, past_kv_cache, stop_at_layer, layout=layout)
-        if past_kv_cache is not None and not past_kv_cache.frozen:
-            past_kv_cache.append(new_kvs, mask)
-        if stop_at_layer is not None:
-            return resid
-        if return_type is None:
-            return None
-        logits = self.unembed(self.ln_final(resid))
-        if return_type == "logits":
-            return logits
-        loss = self.lm_loss(logits, inp, per_token=loss_per_token)
-        return loss if return_type == "loss" else (logits, loss)
-
-    def lm_loss(
-        self, logits: Float[Tensor, "batch pos d_vocab"], inp: LVLMInput, per_token: bool = False
-    ) -> Tensor:
-        """Next-token cross-entropy, counting only real, non-image target tokens."""
-        ids = inp.input_ids.to(logits.device)
-        target_ok = (inp.attention_mask.to(logits.device)[:, 1:] > 0) & (
-            ids[:, 1:] != self.cfg.image_token_id
-        )
-        lp = logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
-        loss = -lp * target_ok
-        return loss if per_token else loss.sum() / target_ok.sum().clamp(min=1)
-
     def run_prefix(
         self, input: LVLMInput | Tensor, length: int | None = None, *, frozen: bool = True
     ) -> KVCache:
@@ -346,29 +297,6 @@ class HookedLVLM(TokensMixin, EmbeddingMixin, ModelWeights, HookedRootModule):
         return resid, KVCache([k for k, _ in kvs], [v for _, v in kvs], mask, frozen=frozen,
                               next_position=layout.next_positions(mask))
 
-    def run_with_cache(
-        self,
-        *model_args: Any,
-        names_filter: Any = None,
-        device: Any = None,
-        remove_batch_dim: bool = False,
-        return_cache_object: bool = True,
-        **kwargs: Any,
-    ) -> tuple[Any, ActivationCache | dict[str, Tensor]]:
-        """Run the model and cache activations (an ``ActivationCache`` by default)."""
-        if remove_batch_dim and model_args and len(self._as_input(model_args[0])) != 1:
-            raise ValueError("remove_batch_dim=True needs a batch of one example")
-        out, cache = super().run_with_cache(
-            *model_args,
-            names_filter=names_filter,
-            device=device,
-            remove_batch_dim=remove_batch_dim,
-            **kwargs,
-        )
-        if return_cache_object:
-            cache = ActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
-        return out, cache
-
     def generate(
         self,
         input: LVLMInput | Tensor | str | list[str],
@@ -386,10 +314,6 @@ class HookedLVLM(TokensMixin, EmbeddingMixin, ModelWeights, HookedRootModule):
         return greedy_generate(self, input, max_new_tokens, eos_token_id=eos_token_id,
                                return_type=return_type, new_tokens_only=new_tokens_only,
                                verbose=verbose)
-
-    def set_use_attn_result(self, use_attn_result: bool) -> None:
-        """Toggle computing ``blocks.{l}.attn.hook_result`` (per-head outputs)."""
-        self.cfg.use_attn_result = use_attn_result
 
     def __repr__(self) -> str:  # the HF modules inside make the default repr unreadable
         c = self.cfg

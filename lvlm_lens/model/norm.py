@@ -10,10 +10,16 @@ from transformer_lens.hook_points import HookPoint
 
 def through_hook(hook: HookPoint, t: Tensor) -> tuple[Tensor, bool]:
     """``hook(t)`` and whether ``t`` came through unchanged (no hook replaced it or edited it
-    in place), so a computation may then take an order of operations that rounds as HF's."""
+    in place), so a computation may then take an order of operations that rounds as HF's.
+    A backward hook's alias of ``t`` (same storage, shape and strides) counts as ``t``."""
     version = t._version
     out = hook(t)
-    return out, out is t and t._version == version
+    same = out is t or (
+        isinstance(out, Tensor)
+        and out.data_ptr() == t.data_ptr()
+        and (out.shape, out.stride(), out.dtype) == (t.shape, t.stride(), t.dtype)
+    )
+    return out, same and t._version == version
 
 
 class RMSNorm(nn.Module):

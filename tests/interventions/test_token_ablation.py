@@ -207,18 +207,23 @@ def test_qwen3_vl_mean_token_equals_hand_edited_embeddings_and_deepstack(qwen3):
 
 
 def test_qwen3_vl_hooks_refuse_another_batch_naming_both_sizes(qwen3):
-    """Hooks built for one batch and run on the same images under longer prompts: the image
-    embeddings fit (same count), the DeepStack features do not (another ``[batch, pos]``); on
-    one example of the batch the image embeddings do not (fewer tokens)."""
+    """Hooks built for one batch and run on the same images under longer prompts, or on one
+    example of the batch: the image embeddings (batch-first, ``[batch, pos, d_model]``) and the
+    DeepStack features no longer fit, and the refusal names both shapes."""
     inp = batch(qwen3, 1)
     images = [noise_image(h, w, 1 + i) for i, (h, w) in enumerate(SIZES)]
     longer = qwen3.prepare(images, [p + " please answer" for p in PROMPTS])
     assert longer.shape[1] > inp.shape[1]
     hooks = token_ablation_hooks(qwen3, inp, "image", mean_image_baseline(qwen3, [inp]))
-    want = (rf"ablation built for a {tuple(inp.shape)} batch got DeepStack features of "
-            rf"{tuple(longer.shape)}").replace("(", r"\(").replace(")", r"\)")
-    with pytest.raises(ValueError, match=want):
+
+    def want(what, other):
+        return (rf"ablation built for a {tuple(inp.shape)} batch got {what} of "
+                rf"{tuple(other.shape)}").replace("(", r"\(").replace(")", r"\)")
+
+    with pytest.raises(ValueError, match=want("image embeddings", longer)):
         qwen3.run_with_hooks(longer, fwd_hooks=hooks)
-    n, first = int(inp.groups["image"].sum()), int(inp.groups["image"][0].sum())
-    with pytest.raises(ValueError, match=f"ablation built for {n} image tokens got {first}$"):
-        qwen3.run_with_hooks(inp.select([0]), fwd_hooks=hooks)
+    with pytest.raises(ValueError, match=want("DeepStack features", longer)):
+        qwen3.run_with_hooks(longer, fwd_hooks=hooks[1:])
+    one = inp.select([0])
+    with pytest.raises(ValueError, match=want("image embeddings", one)):
+        qwen3.run_with_hooks(one, fwd_hooks=hooks)

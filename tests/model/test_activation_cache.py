@@ -27,7 +27,7 @@ def test_hook_names_and_shapes(model, inp):
     b, t = inp.shape
     cfg = model.cfg
     assert cache["hook_embed"].shape == (b, t, cfg.d_model)
-    assert cache["hook_image_embeds"].shape == (int(inp.groups["image"].sum()), cfg.d_model)
+    assert cache["hook_image_embeds"].shape == (b, t, cfg.d_model)  # batch-first, as TL's
     assert cache["blocks.1.attn.hook_q"].shape == (b, t, cfg.n_heads, cfg.d_head)
     assert cache["blocks.1.attn.hook_k"].shape == (b, t, cfg.n_key_value_heads, cfg.d_head)
     assert cache["blocks.1.attn.hook_pattern"].shape == (b, cfg.n_heads, t, t)
@@ -35,7 +35,7 @@ def test_hook_names_and_shapes(model, inp):
     assert cache["ln_final.hook_scale"].shape == (b, t, 1)
     # hook_embed holds the spliced image embeddings at the image positions
     image = inp.groups["image"]
-    assert torch.equal(cache["hook_embed"][image], cache["hook_image_embeds"])
+    assert torch.equal(cache["hook_embed"][image], cache["hook_image_embeds"][image])
     # the unembedding of the final residual stream gives the logits
     final = cache[f"blocks.{cfg.n_layers - 1}.hook_resid_post"]
     assert torch.allclose(model.unembed(model.ln_final(final)), logits, atol=1e-5)

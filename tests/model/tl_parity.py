@@ -20,6 +20,9 @@ Status = Literal["works", "differs", "n/a"]
 #: The test modules that declare parity entries, in the table's order.
 MODULES = (
     "tests.model.test_tl_tokens",
+    "tests.model.test_tl_cache",
+    "tests.model.test_tl_switches",
+    "tests.model.test_tl_forward",
     "tests.model.test_tl_generate",
     "tests.model.test_tl_analysis",
 )

@@ -1,0 +1,121 @@
+"""Activation caching of :class:`~lvlm_lens.HookedLVLM` with TransformerLens' semantics.
+
+Every cached activation is batch-first, the image embeddings included (``hook_image_embeds``
+fires ``[batch, pos, d_model]``), so ``ActivationCache.remove_batch_dim()``,
+``apply_slice_to_batch_dim()`` and per-example slicing pick the right rows. ``pos_slice``
+slices the position axis of every activation: axis 1 of ``[batch, pos, ...]`` hooks
+(``hook_q`` / ``hook_rot_q`` / ``hook_z`` / ``hook_result``, whose head axis comes after the
+position), the query axis (2) of ``hook_attn_scores`` / ``hook_pattern``. TransformerLens
+picks the axis from the end of the tensor by the hook's name instead, which slices the head
+axis of ``hook_rot_q`` / ``hook_rot_k``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor
+from transformer_lens.ActivationCache import ActivationCache
+from transformer_lens.hook_points import HookPoint
+from transformer_lens.utilities import Slice
+
+from lvlm_lens.model.switches import refuse_if_off, switch_off
+
+#: Hooks whose position axis is not axis 1 of the batch-first tensor: scores and patterns
+#: are ``[batch, head, query_pos, key_pos]``, sliced on the query axis as TransformerLens does.
+_QUERY_AXIS = ("hook_attn_scores", "hook_pattern")
+
+
+def position_axis(name: str) -> int:
+    """The position axis of the batch-first activation of hook ``name`` (query axis of scores
+    and patterns)."""
+    return 2 if name.endswith(_QUERY_AXIS) else 1
+
+
+def _names_filter(names_filter: Any) -> Callable[[str], bool]:
+    if names_filter is None:
+        return lambda name: True
+    if isinstance(names_filter, str):
+        return lambda name: name == names_filter
+    if isinstance(names_filter, list | tuple | set):
+        wanted = set(names_filter)
+        return lambda name: name in wanted
+    if callable(names_filter):
+        return names_filter
+    raise ValueError("names_filter must be None, a hook name, a list of hook names or a "
+                     f"function of the name, got {type(names_filter).__name__}")
+
+
+class CachingMixin:
+    """``run_with_cache`` / ``get_caching_hooks`` of :class:`~lvlm_lens.HookedLVLM` (needs
+    TransformerLens' ``HookedRootModule`` after it in the bases, and ``_as_input``)."""
+
+    def get_caching_hooks(
+        self,
+        names_filter: Any = None,
+        incl_bwd: bool = False,
+        device: Any = None,
+        remove_batch_dim: bool = False,
+        cache: dict | None = None,
+        pos_slice: Any = None,
+    ) -> tuple[dict, list, list]:
+        """Hooks that store activations (and, with ``incl_bwd``, their gradients) in ``cache``.
+
+        As TransformerLens' ``HookedRootModule.get_caching_hooks``, except that ``pos_slice``
+        slices each activation's own position axis (:func:`position_axis`) and conditional
+        points whose switch is off are skipped (refused when ``names_filter`` names them; see
+        :mod:`~lvlm_lens.model.switches`).
+
+        Returns:
+            The cache dict, the forward hooks and the backward hooks (``(name, fn)`` pairs).
+        """
+        cache = {} if cache is None else cache
+        keep = _names_filter(names_filter)
+        pos = Slice.unwrap(pos_slice)
+        self.is_caching = True
+
+        def save(tensor: Tensor, hook: HookPoint, suffix: str = "") -> None:
+            t = tensor.detach().to(device)
+            axis = position_axis(hook.name)
+            if remove_batch_dim and t.ndim > 0 and t.shape[0] == 1:
+                t, axis = t[0], axis - 1
+            if t.ndim > axis:
+                t = pos.apply(t, dim=axis)
+            cache[hook.name + suffix] = t
+
+        if isinstance(names_filter, str | list | tuple | set):  # named: refused if it can't fire
+            for n in [names_filter] if isinstance(names_filter, str) else names_filter:
+                refuse_if_off(self.cfg, n)
+        names = [n for n in self.hook_dict if keep(n) and switch_off(self.cfg, n) is None]
+        fwd = [(n, save) for n in names]
+        bwd = [(n, lambda t, hook: save(t, hook, "_grad")) for n in names] if incl_bwd else []
+        return cache, fwd, bwd
+
+    def run_with_cache(
+        self,
+        *model_args: Any,
+        names_filter: Any = None,
+        device: Any = None,
+        remove_batch_dim: bool = False,
+        return_cache_object: bool = True,
+        **kwargs: Any,
+    ) -> tuple[Any, ActivationCache | dict[str, Tensor]]:
+        """Run the model and cache activations (an ``ActivationCache`` by default).
+
+        Keywords as TransformerLens' (``incl_bwd``, ``pos_slice``, ``reset_hooks_end``,
+        ``clear_contexts``; the rest go to the forward); see :class:`CachingMixin`'s module
+        for the shapes and how ``pos_slice`` slices.
+        """
+        if remove_batch_dim and model_args and len(self._as_input(model_args[0])) != 1:
+            raise ValueError("remove_batch_dim=True needs a batch of one example")
+        out, cache = super().run_with_cache(  # type: ignore[misc]
+            *model_args,
+            names_filter=names_filter,
+            device=device,
+            remove_batch_dim=remove_batch_dim,
+            **kwargs,
+        )
+        if return_cache_object:
+            cache = ActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
+        return out, cache

@@ -1,0 +1,147 @@
+"""TransformerLens' cache semantics on HookedLVLM: ``run_with_cache(pos_slice=)`` slices the
+position axis of every activation (the query axis of scores and patterns), and every cached
+activation, the image embeddings included, is batch-first, so ``ActivationCache``'s
+``remove_batch_dim``, ``apply_slice_to_batch_dim`` and per-example slicing pick the right
+rows; on the toy and on a tiny grouped-query checkpoint, with a text prompt and an image input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformer_lens.utilities import Slice
+
+from lvlm_lens import HookedLVLM
+from lvlm_lens.toy import load_toy
+from tests.helpers import PROMPTS, noise_image
+from tests.model.tl_parity import parity
+
+TEXT = "what is the main object in this image ?"
+
+
+@pytest.fixture(scope="module", params=["toy", "qwen2-gqa"])
+def model(request, tiny_checkpoint):
+    if request.param == "toy":
+        return load_toy()
+    m = HookedLVLM.from_pretrained(tiny_checkpoint("llava-onevision-qwen2"))
+    assert m.cfg.n_key_value_heads < m.cfg.n_heads  # grouped-query attention
+    return m
+
+
+def images(model):
+    """Two examples with images of different sizes (and so, on the GQA checkpoint, different
+    image-token counts)."""
+    return model.prepare([noise_image(48, 48, 3), noise_image(30, 60, 4)], PROMPTS)
+
+
+def position_axis_by_size(full: torch.Tensor, t: int) -> int:
+    """The position axis found from the shape alone: the first axis after the batch of size
+    ``t`` (for ``[batch, head, q, k]`` patterns, the query axis)."""
+    axes = [a for a in range(1, full.ndim) if full.shape[a] == t]
+    assert axes, f"no axis of size {t} in {tuple(full.shape)}"
+    if len(axes) > 1:
+        assert full.ndim == 4 and axes == [2, 3], f"ambiguous position axis in {full.shape}"
+    return axes[0]
+
+
+@parity("run_with_cache(pos_slice=)", "works", "slices the position axis of every activation "
+        "(query axis of hook_attn_scores / hook_pattern), hook_rot_q / hook_rot_k and the image "
+        "embeddings included, where TL's rule by hook name slices hook_rot_q's head axis")
+@pytest.mark.parametrize("kind", ["text", "image"])
+@pytest.mark.parametrize("pos", [-1, (1, 4), [0, 2, 3]])
+def test_pos_slice_slices_every_position_axis(model, kind, pos):
+    inp = model.to_tokens(TEXT) if kind == "text" else images(model)
+    t = inp.shape[1]
+    _, full = model.run_with_cache(inp)
+    _, cut = model.run_with_cache(inp, pos_slice=pos)
+    assert set(cut.keys()) == set(full.keys())
+    assert "blocks.0.attn.hook_rot_q" in full.keys()
+    if kind == "image":
+        assert "hook_image_embeds" in full.keys()
+    for name in full.keys():
+        axis = position_axis_by_size(full[name], t)
+        assert torch.equal(cut[name], Slice.unwrap(pos).apply(full[name], dim=axis)), name
+
+
+@parity("run_with_cache(remove_batch_dim=)", "works", "with pos_slice too; refused with a "
+        "ValueError for a batch of more than one")
+@pytest.mark.parametrize("kind", ["text", "image"])
+def test_remove_batch_dim_with_pos_slice(model, kind):
+    inp = model.to_tokens(TEXT) if kind == "text" else images(model).select(1)
+    _, full = model.run_with_cache(inp)
+    _, one = model.run_with_cache(inp, remove_batch_dim=True, pos_slice=(1, 3))
+    assert not one.has_batch_dim
+    for name in full.keys():
+        axis = position_axis_by_size(full[name], inp.shape[1])
+        want = Slice.unwrap((1, 3)).apply(full[name][0], dim=axis - 1)
+        assert torch.equal(one[name], want), name
+
+
+@parity("ActivationCache.apply_slice_to_batch_dim / remove_batch_dim", "differs",
+        "work on image inputs: every activation is batch-first, hook_image_embeds too, which "
+        "fires [batch, pos, d_model] (each image embedding at its position, zero at text "
+        "positions) where it used to fire a flat [n_image_tokens, d_model]")
+def test_image_embeds_are_batch_first_for_cache_utilities(model):
+    inp = images(model)
+    b, t = inp.shape
+    _, cache = model.run_with_cache(inp)
+    embeds = cache["hook_image_embeds"]
+    image = inp.input_ids == model.cfg.image_token_id
+    assert embeds.shape == (b, t, model.cfg.d_model)
+    assert torch.equal(embeds[image], cache["hook_embed"][image])
+    assert torch.equal(embeds[~image], torch.zeros_like(embeds[~image]))
+    for e in range(b):
+        row = cache.apply_slice_to_batch_dim(e)
+        assert not row.has_batch_dim
+        for name in cache.keys():  # every entry loses its batch axis and keeps row e
+            assert torch.equal(row[name], cache[name][e]), name
+        alone = cache.apply_slice_to_batch_dim([e])
+        alone.remove_batch_dim()
+        assert torch.equal(alone["hook_image_embeds"], embeds[e])
+    # the image embeddings of example 1 run alone are those of its row in the batch
+    _, single = model.run_with_cache(inp.select(1))
+    single.remove_batch_dim()
+    mine = inp.select(1).input_ids[0] == model.cfg.image_token_id
+    torch.testing.assert_close(single["hook_image_embeds"][mine], embeds[1][image[1]])
+
+
+@parity("run_with_cache", "works", "its logits equal model(x) bit for bit: where hooks only "
+        "read hook_attn_scores / hook_pattern, z comes from the same fused kernels as a plain "
+        "forward (gradients still flow through pattern @ v); an edited pattern gives "
+        "pattern @ v of the edit")
+@pytest.mark.parametrize("kind", ["text", "image"])
+@pytest.mark.parametrize("grad", [False, True])
+def test_run_with_cache_logits_equal_forward_bit_for_bit(model, kind, grad):
+    inp = model.to_tokens(TEXT) if kind == "text" else images(model)
+    with torch.set_grad_enabled(grad):
+        plain = model(inp)
+        cached, cache = model.run_with_cache(inp)
+        only_patterns, _ = model.run_with_cache(inp, names_filter=lambda n: "pattern" in n)
+    assert "blocks.0.attn.hook_pattern" in cache.keys()
+    assert torch.equal(cached, plain) and torch.equal(only_patterns, plain)
+    assert cached.requires_grad == grad
+    # the cached pattern is the one the run used: z from it is the cached hook_z
+    attn = model.blocks[0].attn
+    v = cache["blocks.0.attn.hook_v"].repeat_interleave(
+        model.cfg.n_heads // model.cfg.n_key_value_heads, dim=2)
+    z = torch.einsum("bhqk,bkhd->bqhd", cache["blocks.0.attn.hook_pattern"], v)
+    torch.testing.assert_close(z, cache["blocks.0.attn.hook_z"], atol=1e-5, rtol=1e-4)
+    assert attn.cfg.fused_attention
+
+
+def test_edited_pattern_and_backward_hooks_still_take_effect(model):
+    inp = images(model)
+    plain = model(inp)
+    name = "blocks.1.attn.hook_pattern"
+
+    def uniform(pattern, hook):  # in place: every query attends equally to keys 0..q
+        causal = torch.ones_like(pattern).tril()
+        pattern.copy_(causal / causal.sum(-1, keepdim=True))
+
+    edited = model.run_with_hooks(inp, fwd_hooks=[(name, uniform)])
+    assert (edited - plain).abs().max() > 1e-3
+    # the gradient of the loss reaches the pattern through the cached run (TL's incl_bwd)
+    loss, cache = model.run_with_cache(inp, return_type="loss", incl_bwd=True,
+                                       names_filter=lambda n: n == name)
+    grad = cache[name + "_grad"]
+    assert grad.shape == cache[name].shape and grad.abs().max() > 0
+    torch.testing.assert_close(loss, model(inp, return_type="loss"), atol=0, rtol=0)
