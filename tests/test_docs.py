@@ -96,9 +96,16 @@ def test_hook_table_lists_every_hook_with_its_rank():
         table |= {prefix + name: len(shape.split(",")) for name, shape in rows}
     model = load_toy(device="cpu")
     model.set_use_attn_result(True)
+    model.set_use_hook_mlp_in(True)
     rec = synthetic_records(1, seed=0)[0]
-    _, cache = model.run_with_cache(model.prepare(rec.image, rec.prompt))
-    model.set_use_attn_result(False)
-    seen = {re.sub(r"^blocks\.\d+\.", "blocks.{l}.", n): v.ndim for n, v in cache.items()}
+    inp = model.prepare(rec.image, rec.prompt)
+    _, cache = model.run_with_cache(inp)
+    model.set_use_attn_in(True)  # these two make ln1 per head: only their own points here
+    model.set_use_split_qkv_input(True)
+    _, split = model.run_with_cache(inp, names_filter=lambda n: n.endswith(("_input", "attn_in")))
+    for switch in ("attn_result", "hook_mlp_in", "attn_in", "split_qkv_input"):
+        getattr(model, f"set_use_{switch}")(False)
+    both = {**dict(cache.items()), **dict(split.items())}
+    seen = {re.sub(r"^blocks\.\d+\.", "blocks.{l}.", n): v.ndim for n, v in both.items()}
     assert set(table) == set(seen), (set(seen) - set(table), set(table) - set(seen))
     assert table == seen
