@@ -41,6 +41,39 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# what a run writes at the top of ``out``: all that ``--overwrite`` may remove
+RUN_ENTRIES = frozenset({
+    "run.json", "examples", "chunks", "comparison", "attribution", "attribution.csv",
+    "attribution.json", "attribution.safetensors", "rankings.safetensors", "curves.safetensors",
+    "views", "views.json", "views.safetensors", "summary.json", "claims.json", "paired.csv",
+    "heads_needed.csv", "flow.csv", "knockout.csv", "report.html", "figures",
+})  # fmt: skip
+
+
+def _is_run_entry(path: Path) -> bool:
+    name = path.name
+    return name in RUN_ENTRIES or (path.is_file() and name.endswith(".png")) or (
+        name.startswith(".") and name.endswith(".tmp")
+    )
+
+
+def discard_run(out: Path) -> None:
+    """Remove the files a run wrote in ``out``; refuse (before removing anything) if the folder
+    holds anything else, so ``--overwrite`` never deletes a user's data or model."""
+    foreign = sorted(p.name for p in out.iterdir() if not _is_run_entry(p))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise SystemExit(
+            f"--out {out} holds files no run wrote ({shown}): --overwrite removes only a run's "
+            "files, so move those away or pass another --out"
+        )
+    for entry in out.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
 def check_out_dir(opts: RunOptions, overwrite: bool, shard: Shard) -> Path:
     """Create ``out`` or check that it belongs to a run with the same options."""
     out = Path(opts.out)
@@ -60,7 +93,7 @@ def check_out_dir(opts: RunOptions, overwrite: bool, shard: Shard) -> Path:
                     "--overwrite to discard it"
                 )
             if shard.rank == 0:
-                shutil.rmtree(out)
+                discard_run(out)
     shard.barrier()
     try:
         for sub in ("examples", "chunks"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -107,6 +108,9 @@ def test_changed_argument_is_refused(tiny_checkpoint, data_folder, tmp_path):
         cli(*attribute_args(model, data_folder, out, 48)), **RUN | {"check": False, "text": True}
     )
     assert again.returncode != 0 and "n_masks" in again.stderr and "--overwrite" in again.stderr
+    # --overwrite recognises everything a full run wrote (report, figures, views) as its own
+    subprocess.run(cli(*attribute_args(model, data_folder, out, 48), "--overwrite"), **RUN)
+    assert json.loads((out / "run.json").read_text())["attribution"]["n_masks"] == 48
 
 
 def test_torchrun_two_processes_equal_one(tiny_checkpoint, data_folder, tmp_path):

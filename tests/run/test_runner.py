@@ -78,6 +78,29 @@ def test_changed_options_are_refused_unless_overwrite(model, tmp_path):
     assert json.loads((out["out"] / "run.json").read_text())["attribution"]["rate"] == 0.3
 
 
+def test_overwrite_never_deletes_files_the_run_did_not_write(model, tmp_path):
+    """--out pointed at a folder with the user's data: --overwrite refuses, naming the foreign
+    files, and removes nothing; once they are moved away it discards only the run."""
+    recs = records(model, 1)
+    refs = [noise_image(20, 20, 50)]
+    first = run_attribution(model, recs, options(tmp_path), reference_images=refs)
+    out = first["out"]
+    (out / "data.csv").write_text("image,prompt,answer\n")
+    (out / "images").mkdir()
+    (out / "images" / "a.png").write_bytes(b"user image")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    changed = options(tmp_path)
+    changed.attribution.rate = 0.3
+    with pytest.raises(SystemExit, match=r"holds files no run wrote \(data\.csv, images\)"):
+        run_attribution(model, recs, changed, reference_images=refs, overwrite=True)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing removed
+    (out / "data.csv").unlink()
+    (out / "images" / "a.png").unlink()
+    (out / "images").rmdir()
+    again = run_attribution(model, recs, changed, reference_images=refs, overwrite=True)
+    assert json.loads((again["out"] / "run.json").read_text())["attribution"]["rate"] == 0.3
+
+
 def test_wrong_answers_are_excluded_and_reported(model, tmp_path):
     recs = records(model, 3)
     wrong = next(w for w in ("star", "circle") if w != recs[1].answer)
