@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 test: venv
 	$(VENV)/bin/lint-imports
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir $(DOCS_SITE)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=10 tests
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q --nbmake --nbmake-timeout=600 notebooks
 
 # The documentation site (mkdocs.yml): built into site/, or served with live reload.
