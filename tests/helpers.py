@@ -72,3 +72,16 @@ def check_engine_equals_reference(model, inp, baseline, scope, n_masks, batch_si
     assert fast.shape == (2, n_masks)
     assert (fast - ref).abs().max() <= 1e-4
     assert ref.std() > 1e-3  # the masks do change the metric
+
+
+def toy_or_gqa(kind: str, tiny_checkpoint):
+    """The two models the TransformerLens-parity tests run on: the shipped toy (``"toy"``) or a
+    tiny checkpoint with grouped-query attention (``"qwen2-gqa"``)."""
+    from lvlm_lens import HookedLVLM
+    from lvlm_lens.toy import load_toy
+
+    if kind == "toy":
+        return load_toy()
+    m = HookedLVLM.from_pretrained(tiny_checkpoint("llava-onevision-qwen2"))
+    assert m.cfg.n_key_value_heads < m.cfg.n_heads  # grouped-query attention
+    return m

@@ -10,9 +10,7 @@ import pytest
 import torch
 from transformer_lens.utilities import Slice
 
-from lvlm_lens import HookedLVLM
-from lvlm_lens.toy import load_toy
-from tests.helpers import PROMPTS, noise_image
+from tests.helpers import PROMPTS, noise_image, toy_or_gqa
 from tests.model.tl_parity import parity
 
 TEXT = "what is the main object in this image ?"
@@ -20,11 +18,7 @@ TEXT = "what is the main object in this image ?"
 
 @pytest.fixture(scope="module", params=["toy", "qwen2-gqa"])
 def model(request, tiny_checkpoint):
-    if request.param == "toy":
-        return load_toy()
-    m = HookedLVLM.from_pretrained(tiny_checkpoint("llava-onevision-qwen2"))
-    assert m.cfg.n_key_value_heads < m.cfg.n_heads  # grouped-query attention
-    return m
+    return toy_or_gqa(request.param, tiny_checkpoint)
 
 
 def images(model):

@@ -12,10 +12,8 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from lvlm_lens import HookedLVLM
 from lvlm_lens.interventions.knockout import knockout_effect
-from lvlm_lens.toy import load_toy
-from tests.helpers import PROMPTS, check_engine_equals_reference, noise_image
+from tests.helpers import PROMPTS, check_engine_equals_reference, noise_image, toy_or_gqa
 from tests.model.tl_parity import parity
 
 TEXT = "what is the main object in this image ?"
@@ -29,11 +27,7 @@ SWITCHES = {
 
 @pytest.fixture(scope="module", params=["toy", "qwen2-gqa"])
 def model(request, tiny_checkpoint):
-    if request.param == "toy":
-        return load_toy()
-    m = HookedLVLM.from_pretrained(tiny_checkpoint("llava-onevision-qwen2"))
-    assert m.cfg.n_key_value_heads < m.cfg.n_heads  # grouped-query attention
-    return m
+    return toy_or_gqa(request.param, tiny_checkpoint)
 
 
 def make_input(model, kind):
