@@ -19,6 +19,7 @@ from lvlm_lens.model.blocks import Embed, RMSNorm, TransformerBlock, Unembed
 from lvlm_lens.model.config import LVLMConfig
 from lvlm_lens.model.embedding import EmbeddingMixin
 from lvlm_lens.model.families import FAMILIES, image_text, language_model
+from lvlm_lens.model.generate import GenerateMixin
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.model.kv_cache import HeadSwitch, KVCache
 from lvlm_lens.model.layout import TokenLayout
@@ -30,7 +31,7 @@ from lvlm_lens.model.weights import ModelWeights
 ReturnType = Literal["logits", "loss", "both"] | None
 
 
-class HookedLVLM(TokensMixin, EmbeddingMixin, ModelWeights, HookedRootModule):
+class HookedLVLM(TokensMixin, GenerateMixin, EmbeddingMixin, ModelWeights, HookedRootModule):
     """A vision-language model with TransformerLens hooks: LLaVA-1.5 / NeXT / OneVision,
     Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, InternVL and Idefics3 / SmolVLM
     (:data:`~lvlm_lens.model.families.FAMILIES`).
@@ -368,24 +369,6 @@ class HookedLVLM(TokensMixin, EmbeddingMixin, ModelWeights, HookedRootModule):
         if return_cache_object:
             cache = ActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
         return out, cache
-
-    def generate(
-        self,
-        input: LVLMInput | Tensor | str | list[str],
-        max_new_tokens: int = 10,
-        *,
-        eos_token_id: int | list[int] | None = None,
-        return_type: Literal["input", "tokens", "str"] = "input",
-        new_tokens_only: bool = False,
-        verbose: bool = False,
-    ) -> Tensor | list[str] | str:
-        """Greedy generation with a KV cache, returning the prompt plus the new tokens (as
-        TransformerLens does) or only the new ones; see :func:`~.generate.greedy_generate`."""
-        from lvlm_lens.model.generate import greedy_generate
-
-        return greedy_generate(self, input, max_new_tokens, eos_token_id=eos_token_id,
-                               return_type=return_type, new_tokens_only=new_tokens_only,
-                               verbose=verbose)
 
     def set_use_attn_result(self, use_attn_result: bool) -> None:
         """Toggle computing ``blocks.{l}.attn.hook_result`` (per-head outputs)."""
