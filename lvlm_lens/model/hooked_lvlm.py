@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -20,6 +20,7 @@ from lvlm_lens.model.config import LVLMConfig
 from lvlm_lens.model.embedding import EmbeddingMixin
 from lvlm_lens.model.families import FAMILIES, image_text, language_model
 from lvlm_lens.model.forward import ForwardMixin
+from lvlm_lens.model.generate import GenerateMixin
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.model.kv_cache import HeadSwitch, KVCache
 from lvlm_lens.model.layout import TokenLayout
@@ -31,8 +32,8 @@ from lvlm_lens.model.weights import ModelWeights
 
 
 class HookedLVLM(
-    ForwardMixin, SwitchesMixin, CachingMixin, TokensMixin, EmbeddingMixin, ModelWeights,
-    HookedRootModule,
+    ForwardMixin, SwitchesMixin, CachingMixin, TokensMixin, GenerateMixin, EmbeddingMixin,
+    ModelWeights, HookedRootModule,
 ):
     """A vision-language model with TransformerLens hooks: LLaVA-1.5 / NeXT / OneVision / OV-1.5,
     Qwen2-VL, Qwen2.5-VL, Qwen3-VL (dense and MoE), Gemma 3, InternVL and Idefics3 / SmolVLM
@@ -297,23 +298,6 @@ class HookedLVLM(
         return resid, KVCache([k for k, _ in kvs], [v for _, v in kvs], mask, frozen=frozen,
                               next_position=layout.next_positions(mask))
 
-    def generate(
-        self,
-        input: LVLMInput | Tensor | str | list[str],
-        max_new_tokens: int = 10,
-        *,
-        eos_token_id: int | list[int] | None = None,
-        return_type: Literal["input", "tokens", "str"] = "input",
-        new_tokens_only: bool = False,
-        verbose: bool = False,
-    ) -> Tensor | list[str] | str:
-        """Greedy generation with a KV cache, returning the prompt plus the new tokens (as
-        TransformerLens does) or only the new ones; see :func:`~.generate.greedy_generate`."""
-        from lvlm_lens.model.generate import greedy_generate
-
-        return greedy_generate(self, input, max_new_tokens, eos_token_id=eos_token_id,
-                               return_type=return_type, new_tokens_only=new_tokens_only,
-                               verbose=verbose)
 
     def __repr__(self) -> str:  # the HF modules inside make the default repr unreadable
         c = self.cfg
