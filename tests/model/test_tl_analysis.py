@@ -327,11 +327,15 @@ def direct_path_by_hand(model, corrupt, corrupt_cache, delta, layer, head, compo
     return model.run_with_hooks(corrupt, fwd_hooks=[(f"blocks.{layer}.attn.hook_{component}", put)])
 
 
-@parity("patching.get_act_patch_direct_path (split q/k/v inputs)", "works",
-        "TL's sweep turns set_use_split_qkv_input on and hooks TL 4's "
-        "blocks.{l}.attn.hook_{q,k,v}_input names, accepted for blocks.{l}.hook_{q,k,v}_input; "
-        "component k/v on grouped-query models refused by TL itself; sandwich-norm blocks "
-        "(Gemma 3) refused, a head's write there not being z @ W_O")
+DIRECT_PATH = dict(
+    api="patching.get_act_patch_direct_path (split q/k/v inputs)", status="works",
+    note="TL's sweep turns set_use_split_qkv_input on and hooks TL 4's "
+    "blocks.{l}.attn.hook_{q,k,v}_input names, accepted for blocks.{l}.hook_{q,k,v}_input; "
+    "component k/v on grouped-query models refused by TL itself; sandwich-norm blocks "
+    "(Gemma 3) refused, a head's write there not being z @ W_O")
+
+
+@parity(**DIRECT_PATH)
 @pytest.mark.parametrize("kind", ["text", "image"])
 def test_direct_path_patching_equals_the_path_by_hand(model, kind):
     clean, corrupt = pair(model, kind)
@@ -368,6 +372,7 @@ def test_direct_path_patching_equals_the_path_by_hand(model, kind):
                                                verbose=False)
 
 
+@parity(**DIRECT_PATH)
 def test_direct_path_patching_is_refused_after_a_sandwich_norm(tiny_checkpoint):
     model = HookedLVLM.from_pretrained(tiny_checkpoint("gemma3"))
     tokens = model.to_tokens("what is this ?")
