@@ -310,14 +310,16 @@ def test_act_patch_sweeps_give_the_known_answers(model, kind):
 
 
 def direct_path_by_hand(model, corrupt, corrupt_cache, delta, layer, head, component):
-    """The destination head's query (key) recomputed from ``ln1(resid_pre + delta)`` through
-    its own ``W_Q`` (``W_K``), replacing that head's ``hook_q`` (``hook_k``) alone."""
+    """The destination head's query (key, value) recomputed from ``ln1(resid_pre + delta)``
+    through its own ``W_Q`` (``W_K``, ``W_V``), replacing that head's ``hook_q`` (``hook_k``,
+    ``hook_v``) alone."""
     resid = corrupt_cache[f"blocks.{layer}.hook_resid_pre"]
     block = model.blocks[layer]
     attn = block.attn
-    W, b = (attn.W_Q, attn.b_Q) if component == "q" else (attn.W_K, attn.b_K)
+    W, b = {"q": (attn.W_Q, attn.b_Q), "k": (attn.W_K, attn.b_K), "v": (attn.W_V, attn.b_V)}[
+        component]
     new = block.ln1(resid + delta) @ W[head] + b[head]
-    kv = component == "k" and model.cfg.n_key_value_heads != model.cfg.n_heads
+    kv = component != "q" and model.cfg.n_key_value_heads != model.cfg.n_heads
     assert not kv
 
     def put(x, hook):
@@ -354,7 +356,7 @@ def test_direct_path_patching_equals_the_path_by_hand(model, kind):
     z = f"blocks.{src}.attn.hook_z"
     delta = (clean_cache[z][:, :, src_head] - corrupt_cache[z][:, :, src_head]) @ model.W_O[
         src, src_head]
-    components = ["q"] if model.cfg.n_key_value_heads != model.cfg.n_heads else ["q", "k"]
+    components = ["q"] if model.cfg.n_key_value_heads != model.cfg.n_heads else ["q", "k", "v"]
     for component in components:
         swept = patching.get_act_patch_direct_path(model, corrupt, clean_cache, corrupt_cache,
                                                    metric, src, src_head, component=component,
