@@ -26,6 +26,7 @@ from torch import Tensor
 from transformer_lens.FactoredMatrix import FactoredMatrix
 from transformer_lens.utilities import composition_scores
 
+from lvlm_lens.model.blocks import GatedMLP
 from lvlm_lens.model.generate import extend_input
 from lvlm_lens.model.inputs import LVLMInput
 
@@ -95,7 +96,7 @@ class AnalysisMixin:
                 out[f"blocks.{i}.attn.{name}"] = getattr(block.attn, name)
             out[f"blocks.{i}.ln1.w"] = block.ln1.weight
             out[f"blocks.{i}.ln2.w"] = block.ln2.weight
-            if hasattr(block.mlp, "W_in"):
+            if isinstance(block.mlp, GatedMLP):  # not SparseMoE's per-expert weights
                 for name in ("W_in", "W_gate", "W_out", "b_in", "b_out"):
                     out[f"blocks.{i}.mlp.{name}"] = getattr(block.mlp, name)
         out["embed.W_E"] = self.embed.W_E

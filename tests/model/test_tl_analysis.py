@@ -148,9 +148,12 @@ def same_up_to_sign(got, want):
     return torch.allclose(got * signs, want, atol=1e-4, rtol=1e-3)
 
 
-@parity("SVDInterpreter (OV, w_in, w_out)", "works",
-        "reads model.tl_parameters() (TL's names); w_in has ln2's weight folded in, as TL with "
-        "unfolded norms; a sparse-MoE layer has no dense W_in and is refused, as TL")
+SVD = dict(api="SVDInterpreter (OV, w_in, w_out)", status="works",
+           note="reads model.tl_parameters() (TL's names); w_in has ln2's weight folded in, as "
+           "TL with unfolded norms; a sparse-MoE layer has no dense W_in and is refused, as TL")
+
+
+@parity(**SVD)
 def test_svd_interpreter_projects_the_right_singular_vectors(model):
     svd, k, layer = SVDInterpreter(model), 3, model.cfg.n_layers - 1
     W_U = model.W_U  # [d_model, d_vocab]
@@ -167,6 +170,17 @@ def test_svd_interpreter_projects_the_right_singular_vectors(model):
     assert same_up_to_sign(got[:, 0], top(model.W_in[layer].T * ln2))
     got = svd.get_singular_vectors("w_out", layer, num_vectors=k)
     assert same_up_to_sign(got[:, 0], top(model.W_out[layer]))
+
+
+@parity(**SVD)
+def test_svd_interpreter_refuses_a_sparse_moe_layer(tiny_checkpoint):
+    model = HookedLVLM.from_pretrained(tiny_checkpoint("qwen3-vl-moe", mlp_only_layers=[0]))
+    svd = SVDInterpreter(model)
+    assert svd.get_singular_vectors("w_in", 0, num_vectors=2).shape[-1] == 2  # dense layer 0
+    for vector_type in ("w_in", "w_out"):
+        with pytest.raises(NotImplementedError, match="for layer 1: the layer does not"):
+            svd.get_singular_vectors(vector_type, 1)
+    assert svd.get_singular_vectors("OV", 1, num_vectors=2, head_index=0).shape[-1] == 2
 
 
 # test_prompt ------------------------------------------------------------------------------
@@ -307,6 +321,10 @@ def test_act_patch_sweeps_give_the_known_answers(model, kind):
     manual = model.run_with_hooks(corrupt, fwd_hooks=[(name, put)])
     assert heads.shape == (n, model.cfg.n_heads)
     assert float(heads[layer, head]) == pytest.approx(float(metric(manual)), abs=1e-5)
+    every = patching.get_act_patch_block_every(model, corrupt, clean_cache, metric)
+    assert torch.allclose(torch.as_tensor(every)[0], resid, atol=1e-6)  # resid_pre first
+    mlp = patching.get_act_patch_mlp_out(model, corrupt, clean_cache, metric)
+    assert torch.allclose(torch.as_tensor(every)[2], mlp, atol=1e-6)
 
 
 def direct_path_by_hand(model, corrupt, corrupt_cache, delta, layer, head, component):
@@ -372,6 +390,27 @@ def test_direct_path_patching_equals_the_path_by_hand(model, kind):
             patching.get_act_patch_direct_path(model, corrupt, clean_cache, corrupt_cache,
                                                metric, src, src_head, component="k",
                                                verbose=False)
+
+
+@parity("patching.get_act_patch_direct_path_all_sources", "works",
+        "[layer, head, layer, head]: each source head's direct-path sweep, 0 where the "
+        "destination layer is not later")
+def test_direct_path_all_sources_stacks_the_single_sweeps(model):
+    clean, corrupt = pair(model, "image")
+    _, clean_cache = model.run_with_cache(clean)
+    logits, corrupt_cache = model.run_with_cache(corrupt)
+
+    def metric(x):
+        return x[0, -1, 3] - logits[0, -1, 3]
+
+    every = patching.get_act_patch_direct_path_all_sources(model, corrupt, clean_cache,
+                                                           corrupt_cache, metric, verbose=False)
+    n, h = model.cfg.n_layers, model.cfg.n_heads
+    assert every.shape == (n, h, n, h)
+    for src, src_head in [(0, 0), (n - 2, h - 1)]:
+        one = patching.get_act_patch_direct_path(model, corrupt, clean_cache, corrupt_cache,
+                                                 metric, src, src_head, verbose=False)
+        assert torch.allclose(every[src, src_head], one, atol=1e-6)
 
 
 @parity(**DIRECT_PATH)
