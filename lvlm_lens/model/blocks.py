@@ -82,6 +82,10 @@ class TransformerBlock(nn.Module):
             self.ln1_post = RMSNorm(hf_layer.post_attention_layernorm, off)
             self.ln2 = RMSNorm(hf_layer.pre_feedforward_layernorm, off)
             self.ln2_post = RMSNorm(hf_layer.post_feedforward_layernorm, off)
+            # what TransformerLens' direct-path check reads: a norm after the head sum, so a
+            # head's residual write is not z @ W_O and that patching is refused here
+            self.submodules = {"attn": self.attn, "ln1_post": self.ln1_post}
+            self.hook_aliases = {"hook_attn_out": "ln1_post.hook_normalized"}
         else:
             self.ln2 = RMSNorm(hf_layer.post_attention_layernorm, off)
         for name in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post",

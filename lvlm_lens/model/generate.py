@@ -82,7 +82,6 @@ class GenerateMixin:
 
     cfg: Any
     tokenizer: Any
-    hf_model: Any
 
     @torch.no_grad()
     def generate(

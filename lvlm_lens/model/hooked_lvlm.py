@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
+from lvlm_lens.model.analysis import AnalysisMixin, with_bound_images
 from lvlm_lens.model.attention import KV, Segment, SelfAlternative
 from lvlm_lens.model.blocks import Embed, RMSNorm, TransformerBlock, Unembed
 from lvlm_lens.model.caching import CachingMixin
@@ -32,8 +33,8 @@ from lvlm_lens.model.weights import ModelWeights
 
 
 class HookedLVLM(
-    ForwardMixin, SwitchesMixin, CachingMixin, TokensMixin, GenerateMixin, EmbeddingMixin,
-    ModelWeights, HookedRootModule,
+    ForwardMixin, AnalysisMixin, SwitchesMixin, CachingMixin, TokensMixin, GenerateMixin,
+    EmbeddingMixin, ModelWeights, HookedRootModule,
 ):
     """A vision-language model with TransformerLens hooks: LLaVA-1.5 / NeXT / OneVision / OV-1.5,
     Qwen2-VL, Qwen2.5-VL, Qwen3-VL (dense and MoE), Gemma 3, InternVL and Idefics3 / SmolVLM
@@ -166,7 +167,10 @@ class HookedLVLM(
 
         Inside the block, a plain token tensor equal to ``inp.input_ids`` runs with ``inp``'s
         images, so APIs that pass tokens around (e.g. ``transformer_lens.patching``) see the
-        image. (Passing the :class:`LVLMInput` itself in place of tokens works too.)
+        image. (Passing the :class:`LVLMInput` itself in place of tokens works too.) Tokens
+        that start with ``inp.input_ids`` (each row, or every row for a one-example ``inp``)
+        run with the images and the rest as text, as ``utilities.test_prompt(inp, answer,
+        model)`` builds them.
         """
         previous, self._bound = self._bound, inp
         try:
@@ -185,12 +189,11 @@ class HookedLVLM(
         if input.ndim == 1:
             input = input[None]
         bound = self._bound
-        if (
-            bound is not None
-            and bound.shape == input.shape
-            and torch.equal(bound.input_ids, input.to(bound.input_ids.device))
-        ):
-            return bound
+        if bound is not None:  # its ids, maybe followed by text (see model/analysis.py)
+            ids = input.to(bound.input_ids.device)
+            run = with_bound_images(bound, ids, self.cfg.image_token_id)
+            if run is not None:
+                return run
         if (input == self.cfg.image_token_id).any():
             raise ValueError(
                 "these tokens hold image placeholders but no image: pass the LVLMInput from "

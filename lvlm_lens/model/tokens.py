@@ -38,7 +38,7 @@ class TokensMixin:
 
     def to_tokens(
         self,
-        input: str | list[str],
+        input: str | list[str] | LVLMInput,
         prepend_bos: bool | None = None,
         padding_side: PaddingSide | None = None,
         move_to_device: bool = True,
@@ -47,13 +47,17 @@ class TokensMixin:
         """Tokenize text as TransformerLens does; image placeholders are *not* expanded.
 
         Args:
-            input: A string or a list of strings (padded to one length).
+            input: A string or a list of strings (padded to one length); an
+                :class:`LVLMInput` gives its ``input_ids`` (image tokens expanded; the other
+                options do not apply), which run with its images inside ``model.bind(inp)``.
             prepend_bos: Whether to prepend BOS (default ``cfg.default_prepend_bos``). Pass
                 ``False`` when tokenizing part of a prompt.
             padding_side: ``"left"`` or ``"right"`` (default :attr:`default_padding_side`).
             move_to_device: Put the tokens on ``cfg.device`` (else they stay on the CPU).
             truncate: Cut inputs longer than ``cfg.n_ctx``.
         """
+        if isinstance(input, LVLMInput):
+            return input.input_ids.to(self.cfg.device) if move_to_device else input.input_ids
         return self.encode_text(input, prepend_bos, padding_side, move_to_device, truncate)[0]
 
     def encode_text(

@@ -4,8 +4,9 @@ tests that check it.
 A test says what it shows with ``@parity(api, status, note)``; an API that does not apply is
 declared with :func:`not_applicable` next to the test of the error it raises.
 ``docs/scripts/tl_parity_table.py`` renders the registry as the table of
-``docs/guides/transformerlens.md``, and ``tests/model/test_tl_parity_table.py`` checks that
-the committed table is the rendered one, so the guide claims nothing that no test checks.
+``docs/guides/transformerlens.md`` (between :data:`BEGIN` and :data:`END`), and
+``tests/model/test_tl_parity_table.py`` checks that the committed table is the rendered one,
+so the guide claims nothing that no test checks.
 """
 
 from __future__ import annotations
@@ -68,10 +69,17 @@ def not_applicable(api: str, why: str, test: str) -> None:
 
 
 def collect() -> list[Entry]:
-    """Every declared entry, importing the declaring test modules (in their order)."""
+    """Every declared entry, importing the declaring test modules; in :data:`MODULES`' order,
+    then each module's declaration order (whichever module pytest happened to import first)."""
     for name in MODULES:
         importlib.import_module(name)
-    return list(REGISTRY.values())
+    rank = {m.rsplit(".", 1)[-1]: i for i, m in enumerate(MODULES)}
+    return sorted(REGISTRY.values(), key=lambda e: rank.get(e.tests[0].split("::")[0], len(rank)))
+
+
+def _cell(text: str) -> str:
+    """Text safe in a Markdown table cell: no column bar, no raw HTML (``<img row,col>``)."""
+    return text.replace("|", "/").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def render_table() -> str:
@@ -79,5 +87,18 @@ def render_table() -> str:
     rows = ["| TransformerLens API | Status | How / why | Tested by |", "|---|---|---|---|"]
     for e in collect():
         tests = "<br>".join(f"`{t}`" for t in e.tests)
-        rows.append(f"| `{e.api}` | {e.status} | {e.note.replace('|', '/')} | {tests} |")
+        rows.append(f"| `{e.api}` | {e.status} | {_cell(e.note)} | {tests} |")
     return "\n".join(rows) + "\n"
+
+
+#: The markers between which the guide holds the rendered table.
+BEGIN, END = "<!-- tl-parity-table:begin -->", "<!-- tl-parity-table:end -->"
+
+
+def splice_table(page: str) -> str:
+    """``page`` with the text between :data:`BEGIN` and :data:`END` replaced by the table."""
+    if page.count(BEGIN) != 1 or page.count(END) != 1 or page.index(BEGIN) > page.index(END):
+        raise ValueError(f"the page must hold {BEGIN} once, then {END} once")
+    head, rest = page.split(BEGIN)
+    _, tail = rest.split(END)
+    return f"{head}{BEGIN}\n{render_table()}{END}{tail}"
