@@ -83,6 +83,44 @@ def test_page_code_runs(page, tmp_path, monkeypatch):
     plt.close("all")
 
 
+QWEN3_5 = "In a Qwen3.5"
+
+
+def _rows(section: str, prefix: str) -> dict[str, int]:
+    """``{prefix + hook name: rank}`` of a hook table's rows."""
+    rows = re.findall(r"^\| `([\w.{}]+)` \| `\[([^\]]*)\]` \|", section, flags=re.M)
+    return {prefix + name: len(shape.split(",")) for name, shape in rows}
+
+
+def test_hook_table_lists_qwen3_5s_own_hooks_with_their_rank(tiny_checkpoint):
+    """The Qwen3.5 sections name every hook of a linear-attention layer's ``attn`` and what a
+    full-attention layer's ``attn`` has beyond every block's, with their ranks."""
+    from lvlm_lens import HookedLVLM
+    from tests.helpers import PROMPTS, noise_image
+
+    page = (DOCS / "concepts" / "hooked-lvlm.md").read_text(encoding="utf-8")
+    sections = [s for s in re.split(r"^### ", page, flags=re.M) if s.startswith(QWEN3_5)]
+    linear, full = (_rows(s, "") for s in sorted(sections, key=lambda s: "full" in s[:40]))
+    common = {}
+    for section in re.split(r"^### ", page, flags=re.M):
+        if section.startswith("In every block"):
+            common = _rows(section, "")
+    model = HookedLVLM.from_pretrained(tiny_checkpoint("qwen3.5", chat_template=True))
+    model.set_use_attn_result(True)
+    try:
+        _, cache = model.run_with_cache(model.prepare([noise_image(20, 28, 1)], PROMPTS[:1]))
+    finally:
+        model.set_use_attn_result(False)
+    lin = model.cfg.decoder.linear_attention.layers
+    for layer in range(model.cfg.n_layers):
+        ranks = {n.split(".", 2)[2]: v.ndim for n, v in cache.items()
+                 if n.startswith(f"blocks.{layer}.attn.")}  # fmt: skip
+        if layer in lin:
+            assert ranks == linear
+        else:
+            assert {n: r for n, r in ranks.items() if n not in common} == full
+
+
 def test_hook_table_lists_every_hook_with_its_rank():
     """The hook table of concepts/hooked-lvlm.md names every hook the model has, and each
     hook's shape there has as many dimensions as the cached activation."""
@@ -91,9 +129,10 @@ def test_hook_table_lists_every_hook_with_its_rank():
     page = (DOCS / "concepts" / "hooked-lvlm.md").read_text(encoding="utf-8")
     table = {}
     for section in re.split(r"^### ", page, flags=re.M):  # block hooks: names after blocks.{l}.
+        if section.startswith(QWEN3_5):
+            continue  # checked on the tiny Qwen3.5 below
         prefix = "blocks.{l}." if section.startswith("In every block") else ""
-        rows = re.findall(r"^\| `([\w.{}]+)` \| `\[([^\]]*)\]` \|", section, flags=re.M)
-        table |= {prefix + name: len(shape.split(",")) for name, shape in rows}
+        table |= _rows(section, prefix)
     model = load_toy(device="cpu")
     model.set_use_attn_result(True)
     model.set_use_hook_mlp_in(True)

@@ -87,7 +87,11 @@ def apply_rotary(
     cos: Float[Tensor, "batch pos d_head"],
     sin: Float[Tensor, "batch pos d_head"],
 ) -> Float[Tensor, "batch pos head d_head"]:
-    """Apply rotary position embeddings (HF's half-rotation convention)."""
+    """Apply rotary position embeddings (HF's half-rotation convention) to the first
+    ``cos.shape[-1]`` dimensions of each head."""
+    rot = cos.shape[-1]
+    if rot < x.shape[-1]:  # partial rotary (Qwen3.5): the last dimensions pass unrotated
+        return torch.cat((apply_rotary(x[..., :rot], cos, sin), x[..., rot:]), dim=-1)
     cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
     return x * cos + rotate_half(x) * sin
 
@@ -157,6 +161,22 @@ class Attention(AttentionWeights, nn.Module):
             self.k_norm = RMSNorm(hf_attn.k_norm, cfg.decoder.norm_offset)
         for name in ("q", "k", "v", "rot_q", "rot_k", "attn_scores", "pattern", "z", "result"):
             setattr(self, f"hook_{name}", HookPoint())
+        if cfg.decoder.attn_output_gate:
+            self.hook_gate = HookPoint()
+
+    @property
+    def W_G(self) -> Float[Tensor, "head d_model d_head"]:
+        """The output gate's weight per head (``attn_output_gate``: ``q_proj``'s gate rows)."""
+        w = self.q_proj.weight.view(self.cfg.n_heads, 2, self.cfg.d_head, -1)[:, 1]
+        return w.transpose(1, 2)
+
+    @property
+    def b_G(self) -> Float[Tensor, "head d_head"]:
+        """The output gate's bias per head (zeros where ``q_proj`` has none)."""
+        b = self.q_proj.bias
+        if b is None:
+            return self.q_proj.weight.new_zeros(self.cfg.n_heads, self.cfg.d_head)
+        return b.view(self.cfg.n_heads, 2, self.cfg.d_head)[:, 1]
 
     def _scores(self, q: Tensor, seg: Segment) -> Tensor:
         out = segment_scores(q, seg.k).mul_(self.scaling)  # a fresh tensor: scaled in place
@@ -260,12 +280,18 @@ class Attention(AttentionWeights, nn.Module):
         if isinstance(x, tuple):  # per-head inputs (split q/k/v inputs, hook_attn_in)
             q, k, v = x
             b, s = q.shape[:2]
+            gate = None
+            if cfg.decoder.attn_output_gate:
+                gate = torch.einsum("bshm,hmd->bshd", q, self.W_G) + self.b_G
             q = self.hook_q(torch.einsum("bshm,hmd->bshd", q, self.W_Q) + self.b_Q)
             k = self.hook_k(torch.einsum("bshm,hmd->bshd", k, self._W_K) + self._b_K)
             v = self.hook_v(torch.einsum("bshm,hmd->bshd", v, self._W_V) + self._b_V)
         else:
             b, s, _ = x.shape
-            q = self.hook_q(self.q_proj(x).view(b, s, cfg.n_heads, cfg.d_head))
+            q, gate = self.q_proj(x), None
+            if cfg.decoder.attn_output_gate:  # per head: d_head query, then d_head gate rows
+                q, gate = q.view(b, s, cfg.n_heads, 2 * cfg.d_head).chunk(2, dim=-1)
+            q = self.hook_q(q.reshape(b, s, cfg.n_heads, cfg.d_head))
             k = self.hook_k(self.k_proj(x).view(b, s, cfg.n_key_value_heads, cfg.d_head))
             v = self.hook_v(self.v_proj(x).view(b, s, cfg.n_key_value_heads, cfg.d_head))
         if cfg.decoder.qk_norm:
@@ -283,7 +309,10 @@ class Attention(AttentionWeights, nn.Module):
             z = fused_attention(q, segments, mask, self.scaling)
         else:
             z = self._materialised(q, segments, mask)
-        z = self.hook_z(z.transpose(1, 2))
+        z = z.transpose(1, 2)
+        if gate is not None:  # Qwen3.5: hook_z is the gated output, what W_O reads
+            z = z * torch.sigmoid(self.hook_gate(gate.reshape(z.shape)))
+        z = self.hook_z(z)
         if cfg.use_attn_result:
             result = self.hook_result(torch.einsum("bshd,hdm->bshm", z, self.W_O))
             out = result.sum(dim=2) + self.b_O

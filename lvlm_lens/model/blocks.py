@@ -8,6 +8,7 @@ from transformer_lens.hook_points import HookPoint
 
 from lvlm_lens.model.attention import KV, Attention, Segment, SelfAlternative
 from lvlm_lens.model.config import LVLMConfig
+from lvlm_lens.model.linear_attention import GatedDeltaNet
 from lvlm_lens.model.moe import SparseMoE
 from lvlm_lens.model.norm import RMSNorm, through_hook
 
@@ -64,7 +65,9 @@ class TransformerBlock(nn.Module):
     ``resid_post = resid_mid + mlp(ln2(.))``; with sandwich norms (Gemma) the attention and
     MLP outputs pass ``ln1_post`` / ``ln2_post`` first (``hook_attn_out`` / ``hook_mlp_out``
     are after them, so they are what the residual stream receives). The MLP of a layer the
-    spec's ``moe`` lists is a :class:`~lvlm_lens.model.moe.SparseMoE`."""
+    spec's ``moe`` lists is a :class:`~lvlm_lens.model.moe.SparseMoE`; the attention of a layer
+    its ``linear_attention`` lists is a :class:`~lvlm_lens.model.linear_attention.GatedDeltaNet`
+    (whose input is never split per head)."""
 
     def __init__(self, cfg: LVLMConfig, hf_layer: nn.Module, layer: int):
         super().__init__()
@@ -73,7 +76,10 @@ class TransformerBlock(nn.Module):
         spec = cfg.decoder
         off = spec.norm_offset
         self.ln1 = RMSNorm(hf_layer.input_layernorm, off)
-        self.attn = Attention(cfg, hf_layer.self_attn)
+        lin = spec.linear_attention  # Qwen3.5: Gated-DeltaNet in the layers it lists
+        self.linear = lin is not None and layer in lin.layers
+        self.attn = (GatedDeltaNet(cfg, lin, hf_layer.linear_attn) if self.linear
+                     else Attention(cfg, hf_layer.self_attn))  # fmt: skip
         moe = spec.moe
         sparse = moe is not None and layer in moe.layers
         self.mlp = SparseMoE(moe, hf_layer.mlp) if sparse else GatedMLP(cfg, hf_layer.mlp)
@@ -111,7 +117,7 @@ class TransformerBlock(nn.Module):
         residual add, as in HF, unless a hook edits ``hook_mlp_out``)."""
         cfg = self.cfg
         resid_pre = self.hook_resid_pre(x)
-        split = cfg.use_attn_in or cfg.use_split_qkv_input
+        split = (cfg.use_attn_in or cfg.use_split_qkv_input) and not self.linear
         attn_in = self.per_head_inputs(resid_pre) if split else self.ln1(resid_pre)
         attn_out, kv = self.attn(attn_in, cos, sin, mask, past, alt)
         if self.sandwich:

@@ -31,6 +31,28 @@ class MoESpec:
 
 
 @dataclass(frozen=True)
+class LinearAttentionSpec:
+    """Gated-DeltaNet linear-attention layers (Qwen3.5), in place of self-attention in the
+    layers it lists (:class:`~lvlm_lens.model.linear_attention.GatedDeltaNet`).
+
+    Attributes:
+        n_k_heads: Query / key heads (each read by ``n_v_heads / n_k_heads`` value heads).
+        n_v_heads: Value heads: the heads of the layer, each with its own recurrent state.
+        d_k: Width of one query / key head.
+        d_v: Width of one value head.
+        conv_kernel: Length of the causal depthwise convolution over q, k and v.
+        layers: The linear-attention layers (the others keep full attention).
+    """
+
+    n_k_heads: int
+    n_v_heads: int
+    d_k: int
+    d_v: int
+    conv_kernel: int
+    layers: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class DecoderSpec:
     """What differs between the language models of the supported families.
 
@@ -59,6 +81,11 @@ class DecoderSpec:
             part of that layer's ``hook_mlp_out`` so ``decompose_resid`` still sums.
         moe: The sparse MLP of the layers it lists (:class:`MoESpec`), ``None`` where every
             MLP is dense: ``blocks.{l}.mlp`` is then a :class:`~lvlm_lens.model.moe.SparseMoE`.
+        attn_output_gate: Full attention multiplies each head's output by ``sigmoid`` of a gate
+            its ``q_proj`` also computes (Qwen3.5: per head, ``d_head`` query then ``d_head``
+            gate rows): ``blocks.{l}.attn.hook_gate``, before the sigmoid.
+        linear_attention: The Gated-DeltaNet layers (:class:`LinearAttentionSpec`), ``None``
+            where every layer has self-attention.
     """
 
     norm_offset: float = 0.0
@@ -70,6 +97,8 @@ class DecoderSpec:
     bidirectional_image: bool = False
     deepstack: bool = False
     moe: MoESpec | None = None
+    attn_output_gate: bool = False
+    linear_attention: LinearAttentionSpec | None = None
 
 
 @dataclass

@@ -77,7 +77,8 @@ def config_from_hf(hf_model: nn.Module, name: str = "") -> LVLMConfig:
     return LVLMConfig(
         n_layers=n_layers,
         n_heads=n_heads,
-        d_head=language_model(hf_model).layers[0].self_attn.head_dim,
+        d_head=next(la.self_attn for la in language_model(hf_model).layers
+                    if hasattr(la, "self_attn")).head_dim,  # Qwen3.5: layer 0 may be linear
         d_model=tc.hidden_size,
         d_mlp=tc.intermediate_size,
         d_vocab=hf_model.lm_head.out_features,

@@ -40,6 +40,8 @@ def _per_head(proj: str, shape: str, bias: bool = False, per_query: bool = False
             out = lin.weight.new_zeros(lin.out_features // d, d)
         else:
             out = lin.bias.view(-1, d)
+        if proj == "q_proj" and self.cfg.decoder.attn_output_gate:  # query, gate rows per head
+            out = out[0::2]
         g = self.cfg.n_heads // self.cfg.n_key_value_heads
         return out.repeat_interleave(g, dim=0) if per_query else out
 

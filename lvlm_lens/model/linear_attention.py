@@ -1,0 +1,152 @@
+"""Gated-DeltaNet linear attention (Qwen3.5's linear-attention layers), with TransformerLens-style
+hooks per head.
+
+A layer projects the normalised residual stream to ``q``, ``k``, ``v`` (one fused projection),
+runs a causal depthwise convolution over the positions (kernel ``conv_kernel``) and SiLU on
+them, and L2-normalises every query and key head. Each *value head* ``h`` keeps a recurrent
+state ``S`` ``[d_k, d_v]``, read and written by the query / key head it shares with
+``n_v_heads / n_k_heads - 1`` other value heads. Token ``t`` first decays the state by
+``exp(decay_t)``, then writes its value with strength ``beta_t`` (the delta rule:
+``S += k_t (beta_t (v_t - k_t S))``), then reads it: ``read_t = (q_t / sqrt(d_k)) S``. The read
+passes an RMSNorm gated by ``silu(gate_t)`` and the output projection.
+
+Hooks of ``blocks.{l}.attn`` on a linear-attention layer (``head`` is a value head, ``k_head``
+a query / key head):
+
+- ``hook_q`` / ``hook_k`` ``[batch, pos, k_head, d_k]``: after the conv, SiLU and the L2 norm
+  (what the recurrence reads; the query before its ``1 / sqrt(d_k)``).
+- ``hook_v`` ``[batch, pos, head, d_v]``: after the conv and SiLU.
+- ``hook_beta`` ``[batch, pos, head]``: the write strength ``sigmoid(b)``.
+- ``hook_decay`` ``[batch, pos, head]``: the log decay ``decay_t <= 0`` of the state.
+- ``hook_gate`` ``[batch, pos, head, d_v]``: the output gate before its SiLU.
+- ``hook_read`` ``[batch, pos, head, d_v]``: what each query reads from the state.
+- ``hook_z`` ``[batch, pos, head, d_v]``: each head's output (gated norm of the read), what
+  ``W_O`` reads; ``hook_result`` ``[batch, pos, head, d_model]`` with ``use_attn_result``.
+
+Padding tokens (left padding) enter as zeros, so they leave the state at zero, as in HF.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
+
+from lvlm_lens.model.config import LinearAttentionSpec, LVLMConfig
+
+__all__ = ["GatedDeltaNet", "delta_rule"]
+
+HOOKS = ("q", "k", "v", "beta", "decay", "gate", "read", "z", "result")
+
+
+def _unit(x: Tensor, eps: float = 1e-6) -> Tensor:
+    """``x`` over its L2 norm (``eps`` under the root), in fp32."""
+    x = x.float()
+    return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + eps)
+
+
+def delta_rule(
+    q: Float[Tensor, "batch pos head d_k"],
+    k: Float[Tensor, "batch pos head d_k"],
+    v: Float[Tensor, "batch pos head d_v"],
+    beta: Float[Tensor, "batch pos head"],
+    decay: Float[Tensor, "batch pos head"],
+    state: Float[Tensor, "batch head d_k d_v"] | None = None,
+) -> tuple[Float[Tensor, "batch pos head d_v"], Float[Tensor, "batch head d_k d_v"]]:
+    """The gated delta rule, token by token in fp32; returns every read and the final state.
+
+    ``q`` and ``k`` are per value head (already repeated for grouped heads), ``q`` already
+    scaled; the state starts at ``state`` (zeros by default)."""
+    b, s, h, d_k = k.shape
+    q, k, v, beta, decay = (t.double() for t in (q, k, v, beta, decay))
+    if state is None:
+        state = v.new_zeros(b, h, d_k, v.shape[-1])
+    reads = []
+    for t in range(s):
+        state = state * decay[:, t].exp()[..., None, None]
+        k_t = k[:, t]
+        recalled = torch.einsum("bhk,bhkv->bhv", k_t, state)
+        delta = (v[:, t] - recalled) * beta[:, t, :, None]
+        state = state + k_t[..., None] * delta[:, :, None, :]
+        reads.append(torch.einsum("bhk,bhkv->bhv", q[:, t], state))
+    return torch.stack(reads, dim=1).float(), state.float()
+
+
+class GatedDeltaNet(nn.Module):
+    """One Gated-DeltaNet layer on the HF module's own weights (HF's ``Qwen3_5GatedDeltaNet``)."""
+
+    def __init__(self, cfg: LVLMConfig, spec: LinearAttentionSpec, hf_attn: nn.Module):
+        super().__init__()
+        self.cfg, self.spec = cfg, spec
+        self.in_proj_qkv, self.in_proj_z = hf_attn.in_proj_qkv, hf_attn.in_proj_z
+        self.in_proj_b, self.in_proj_a = hf_attn.in_proj_b, hf_attn.in_proj_a
+        self.conv1d, self.out_proj = hf_attn.conv1d, hf_attn.out_proj
+        self.A_log, self.dt_bias = hf_attn.A_log, hf_attn.dt_bias
+        self.norm_w = hf_attn.norm.weight
+        self.norm_eps = float(hf_attn.norm.variance_epsilon)
+        for name in HOOKS:
+            setattr(self, f"hook_{name}", HookPoint())
+
+    @property
+    def W_O(self) -> Float[Tensor, "head d_v d_model"]:
+        """The output projection per value head."""
+        return self.out_proj.weight.T.reshape(self.spec.n_v_heads, self.spec.d_v, -1)
+
+    def _conv(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos conv"]:
+        """Fused q/k/v projection, causal depthwise conv over positions, SiLU."""
+        mixed = self.in_proj_qkv(x).transpose(1, 2)
+        w = self.conv1d.weight
+        pad = w.shape[-1] - 1
+        out = F.conv1d(F.pad(mixed, (pad, 0)), w, self.conv1d.bias, groups=mixed.shape[1])
+        return F.silu(out).transpose(1, 2)
+
+    def forward(
+        self,
+        x: Float[Tensor, "batch pos d_model"],
+        cos: Tensor,
+        sin: Tensor,
+        mask: Float[Tensor, "batch head_or_1 pos k_pos"],
+        past: list | None = None,
+        alt: object | None = None,
+    ) -> tuple[Float[Tensor, "batch pos d_model"], tuple[Tensor, Tensor]]:
+        """Run the layer on the new tokens (no rotary: ``cos`` / ``sin`` are unused).
+
+        ``mask`` is the block's additive causal mask: a token is padding where it may not see
+        itself. Returns the output and this call's ``(k, v)`` ``[batch, head, pos, d]``."""
+        if past is not None or alt is not None:
+            raise ValueError("Qwen3.5's linear-attention layers cannot continue a KV cache or "
+                             "read alternative keys/values yet: run the whole sequence at once")
+        spec = self.spec
+        b, s, _ = x.shape
+        real = mask[:, 0, :, -s:].diagonal(dim1=-2, dim2=-1) == 0  # [batch, pos]
+        x = x * real[..., None].to(x.dtype)
+        mixed = self._conv(x)
+        kd = spec.n_k_heads * spec.d_k
+        q, k, v = mixed.split([kd, kd, spec.n_v_heads * spec.d_v], dim=-1)
+        q = self.hook_q(_unit(q.reshape(b, s, spec.n_k_heads, spec.d_k)))
+        k = self.hook_k(_unit(k.reshape(b, s, spec.n_k_heads, spec.d_k)))
+        v = self.hook_v(v.reshape(b, s, spec.n_v_heads, spec.d_v))
+        beta = self.hook_beta(self.in_proj_b(x).sigmoid())
+        a = self.in_proj_a(x).float()
+        decay = self.hook_decay(-self.A_log.float().exp() * F.softplus(a + self.dt_bias))
+        gate = self.hook_gate(self.in_proj_z(x).reshape(b, s, spec.n_v_heads, spec.d_v))
+        g = spec.n_v_heads // spec.n_k_heads
+        qh, kh = q.repeat_interleave(g, dim=2), k.repeat_interleave(g, dim=2)
+        read, _ = delta_rule(qh * spec.d_k**-0.5, kh, v, beta, decay)
+        read = self.hook_read(read.to(x.dtype))
+        z = self.hook_z(self._gated_norm(read, gate))
+        if self.cfg.use_attn_result:
+            result = self.hook_result(torch.einsum("bshd,hdm->bshm", z, self.W_O))
+            out = result.sum(dim=2)
+        else:
+            out = self.out_proj(z.reshape(b, s, -1))
+        return out, (k.transpose(1, 2), v.transpose(1, 2))
+
+    def _gated_norm(self, read: Tensor, gate: Tensor) -> Tensor:
+        """RMSNorm of each head's read (weight ``norm_w``) times ``silu(gate)``, in fp32."""
+        rf = read.float()
+        normed = rf * torch.rsqrt(rf.pow(2).mean(-1, keepdim=True) + self.norm_eps)
+        out = (self.norm_w * normed.to(read.dtype)) * F.silu(gate.float())
+        return out.to(read.dtype)

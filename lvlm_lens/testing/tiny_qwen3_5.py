@@ -1,0 +1,50 @@
+"""The tiny random Qwen3.5 checkpoint's config.
+
+Shaped like ``Qwen/Qwen3.5-27B`` at a tiny size: Gated-DeltaNet linear-attention layers with
+full-attention layers between them (:data:`LAYER_TYPES`), grouped key heads in the linear
+layers (two value heads per key head, as the real 16 : 32), output-gated full attention with
+grouped-query heads, q/k norms, ``1 + w`` norms, partial interleaved M-RoPE and Qwen3-VL's
+vision side without DeepStack. :mod:`~lvlm_lens.testing.tiny_families` builds and saves it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+
+#: Linear-attention layers, each followed by a full-attention one (the real: 3 linear : 1 full).
+LAYER_TYPES = ["linear_attention", "full_attention"] * 2
+#: Linear-attention heads: key heads, value heads, their widths and the causal conv's kernel.
+LINEAR = dict(linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8,
+              linear_value_head_dim=8, linear_conv_kernel_dim=4)  # fmt: skip
+
+
+def qwen3_5_config(
+    text: dict[str, Any], vision: dict[str, Any], ids: dict[str, int], tied: bool
+) -> tuple[Any, type]:
+    """The tiny Qwen3.5 config from the shared tiny text fields ``text`` (overrides included),
+    Qwen vision fields ``vision`` and the Qwen special token ids ``ids``."""
+    n = text.setdefault("num_hidden_layers", len(LAYER_TYPES))
+    text.setdefault("layer_types", [LAYER_TYPES[i % 2] for i in range(n)])
+    text.setdefault("num_key_value_heads", 2)
+    text.setdefault("head_dim", 16)
+    for key, value in LINEAR.items():
+        text.setdefault(key, value)
+    # partial rotary over half of d_head: 4 frequencies, split (t, h, w) = (2, 1, 1)
+    text.setdefault("rope_parameters", {"rope_type": "default", "rope_theta": 10000.0,
+                                        "mrope_section": [2, 1, 1], "mrope_interleaved": True,
+                                        "partial_rotary_factor": 0.5})  # fmt: skip
+    vision = dict(depth=2, num_heads=2, hidden_size=32, intermediate_size=64,
+                  out_hidden_size=text["hidden_size"], num_position_embeddings=16,
+                  temporal_patch_size=2, **vision)  # fmt: skip
+    config = Qwen3_5Config(
+        text_config=dict(text, tie_word_embeddings=tied),
+        vision_config=vision,
+        image_token_id=ids["image_token"],
+        video_token_id=ids["video_token"],
+        vision_start_token_id=ids["vision_start_token"],
+        vision_end_token_id=ids["vision_end_token"],
+        tie_word_embeddings=tied,
+    )
+    return config, Qwen3_5ForConditionalGeneration
