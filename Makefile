@@ -3,8 +3,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DOCS_SITE ?= site
+# Executed copies of the notebooks, which the site shows (docs/scripts/nb_outputs.py).
+NB_OUT := build/executed/notebooks
+NOTEBOOKS := $(wildcard notebooks/*.ipynb)
+PACKAGE_FILES := $(shell find lvlm_lens -type f -not -path '*/__pycache__/*')
 
-.PHONY: venv test demo lint docs docs-serve mutate seeds claims-seeds
+.PHONY: venv test demo lint docs docs-serve notebooks mutate seeds claims-seeds
 
 venv: $(STAMP)
 
@@ -17,19 +21,30 @@ $(STAMP): pyproject.toml
 
 # The layering contract (pyproject.toml [tool.importlinter]) and the strict docs build are part
 # of the test command (tests/test_docs.py runs the docs' code blocks), and so are the
-# notebooks: nbmake executes each one top to bottom (single-threaded, on the toy model).
-test: venv
+# notebooks: nbmake executes each one top to bottom (single-threaded, on the toy model), once;
+# the site shows those executed copies, so the docs build comes after them.
+test: venv notebooks
 	$(VENV)/bin/lint-imports
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir $(DOCS_SITE)
 	$(PY) -m pytest -q --durations=10 tests
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q --nbmake --nbmake-timeout=600 notebooks
+
+# Execute every notebook (a copy in $(NB_OUT), outputs written there, never into notebooks/);
+# re-run only when a notebook or the package changed. A failing run leaves no stamp.
+notebooks: $(NB_OUT)/.executed
+
+$(NB_OUT)/.executed: $(NOTEBOOKS) $(PACKAGE_FILES) | venv
+	rm -rf $(NB_OUT) && mkdir -p $(NB_OUT) && cp $(NOTEBOOKS) $(NB_OUT)/
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=600 \
+		--overwrite $(NB_OUT)
+	$(PY) docs/scripts/nb_outputs.py clean $(NB_OUT)
+	touch $@
 
 # The documentation site (mkdocs.yml): built into site/, or served with live reload.
-docs: venv
+docs: venv notebooks
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir $(DOCS_SITE)
 	@echo "open $(DOCS_SITE)/index.html, or run make docs-serve"
 
-docs-serve: venv
+docs-serve: venv notebooks
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --strict
 
 # The main job (lvlm-lens attribute) on a generated synthetic set; prints the report's path.

@@ -1,9 +1,11 @@
 """MkDocs hooks of the lvlm_lens site (``hooks:`` in ``mkdocs.yml``).
 
 - **Tutorials**: every ``notebooks/*.ipynb`` of the repository is rendered (by mkdocs-jupyter,
-  without executing it) under ``notebooks/``, with a generated index page, and listed in the
-  navigation in file-name order. No notebook, no Tutorials section: the navigation never names
-  a file that is not there, so ``mkdocs build --strict`` passes before and after they land.
+  without executing it) under ``notebooks/`` from its executed copy (``make notebooks``, see
+  ``nb_outputs.py``), with a generated index page, and listed in the navigation in file-name
+  order. A notebook without a current executed copy fails a ``--strict`` build (else warns): the
+  site never shows a tutorial without its outputs. No notebook, no Tutorials section: the
+  navigation never names a file that is not there.
 - **Optional pages**: pages that other work adds (``claims.md``, ``testing.md``) join the
   navigation when they exist.
 - **Command-line help**: ``<!-- cli-help: SUBCOMMAND -->`` in a page is replaced by the
@@ -17,16 +19,22 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
+from mkdocs.exceptions import PluginError
 from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File, Files
 
+sys.path.insert(0, str(Path(__file__).parent))
+from nb_outputs import EXECUTED, executed_copy  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
+log = logging.getLogger("mkdocs.hooks.notebooks")
 NOTEBOOKS = ROOT / "notebooks"
 #: Section and title of pages that join the navigation only once they exist.
 OPTIONAL_PAGES = {
@@ -63,10 +71,10 @@ def tutorials_index(paths: list[Path]) -> str:
     rows = "\n".join(f"- [{notebook_title(p)}]({p.name})" for p in paths)
     return (
         "# Tutorials\n\n"
-        "The notebooks of the repository's `notebooks/` folder, rendered as they are stored. "
-        "Each runs top to bottom on a CPU with the bundled toy LVLM; the test suite executes "
-        "them, so their code matches the library. Open one in Jupyter to run it "
-        "yourself.\n\n" + rows + "\n"
+        "The notebooks of the repository's `notebooks/` folder, shown with the outputs of "
+        "their run in the test suite. Each runs top to bottom on a CPU with the bundled toy "
+        "LVLM, seeded, so its code, numbers and figures match the library. Open one in "
+        "Jupyter to run it yourself.\n\n" + rows + "\n"
     )
 
 
@@ -105,9 +113,18 @@ def on_files(files: Files, config: Any) -> Files:
     paths = notebooks()
     if paths:
         files.append(File.generated(config, "notebooks/index.md", content=tutorials_index(paths)))
-        for path in paths:  # a real file of the repository, outside docs/
-            rel = path.relative_to(ROOT).as_posix()
-            files.append(File(rel, str(ROOT), config["site_dir"], config["use_directory_urls"]))
+        unexecuted = []
+        for path in paths:  # the executed copy, outside docs/ (build/executed/notebooks/)
+            rel, src = path.relative_to(ROOT).as_posix(), EXECUTED
+            copy, why = executed_copy(path)
+            if copy is None:
+                unexecuted.append(f"{rel}: {why}; run `make notebooks` (the page shows no outputs)")
+                src = ROOT
+            files.append(File(rel, str(src), config["site_dir"], config["use_directory_urls"]))
+        if unexecuted and config.get("strict"):  # an error: `--quiet` drops warnings uncounted
+            raise PluginError("\n".join(unexecuted))
+        for line in unexecuted:
+            log.warning(line)
     return files
 
 
