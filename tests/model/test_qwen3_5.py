@@ -225,3 +225,51 @@ def test_run_reference_is_the_path_and_an_empty_mask_is_clean(pair):
     answers = logits.argmax(-1)
     assert torch.allclose(out[:, 0], logits.gather(-1, answers[:, None])[:, 0])
     assert (out[:, 1] - out[:, 0]).abs().max() > 1e-3
+
+
+@pytest.fixture(scope="module")
+def moe_pair(tiny_checkpoint):
+    folder = tiny_checkpoint("qwen3.5-moe", chat_template=True)
+    model = HookedLVLM.from_pretrained(folder)
+    reference = type(model.hf_model).from_pretrained(folder, attn_implementation="eager").eval()
+    return model, reference
+
+
+@torch.no_grad()
+def test_moe_logits_match_hf_per_example_and_a_padded_batch_its_examples(moe_pair):
+    """Per example = HF eager; in the padded batch each row = that example alone. (HF's own
+    padded batch differs from its single examples by ~5e-4 here: left padding moves its
+    chunked delta rule's 64-token chunk boundaries, and the routers amplify the rounding.)"""
+    model, reference = moe_pair
+    assert model.cfg.decoder.moe.layers == tuple(range(model.cfg.n_layers))
+    assert model.cfg.decoder.linear_attention.layers
+    inp = model.prepare(IMAGES, PROMPTS)
+    assert (inp.attention_mask == 0).any(), "the batch must be padded"
+    batch = model(inp)
+    for i, (image, prompt) in enumerate(zip(IMAGES, PROMPTS, strict=True)):
+        one = model.prepare([image], [prompt])
+        alone, ref = model(one), hf_logits(reference, model, one)
+        assert (alone - ref).abs().max() <= 1e-4
+        assert ref.std() > 0.1
+        assert (batch[i, -one.input_ids.shape[1] :] - alone[0]).abs().max() <= 1e-4
+
+
+@torch.no_grad()
+def test_moe_shared_expert_hooks_by_hand(moe_pair):
+    """``hook_shared_out`` = ``sigmoid(hook_shared_gate)`` times the shared MLP from its weights,
+    and the MLP output = the routed experts' outputs plus it."""
+    model, _ = moe_pair
+    inp = model.prepare(IMAGES[:1], PROMPTS[:1])
+    _, cache = model.run_with_cache(inp)
+    for layer, block in enumerate(model.blocks):
+        m = f"blocks.{layer}.mlp."
+        x = cache[f"blocks.{layer}.ln2.hook_normalized"]
+        sh = block.mlp.shared_expert
+        w_gate, w_up, w_down = sh.gate_proj.weight, sh.up_proj.weight, sh.down_proj.weight
+        h = torch.nn.functional.silu(x @ w_gate.T) * (x @ w_up.T)
+        gate = x @ block.mlp.shared_expert_gate.weight.T
+        assert torch.allclose(cache[m + "hook_shared_gate"], gate, atol=1e-5)
+        assert torch.allclose(cache[m + "hook_shared_out"], torch.sigmoid(gate) * (h @ w_down.T),
+                              atol=1e-5)
+        total = cache[m + "hook_expert_out"].sum(2) + cache[m + "hook_shared_out"]
+        assert torch.allclose(total, cache[f"blocks.{layer}.hook_mlp_out"], atol=1e-5)
