@@ -160,12 +160,18 @@ class GatedDeltaNet(nn.Module):
         return delta_rule(qh * self.spec.d_k**-0.5, kh, v, beta, decay)[0]
 
     def reads(
-        self, x: Float[Tensor, "batch pos d_model"], real: Tensor
+        self, x: Float[Tensor, "batch pos d_model"], real: Tensor, skip: Tensor | None = None
     ) -> Float[Tensor, "batch pos head d_v"]:
         """What every query reads from its head's state, on the layer input ``x`` (the output
-        of ``ln1``; ``real``: not padding), without hooks: head ablation's alternative run."""
-        x = x * real[..., None].to(x.dtype)
-        return self._read(*self._inputs(x)).to(x.dtype)
+        of ``ln1``; ``real``: not padding), without hooks: head ablation's and knockout's
+        alternative run. Positions in ``skip`` contribute nothing: their conv inputs are zeros
+        (so they write nothing) and they do not decay the state."""
+        keep = real if skip is None else real & ~skip
+        x = x * keep[..., None].to(x.dtype)
+        q, k, v, beta, decay = self._inputs(x)
+        if skip is not None:
+            decay = decay.masked_fill(skip[..., None], 0.0)
+        return self._read(q, k, v, beta, decay).to(x.dtype)
 
     def _gated_norm(self, read: Tensor, gate: Tensor) -> Tensor:
         """RMSNorm of each head's read (weight ``norm_w``) times ``silu(gate)``, in fp32."""
