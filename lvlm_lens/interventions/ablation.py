@@ -67,6 +67,11 @@ class BaselineKV:
         keys: Per layer ``[batch, kv_head, pos, d_head]``; only ``source`` columns are read.
         values: Per layer, likewise.
         source: Source positions (whose K/V an ablated head replaces).
+
+    On a linear-attention layer (Qwen3.5) both hold the layer's input (the output of ``ln1``)
+    ``[batch, 1, pos, d_model]``: an ablated linear-attention head computes everything it takes
+    from the source positions (its conv inputs, keys, values, write strengths and decays) from
+    the baseline's input there (see ``docs/concepts/head-ablation.md``).
     """
 
     keys: list[Float[Tensor, "batch kv_head pos d_head"]]
@@ -98,14 +103,37 @@ def query_scope(inp: LVLMInput, source: Tensor, scope: str) -> Bool[Tensor, "bat
     return real & (cols > last)
 
 
+def _linear_layers(model: Any) -> tuple[int, ...]:
+    """The linear-attention layers (Qwen3.5), after checking a head mask can name their heads."""
+    lin = model.cfg.decoder.linear_attention
+    if lin is None:
+        return ()
+    if lin.n_v_heads != model.cfg.n_heads:
+        raise ValueError(f"head masks have n_heads={model.cfg.n_heads} per layer but the "
+                         f"linear-attention layers {lin.n_v_heads} heads: head ablation on this "
+                         "checkpoint is not supported yet")
+    return lin.layers
+
+
 def kv_of(model: Any, inp: LVLMInput) -> tuple[list[Tensor], list[Tensor]]:
-    """Clean post-RoPE keys and values of every layer, ``[batch, kv_head, pos, d_head]``."""
-    names = [f"blocks.{i}.attn.hook_{n}" for i in range(model.cfg.n_layers) for n in ("rot_k", "v")]
+    """Clean post-RoPE keys and values of every layer, ``[batch, kv_head, pos, d_head]`` (a
+    linear-attention layer: its input, ``[batch, 1, pos, d_model]``, as keys and values)."""
+    linear = _linear_layers(model)
+    n = model.cfg.n_layers
+    names = [f"blocks.{i}.ln1.hook_normalized" if i in linear else f"blocks.{i}.attn.hook_{k}"
+             for i in range(n) for k in ("rot_k", "v")]  # fmt: skip
     with torch.no_grad():
         _, cache = model.run_with_cache(inp, names_filter=names, return_cache_object=False)
-    n = model.cfg.n_layers
-    return ([cache[f"blocks.{i}.attn.hook_rot_k"].transpose(1, 2) for i in range(n)],
-            [cache[f"blocks.{i}.attn.hook_v"].transpose(1, 2) for i in range(n)])
+    keys, values = [], []
+    for i in range(n):
+        if i in linear:
+            x = cache[f"blocks.{i}.ln1.hook_normalized"][:, None]
+            keys.append(x)
+            values.append(x)
+        else:
+            keys.append(cache[f"blocks.{i}.attn.hook_rot_k"].transpose(1, 2))
+            values.append(cache[f"blocks.{i}.attn.hook_v"].transpose(1, 2))
+    return keys, values
 
 
 def with_images(model: Any, inp: LVLMInput, images: list[list[Any]]) -> LVLMInput:
@@ -255,10 +283,14 @@ def head_ablation_hooks(
     qs = qs.to(model.cfg.device)
     src = baseline.source.to(model.cfg.device)
     g = model.cfg.n_groups
+    linear = _linear_layers(model)
     hooks = []
     for layer in range(model.cfg.n_layers):
         w = weight[:, layer]
         if not heads.requires_grad and not bool((w != 0).any()):
+            continue
+        if layer in linear:
+            hooks += linear_ablation_hooks(model, inp, layer, w, baseline, qs, src)
             continue
         store: dict[str, Tensor] = {}
         kb = baseline.keys[layer].repeat_interleave(g, dim=1)
@@ -277,7 +309,10 @@ def head_ablation_hooks(
         def z_hook(z: Tensor, hook: Any, store=store, vb=vb, w=w) -> Tensor:
             dv = (vb - store["v"].transpose(1, 2)).repeat_interleave(g, dim=1)
             p = store["pattern"] * store["cond"] * w[:, :, None, None]
-            return z + torch.einsum("bhqk,bhkd->bqhd", p, dv.to(p.dtype))
+            dz = torch.einsum("bhqk,bhkd->bqhd", p, dv.to(p.dtype))
+            if "gate" in store:  # output-gated attention (Qwen3.5): hook_z is gated
+                dz = dz * torch.sigmoid(store["gate"])
+            return z + dz
 
         pre = f"blocks.{layer}.attn."
         hooks += [
@@ -287,7 +322,34 @@ def head_ablation_hooks(
             (pre + "hook_pattern", lambda t, hook, s=save: s(t, hook, "pattern")),
             (pre + "hook_z", z_hook),
         ]
+        if model.cfg.decoder.attn_output_gate:
+            hooks.insert(-1, (pre + "hook_gate", lambda t, hook, s=save: s(t, hook, "gate")))
     return hooks
+
+
+def linear_ablation_hooks(
+    model: Any, inp: LVLMInput, layer: int, w: Tensor, baseline: BaselineKV, qs: Tensor,
+    src: Tensor,
+) -> list[tuple[str, Any]]:
+    """Reference hooks ablating the weighted heads ``w`` ``[batch, head]`` of a linear-attention
+    layer: the layer is run again on its input with the source positions' input the
+    baseline's, and the in-scope queries of each ablated head read that run's state (moved by
+    ``w`` towards it)."""
+    attn, store = model.blocks[layer].attn, {}
+    xb = baseline.keys[layer][:, 0]
+    real = inp.attention_mask.bool().to(model.cfg.device)
+
+    def save(x: Tensor, hook: Any) -> None:
+        store["x"] = x
+
+    def read_hook(read: Tensor, hook: Any) -> Tensor:
+        x = store["x"]
+        alt = attn.reads(torch.where(src[..., None], xb.to(x.dtype), x), real)
+        cond = qs[:, :, None, None] * w[:, None, :, None]
+        return read + cond.to(read.dtype) * (alt - read)
+
+    pre = f"blocks.{layer}."
+    return [(pre + "ln1.hook_normalized", save), (pre + "attn.hook_read", read_hook)]
 
 
 @contextmanager

@@ -90,6 +90,9 @@ class AblationEngine:
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if model.cfg.decoder.linear_attention is not None:
+            raise ValueError("the shared-prefix engine cannot reuse a prefix through "
+                             "linear-attention layers (Qwen3.5) yet: use run_reference")
         self.model, self.inp, self.config = model, inp, config
         self.metric, self.batch_size = get_metric(metric), batch_size
         self.answers = clean_answers(model, inp)

@@ -146,7 +146,9 @@ def knockout_hooks(
         on[list(heads)] = True
         block = edges[:, None] & on[None, :, None, None]
 
-    _check_keys_left(model, inp, block, layers)
+    linear = cfg.decoder.linear_attention
+    linear = () if linear is None else linear.layers
+    _check_keys_left(model, inp, block, [la for la in layers if la not in linear])
 
     def hook(scores: Float[Tensor, "batch head q k"], hook: Any) -> Tensor:
         b, _, q, k = scores.shape
@@ -159,7 +161,41 @@ def knockout_hooks(
         m = block[..., k - q : k, :k].to(scores.device) & (scores > floor / 2)
         return scores.masked_fill(m, floor)
 
-    return [(f"blocks.{layer}.attn.hook_attn_scores", hook) for layer in layers]
+    hooks = []
+    for layer in layers:
+        if layer in linear:
+            hooks += _linear_knockout_hooks(model, inp, layer, src, tgt, heads)
+        else:
+            hooks.append((f"blocks.{layer}.attn.hook_attn_scores", hook))
+    return hooks
+
+
+def _linear_knockout_hooks(
+    model: Any, inp: LVLMInput, layer: int, src: Tensor, tgt: Tensor,
+    heads: Sequence[int] | None,
+) -> list[Hook]:
+    """Knockout in a linear-attention layer (Qwen3.5), which has no attention matrix: the
+    target queries of the knocked-out heads read the state of a run in which the source
+    tokens contributed nothing (no conv input, no write, no decay). Full-sequence runs only."""
+    cfg, attn, store = model.cfg, model.blocks[layer].attn, {}
+    on = torch.zeros(attn.spec.n_v_heads, dtype=torch.bool, device=cfg.device)
+    on[list(range(attn.spec.n_v_heads)) if heads is None else list(heads)] = True
+    real = inp.attention_mask.bool().to(cfg.device)
+    src, tgt = src.to(cfg.device), tgt.to(cfg.device)
+
+    def save(x: Tensor, hook: Any) -> None:
+        store["x"] = x
+
+    def read_hook(read: Tensor, hook: Any) -> Tensor:
+        if read.shape[:2] != tgt.shape:
+            raise ValueError(f"knockout in linear-attention layer {layer} runs only on the full "
+                             f"input {tuple(tgt.shape)}, got {tuple(read.shape[:2])}")
+        alt = attn.reads(store["x"], real, skip=src)
+        cond = tgt[:, :, None, None] & on[None, None, :, None]
+        return torch.where(cond, alt, read)
+
+    pre = f"blocks.{layer}."
+    return [(pre + "ln1.hook_normalized", save), (pre + "attn.hook_read", read_hook)]
 
 
 @contextmanager

@@ -21,6 +21,8 @@ class MoESpec:
         d_expert: Hidden width of one expert.
         layers: The layers whose MLP is sparse (the others keep a dense gated MLP).
         renormalize: The chosen experts' probabilities are divided by their sum.
+        shared_expert: Every token also passes a shared gated MLP (``hf_mlp.shared_expert``)
+            whose output is scaled by ``sigmoid(shared_expert_gate(x))`` and added (Qwen3.5-MoE).
     """
 
     n_experts: int
@@ -28,6 +30,7 @@ class MoESpec:
     d_expert: int
     layers: tuple[int, ...]
     renormalize: bool = True
+    shared_expert: bool = False
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,9 @@ def delta_rule(
     decay: Float[Tensor, "batch pos head"],
     state: Float[Tensor, "batch head d_k d_v"] | None = None,
 ) -> tuple[Float[Tensor, "batch pos head d_v"], Float[Tensor, "batch head d_k d_v"]]:
-    """The gated delta rule, token by token in fp32; returns every read and the final state.
+    """The gated delta rule, token by token in fp64 (the exact value: HF's chunked fp32 kernel
+    rounds differently, by ~5e-5 on the tiny model's logits); returns every read and the final
+    state, in fp32.
 
     ``q`` and ``k`` are per value head (already repeated for grouped heads), ``q`` already
     scaled; the state starts at ``state`` (zeros by default)."""
@@ -122,20 +124,9 @@ class GatedDeltaNet(nn.Module):
         b, s, _ = x.shape
         real = mask[:, 0, :, -s:].diagonal(dim1=-2, dim2=-1) == 0  # [batch, pos]
         x = x * real[..., None].to(x.dtype)
-        mixed = self._conv(x)
-        kd = spec.n_k_heads * spec.d_k
-        q, k, v = mixed.split([kd, kd, spec.n_v_heads * spec.d_v], dim=-1)
-        q = self.hook_q(_unit(q.reshape(b, s, spec.n_k_heads, spec.d_k)))
-        k = self.hook_k(_unit(k.reshape(b, s, spec.n_k_heads, spec.d_k)))
-        v = self.hook_v(v.reshape(b, s, spec.n_v_heads, spec.d_v))
-        beta = self.hook_beta(self.in_proj_b(x).sigmoid())
-        a = self.in_proj_a(x).float()
-        decay = self.hook_decay(-self.A_log.float().exp() * F.softplus(a + self.dt_bias))
+        q, k, v, beta, decay = self._inputs(x, hooked=True)
         gate = self.hook_gate(self.in_proj_z(x).reshape(b, s, spec.n_v_heads, spec.d_v))
-        g = spec.n_v_heads // spec.n_k_heads
-        qh, kh = q.repeat_interleave(g, dim=2), k.repeat_interleave(g, dim=2)
-        read, _ = delta_rule(qh * spec.d_k**-0.5, kh, v, beta, decay)
-        read = self.hook_read(read.to(x.dtype))
+        read = self.hook_read(self._read(q, k, v, beta, decay).to(x.dtype))
         z = self.hook_z(self._gated_norm(read, gate))
         if self.cfg.use_attn_result:
             result = self.hook_result(torch.einsum("bshd,hdm->bshm", z, self.W_O))
@@ -143,6 +134,44 @@ class GatedDeltaNet(nn.Module):
         else:
             out = self.out_proj(z.reshape(b, s, -1))
         return out, (k.transpose(1, 2), v.transpose(1, 2))
+
+    def _inputs(self, x: Tensor, hooked: bool = False) -> tuple[Tensor, ...]:
+        """``q``, ``k`` (per key head), ``v``, ``beta`` and ``decay`` of the layer input ``x``
+        (through their hooks where ``hooked``)."""
+        spec = self.spec
+        b, s, _ = x.shape
+        kd = spec.n_k_heads * spec.d_k
+        q, k, v = self._conv(x).split([kd, kd, spec.n_v_heads * spec.d_v], dim=-1)
+        q = _unit(q.reshape(b, s, spec.n_k_heads, spec.d_k))
+        k = _unit(k.reshape(b, s, spec.n_k_heads, spec.d_k))
+        v = v.reshape(b, s, spec.n_v_heads, spec.d_v)
+        beta = self.in_proj_b(x).sigmoid()
+        a = self.in_proj_a(x).float()
+        decay = -self.A_log.float().exp() * F.softplus(a + self.dt_bias)
+        if not hooked:
+            return q, k, v, beta, decay
+        return (self.hook_q(q), self.hook_k(k), self.hook_v(v), self.hook_beta(beta),
+                self.hook_decay(decay))
+
+    def _read(self, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, decay: Tensor) -> Tensor:
+        """Every query's read of its value head's state (q / k repeated per value head)."""
+        g = self.spec.n_v_heads // self.spec.n_k_heads
+        qh, kh = q.repeat_interleave(g, dim=2), k.repeat_interleave(g, dim=2)
+        return delta_rule(qh * self.spec.d_k**-0.5, kh, v, beta, decay)[0]
+
+    def reads(
+        self, x: Float[Tensor, "batch pos d_model"], real: Tensor, skip: Tensor | None = None
+    ) -> Float[Tensor, "batch pos head d_v"]:
+        """What every query reads from its head's state, on the layer input ``x`` (the output
+        of ``ln1``; ``real``: not padding), without hooks: head ablation's and knockout's
+        alternative run. Positions in ``skip`` contribute nothing: their conv inputs are zeros
+        (so they write nothing) and they do not decay the state."""
+        keep = real if skip is None else real & ~skip
+        x = x * keep[..., None].to(x.dtype)
+        q, k, v, beta, decay = self._inputs(x)
+        if skip is not None:
+            decay = decay.masked_fill(skip[..., None], 0.0)
+        return self._read(q, k, v, beta, decay).to(x.dtype)
 
     def _gated_norm(self, read: Tensor, gate: Tensor) -> Tensor:
         """RMSNorm of each head's read (weight ``norm_w``) times ``silu(gate)``, in fp32."""

@@ -80,7 +80,7 @@ def config_from_hf(hf_model: nn.Module, name: str = "") -> LVLMConfig:
         d_head=next(la.self_attn for la in language_model(hf_model).layers
                     if hasattr(la, "self_attn")).head_dim,  # Qwen3.5: layer 0 may be linear
         d_model=tc.hidden_size,
-        d_mlp=tc.intermediate_size,
+        d_mlp=getattr(tc, "intermediate_size", None) or tc.moe_intermediate_size,  # all-MoE
         d_vocab=hf_model.lm_head.out_features,
         n_key_value_heads=getattr(tc, "num_key_value_heads", None) or n_heads,
         eps=tc.rms_norm_eps,

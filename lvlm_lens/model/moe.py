@@ -9,7 +9,10 @@ Hooks of ``blocks.{l}.mlp`` on a sparse layer:
 - ``hook_expert_indices`` ``[batch, pos, top_k]``: the chosen experts, most probable first, as
   HookedTransformer's; an edit sends the token to other experts (with their probabilities).
 - ``hook_expert_out`` ``[batch, pos, top_k, d_model]``: each chosen expert's output times its
-  routing weight, in the order of ``hook_expert_indices``; they sum to the MLP's output.
+  routing weight, in the order of ``hook_expert_indices``; they sum to the MLP's output (plus
+  the shared expert's, where there is one).
+- With a shared expert (Qwen3.5-MoE): ``hook_shared_gate`` ``[batch, pos, 1]``, its gate's logit
+  (before the sigmoid), and ``hook_shared_out`` ``[batch, pos, d_model]``, its gated output.
 
 The weights stay the HF modules' own (router ``[expert, d_model]``, fused gate/up
 ``[expert, 2 * d_expert, d_model]``, down ``[expert, d_model, d_expert]``); ``W_gate``,
@@ -40,6 +43,10 @@ class SparseMoE(nn.Module):
         self.experts = hf_mlp.experts  # gate_up_proj, down_proj, act_fn
         for name in ("router_logits", "expert_weights", "expert_indices", "expert_out"):
             setattr(self, f"hook_{name}", HookPoint())
+        if spec.shared_expert:
+            self.shared_expert = hf_mlp.shared_expert  # gate_proj, up_proj, down_proj, act_fn
+            self.shared_expert_gate = hf_mlp.shared_expert_gate  # weight [1, d_model]
+            self.hook_shared_gate, self.hook_shared_out = HookPoint(), HookPoint()
 
     @property
     def W_router(self) -> Float[Tensor, "d_model expert"]:
@@ -105,4 +112,13 @@ class SparseMoE(nn.Module):
         total = ordered[:, :, 0]
         for j in range(1, k):
             total = total + ordered[:, :, j]
+        if self.spec.shared_expert:
+            total = total + self.shared(x)
         return total
+
+    def shared(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        """The shared expert's gated MLP output, scaled by its sigmoid gate."""
+        mlp = self.shared_expert
+        h = mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
+        gate = self.hook_shared_gate(self.shared_expert_gate(x))
+        return self.hook_shared_out(torch.sigmoid(gate) * h)

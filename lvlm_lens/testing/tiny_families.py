@@ -56,7 +56,7 @@ from lvlm_lens.testing.tiny_qwen3_vl_moe import qwen3_vl_moe_config, split_moe_f
 FAMILY_KINDS = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl", "idefics3")
 FAMILY_KINDS += ("qwen3-vl-moe",)
 FAMILY_KINDS += ("llava-onevision-1.5",)
-FAMILY_KINDS += ("qwen3.5",)
+FAMILY_KINDS += ("qwen3.5", "qwen3.5-moe")
 
 #: Words the family chat templates need beyond the shared tiny vocabulary.
 EXTRA_WORDS = ("model",)
@@ -289,12 +289,13 @@ def family_config(
     elif kind == "llava-onevision-1.5":
         ids = {name: tokenizer.convert_tokens_to_ids(t) for name, t in QWEN_SPECIALS.items()}
         config, cls = llava_onevision1_5_config(tiny_text_kwargs(tokenizer, **text), ids, vision)
-    elif kind == "qwen3.5":  # untied, as Qwen3.5-27B
+    elif kind in ("qwen3.5", "qwen3.5-moe"):  # untied, as Qwen3.5-27B / 35B-A3B
         ids = {name: tokenizer.convert_tokens_to_ids(t) for name, t in QWEN_SPECIALS.items()}
         tied = text.pop("tie_word_embeddings", False)
         text.setdefault("num_hidden_layers", 4)
         vision = dict(patch_size=QWEN_PATCH, spatial_merge_size=QWEN_MERGE, **vision)
-        config, cls = qwen3_5_config(tiny_text_kwargs(tokenizer, **text), vision, ids, tied)
+        config, cls = qwen3_5_config(tiny_text_kwargs(tokenizer, **text), vision, ids, tied,
+                                     moe=kind == "qwen3.5-moe")
     elif kind == "qwen3-vl-moe":  # untied, as Qwen3-VL-30B-A3B
         moe = split_moe_fields(text)
         text.setdefault("tie_word_embeddings", False)
@@ -343,6 +344,7 @@ def family_tokenizer(kind: str, chat_template: bool) -> PreTrainedTokenizerFast:
         "qwen3-vl": QWEN3_CHAT_TEMPLATE,
         "qwen3-vl-moe": QWEN3_CHAT_TEMPLATE,
         "qwen3.5": QWEN3_CHAT_TEMPLATE,
+        "qwen3.5-moe": QWEN3_CHAT_TEMPLATE,
         "llava-onevision-1.5": QWEN_CHAT_TEMPLATE,
         "internvl": INTERNVL_CHAT_TEMPLATE,
         "idefics3": IDEFICS3_CHAT_TEMPLATE,

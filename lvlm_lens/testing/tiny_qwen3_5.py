@@ -11,7 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+from transformers import (
+    Qwen3_5Config,
+    Qwen3_5ForConditionalGeneration,
+    Qwen3_5MoeConfig,
+    Qwen3_5MoeForConditionalGeneration,
+)
 
 #: Linear-attention layers, each followed by a full-attention one (the real: 3 linear : 1 full).
 LAYER_TYPES = ["linear_attention", "full_attention"] * 2
@@ -20,11 +25,22 @@ LINEAR = dict(linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_
               linear_value_head_dim=8, linear_conv_kernel_dim=4)  # fmt: skip
 
 
+#: The MoE variant (Qwen3.5-35B-A3B: 256 experts of 512, top 8, a shared expert of 512).
+MOE = dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
+           shared_expert_intermediate_size=48)  # fmt: skip
+
+
 def qwen3_5_config(
-    text: dict[str, Any], vision: dict[str, Any], ids: dict[str, int], tied: bool
+    text: dict[str, Any], vision: dict[str, Any], ids: dict[str, int], tied: bool,
+    moe: bool = False,
 ) -> tuple[Any, type]:
     """The tiny Qwen3.5 config from the shared tiny text fields ``text`` (overrides included),
-    Qwen vision fields ``vision`` and the Qwen special token ids ``ids``."""
+    Qwen vision fields ``vision`` and the Qwen special token ids ``ids``; with ``moe`` the
+    Qwen3.5-MoE one (:data:`MOE`, a sparse MLP in every layer)."""
+    if moe:
+        text.pop("intermediate_size", None)
+        for key, value in MOE.items():
+            text.setdefault(key, value)
     n = text.setdefault("num_hidden_layers", len(LAYER_TYPES))
     text.setdefault("layer_types", [LAYER_TYPES[i % 2] for i in range(n)])
     text.setdefault("num_key_value_heads", 2)
@@ -38,7 +54,8 @@ def qwen3_5_config(
     vision = dict(depth=2, num_heads=2, hidden_size=32, intermediate_size=64,
                   out_hidden_size=text["hidden_size"], num_position_embeddings=16,
                   temporal_patch_size=2, **vision)  # fmt: skip
-    config = Qwen3_5Config(
+    config_cls = Qwen3_5MoeConfig if moe else Qwen3_5Config
+    config = config_cls(
         text_config=dict(text, tie_word_embeddings=tied),
         vision_config=vision,
         image_token_id=ids["image_token"],
@@ -47,4 +64,4 @@ def qwen3_5_config(
         vision_end_token_id=ids["vision_end_token"],
         tie_word_embeddings=tied,
     )
-    return config, Qwen3_5ForConditionalGeneration
+    return config, Qwen3_5MoeForConditionalGeneration if moe else Qwen3_5ForConditionalGeneration

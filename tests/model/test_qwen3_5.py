@@ -142,3 +142,167 @@ def test_a_kv_cache_continuation_is_refused(pair):
     inp = model.prepare(IMAGES[:1], PROMPTS[:1])
     with pytest.raises(ValueError, match="linear-attention layers cannot continue a KV cache"):
         model.generate(inp, max_new_tokens=2)
+
+
+def _ablated(model, inp, heads, baseline, names=()):
+    from lvlm_lens.interventions import ablate_heads
+
+    with torch.no_grad(), ablate_heads(model, inp, heads, baseline) as m:
+        return m.run_with_cache(inp, names_filter=list(names)) if names else (m(inp), None)
+
+
+def test_ablating_every_head_makes_the_answer_independent_of_the_image(pair):
+    """Every full-attention head reads the baseline's image K/V and every linear-attention
+    head builds its state from the baseline's input at the image positions: two different
+    images then give the same logits after the image (scope ``text``)."""
+    from lvlm_lens.interventions import HeadAblation, compute_baseline
+
+    model, _ = pair
+    images = [noise_image(24, 24, 3), noise_image(24, 24, 4)]
+    outs, cleans, full_only = [], [], []
+    ones = torch.ones(model.cfg.n_layers, model.cfg.n_heads)
+    full = ones.clone()
+    full[list(model.cfg.decoder.linear_attention.layers)] = 0
+    for image in images:
+        inp = model.prepare([image], PROMPTS[:1])
+        base = compute_baseline(model, inp, HeadAblation())
+        outs.append(_ablated(model, inp, ones, base)[0][0, -1])
+        full_only.append(_ablated(model, inp, full, base)[0][0, -1])
+        with torch.no_grad():
+            cleans.append(model(inp)[0, -1])
+    assert (cleans[0] - cleans[1]).abs().max() > 0.1  # the image matters when nothing is ablated
+    # and still reaches the answer through the linear-attention heads alone
+    assert (full_only[0] - full_only[1]).abs().max() > 1e-3
+    assert (outs[0] - outs[1]).abs().max() <= 1e-5
+
+
+def test_ablating_one_linear_head_changes_only_its_reads_after_the_image(pair):
+    """Head 1 of the first linear layer: its reads after the image change, its reads up to the
+    image's end and every other head's reads in that layer stay clean; an empty mask is the
+    clean run."""
+    from lvlm_lens.interventions import HeadAblation, compute_baseline
+
+    model, _ = pair
+    inp = model.prepare(IMAGES[:1], PROMPTS[:1])
+    base = compute_baseline(model, inp, HeadAblation())
+    layer = model.cfg.decoder.linear_attention.layers[0]
+    name = f"blocks.{layer}.attn.hook_read"
+    heads = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    _, clean = model.run_with_cache(inp, names_filter=[name])
+    logits, none = _ablated(model, inp, heads, base, [name])
+    assert torch.equal(none[name], clean[name])
+    heads[layer, 1] = 1
+    _, cache = _ablated(model, inp, heads, base, [name])
+    diff = (cache[name] - clean[name]).abs()[0]
+    last = int(inp.groups["image"][0].nonzero().max())
+    assert diff[: last + 1].max() == 0 and diff[:, [0, 2, 3]].max() == 0
+    assert diff[last + 1 :, 1].max() > 1e-4
+
+
+def test_the_engine_refuses_linear_attention_in_one_line(pair):
+    from lvlm_lens.interventions import AblationEngine, HeadAblation, compute_baseline
+
+    model, _ = pair
+    inp = model.prepare(IMAGES[:1], PROMPTS[:1])
+    config = HeadAblation()
+    base = compute_baseline(model, inp, config)
+    with pytest.raises(ValueError, match="cannot reuse a prefix through linear-attention layers"):
+        AblationEngine(model, inp, base, config)
+
+
+def test_run_reference_is_the_path_and_an_empty_mask_is_clean(pair):
+    from lvlm_lens.interventions import HeadAblation, compute_baseline, run_reference
+
+    model, _ = pair
+    inp = model.prepare(IMAGES, PROMPTS)
+    config = HeadAblation()
+    base = compute_baseline(model, inp, config)
+    masks = torch.zeros(2, model.cfg.n_layers, model.cfg.n_heads, dtype=torch.bool)
+    masks[1] = True
+    out = run_reference(model, inp, masks, base, config, progress=False)
+    with torch.no_grad():
+        logits = model(inp)[:, -1]
+    answers = logits.argmax(-1)
+    assert torch.allclose(out[:, 0], logits.gather(-1, answers[:, None])[:, 0])
+    assert (out[:, 1] - out[:, 0]).abs().max() > 1e-3
+
+
+@pytest.fixture(scope="module")
+def moe_pair(tiny_checkpoint):
+    folder = tiny_checkpoint("qwen3.5-moe", chat_template=True)
+    model = HookedLVLM.from_pretrained(folder)
+    reference = type(model.hf_model).from_pretrained(folder, attn_implementation="eager").eval()
+    return model, reference
+
+
+@torch.no_grad()
+def test_moe_logits_match_hf_per_example_and_a_padded_batch_its_examples(moe_pair):
+    """Per example = HF eager; in the padded batch each row = that example alone. (HF's own
+    padded batch differs from its single examples by ~5e-4 here: left padding moves its
+    chunked delta rule's 64-token chunk boundaries, and the routers amplify the rounding.)"""
+    model, reference = moe_pair
+    assert model.cfg.decoder.moe.layers == tuple(range(model.cfg.n_layers))
+    assert model.cfg.decoder.linear_attention.layers
+    inp = model.prepare(IMAGES, PROMPTS)
+    assert (inp.attention_mask == 0).any(), "the batch must be padded"
+    batch = model(inp)
+    for i, (image, prompt) in enumerate(zip(IMAGES, PROMPTS, strict=True)):
+        one = model.prepare([image], [prompt])
+        alone, ref = model(one), hf_logits(reference, model, one)
+        assert (alone - ref).abs().max() <= 1e-4
+        assert ref.std() > 0.1
+        assert (batch[i, -one.input_ids.shape[1] :] - alone[0]).abs().max() <= 1e-4
+
+
+@torch.no_grad()
+def test_moe_shared_expert_hooks_by_hand(moe_pair):
+    """``hook_shared_out`` = ``sigmoid(hook_shared_gate)`` times the shared MLP from its weights,
+    and the MLP output = the routed experts' outputs plus it."""
+    model, _ = moe_pair
+    inp = model.prepare(IMAGES[:1], PROMPTS[:1])
+    _, cache = model.run_with_cache(inp)
+    for layer, block in enumerate(model.blocks):
+        m = f"blocks.{layer}.mlp."
+        x = cache[f"blocks.{layer}.ln2.hook_normalized"]
+        sh = block.mlp.shared_expert
+        w_gate, w_up, w_down = sh.gate_proj.weight, sh.up_proj.weight, sh.down_proj.weight
+        h = torch.nn.functional.silu(x @ w_gate.T) * (x @ w_up.T)
+        gate = x @ block.mlp.shared_expert_gate.weight.T
+        assert torch.allclose(cache[m + "hook_shared_gate"], gate, atol=1e-5)
+        assert torch.allclose(cache[m + "hook_shared_out"], torch.sigmoid(gate) * (h @ w_down.T),
+                              atol=1e-5)
+        total = cache[m + "hook_expert_out"].sum(2) + cache[m + "hook_shared_out"]
+        assert torch.allclose(total, cache[f"blocks.{layer}.hook_mlp_out"], atol=1e-5)
+
+
+def _after_image(inp):
+    img = inp.groups["image"]
+    cols = torch.arange(img.shape[1])
+    return inp.attention_mask.bool() & (cols > (img * cols).max(-1, keepdim=True).values)
+
+
+@torch.no_grad()
+def test_knockout_image_to_text_in_every_layer_makes_the_answer_independent_of_the_image(pair):
+    """Full-attention layers: the text after the image may not attend to it; linear-attention
+    layers: that text reads a state the image tokens contributed nothing to. Two images then
+    give the same logits after the image; knocking out only the full-attention layers does
+    not suffice; the text before the image and the image itself are untouched."""
+    from lvlm_lens.interventions import knockout
+
+    model, _ = pair
+    linear = model.cfg.decoder.linear_attention.layers
+    full = [i for i in range(model.cfg.n_layers) if i not in linear]
+    outs, partial = [], []
+    for image in (noise_image(24, 24, 3), noise_image(24, 24, 4)):
+        inp = model.prepare([image], PROMPTS[:1])
+        target = _after_image(inp)
+        with knockout(model, inp, "image", target, range(model.cfg.n_layers)):
+            logits = model(inp)
+        clean = model(inp)
+        # (the hooked scores take the materialised softmax: rounding only)
+        assert (logits[~target] - clean[~target]).abs().max() <= 1e-5
+        outs.append(logits[0, -1])
+        with knockout(model, inp, "image", target, full):
+            partial.append(model(inp)[0, -1])
+    assert (partial[0] - partial[1]).abs().max() > 1e-3
+    assert (outs[0] - outs[1]).abs().max() <= 1e-5
