@@ -141,7 +141,7 @@ def row_record(
     """
     if not _present(prompt) or not _present(answer):
         raise ValueError(f"{where}: empty prompt or answer")
-    meta: dict[str, Any] = {}
+    meta: dict[str, Any] = {"where": where}
     if _present(bbox):
         meta["bbox"] = _parse_bbox(bbox, size, where)
     if mask is not None:  # a mask wins over a box

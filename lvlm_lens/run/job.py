@@ -21,6 +21,7 @@ from lvlm_lens.interventions.baseline_check import BaselineCheck, baseline_note,
 from lvlm_lens.interventions.engine import AblationEngine
 from lvlm_lens.model import HookedLVLM
 from lvlm_lens.run.distributed import current_shard
+from lvlm_lens.run.fingerprint import row_key
 from lvlm_lens.run.options import RunOptions
 from lvlm_lens.run.rerender import rerender
 from lvlm_lens.run.runner import BaselineCache, run_attribution
@@ -165,7 +166,7 @@ def compare(
     engines = [(engines or {}).get(i) or AblationEngine(model, x, b, cfg.ablation, cfg.metric,
                                                         cfg.batch_size)
                for i, x, b in zip(subset, inputs, bases, strict=True)]
-    keys = [str(i) for i in subset]
+    keys = [f"{i}-{row_key(records[i])}" for i in subset]  # a changed row: new pieces
     check = check_baseline(model, inputs, bases, cfg.ablation, cfg.metric, engines=engines,
                            checkpoints=checkpoints, keys=keys)
     if not check.kept:

@@ -9,6 +9,7 @@ merges the chunks and fits the attribution.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,14 @@ from lvlm_lens.interventions.ablation import (
 from lvlm_lens.interventions.engine import AblationEngine
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.run.distributed import Shard, current_shard
+from lvlm_lens.run.fingerprint import row_key
 from lvlm_lens.run.options import RunOptions
 from lvlm_lens.run.store import (
     check_out_dir,
     chunk_done,
     chunk_fingerprint,
     collect,
+    forget_example,
     load_prediction,
     options_key,
     prediction_path,
@@ -94,10 +97,16 @@ def chunk_metas(opts: RunOptions, records: list[Any], n_masks: int) -> dict[int,
     key, size = options_key(opts), opts.chunk_masks
     starts = range(0, n_masks, size)
     return {
-        i: [chunk_fingerprint(key, i, rec.id, c, min(size, n_masks - s))
+        i: [chunk_fingerprint(key, i, rec.id, c, min(size, n_masks - s), row)
             for c, s in enumerate(starts)]  # fmt: skip
-        for i, rec in enumerate(records)
+        for i, (rec, row) in enumerate(zip(records, map(row_key, records), strict=True))
     }
+
+
+def row_label(record: Any, index: int) -> str:
+    """Where an example comes from, for messages: its CSV row / JSONL line, else its index."""
+    where = getattr(record, "meta", {}).get("where")
+    return f"{where} (id {record.id!r})" if where else f"example {index} (id {record.id!r})"
 
 
 def run_shard(
@@ -120,10 +129,15 @@ def run_shard(
     metas = chunk_metas(opts, records, masks.shape[0])
     mine = [i for i in range(len(records)) if shard.owns(i)]
     bar = tqdm(total=len(mine) * masks.shape[0], unit="mask", desc=f"attribute [rank {shard.rank}]")
+    changed = []
     for i in mine:
         rec = records[i]
         inp = model.prepare(rec.image, rec.prompt, answers=rec.answer, answer_rule=opts.answer_rule)
-        info = load_prediction(out, i)
+        row = metas[i][0]["row"]
+        info = load_prediction(out, i, row)
+        if info is None and prediction_path(out, i).exists():  # computed from an older row
+            forget_example(out, i)
+            changed.append(row_label(rec, i))
         if info is None:
             guess = predict(model, inp)
             info = {
@@ -134,6 +148,7 @@ def run_shard(
                 "prediction_id": guess,
                 "prediction": model.tokenizer.convert_ids_to_tokens(guess),
                 "correct": guess == int(inp.answer_ids[0]),
+                "row": row,
             }
             atomic_json(info, prediction_path(out, i))
         if not (info["correct"] or opts.keep_wrong):
@@ -153,6 +168,9 @@ def run_shard(
         if engines is not None and len(engines) < keep_engines:
             engines[i] = engine
     bar.close()
+    if changed:
+        warnings.warn(f"recomputed {len(changed)} example(s) whose data changed since the last "
+                      f"run: {', '.join(changed)}", stacklevel=2)  # fmt: skip
 
 
 def run_attribution(

@@ -29,6 +29,7 @@ from lvlm_lens.attribution.curves import Curves, RandomBand
 from lvlm_lens.attribution.results import AttributionResult
 from lvlm_lens.files import atomic_json, atomic_save, atomic_write
 from lvlm_lens.run.distributed import Shard
+from lvlm_lens.run.fingerprint import run_fingerprint
 from lvlm_lens.run.options import RunOptions
 from lvlm_lens.viz.figures import ExampleView
 from lvlm_lens.viz.report import ReportData
@@ -80,7 +81,7 @@ def check_out_dir(opts: RunOptions, overwrite: bool, shard: Shard) -> Path:
     if out.exists() and not out.is_dir():
         raise SystemExit(f"--out {out} is a file: pass a folder (it is created if missing)")
     marker = out / "run.json"
-    mine = json.loads(json.dumps(opts.fingerprint(), default=str))
+    mine = json.loads(json.dumps(run_fingerprint(opts), default=str))
     if marker.exists():
         theirs = json.loads(marker.read_text())
         if theirs != mine:
@@ -106,8 +107,9 @@ def check_out_dir(opts: RunOptions, overwrite: bool, shard: Shard) -> Path:
 
 
 def options_key(opts: RunOptions) -> str:
-    """A short hash of the run's fingerprint, stored in every chunk."""
-    text = json.dumps(opts.fingerprint(), sort_keys=True, default=str)
+    """A short hash of the run's fingerprint (options, model files, baseline image), stored
+    in every chunk."""
+    text = json.dumps(run_fingerprint(opts), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -143,19 +145,32 @@ def prediction_path(out: Path, example: int) -> Path:
     return out / "examples" / f"{example:05d}.json"
 
 
-def load_prediction(out: Path, example: int) -> dict | None:
-    """The stored prediction of an example; ``None`` if missing or unreadable (then removed).
-    Called by the example's owner only."""
+def load_prediction(out: Path, example: int, row: str | None = None) -> dict | None:
+    """The stored prediction of an example; ``None`` if missing or unreadable (then removed),
+    or computed from another row than ``row`` (see :func:`forget_example`). Called by the
+    example's owner only."""
     path = prediction_path(out, example)
     _clear_stale(path)
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
+        info = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         warnings.warn(f"{path} is damaged ({err}): computing it again", stacklevel=2)
         path.unlink(missing_ok=True)
         return None
+    if not isinstance(info, dict) or "correct" not in info:
+        warnings.warn(f"{path} is not a prediction file: computing it again", stacklevel=2)
+        path.unlink(missing_ok=True)
+        return None
+    return info if row is None or info.get("row") == row else None
+
+
+def forget_example(out: Path, example: int) -> None:
+    """Remove an example's prediction and chunks (its row changed since they were computed)."""
+    prediction_path(out, example).unlink(missing_ok=True)
+    for path in (out / "chunks").glob(f"ex{example:05d}_c*.safetensors"):
+        path.unlink(missing_ok=True)
 
 
 # chunks --------------------------------------------------------------------------------------
@@ -165,11 +180,12 @@ def chunk_path(out: Path, example: int, chunk: int) -> Path:
 
 
 def chunk_fingerprint(
-    options: str, example: int, example_id: str, chunk: int, n_masks: int
+    options: str, example: int, example_id: str, chunk: int, n_masks: int, row: str = ""
 ) -> dict[str, str]:
-    """What a chunk must belong to: the run's options key, the example, the block of masks."""
+    """What a chunk must belong to: the run's options key, the example and its row's content
+    key, the block of masks."""
     return {"options": options, "example": str(example), "example_id": str(example_id),
-            "chunk": str(chunk), "n_masks": str(n_masks)}  # fmt: skip
+            "row": row, "chunk": str(chunk), "n_masks": str(n_masks)}  # fmt: skip
 
 
 def save_chunk(out: Path, example: int, chunk: int, metrics: Tensor, meta: dict[str, str]) -> None:
