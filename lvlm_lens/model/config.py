@@ -59,6 +59,11 @@ class DecoderSpec:
             part of that layer's ``hook_mlp_out`` so ``decompose_resid`` still sums.
         moe: The sparse MLP of the layers it lists (:class:`MoESpec`), ``None`` where every
             MLP is dense: ``blocks.{l}.mlp`` is then a :class:`~lvlm_lens.model.moe.SparseMoE`.
+        attn_softcap: Attention scores become ``tanh(scores / cap) * cap`` after scaling and
+            before the mask (Gemma 2's ``attn_logit_softcapping``); ``hook_attn_scores`` holds
+            them capped. The fused kernels cannot cap, so attention is then always materialised.
+        logit_softcap: Logits become ``tanh(logits / cap) * cap`` in ``unembed`` (Gemma 2's
+            ``final_logit_softcapping``); ``W_U`` stays the linear map before the cap.
     """
 
     norm_offset: float = 0.0
@@ -70,6 +75,8 @@ class DecoderSpec:
     bidirectional_image: bool = False
     deepstack: bool = False
     moe: MoESpec | None = None
+    attn_softcap: float | None = None
+    logit_softcap: float | None = None
 
 
 @dataclass
