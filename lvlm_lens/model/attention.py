@@ -208,8 +208,9 @@ class Attention(AttentionWeights, nn.Module):
 
     def fusable(self, q: Tensor, segments: list[Segment]) -> bool:
         """Whether the fused kernels may compute ``z``: ``cfg.fused_attention`` is on and no
-        gradient must flow through the merge of several segments."""
-        if not self.cfg.fused_attention:
+        gradient must flow through the merge of several segments; never with softcapped
+        scores (``cfg.decoder.attn_softcap``), which the kernels cannot compute."""
+        if not self.cfg.fused_attention or self.cfg.decoder.attn_softcap is not None:
             return False
         if len(segments) == 1 or not torch.is_grad_enabled():
             return True
@@ -229,6 +230,9 @@ class Attention(AttentionWeights, nn.Module):
         ``z = pattern @ v`` of the edited tensor."""
         scores = [self._scores(q, seg) for seg in segments]
         scores = scores[0] if len(scores) == 1 else torch.cat(scores, dim=-1)
+        cap = self.cfg.decoder.attn_softcap
+        if cap is not None:  # Gemma 2: capped before the mask, as HF's eager attention
+            scores = torch.tanh(scores / cap) * cap
         # scores are fresh: the mask is added in place, with no full-size temporary
         scores, kept = through_hook(self.hook_attn_scores, scores.add_(mask))
         pattern = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
@@ -177,11 +178,13 @@ class Embed(nn.Module):
 
 
 class Unembed(nn.Module):
-    """Unembedding (the checkpoint's own ``lm_head``)."""
+    """Unembedding (the checkpoint's own ``lm_head``), then ``tanh(logits / cap) * cap`` where
+    the decoder caps its logits (Gemma 2's ``final_logit_softcapping``; ``W_U`` is before it)."""
 
-    def __init__(self, lm_head: nn.Linear):
+    def __init__(self, lm_head: nn.Linear, softcap: float | None = None):
         super().__init__()
         self.lm_head = lm_head
+        self.softcap = softcap
 
     @property
     def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
@@ -193,4 +196,7 @@ class Unembed(nn.Module):
         return b if b is not None else self.lm_head.weight.new_zeros(self.lm_head.out_features)
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
-        return self.lm_head(x)
+        logits = self.lm_head(x)
+        if self.softcap is None:
+            return logits
+        return torch.tanh(logits / self.softcap) * self.softcap

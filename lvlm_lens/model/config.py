@@ -89,6 +89,11 @@ class DecoderSpec:
             gate rows): ``blocks.{l}.attn.hook_gate``, before the sigmoid.
         linear_attention: The Gated-DeltaNet layers (:class:`LinearAttentionSpec`), ``None``
             where every layer has self-attention.
+        attn_softcap: Attention scores become ``tanh(scores / cap) * cap`` after scaling and
+            before the mask (Gemma 2's ``attn_logit_softcapping``); ``hook_attn_scores`` holds
+            them capped. The fused kernels cannot cap, so attention is then always materialised.
+        logit_softcap: Logits become ``tanh(logits / cap) * cap`` in ``unembed`` (Gemma 2's
+            ``final_logit_softcapping``); ``W_U`` stays the linear map before the cap.
     """
 
     norm_offset: float = 0.0
@@ -102,6 +107,8 @@ class DecoderSpec:
     moe: MoESpec | None = None
     attn_output_gate: bool = False
     linear_attention: LinearAttentionSpec | None = None
+    attn_softcap: float | None = None
+    logit_softcap: float | None = None
 
 
 @dataclass

@@ -90,7 +90,7 @@ class HookedLVLM(
             TransformerBlock(cfg, layer, i) for i, layer in enumerate(lm.layers)
         )
         self.ln_final = RMSNorm(lm.norm, cfg.decoder.norm_offset)
-        self.unembed = Unembed(hf_model.lm_head)
+        self.unembed = Unembed(hf_model.lm_head, cfg.decoder.logit_softcap)
         self.rotary_emb = lm.rotary_emb
         self.tokenizer = tokenizer
         self.image_text = image_text(hf_model.config, tokenizer)

@@ -114,6 +114,18 @@ TEXT_NAMES = {"llama": "Llama/Vicuna", "mistral": "Mistral", "qwen2": "Qwen2", "
 #: ``layer_types``): a property of the text model, not of a family.
 WINDOW_ON_EVERY_LAYER = ("mistral",)
 
+#: Language backbones whose HF attention and logits apply ``attn_logit_softcapping`` /
+#: ``final_logit_softcapping`` (read by :func:`softcaps`); other backbones' HF models ignore
+#: the fields (Gemma 3's as well), so a config setting them there is refused.
+SOFTCAP_TEXT_MODELS = ("gemma2",)
+
+
+def softcaps(tc: Any) -> dict[str, float | None]:
+    """The :class:`DecoderSpec` softcapping fields of a Gemma 2 text config."""
+    return {"attn_softcap": getattr(tc, "attn_logit_softcapping", None),
+            "logit_softcap": getattr(tc, "final_logit_softcapping", None)}
+
+
 #: RoPE types whose frequencies change with the longest position of a call: HF's depend on the
 #: batch an example is run in (and ``dynamic`` on the calls before), so per-example results,
 #: prefix caches and batched masked runs would all disagree with a full batched run.
@@ -158,7 +170,7 @@ def check_supported(config: Any, families: dict[str, Family]) -> Family:
         )
     tc = config.text_config
     for flag in ("attn_logit_softcapping", "final_logit_softcapping"):
-        if getattr(tc, flag, None) is not None:
+        if getattr(tc, flag, None) is not None and text_type not in SOFTCAP_TEXT_MODELS:
             raise ValueError(f"{family.name} with {flag}={getattr(tc, flag)} is not supported")
     if getattr(tc, "use_bidirectional_attention", False):
         raise ValueError(f"{family.name} with use_bidirectional_attention=True is not supported")
