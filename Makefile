@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 # the site shows those executed copies, so the docs build comes after them.
 test: venv notebooks
 	$(VENV)/bin/lint-imports
-	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir $(DOCS_SITE)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir $(DOCS_SITE)
 	$(PY) -m pytest -q --durations=10 tests
 
 # Execute every notebook (a copy in $(NB_OUT), outputs written there, never into notebooks/);
