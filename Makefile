@@ -34,6 +34,7 @@ notebooks: $(NB_OUT)/.executed
 
 $(NB_OUT)/.executed: $(NOTEBOOKS) $(PACKAGE_FILES) | venv
 	rm -rf $(NB_OUT) && mkdir -p $(NB_OUT) && cp $(NOTEBOOKS) $(NB_OUT)/
+	$(PY) -c "import matplotlib.font_manager"  # a first run's font-cache notice, not in a notebook
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=600 \
 		--overwrite $(NB_OUT)
 	$(PY) docs/scripts/nb_outputs.py clean $(NB_OUT)
