@@ -8,7 +8,7 @@ NB_OUT := build/executed/notebooks
 NOTEBOOKS := $(wildcard notebooks/*.ipynb)
 PACKAGE_FILES := $(shell find lvlm_lens -type f -not -path '*/__pycache__/*')
 
-.PHONY: venv test demo lint docs docs-serve notebooks mutate seeds claims-seeds
+.PHONY: venv test demo lint docs docs-serve docs-check report-check notebooks mutate seeds claims-seeds
 
 venv: $(STAMP)
 
@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 # the site shows those executed copies, so the docs build comes after them.
 test: venv notebooks
 	$(VENV)/bin/lint-imports
-	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir $(DOCS_SITE)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir $(DOCS_SITE)
 	$(PY) -m pytest -q --durations=10 tests
 
 # Execute every notebook (a copy in $(NB_OUT), outputs written there, never into notebooks/);
@@ -34,6 +34,7 @@ notebooks: $(NB_OUT)/.executed
 
 $(NB_OUT)/.executed: $(NOTEBOOKS) $(PACKAGE_FILES) | venv
 	rm -rf $(NB_OUT) && mkdir -p $(NB_OUT) && cp $(NOTEBOOKS) $(NB_OUT)/
+	$(PY) -c "import matplotlib.font_manager"  # a first run's font-cache notice, not in a notebook
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=600 \
 		--overwrite $(NB_OUT)
 	$(PY) docs/scripts/nb_outputs.py clean $(NB_OUT)
@@ -46,6 +47,19 @@ docs: venv notebooks
 
 docs-serve: venv notebooks
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --strict
+
+# The built site in headless Chromium (Debian's chromium; not part of `make test`): first the
+# check's own test (a notebook stored empty and a broken image must fail it), then the home page,
+# one API page and every notebook page; screenshots in build/site-check/ (docs/testing.md).
+docs-check: docs
+	$(PY) -m pytest -q -p no:cacheprovider tools/test_site_check.py
+	$(PY) -m tools.site_check $(DOCS_SITE) --out build/site-check
+
+# The report of `make demo` (runs/demo/report.html) under the same browser check: it loads
+# without an error and shows its figures.
+report-check: demo
+	$(PY) -m tools.site_check runs/demo --page report.html --no-notebooks --min-images 3 \
+		--out build/site-check/report
 
 # The main job (lvlm-lens attribute) on a generated synthetic set; prints the report's path.
 demo: venv
