@@ -250,9 +250,11 @@ def moe_pair(tiny_checkpoint):
 
 @torch.no_grad()
 def test_moe_logits_match_hf_per_example_and_a_padded_batch_its_examples(moe_pair):
-    """Per example = HF eager; in the padded batch each row = that example alone. (HF's own
-    padded batch differs from its single examples by ~5e-4 here: left padding moves its
-    chunked delta rule's 64-token chunk boundaries, and the routers amplify the rounding.)"""
+    """Per example = HF eager within HF's own rounding; in the padded batch each row = that
+    example alone <= 1e-4. The tiny MoE amplifies the delta rule's rounding: on the 67-token
+    example HF's chunked and step-wise kernels differ from each other by 2.7e-4 and HF's padded
+    batch from its single example by ~5e-4 (padding moves its 64-token chunks), ours from HF's
+    chunked one by 2.2e-4 (fp64 recurrence), hence 5e-4 here; the dense kind meets 1e-4."""
     model, reference = moe_pair
     assert model.cfg.decoder.moe.layers == tuple(range(model.cfg.n_layers))
     assert model.cfg.decoder.linear_attention.layers
@@ -262,7 +264,7 @@ def test_moe_logits_match_hf_per_example_and_a_padded_batch_its_examples(moe_pai
     for i, (image, prompt) in enumerate(zip(IMAGES, PROMPTS, strict=True)):
         one = model.prepare([image], [prompt])
         alone, ref = model(one), hf_logits(reference, model, one)
-        assert (alone - ref).abs().max() <= 1e-4
+        assert (alone - ref).abs().max() <= 5e-4
         assert ref.std() > 0.1
         assert (batch[i, -one.input_ids.shape[1] :] - alone[0]).abs().max() <= 1e-4
 
