@@ -10,6 +10,9 @@ Where the prefix would depend on the tokens after it (Gemma 3's tokens of one im
 each other both ways, so a source ending inside an image cuts that image), scope ``text``
 also runs full sequences, with only the queries after the last source reading the baseline.
 :func:`run_reference` is the plain path, one hooked full forward per mask.
+Linear-attention layers (Qwen3.5) keep a recurrent state and a conv tail that the KV cache does
+not hold, so on such a model the engine falls back to the reference hooks, one full forward
+of the example per mask (same numbers, no prefix reuse).
 """
 
 from __future__ import annotations
@@ -90,9 +93,6 @@ class AblationEngine:
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if model.cfg.decoder.linear_attention is not None:
-            raise ValueError("the shared-prefix engine cannot reuse a prefix through "
-                             "linear-attention layers (Qwen3.5) yet: use run_reference")
         self.model, self.inp, self.config = model, inp, config
         self.metric, self.batch_size = get_metric(metric), batch_size
         self.answers = clean_answers(model, inp)
@@ -149,6 +149,8 @@ class AblationEngine:
     @torch.no_grad()
     def run_batch(self, i: int, masks: Bool[Tensor, "batch n_layers n_heads"]) -> Tensor:
         """Metric of example ``i`` under each mask of one batch (``True`` = head ablated)."""
+        if self.model.cfg.decoder.linear_attention is not None:
+            return self._run_reference_batch(i, masks)
         st = self._example(i)
         b = masks.shape[0]
         x, mask = st.x.expand(b, -1, -1), st.mask.expand(b, -1)
@@ -159,6 +161,21 @@ class AblationEngine:
                                          layout=st.layout.expand(b))
         logits = self.model.unembed(self.model.ln_final(resid[:, -1]))
         return self.metric(logits, st.answer.expand(b))
+
+    @torch.no_grad()
+    def _run_reference_batch(self, i: int, masks: Tensor) -> Tensor:
+        """The fallback of :meth:`run_batch` (linear attention): one hooked run per mask."""
+        model, base = self.model, self.baseline
+        ex = self.inp.select(i)
+        off = self.inp.shape[1] - ex.shape[1]
+        sub = BaselineKV([k[i : i + 1, :, off:] for k in base.keys],
+                         [v[i : i + 1, :, off:] for v in base.values], base.source[i : i + 1, off:])
+        out = []
+        for m in masks:
+            hooks = head_ablation_hooks(model, ex, m, sub, self.config.scope)
+            logits = final_logits(model.run_with_hooks(ex, fwd_hooks=hooks))
+            out.append(self.metric(logits, self.answers[i : i + 1]))
+        return torch.cat(out)
 
     def run(
         self,

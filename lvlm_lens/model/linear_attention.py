@@ -36,7 +36,7 @@ from transformer_lens.hook_points import HookPoint
 
 from lvlm_lens.model.config import LinearAttentionSpec, LVLMConfig
 
-__all__ = ["GatedDeltaNet", "delta_rule"]
+__all__ = ["GatedDeltaNet", "delta_rule", "write_weights"]
 
 HOOKS = ("q", "k", "v", "beta", "decay", "gate", "read", "z", "result")
 
@@ -74,6 +74,25 @@ def delta_rule(
         state = state + k_t[..., None] * delta[:, :, None, :]
         reads.append(torch.einsum("bhk,bhkv->bhv", q[:, t], state))
     return torch.stack(reads, dim=1).float(), state.float()
+
+
+def write_weights(
+    q: Float[Tensor, "pos d_k"], k: Float[Tensor, "pos d_k"], decay: Float[Tensor, " pos"]
+) -> Float[Tensor, "pos pos"]:
+    """``a[t, j]``: the weight of token ``j``'s write in token ``t``'s read, for one value head
+    (its query / key head's hooked ``q``, ``k`` and its ``decay``).
+
+    The state after token ``t`` is ``sum_j exp(decay_{j+1} + ... + decay_t) k_j delta_j^T``
+    (``delta_j = beta_j (v_j - k_j S)``, what token ``j`` wrote), so the read of ``t`` is
+    ``sum_j a[t, j] delta_j`` with ``a[t, j] = (q_t . k_j) / sqrt(d_k) exp(...)`` for
+    ``j <= t`` and 0 after: the linear-attention analogue of an attention pattern's row
+    (signed, not normalised)."""
+    q, k, decay = q.double(), k.double(), decay.double()
+    total = decay.cumsum(0)
+    gap = total[:, None] - total[None, :]  # decay_{j+1} + ... + decay_t
+    causal = torch.ones_like(gap, dtype=torch.bool).tril()
+    scores = (q @ k.T) * q.shape[-1] ** -0.5
+    return torch.where(causal, scores * gap.clamp(max=0).exp(), 0.0).float()
 
 
 class GatedDeltaNet(nn.Module):

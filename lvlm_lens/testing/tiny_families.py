@@ -49,7 +49,7 @@ from lvlm_lens.testing.tiny_llava_onevision1_5 import (
     llava_onevision1_5_config,
     llava_onevision1_5_image_processor,
 )
-from lvlm_lens.testing.tiny_qwen3_5 import qwen3_5_config
+from lvlm_lens.testing.tiny_qwen3_5 import keep_word_level_tokenizer, qwen3_5_config
 from lvlm_lens.testing.tiny_qwen3_vl_moe import qwen3_vl_moe_config, split_moe_fields
 
 #: The tiny kinds built here (``build_tiny_checkpoint`` builds them as well as the LLaVA ones).
@@ -399,5 +399,7 @@ def build_family_checkpoint(
         idefics3_processor(config, tokenizer, image_processor).save_pretrained(folder)
         return folder
     tokenizer.save_pretrained(folder)
+    if kind in ("qwen3.5", "qwen3.5-moe"):
+        keep_word_level_tokenizer(folder)
     image_processor.save_pretrained(folder)
     return folder

@@ -9,6 +9,8 @@ vision side without DeepStack. :mod:`~lvlm_lens.testing.tiny_families` builds an
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from transformers import (
@@ -65,3 +67,18 @@ def qwen3_5_config(
         tie_word_embeddings=tied,
     )
     return config, Qwen3_5MoeForConditionalGeneration if moe else Qwen3_5ForConditionalGeneration
+
+
+def keep_word_level_tokenizer(folder: Path) -> None:
+    """Make ``AutoTokenizer`` load the saved tiny word-level tokenizer as it is.
+
+    For ``model_type`` ``qwen3_5`` transformers replaces the saved tokenizer class by its
+    byte-level BPE ``Qwen3_5Tokenizer``, which rebuilt from a word-level vocabulary without
+    merges drops every word longer than one character. It skips that replacement for a folder
+    whose ``tokenizer_config.json`` has an ``auto_map``, and ignores that map unless
+    ``trust_remote_code`` is given; the one written here names no real module, so the folder's
+    own ``TokenizersBackend`` is loaded (with ``trust_remote_code=True`` loading fails)."""
+    path = Path(folder) / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["auto_map"] = {"AutoTokenizer": [None, "tiny_word_level.TinyWordLevel"]}
+    path.write_text(json.dumps(config, indent=2), encoding="utf-8")

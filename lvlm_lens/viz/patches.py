@@ -24,6 +24,7 @@ from PIL import Image
 
 from lvlm_lens.model.families import FAMILIES
 from lvlm_lens.model.inputs import LVLMInput
+from lvlm_lens.model.linear_attention import write_weights
 from lvlm_lens.model.vision import CLS, NEWLINE
 from lvlm_lens.viz.plots import SEQUENTIAL, new_figure
 
@@ -186,6 +187,10 @@ def head_attention(
 ) -> dict[tuple[int, int], Float[np.ndarray, " pos"]]:
     """Attention of each head from one query token to every position of example ``index``.
 
+    A linear-attention head (Qwen3.5) has no pattern: its row is the absolute weight of each
+    token's write in the query's read (:func:`~lvlm_lens.model.linear_attention.write_weights`),
+    normalised to sum to 1.
+
     Args:
         model: A :class:`~lvlm_lens.HookedLVLM`.
         inp: The input.
@@ -195,12 +200,22 @@ def head_attention(
     """
     q = query_position(inp, query, index)
     layers = sorted({layer for layer, _ in heads})
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in layers]
+    lin = model.cfg.decoder.linear_attention
+    linear = () if lin is None else lin.layers
+    names = [f"blocks.{la}.attn.hook_{n}" for la in layers
+             for n in (("q", "k", "decay") if la in linear else ("pattern",))]  # fmt: skip
     _, cache = model.run_with_cache(inp.select(index) if len(inp) > 1 else inp,
                                     names_filter=names, return_cache_object=False)
     out = {}
     for layer, head in heads:
-        row = cache[f"blocks.{layer}.attn.hook_pattern"][0, head].float().cpu().numpy()
+        if layer in linear:  # |weight of each token's write in the read|, summing to 1
+            a = f"blocks.{layer}.attn.hook_"
+            kh = head // (lin.n_v_heads // lin.n_k_heads)
+            w = write_weights(cache[a + "q"][0, :, kh], cache[a + "k"][0, :, kh],
+                              cache[a + "decay"][0, :, head]).abs()
+            row = (w / w.sum(-1, keepdim=True).clamp(min=1e-30)).cpu().numpy()
+        else:
+            row = cache[f"blocks.{layer}.attn.hook_pattern"][0, head].float().cpu().numpy()
         off = inp.shape[1] - row.shape[-1]  # columns dropped by select() (common left padding)
         out[(layer, head)] = np.concatenate([np.zeros(off), row[q - off]])
     return out

@@ -15,6 +15,7 @@ from tests.helpers import PROMPTS, noise_image
 KINDS = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl", "idefics3"]
 KINDS += ["qwen3-vl-moe"]
 KINDS += ["llava-onevision-1.5"]
+KINDS += ["qwen3.5", "qwen3.5-moe"]
 IMAGES = [noise_image(20, 28, 1), noise_image(30, 18, 2)]
 
 

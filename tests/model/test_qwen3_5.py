@@ -1,10 +1,11 @@
 """Qwen3.5: Gated-DeltaNet linear-attention layers between output-gated full-attention layers.
 
 Logits = HF eager (fp32, its torch fallback of the chunked delta rule) on a left-padded batch
-with images of two sizes, per example and text-only; the delta rule against answers derived by
-hand; the per-head hooks (shapes, ``hook_z @ W_O`` = the layer's output, an edit of
-``hook_v`` changes only later positions); ``run_with_cache`` = the plain run; a KV-cache
-continuation refused in one line."""
+with images of two sizes, per example and text-only (and Qwen3.5-MoE with its shared expert);
+the delta rule and the write weights against answers derived by hand; the per-head hooks;
+head ablation and knockout of linear-attention heads by their known effect (the answer no
+longer depends on the image); the engine's fallback = the reference; a KV-cache continuation
+refused in one line."""
 
 from __future__ import annotations
 
@@ -12,8 +13,16 @@ import pytest
 import torch
 
 from lvlm_lens import HookedLVLM
+from lvlm_lens.interventions import (
+    AblationEngine,
+    HeadAblation,
+    ablate_heads,
+    compute_baseline,
+    knockout,
+    run_reference,
+)
 from lvlm_lens.model.attention import Attention
-from lvlm_lens.model.linear_attention import GatedDeltaNet, delta_rule
+from lvlm_lens.model.linear_attention import GatedDeltaNet, delta_rule, write_weights
 from tests.helpers import PROMPTS, hf_logits, noise_image
 
 IMAGES = [noise_image(20, 28, 1), noise_image(30, 14, 2)]
@@ -145,7 +154,6 @@ def test_a_kv_cache_continuation_is_refused(pair):
 
 
 def _ablated(model, inp, heads, baseline, names=()):
-    from lvlm_lens.interventions import ablate_heads
 
     with torch.no_grad(), ablate_heads(model, inp, heads, baseline) as m:
         return m.run_with_cache(inp, names_filter=list(names)) if names else (m(inp), None)
@@ -155,7 +163,6 @@ def test_ablating_every_head_makes_the_answer_independent_of_the_image(pair):
     """Every full-attention head reads the baseline's image K/V and every linear-attention
     head builds its state from the baseline's input at the image positions: two different
     images then give the same logits after the image (scope ``text``)."""
-    from lvlm_lens.interventions import HeadAblation, compute_baseline
 
     model, _ = pair
     images = [noise_image(24, 24, 3), noise_image(24, 24, 4)]
@@ -180,7 +187,6 @@ def test_ablating_one_linear_head_changes_only_its_reads_after_the_image(pair):
     """Head 1 of the first linear layer: its reads after the image change, its reads up to the
     image's end and every other head's reads in that layer stay clean; an empty mask is the
     clean run."""
-    from lvlm_lens.interventions import HeadAblation, compute_baseline
 
     model, _ = pair
     inp = model.prepare(IMAGES[:1], PROMPTS[:1])
@@ -199,19 +205,26 @@ def test_ablating_one_linear_head_changes_only_its_reads_after_the_image(pair):
     assert diff[last + 1 :, 1].max() > 1e-4
 
 
-def test_the_engine_refuses_linear_attention_in_one_line(pair):
-    from lvlm_lens.interventions import AblationEngine, HeadAblation, compute_baseline
+@pytest.mark.parametrize("baseline", ["blank", "zero"])
+@pytest.mark.parametrize("scope", ["text", "all"])
+def test_the_engine_falls_back_to_the_reference_on_linear_attention(pair, baseline, scope):
+    """No prefix reuse through a recurrent state: the engine runs the reference hooks per mask,
+    so engine = reference (random masks, a padded batch), for both scopes."""
 
     model, _ = pair
-    inp = model.prepare(IMAGES[:1], PROMPTS[:1])
-    config = HeadAblation()
+    inp = model.prepare(IMAGES, PROMPTS)
+    config = HeadAblation(baseline=baseline, scope=scope)
     base = compute_baseline(model, inp, config)
-    with pytest.raises(ValueError, match="cannot reuse a prefix through linear-attention layers"):
-        AblationEngine(model, inp, base, config)
+    gen = torch.Generator().manual_seed(0)
+    masks = torch.rand(3, model.cfg.n_layers, model.cfg.n_heads, generator=gen) < 0.5
+    engine = AblationEngine(model, inp, base, config, batch_size=2)
+    ref = run_reference(model, inp, masks, base, config, progress=False)
+    out = engine.run(masks, progress=False)
+    assert (out - ref).abs().max() <= 1e-4
+    assert (ref[:, 1:] - ref[:, :1]).abs().max() > 1e-4  # the masks matter
 
 
 def test_run_reference_is_the_path_and_an_empty_mask_is_clean(pair):
-    from lvlm_lens.interventions import HeadAblation, compute_baseline, run_reference
 
     model, _ = pair
     inp = model.prepare(IMAGES, PROMPTS)
@@ -237,9 +250,11 @@ def moe_pair(tiny_checkpoint):
 
 @torch.no_grad()
 def test_moe_logits_match_hf_per_example_and_a_padded_batch_its_examples(moe_pair):
-    """Per example = HF eager; in the padded batch each row = that example alone. (HF's own
-    padded batch differs from its single examples by ~5e-4 here: left padding moves its
-    chunked delta rule's 64-token chunk boundaries, and the routers amplify the rounding.)"""
+    """Per example = HF eager within HF's own rounding; in the padded batch each row = that
+    example alone <= 1e-4. The tiny MoE amplifies the delta rule's rounding: on the 67-token
+    example HF's chunked and step-wise kernels differ from each other by 2.7e-4 and HF's padded
+    batch from its single example by ~5e-4 (padding moves its 64-token chunks), ours from HF's
+    chunked one by 2.2e-4 (fp64 recurrence), hence 5e-4 here; the dense kind meets 1e-4."""
     model, reference = moe_pair
     assert model.cfg.decoder.moe.layers == tuple(range(model.cfg.n_layers))
     assert model.cfg.decoder.linear_attention.layers
@@ -249,7 +264,7 @@ def test_moe_logits_match_hf_per_example_and_a_padded_batch_its_examples(moe_pai
     for i, (image, prompt) in enumerate(zip(IMAGES, PROMPTS, strict=True)):
         one = model.prepare([image], [prompt])
         alone, ref = model(one), hf_logits(reference, model, one)
-        assert (alone - ref).abs().max() <= 1e-4
+        assert (alone - ref).abs().max() <= 5e-4
         assert ref.std() > 0.1
         assert (batch[i, -one.input_ids.shape[1] :] - alone[0]).abs().max() <= 1e-4
 
@@ -287,7 +302,6 @@ def test_knockout_image_to_text_in_every_layer_makes_the_answer_independent_of_t
     layers: that text reads a state the image tokens contributed nothing to. Two images then
     give the same logits after the image; knocking out only the full-attention layers does
     not suffice; the text before the image and the image itself are untouched."""
-    from lvlm_lens.interventions import knockout
 
     model, _ = pair
     linear = model.cfg.decoder.linear_attention.layers
@@ -306,3 +320,23 @@ def test_knockout_image_to_text_in_every_layer_makes_the_answer_independent_of_t
             partial.append(model(inp)[0, -1])
     assert (partial[0] - partial[1]).abs().max() > 1e-3
     assert (outs[0] - outs[1]).abs().max() <= 1e-5
+
+
+def test_write_weights_rebuild_the_read_from_each_tokens_write():
+    """``read_t = sum_j a[t, j] delta_j``, with each token's write ``delta_j`` computed here
+    step by step from the definition."""
+    gen = torch.Generator().manual_seed(0)
+    s, d_k, d_v = 7, 4, 3
+    q = torch.nn.functional.normalize(torch.randn(s, d_k, generator=gen), dim=-1)
+    k = torch.nn.functional.normalize(torch.randn(s, d_k, generator=gen), dim=-1)
+    v = torch.randn(s, d_v, generator=gen)
+    beta, decay = torch.rand(s, generator=gen), -torch.rand(s, generator=gen)
+    state, deltas = torch.zeros(d_k, d_v), []
+    for t in range(s):
+        state = state * decay[t].exp()
+        deltas.append(beta[t] * (v[t] - k[t] @ state))
+        state = state + torch.outer(k[t], deltas[-1])
+    read, _ = delta_rule((q * d_k**-0.5)[None, :, None], k[None, :, None], v[None, :, None],
+                         beta[None, :, None], decay[None, :, None])
+    rebuilt = write_weights(q, k, decay) @ torch.stack(deltas)
+    assert torch.allclose(rebuilt, read[0, :, 0], atol=1e-5)
