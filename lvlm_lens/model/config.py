@@ -59,6 +59,10 @@ class DecoderSpec:
             part of that layer's ``hook_mlp_out`` so ``decompose_resid`` still sums.
         moe: The sparse MLP of the layers it lists (:class:`MoESpec`), ``None`` where every
             MLP is dense: ``blocks.{l}.mlp`` is then a :class:`~lvlm_lens.model.moe.SparseMoE`.
+        bidirectional_prefix: Prefix-LM attention (PaliGemma): the real tokens of an input (image
+            and prompt) attend to each other both ways, seen whole past a sliding window (HF's
+            order); tokens run after a KV cache (generated ones, suffixes) attend causally.
+        position_offset: Rotary positions count from this (PaliGemma: 1).
         attn_softcap: Attention scores become ``tanh(scores / cap) * cap`` after scaling and
             before the mask (Gemma 2's ``attn_logit_softcapping``); ``hook_attn_scores`` holds
             them capped. The fused kernels cannot cap, so attention is then always materialised.
@@ -76,6 +80,8 @@ class DecoderSpec:
     deepstack: bool = False
     moe: MoESpec | None = None
     attn_softcap: float | None = None
+    bidirectional_prefix: bool = False
+    position_offset: int = 0
     logit_softcap: float | None = None
 
 
