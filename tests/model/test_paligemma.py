@@ -95,3 +95,43 @@ def test_prefix_cut_refused(setup):
     inp = model.prepare(images[:1], PROMPTS[:1])
     with pytest.raises(ValueError, match="attend to each other both ways"):
         model.run_prefix(inp, 18)
+
+
+def test_suffix_after_cached_prompt_is_causal_as_hf(setup):
+    """A suffix run after the cached prompt = HF on prompt + suffix with the suffix's token
+    type 1 (causal), as the processor's ``suffix=`` gives."""
+    model, reference, _, images = setup
+    inp = model.prepare(images, PROMPTS)
+    suffix = torch.tensor([[model.to_single_token("red"), model.to_single_token("star")]] * 2)
+    with torch.no_grad():
+        ours = model(suffix, past_kv_cache=model.run_prefix(inp))
+        kw = inp.to_hf()
+        n = inp.shape[1]
+        kw["input_ids"] = torch.cat([kw["input_ids"], suffix], 1)
+        kw["attention_mask"] = torch.cat([kw["attention_mask"], torch.ones_like(suffix)], 1)
+        last = kw["position_ids"][:, -1:]
+        kw["position_ids"] = torch.cat([kw["position_ids"], last + 1, last + 2], 1)
+        kw["token_type_ids"] = torch.cat([kw["token_type_ids"], torch.ones_like(suffix)], 1)
+        theirs = reference(**kw).logits[:, n:]
+    assert (ours - theirs).abs().max() <= 1e-4
+
+
+def test_hook_embed_equals_hf_inputs_embeds(setup):
+    model, reference, _, images = setup
+    inp = model.prepare(images, PROMPTS)
+    seen = {}
+
+    def grab(mod, args, kw):
+        seen["x"] = kw["inputs_embeds"]
+
+    handle = reference.model.language_model.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            reference(**inp.to_hf())
+    finally:
+        handle.remove()
+    _, cache = model.run_with_cache(inp, names_filter="hook_embed")
+    is_image = inp.input_ids == model.cfg.image_token_id
+    assert is_image.sum() == 2 * 16
+    # HF scales token embeddings inside the text model; image embeddings are spliced unscaled
+    assert (cache["hook_embed"][is_image] - seen["x"][is_image]).abs().max() <= 1e-5
