@@ -295,13 +295,15 @@ def head_ablation_hooks(
         store: dict[str, Tensor] = {}
         kb = baseline.keys[layer].repeat_interleave(g, dim=1)
         vb = baseline.values[layer]
-        scale = model.blocks[layer].attn.scaling
+        attn = model.blocks[layer].attn
+        scale = attn.scaling
 
         def save(t: Tensor, hook: Any, key: str, store: dict = store) -> None:
             store[key] = t
 
-        def scores_hook(s: Tensor, hook: Any, store=store, kb=kb, w=w, scale=scale) -> Tensor:
-            sb = torch.einsum("bqhd,bhkd->bhqk", store["q"], kb) * scale
+        def scores_hook(s: Tensor, hook: Any, store=store, kb=kb, w=w, scale=scale,
+                        attn=attn) -> Tensor:  # the baseline scores capped as the hook's (Gemma 2)
+            sb = attn.softcap(torch.einsum("bqhd,bhkd->bhqk", store["q"], kb) * scale)
             cond = qs[:, None, :, None] & src[:, None, None, :] & (s > torch.finfo(s.dtype).min / 2)
             store["cond"] = cond
             return torch.where(cond, s + w[:, :, None, None] * (sb.to(s.dtype) - s), s)

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from lvlm_lens.interventions.metrics import Metric, get_metric, relative_prob_change
 from lvlm_lens.model.inputs import LVLMInput
-from lvlm_lens.model.masks import allowed_keys, image_blocks
+from lvlm_lens.model.masks import allowed_keys, image_blocks, prefix_blocks
 
 Group = str | Bool[Tensor, "batch pos"]
 Hook = tuple[str, Callable[..., Tensor]]
@@ -90,8 +90,11 @@ def _check_keys_left(
     blocks = None  # Gemma 3: the tokens of one image also see its later tokens
     if model.cfg.decoder.bidirectional_image:
         blocks = image_blocks(inp.input_ids.to(block.device) == model.cfg.image_token_id)
+    prefix = model.cfg.decoder.bidirectional_prefix  # PaliGemma: the prompt sees itself
+    if prefix:
+        blocks = prefix_blocks(mask)
     for window in {model.cfg.sliding_windows[layer] for layer in layers}:
-        allowed = allowed_keys(mask, mask.shape[1], window, blocks)[:, None]  # [batch, 1, q, k]
+        allowed = allowed_keys(mask, mask.shape[1], window, blocks, not prefix)[:, None]
         lost = (allowed.any(-1) & ~(allowed & ~block).any(-1)).any(1)  # [batch, q]
         if not bool(lost.any()):
             continue

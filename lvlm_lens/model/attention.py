@@ -189,6 +189,12 @@ class Attention(AttentionWeights, nn.Module):
         out[b, h] = (q[b, h] @ seg.k_alt[kb, kh].transpose(-1, -2)) * self.scaling
         return out
 
+    def softcap(self, scores: Tensor) -> Tensor:
+        """Scaled scores as ``hook_attn_scores`` holds them before the mask: capped to
+        ``tanh(s / cap) * cap`` where ``cfg.decoder.attn_softcap`` is set (Gemma 2, as HF)."""
+        cap = self.cfg.decoder.attn_softcap
+        return scores if cap is None else torch.tanh(scores / cap) * cap
+
     def _values(self, pattern: Tensor, seg: Segment) -> Tensor:
         out = segment_values(pattern, seg.v)
         if seg.select is None:
@@ -230,9 +236,7 @@ class Attention(AttentionWeights, nn.Module):
         ``z = pattern @ v`` of the edited tensor."""
         scores = [self._scores(q, seg) for seg in segments]
         scores = scores[0] if len(scores) == 1 else torch.cat(scores, dim=-1)
-        cap = self.cfg.decoder.attn_softcap
-        if cap is not None:  # Gemma 2: capped before the mask, as HF's eager attention
-            scores = torch.tanh(scores / cap) * cap
+        scores = self.softcap(scores)
         # scores are fresh: the mask is added in place, with no full-size temporary
         scores, kept = through_hook(self.hook_attn_scores, scores.add_(mask))
         pattern = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)

@@ -89,6 +89,10 @@ class DecoderSpec:
             gate rows): ``blocks.{l}.attn.hook_gate``, before the sigmoid.
         linear_attention: The Gated-DeltaNet layers (:class:`LinearAttentionSpec`), ``None``
             where every layer has self-attention.
+        bidirectional_prefix: Prefix-LM attention (PaliGemma): the real tokens of an input (image
+            and prompt) attend to each other both ways, seen whole past a sliding window (HF's
+            order); tokens run after a KV cache (generated ones, suffixes) attend causally.
+        position_offset: Rotary positions count from this (PaliGemma: 1).
         attn_softcap: Attention scores become ``tanh(scores / cap) * cap`` after scaling and
             before the mask (Gemma 2's ``attn_logit_softcapping``); ``hook_attn_scores`` holds
             them capped. The fused kernels cannot cap, so attention is then always materialised.
@@ -108,6 +112,8 @@ class DecoderSpec:
     attn_output_gate: bool = False
     linear_attention: LinearAttentionSpec | None = None
     attn_softcap: float | None = None
+    bidirectional_prefix: bool = False
+    position_offset: int = 0
     logit_softcap: float | None = None
 
 

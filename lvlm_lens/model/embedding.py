@@ -11,7 +11,7 @@ from torch import Tensor
 
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.model.layout import TokenLayout
-from lvlm_lens.model.masks import image_blocks
+from lvlm_lens.model.masks import image_blocks, prefix_blocks
 
 
 def _at_images(
@@ -101,6 +101,8 @@ class EmbeddingMixin:
         blocks = None
         if spec.bidirectional_image:
             blocks = image_blocks(inp.input_ids == self.cfg.image_token_id)
+        if spec.bidirectional_prefix:  # PaliGemma: image and prompt, one block
+            blocks = prefix_blocks(inp.attention_mask)
         if spec.deepstack and deepstack is None and inp.has_images:
             feats = self.image_features(inp)[1]
             is_image = inp.input_ids.to(self.cfg.device) == self.cfg.image_token_id

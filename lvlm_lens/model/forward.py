@@ -97,6 +97,8 @@ class ForwardMixin:
             mask = attention_mask.to(x.device)
         else:
             mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
+        if past_kv_cache is not None and self.cfg.decoder.bidirectional_prefix:
+            layout.image_blocks = None  # PaliGemma: tokens after the prefix attend causally
         if past_kv_cache is not None and layout.position_ids is not None:
             # M-RoPE: the input's own (t, h, w) positions, continued after the cached prefix
             rows = past_kv_cache.rows_per_example(x.shape[0])

@@ -238,7 +238,8 @@ class HookedLVLM(
         layout = layout or TokenLayout()
         position_ids = layout.position_ids
         if position_ids is None:
-            position_ids = (start + mask_new.cumsum(-1) - 1).masked_fill(mask_new == 0, 1)
+            offset = self.cfg.decoder.position_offset - 1  # PaliGemma: positions from 1
+            position_ids = (start + mask_new.cumsum(-1) + offset).masked_fill(mask_new == 0, 1)
         per_type = self.cfg.decoder.rope_per_layer_type  # Gemma 3: local and global rope bases
         rotary = (
             {t: self.rotary_emb(x, position_ids, t) for t in set(self.cfg.layer_types)}
@@ -246,7 +247,8 @@ class HookedLVLM(
             else {None: self.rotary_emb(x, position_ids)}
         )
         masks = {
-            w: causal_mask(key_mask, s, x.dtype, w, layout.image_blocks)
+            w: causal_mask(key_mask, s, x.dtype, w, layout.image_blocks,
+                           windowed_blocks=not self.cfg.decoder.bidirectional_prefix)
             for w in set(self.cfg.sliding_windows)
         }
         new_kvs = []

@@ -192,6 +192,8 @@ class LVLMInput:
                 kw[key] = extra[key]
         if pixels and "pixel_values" not in kw:
             kw["pixel_values"] = self.pixel_values
+        if family is not None and family.hf_extra is not None:
+            kw = family.hf_extra(self, kw)
         return kw
 
     def _tiles_per_example(self) -> tuple[Tensor, Tensor]:

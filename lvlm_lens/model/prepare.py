@@ -288,7 +288,7 @@ def prepare_inputs(
         own = [e for e, _ in images[img : img + n]]
         n_runs = sum(len(r) for _, r in images[img : img + n])
         img += n
-        text, (sys_span, q_span) = _expand(text, placeholder, own, span_pair)
+        text, (sys_span, q_span) = _expand(text + it.prompt_end, placeholder, own, span_pair)
         expanded.append(text)
         enc = tok(
             text, return_offsets_mapping=True, add_special_tokens=not (bos and text.startswith(bos))

@@ -49,6 +49,7 @@ from lvlm_lens.testing.tiny_families import (
     build_family_checkpoint,
     tiny_text_kwargs,
 )
+from lvlm_lens.testing.tiny_paligemma import build_paligemma_checkpoint
 
 #: The LLaVA families built here: LLaVA-1.5 (Llama), LLaVA-NeXT (Mistral, Vicuna) and
 #: LLaVA-OneVision (Qwen2).
@@ -56,7 +57,7 @@ LLAVA_KINDS = ("llava-llama", "llava-next-mistral", "llava-next-vicuna", "llava-
 #: Every kind :func:`build_tiny_checkpoint` builds: those and ``tiny_families.FAMILY_KINDS``
 #: (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, InternVL, Idefics3, Qwen3-VL-MoE,
 #: LLaVA-OneVision-1.5).
-TINY_KINDS = LLAVA_KINDS + FAMILY_KINDS
+TINY_KINDS = LLAVA_KINDS + FAMILY_KINDS + ("paligemma2",)
 
 SPECIAL_TOKENS = (
     "<unk>",
@@ -254,6 +255,8 @@ def build_tiny_checkpoint(
         raise ValueError(f"unknown tiny kind {kind!r}; expected one of {TINY_KINDS}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if kind == "paligemma2":
+        return build_paligemma_checkpoint(folder, seed=seed, vision=vision, **text_overrides)
     if kind in FAMILY_KINDS:
         return build_family_checkpoint(
             kind, folder, seed=seed, chat_template=chat_template, vision=vision, lvlm=lvlm,

@@ -27,7 +27,7 @@ TL = {
 
 
 KINDS = ["llava-llama", "llava-onevision-qwen2"]  # multi-head; GQA, any-resolution tiles
-FAMILIES = ["qwen2-vl", "gemma3"]  # M-RoPE; image tokens attending to each other both ways
+FAMILIES = ["qwen2-vl", "gemma3", "paligemma2"]  # M-RoPE; image blocks both ways; prefix-LM
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ CASES = {
     "idefics3": {},
     "qwen3-vl-moe": {},
     "llava-onevision-1.5": {},
+    "paligemma2": {},
     # variants of the language backbone the real checkpoints use
     "llava-next-mistral/sliding-window": dict(sliding_window=20),
     "llava-llama/rope-linear": dict(

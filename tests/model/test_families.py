@@ -15,7 +15,7 @@ from tests.helpers import PROMPTS, noise_image
 KINDS = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl", "idefics3"]
 KINDS += ["qwen3-vl-moe"]
 KINDS += ["llava-onevision-1.5"]
-KINDS += ["qwen3.5", "qwen3.5-moe"]
+KINDS += ["qwen3.5", "qwen3.5-moe", "paligemma2"]
 IMAGES = [noise_image(20, 28, 1), noise_image(30, 18, 2)]
 
 
@@ -64,6 +64,9 @@ def test_to_hf_has_the_family_inputs(fam):
              "llava-onevision-1.5": {"image_grid_thw"}}.get(kind, extra)  # fmt: skip
     assert set(kw) == {"input_ids", "attention_mask", "position_ids", "pixel_values"} | extra
     for key in extra & {"token_type_ids", "mm_token_type_ids"}:
+        if kind == "paligemma2":  # the whole prompt is the prefix: token type 0, as its processor
+            assert not kw[key].any()
+            continue
         assert torch.equal(kw[key].bool(), inp.groups["image"])
     assert "position_ids" not in inp.to_hf(generate=True)
 
@@ -71,7 +74,7 @@ def test_to_hf_has_the_family_inputs(fam):
 def test_groups_and_grid_coordinates(fam):
     kind, model, inp = fam
     strs = model.to_str_tokens(inp, 0)
-    grid = (4, 4) if kind == "gemma3" else (5, 7)
+    grid = (4, 4) if kind in ("gemma3", "paligemma2") else (5, 7)
     cells = [f"<img {r},{c}>" for r in range(grid[0]) for c in range(grid[1])]
     if kind == "internvl":  # 20x28: a 2x2 grid of tiles 1-4, then the thumbnail (tile 0)
         cells = [f"<img {t}:{r},{c}>" for t in (1, 2, 3, 4, 0) for r in range(4) for c in range(4)]
@@ -83,8 +86,8 @@ def test_groups_and_grid_coordinates(fam):
     words = model.tokenizer.convert_ids_to_tokens(question)
     assert words == ["what", "is", "the", "main", "object", "in", "this", "image", "?"]
     role = model.tokenizer.convert_ids_to_tokens(inp.input_ids[0][inp.groups["role"][0]])
-    marker = {"gemma3": "<end_of_image>", "internvl": "</img>",
-              "idefics3": "<row_3_col_3>"}.get(kind, "<|vision_end|>")  # fmt: skip
+    marker = {"gemma3": "<end_of_image>", "internvl": "</img>", "idefics3": "<row_3_col_3>",
+              "paligemma2": "<s>"}.get(kind, "<|vision_end|>")  # fmt: skip
     assert marker in role and "ASSISTANT" in role
 
 

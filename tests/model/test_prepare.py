@@ -170,8 +170,10 @@ def test_unsupported_architectures(tmp_path):
         check_supported(transformers.LlamaConfig())
     with pytest.raises(ValueError, match="unsupported language backbone 'gemma'.*Llama"):
         check_supported(transformers.LlavaConfig(text_config=transformers.GemmaConfig().to_dict()))
+    with pytest.raises(ValueError, match="unsupported language backbone 'gemma' for PaliGemma"):
+        check_supported(transformers.PaliGemmaConfig())  # PaliGemma 1: a Gemma 1 backbone
     with pytest.raises(ValueError) as err:
-        check_supported(transformers.PaliGemmaConfig())
+        check_supported(transformers.Blip2Config())
     for name in ("Qwen/Qwen2.5-VL-7B-Instruct", "google/gemma-3-4b-it", "llava-hf/llava-1.5-7b-hf",
                  "HuggingFaceTB/SmolVLM-256M-Instruct"):
         assert name in str(err.value)  # the error lists what is supported

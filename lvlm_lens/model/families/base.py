@@ -36,12 +36,15 @@ class ImageText:
             image (Idefics3's tiles and their markers) the vision side's ``placeholder_text``
             writes it per image around the placeholder.
         closers: Markers that may follow a placeholder and are not question text.
+        prompt_end: Appended to every prompt before tokenization (PaliGemma's processor ends
+            each with ``\n``); ``LVLMInput.texts`` holds the prompts without it.
     """
 
     placeholder: str
     alias: str
     expansion: str
     closers: tuple[str, ...] = ()
+    prompt_end: str = ""
 
 
 def token_name(tokenizer: Any, token_id: Any) -> str:
@@ -93,6 +96,11 @@ class Family:
         image_text: The :class:`ImageText` of a model, from its config and tokenizer.
         tiny_kinds: The ``lvlm_lens.testing.build_tiny_checkpoint`` kinds of the family (the
             tiny random checkpoints its tests run on).
+        hf_extra: ``f(inp, kwargs) -> kwargs``: the family's last word on :meth:`LVLMInput.to_hf`
+            (PaliGemma: token types of its prefix, positions from 1).
+        own_mask: The HF model builds its text model's mask itself, so the text config's
+            ``use_bidirectional_attention`` (PaliGemma's, set for backward compatibility) is
+            not refused.
     """
 
     name: str
@@ -106,6 +114,8 @@ class Family:
     decoder_spec: Callable[[nn.Module], DecoderSpec] = default_decoder
     image_text: Callable[[Any, Any], ImageText] = default_image_text
     tiny_kinds: tuple[str, ...] = ()
+    hf_extra: Callable[[Any, dict], dict] | None = None
+    own_mask: bool = False
 
 
 #: Display names of the language backbones (``text_config.model_type``) in error messages.
@@ -172,7 +182,7 @@ def check_supported(config: Any, families: dict[str, Family]) -> Family:
     for flag in ("attn_logit_softcapping", "final_logit_softcapping"):
         if getattr(tc, flag, None) is not None and text_type not in SOFTCAP_TEXT_MODELS:
             raise ValueError(f"{family.name} with {flag}={getattr(tc, flag)} is not supported")
-    if getattr(tc, "use_bidirectional_attention", False):
+    if getattr(tc, "use_bidirectional_attention", False) and not family.own_mask:
         raise ValueError(f"{family.name} with use_bidirectional_attention=True is not supported")
     _check_rope(family, tc)
     return family
