@@ -16,6 +16,7 @@ from lvlm_lens.attribution.comparison import compare_rankings, comparison_notes
 from lvlm_lens.attribution.curves import Curves, RandomBand
 from lvlm_lens.attribution.results import AttributionResult
 from lvlm_lens.data import load_folder, synthetic_records
+from lvlm_lens.data.images import open_image
 from lvlm_lens.errors import OptionError
 from lvlm_lens.interventions.baseline_check import BaselineCheck, baseline_note, check_baseline
 from lvlm_lens.interventions.engine import AblationEngine
@@ -82,9 +83,7 @@ def load_baseline_image(opts: RunOptions) -> Image.Image | None:
         if opts.attribution.ablation.baseline == "image":
             raise OptionError("baseline_image", "is needed by the 'image' baseline: pass a file")
         return None
-    if not Path(opts.baseline_image).is_file():
-        raise FileNotFoundError(f"--baseline-image {opts.baseline_image}: no such file")
-    return Image.open(opts.baseline_image)
+    return open_image(opts.baseline_image, "--baseline-image")
 
 
 def versions() -> dict[str, str]:
