@@ -24,6 +24,7 @@ from lvlm_lens.model import HookedLVLM
 from lvlm_lens.run.distributed import current_shard
 from lvlm_lens.run.fingerprint import row_key
 from lvlm_lens.run.options import RunOptions
+from lvlm_lens.run.preflight import check_device
 from lvlm_lens.run.rerender import rerender
 from lvlm_lens.run.runner import BaselineCache, run_attribution
 from lvlm_lens.run.store import CheckpointFiles, save_report_inputs
@@ -50,6 +51,7 @@ def load_model(opts: RunOptions) -> Any:
     """The run's model (``opts.model`` or the bundled toy LVLM; one GPU per local rank), with
     torch's CPU threads set for it (``opts.threads``)."""
     device = opts.device
+    check_device(device)
     if device is None and torch.cuda.is_available():
         device = f"cuda:{current_shard().local_rank}"
     path = opts.model or default_model_path()
