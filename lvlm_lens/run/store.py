@@ -30,6 +30,7 @@ from lvlm_lens.attribution.results import META_FILE, TENSORS_FILE, AttributionRe
 from lvlm_lens.files import atomic_json, atomic_save, atomic_write
 from lvlm_lens.run.distributed import Shard
 from lvlm_lens.run.fingerprint import run_fingerprint
+from lvlm_lens.run.lock import LOCK_NAME, acquire_lock
 from lvlm_lens.run.options import RunOptions
 from lvlm_lens.viz.figures import ExampleView
 from lvlm_lens.viz.report import ReportData
@@ -53,6 +54,8 @@ RUN_ENTRIES = frozenset({
 
 def _is_run_entry(path: Path) -> bool:
     name = path.name
+    if name == LOCK_NAME:
+        return True
     return name in RUN_ENTRIES or (path.is_file() and name.endswith(".png")) or (
         name.startswith(".") and name.endswith(".tmp")
     )
@@ -69,6 +72,8 @@ def discard_run(out: Path) -> None:
             "files, so move those away or pass another --out"
         )
     for entry in out.iterdir():
+        if entry.name == LOCK_NAME:  # this run's own lock
+            continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:
@@ -82,6 +87,12 @@ def check_out_dir(opts: RunOptions, overwrite: bool, shard: Shard) -> Path:
         raise SystemExit(f"--out {out} is a file: pass a folder (it is created if missing)")
     marker = out / "run.json"
     mine = json.loads(json.dumps(run_fingerprint(opts), default=str))
+    if shard.rank == 0:  # before the options check: two fresh runs cannot both pass it
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise SystemExit(f"--out {out}: cannot create the folder ({err.strerror})") from err
+        acquire_lock(out)
     if marker.exists():
         try:
             theirs = json.loads(marker.read_text())
