@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
+from lvlm_lens.data.images import open_image, to_8bit
 from lvlm_lens.data.records import (
     OPTIONAL_COLUMNS,
     REQUIRED_COLUMNS,
@@ -19,19 +19,28 @@ from lvlm_lens.data.records import (
 
 
 def _image_size(path: Path, where: str) -> tuple[int, int]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{where}: image file {str(path)!r} not found")
+    """The size of an image that decodes fully (:func:`open_image`), checked at load."""
+    with open_image(path, where) as im:
+        return im.size
+
+
+def _text(file: Path) -> str:
+    """The file as text: UTF-8, with or without the byte-order mark spreadsheets write."""
+    data = file.read_bytes()
     try:
-        with Image.open(path) as im:
-            return im.size
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"{where}: {str(path)!r} is not a readable image ({err})") from err
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ValueError(
+            f"{file} line {line}: byte {data[err.start]:#04x} is not UTF-8: save the file as "
+            "UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet)"
+        ) from None
 
 
 def _read_table(file: Path) -> list[tuple[str, dict[str, Any]]]:
     """Rows of a CSV / JSONL file as (location, dict)."""
     if file.suffix == ".csv":
-        with file.open(newline="", encoding="utf-8") as f:
+        with io.StringIO(_text(file), newline="") as f:
             reader = csv.DictReader(f)
             header = [h.strip() for h in (reader.fieldnames or [])]
             missing = [c for c in REQUIRED_COLUMNS if c not in header]
@@ -48,7 +57,7 @@ def _read_table(file: Path) -> list[tuple[str, dict[str, Any]]]:
             return rows
     if file.suffix == ".jsonl":
         rows = []
-        for i, line in enumerate(file.read_text(encoding="utf-8").splitlines()):
+        for i, line in enumerate(_text(file).splitlines()):
             if not line.strip():
                 continue
             where = f"{file.name} line {i + 1}"
@@ -121,8 +130,8 @@ def load_folder(path: str | Path) -> list[Record]:
             mpath = mpath if mpath.is_absolute() else root / mpath
             if not mpath.is_file():
                 raise FileNotFoundError(f"{where}: mask file {str(mpath)!r} not found")
-            with Image.open(mpath) as m:
-                mask = m.convert("L")
+            with open_image(mpath, f"{where} mask") as m:
+                mask = to_8bit(m).convert("L")
         rid = str(row["id"]) if present(row.get("id")) else str(i)
         records.append(
             row_record(

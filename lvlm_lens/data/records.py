@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from lvlm_lens.data.images import open_image, to_8bit
 from lvlm_lens.data.prompts import image_prompt
 from lvlm_lens.data.synthetic import generate_dataset
 
@@ -37,9 +38,9 @@ class Record:
     def load_image(self) -> Image.Image:
         """The image as RGB PIL (opens the file for path records)."""
         if isinstance(self.image, Image.Image):
-            return self.image.convert("RGB")
-        with Image.open(self.image) as im:
-            return im.convert("RGB")
+            return to_8bit(self.image).convert("RGB")
+        with open_image(self.image, f"example {self.id!r}") as im:
+            return to_8bit(im).convert("RGB")
 
 
 def synthetic_records(

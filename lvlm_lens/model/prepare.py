@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lvlm_lens.data.images import to_8bit
 from lvlm_lens.model.families import GENERIC_PLACEHOLDER, ImageText
 from lvlm_lens.model.inputs import GROUP_NAMES, LVLMInput
 from lvlm_lens.model.tokens import check_known
@@ -43,6 +44,7 @@ def to_rgb(image: Any) -> Image.Image:
         raise TypeError(f"expected a PIL image, a uint8 array or a path, got {type(image)}")
     if image.width == 0 or image.height == 0:
         raise ValueError(f"image has no pixels ({image.width}x{image.height})")
+    image = to_8bit(image)  # 16-bit / float: rescaled, not clipped to white
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         image = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

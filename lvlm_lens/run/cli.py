@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -15,6 +17,9 @@ from lvlm_lens.interventions.metrics import METRICS
 from lvlm_lens.run.options import RunOptions
 from lvlm_lens.run.threads import SMALL_MODEL_PARAMS
 from lvlm_lens.toy.train import add_train_arguments, train_from_args
+
+#: Environment variable that, set (not 0), makes every error show its traceback.
+DEBUG_ENV = "LVLM_LENS_DEBUG"
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -108,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     fmt = HelpFormatter
     parser = argparse.ArgumentParser("lvlm-lens", description=__doc__, formatter_class=fmt)
+    debug_help = f"show the traceback of every error (or set {DEBUG_ENV}=1)"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
     sub = parser.add_subparsers(dest="command", required=True)
     a = sub.add_parser(
         "attribute",
@@ -183,20 +190,32 @@ def _run(args: argparse.Namespace) -> None:
         print(json.dumps(train_from_args(args), indent=2, default=str))
 
 
+def user_message(err: BaseException, parser: argparse.ArgumentParser, command: str) -> str | None:
+    """The one-line message of an error the user can cause and fix; ``None`` for a bug."""
+    if isinstance(err, OptionError):  # name the flag, not the dataclass field
+        return err.named(flag_of(parser, command, err.field))
+    if isinstance(err, (ValueError, FileNotFoundError)):  # bad input
+        return str(err)
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"{err.filename or 'a run file'}: no space left on the device: free some and "
+                "run the same command again (finished files are kept, none half-written)")
+    if isinstance(err, SystemExit) and isinstance(err.code, str):  # the run's own refusals
+        return err.code
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``lvlm-lens``; returns 2 on bad input, with a one-line message."""
+    """Entry point of ``lvlm-lens``; returns 2 on bad input, with a one-line message
+    (``--debug`` or ``LVLM_LENS_DEBUG=1``: with its traceback)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         _run(args)
-    except OptionError as err:  # name the flag, not the dataclass field
-        message = err.named(flag_of(parser, args.command, err.field))
-    except (ValueError, FileNotFoundError) as err:  # bad input: a clear message, no traceback
-        message = str(err)
-    except SystemExit as err:  # the run's own refusals (store.py) carry their message
-        if not isinstance(err.code, str):
+    except (Exception, SystemExit) as err:
+        message = user_message(err, parser, args.command)
+        if debug or message is None:
             raise
-        message = err.code
     else:
         return 0
     print(f"lvlm-lens: error: {' '.join(message.split())}", file=sys.stderr)

@@ -16,6 +16,7 @@ from lvlm_lens.attribution.comparison import compare_rankings, comparison_notes
 from lvlm_lens.attribution.curves import Curves, RandomBand
 from lvlm_lens.attribution.results import AttributionResult
 from lvlm_lens.data import load_folder, synthetic_records
+from lvlm_lens.data.images import open_image
 from lvlm_lens.errors import OptionError
 from lvlm_lens.interventions.baseline_check import BaselineCheck, baseline_note, check_baseline
 from lvlm_lens.interventions.engine import AblationEngine
@@ -23,6 +24,7 @@ from lvlm_lens.model import HookedLVLM
 from lvlm_lens.run.distributed import current_shard
 from lvlm_lens.run.fingerprint import row_key
 from lvlm_lens.run.options import RunOptions
+from lvlm_lens.run.preflight import check_device
 from lvlm_lens.run.rerender import rerender
 from lvlm_lens.run.runner import BaselineCache, run_attribution
 from lvlm_lens.run.store import CheckpointFiles, save_report_inputs
@@ -49,6 +51,7 @@ def load_model(opts: RunOptions) -> Any:
     """The run's model (``opts.model`` or the bundled toy LVLM; one GPU per local rank), with
     torch's CPU threads set for it (``opts.threads``)."""
     device = opts.device
+    check_device(device)
     if device is None and torch.cuda.is_available():
         device = f"cuda:{current_shard().local_rank}"
     path = opts.model or default_model_path()
@@ -82,9 +85,7 @@ def load_baseline_image(opts: RunOptions) -> Image.Image | None:
         if opts.attribution.ablation.baseline == "image":
             raise OptionError("baseline_image", "is needed by the 'image' baseline: pass a file")
         return None
-    if not Path(opts.baseline_image).is_file():
-        raise FileNotFoundError(f"--baseline-image {opts.baseline_image}: no such file")
-    return Image.open(opts.baseline_image)
+    return open_image(opts.baseline_image, "--baseline-image")
 
 
 def versions() -> dict[str, str]:

@@ -8,6 +8,9 @@ from typing import Any
 from lvlm_lens.attribution.head_attribution import AttributionConfig
 from lvlm_lens.errors import OptionError
 
+#: The largest seed torch's generators take (an unsigned 64-bit integer).
+MAX_SEED = 2**64 - 1
+
 
 @dataclass
 class RunOptions:
@@ -60,6 +63,9 @@ class RunOptions:
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise OptionError(name, f"must be >= {low}, got {getattr(self, name)}")
+        for name, seed in (("data_seed", self.data_seed), ("seed", self.attribution.seed)):
+            if seed > MAX_SEED:
+                raise OptionError(name, f"must be < 2**64 (a 64-bit seed), got {seed}")
         if self.threads is not None and self.threads < 1:
             raise OptionError("threads", f"must be >= 1, got {self.threads}")
         if self.data is None and self.n_examples == 0:

@@ -30,6 +30,7 @@ from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.run.distributed import Shard, current_shard
 from lvlm_lens.run.fingerprint import row_key
 from lvlm_lens.run.options import RunOptions
+from lvlm_lens.run.preflight import check_mask_memory
 from lvlm_lens.run.store import (
     check_out_dir,
     chunk_done,
@@ -202,6 +203,7 @@ def run_attribution(
     shard = current_shard()
     cfg = opts.attribution
     check_config(model, cfg)
+    check_mask_memory(cfg.n_masks, model.cfg.n_layers * model.cfg.n_heads, len(records))
     out = check_out_dir(opts, overwrite, shard)
     masks = sample_masks(cfg.n_masks, model.cfg.n_layers, model.cfg.n_heads, cfg.rate, cfg.seed)
     baselines = BaselineCache(model, opts, reference_images, baseline_image)

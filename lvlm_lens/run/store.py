@@ -26,10 +26,11 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from lvlm_lens.attribution.curves import Curves, RandomBand
-from lvlm_lens.attribution.results import AttributionResult
+from lvlm_lens.attribution.results import META_FILE, TENSORS_FILE, AttributionResult
 from lvlm_lens.files import atomic_json, atomic_save, atomic_write
 from lvlm_lens.run.distributed import Shard
 from lvlm_lens.run.fingerprint import run_fingerprint
+from lvlm_lens.run.lock import LOCK_NAME, acquire_lock
 from lvlm_lens.run.options import RunOptions
 from lvlm_lens.viz.figures import ExampleView
 from lvlm_lens.viz.report import ReportData
@@ -53,6 +54,8 @@ RUN_ENTRIES = frozenset({
 
 def _is_run_entry(path: Path) -> bool:
     name = path.name
+    if name == LOCK_NAME:
+        return True
     return name in RUN_ENTRIES or (path.is_file() and name.endswith(".png")) or (
         name.startswith(".") and name.endswith(".tmp")
     )
@@ -69,6 +72,8 @@ def discard_run(out: Path) -> None:
             "files, so move those away or pass another --out"
         )
     for entry in out.iterdir():
+        if entry.name == LOCK_NAME:  # this run's own lock
+            continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:
@@ -82,10 +87,24 @@ def check_out_dir(opts: RunOptions, overwrite: bool, shard: Shard) -> Path:
         raise SystemExit(f"--out {out} is a file: pass a folder (it is created if missing)")
     marker = out / "run.json"
     mine = json.loads(json.dumps(run_fingerprint(opts), default=str))
+    if shard.rank == 0:  # before the options check: two fresh runs cannot both pass it
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise SystemExit(f"--out {out}: cannot create the folder ({err.strerror})") from err
+        acquire_lock(out)
     if marker.exists():
-        theirs = json.loads(marker.read_text())
+        try:
+            theirs = json.loads(marker.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            if not overwrite:
+                raise SystemExit(
+                    f"{marker} is damaged ({str(err).splitlines()[0]}): pass --overwrite to "
+                    "discard this run and start again, or another --out"
+                ) from None
+            theirs = None
         if theirs != mine:
-            a, b = _flat(mine), _flat(theirs)
+            a, b = _flat(mine), _flat(theirs or {})
             changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
             if not overwrite:
                 raise SystemExit(
@@ -349,17 +368,51 @@ def save_report_inputs(out: Path, data: ReportData) -> None:
     atomic_json(data.summary | {"notes": data.notes}, out / "summary.json")
 
 
+def _damaged(path: Path, err: Exception) -> ValueError:
+    why = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return ValueError(
+        f"{path} is damaged ({why}): run the same `lvlm-lens attribute` command again to "
+        "rewrite it (its finished chunks are kept)"
+    )
+
+
+def _load_attribution(folder: Path) -> AttributionResult:
+    """:meth:`AttributionResult.load`, naming the file of the folder that is damaged."""
+    try:
+        json.loads((folder / META_FILE).read_text())
+    except Exception as err:
+        raise _damaged(folder / META_FILE, err) from err
+    try:
+        return AttributionResult.load(folder)
+    except Exception as err:
+        raise _damaged(folder / TENSORS_FILE, err) from err
+
+
 def load_report_inputs(out: Path) -> ReportData:
-    """What the report of the run in ``out`` shows, read from its files."""
+    """What the report of the run in ``out`` shows, read from its files; a damaged file is
+    named with what to rerun (:class:`ValueError`)."""
     if not (out / "summary.json").exists():
         raise ValueError(f"{out} has no summary.json: run `lvlm-lens attribute --out {out}` first")
-    summary = json.loads((out / "summary.json").read_text())
-    path = out / "rankings.safetensors"
-    rankings = load_rankings(path) if path.exists() else {}
-    curves, band = load_curves(out / "curves.safetensors")
-    result = AttributionResult.load(out / "attribution")
-    views = load_views(out / "views")
-    return ReportData(result, rankings, curves, band, views, summary, summary.get("notes", []))
+    loads = {
+        "summary.json": lambda p: json.loads(p.read_text()),
+        "rankings.safetensors": lambda p: load_rankings(p) if p.exists() else {},
+        "curves.safetensors": load_curves,
+        "attribution": _load_attribution,
+        "views": load_views,
+    }
+    got = {}
+    for name, load in loads.items():
+        try:
+            got[name] = load(out / name)
+        except ValueError as err:
+            if " is damaged (" in str(err):
+                raise
+            raise _damaged(out / name, err) from err
+        except Exception as err:  # truncated, not JSON / safetensors, missing keys
+            raise _damaged(out / name, err) from err
+    summary, (curves, band) = got["summary.json"], got["curves.safetensors"]
+    return ReportData(got["attribution"], got["rankings.safetensors"], curves, band,
+                      got["views"], summary, summary.get("notes", []))  # fmt: skip
 
 
 class CheckpointFiles:
@@ -375,9 +428,18 @@ class CheckpointFiles:
         return self.folder / (key.replace("/", "__").replace(" ", "_") + ".safetensors")
 
     def load(self, key: str) -> dict[str, Tensor] | None:
-        """The tensors saved under ``key``, or ``None``."""
+        """The tensors saved under ``key``, or ``None`` (a damaged file is named, removed and
+        computed again)."""
         path = self.path(key)
-        return dict(load_file(str(path))) if path.exists() else None
+        _clear_stale(path)
+        if not path.exists():
+            return None
+        try:
+            return dict(load_file(str(path)))
+        except Exception as err:  # truncated or not safetensors
+            warnings.warn(f"{path} is damaged ({err}): computing it again", stacklevel=2)
+            path.unlink(missing_ok=True)
+            return None
 
     def save(self, key: str, tensors: dict[str, Tensor]) -> None:
         """Write ``tensors`` under ``key``, atomically."""

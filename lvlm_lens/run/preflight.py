@@ -1,0 +1,66 @@
+"""Checks of a run's flags against the machine, made before any work starts: the device
+exists, and the masks and metrics fit in memory."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from lvlm_lens.errors import OptionError
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a device this machine does not have, naming what it has.
+
+    Raises:
+        OptionError: (field ``device``) unknown, absent or out-of-range device.
+    """
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        problem = f"{device!r} is not a device: use cpu, cuda or cuda:N"
+        raise OptionError("device", problem) from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise OptionError("device", f"is {device} but this machine has no CUDA GPU: use cpu")
+        if dev.index is not None and dev.index >= n:
+            have = f"{n} CUDA GPU(s): cuda:0 to cuda:{n - 1}"
+            raise OptionError("device", f"is {device} but this machine has {have}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise OptionError("device", f"is {device} but MPS is not available here: use cpu")
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (physical memory if the system does not say)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_mask_memory(
+    n_masks: int, n_heads_total: int, n_examples: int, memory: int | None = None
+) -> None:
+    """Refuse a mask count whose masks (1 byte per head) and merged metrics (4 bytes per
+    example) cannot fit in half of the available memory, with the count that fits.
+
+    Raises:
+        OptionError: (field ``n_masks``) too many masks for this machine.
+    """
+    memory = available_memory() if memory is None else memory
+    per_mask = n_heads_total + 4 * max(n_examples, 1)
+    fits = memory // 2 // per_mask
+    if n_masks > fits:
+        raise OptionError(
+            "n_masks",
+            f"is {n_masks:,}: their masks and metrics need {n_masks * per_mask / 2**30:.1f} GiB "
+            f"but {memory / 2**30:.1f} GiB is available; use at most {fits:,}",
+        )

@@ -1,0 +1,55 @@
+"""Flags checked against the machine before any work (issue 23 item 4): the device, seeds,
+the mask count against memory; each a one-line CLI error, nothing written."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lvlm_lens.errors import OptionError
+from lvlm_lens.run.preflight import check_device, check_mask_memory
+from tests.run.test_cli_errors import error_line
+
+
+@pytest.mark.skipif(torch.cuda.device_count() > 7, reason="this machine has a cuda:7")
+def test_a_missing_cuda_device_is_named_with_what_exists(capsys, tmp_path):
+    line = error_line(capsys, ["attribute", "--device", "cuda:7", "--n-examples", "1",
+                               "--no-rankings", "--out", str(tmp_path / "run")])  # fmt: skip
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    assert line.startswith("lvlm-lens: error: --device is cuda:7 but this machine has ")
+    assert (f"{n} CUDA GPU(s)" if n else "no CUDA GPU: use cpu") in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_device_that_is_no_device_is_refused():
+    with pytest.raises(OptionError, match="'gpu0' is not a device"):
+        check_device("gpu0")
+    check_device("cpu")
+    check_device(None)
+
+
+@pytest.mark.parametrize("flag", ["--seed", "--data-seed"])
+def test_a_seed_beyond_64_bits_names_the_flag(capsys, tmp_path, flag):
+    line = error_line(capsys, ["attribute", flag, str(2**64), "--out", str(tmp_path / "run")])
+    assert f"{flag} must be < 2**64" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_largest_64_bit_seed_works():
+    gen = torch.Generator().manual_seed(2**64 - 1)  # what MAX_SEED promises
+    assert torch.rand(1, generator=gen).shape == (1,)
+
+
+def test_a_mask_count_that_cannot_fit_is_refused_with_the_count_that_fits():
+    # 1 GiB available: half of it, at 144 + 4*10 bytes per mask
+    fits = 2**29 // (144 + 40)
+    check_mask_memory(fits, 144, 10, memory=2**30)
+    with pytest.raises(OptionError, match=rf"n_masks is {fits + 1:,}: .* use at most {fits:,}$"):
+        check_mask_memory(fits + 1, 144, 10, memory=2**30)
+
+
+def test_the_cli_refuses_an_impossible_mask_count_before_writing(capsys, tmp_path):
+    line = error_line(capsys, ["attribute", "--num-masks", str(10**15), "--n-examples", "1",
+                               "--no-rankings", "--out", str(tmp_path / "run")])  # fmt: skip
+    assert "--num-masks is 1,000,000,000,000,000" in line and "use at most" in line
+    assert not (tmp_path / "run").exists()
