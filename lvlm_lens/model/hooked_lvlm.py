@@ -37,8 +37,8 @@ class HookedLVLM(
     EmbeddingMixin, ModelWeights, HookedRootModule,
 ):
     """A vision-language model with TransformerLens hooks: LLaVA-1.5 / NeXT / OneVision / OV-1.5,
-    Qwen2-VL, Qwen2.5-VL, Qwen3-VL (dense and MoE), Gemma 3, InternVL and Idefics3 / SmolVLM
-    (:data:`~lvlm_lens.model.families.FAMILIES`).
+    Qwen2-VL, Qwen2.5-VL, Qwen3-VL (dense and MoE), Qwen3.5 (dense and MoE), Gemma 3,
+    PaliGemma 2, InternVL and Idefics3 / SmolVLM (:data:`~lvlm_lens.model.families.FAMILIES`).
 
     The vision tower, projector and image packing are the HF model's own modules; the
     language model is one hooked decoder, configured per family by ``cfg.decoder``, sharing
