@@ -24,7 +24,7 @@ from lvlm_lens.model import HookedLVLM
 from lvlm_lens.run.distributed import current_shard
 from lvlm_lens.run.fingerprint import row_key
 from lvlm_lens.run.options import RunOptions
-from lvlm_lens.run.preflight import check_device
+from lvlm_lens.run.preflight import check_device, check_prompts
 from lvlm_lens.run.rerender import rerender
 from lvlm_lens.run.runner import BaselineCache, run_attribution
 from lvlm_lens.run.store import CheckpointFiles, save_report_inputs
@@ -195,6 +195,7 @@ def attribute(
     t0 = time.time()
     model = load_model(opts)
     records, refs = load_records(opts)
+    check_prompts(model, records)
     image = load_baseline_image(opts)
     merged = run_attribution(
         model, records, opts, overwrite=overwrite, reference_images=refs, baseline_image=image,
