@@ -25,9 +25,10 @@ from lvlm_lens.run.distributed import current_shard
 from lvlm_lens.run.fingerprint import row_key
 from lvlm_lens.run.options import RunOptions
 from lvlm_lens.run.preflight import check_device, check_prompts
+from lvlm_lens.run.report_files import save_report_inputs
 from lvlm_lens.run.rerender import rerender
 from lvlm_lens.run.runner import BaselineCache, run_attribution
-from lvlm_lens.run.store import CheckpointFiles, save_report_inputs
+from lvlm_lens.run.store import CheckpointFiles
 from lvlm_lens.run.threads import apply_threads
 from lvlm_lens.toy import toy_checkpoint_path
 from lvlm_lens.viz.attention_maps import example_views
