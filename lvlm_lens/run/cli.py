@@ -190,15 +190,20 @@ def _run(args: argparse.Namespace) -> None:
         print(json.dumps(train_from_args(args), indent=2, default=str))
 
 
-def user_message(err: BaseException, parser: argparse.ArgumentParser, command: str) -> str | None:
-    """The one-line message of an error the user can cause and fix; ``None`` for a bug."""
+def user_message(
+    err: BaseException, parser: argparse.ArgumentParser, command: str, out: str | None = None
+) -> str | None:
+    """The one-line message of an error the user can cause and fix; ``None`` for a bug
+    (``out``: the run's folder, named when a full disk does not say which file)."""
     if isinstance(err, OptionError):  # name the flag, not the dataclass field
         return err.named(flag_of(parser, command, err.field))
     if isinstance(err, (ValueError, FileNotFoundError)):  # bad input
         return str(err)
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return (f"{err.filename or 'a run file'}: no space left on the device: free some and "
-                "run the same command again (finished files are kept, none half-written)")
+    full = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+    if full or "No space left on device" in str(err):  # safetensors: its own error type
+        where = getattr(err, "filename", None) or out or "a run file"
+        return (f"{where}: no space left on the device: free some and run the same command "
+                "again (finished files are kept, none half-written)")
     if isinstance(err, SystemExit) and isinstance(err.code, str):  # the run's own refusals
         return err.code
     return None
@@ -213,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _run(args)
     except (Exception, SystemExit) as err:
-        message = user_message(err, parser, args.command)
+        message = user_message(err, parser, args.command, getattr(args, "out", None))
         if debug or message is None:
             raise
     else:

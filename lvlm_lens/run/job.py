@@ -24,10 +24,11 @@ from lvlm_lens.model import HookedLVLM
 from lvlm_lens.run.distributed import current_shard
 from lvlm_lens.run.fingerprint import row_key
 from lvlm_lens.run.options import RunOptions
-from lvlm_lens.run.preflight import check_device
+from lvlm_lens.run.preflight import check_device, check_prompts
+from lvlm_lens.run.report_files import save_report_inputs
 from lvlm_lens.run.rerender import rerender
 from lvlm_lens.run.runner import BaselineCache, run_attribution
-from lvlm_lens.run.store import CheckpointFiles, save_report_inputs
+from lvlm_lens.run.store import CheckpointFiles
 from lvlm_lens.run.threads import apply_threads
 from lvlm_lens.toy import toy_checkpoint_path
 from lvlm_lens.viz.attention_maps import example_views
@@ -195,6 +196,7 @@ def attribute(
     t0 = time.time()
     model = load_model(opts)
     records, refs = load_records(opts)
+    check_prompts(model, records)
     image = load_baseline_image(opts)
     merged = run_attribution(
         model, records, opts, overwrite=overwrite, reference_images=refs, baseline_image=image,

@@ -1,13 +1,15 @@
-"""Checks of a run's flags against the machine, made before any work starts: the device
-exists, and the masks and metrics fit in memory."""
+"""Checks made before any work starts: the device exists, the masks and metrics fit in
+memory, every row's prompt holds its image placeholder."""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 
 from lvlm_lens.errors import OptionError
+from lvlm_lens.model.families import GENERIC_PLACEHOLDER
 
 
 def check_device(device: str | None) -> None:
@@ -64,3 +66,25 @@ def check_mask_memory(
             f"is {n_masks:,}: their masks and metrics need {n_masks * per_mask / 2**30:.1f} GiB "
             f"but {memory / 2**30:.1f} GiB is available; use at most {fits:,}",
         )
+
+
+def check_prompts(model: Any, records: list[Any]) -> None:
+    """Refuse, before any compute, a row whose prompt does not hold exactly one image
+    placeholder, naming the row (``data.csv row 3``).
+
+    Raises:
+        ValueError: The first such row.
+    """
+    it = model.image_text
+    for i, rec in enumerate(records):
+        text = rec.prompt
+        if it.placeholder != GENERIC_PLACEHOLDER:
+            text = text.replace(GENERIC_PLACEHOLDER, it.alias)
+        n = text.count(it.placeholder)
+        if n != 1:
+            where = getattr(rec, "meta", {}).get("where") or f"example {i} (id {rec.id!r})"
+            raise ValueError(
+                f"{where}: the prompt holds {n} image placeholders; write "
+                f"{GENERIC_PLACEHOLDER!r} once where the image goes, e.g. 'USER: "
+                f"{GENERIC_PLACEHOLDER}\\nWhat is this? ASSISTANT:'"
+            )

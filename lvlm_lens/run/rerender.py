@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lvlm_lens.run.store import load_report_inputs
+from lvlm_lens.run.report_files import load_report_inputs
 from lvlm_lens.viz.report import write_report
 
 

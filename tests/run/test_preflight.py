@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lvlm_lens.data.synthetic import CLASSES
 from lvlm_lens.errors import OptionError
 from lvlm_lens.run.preflight import check_device, check_mask_memory
+from tests.helpers import noise_image
 from tests.run.test_cli_errors import error_line
 
 
@@ -52,4 +54,18 @@ def test_the_cli_refuses_an_impossible_mask_count_before_writing(capsys, tmp_pat
     line = error_line(capsys, ["attribute", "--num-masks", str(10**15), "--n-examples", "1",
                                "--no-rankings", "--out", str(tmp_path / "run")])  # fmt: skip
     assert "--num-masks is 1,000,000,000,000,000" in line and "use at most" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_prompt_without_its_placeholder_names_the_csv_row_before_any_compute(capsys, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        noise_image(32, 32, i).save(data / f"{i}.png")
+    word = CLASSES[0]  # in the toy's vocabulary
+    rows = ["0.png,USER: <image> what? A:", "1.png,USER: what? A:", "2.png,USER: <image> x A:"]
+    (data / "data.csv").write_text("image,prompt,answer\n" + "".join(f"{r},{word}\n" for r in rows))
+    line = error_line(capsys, ["attribute", "--data", str(data), "--no-rankings",
+                               "--out", str(tmp_path / "run")])  # fmt: skip
+    assert "data.csv row 2: the prompt holds 0 image placeholders; write '<image>'" in line
     assert not (tmp_path / "run").exists()
