@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from lvlm_lens.data.images import to_8bit
 from lvlm_lens.data.records import Record, row_record
 
 
@@ -93,7 +94,7 @@ def load_hf_dataset(
     records, seen = [], set()
     for i in range(n):
         row, where = ds[i], f"row {i}"
-        image = _hf_image(row[image_column], where).convert("RGB")
+        image = to_8bit(_hf_image(row[image_column], where)).convert("RGB")
         mask = None
         if mask_column is not None and row[mask_column] is not None:
             mask = row[mask_column]

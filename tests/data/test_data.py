@@ -282,3 +282,14 @@ def test_load_hf_dataset(tmp_path):
         load_hf_dataset(dd, "img", "question", "label")
     with pytest.raises(ValueError, match="prompt_column, or prompt="):
         load_hf_dataset(ds, "img", None, "label")
+
+
+def test_load_hf_dataset_rescales_a_16_bit_image():
+    """A 16-bit grey image at 128 * 257 is 8-bit grey 128, not white (``convert("RGB")`` alone
+    clips every value above 255)."""
+    datasets = pytest.importorskip("datasets")
+    wide = Image.fromarray(np.full((8, 12), 128 * 257, dtype=np.uint16))
+    ds = datasets.Dataset.from_dict({"image": [wide], "prompt": ["<image> q"], "answer": ["a"]})
+    (rec,) = load_hf_dataset(ds)
+    assert rec.image.mode == "RGB" and rec.image.size == (12, 8)
+    assert np.asarray(rec.image).min() == np.asarray(rec.image).max() == 128
