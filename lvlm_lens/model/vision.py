@@ -39,8 +39,10 @@ class VisionSide(nn.Module):
 
     def forward(self, inp: Any) -> list[Float[Tensor, "img_tok d_model"]]:
         """Embed every image of an :class:`~lvlm_lens.LVLMInput`; one ``[n_tokens, d_model]``
-        tensor per image."""
-        raise NotImplementedError
+        tensor per image. By default HF's ``get_image_features(pixel_values)``, one row of its
+        ``pooler_output`` per image (Gemma 3, PaliGemma); families with more inputs override it."""
+        out = self._inner.get_image_features(self.pixels(inp), return_dict=True)
+        return list(out.pooler_output)
 
     def token_layout(
         self, processed: Mapping[str, Tensor], images_per_example: list[int]

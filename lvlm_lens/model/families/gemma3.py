@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from jaxtyping import Float, Int
+from jaxtyping import Int
 from torch import Tensor, nn
 
 from lvlm_lens.model.config import DecoderSpec
@@ -24,11 +24,6 @@ class Gemma3Vision(VisionSide):
         self.vision_tower = hf_model.model.vision_tower
         self.multi_modal_projector = hf_model.model.multi_modal_projector
         self.side = self.multi_modal_projector.tokens_per_side
-
-    def forward(self, inp: Any) -> list[Float[Tensor, "img_tok d_model"]]:
-        """One ``[n_tokens, d_model]`` tensor per image."""
-        out = self._inner.get_image_features(self.pixels(inp), return_dict=True)
-        return list(out.pooler_output)
 
     def token_layout(
         self, processed: Mapping[str, Tensor], images_per_example: list[int]

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Int
 from torch import Tensor, nn
 
 from lvlm_lens.model.config import DecoderSpec
@@ -36,11 +36,6 @@ class PaliGemmaVision(VisionSide):
         self.multi_modal_projector = hf_model.model.multi_modal_projector
         vc = hf_model.config.vision_config
         self.side = vc.image_size // vc.patch_size
-
-    def forward(self, inp: Any) -> list[Float[Tensor, "img_tok d_model"]]:
-        """One ``[n_tokens, d_model]`` tensor per image."""
-        out = self._inner.get_image_features(self.pixels(inp), return_dict=True)
-        return list(out.pooler_output)
 
     def token_layout(
         self, processed: Mapping[str, Tensor], images_per_example: list[int]
