@@ -49,6 +49,7 @@ from lvlm_lens.testing.tiny_families import (
     build_family_checkpoint,
     tiny_text_kwargs,
 )
+from lvlm_lens.testing.tiny_more import BUILDERS, MORE_KINDS
 from lvlm_lens.testing.tiny_paligemma import build_paligemma_checkpoint
 
 #: The LLaVA families built here: LLaVA-1.5 (Llama), LLaVA-NeXT (Mistral, Vicuna) and
@@ -56,8 +57,9 @@ from lvlm_lens.testing.tiny_paligemma import build_paligemma_checkpoint
 LLAVA_KINDS = ("llava-llama", "llava-next-mistral", "llava-next-vicuna", "llava-onevision-qwen2")
 #: Every kind :func:`build_tiny_checkpoint` builds: those and ``tiny_families.FAMILY_KINDS``
 #: (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, InternVL, Idefics3, Qwen3-VL-MoE,
-#: LLaVA-OneVision-1.5).
-TINY_KINDS = LLAVA_KINDS + FAMILY_KINDS + ("paligemma2",)
+#: LLaVA-OneVision-1.5), PaliGemma 2 and ``tiny_more.MORE_KINDS`` (one module per family:
+#: SmolVLM2...).
+TINY_KINDS = LLAVA_KINDS + FAMILY_KINDS + ("paligemma2",) + MORE_KINDS
 
 SPECIAL_TOKENS = (
     "<unk>",
@@ -128,6 +130,7 @@ def build_tiny_tokenizer(
     words: Sequence[str] = TINY_WORDS,
     named_specials: dict[str, str] | None = None,
     more_specials: Sequence[str] = (),
+    bos_token: str | None = "<s>",
 ) -> PreTrainedTokenizerFast:
     """Builds a word-level tokenizer (by default the one shared by all tiny checkpoints).
 
@@ -139,6 +142,9 @@ def build_tiny_tokenizer(
             ``boi_token``...), appended after ``words``; default ``{"image_token": "<image>"}``.
         more_specials: Further special tokens without an attribute name (Idefics3's
             ``<row_1_col_1>``...), appended after those.
+        bos_token: The BOS token the post-processor prepends (default ``<s>``); ``None``: a
+            tokenizer that adds no special token, its BOS ``<|im_start|>`` (SmolLM2's, so
+            SmolVLM2's: its chat template writes that token itself).
 
     Returns:
         A fast tokenizer (supports ``return_offsets_mapping``) whose image token is one token.
@@ -154,15 +160,17 @@ def build_tiny_tokenizer(
     backend.pre_tokenizer = pre_tokenizers.Split(
         Regex(r"\n|\w+|[^\w\s]"), behavior="removed", invert=True
     )
-    backend.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A $B:1", special_tokens=[("<s>", vocab["<s>"])]
-    )
+    if bos_token is not None:
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{bos_token} $A", pair=f"{bos_token} $A $B:1",
+            special_tokens=[(bos_token, vocab[bos_token])],
+        )
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         unk_token="<unk>",
         pad_token="<pad>",
-        bos_token="<s>",
+        bos_token=bos_token or "<|im_start|>",
         eos_token="</s>",
         extra_special_tokens=named,
     )
@@ -257,6 +265,11 @@ def build_tiny_checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     if kind == "paligemma2":
         return build_paligemma_checkpoint(folder, seed=seed, vision=vision, **text_overrides)
+    if kind in BUILDERS:
+        return BUILDERS[kind](
+            folder, seed=seed, chat_template=chat_template, vision=vision, lvlm=lvlm,
+            processor=processor, **text_overrides,
+        )
     if kind in FAMILY_KINDS:
         return build_family_checkpoint(
             kind, folder, seed=seed, chat_template=chat_template, vision=vision, lvlm=lvlm,

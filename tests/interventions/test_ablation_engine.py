@@ -182,6 +182,7 @@ def test_progress_bars_show_unless_silenced(setup, capsys):
 FAMILY_KINDS = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl", "idefics3"]
 FAMILY_KINDS += ["qwen3-vl-moe"]
 FAMILY_KINDS += ["llava-onevision-1.5"]
+FAMILY_KINDS += ["smolvlm2"]
 
 
 @pytest.fixture(scope="module", params=FAMILY_KINDS)

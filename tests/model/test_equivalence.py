@@ -23,6 +23,7 @@ CASES = {
     "qwen3-vl-moe": {},
     "llava-onevision-1.5": {},
     "paligemma2": {},
+    "smolvlm2": {},
     # variants of the language backbone the real checkpoints use
     "llava-next-mistral/sliding-window": dict(sliding_window=20),
     "llava-llama/rope-linear": dict(
@@ -102,7 +103,7 @@ def hf_generate(reference, model, inp, n):
 @pytest.mark.parametrize(
     "case", ["llava-llama", "llava-onevision-qwen2", "llava-next-mistral", "qwen2-vl",
              "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl", "idefics3", "qwen3-vl-moe",
-             "llava-onevision-1.5"],
+             "llava-onevision-1.5", "smolvlm2"],
 )
 def test_generate_matches_hf_greedy(tiny_checkpoint, case):
     """Prompt + new tokens, as TransformerLens and HF return them; or the new tokens only."""

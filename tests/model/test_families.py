@@ -15,7 +15,7 @@ from tests.helpers import PROMPTS, noise_image
 KINDS = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl", "idefics3"]
 KINDS += ["qwen3-vl-moe"]
 KINDS += ["llava-onevision-1.5"]
-KINDS += ["qwen3.5", "qwen3.5-moe", "paligemma2"]
+KINDS += ["qwen3.5", "qwen3.5-moe", "paligemma2", "smolvlm2"]
 IMAGES = [noise_image(20, 28, 1), noise_image(30, 18, 2)]
 
 
@@ -60,7 +60,8 @@ def test_to_hf_has_the_family_inputs(fam):
     kind, model, inp = fam
     kw = inp.to_hf()
     extra = {"image_grid_thw", "mm_token_type_ids"} if "qwen" in kind else {"token_type_ids"}
-    extra = {"internvl": set(), "idefics3": {"pixel_attention_mask"},
+    tiles = {"pixel_attention_mask"}
+    extra = {"internvl": set(), "idefics3": tiles, "smolvlm2": tiles,
              "llava-onevision-1.5": {"image_grid_thw"}}.get(kind, extra)  # fmt: skip
     assert set(kw) == {"input_ids", "attention_mask", "position_ids", "pixel_values"} | extra
     for key in extra & {"token_type_ids", "mm_token_type_ids"}:
@@ -78,7 +79,7 @@ def test_groups_and_grid_coordinates(fam):
     cells = [f"<img {r},{c}>" for r in range(grid[0]) for c in range(grid[1])]
     if kind == "internvl":  # 20x28: a 2x2 grid of tiles 1-4, then the thumbnail (tile 0)
         cells = [f"<img {t}:{r},{c}>" for t in (1, 2, 3, 4, 0) for r in range(4) for c in range(4)]
-    if kind == "idefics3":  # 20x28 -> 68x96 px: 3x3 tiles 1-9, then the global image (tile 0)
+    if kind in ("idefics3", "smolvlm2"):  # 20x28 -> 68x96 px: 3x3 tiles 1-9, then global (0)
         tiles = [*range(1, 10), 0]
         cells = [f"<img {t}:{r},{c}>" for t in tiles for r in range(4) for c in range(4)]
     assert [s for s in strs if s.startswith("<img ")] == cells
@@ -86,8 +87,10 @@ def test_groups_and_grid_coordinates(fam):
     words = model.tokenizer.convert_ids_to_tokens(question)
     assert words == ["what", "is", "the", "main", "object", "in", "this", "image", "?"]
     role = model.tokenizer.convert_ids_to_tokens(inp.input_ids[0][inp.groups["role"][0]])
-    marker = {"gemma3": "<end_of_image>", "internvl": "</img>", "idefics3": "<row_3_col_3>",
-              "paligemma2": "<s>"}.get(kind, "<|vision_end|>")  # fmt: skip
+    marker = {
+        "gemma3": "<end_of_image>", "internvl": "</img>", "idefics3": "<row_3_col_3>",
+        "paligemma2": "<s>", "smolvlm2": "<row_3_col_3>",
+    }.get(kind, "<|vision_end|>")  # fmt: skip
     assert marker in role and "ASSISTANT" in role
 
 

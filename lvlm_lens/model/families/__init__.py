@@ -30,6 +30,7 @@ from lvlm_lens.model.families import (
     qwen3_5_moe,
     qwen3_vl,
     qwen3_vl_moe,
+    smolvlm,
 )
 from lvlm_lens.model.families.base import (
     GENERIC_PLACEHOLDER,
@@ -46,7 +47,7 @@ from lvlm_lens.model.families.base import (
 MODULES = (llava, llava_next, llava_onevision, qwen2_vl, qwen3_vl, internvl, gemma3, idefics3)
 MODULES += (qwen3_vl_moe,)
 MODULES += (llava_onevision1_5,)
-MODULES += (qwen3_5, qwen3_5_moe, paligemma)
+MODULES += (qwen3_5, qwen3_5_moe, paligemma, smolvlm)
 #: The supported families by HF ``config.model_type``.
 FAMILIES: dict[str, Family] = {t: f for m in MODULES for t, f in m.BY_MODEL_TYPE.items()}
 #: HF multimodal architectures we wrap, by ``config.model_type``.

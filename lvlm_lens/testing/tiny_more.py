@@ -1,0 +1,20 @@
+"""Builders of the tiny kinds that live in a module of their own (one per family), by kind.
+
+Each builder takes ``(folder, *, seed, chat_template, vision, lvlm, processor,
+**text_overrides)`` as :func:`~lvlm_lens.testing.tiny.build_tiny_checkpoint` does. Adding a
+family's tiny kind means adding its module and one line here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from lvlm_lens.testing.tiny_smolvlm import SMOLVLM_KIND, build_smolvlm_checkpoint
+
+#: Builder per tiny kind.
+BUILDERS: dict[str, Callable[..., Path]] = {
+    SMOLVLM_KIND: build_smolvlm_checkpoint,
+}
+#: The kinds of :data:`BUILDERS`.
+MORE_KINDS = tuple(BUILDERS)
