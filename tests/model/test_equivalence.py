@@ -153,7 +153,7 @@ def image_end(inp) -> int:
 
 @pytest.mark.parametrize(
     "case", ["llava-llama", "llava-onevision-qwen2", "qwen2-vl", "qwen3-vl", "gemma3",
-             "qwen3-vl-moe", "llava-onevision-1.5"]
+             "qwen3-vl-moe", "llava-onevision-1.5", "idefics3", "smolvlm2"]
 )
 def test_prefix_cache_suffix_equals_full_run(tiny_checkpoint, case):
     model, _ = load_pair(tiny_checkpoint, case)

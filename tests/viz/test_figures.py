@@ -77,7 +77,9 @@ def test_image_grids_cover_every_image_token_once(next_pair, toy_pair):
 
 
 @pytest.mark.parametrize(
-    "kind", ["qwen2-vl", "gemma3", "internvl", "idefics3", "qwen3-vl-moe", "llava-onevision-1.5"]
+    "kind",
+    ["qwen2-vl", "gemma3", "internvl", "idefics3", "qwen3-vl-moe", "llava-onevision-1.5",
+     "smolvlm2"],
 )
 def test_image_grids_of_the_other_families(tiny_checkpoint, kind):
     """Qwen's grid follows the picture's aspect, uncropped; Gemma's is square; InternVL's and
@@ -87,11 +89,12 @@ def test_image_grids_of_the_other_families(tiny_checkpoint, kind):
     (grid,) = image_grids(inp, 0)
     assert grid.kind == "base" and not grid.crop and (grid.positions >= 0).all()
     image = inp.positions("image", 0).numpy()
-    shape = {"gemma3": (4, 4), "internvl": (4, 4), "idefics3": (4, 4)}.get(kind, (5, 7))
+    tiled = ("internvl", "idefics3", "smolvlm2")  # SmolVLM2 tiles as Idefics3
+    shape = (4, 4) if kind in tiled or kind == "gemma3" else (5, 7)
     assert grid.positions.shape == shape
-    base = image[-16:] if kind in ("internvl", "idefics3") else image  # after the other tiles
+    base = image[-16:] if kind in tiled else image  # after the other tiles
     assert (grid.positions.ravel() == base).all()
-    square = ("gemma3", "internvl", "idefics3")
+    square = ("gemma3", *tiled)
     assert image_grids(inp, 1)[0].positions.shape == (shape if kind in square else (8, 4))
 
 
