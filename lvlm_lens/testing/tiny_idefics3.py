@@ -52,10 +52,12 @@ IDEFICS3_TILE, IDEFICS3_PATCH, IDEFICS3_SCALE, IDEFICS3_LONGEST = 32, 2, 4, 96
 
 
 def idefics3_config(
-    tokenizer: PreTrainedTokenizerFast, text: dict[str, Any], vision_overrides: dict, tied: bool
-) -> tuple[Idefics3Config, type]:
+    tokenizer: PreTrainedTokenizerFast, text: dict[str, Any], vision_overrides: dict, tied: bool,
+    config_cls: type = Idefics3Config,
+) -> tuple[Any, type]:
     """The config and class of a tiny Idefics3 (``text``: the Llama text config's fields;
-    ``vision_overrides`` may hold ``scale_factor``)."""
+    ``vision_overrides`` may hold ``scale_factor``); ``config_cls`` another config class of the
+    same shape (SmolVLM2's)."""
     text = {"num_key_value_heads": 2, **text}  # GQA, as SmolVLM-256M's 9 heads : 3
     text.setdefault("rope_parameters", {"rope_type": "default", "rope_theta": 100000.0})
     vision = dict(
@@ -64,7 +66,7 @@ def idefics3_config(
     )  # fmt: skip
     vision.update(vision_overrides)
     scale = vision.pop("scale_factor", IDEFICS3_SCALE)
-    config = Idefics3Config(
+    config = config_cls(
         text_config={"model_type": "llama", **text, "tie_word_embeddings": tied},
         vision_config=vision,
         scale_factor=scale,

@@ -28,6 +28,7 @@ from lvlm_lens.testing.tiny_idefics3 import (
     IDEFICS3_TILE,
     IDEFICS3_TILE_TOKENS,
     IDEFICS3_WORDS,
+    idefics3_config,
 )
 
 #: The tiny kind built here.
@@ -62,26 +63,13 @@ def smolvlm_image_processor() -> SmolVLMImageProcessorPil:
 
 
 def smolvlm_config(tokenizer: Any, text: dict[str, Any], vision: dict[str, Any]) -> SmolVLMConfig:
-    """A tiny SmolVLM2 config (``text``: Llama text fields; ``vision`` may hold
-    ``scale_factor``)."""
+    """A tiny SmolVLM2 config: Idefics3's tiny config in SmolVLM's class (``text``: Llama text
+    fields; ``vision`` may hold ``scale_factor``)."""
     from lvlm_lens.testing.tiny_families import tiny_text_kwargs
 
     tied = text.pop("tie_word_embeddings", True)
-    text = tiny_text_kwargs(tokenizer, **{"num_key_value_heads": 2, **text})
-    text.setdefault("rope_parameters", {"rope_type": "default", "rope_theta": 100000.0})
-    vision = {
-        "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-        "num_attention_heads": 2, "image_size": IDEFICS3_TILE, "patch_size": IDEFICS3_PATCH,
-        **vision,
-    }  # fmt: skip
-    scale = vision.pop("scale_factor", IDEFICS3_SCALE)
-    config = SmolVLMConfig(
-        text_config={"model_type": "llama", **text, "tie_word_embeddings": tied},
-        vision_config=vision,
-        scale_factor=scale,
-        image_token_id=tokenizer.convert_tokens_to_ids(IDEFICS3_SPECIALS["image_token"]),
-        tie_word_embeddings=tied,
-        pad_token_id=tokenizer.pad_token_id,
+    config, _ = idefics3_config(
+        tokenizer, tiny_text_kwargs(tokenizer, **text), vision, tied, config_cls=SmolVLMConfig
     )
     config._attn_implementation = "eager"
     return config
