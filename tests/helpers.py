@@ -85,3 +85,17 @@ def toy_or_gqa(kind: str, tiny_checkpoint):
     m = HookedLVLM.from_pretrained(tiny_checkpoint("llava-onevision-qwen2"))
     assert m.cfg.n_key_value_heads < m.cfg.n_heads  # grouped-query attention
     return m
+
+
+#: The text prompt of the TransformerLens-parity tests.
+TL_TEXT = "what is the main object in this image ?"
+
+
+def text_or_image_input(model, kind: str):
+    """The TL-parity tests' input of ``kind``: :data:`TL_TEXT` as tokens (``"text"``), or two
+    images of different sizes with :data:`PROMPTS` and their answers (``"image"``)."""
+    if kind == "text":
+        return model.to_tokens(TL_TEXT)
+    return model.prepare([noise_image(48, 48, 3), noise_image(30, 60, 4)], PROMPTS,
+                         answers=["star", "circle"])
+

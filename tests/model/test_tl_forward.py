@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.helpers import PROMPTS, noise_image, toy_or_gqa
+from tests.helpers import TL_TEXT, text_or_image_input, toy_or_gqa
 from tests.model.tl_parity import parity
 
-TEXT = "what is the main object in this image ?"
+TEXT = TL_TEXT
 TEXTS = ["what is it ?", "a much longer prompt about the main object in this image ?"]
 BLOCK = ["hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q",
          "attn.hook_k", "attn.hook_v", "attn.hook_rot_q", "attn.hook_rot_k",
@@ -25,13 +25,6 @@ FINAL = ["ln_final.hook_scale", "ln_final.hook_normalized"]
 @pytest.fixture(scope="module", params=["toy", "qwen2-gqa"])
 def model(request, tiny_checkpoint):
     return toy_or_gqa(request.param, tiny_checkpoint)
-
-
-def make_input(model, kind):
-    if kind == "text":
-        return model.to_tokens(TEXT)
-    return model.prepare([noise_image(48, 48, 3), noise_image(30, 60, 4)], PROMPTS,
-                         answers=["star", "circle"])
 
 
 def fired(model, x, **kwargs):
@@ -52,7 +45,7 @@ def expected(model, kind, layers):
         "hook_image_embeds before hook_embed")
 @pytest.mark.parametrize("kind", ["text", "image"])
 def test_hooks_fire_in_tl_decoder_order(model, kind):
-    x = make_input(model, kind)
+    x = text_or_image_input(model, kind)
     n = model.cfg.n_layers
     assert fired(model, x) == expected(model, kind, range(n)) + FINAL
 
@@ -62,7 +55,7 @@ def test_hooks_fire_in_tl_decoder_order(model, kind):
         "blocks [0, k) only and returns the residual stream")
 @pytest.mark.parametrize("kind", ["text", "image"])
 def test_return_type_none_and_stop_at_layer_fire_what_tl_fires(model, kind):
-    x = make_input(model, kind)
+    x = text_or_image_input(model, kind)
     n = model.cfg.n_layers
     assert fired(model, x, return_type=None) == expected(model, kind, range(n)) + FINAL
     assert model(x, return_type=None) is None
@@ -78,7 +71,7 @@ def test_return_type_none_and_stop_at_layer_fire_what_tl_fires(model, kind):
         "and the loss; stop_at_layer then start_at_layer gives the full run's logits exactly")
 @pytest.mark.parametrize("kind", ["text", "image"])
 def test_start_at_layer_continues_a_stopped_run(model, kind):
-    x = make_input(model, kind)
+    x = text_or_image_input(model, kind)
     n = model.cfg.n_layers
     resid = model(x, stop_at_layer=2)
     names = fired(model, resid, start_at_layer=2, tokens=x)
@@ -127,7 +120,7 @@ def test_padding_side_gives_each_row_its_unpadded_logits(model, side):
         "input's loss is its text tokens' loss")
 @pytest.mark.parametrize("kind", ["text", "image"])
 def test_loss_is_next_token_cross_entropy(model, kind):
-    x = make_input(model, kind)
+    x = text_or_image_input(model, kind)
     logits, loss = model(x, "both")
     torch.testing.assert_close(logits, model(x), atol=0, rtol=0)
     ids = x if kind == "text" else x.input_ids

@@ -13,10 +13,15 @@ import pytest
 import torch
 
 from lvlm_lens.interventions.knockout import knockout_effect
-from tests.helpers import PROMPTS, check_engine_equals_reference, noise_image, toy_or_gqa
+from tests.helpers import (
+    TL_TEXT,
+    check_engine_equals_reference,
+    text_or_image_input,
+    toy_or_gqa,
+)
 from tests.model.tl_parity import parity
 
-TEXT = "what is the main object in this image ?"
+TEXT = TL_TEXT
 SWITCHES = {
     "use_attn_result": "blocks.1.attn.hook_result",
     "use_split_qkv_input": "blocks.0.hook_k_input",
@@ -28,13 +33,6 @@ SWITCHES = {
 @pytest.fixture(scope="module", params=["toy", "qwen2-gqa"])
 def model(request, tiny_checkpoint):
     return toy_or_gqa(request.param, tiny_checkpoint)
-
-
-def make_input(model, kind):
-    if kind == "text":
-        return model.to_tokens(TEXT)
-    return model.prepare([noise_image(48, 48, 3), noise_image(30, 60, 4)], PROMPTS,
-                         answers=["star", "circle"])
 
 
 @contextmanager
@@ -59,7 +57,7 @@ def noop(t, hook):
 @pytest.mark.parametrize("switch", list(SWITCHES))
 def test_switched_off_points_are_refused_naming_the_switch(model, switch):
     name = SWITCHES[switch]
-    x = make_input(model, "text")
+    x = text_or_image_input(model, "text")
     msg = f"{name} fires only with {switch} on: call model.set_{switch}\\(True\\) first"
     with pytest.raises(ValueError, match=msg):
         model.run_with_hooks(x, fwd_hooks=[(name, noop)])
@@ -84,7 +82,7 @@ def test_switched_off_points_are_refused_naming_the_switch(model, switch):
         "unchanged (1e-5) with every switch on")
 @pytest.mark.parametrize("kind", ["text", "image"])
 def test_every_switch_on_fires_tl_shapes_and_keeps_logits(model, kind):
-    x = make_input(model, kind)
+    x = text_or_image_input(model, kind)
     plain, clean = model.run_with_cache(x)
     assert torch.equal(clean["hook_tokens"], x if kind == "text" else x.input_ids)
     with switched(model, *SWITCHES):
@@ -112,7 +110,7 @@ def test_every_switch_on_fires_tl_shapes_and_keeps_logits(model, kind):
 
 
 def test_editing_one_heads_input_changes_that_head_alone(model):
-    x = make_input(model, "image")
+    x = text_or_image_input(model, "image")
     cfg = model.cfg
     g = cfg.n_heads // cfg.n_key_value_heads
     _, clean = model.run_with_cache(x)
@@ -155,7 +153,7 @@ def test_editing_one_heads_input_changes_that_head_alone(model):
 
 
 def test_hook_tokens_edit_is_what_gets_embedded(model):
-    x = make_input(model, "text")
+    x = text_or_image_input(model, "text")
     other = model.to_tokens("a cat sat on the mat today and it is happy ?")[:, : x.shape[1]]
     assert other.shape == x.shape
     swapped = model.run_with_hooks(x, fwd_hooks=[("hook_tokens", lambda t, hook: other)])
@@ -163,7 +161,7 @@ def test_hook_tokens_edit_is_what_gets_embedded(model):
 
 
 def test_engine_and_knockout_work_with_every_switch_on(model):
-    inp = make_input(model, "image")
+    inp = text_or_image_input(model, "image")
     clean = knockout_effect(model, inp, "image", "final", [0, 1])
     with switched(model, *SWITCHES):
         check_engine_equals_reference(model, inp, "mean", "all", n_masks=8, batch_size=4,
