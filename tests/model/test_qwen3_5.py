@@ -5,12 +5,13 @@ with images of two sizes, per example and text-only (and Qwen3.5-MoE with its sh
 the delta rule and the write weights against answers derived by hand; the per-head hooks;
 head ablation and knockout of linear-attention heads by their known effect (the answer no
 longer depends on the image); the engine's fallback = the reference; a KV-cache continuation
-(the recurrent state and conv tail cached) = the full run."""
+(the recurrent state and conv tail cached) = the full run; greedy ``generate`` = HF."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from lvlm_lens import HookedLVLM
 from lvlm_lens.interventions import (
@@ -24,7 +25,7 @@ from lvlm_lens.interventions import (
 from lvlm_lens.model.attention import Attention
 from lvlm_lens.model.kv_cache import KVCache
 from lvlm_lens.model.linear_attention import GatedDeltaNet, delta_rule, write_weights
-from tests.helpers import PROMPTS, hf_logits, noise_image
+from tests.helpers import PROMPTS, hf_kwargs, hf_logits, noise_image
 
 IMAGES = [noise_image(20, 28, 1), noise_image(30, 14, 2)]
 
@@ -237,6 +238,48 @@ def test_a_cache_without_the_recurrent_state_is_refused(pair):
                      cache.attention_mask[:, :5])
     with pytest.raises(ValueError, match="holds no recurrent state"):
         model(inp.input_ids[:, -3:], past_kv_cache=sliced)
+
+
+TEXTS = ["USER: what is this ? ASSISTANT:", "hello ?"]
+
+
+def _hf_greedy(reference, model, n, **inputs):
+    with torch.no_grad():
+        return reference.generate(**inputs, max_new_tokens=n, do_sample=False, eos_token_id=None,
+                                  pad_token_id=model.tokenizer.pad_token_id)
+
+
+@pytest.mark.parametrize("which", ["pair", "moe_pair"])
+def test_generate_greedy_equals_hf_with_images_and_text(which, request):
+    """Dense and MoE, 16 new tokens: a left-padded batch with images of two sizes and a
+    left-padded text-only batch = HF ``generate`` token for token, in TL's return types."""
+    model, reference = request.getfixturevalue(which)
+    inp = model.prepare(IMAGES, PROMPTS)
+    theirs = _hf_greedy(reference, model, 16, **hf_kwargs(model, inp))
+    assert torch.equal(model.generate(inp, 16, stop_at_eos=False), theirs)
+    new = model.generate(inp, 16, stop_at_eos=False, new_tokens_only=True)
+    assert torch.equal(new, theirs[:, inp.shape[1] :]) and new.unique().numel() > 8
+    text = model.generate(inp, 16, stop_at_eos=False, return_type="str")
+    assert text == model.tokenizer.batch_decode(theirs, skip_special_tokens=True)
+    ids, mask = model.encode_text(TEXTS, None, padding_side="left")
+    assert (mask == 0).any()
+    theirs = _hf_greedy(reference, model, 16, input_ids=ids, attention_mask=mask)
+    assert torch.equal(model.generate(TEXTS, 16, stop_at_eos=False, return_type="tokens"), theirs)
+    out = model.generate(TEXTS, 16, stop_at_eos=False)
+    assert out == model.tokenizer.batch_decode(theirs, skip_special_tokens=True)
+
+
+def test_generate_continues_a_transformer_lens_cache(pair):
+    """TL's cache object holds no recurrent state: ours rides along with it, so generating
+    in two calls = one call."""
+    model, _ = pair
+    inp = model.prepare(IMAGES[:1], PROMPTS[:1])
+    whole = model.generate(inp, 8, stop_at_eos=False, new_tokens_only=True)
+    tl = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
+    first = model.generate(inp, 4, stop_at_eos=False, new_tokens_only=True, past_kv_cache=tl)
+    rest = model.generate(first[:, -1:], 4, stop_at_eos=False, new_tokens_only=True,
+                          past_kv_cache=tl)
+    assert torch.equal(torch.cat([first, rest], 1), whole)
 
 
 def _ablated(model, inp, heads, baseline, names=()):
