@@ -43,7 +43,7 @@ def from_tl_cache(tl: TransformerLensKeyValueCache) -> KVCache:
     values = [e.past_values.transpose(1, 2) for e in tl.entries]
     nxt = getattr(tl, "lvlm_next_position", None)
     return KVCache(keys, values, tl.previous_attention_mask.long(), frozen=False,
-                   next_position=nxt)
+                   next_position=nxt, states=getattr(tl, "lvlm_states", None))
 
 
 def to_tl_cache(cache: KVCache, tl: TransformerLensKeyValueCache) -> None:
@@ -54,6 +54,7 @@ def to_tl_cache(cache: KVCache, tl: TransformerLensKeyValueCache) -> None:
     ]
     tl.previous_attention_mask = cache.attention_mask.clone()
     tl.lvlm_next_position = cache.start_positions()  # M-RoPE positions outrun the mask
+    tl.lvlm_states = cache.states  # linear attention (Qwen3.5): no K/V, a recurrent state
 
 
 def extend_input(
@@ -202,7 +203,7 @@ class GenerateMixin:
             mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=device)
             resid, kvs = self.run_blocks(self.hook_embed(embeds), mask, cache)
             if cache is None:
-                cache = KVCache([k for k, _ in kvs], [v for _, v in kvs], mask, frozen=False)
+                cache = KVCache.from_run(kvs, mask, frozen=False)
             else:
                 cache.append(kvs, mask)
             logits = self.unembed(self.ln_final(resid[:, -1]))

@@ -14,7 +14,7 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
 from lvlm_lens.model.analysis import AnalysisMixin, with_bound_images
-from lvlm_lens.model.attention import KV, Segment, SelfAlternative
+from lvlm_lens.model.attention import Segment, SelfAlternative
 from lvlm_lens.model.blocks import Embed, RMSNorm, TransformerBlock, Unembed
 from lvlm_lens.model.caching import CachingMixin
 from lvlm_lens.model.config import LVLMConfig
@@ -23,8 +23,9 @@ from lvlm_lens.model.families import FAMILIES, image_text, language_model
 from lvlm_lens.model.forward import ForwardMixin
 from lvlm_lens.model.generate import GenerateMixin
 from lvlm_lens.model.inputs import LVLMInput
-from lvlm_lens.model.kv_cache import HeadSwitch, KVCache
+from lvlm_lens.model.kv_cache import HeadSwitch, KVCache, LayerMemory
 from lvlm_lens.model.layout import TokenLayout
+from lvlm_lens.model.linear_attention import RecurrentPast
 from lvlm_lens.model.masks import causal_mask
 from lvlm_lens.model.prepare import prepare_inputs
 from lvlm_lens.model.switches import SwitchesMixin
@@ -213,7 +214,7 @@ class HookedLVLM(
         switch: HeadSwitch | None = None,
         layout: TokenLayout | None = None,
         start_at_layer: int = 0,
-    ) -> tuple[Float[Tensor, "batch pos d_model"], list[KV]]:
+    ) -> tuple[Float[Tensor, "batch pos d_model"], list[LayerMemory]]:
         """Run the decoder blocks on already-embedded tokens (after any cached prefix).
 
         ``switch`` makes the selected query heads read the cache's alternative keys/values
@@ -223,7 +224,10 @@ class HookedLVLM(
         ``start_at_layer`` runs only blocks ``start_at_layer..``: ``x`` is then the residual
         stream entering that block.
 
-        Returns the residual stream after the last block run and each run block's new keys/values.
+        Returns the residual stream after the last block run and each run block's new
+        keys/values (a linear-attention layer: its
+        :class:`~lvlm_lens.model.kv_cache.RecurrentState` after the new tokens); build a
+        cache of them with :meth:`KVCache.from_run <lvlm_lens.model.kv_cache.KVCache.from_run>`.
         """
         b, s, _ = x.shape
         mask_new = attention_mask.to(x.device).long()
@@ -257,7 +261,12 @@ class HookedLVLM(
                 continue
             select = None if switch is None else switch.select[:, layer]
             past, alt = None, None
-            if cache is not None:
+            states = None if cache is None else cache.states
+            if states is not None and states[layer] is not None:  # a linear-attention layer
+                alts = cache.alt_states
+                other = None if select is None or alts is None else alts[layer]
+                past = RecurrentPast(states[layer], other, None if other is None else select)
+            elif cache is not None:
                 window = self.cfg.sliding_windows[layer]
                 seg = Segment(cache.keys[layer], cache.values[layer],
                               mask_rows_alike=window is None or cache.length + s <= window)
@@ -300,8 +309,8 @@ class HookedLVLM(
                              "of one image attend to each other both ways: cut after the image")
         layout = layout.cols(slice(None, length))
         resid, kvs = self.run_blocks(x, mask, layout=layout)
-        return resid, KVCache([k for k, _ in kvs], [v for _, v in kvs], mask, frozen=frozen,
-                              next_position=layout.next_positions(mask))
+        return resid, KVCache.from_run(kvs, mask, frozen=frozen,
+                                       next_position=layout.next_positions(mask))
 
 
     def __repr__(self) -> str:  # the HF modules inside make the default repr unreadable

@@ -1,4 +1,5 @@
-"""Key/value cache of a processed prefix, shareable by a batch of suffixes."""
+"""Key/value cache of a processed prefix, shareable by a batch of suffixes (with the recurrent
+state of any linear-attention layer)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,30 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+
+
+@dataclass
+class RecurrentState:
+    """What a linear-attention layer (Qwen3.5's Gated-DeltaNet) keeps of the tokens before.
+
+    Attributes:
+        state: Per value head, the delta-rule state after them.
+        conv: The last ``conv_kernel - 1`` inputs of its causal conv (the fused q/k/v
+            projection of the last real tokens, zeros before the first one).
+    """
+
+    state: Float[Tensor, "batch head d_k d_v"]
+    conv: Float[Tensor, "batch channel tail"]
+
+    def rows(self, r: int) -> RecurrentState:
+        """The state of each example repeated for ``r`` consecutive rows (example-major)."""
+        if r == 1:
+            return self
+        return RecurrentState(self.state.repeat_interleave(r, 0), self.conv.repeat_interleave(r, 0))
+
+
+#: What a layer's run leaves for the cache: post-RoPE ``(key, value)`` or a recurrent state.
+LayerMemory = tuple[Tensor, Tensor] | RecurrentState
 
 
 @dataclass
@@ -30,6 +55,11 @@ class KVCache:
         next_position: Per example, the rotary position of the next token (``1 +`` the largest
             position in the prefix: under M-RoPE an image advances positions by less than its
             token count); ``None`` means the number of real prefix tokens.
+        states: Per layer, a linear-attention layer's :class:`RecurrentState` after the prefix
+            (``None`` at a full-attention layer; its ``keys`` / ``values`` are then empty,
+            ``[batch, 0, pos, 0]``); ``None`` for a model without linear attention.
+        alt_states: Per layer, the alternative state (e.g. built from the baseline's input at
+            the image positions), read by the heads a ``HeadSwitch`` selects.
     """
 
     keys: list[Float[Tensor, "batch kv_head pos d_head"]]
@@ -39,6 +69,23 @@ class KVCache:
     alt_keys: list[Float[Tensor, "batch kv_head pos d_head"]] | None = None
     alt_values: list[Float[Tensor, "batch kv_head pos d_head"]] | None = None
     next_position: Int[Tensor, " batch"] | None = None
+    states: list[RecurrentState | None] | None = None
+    alt_states: list[RecurrentState | None] | None = None
+
+    @classmethod
+    def from_run(
+        cls, kvs: list[LayerMemory], attention_mask: Int[Tensor, "batch pos"], **kwargs
+    ) -> KVCache:
+        """The cache of a run's per-layer memories (``run_blocks``' second output)."""
+        keys, values, states = [], [], []
+        for kv in kvs:
+            k, v = _placeholder(kv, attention_mask) if isinstance(kv, RecurrentState) else kv
+            keys.append(k)
+            values.append(v)
+            states.append(kv if isinstance(kv, RecurrentState) else None)
+        if all(st is None for st in states):
+            states = None
+        return cls(keys, values, attention_mask, states=states, **kwargs)
 
     @property
     def batch_size(self) -> int:
@@ -69,18 +116,30 @@ class KVCache:
             start = self.attention_mask.long().sum(-1)
         return start.repeat_interleave(rows_per_example, dim=0)
 
-    def append(self, kvs: list[tuple[Tensor, Tensor]], attention_mask: Int[Tensor, "batch pos"]):
-        """Extend the (unfrozen) cache in place with the keys/values of new tokens."""
+    def append(self, kvs: list[LayerMemory], attention_mask: Int[Tensor, "batch pos"]):
+        """Extend the (unfrozen) cache in place with the keys/values of new tokens (and replace
+        a linear-attention layer's state by the one after them)."""
         if self.frozen or self.alt_keys is not None:
             raise ValueError("this KV cache is frozen; build it with frozen=False to extend it")
         self.next_position = self.start_positions() + attention_mask.long().sum(-1).to(
             self.attention_mask.device
         )
-        self.keys = [torch.cat([k, nk], dim=2) for k, (nk, _) in zip(self.keys, kvs, strict=True)]
+        new = [_placeholder(kv, attention_mask) if isinstance(kv, RecurrentState) else kv
+               for kv in kvs]  # fmt: skip
+        self.keys = [torch.cat([k, nk], dim=2) for k, (nk, _) in zip(self.keys, new, strict=True)]
         self.values = [
-            torch.cat([v, nv], dim=2) for v, (_, nv) in zip(self.values, kvs, strict=True)
+            torch.cat([v, nv], dim=2) for v, (_, nv) in zip(self.values, new, strict=True)
         ]
+        if self.states is not None:
+            self.states = [kv if isinstance(kv, RecurrentState) else None for kv in kvs]
         self.attention_mask = torch.cat([self.attention_mask, attention_mask], dim=1)
+
+
+def _placeholder(kv: RecurrentState, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Empty keys/values ``[batch, 0, pos, 0]`` standing for a linear-attention layer's."""
+    b, s = attention_mask.shape
+    empty = kv.state.new_zeros(b, 0, s, 0)
+    return empty, empty
 
 
 @dataclass

@@ -23,20 +23,27 @@ a query / key head):
 - ``hook_z`` ``[batch, pos, head, d_v]``: each head's output (gated norm of the read), what
   ``W_O`` reads; ``hook_result`` ``[batch, pos, head, d_model]`` with ``use_attn_result``.
 
-Padding tokens (left padding) enter as zeros, so they leave the state at zero, as in HF.
+Padding tokens enter as zeros, write nothing and do not decay the state: left padding leaves
+it at zero, as in HF. A KV-cache continuation starts from the cached
+:class:`~lvlm_lens.model.kv_cache.RecurrentState` (the state and the conv's last inputs), its
+own left padding skipped likewise, so a cached run equals the full run.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from lvlm_lens.model.config import LinearAttentionSpec, LVLMConfig
+from lvlm_lens.model.kv_cache import RecurrentState
 
-__all__ = ["GatedDeltaNet", "delta_rule", "write_weights"]
+__all__ = ["GatedDeltaNet", "RecurrentPast", "delta_rule", "write_weights"]
 
 HOOKS = ("q", "k", "v", "beta", "decay", "gate", "read", "z", "result")
 
@@ -95,6 +102,17 @@ def write_weights(
     return torch.where(causal, scores * gap.clamp(max=0).exp(), 0.0).float()
 
 
+@dataclass
+class RecurrentPast:
+    """A cached prefix as a linear-attention layer continues it: the state after the prefix
+    (batch ``B / r``, as a KV cache's) and, for head ablation, an alternative state read by
+    the selected (row, value head) pairs."""
+
+    clean: RecurrentState
+    alt: RecurrentState | None = None
+    select: Bool[Tensor, "batch head"] | None = None
+
+
 class GatedDeltaNet(nn.Module):
     """One Gated-DeltaNet layer on the HF module's own weights (HF's ``Qwen3_5GatedDeltaNet``)."""
 
@@ -115,13 +133,24 @@ class GatedDeltaNet(nn.Module):
         """The output projection per value head."""
         return self.out_proj.weight.T.reshape(self.spec.n_v_heads, self.spec.d_v, -1)
 
-    def _conv(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos conv"]:
-        """Fused q/k/v projection, causal depthwise conv over positions, SiLU."""
+    def _conv(
+        self, x: Float[Tensor, "batch pos d_model"], real: Tensor, tail: Tensor | None
+    ) -> tuple[Float[Tensor, "batch pos conv"], Float[Tensor, "batch conv tail"]]:
+        """Fused q/k/v projection, causal depthwise conv over positions, SiLU; and the conv's
+        last ``conv_kernel - 1`` inputs. ``x`` is zero at padding; a cached ``tail`` (the
+        inputs before) sits right before each row's first real token, so the left padding of
+        a continuation is skipped as a run's own left padding is."""
         mixed = self.in_proj_qkv(x).transpose(1, 2)
         w = self.conv1d.weight
         pad = w.shape[-1] - 1
-        out = F.conv1d(F.pad(mixed, (pad, 0)), w, self.conv1d.bias, groups=mixed.shape[1])
-        return F.silu(out).transpose(1, 2)
+        full = F.pad(mixed, (pad, 0))
+        if tail is not None and pad:
+            lead = (real.long().cumsum(-1) == 0).sum(-1)  # leading padding per row
+            cols = (lead[:, None] + torch.arange(pad, device=x.device))[:, None]
+            full = full.scatter_add(2, cols.expand(-1, full.shape[1], -1),
+                                    tail.to(full.dtype).expand(full.shape[0], -1, -1))
+        out = F.conv1d(full, w, self.conv1d.bias, groups=mixed.shape[1])
+        return F.silu(out).transpose(1, 2), full[:, :, full.shape[2] - pad :]
 
     def forward(
         self,
@@ -129,54 +158,101 @@ class GatedDeltaNet(nn.Module):
         cos: Tensor,
         sin: Tensor,
         mask: Float[Tensor, "batch head_or_1 pos k_pos"],
-        past: list | None = None,
+        past: RecurrentPast | None = None,
         alt: object | None = None,
-    ) -> tuple[Float[Tensor, "batch pos d_model"], tuple[Tensor, Tensor]]:
-        """Run the layer on the new tokens (no rotary: ``cos`` / ``sin`` are unused).
+    ) -> tuple[Float[Tensor, "batch pos d_model"], RecurrentState]:
+        """Run the layer on the new tokens (no rotary: ``cos`` / ``sin`` are unused), after the
+        cached state ``past`` if given.
 
         ``mask`` is the block's additive causal mask: a token is padding where it may not see
-        itself. Returns the output and this call's ``(k, v)`` ``[batch, head, pos, d]``."""
-        if past is not None or alt is not None:
-            raise ValueError("Qwen3.5's linear-attention layers cannot continue a KV cache or "
-                             "read alternative keys/values yet: run the whole sequence at once")
+        itself; padding writes nothing and leaves the state as it is. ``alt`` (a
+        ``SelfAlternative`` whose ``k`` is the baseline's layer input ``[1 or batch, 1, pos,
+        d_model]``) and ``past.alt`` make the selected heads read the state built from the
+        baseline's input at ``alt.src`` / after the alternative prefix (head ablation, see
+        ``docs/concepts/head-ablation.md``). Returns the output and the state after the new
+        tokens."""
+        if isinstance(past, list):
+            raise ValueError("this KV cache holds no recurrent state for Qwen3.5's "
+                             "linear-attention layers (e.g. sliced from a longer run): build it "
+                             "with model.run_prefix")
         spec = self.spec
         b, s, _ = x.shape
         real = mask[:, 0, :, -s:].diagonal(dim1=-2, dim2=-1) == 0  # [batch, pos]
         x = x * real[..., None].to(x.dtype)
-        q, k, v, beta, decay = self._inputs(x, hooked=True)
+        start = None if past is None else past.clean.rows(b // past.clean.state.shape[0])
+        q, k, v, beta, decay, tail = self._inputs(x, real, start, hooked=True)
         gate = self.hook_gate(self.in_proj_z(x).reshape(b, s, spec.n_v_heads, spec.d_v))
-        read = self.hook_read(self._read(q, k, v, beta, decay).to(x.dtype))
+        read, state = self._read(q, k, v, beta, decay, real, start)
+        if alt is not None or (past is not None and past.alt is not None):
+            read = self._switched(read, x, real, past, alt)
+        read = self.hook_read(read.to(x.dtype))
         z = self.hook_z(self._gated_norm(read, gate))
         if self.cfg.use_attn_result:
             result = self.hook_result(torch.einsum("bshd,hdm->bshm", z, self.W_O))
             out = result.sum(dim=2)
         else:
             out = self.out_proj(z.reshape(b, s, -1))
-        return out, (k.transpose(1, 2), v.transpose(1, 2))
+        return out, RecurrentState(state, tail)
 
-    def _inputs(self, x: Tensor, hooked: bool = False) -> tuple[Tensor, ...]:
+    def _switched(self, read: Tensor, x: Tensor, real: Tensor, past: RecurrentPast | None,
+                  alt: Any) -> Tensor:
+        """``read`` where the selected (row, head) pairs read the alternative state instead."""
+        b = x.shape[0]
+        start = None if past is None else past.alt if past.alt is not None else past.clean
+        start = None if start is None else start.rows(b // start.state.shape[0])
+        if alt is not None:
+            x = torch.where(alt.src[..., None], alt.k[:, 0].to(x.dtype), x)
+            x = x * real[..., None].to(x.dtype)
+            select, queries = alt.select, alt.queries
+        else:
+            select, queries = past.select, None
+        q, k, v, beta, decay, _ = self._inputs(x, real, start)
+        other = self._read(q, k, v, beta, decay, real, start)[0]
+        cond = select[:, None, :, None]
+        if queries is not None:
+            cond = cond & queries.expand(b, -1)[:, :, None, None]
+        return torch.where(cond, other.to(read.dtype), read)
+
+    def _inputs(self, x: Tensor, real: Tensor, start: RecurrentState | None = None,
+                hooked: bool = False) -> tuple[Tensor, ...]:
         """``q``, ``k`` (per key head), ``v``, ``beta`` and ``decay`` of the layer input ``x``
-        (through their hooks where ``hooked``)."""
+        (through their hooks where ``hooked``), and the conv's new tail."""
         spec = self.spec
         b, s, _ = x.shape
         kd = spec.n_k_heads * spec.d_k
-        q, k, v = self._conv(x).split([kd, kd, spec.n_v_heads * spec.d_v], dim=-1)
+        mixed, tail = self._conv(x, real, None if start is None else start.conv)
+        q, k, v = mixed.split([kd, kd, spec.n_v_heads * spec.d_v], dim=-1)
         q = _unit(q.reshape(b, s, spec.n_k_heads, spec.d_k))
         k = _unit(k.reshape(b, s, spec.n_k_heads, spec.d_k))
         v = v.reshape(b, s, spec.n_v_heads, spec.d_v)
         beta = self.in_proj_b(x).sigmoid()
         a = self.in_proj_a(x).float()
         decay = -self.A_log.float().exp() * F.softplus(a + self.dt_bias)
-        if not hooked:
-            return q, k, v, beta, decay
-        return (self.hook_q(q), self.hook_k(k), self.hook_v(v), self.hook_beta(beta),
-                self.hook_decay(decay))
+        if hooked:
+            q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+            beta, decay = self.hook_beta(beta), self.hook_decay(decay)
+        return q, k, v, beta, decay, tail
 
-    def _read(self, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, decay: Tensor) -> Tensor:
-        """Every query's read of its value head's state (q / k repeated per value head)."""
+    def _read(self, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, decay: Tensor, real: Tensor,
+              start: RecurrentState | None = None) -> tuple[Tensor, Tensor]:
+        """Every query's read of its value head's state (q / k repeated per value head) and
+        the final state; padding neither writes nor decays."""
         g = self.spec.n_v_heads // self.spec.n_k_heads
         qh, kh = q.repeat_interleave(g, dim=2), k.repeat_interleave(g, dim=2)
-        return delta_rule(qh * self.spec.d_k**-0.5, kh, v, beta, decay)[0]
+        pad = ~real[..., None]
+        beta, decay = beta.masked_fill(pad, 0.0), decay.masked_fill(pad, 0.0)
+        state = None if start is None else start.state
+        return delta_rule(qh * self.spec.d_k**-0.5, kh, v, beta, decay, state)
+
+    def state_after(
+        self, x: Float[Tensor, "batch pos d_model"], real: Tensor
+    ) -> RecurrentState:
+        """The state after running the layer, without hooks, on its input ``x`` (the output of
+        ``ln1``; ``real``: not padding): how the head-ablation engine caches the baseline
+        side of a prefix."""
+        x = x * real[..., None].to(x.dtype)
+        q, k, v, beta, decay, tail = self._inputs(x, real)
+        return RecurrentState(self._read(q, k, v, beta, decay, real)[1], tail)
 
     def reads(
         self, x: Float[Tensor, "batch pos d_model"], real: Tensor, skip: Tensor | None = None
@@ -187,10 +263,10 @@ class GatedDeltaNet(nn.Module):
         (so they write nothing) and they do not decay the state."""
         keep = real if skip is None else real & ~skip
         x = x * keep[..., None].to(x.dtype)
-        q, k, v, beta, decay = self._inputs(x)
+        q, k, v, beta, decay, _ = self._inputs(x, real)
         if skip is not None:
             decay = decay.masked_fill(skip[..., None], 0.0)
-        return self._read(q, k, v, beta, decay).to(x.dtype)
+        return self._read(q, k, v, beta, decay, real)[0].to(x.dtype)
 
     def _gated_norm(self, read: Tensor, gate: Tensor) -> Tensor:
         """RMSNorm of each head's read (weight ``norm_w``) times ``silu(gate)``, in fp32."""

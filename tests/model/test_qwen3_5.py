@@ -5,12 +5,13 @@ with images of two sizes, per example and text-only (and Qwen3.5-MoE with its sh
 the delta rule and the write weights against answers derived by hand; the per-head hooks;
 head ablation and knockout of linear-attention heads by their known effect (the answer no
 longer depends on the image); the engine's fallback = the reference; a KV-cache continuation
-refused in one line."""
+(the recurrent state and conv tail cached) = the full run; greedy ``generate`` = HF."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from lvlm_lens import HookedLVLM
 from lvlm_lens.interventions import (
@@ -22,8 +23,9 @@ from lvlm_lens.interventions import (
     run_reference,
 )
 from lvlm_lens.model.attention import Attention
+from lvlm_lens.model.kv_cache import KVCache
 from lvlm_lens.model.linear_attention import GatedDeltaNet, delta_rule, write_weights
-from tests.helpers import PROMPTS, hf_logits, noise_image
+from tests.helpers import PROMPTS, hf_kwargs, hf_logits, noise_image
 
 IMAGES = [noise_image(20, 28, 1), noise_image(30, 14, 2)]
 
@@ -146,11 +148,138 @@ def test_editing_a_heads_value_changes_only_later_reads_of_that_head(pair):
     assert diff[:, t:, 1].max() > 1e-4
 
 
-def test_a_kv_cache_continuation_is_refused(pair):
+def _left_pad(rows, pad_id):
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :], mask[i, width - len(r) :] = r, 1
+    return ids, mask
+
+
+@torch.no_grad()
+def test_cache_carries_each_linear_layers_state_and_conv_tail(pair):
+    """A linear-attention layer's cache entry is its recurrent state and the conv's last
+    ``conv_kernel - 1`` inputs (the fused q/k/v projection of the last real tokens, by hand
+    from ``ln1``'s output), its K/V empty; a full-attention layer keeps its K/V."""
+    model, _ = pair
+    inp = model.prepare(IMAGES, PROMPTS)
+    lin = model.cfg.decoder.linear_attention
+    names = [f"blocks.{i}.ln1.hook_normalized" for i in lin.layers]
+    _, acts = model.run_with_cache(inp, names_filter=names)
+    cache = model.run_prefix(inp)
+    b, p = inp.shape
+    tail = lin.conv_kernel - 1
+    for layer in range(model.cfg.n_layers):
+        st = cache.states[layer]
+        if layer not in lin.layers:
+            assert st is None and cache.keys[layer].shape[2] == p
+            continue
+        assert cache.keys[layer].numel() == 0 and cache.keys[layer].shape[2] == p
+        assert tuple(st.state.shape) == (b, lin.n_v_heads, lin.d_k, lin.d_v)
+        x = acts[f"blocks.{layer}.ln1.hook_normalized"][:, -tail:]
+        mixed = model.blocks[layer].attn.in_proj_qkv(x).transpose(1, 2)
+        assert torch.allclose(st.conv, mixed, atol=1e-6)
+        assert st.state.abs().max() > 0
+
+
+@torch.no_grad()
+def test_cached_continuation_of_a_left_padded_batch_equals_the_full_run(pair):
+    """Prefix (image included, left-padded rows) then suffix through an unfrozen cache, one
+    token at a time and a chunk at once, = one run of the whole sequence; left padding never
+    enters the state or the conv (the padded row = that example alone)."""
+    model, _ = pair
+    inp = model.prepare(IMAGES, PROMPTS)
+    assert (inp.attention_mask == 0).any()
+    full = model(inp)
+    cut = inp.shape[1] - 3
+    cache = model.run_prefix(inp, cut, frozen=False)
+    steps = [model(inp.input_ids[:, j : j + 1], past_kv_cache=cache)[:, -1]
+             for j in range(cut, cut + 2)]  # fmt: skip
+    last = model(inp.input_ids[:, cut + 2 :], past_kv_cache=cache)
+    got = torch.cat([torch.stack(steps, 1), last], 1)
+    real = inp.attention_mask.bool()[:, cut:]
+    assert (got - full[:, cut:])[real].abs().max() <= 1e-4
+    for i in range(len(inp)):  # and each row = its example alone
+        one = model.prepare([IMAGES[i]], [PROMPTS[i]])
+        assert (full[i, -3:] - model(one)[0, -3:]).abs().max() <= 1e-4
+
+
+@torch.no_grad()
+def test_shared_prefix_with_left_padded_suffixes_equals_full_runs(pair):
+    """One frozen prefix (after the image) continued by three suffixes of different lengths
+    in one left-padded batch: each row = the full run of prefix + suffix, so the suffix's
+    padding neither decays the cached state nor separates the conv from the cached tail."""
+    model, _ = pair
+    prompts = ["USER: <image>\nwhat is the main object ? ASSISTANT:",
+               "USER: <image>\nwhat color is it ? ASSISTANT:",
+               "USER: <image>\ndescribe the shape in one word please ? ASSISTANT:"]
+    inps = [model.prepare([IMAGES[0]], [p]) for p in prompts]
+    img = inps[0].groups["image"][0]
+    cut = int(img.nonzero().max()) + 1
+    cache = model.run_prefix(inps[0], cut)
+    suffixes = [i.input_ids[0, cut:] for i in inps]
+    assert len({len(s) for s in suffixes}) == 3
+    ids, mask = _left_pad(suffixes, model.tokenizer.pad_token_id)
+    out = model(ids, past_kv_cache=cache, attention_mask=mask)
+    fulls = [model(i)[0, cut:] for i in inps]
+    for r, (s, ref) in enumerate(zip(suffixes, fulls, strict=True)):
+        assert (out[r, -len(s) :] - ref).abs().max() <= 1e-4, f"row {r}"
+    assert (fulls[0][-1] - fulls[1][-1]).abs().max() > 1e-3
+    assert cache.states[model.cfg.decoder.linear_attention.layers[0]].state.shape[0] == 1
+
+
+def test_a_cache_without_the_recurrent_state_is_refused(pair):
+    """K/V sliced from a longer run carry no state after the slice: refused in one line."""
     model, _ = pair
     inp = model.prepare(IMAGES[:1], PROMPTS[:1])
-    with pytest.raises(ValueError, match="linear-attention layers cannot continue a KV cache"):
-        model.generate(inp, max_new_tokens=2)
+    cache = model.run_prefix(inp)
+    sliced = KVCache([k[:, :, :5] for k in cache.keys], [v[:, :, :5] for v in cache.values],
+                     cache.attention_mask[:, :5])
+    with pytest.raises(ValueError, match="holds no recurrent state"):
+        model(inp.input_ids[:, -3:], past_kv_cache=sliced)
+
+
+TEXTS = ["USER: what is this ? ASSISTANT:", "hello ?"]
+
+
+def _hf_greedy(reference, model, n, **inputs):
+    with torch.no_grad():
+        return reference.generate(**inputs, max_new_tokens=n, do_sample=False, eos_token_id=None,
+                                  pad_token_id=model.tokenizer.pad_token_id)
+
+
+@pytest.mark.parametrize("which", ["pair", "moe_pair"])
+def test_generate_greedy_equals_hf_with_images_and_text(which, request):
+    """Dense and MoE, 16 new tokens: a left-padded batch with images of two sizes and a
+    left-padded text-only batch = HF ``generate`` token for token, in TL's return types."""
+    model, reference = request.getfixturevalue(which)
+    inp = model.prepare(IMAGES, PROMPTS)
+    theirs = _hf_greedy(reference, model, 16, **hf_kwargs(model, inp))
+    assert torch.equal(model.generate(inp, 16, stop_at_eos=False), theirs)
+    new = model.generate(inp, 16, stop_at_eos=False, new_tokens_only=True)
+    assert torch.equal(new, theirs[:, inp.shape[1] :]) and new.unique().numel() > 8
+    text = model.generate(inp, 16, stop_at_eos=False, return_type="str")
+    assert text == model.tokenizer.batch_decode(theirs, skip_special_tokens=True)
+    ids, mask = model.encode_text(TEXTS, None, padding_side="left")
+    assert (mask == 0).any()
+    theirs = _hf_greedy(reference, model, 16, input_ids=ids, attention_mask=mask)
+    assert torch.equal(model.generate(TEXTS, 16, stop_at_eos=False, return_type="tokens"), theirs)
+    out = model.generate(TEXTS, 16, stop_at_eos=False)
+    assert out == model.tokenizer.batch_decode(theirs, skip_special_tokens=True)
+
+
+def test_generate_continues_a_transformer_lens_cache(pair):
+    """TL's cache object holds no recurrent state: ours rides along with it, so generating
+    in two calls = one call."""
+    model, _ = pair
+    inp = model.prepare(IMAGES[:1], PROMPTS[:1])
+    whole = model.generate(inp, 8, stop_at_eos=False, new_tokens_only=True)
+    tl = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
+    first = model.generate(inp, 4, stop_at_eos=False, new_tokens_only=True, past_kv_cache=tl)
+    rest = model.generate(first[:, -1:], 4, stop_at_eos=False, new_tokens_only=True,
+                          past_kv_cache=tl)
+    assert torch.equal(torch.cat([first, rest], 1), whole)
 
 
 def _ablated(model, inp, heads, baseline, names=()):
