@@ -82,18 +82,26 @@ def rotate_half(x: Tensor) -> Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def rotate_pairs(x: Tensor) -> Tensor:
+    """Rotate adjacent pairs of the last dimension: ``(x_2i, x_2i+1) -> (-x_2i+1, x_2i)``."""
+    pairs = x.unflatten(-1, (-1, 2))
+    return torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+
+
 def apply_rotary(
     x: Float[Tensor, "batch pos head d_head"],
     cos: Float[Tensor, "batch pos d_head"],
     sin: Float[Tensor, "batch pos d_head"],
+    pairs: bool = False,
 ) -> Float[Tensor, "batch pos head d_head"]:
-    """Apply rotary position embeddings (HF's half-rotation convention) to the first
-    ``cos.shape[-1]`` dimensions of each head."""
+    """Apply rotary position embeddings to the first ``cos.shape[-1]`` dimensions of each
+    head: HF's half-rotation convention, or with ``pairs`` the rotation of adjacent pairs
+    (GLM's, whose tables repeat each frequency twice in a row)."""
     rot = cos.shape[-1]
-    if rot < x.shape[-1]:  # partial rotary (Qwen3.5): the last dimensions pass unrotated
-        return torch.cat((apply_rotary(x[..., :rot], cos, sin), x[..., rot:]), dim=-1)
+    if rot < x.shape[-1]:  # partial rotary (Qwen3.5, GLM): the last dimensions pass unrotated
+        return torch.cat((apply_rotary(x[..., :rot], cos, sin, pairs), x[..., rot:]), dim=-1)
     cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
-    return x * cos + rotate_half(x) * sin
+    return x * cos + (rotate_pairs(x) if pairs else rotate_half(x)) * sin
 
 
 def fold_rows(x: Tensor, batch_kv: int, n_kv: int) -> Tensor:
@@ -304,8 +312,9 @@ class Attention(AttentionWeights, nn.Module):
             v = self.hook_v(self.v_proj(x).view(b, s, cfg.n_key_value_heads, cfg.d_head))
         if cfg.decoder.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q = self.hook_rot_q(apply_rotary(q, cos, sin)).transpose(1, 2)
-        k = self.hook_rot_k(apply_rotary(k, cos, sin)).transpose(1, 2)
+        pairs = cfg.decoder.rotary_pairs
+        q = self.hook_rot_q(apply_rotary(q, cos, sin, pairs)).transpose(1, 2)
+        k = self.hook_rot_k(apply_rotary(k, cos, sin, pairs)).transpose(1, 2)
         v = v.transpose(1, 2)
         own = Segment(k, v)
         if alt is not None:

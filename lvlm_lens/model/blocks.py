@@ -18,27 +18,39 @@ __all__ = ["Embed", "GatedMLP", "RMSNorm", "TransformerBlock", "Unembed"]
 
 class GatedMLP(nn.Module):
     """``down(act(gate(x)) * up(x))`` with hooks ``hook_pre`` (gate), ``hook_pre_linear`` (up)
-    and ``hook_post``."""
+    and ``hook_post``. With the spec's ``fused_gate_up`` (GLM-4.1V) gate and up are the two
+    halves of one HF linear ``gate_up_proj``, computed in one matmul as HF does."""
 
     def __init__(self, cfg: LVLMConfig, hf_mlp: nn.Module):
         super().__init__()
-        self.gate_proj, self.up_proj, self.down_proj = (
-            hf_mlp.gate_proj,
-            hf_mlp.up_proj,
-            hf_mlp.down_proj,
-        )
-        self.act = hf_mlp.act_fn  # the checkpoint's own activation module
+        self.fused = cfg.decoder.fused_gate_up
+        if self.fused:
+            self.gate_up_proj = hf_mlp.gate_up_proj
+        else:
+            self.gate_proj, self.up_proj = hf_mlp.gate_proj, hf_mlp.up_proj
+        self.down_proj = hf_mlp.down_proj
+        # the checkpoint's own activation module (GLM names it activation_fn)
+        self.act = hf_mlp.act_fn if hasattr(hf_mlp, "act_fn") else hf_mlp.activation_fn
         self.hook_pre = HookPoint()
         self.hook_pre_linear = HookPoint()
         self.hook_post = HookPoint()
 
+    def _half(self, up: bool) -> tuple[Tensor, Tensor | None]:
+        """Weight ``[d_mlp, d_model]`` and bias of the gate (or, with ``up``, the up) projection."""
+        if not self.fused:
+            lin = self.up_proj if up else self.gate_proj
+            return lin.weight, lin.bias
+        w, b = self.gate_up_proj.weight, self.gate_up_proj.bias
+        half = slice(w.shape[0] // 2, None) if up else slice(None, w.shape[0] // 2)
+        return w[half], None if b is None else b[half]
+
     @property
     def W_gate(self) -> Float[Tensor, "d_model d_mlp"]:
-        return self.gate_proj.weight.T
+        return self._half(up=False)[0].T
 
     @property
     def W_in(self) -> Float[Tensor, "d_model d_mlp"]:
-        return self.up_proj.weight.T
+        return self._half(up=True)[0].T
 
     @property
     def W_out(self) -> Float[Tensor, "d_mlp d_model"]:
@@ -46,8 +58,8 @@ class GatedMLP(nn.Module):
 
     @property
     def b_in(self) -> Float[Tensor, " d_mlp"]:
-        b = self.up_proj.bias
-        return b if b is not None else self.up_proj.weight.new_zeros(self.up_proj.out_features)
+        w, b = self._half(up=True)
+        return b if b is not None else w.new_zeros(w.shape[0])
 
     @property
     def b_out(self) -> Float[Tensor, " d_model"]:
@@ -56,14 +68,18 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         """Apply the gated MLP."""
-        pre = self.hook_pre(self.gate_proj(x))
-        pre_linear = self.hook_pre_linear(self.up_proj(x))
+        if self.fused:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        pre = self.hook_pre(gate)
+        pre_linear = self.hook_pre_linear(up)
         return self.down_proj(self.hook_post(self.act(pre) * pre_linear))
 
 
 class TransformerBlock(nn.Module):
     """The decoder block of every family: ``resid_mid = resid_pre + attn(ln1(.))``,
-    ``resid_post = resid_mid + mlp(ln2(.))``; with sandwich norms (Gemma) the attention and
+    ``resid_post = resid_mid + mlp(ln2(.))``; with sandwich norms (Gemma, GLM) the attention and
     MLP outputs pass ``ln1_post`` / ``ln2_post`` first (``hook_attn_out`` / ``hook_mlp_out``
     are after them, so they are what the residual stream receives). The MLP of a layer the
     spec's ``moe`` lists is a :class:`~lvlm_lens.model.moe.SparseMoE`; the attention of a layer
@@ -86,9 +102,10 @@ class TransformerBlock(nn.Module):
         self.mlp = SparseMoE(moe, hf_layer.mlp) if sparse else GatedMLP(cfg, hf_layer.mlp)
         self.sandwich = spec.sandwich_norms
         if self.sandwich:
-            self.ln1_post = RMSNorm(hf_layer.post_attention_layernorm, off)
-            self.ln2 = RMSNorm(hf_layer.pre_feedforward_layernorm, off)
-            self.ln2_post = RMSNorm(hf_layer.post_feedforward_layernorm, off)
+            post_attn, pre_mlp, post_mlp = spec.sandwich_norm_names
+            self.ln1_post = RMSNorm(getattr(hf_layer, post_attn), off)
+            self.ln2 = RMSNorm(getattr(hf_layer, pre_mlp), off)
+            self.ln2_post = RMSNorm(getattr(hf_layer, post_mlp), off)
             # what TransformerLens' direct-path check reads: a norm after the head sum, so a
             # head's residual write is not z @ W_O and that patching is refused here
             self.submodules = {"attn": self.attn, "ln1_post": self.ln1_post}

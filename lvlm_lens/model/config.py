@@ -66,7 +66,10 @@ class DecoderSpec:
     Attributes:
         norm_offset: RMSNorm multiplies by ``norm_offset + w`` (1 for Gemma's ``1 + w``).
         sandwich_norms: Norms also after attention and after the MLP, before each residual
-            add (Gemma 2/3); their hooks are ``blocks.{l}.ln1_post`` / ``ln2_post``.
+            add (Gemma 2/3, GLM-4.1V); their hooks are ``blocks.{l}.ln1_post`` / ``ln2_post``.
+        sandwich_norm_names: With ``sandwich_norms``, the HF layer's attribute names of
+            ``ln1_post``, ``ln2`` and ``ln2_post`` (Gemma's by default; GLM-4.1V's are
+            ``post_self_attn_layernorm``, ``post_attention_layernorm``, ``post_mlp_layernorm``).
         qk_norm: RMSNorm over ``d_head`` of each query and key head before RoPE (Gemma 3):
             ``blocks.{l}.attn.q_norm`` / ``k_norm``.
         embed_scale: Factor the HF embedding multiplies token embeddings by (``sqrt(d_model)``
@@ -75,6 +78,9 @@ class DecoderSpec:
             w)`` positions per token, ``[3, batch, pos]``, the rotary module splits the
             frequencies into ``mrope_section`` blocks) or ``"mrope_interleaved"`` (Qwen3-VL: the
             same positions, the frequencies of t, h, w interleaved).
+        rotary_pairs: RoPE rotates adjacent pairs of dimensions ``(2i, 2i + 1)`` (GLM-4.1V;
+            HF's tables then hold each frequency twice in a row) instead of the two halves of
+            the rotated dimensions.
         rope_per_layer_type: The rotary module takes the layer type (Gemma 3: a local and a
             global rope base).
         bidirectional_image: The tokens of one image attend to each other in both directions
@@ -96,15 +102,21 @@ class DecoderSpec:
         attn_softcap: Attention scores become ``tanh(scores / cap) * cap`` after scaling and
             before the mask (Gemma 2's ``attn_logit_softcapping``); ``hook_attn_scores`` holds
             them capped. The fused kernels cannot cap, so attention is then always materialised.
+        fused_gate_up: The gated MLP's gate and up projections are one HF linear
+            ``gate_up_proj`` (gate rows first, GLM-4.1V), run as one matmul and split, as HF.
         logit_softcap: Logits become ``tanh(logits / cap) * cap`` in ``unembed`` (Gemma 2's
             ``final_logit_softcapping``); ``W_U`` stays the linear map before the cap.
     """
 
     norm_offset: float = 0.0
     sandwich_norms: bool = False
+    sandwich_norm_names: tuple[str, str, str] = (
+        "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm"
+    )
     qk_norm: bool = False
     embed_scale: float = 1.0
     rotary: Literal["rope", "mrope", "mrope_interleaved"] = "rope"
+    rotary_pairs: bool = False
     rope_per_layer_type: bool = False
     bidirectional_image: bool = False
     deepstack: bool = False
@@ -115,6 +127,7 @@ class DecoderSpec:
     bidirectional_prefix: bool = False
     position_offset: int = 0
     logit_softcap: float | None = None
+    fused_gate_up: bool = False
 
 
 @dataclass

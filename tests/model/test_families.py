@@ -16,6 +16,7 @@ KINDS = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl", "idefics3"]
 KINDS += ["qwen3-vl-moe"]
 KINDS += ["llava-onevision-1.5"]
 KINDS += ["qwen3.5", "qwen3.5-moe", "paligemma2", "smolvlm2"]
+KINDS += ["glm4v"]
 IMAGES = [noise_image(20, 28, 1), noise_image(30, 18, 2)]
 
 
@@ -59,7 +60,8 @@ def test_decompose_resid_sums_to_the_final_residual(fam):
 def test_to_hf_has_the_family_inputs(fam):
     kind, model, inp = fam
     kw = inp.to_hf()
-    extra = {"image_grid_thw", "mm_token_type_ids"} if "qwen" in kind else {"token_type_ids"}
+    qwen_like = "qwen" in kind or kind == "glm4v"
+    extra = {"image_grid_thw", "mm_token_type_ids"} if qwen_like else {"token_type_ids"}
     tiles = {"pixel_attention_mask"}
     extra = {"internvl": set(), "idefics3": tiles, "smolvlm2": tiles,
              "llava-onevision-1.5": {"image_grid_thw"}}.get(kind, extra)  # fmt: skip
@@ -89,7 +91,7 @@ def test_groups_and_grid_coordinates(fam):
     role = model.tokenizer.convert_ids_to_tokens(inp.input_ids[0][inp.groups["role"][0]])
     marker = {
         "gemma3": "<end_of_image>", "internvl": "</img>", "idefics3": "<row_3_col_3>",
-        "paligemma2": "<s>", "smolvlm2": "<row_3_col_3>",
+        "paligemma2": "<s>", "smolvlm2": "<row_3_col_3>", "glm4v": "<|end_of_image|>",
     }.get(kind, "<|vision_end|>")  # fmt: skip
     assert marker in role and "ASSISTANT" in role
 

@@ -38,6 +38,8 @@ class ImageText:
         closers: Markers that may follow a placeholder and are not question text.
         prompt_end: Appended to every prompt before tokenization (PaliGemma's processor ends
             each with ``\n``); ``LVLMInput.texts`` holds the prompts without it.
+        refused: Markers of inputs that are not supported (GLM-4.1V's video markers): a prompt
+            holding one is refused.
     """
 
     placeholder: str
@@ -45,6 +47,7 @@ class ImageText:
     expansion: str
     closers: tuple[str, ...] = ()
     prompt_end: str = ""
+    refused: tuple[str, ...] = ()
 
 
 def token_name(tokenizer: Any, token_id: Any) -> str:

@@ -1,0 +1,126 @@
+"""The tiny random GLM-4.1V checkpoint (``Glm4vForConditionalGeneration``), built offline.
+
+Shaped like ``zai-org/GLM-4.1V-9B-Thinking`` at a tiny size: a GLM-4 decoder with grouped-query
+attention (16 heads per K/V head there, 2 here), q/k/v biases, partial RoPE over half of
+``d_head`` rotating adjacent pairs, 3-D ``(t, h, w)`` sections of its frequencies
+(``mrope_section``, the real ``[8, 12, 12]`` of 32 scaled to ``[2, 1, 1]`` of 4), sandwich norms
+and a fused ``gate_up_proj`` MLP, untied embeddings; GLM's vision tower (2-D RoPE, position
+embeddings interpolated to the grid, 2x2 downsampling convolution and gated merger) over
+native-resolution patches. HF's ``Glm4vProcessor`` needs its video processor, hence
+torchvision, so the folder holds the tokenizer and the PIL image processor; its expansion rule
+(each ``<|image|>`` becomes ``grid.prod() // merge**2`` copies) is tested against HF's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Glm4vConfig, Glm4vForConditionalGeneration
+from transformers.models.glm4v import Glm4vImageProcessorPil
+
+#: The tiny kind built here.
+GLM4V_KIND = "glm4v"
+#: GLM-4.1V's special tokens by the attribute names the tiny tokenizer gives them.
+GLM4V_SPECIALS = {
+    "image_token": "<|image|>",
+    "video_token": "<|video|>",
+    "boi_token": "<|begin_of_image|>",
+    "eoi_token": "<|end_of_image|>",
+    "bov_token": "<|begin_of_video|>",
+    "eov_token": "<|end_of_video|>",
+}
+#: Its role markers.
+GLM4V_ROLES = ("<|system|>", "<|user|>", "<|assistant|>")
+#: GLM-4.1V's template, shortened (no ``[gMASK]<sop>`` opening, no thinking): ``<|role|>\\n``
+#: turns, an image as ``<|begin_of_image|><|image|><|end_of_image|>``.
+GLM4V_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}{{ '<|begin_of_image|><|image|><|end_of_image|>' }}"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+#: Vision patch side and merge: a ``H x W`` image gives ``(H/2) x (W/2)`` patches merged 2x2
+#: (a 20x28 image: 5x7 tokens).
+GLM4V_PATCH, GLM4V_MERGE = 2, 2
+#: The 3-D sections of the 4 rotary frequencies (half of d_head 16 is rotated).
+GLM4V_ROPE = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1],
+              "partial_rotary_factor": 0.5}  # fmt: skip
+
+
+def glm4v_tokenizer(chat_template: bool) -> Any:
+    """The tiny word-level tokenizer with GLM-4.1V's special tokens (and chat template)."""
+    from lvlm_lens.testing.tiny import TINY_WORDS, build_tiny_tokenizer
+    from lvlm_lens.testing.tiny_families import EXTRA_WORDS
+
+    return build_tiny_tokenizer(
+        chat_template=GLM4V_CHAT_TEMPLATE if chat_template else None,
+        words=TINY_WORDS + EXTRA_WORDS, named_specials=GLM4V_SPECIALS, more_specials=GLM4V_ROLES,
+    )  # fmt: skip
+
+
+def glm4v_image_processor() -> Glm4vImageProcessorPil:
+    """GLM's PIL image processor at the tiny patch size, up to 64 merged tokens per image (its
+    pixel budget counts the two temporal copies of a still image)."""
+    factor = GLM4V_PATCH * GLM4V_MERGE
+    return Glm4vImageProcessorPil(
+        size={"shortest_edge": factor * factor, "longest_edge": 2 * 64 * factor * factor},
+        patch_size=GLM4V_PATCH, merge_size=GLM4V_MERGE, temporal_patch_size=2,
+    )  # fmt: skip
+
+
+def glm4v_config(tokenizer: Any, text: dict[str, Any], vision: dict[str, Any]) -> Glm4vConfig:
+    """A tiny GLM-4.1V config (``text`` / ``vision``: overrides of the text / vision fields)."""
+    from lvlm_lens.testing.tiny_families import tiny_text_kwargs
+
+    tied = text.pop("tie_word_embeddings", False)  # untied, as GLM-4.1V-9B
+    text = tiny_text_kwargs(tokenizer, **{"num_key_value_heads": 2, **text})
+    text.setdefault("rope_parameters", dict(GLM4V_ROPE))
+    vision = dict(depth=2, num_heads=2, hidden_size=32, intermediate_size=64,
+                  out_hidden_size=text["hidden_size"], patch_size=GLM4V_PATCH, image_size=16,
+                  spatial_merge_size=GLM4V_MERGE, temporal_patch_size=2, **vision)  # fmt: skip
+    ids = {k: tokenizer.convert_tokens_to_ids(t) for k, t in GLM4V_SPECIALS.items()}
+    config = Glm4vConfig(
+        text_config=text, vision_config=vision, tie_word_embeddings=tied,
+        image_token_id=ids["image_token"], video_token_id=ids["video_token"],
+        image_start_token_id=ids["boi_token"], image_end_token_id=ids["eoi_token"],
+        video_start_token_id=ids["bov_token"], video_end_token_id=ids["eov_token"],
+    )  # fmt: skip
+    config._attn_implementation = "eager"
+    return config
+
+
+def build_glm4v_checkpoint(
+    folder: Path,
+    *,
+    seed: int,
+    chat_template: bool,
+    vision: dict[str, Any] | None = None,
+    lvlm: dict[str, Any] | None = None,
+    processor: dict[str, Any] | None = None,
+    **text_overrides: Any,
+) -> Path:
+    """Builds and saves the tiny GLM-4.1V (see :func:`~.tiny.build_tiny_checkpoint`)."""
+    from lvlm_lens.testing.tiny import _randomize_
+
+    tokenizer = glm4v_tokenizer(chat_template)
+    config = glm4v_config(tokenizer, dict(text_overrides), dict(vision or {}))
+    for key, value in (lvlm or {}).items():
+        setattr(config, key, value)
+    image_processor = glm4v_image_processor()
+    for key, value in (processor or {}).items():
+        setattr(image_processor, key, value)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Glm4vForConditionalGeneration(config)
+        _randomize_(model)
+    model.eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    image_processor.save_pretrained(folder)
+    return folder
