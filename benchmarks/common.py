@@ -178,7 +178,8 @@ def build_random_family(
     seed: int = 0,
 ) -> tuple[Any, Any, Any, int]:
     """A random ``kind`` model (``qwen2-vl``, ``qwen2.5-vl``, ``qwen3-vl``, ``gemma3``,
-    ``internvl``, ``idefics3``, ``qwen3-vl-moe``, ``llava-onevision-1.5``) with the
+    ``internvl``, ``idefics3``, ``qwen3-vl-moe``, ``llava-onevision-1.5``, ``qwen3.5``,
+    ``qwen3.5-moe``) with the
     decoder sizes of :func:`build_random_llava`, its tokenizer and image processor, and the
     image side in pixels that gives LLaVA-1.5-like token counts.
 
@@ -190,7 +191,11 @@ def build_random_family(
     tokens a tile); a 1536-px image is cut into 3x3 tiles + the global image (640 tokens), 4 K/V
     heads, tied embeddings. Qwen3-VL-MoE: Qwen3-VL's with every MLP sparse (128 experts of width
     ``3 d_model / 8``, 8 per token, as Qwen3-VL-30B-A3B). LLaVA-OneVision-1.5: patch 14 (672 px:
-    576 tokens), a Qwen3 decoder with 4 K/V heads and 1-D positions.
+    576 tokens), a Qwen3 decoder with 4 K/V heads and 1-D positions. Qwen3.5: Qwen3-VL's image
+    side (768 px: 576 tokens, no DeepStack), 3 Gated-DeltaNet layers : 1 output-gated full one
+    (4 K/V heads, partial rotary 1/4), ``n_heads`` value heads of ``d_head`` per linear layer
+    sharing ``n_heads / 2`` key heads, conv kernel 4 (MoE: 128 experts of ``d_model / 4``, 8 per
+    token, a shared expert of ``d_model / 4``).
     """
     tokenizer = family_tokenizer(kind, chat_template=False)
     d_head = d_model // n_heads
@@ -199,7 +204,7 @@ def build_random_family(
         num_attention_heads=n_heads, max_position_embeddings=4096, initializer_range=0.02,
         head_dim=d_head,
     )  # fmt: skip
-    patch = 16 if kind.startswith("qwen3-vl") else 14
+    patch = 16 if kind.startswith(("qwen3-vl", "qwen3.5")) else 14
     vision: dict[str, Any] = dict(patch_size=patch)
     if kind in ("internvl", "idefics3"):  # InternVL: one 448-px tile of 32x32 patches -> 256
         image_size = 448 if kind == "internvl" else 512
@@ -221,6 +226,22 @@ def build_random_family(
             num_hidden_layers=vision_layers, num_attention_heads=max(1, vision_d_model // 64),
             image_size=image_size, mm_tokens_per_image=256,
         )  # fmt: skip
+    elif kind.startswith("qwen3.5"):  # 768 px at patch 16 merged 2x2 -> 576, as Qwen3-VL
+        image_size = 48 * patch
+        text.update(
+            num_key_value_heads=4, layer_types=["full_attention" if i % 4 == 3 else
+                                                "linear_attention" for i in range(n_layers)],
+            linear_num_key_heads=n_heads // 2, linear_num_value_heads=n_heads,
+            linear_key_head_dim=d_head, linear_value_head_dim=d_head, linear_conv_kernel_dim=4,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e7, "mrope_interleaved": True,
+                             "partial_rotary_factor": 0.25, "mrope_section": [3, 3, 2]},
+        )  # fmt: skip
+        vision.update(depth=vision_layers, hidden_size=vision_d_model, num_heads=4,
+                      intermediate_size=4 * vision_d_model, num_position_embeddings=2304)
+        if kind == "qwen3.5-moe":  # Qwen3.5-35B-A3B's ratios: 256 experts of d_model / 4, top 8
+            text.update(num_experts=128, num_experts_per_tok=8,
+                        moe_intermediate_size=d_model // 4,
+                        shared_expert_intermediate_size=d_model // 4)
     elif kind == "llava-onevision-1.5":  # a 672-px image: 48x48 patches merged 2x2 -> 576
         image_size = 48 * patch
         text.update(num_key_value_heads=4)

@@ -36,6 +36,10 @@ page faults on large temporaries (see :func:`keep_freed_memory`).
 memory per mask, share of the FLOP limit; ``--reduce 8`` to run it on a CPU): see
 :mod:`benchmarks.throughput`.
 
+``--family qwen3.5`` / ``qwen3.5-moe`` runs 1, 2 and 4 on that family's random model
+(:func:`benchmarks.common.build_random_family`: Gated-DeltaNet layers, whose prefix cache is a
+recurrent state and conv tail per baseline side).
+
 Run: ``python benchmarks/head_attribution.py [--threads 1]`` (about 3 minutes on 2 CPU cores;
 up to 7 with two threads while other jobs hold the cores). Results: ``docs/benchmarks.md``.
 """
@@ -48,6 +52,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (  # noqa: E402
     OtherLoad,
+    build_random_family,
     build_random_llava,
     clock_of,
     keep_freed_memory,
@@ -72,7 +78,6 @@ from lvlm_lens import HookedLVLM  # noqa: E402
 from lvlm_lens.attribution.regression import sample_masks  # noqa: E402
 from lvlm_lens.interventions.ablation import HeadAblation, compute_baseline  # noqa: E402
 from lvlm_lens.interventions.engine import AblationEngine, run_reference  # noqa: E402
-from lvlm_lens.model.kv_cache import KVCache  # noqa: E402
 
 TARGET_SPEEDUP = 15.0  # reference s/mask over engine s/mask, at least
 TARGET_VS_PLAIN = 1.2  # engine s/mask over plain cached-suffix s/mask, at most
@@ -84,7 +89,14 @@ MB = 2**20
 
 
 def build(args: argparse.Namespace, image_size: int) -> tuple[Any, Any]:
-    """The random model with ``(image_size / 14)^2`` image tokens and the prompt's input."""
+    """The random model with ``(image_size / 14)^2`` image tokens and the prompt's input (with
+    ``--family``: that family's random model and its 576-token image, ``image_size`` unused)."""
+    if args.family != "llava":
+        sizes = dict(n_layers=args.layers, d_model=args.d_model, n_heads=args.heads,
+                     d_mlp=args.d_mlp)
+        hf, tokenizer, processor, side = build_random_family(args.family, **sizes)
+        model = HookedLVLM.from_hf(hf, tokenizer=tokenizer, image_processor=processor)
+        return model, model.prepare(random_images(1, size=side), llava15_prompt())
     hf, tokenizer, image_processor = build_random_llava(
         n_layers=args.layers,
         d_model=args.d_model,
@@ -106,7 +118,7 @@ def plain_suffix(model: Any, engine: AblationEngine, batch: int) -> Callable[[],
     """A plain forward of the engine's suffix, ``batch`` rows against its cached prefix (clean
     keys/values only, no switch), unembedding the final position."""
     st = engine._example(0)
-    cache = KVCache(st.cache.keys, st.cache.values, st.cache.attention_mask)
+    cache = replace(st.cache, alt_keys=None, alt_values=None, alt_states=None)
     x, mask = st.x.expand(batch, -1, -1), st.mask.expand(batch, -1)
 
     @torch.no_grad()
@@ -180,6 +192,9 @@ def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--family", default="llava", choices=["llava", "qwen3.5", "qwen3.5-moe"],
+                        help="another family's random model (benchmarks.common."
+                             "build_random_family; 1, 2 and 4 only)")
     model_arguments(parser)
     parser.add_argument("--batch", type=int, default=32, help="masks per engine call")
     parser.add_argument("--rate", type=float, default=0.05, help="ablation rate per head")
@@ -301,7 +316,7 @@ def main() -> None:
     )
 
     # 3: scaling with the number of image tokens -----------------------------------------------
-    if not args.skip_scaling:
+    if not args.skip_scaling and args.family == "llava":
         SB = args.scaling_batch
         smasks = masks[:SB] if SB <= B else sample_masks(SB, L, H, args.rate, seed=0)
         n_img = [(size // PATCH) ** 2 for size in IMAGE_SIZES]
@@ -408,11 +423,11 @@ def main() -> None:
 
     print(machine_info())
     print(
-        f"model: {L} layers, d_model {args.d_model}, {H} heads, d_mlp {args.d_mlp}, vocab "
-        f"{model.cfg.d_vocab}; CLIP 2 x 256; fp32. prompt: {n_prefix} prefix tokens (5 text + "
-        f"576 image) + {n_suffix} suffix tokens. scope text, baseline {args.baseline}, rate "
-        f"{args.rate}, {int(masks.sum())} of {masks.numel()} heads ablated in {B} masks; "
-        f"allocator: {malloc}\n"
+        f"model: {args.family}, {L} layers, d_model {args.d_model}, {H} heads, d_mlp "
+        f"{args.d_mlp}, vocab {model.cfg.d_vocab}; vision 2 x 256; fp32. prompt: {n_prefix} "
+        f"prefix tokens (text + 576 image) + {n_suffix} suffix tokens. scope text, baseline "
+        f"{args.baseline}, rate {args.rate}, {int(masks.sum())} of {masks.numel()} heads "
+        f"ablated in {B} masks; allocator: {malloc}\n"
     )
     table(
         ("measure", "median", "best", "target", "result"),

@@ -10,13 +10,16 @@ Where the prefix would depend on the tokens after it (Gemma 3's tokens of one im
 each other both ways, so a source ending inside an image cuts that image), scope ``text``
 also runs full sequences, with only the queries after the last source reading the baseline.
 :func:`run_reference` is the plain path, one hooked full forward per mask.
-Linear-attention layers (Qwen3.5) keep a recurrent state and a conv tail that the KV cache does
-not hold, so on such a model the engine falls back to the reference hooks, one full forward
-of the example per mask (same numbers, no prefix reuse).
+A linear-attention layer (Qwen3.5) has no prefix K/V: its prefix cache is the recurrent state
+and conv tail after the prefix, per baseline side (clean, and the layer run again with the
+baseline's input at the source positions); each (mask, value head) continues one or the other.
+Under full sequences its ablated heads read a second run of the layer on the baseline's input at
+the source positions, as the reference hooks do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,6 +66,42 @@ def clean_answers(model: Any, inp: LVLMInput) -> Int[Tensor, " batch"]:
         return inp.answer_ids.to(model.cfg.device)
     with torch.no_grad():
         return final_logits(model(inp)).argmax(-1)
+
+
+def _prefix_cache(
+    model: Any, x: Tensor, mask: Tensor, layout: TokenLayout, src: Tensor,
+    keys: list[Tensor], values: list[Tensor],
+) -> KVCache:
+    """The frozen cache of one example's prefix (up to its last source token), both sides:
+    clean K/V, and the baseline's at the source positions as the alternative; a
+    linear-attention layer (Qwen3.5): its clean state and conv tail, and as the alternative
+    those of the layer run again on its input with the baseline's at the source positions."""
+    lin = model.cfg.decoder.linear_attention
+    linear = () if lin is None else lin.layers
+    inputs: dict[int, Tensor] = {}
+
+    def save(t: Tensor, hook: Any, layer: int) -> None:
+        inputs[layer] = t
+
+    hooks = [(f"blocks.{la}.ln1.hook_normalized",
+              lambda t, hook, la=la: save(t, hook, la)) for la in linear]  # fmt: skip
+    with model.hooks(fwd_hooks=hooks) if hooks else contextlib.nullcontext():
+        _, kvs = model.run_blocks(x, mask, layout=layout)
+    cache = KVCache.from_run(kvs, mask, frozen=True)
+    s, real = src[:, None, :, None], mask.bool()
+    cache.alt_keys = [c if la in linear else torch.where(s, b, c)
+                      for la, (b, c) in enumerate(zip(keys, cache.keys, strict=True))]
+    cache.alt_values = [c if la in linear else torch.where(s, b, c)
+                        for la, (b, c) in enumerate(zip(values, cache.values, strict=True))]
+    if linear:
+        cache.alt_states = [
+            model.blocks[la].attn.state_after(
+                torch.where(src[..., None], keys[la][:, 0].to(inputs[la].dtype), inputs[la]),
+                real,
+            ) if la in linear else None
+            for la in range(model.cfg.n_layers)
+        ]  # fmt: skip
+    return cache
 
 
 class AblationEngine:
@@ -125,22 +164,9 @@ class AblationEngine:
             state = _Example(x, mask, answer, layout, switch_keys=keys, switch_values=values,
                              src=src, queries=queries)
         else:
-            _, kvs = model.run_blocks(x[:, :cut], mask[:, :cut],
-                                      layout=layout.cols(slice(None, cut)))
-            s = src[:, None, :cut, None]
-            k_clean, v_clean = [k for k, _ in kvs], [v for _, v in kvs]
-
-            def alt(base: list[Tensor], clean: list[Tensor]) -> list[Tensor]:
-                return [torch.where(s, b[:, :, :cut], c) for b, c in zip(base, clean, strict=True)]
-
-            cache = KVCache(
-                k_clean,
-                v_clean,
-                mask[:, :cut],
-                frozen=True,
-                alt_keys=alt(keys, k_clean),
-                alt_values=alt(values, v_clean),
-            )
+            cache = _prefix_cache(model, x[:, :cut], mask[:, :cut],
+                                  layout.cols(slice(None, cut)), src[:, :cut],
+                                  [k[:, :, :cut] for k in keys], [v[:, :, :cut] for v in values])
             state = _Example(x[:, cut:], mask[:, cut:], answer, layout.cols(slice(cut, None)),
                              cache=cache)
         self._examples[i] = state
@@ -149,8 +175,6 @@ class AblationEngine:
     @torch.no_grad()
     def run_batch(self, i: int, masks: Bool[Tensor, "batch n_layers n_heads"]) -> Tensor:
         """Metric of example ``i`` under each mask of one batch (``True`` = head ablated)."""
-        if self.model.cfg.decoder.linear_attention is not None:
-            return self._run_reference_batch(i, masks)
         st = self._example(i)
         b = masks.shape[0]
         x, mask = st.x.expand(b, -1, -1), st.mask.expand(b, -1)
@@ -161,21 +185,6 @@ class AblationEngine:
                                          layout=st.layout.expand(b))
         logits = self.model.unembed(self.model.ln_final(resid[:, -1]))
         return self.metric(logits, st.answer.expand(b))
-
-    @torch.no_grad()
-    def _run_reference_batch(self, i: int, masks: Tensor) -> Tensor:
-        """The fallback of :meth:`run_batch` (linear attention): one hooked run per mask."""
-        model, base = self.model, self.baseline
-        ex = self.inp.select(i)
-        off = self.inp.shape[1] - ex.shape[1]
-        sub = BaselineKV([k[i : i + 1, :, off:] for k in base.keys],
-                         [v[i : i + 1, :, off:] for v in base.values], base.source[i : i + 1, off:])
-        out = []
-        for m in masks:
-            hooks = head_ablation_hooks(model, ex, m, sub, self.config.scope)
-            logits = final_logits(model.run_with_hooks(ex, fwd_hooks=hooks))
-            out.append(self.metric(logits, self.answers[i : i + 1]))
-        return torch.cat(out)
 
     def run(
         self,

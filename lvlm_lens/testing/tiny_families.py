@@ -293,7 +293,7 @@ def family_config(
         ids = {name: tokenizer.convert_tokens_to_ids(t) for name, t in QWEN_SPECIALS.items()}
         tied = text.pop("tie_word_embeddings", False)
         text.setdefault("num_hidden_layers", 4)
-        vision = dict(patch_size=QWEN_PATCH, spatial_merge_size=QWEN_MERGE, **vision)
+        vision = {**dict(patch_size=QWEN_PATCH, spatial_merge_size=QWEN_MERGE), **vision}
         config, cls = qwen3_5_config(tiny_text_kwargs(tokenizer, **text), vision, ids, tied,
                                      moe=kind == "qwen3.5-moe")
     elif kind == "qwen3-vl-moe":  # untied, as Qwen3-VL-30B-A3B

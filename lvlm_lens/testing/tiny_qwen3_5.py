@@ -53,9 +53,9 @@ def qwen3_5_config(
     text.setdefault("rope_parameters", {"rope_type": "default", "rope_theta": 10000.0,
                                         "mrope_section": [2, 1, 1], "mrope_interleaved": True,
                                         "partial_rotary_factor": 0.5})  # fmt: skip
-    vision = dict(depth=2, num_heads=2, hidden_size=32, intermediate_size=64,
-                  out_hidden_size=text["hidden_size"], num_position_embeddings=16,
-                  temporal_patch_size=2, **vision)  # fmt: skip
+    vision = {**dict(depth=2, num_heads=2, hidden_size=32, intermediate_size=64,
+                     out_hidden_size=text["hidden_size"], num_position_embeddings=16,
+                     temporal_patch_size=2), **vision}  # fmt: skip
     config_cls = Qwen3_5MoeConfig if moe else Qwen3_5Config
     config = config_cls(
         text_config=dict(text, tie_word_embeddings=tied),

@@ -4,8 +4,9 @@ Logits = HF eager (fp32, its torch fallback of the chunked delta rule) on a left
 with images of two sizes, per example and text-only (and Qwen3.5-MoE with its shared expert);
 the delta rule and the write weights against answers derived by hand; the per-head hooks;
 head ablation and knockout of linear-attention heads by their known effect (the answer no
-longer depends on the image); the engine's fallback = the reference; a KV-cache continuation
-(the recurrent state and conv tail cached) = the full run; greedy ``generate`` = HF."""
+longer depends on the image); the engine (prefix state cached per baseline side) = the
+reference; a KV-cache continuation (the recurrent state and conv tail cached) = the full run;
+greedy ``generate`` = HF."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from lvlm_lens.interventions import (
 from lvlm_lens.model.attention import Attention
 from lvlm_lens.model.kv_cache import KVCache
 from lvlm_lens.model.linear_attention import GatedDeltaNet, delta_rule, write_weights
-from tests.helpers import PROMPTS, hf_kwargs, hf_logits, noise_image
+from tests.helpers import PROMPTS, baseline_for, hf_kwargs, hf_logits, noise_image
 
 IMAGES = [noise_image(20, 28, 1), noise_image(30, 14, 2)]
 
@@ -334,23 +335,49 @@ def test_ablating_one_linear_head_changes_only_its_reads_after_the_image(pair):
     assert diff[last + 1 :, 1].max() > 1e-4
 
 
-@pytest.mark.parametrize("baseline", ["blank", "zero"])
+@pytest.mark.parametrize("baseline", ["mean", "image", "blank", "zero"])
 @pytest.mark.parametrize("scope", ["text", "all"])
-def test_the_engine_falls_back_to_the_reference_on_linear_attention(pair, baseline, scope):
-    """No prefix reuse through a recurrent state: the engine runs the reference hooks per mask,
-    so engine = reference (random masks, a padded batch), for both scopes."""
-
-    model, _ = pair
+@pytest.mark.parametrize("which", ["pair", "moe_pair"])
+def test_engine_equals_the_reference(which, baseline, scope, request):
+    """The engine (scope ``text``: the prefix's recurrent state and conv tail cached per
+    baseline side, only the text after the image run per mask; ``all``: full sequences,
+    ablated linear heads reading a second run of the layer on the baseline's input) = the
+    reference hooks, for every baseline, both scopes, dense and MoE, on a padded batch; the
+    masks matter."""
+    model, _ = request.getfixturevalue(which)
     inp = model.prepare(IMAGES, PROMPTS)
     config = HeadAblation(baseline=baseline, scope=scope)
-    base = compute_baseline(model, inp, config)
+    base = baseline_for(model, inp, config)
     gen = torch.Generator().manual_seed(0)
-    masks = torch.rand(3, model.cfg.n_layers, model.cfg.n_heads, generator=gen) < 0.5
+    masks = torch.rand(5, model.cfg.n_layers, model.cfg.n_heads, generator=gen) < 0.5
+    masks[0] = False
     engine = AblationEngine(model, inp, base, config, batch_size=2)
     ref = run_reference(model, inp, masks, base, config, progress=False)
     out = engine.run(masks, progress=False)
     assert (out - ref).abs().max() <= 1e-4
     assert (ref[:, 1:] - ref[:, :1]).abs().max() > 1e-4  # the masks matter
+    if scope == "text":  # the prefix is cached, with both sides of each linear layer
+        st = engine._example(0)
+        layer = model.cfg.decoder.linear_attention.layers[0]
+        assert st.cache is not None and st.x.shape[1] < inp.select(0).shape[1]
+        clean, alt = st.cache.states[layer], st.cache.alt_states[layer]
+        assert (clean.state - alt.state).abs().max() > 1e-4
+
+
+@torch.no_grad()
+def test_engine_ablating_only_linear_heads_moves_only_their_reads(pair):
+    """A mask of linear-attention heads alone, through the engine's cached prefix: = the
+    reference, and differs from the clean run (the alternative state is what they read)."""
+    model, _ = pair
+    inp = model.prepare(IMAGES[:1], PROMPTS[:1])
+    config = HeadAblation()
+    base = compute_baseline(model, inp, config)
+    masks = torch.zeros(2, model.cfg.n_layers, model.cfg.n_heads, dtype=torch.bool)
+    layer = model.cfg.decoder.linear_attention.layers[-1]
+    masks[1, layer, 2] = True
+    out = AblationEngine(model, inp, base, config).run(masks, progress=False)
+    ref = run_reference(model, inp, masks, base, config, progress=False)
+    assert (out - ref).abs().max() <= 1e-5 and (out[0, 1] - out[0, 0]).abs() > 1e-5
 
 
 def test_run_reference_is_the_path_and_an_empty_mask_is_clean(pair):
