@@ -77,13 +77,16 @@ def glm4v_tokenizer(chat_template: bool) -> Any:
     )  # fmt: skip
 
 
-def glm4v_image_processor() -> Glm4vImageProcessorPil:
-    """GLM's PIL image processor at the tiny patch size, up to 64 merged tokens per image (its
-    pixel budget counts the two temporal copies of a still image)."""
-    factor = GLM4V_PATCH * GLM4V_MERGE
+def glm4v_image_processor(
+    patch_size: int = GLM4V_PATCH, tokens: int = 64
+) -> Glm4vImageProcessorPil:
+    """GLM's PIL image processor at the tiny patch size (or ``patch_size``), up to ``tokens``
+    merged tokens per image (its pixel budget counts the two temporal copies of a still
+    image)."""
+    factor = patch_size * GLM4V_MERGE
     return Glm4vImageProcessorPil(
-        size={"shortest_edge": factor * factor, "longest_edge": 2 * 64 * factor * factor},
-        patch_size=GLM4V_PATCH, merge_size=GLM4V_MERGE, temporal_patch_size=2,
+        size={"shortest_edge": factor * factor, "longest_edge": 2 * tokens * factor * factor},
+        patch_size=patch_size, merge_size=GLM4V_MERGE, temporal_patch_size=2,
     )  # fmt: skip
 
 
@@ -98,9 +101,9 @@ def glm4v_config(
     text = tiny_text_kwargs(tokenizer, **{"num_key_value_heads": 2, **(GLM4V_MOE if moe else {}),
                                           **text})  # fmt: skip
     text.setdefault("rope_parameters", dict(GLM4V_ROPE))
-    vision = dict(depth=2, num_heads=2, hidden_size=32, intermediate_size=64,
-                  out_hidden_size=text["hidden_size"], patch_size=GLM4V_PATCH, image_size=16,
-                  spatial_merge_size=GLM4V_MERGE, temporal_patch_size=2, **vision)  # fmt: skip
+    vision = {**dict(depth=2, num_heads=2, hidden_size=32, intermediate_size=64,
+                     out_hidden_size=text["hidden_size"], patch_size=GLM4V_PATCH, image_size=16,
+                     spatial_merge_size=GLM4V_MERGE, temporal_patch_size=2), **vision}  # fmt: skip
     ids = {k: tokenizer.convert_tokens_to_ids(t) for k, t in GLM4V_SPECIALS.items()}
     config = (Glm4vMoeConfig if moe else Glm4vConfig)(
         text_config=text, vision_config=vision, tie_word_embeddings=tied,
