@@ -143,7 +143,7 @@ def test_sandwich_norms_and_fused_mlp_are_glms(model):
     assert torch.allclose(cache["blocks.1.hook_resid_post"], resid)
 
 
-@pytest.mark.parametrize("marker", ["<|video|>", "<|begin_of_video|>"])
+@pytest.mark.parametrize("marker", ["<|video|>", "<|begin_of_video|>", "<|end_of_video|>"])
 def test_video_is_refused(model, marker):
     with pytest.raises(ValueError, match="video input is not supported"):
         model.prepare(IMAGES[:1], f"<|user|>\n<image>{marker} what is this ?<|assistant|>\n")

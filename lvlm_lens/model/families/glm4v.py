@@ -23,9 +23,9 @@ from lvlm_lens.model.families.qwen2_vl import QWEN_HF_INPUTS, QwenVision
 
 #: HF's GLM-4 decoder layer names its norms: after attention, before the MLP, after the MLP.
 GLM_SANDWICH = ("post_self_attn_layernorm", "post_attention_layernorm", "post_mlp_layernorm")
-#: HF's Glm4vProcessor writes a video as frames between these markers (and ``<|video|>`` in
-#: the chat template): not supported.
-VIDEO_MARKERS = ("<|video|>", "<|begin_of_video|>", "<|end_of_video|>")
+#: The config's video token ids (``<|video|>``, ``<|begin_of_video|>``, ``<|end_of_video|>``):
+#: HF's Glm4vProcessor writes a video as frames between the markers; not supported.
+VIDEO_IDS = ("video_token_id", "video_start_token_id", "video_end_token_id")
 
 #: GLM-4.1V's vision side: Qwen2-VL's bookkeeping (``image_grid_thw``, merged row-major grid,
 #: HF's ``get_rope_index`` for the ``(t, h, w)`` positions), GLM's own tower and merger.
@@ -57,11 +57,13 @@ def glm4v_moe_decoder(hf_model: nn.Module) -> DecoderSpec:
 
 def glm4v_image_text(config: Any, tokenizer: Any) -> ImageText:
     """``<|image|>``, written ``<|begin_of_image|><|image|><|end_of_image|>`` for the generic
-    placeholder (as GLM-4.1V's chat template writes an image); the end marker closes it."""
+    placeholder (as GLM-4.1V's chat template writes an image); the end marker closes it; a
+    prompt holding a video token or marker is refused."""
     token = token_name(tokenizer, config.image_token_id)
     start = token_name(tokenizer, config.image_start_token_id)
     end = token_name(tokenizer, config.image_end_token_id)
-    return ImageText(token, f"{start}{token}{end}", token, (end,), refused=VIDEO_MARKERS)
+    video = tuple(token_name(tokenizer, getattr(config, name)) for name in VIDEO_IDS)
+    return ImageText(token, f"{start}{token}{end}", token, (end,), refused=video)
 
 
 BY_MODEL_TYPE = {
