@@ -181,7 +181,8 @@ def build_random_family(
     ``internvl``, ``idefics3``, ``qwen3-vl-moe``, ``llava-onevision-1.5``, ``qwen3.5``,
     ``qwen3.5-moe``) with the
     decoder sizes of :func:`build_random_llava`, its tokenizer and image processor, and the
-    image side in pixels that gives LLaVA-1.5-like token counts.
+    image side in pixels that gives LLaVA-1.5-like token counts (GLM-4.1V / 4.5V:
+    :func:`build_random_glm4v`).
 
     Qwen2: patch 14, 2x2 merge, GQA with 4 K/V heads, q/k/v biases; a 672-px image gives 576
     tokens. Qwen3-VL: patch 16 (768 px: 576 tokens), q/k norms, DeepStack from both vision
@@ -197,6 +198,10 @@ def build_random_family(
     sharing ``n_heads / 2`` key heads, conv kernel 4 (MoE: 128 experts of ``d_model / 4``, 8 per
     token, a shared expert of ``d_model / 4``).
     """
+    if kind.startswith("glm4v"):
+        return build_random_glm4v(kind, n_layers=n_layers, d_model=d_model, n_heads=n_heads,
+                                  d_mlp=d_mlp, vision_layers=vision_layers,
+                                  vision_d_model=vision_d_model, seed=seed)  # fmt: skip
     tokenizer = family_tokenizer(kind, chat_template=False)
     d_head = d_model // n_heads
     text: dict[str, Any] = dict(
@@ -273,6 +278,46 @@ def build_random_family(
         model = cls(config)
     processor = family_image_processor(kind, patch, image_size)
     return model.eval(), tokenizer, processor, 3 * image_size if kind == "idefics3" else image_size
+
+
+def build_random_glm4v(
+    kind: str, *, n_layers: int, d_model: int, n_heads: int, d_mlp: int, vision_layers: int,
+    vision_d_model: int, seed: int = 0,
+) -> tuple[Any, Any, Any, int]:
+    """A random GLM-4.1V (``glm4v``) or GLM-4.5V (``glm4v-moe``: every layer after the first
+    sparse, 128 experts of ``3 d_model / 8``, 8 per token, one shared expert) at the decoder
+    sizes of :func:`build_random_family`: 4 K/V heads, q/k/v biases, partial 3-D RoPE over half
+    of ``d_head``; GLM's vision tower at patch 14, so a 672-px image gives 576 tokens."""
+    from lvlm_lens.testing.tiny_glm4v import (
+        glm4v_config,
+        glm4v_image_processor,
+        glm4v_tokenizer,
+    )
+
+    tokenizer = glm4v_tokenizer(chat_template=False)
+    q = d_model // n_heads // 4  # rotated frequencies: half of d_head, two dimensions each
+    text: dict[str, Any] = dict(
+        hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
+        num_attention_heads=n_heads, num_key_value_heads=4, max_position_embeddings=4096,
+        initializer_range=0.02,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                         "partial_rotary_factor": 0.5,
+                         "mrope_section": [q // 4, 3 * q // 8, q - q // 4 - 3 * q // 8]},
+    )  # fmt: skip
+    moe = kind == "glm4v-moe"
+    if moe:
+        text.update(n_routed_experts=128, num_experts_per_tok=8, n_group=1, topk_group=1,
+                    moe_intermediate_size=3 * d_model // 8, routed_scaling_factor=1.0)
+    vision = dict(depth=vision_layers, hidden_size=vision_d_model, intermediate_size=4 *
+                  vision_d_model, num_heads=max(1, vision_d_model // 64), patch_size=14,
+                  image_size=336)  # fmt: skip
+    config = glm4v_config(tokenizer, text, vision, moe)
+    cls = getattr(transformers, "Glm4vMoeForConditionalGeneration" if moe
+                  else "Glm4vForConditionalGeneration")  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = cls(config)
+    return model.eval(), tokenizer, glm4v_image_processor(14, 576), 48 * 14
 
 
 def llava15_prompt() -> str:

@@ -23,6 +23,17 @@ class MoESpec:
         renormalize: The chosen experts' probabilities are divided by their sum.
         shared_expert: Every token also passes a shared gated MLP (``hf_mlp.shared_expert``)
             whose output is scaled by ``sigmoid(shared_expert_gate(x))`` and added (Qwen3.5-MoE).
+        shared_module: The HF attribute of the shared MLP (GLM-4.5V: ``shared_experts``).
+        shared_gated: The shared MLP's output is scaled by its sigmoid gate (GLM-4.5V: added
+            as it is).
+        scoring: ``"softmax"`` over the router logits (Qwen), or ``"sigmoid"`` of each logit
+            computed in fp32 (GLM-4.5V's DeepSeek-style router).
+        choice_bias: The router's ``e_score_correction_bias`` is added to the scores for the
+            choice of experts only (the weights stay the unbiased scores).
+        n_group: Experts are split into this many groups; only the ``topk_group`` groups of
+            largest sum of their two best (biased) scores are eligible.
+        topk_group: See ``n_group``.
+        routed_scaling: Factor on the chosen experts' weights (after any renormalisation).
     """
 
     n_experts: int
@@ -31,6 +42,13 @@ class MoESpec:
     layers: tuple[int, ...]
     renormalize: bool = True
     shared_expert: bool = False
+    shared_module: str = "shared_expert"
+    shared_gated: bool = True
+    scoring: Literal["softmax", "sigmoid"] = "softmax"
+    choice_bias: bool = False
+    n_group: int = 1
+    topk_group: int = 1
+    routed_scaling: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,9 @@ __all__ = ["SparseMoE"]
 
 
 class SparseMoE(nn.Module):
-    """A linear router, softmax, top-k routing and gated-MLP experts (HF's
-    ``Qwen3VLMoeTextSparseMoeBlock``), computed expert by expert on the tokens routed to it."""
+    """A linear router, softmax (or GLM-4.5V's sigmoid with a choice bias and group-limited
+    choice), top-k routing and gated-MLP experts (HF's ``Qwen3VLMoeTextSparseMoeBlock``,
+    ``Glm4vMoeTextMoE``), computed expert by expert on the tokens routed to it."""
 
     def __init__(self, spec: MoESpec, hf_mlp: nn.Module):
         super().__init__()
@@ -44,9 +45,12 @@ class SparseMoE(nn.Module):
         for name in ("router_logits", "expert_weights", "expert_indices", "expert_out"):
             setattr(self, f"hook_{name}", HookPoint())
         if spec.shared_expert:
-            self.shared_expert = hf_mlp.shared_expert  # gate_proj, up_proj, down_proj, act_fn
-            self.shared_expert_gate = hf_mlp.shared_expert_gate  # weight [1, d_model]
-            self.hook_shared_gate, self.hook_shared_out = HookPoint(), HookPoint()
+            # gate_proj, up_proj, down_proj, act_fn
+            self.shared_expert = getattr(hf_mlp, spec.shared_module)
+            if spec.shared_gated:
+                self.shared_expert_gate = hf_mlp.shared_expert_gate  # weight [1, d_model]
+                self.hook_shared_gate = HookPoint()
+            self.hook_shared_out = HookPoint()
 
     @property
     def W_router(self) -> Float[Tensor, "d_model expert"]:
@@ -82,14 +86,35 @@ class SparseMoE(nn.Module):
         self, x: Float[Tensor, "batch pos d_model"]
     ) -> tuple[Tensor, Tensor]:
         """The chosen experts ``[batch, pos, top_k]`` and their weights (in ``x``'s dtype)."""
-        logits = F.linear(x, self.router.weight)
+        spec = self.spec
+        if spec.scoring == "sigmoid":  # GLM-4.5V: fp32 logits, as HF
+            logits = F.linear(x.float(), self.router.weight.float())
+        else:
+            logits = F.linear(x, self.router.weight)
         logits = self.hook_router_logits(logits)
-        probs = self.hook_expert_weights(F.softmax(logits, dim=-1, dtype=torch.float32))
-        index = self.hook_expert_indices(torch.topk(probs, self.spec.top_k, dim=-1).indices)
+        probs = (torch.sigmoid(logits) if spec.scoring == "sigmoid"
+                 else F.softmax(logits, dim=-1, dtype=torch.float32))  # fmt: skip
+        probs = self.hook_expert_weights(probs)
+        index = self.hook_expert_indices(torch.topk(self.choice_scores(probs), spec.top_k,
+                                                    dim=-1).indices)
         weight = probs.gather(-1, index)  # the top-k values, or those of edited indices
-        if self.spec.renormalize:
+        if spec.renormalize:
             weight = weight / weight.sum(dim=-1, keepdim=True)
-        return index, weight.to(logits.dtype)
+        if spec.routed_scaling != 1.0:
+            weight = weight * spec.routed_scaling
+        return index, weight.to(x.dtype)
+
+    def choice_scores(self, probs: Float[Tensor, "batch pos expert"]) -> Tensor:
+        """The scores the top-k choice ranks: the probabilities, plus the router's correction
+        bias (``choice_bias``), ``-inf`` outside the ``topk_group`` best groups (``n_group``)."""
+        spec = self.spec
+        scores = probs + self.router.e_score_correction_bias if spec.choice_bias else probs
+        if spec.n_group <= 1:
+            return scores
+        groups = scores.unflatten(-1, (spec.n_group, -1))
+        best = groups.topk(2, dim=-1).values.sum(-1).topk(spec.topk_group, dim=-1).indices
+        keep = torch.zeros_like(groups[..., 0], dtype=torch.bool).scatter_(-1, best, True)
+        return groups.masked_fill(~keep[..., None], float("-inf")).flatten(-2)
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         """Route every token and sum its experts' weighted outputs."""
@@ -120,5 +145,7 @@ class SparseMoE(nn.Module):
         """The shared expert's gated MLP output, scaled by its sigmoid gate."""
         mlp = self.shared_expert
         h = mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
+        if not self.spec.shared_gated:
+            return self.hook_shared_out(h)
         gate = self.hook_shared_gate(self.shared_expert_gate(x))
         return self.hook_shared_out(torch.sigmoid(gate) * h)

@@ -17,11 +17,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Glm4vConfig, Glm4vForConditionalGeneration
+from transformers import (
+    Glm4vConfig,
+    Glm4vForConditionalGeneration,
+    Glm4vMoeConfig,
+    Glm4vMoeForConditionalGeneration,
+)
 from transformers.models.glm4v import Glm4vImageProcessorPil
 
-#: The tiny kind built here.
-GLM4V_KIND = "glm4v"
+#: The tiny kinds built here: GLM-4.1V and GLM-4.5V (its MoE sibling).
+GLM4V_KIND, GLM4V_MOE_KIND = "glm4v", "glm4v-moe"
+#: GLM-4.5V's sparse MLP at a tiny size (the real: 128 experts of 1408, top 8, one shared
+#: expert, the first layer dense): 8 experts of 32, top 2; two groups with one eligible and
+#: scaled routed weights are switched on so that the group-limited choice and the scale are
+#: tested (the router's choice bias is drawn off zero by the builder).
+GLM4V_MOE = dict(n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
+                 n_shared_experts=1, n_group=2, topk_group=1, first_k_dense_replace=1,
+                 routed_scaling_factor=2.5, norm_topk_prob=True)  # fmt: skip
 #: GLM-4.1V's special tokens by the attribute names the tiny tokenizer gives them.
 GLM4V_SPECIALS = {
     "image_token": "<|image|>",
@@ -65,28 +77,35 @@ def glm4v_tokenizer(chat_template: bool) -> Any:
     )  # fmt: skip
 
 
-def glm4v_image_processor() -> Glm4vImageProcessorPil:
-    """GLM's PIL image processor at the tiny patch size, up to 64 merged tokens per image (its
-    pixel budget counts the two temporal copies of a still image)."""
-    factor = GLM4V_PATCH * GLM4V_MERGE
+def glm4v_image_processor(
+    patch_size: int = GLM4V_PATCH, tokens: int = 64
+) -> Glm4vImageProcessorPil:
+    """GLM's PIL image processor at the tiny patch size (or ``patch_size``), up to ``tokens``
+    merged tokens per image (its pixel budget counts the two temporal copies of a still
+    image)."""
+    factor = patch_size * GLM4V_MERGE
     return Glm4vImageProcessorPil(
-        size={"shortest_edge": factor * factor, "longest_edge": 2 * 64 * factor * factor},
-        patch_size=GLM4V_PATCH, merge_size=GLM4V_MERGE, temporal_patch_size=2,
+        size={"shortest_edge": factor * factor, "longest_edge": 2 * tokens * factor * factor},
+        patch_size=patch_size, merge_size=GLM4V_MERGE, temporal_patch_size=2,
     )  # fmt: skip
 
 
-def glm4v_config(tokenizer: Any, text: dict[str, Any], vision: dict[str, Any]) -> Glm4vConfig:
-    """A tiny GLM-4.1V config (``text`` / ``vision``: overrides of the text / vision fields)."""
+def glm4v_config(
+    tokenizer: Any, text: dict[str, Any], vision: dict[str, Any], moe: bool = False
+) -> Glm4vConfig | Glm4vMoeConfig:
+    """A tiny GLM-4.1V config (``text`` / ``vision``: overrides of the text / vision fields);
+    with ``moe`` GLM-4.5V's (:data:`GLM4V_MOE`)."""
     from lvlm_lens.testing.tiny_families import tiny_text_kwargs
 
-    tied = text.pop("tie_word_embeddings", False)  # untied, as GLM-4.1V-9B
-    text = tiny_text_kwargs(tokenizer, **{"num_key_value_heads": 2, **text})
+    tied = text.pop("tie_word_embeddings", False)  # untied, as GLM-4.1V-9B and GLM-4.5V
+    text = tiny_text_kwargs(tokenizer, **{"num_key_value_heads": 2, **(GLM4V_MOE if moe else {}),
+                                          **text})  # fmt: skip
     text.setdefault("rope_parameters", dict(GLM4V_ROPE))
-    vision = dict(depth=2, num_heads=2, hidden_size=32, intermediate_size=64,
-                  out_hidden_size=text["hidden_size"], patch_size=GLM4V_PATCH, image_size=16,
-                  spatial_merge_size=GLM4V_MERGE, temporal_patch_size=2, **vision)  # fmt: skip
+    vision = {**dict(depth=2, num_heads=2, hidden_size=32, intermediate_size=64,
+                     out_hidden_size=text["hidden_size"], patch_size=GLM4V_PATCH, image_size=16,
+                     spatial_merge_size=GLM4V_MERGE, temporal_patch_size=2), **vision}  # fmt: skip
     ids = {k: tokenizer.convert_tokens_to_ids(t) for k, t in GLM4V_SPECIALS.items()}
-    config = Glm4vConfig(
+    config = (Glm4vMoeConfig if moe else Glm4vConfig)(
         text_config=text, vision_config=vision, tie_word_embeddings=tied,
         image_token_id=ids["image_token"], video_token_id=ids["video_token"],
         image_start_token_id=ids["boi_token"], image_end_token_id=ids["eoi_token"],
@@ -99,6 +118,7 @@ def glm4v_config(tokenizer: Any, text: dict[str, Any], vision: dict[str, Any]) -
 def build_glm4v_checkpoint(
     folder: Path,
     *,
+    moe: bool = False,
     seed: int,
     chat_template: bool,
     vision: dict[str, Any] | None = None,
@@ -106,11 +126,12 @@ def build_glm4v_checkpoint(
     processor: dict[str, Any] | None = None,
     **text_overrides: Any,
 ) -> Path:
-    """Builds and saves the tiny GLM-4.1V (see :func:`~.tiny.build_tiny_checkpoint`)."""
+    """Builds and saves the tiny GLM-4.1V, or with ``moe`` GLM-4.5V (see
+    :func:`~.tiny.build_tiny_checkpoint`)."""
     from lvlm_lens.testing.tiny import _randomize_
 
     tokenizer = glm4v_tokenizer(chat_template)
-    config = glm4v_config(tokenizer, dict(text_overrides), dict(vision or {}))
+    config = glm4v_config(tokenizer, dict(text_overrides), dict(vision or {}), moe)
     for key, value in (lvlm or {}).items():
         setattr(config, key, value)
     image_processor = glm4v_image_processor()
@@ -118,8 +139,11 @@ def build_glm4v_checkpoint(
         setattr(image_processor, key, value)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Glm4vForConditionalGeneration(config)
+        model = (Glm4vMoeForConditionalGeneration if moe else Glm4vForConditionalGeneration)(config)
         _randomize_(model)
+        for name, buffer in model.named_buffers():  # the router's choice bias: off zero
+            if name.endswith("e_score_correction_bias"):
+                buffer.normal_(0.0, 0.1)
     model.eval().save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     image_processor.save_pretrained(folder)

@@ -8,15 +8,17 @@ family's tiny kind means adding its module and one line here.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
-from lvlm_lens.testing.tiny_glm4v import GLM4V_KIND, build_glm4v_checkpoint
+from lvlm_lens.testing.tiny_glm4v import GLM4V_KIND, GLM4V_MOE_KIND, build_glm4v_checkpoint
 from lvlm_lens.testing.tiny_smolvlm import SMOLVLM_KIND, build_smolvlm_checkpoint
 
 #: Builder per tiny kind.
 BUILDERS: dict[str, Callable[..., Path]] = {
     SMOLVLM_KIND: build_smolvlm_checkpoint,
     GLM4V_KIND: build_glm4v_checkpoint,
+    GLM4V_MOE_KIND: partial(build_glm4v_checkpoint, moe=True),
 }
 #: The kinds of :data:`BUILDERS`.
 MORE_KINDS = tuple(BUILDERS)

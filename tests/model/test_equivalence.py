@@ -25,6 +25,7 @@ CASES = {
     "paligemma2": {},
     "smolvlm2": {},
     "glm4v": {},
+    "glm4v-moe": {},
     # variants of the language backbone the real checkpoints use
     "llava-next-mistral/sliding-window": dict(sliding_window=20),
     "llava-llama/rope-linear": dict(
@@ -104,7 +105,7 @@ def hf_generate(reference, model, inp, n):
 @pytest.mark.parametrize(
     "case", ["llava-llama", "llava-onevision-qwen2", "llava-next-mistral", "qwen2-vl",
              "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl", "idefics3", "qwen3-vl-moe",
-             "llava-onevision-1.5", "smolvlm2", "glm4v"],
+             "llava-onevision-1.5", "smolvlm2", "glm4v", "glm4v-moe"],
 )
 def test_generate_matches_hf_greedy(tiny_checkpoint, case):
     """Prompt + new tokens, as TransformerLens and HF return them; or the new tokens only."""
@@ -154,7 +155,8 @@ def image_end(inp) -> int:
 
 @pytest.mark.parametrize(
     "case", ["llava-llama", "llava-onevision-qwen2", "qwen2-vl", "qwen3-vl", "gemma3",
-             "qwen3-vl-moe", "llava-onevision-1.5", "idefics3", "smolvlm2", "glm4v"]
+             "qwen3-vl-moe", "llava-onevision-1.5", "idefics3", "smolvlm2", "glm4v",
+             "glm4v-moe"]
 )
 def test_prefix_cache_suffix_equals_full_run(tiny_checkpoint, case):
     model, _ = load_pair(tiny_checkpoint, case)
@@ -192,7 +194,7 @@ def test_shared_prefix_many_suffixes(tiny_checkpoint):
 
 #: bf16 with the fused kernel may flip a top-k expert choice, so an MoE model is not "close"
 #: there: tests/model/test_qwen3_vl_moe.py checks it bit for bit with the materialised attention.
-MOE_KINDS = ("qwen3-vl-moe",)
+MOE_KINDS = ("qwen3-vl-moe", "glm4v-moe")
 
 
 @pytest.mark.parametrize("kind", [c for c in CASES if "/" not in c and c not in MOE_KINDS])

@@ -16,7 +16,7 @@ KINDS = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl", "idefics3"]
 KINDS += ["qwen3-vl-moe"]
 KINDS += ["llava-onevision-1.5"]
 KINDS += ["qwen3.5", "qwen3.5-moe", "paligemma2", "smolvlm2"]
-KINDS += ["glm4v"]
+KINDS += ["glm4v", "glm4v-moe"]
 IMAGES = [noise_image(20, 28, 1), noise_image(30, 18, 2)]
 
 
@@ -60,7 +60,7 @@ def test_decompose_resid_sums_to_the_final_residual(fam):
 def test_to_hf_has_the_family_inputs(fam):
     kind, model, inp = fam
     kw = inp.to_hf()
-    qwen_like = "qwen" in kind or kind == "glm4v"
+    qwen_like = "qwen" in kind or kind.startswith("glm4v")
     extra = {"image_grid_thw", "mm_token_type_ids"} if qwen_like else {"token_type_ids"}
     tiles = {"pixel_attention_mask"}
     extra = {"internvl": set(), "idefics3": tiles, "smolvlm2": tiles,
@@ -92,6 +92,7 @@ def test_groups_and_grid_coordinates(fam):
     marker = {
         "gemma3": "<end_of_image>", "internvl": "</img>", "idefics3": "<row_3_col_3>",
         "paligemma2": "<s>", "smolvlm2": "<row_3_col_3>", "glm4v": "<|end_of_image|>",
+        "glm4v-moe": "<|end_of_image|>",
     }.get(kind, "<|vision_end|>")  # fmt: skip
     assert marker in role and "ASSISTANT" in role
 

@@ -1,7 +1,8 @@
 """GLM-4.1V: what is new in its decoder (RoPE over adjacent pairs of the rotated half of each
 head, 3-D positions, GLM's sandwich norms, the fused gate/up MLP), its tokens against HF's
-processor logic, and its refusals. Logits, generation, engine and CLI against HF run in the
-shared per-family tests (kind ``glm4v``)."""
+processor logic, and its refusals; GLM-4.5V's sparse MLP (sigmoid router, choice bias,
+group-limited choice, ungated shared MLP) against HF's. Logits, generation, engine and CLI
+against HF run in the shared per-family tests (kinds ``glm4v``, ``glm4v-moe``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from transformers.models.glm4v.modeling_glm4v import apply_rotary_pos_emb
 
 from lvlm_lens import HookedLVLM
 from lvlm_lens.model.attention import apply_rotary
+from lvlm_lens.model.blocks import GatedMLP
 from lvlm_lens.model.families import language_model
+from lvlm_lens.model.moe import SparseMoE
 from tests.helpers import PROMPTS, noise_image
 
 IMAGES = [noise_image(20, 28, 1), noise_image(30, 18, 2)]
@@ -140,7 +143,67 @@ def test_sandwich_norms_and_fused_mlp_are_glms(model):
     assert torch.allclose(cache["blocks.1.hook_resid_post"], resid)
 
 
-@pytest.mark.parametrize("marker", ["<|video|>", "<|begin_of_video|>"])
+@pytest.mark.parametrize("marker", ["<|video|>", "<|begin_of_video|>", "<|end_of_video|>"])
 def test_video_is_refused(model, marker):
     with pytest.raises(ValueError, match="video input is not supported"):
         model.prepare(IMAGES[:1], f"<|user|>\n<image>{marker} what is this ?<|assistant|>\n")
+
+
+@pytest.fixture(scope="module")
+def moe(tiny_checkpoint):
+    model = HookedLVLM.from_pretrained(tiny_checkpoint("glm4v-moe", chat_template=True))
+    return model, model.prepare(IMAGES, PROMPTS)
+
+
+def test_glm4v_moe_router_is_hfs(moe):
+    """GLM-4.5V's sparse layer: the router logits are HF's, the chosen experts and their
+    (renormalised, scaled) weights are HF's per token, and with one eligible group of the two
+    every token's experts lie in one group; the choice bias and the groups change the choice
+    of the plain top-k somewhere, so they are not vacuous."""
+    model, inp = moe
+    assert isinstance(model.blocks[0].mlp, GatedMLP)  # first_k_dense_replace = 1
+    mlp = model.blocks[1].mlp
+    assert isinstance(mlp, SparseMoE)
+    assert mlp.router.e_score_correction_bias.abs().min() > 0
+    seen = []
+    gate = language_model(model.hf_model).layers[1].mlp.gate
+    handle = gate.register_forward_hook(lambda m, a, out: seen.append(out))
+    try:
+        with torch.no_grad():
+            model.hf_model(**inp.to_hf())
+    finally:
+        handle.remove()
+    hf_logits, hf_weights, hf_index = seen[0]
+    names = ["router_logits", "expert_weights", "expert_indices"]
+    _, cache = model.run_with_cache(inp, names_filter=[f"blocks.1.mlp.hook_{n}" for n in names])
+    real = inp.attention_mask.bool()
+    logits = cache["blocks.1.mlp.hook_router_logits"][real]
+    flat_real = real.flatten()
+    assert torch.allclose(logits, hf_logits[flat_real], atol=1e-5)
+    ours = cache["blocks.1.mlp.hook_expert_indices"][real]
+    theirs, order = hf_index[flat_real].sort(-1)
+    assert torch.equal(ours.sort(-1).values, theirs)
+    probs = cache["blocks.1.mlp.hook_expert_weights"][real]
+    weight = probs.gather(-1, ours)
+    weight = weight / weight.sum(-1, keepdim=True) * 2.5
+    assert torch.allclose(weight.gather(-1, ours.argsort(-1)), hf_weights[flat_real].gather(
+        -1, order), atol=1e-6)
+    groups = ours // 4  # 8 experts in 2 groups of 4
+    assert (groups == groups[:, :1]).all()
+    plain = probs.topk(2, dim=-1).indices.sort(-1).values
+    assert (plain != ours.sort(-1).values).any()
+
+
+def test_glm4v_moe_shared_mlp_is_added_ungated(moe):
+    """The shared MLP's output (``hook_shared_out``) is HF's ``shared_experts`` on the MLP input,
+    unscaled, and the MLP output is it plus the routed experts' sum."""
+    model, inp = moe
+    names = ["ln2.hook_normalized", "mlp.hook_shared_out", "mlp.hook_expert_out", "hook_mlp_out"]
+    _, cache = model.run_with_cache(inp, names_filter=[f"blocks.1.{n}" for n in names])
+    x = cache["blocks.1.ln2.hook_normalized"]
+    hf_shared = language_model(model.hf_model).layers[1].mlp.shared_experts
+    assert not hasattr(model.blocks[1].mlp, "hook_shared_gate")
+    with torch.no_grad():
+        assert torch.allclose(cache["blocks.1.mlp.hook_shared_out"], hf_shared(x), atol=1e-6)
+    total = cache["blocks.1.mlp.hook_expert_out"].sum(2) + cache["blocks.1.mlp.hook_shared_out"]
+    assert torch.allclose(cache["blocks.1.hook_mlp_out"], total, atol=1e-5)

@@ -79,7 +79,7 @@ def test_image_grids_cover_every_image_token_once(next_pair, toy_pair):
 @pytest.mark.parametrize(
     "kind",
     ["qwen2-vl", "gemma3", "internvl", "idefics3", "qwen3-vl-moe", "llava-onevision-1.5",
-     "smolvlm2", "glm4v"],
+     "smolvlm2", "glm4v", "glm4v-moe"],
 )
 def test_image_grids_of_the_other_families(tiny_checkpoint, kind):
     """Qwen's grid follows the picture's aspect, uncropped; Gemma's is square; InternVL's and
