@@ -68,8 +68,9 @@ demo: venv
 lint: venv
 	$(VENV)/bin/ruff check lvlm_lens tests benchmarks docs/scripts tools
 
-# Mutation testing of the model, interventions and attribution layers (slow: not part of CI).
-# One worker, one thread; narrow it with PATTERNS, e.g. make mutate PATTERNS="lvlm_lens.model.*".
+# Mutation testing of the whole package (many hours: not part of CI). One worker, one thread;
+# narrow it with PATTERNS, e.g. make mutate PATTERNS="lvlm_lens.model.*", or take a stratified
+# sample: make mutate PATTERNS="--sample 220 --seed 26 --per-layer" (docs/testing.md).
 # Results: docs/testing.md; `$(PY) -m tools.mutate --report` re-prints the last scores.
 mutate: venv
 	$(PY) -m pip install -q -e ".[dev,mutate]"

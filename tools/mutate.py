@@ -1,19 +1,22 @@
-"""``make mutate``: mutmut 3 over the model, interventions and attribution layers (not in CI).
+"""``make mutate``: mutmut 3 over the whole package (``[tool.mutmut]``), not in CI.
 
 Runs ``mutmut run`` (configuration: ``[tool.mutmut]`` in pyproject.toml) with one worker and one
-thread, for the mutant name patterns given (default: all three layers), then prints the score per
-module. mutmut 3 skips decorated functions; here functions decorated only with
-``@torch.no_grad()`` are mutated too (the decorator has no side effect at definition time, and
-the engine's hot paths carry it), by relaxing that one rule before mutants are generated.
+thread, for the mutant name patterns given (default: every layer in LAYERS), then prints the
+score per module and per layer. mutmut 3 skips decorated functions; here functions decorated
+only with ``@torch.no_grad()`` are mutated too (the decorator has no side effect at definition
+time, and the engine's hot paths carry it), by relaxing that one rule before mutants are made.
 
 Usage:
     python -m tools.mutate [PATTERN ...]     e.g. "lvlm_lens.interventions.*"
     python -m tools.mutate --report          scores of the last run, survivors to review
     python -m tools.mutate --survivors       every survivor's diff and its equivalence rule
-    python -m tools.mutate --sample N [--seed S] PREFIX
-                                             N mutants drawn at random among those whose name
-                                             starts with PREFIX (e.g. lvlm_lens.model); needs
-                                             the mutants of an earlier run (any run makes all)
+    python -m tools.mutate --sample N [--seed S] [--per-layer | PREFIX]
+                                             N mutants drawn at random (seeded) among those
+                                             whose name starts with PREFIX (e.g.
+                                             lvlm_lens.model), or, with --per-layer, from every
+                                             layer in proportion to its mutants (at least
+                                             MIN_PER_LAYER each); the mutants are generated
+                                             first when there are none
 """
 
 from __future__ import annotations
@@ -31,7 +34,18 @@ from pathlib import Path
 
 from tools.mutate_reviewed import REVIEWED
 
-LAYERS = ("lvlm_lens.model.*", "lvlm_lens.interventions.*", "lvlm_lens.attribution.*")
+# Every mutated layer (pyproject.toml's only_mutate); the top-level modules form one layer.
+LAYERS = tuple(f"lvlm_lens.{name}.*" for name in (
+    "analysis", "attribution", "data", "interventions", "model", "run", "toy", "viz",
+    "errors", "files", "progress"))  # fmt: skip
+TOP_LEVEL = ("lvlm_lens.errors", "lvlm_lens.files", "lvlm_lens.progress")
+MIN_PER_LAYER = 10
+
+
+def layer_of(module: str) -> str:
+    """``lvlm_lens.<subpackage>``, or ``lvlm_lens (top-level modules)``."""
+    layer = ".".join(module.split(".")[:2])
+    return "lvlm_lens (top level)" if layer in TOP_LEVEL else layer
 
 
 def _allow_no_grad() -> None:
@@ -149,14 +163,30 @@ def classify(diff: str, name: str = "") -> str | None:
     return None
 
 
+def stratified(strata: list[tuple[int, int, int]], z: float = 1.96) -> tuple[float, float, float]:
+    """Whole-population proportion from per-layer samples ``(killed, run, size)``: the layers'
+    proportions weighted by their sizes, with a Wilson interval at the Kish effective sample
+    size (the size at which a simple random sample would have the same variance)."""
+    strata = [(k, n, size) for k, n, size in strata if n]
+    total = sum(size for *_, size in strata)
+    if not total:
+        return math.nan, math.nan, math.nan
+    p = sum(size / total * k / n for k, n, size in strata)
+    var = sum((size / total) ** 2 * (k / n) * (1 - k / n) / n for k, n, size in strata)
+    n_eff = p * (1 - p) / var if var else sum(n for _, n, _ in strata)
+    lo, hi = wilson(round(p * n_eff), round(n_eff), z) if n_eff >= 1 else (math.nan, math.nan)
+    return p, lo, hi
+
+
 def report(show: bool = False) -> int:
-    """Scores per module from ``mutants/**/*.meta``. Detected = killed, timed out or crashed;
-    survivors split into equivalent / unobservable (see RULES) and the rest ("survived")."""
+    """Scores per module and layer from ``mutants/**/*.meta``. Detected = killed, timed out or
+    crashed; survivors split into equivalent / unobservable (see RULES) and the rest
+    ("survived"); "no tests" = no selected test runs the function (counted as not killed)."""
     from mutmut.mutation.diff_apply import get_diff_for_mutant
     from mutmut.stats import status_by_exit_code
 
     detected = {"killed", "timeout", "segfault"}
-    cols = ("detected", "survived", "unobservable", "equivalent")
+    cols = ("detected", "survived", "unobservable", "equivalent", "no tests")
     per_module: dict[str, Counter] = defaultdict(Counter)
     survivors: list[tuple[str, str, str | None]] = []
     for meta in sorted(Path("mutants").rglob("*.py.meta")):
@@ -172,34 +202,46 @@ def report(show: bool = False) -> int:
                 status = _verdict(rule) if rule else "survived"
             per_module[module]["detected" if status in detected else status] += 1
 
+    def ran(c: Counter) -> int:
+        return sum(c[k] for k in cols)
+
     def line(name: str, c: Counter) -> str:
-        strict = sum(c[k] for k in cols)
-        non_equivalent = strict - c["equivalent"]
-        rest = sum(c.values()) - strict
+        non_equivalent = ran(c) - c["equivalent"]
         pct = lambda n: f"{c['detected'] / n:.0%}" if n else "-"  # noqa: E731
         return (f"{name:40s} {c['detected']:8d} {c['survived']:8d} {c['unobservable']:6d} "
-                f"{c['equivalent']:6d} {rest:8d} {pct(non_equivalent):>7s} {pct(strict):>7s}")
+                f"{c['equivalent']:6d} {c['no tests']:6d} {sum(c.values()) - ran(c):8d} "
+                f"{pct(non_equivalent):>7s} {pct(ran(c)):>7s}")
 
     print(f"{'module':40s} {'detected':>8s} {'survived':>8s} {'unobs.':>6s} {'equiv.':>6s} "
-          f"{'not run':>8s} {'non-eq.':>7s} {'all':>7s}")  # fmt: skip
+          f"{'no test':>6s} {'not run':>8s} {'non-eq.':>7s} {'all':>7s}")  # fmt: skip
     total: Counter = Counter()
     for module, c in sorted(per_module.items()):
         total += c
-        print(line(module, c))
+        if ran(c):
+            print(line(module, c))
     layers: dict[str, Counter] = defaultdict(Counter)
     for module, c in per_module.items():
-        layers[".".join(module.split(".")[:2])] += c
+        layers[layer_of(module)] += c
     for layer, c in sorted(layers.items()):
         print(line(layer, c))
     print(line("total", total))
     print("not run:", {k: v for k, v in total.items() if k not in cols})
-    print("score non-eq. = detected / (all - equivalent); all = detected / all mutants run")
+    print("score non-eq. = detected / (all - equivalent); all = detected / all mutants run "
+          "(unobservable and no-test mutants count as not detected)")
+    strata = []
     for layer, c in sorted(layers.items()):
-        n = sum(c[k] for k in cols) - c["equivalent"]
-        if n and sum(c.values()) > sum(c[k] for k in cols):  # a sample: give its uncertainty
+        n = ran(c) - c["equivalent"]
+        if n and sum(c.values()) > ran(c):  # a sample: give its uncertainty
+            # the layer's size without its equivalent mutants, estimated at the sampled rate
+            size = round(sum(c.values()) * n / ran(c))
+            strata.append((c["detected"], n, size))
             lo, hi = wilson(c["detected"], n)
             print(f"{layer}: {n} of {sum(c.values()) - c['equivalent']} mutants run, non-eq. "
                   f"{c['detected'] / n:.0%} (95 % Wilson interval {lo:.0%}-{hi:.0%})")
+    if len(strata) > 1:
+        p, lo, hi = stratified(strata)
+        print(f"whole package (layers weighted by size): non-eq. {p:.1%} "
+              f"(95 % interval {lo:.0%}-{hi:.0%})")
     for name, n in Counter(rule for *_, rule in survivors if rule).most_common():
         print(f"  {n:4d}  {_verdict(name)}: {name.split(': ', 1)[-1]}")
     print("survivors to review:" if not show else "")
@@ -212,15 +254,56 @@ def report(show: bool = False) -> int:
     return 0
 
 
-def sample(n: int, prefix: str, seed: int = 0) -> list[str]:
-    """``n`` mutant names drawn (seeded) among the generated mutants starting with ``prefix``."""
-    names = sorted(name for meta in Path("mutants").rglob("*.py.meta")
-                   for name in json.loads(meta.read_text())["exit_code_by_key"]
-                   if name.startswith(prefix))  # fmt: skip
-    if len(names) < n:
-        raise SystemExit(f"{len(names)} generated mutants start with {prefix!r} (need {n}): "
-                         "run `make mutate` once (any run generates every mutant)")
-    return sorted(random.Random(seed).sample(names, n))
+def _mutant_names() -> list[str]:
+    return sorted(name for meta in Path("mutants").rglob("*.py.meta")
+                  for name in json.loads(meta.read_text())["exit_code_by_key"])  # fmt: skip
+
+
+def generate() -> None:
+    """Make every mutant (as ``mutmut run`` does first) without running any."""
+    from mutmut.__main__ import copy_also_copy_files, copy_src_dir, create_mutants
+    from mutmut.mutation.trampoline import set_mutant_under_test
+    from mutmut.utils.file_utils import setup_source_paths
+
+    set_mutant_under_test("mutant_generation")
+    Path("mutants").mkdir(exist_ok=True)
+    copy_src_dir()
+    copy_also_copy_files()
+    setup_source_paths()
+    create_mutants(1)
+
+
+def sample(n: int, prefix: str | None, seed: int = 0) -> list[str]:
+    """``n`` mutant names drawn (seeded) among the generated mutants starting with ``prefix``;
+    ``prefix=None``: from every layer, ``n`` split in proportion to the layers' mutant counts
+    (largest remainders; at least MIN_PER_LAYER from each, or all of a smaller layer)."""
+    if not list(Path("mutants").rglob("*.py.meta")):
+        generate()
+    names = _mutant_names()
+    if prefix is not None:
+        names = [name for name in names if name.startswith(prefix)]
+        if len(names) < n:
+            raise SystemExit(f"{len(names)} generated mutants start with {prefix!r} (need {n})")
+        return sorted(random.Random(seed).sample(names, n))
+    by_layer: dict[str, list[str]] = defaultdict(list)
+    for name in names:
+        by_layer[layer_of(name)].append(name)
+    floor = {layer: min(MIN_PER_LAYER, len(m)) for layer, m in by_layer.items()}
+    rest = n - sum(floor.values())
+    if rest < 0:
+        raise SystemExit(f"--sample {n} --per-layer: need at least {sum(floor.values())} "
+                         f"({MIN_PER_LAYER} from each of {len(by_layer)} layers)")
+    spare = {layer: len(m) - floor[layer] for layer, m in by_layer.items()}
+    quota = {layer: rest * spare[layer] / sum(spare.values()) for layer in by_layer}
+    take = {layer: floor[layer] + math.floor(quota[layer]) for layer in by_layer}
+    by_remainder = sorted(by_layer, key=lambda x: math.floor(quota[x]) - quota[x])
+    for layer in by_remainder[: n - sum(take.values())]:
+        take[layer] += 1
+    rng = random.Random(seed)
+    picked = [m for layer in sorted(by_layer) for m in rng.sample(by_layer[layer], take[layer])]
+    for layer in sorted(by_layer):
+        print(f"sample: {take[layer]:4d} of {len(by_layer[layer]):5d} mutants of {layer}")
+    return sorted(picked)
 
 
 def main(argv: list[str]) -> int:
@@ -231,7 +314,12 @@ def main(argv: list[str]) -> int:
     from mutmut.__main__ import cli
 
     if argv[:1] == ["--sample"]:
-        argv = sample(int(argv[1]), argv[-1], int(argv[3]) if argv[2:3] == ["--seed"] else 0)
+        rest = argv[2:]
+        seed = int(rest[rest.index("--seed") + 1]) if "--seed" in rest else 0
+        prefix = None if "--per-layer" in rest else rest[-1]
+        if prefix is None and len(rest) not in (1, 3) or prefix is not None and prefix[:2] == "--":
+            raise SystemExit("--sample N [--seed S] (--per-layer | PREFIX)")
+        argv = sample(int(argv[1]), prefix, seed)
     patterns = argv or list(LAYERS)
     try:
         cli(["run", "--max-children", "1", *patterns], standalone_mode=False)
