@@ -23,6 +23,14 @@ class MoESpec:
         renormalize: The chosen experts' probabilities are divided by their sum.
         shared_expert: Every token also passes a shared gated MLP (``hf_mlp.shared_expert``)
             whose output is scaled by ``sigmoid(shared_expert_gate(x))`` and added (Qwen3.5-MoE).
+        scoring: ``"softmax"`` over the router logits, or ``"sigmoid"`` of each chosen
+            expert's logit (Llama 4: top-k of the logits, each scored on its own).
+        weight_input: The routing weight scales the expert's input, not its output (Llama 4).
+        shared_gate: The shared expert's output passes its sigmoid gate (``False``: added as
+            it is, Llama 4).
+        experts_transposed: The fused expert weights are stored ``[expert, d_model, 2 *
+            d_expert]`` / ``[expert, d_expert, d_model]`` (Llama 4) instead of ``[expert, 2 *
+            d_expert, d_model]`` / ``[expert, d_model, d_expert]``.
     """
 
     n_experts: int
@@ -31,6 +39,10 @@ class MoESpec:
     layers: tuple[int, ...]
     renormalize: bool = True
     shared_expert: bool = False
+    scoring: Literal["softmax", "sigmoid"] = "softmax"
+    weight_input: bool = False
+    shared_gate: bool = True
+    experts_transposed: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,6 +110,21 @@ class DecoderSpec:
             them capped. The fused kernels cannot cap, so attention is then always materialised.
         logit_softcap: Logits become ``tanh(logits / cap) * cap`` in ``unembed`` (Gemma 2's
             ``final_logit_softcapping``); ``W_U`` stays the linear map before the cap.
+        rope_pairs: RoPE rotates consecutive pairs of a head's dimensions (Llama 4's complex
+            ``freqs_cis``: the rotary module returns ``cos + i sin`` per pair) instead of its
+            two halves.
+        no_rope_layers: Layers without RoPE (Llama 4's NoPE layers, ``no_rope_layers`` 0).
+        qk_l2_norm: On the RoPE layers, queries and keys pass a weightless RMSNorm (eps
+            ``cfg.eps``) after RoPE (Llama 4's ``use_qk_norm``); ``hook_rot_q`` / ``hook_rot_k``
+            hold them normalised, as the scores read them.
+        attn_temperature: ``(floor_scale, attn_scale)``: on the layers without RoPE, queries
+            are scaled by ``1 + attn_scale * log1p(floor((pos + 1) / floor_scale))`` at rotary
+            position ``pos`` (Llama 4's ``attn_temperature_tuning``; ``hook_rot_q`` holds them
+            scaled).
+        attention_chunk: Chunked local attention (Llama 4's ``attention_chunk_size``) on the
+            layers ``chunked_layers`` lists: a query sees only the keys of its own chunk of
+            ``attention_chunk`` rotary positions (``pos // attention_chunk``).
+        chunked_layers: The layers with chunked attention.
     """
 
     norm_offset: float = 0.0
@@ -115,6 +142,16 @@ class DecoderSpec:
     bidirectional_prefix: bool = False
     position_offset: int = 0
     logit_softcap: float | None = None
+    rope_pairs: bool = False
+    no_rope_layers: tuple[int, ...] = ()
+    qk_l2_norm: bool = False
+    attn_temperature: tuple[float, float] | None = None
+    attention_chunk: int | None = None
+    chunked_layers: tuple[int, ...] = ()
+
+    def chunk(self, layer: int) -> int | None:
+        """The attention chunk of a layer (``None``: not chunked)."""
+        return self.attention_chunk if layer in self.chunked_layers else None
 
 
 @dataclass

@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from lvlm_lens.testing.tiny_llama4 import LLAMA4_KIND, build_llama4_checkpoint
 from lvlm_lens.testing.tiny_smolvlm import SMOLVLM_KIND, build_smolvlm_checkpoint
 
 #: Builder per tiny kind.
 BUILDERS: dict[str, Callable[..., Path]] = {
     SMOLVLM_KIND: build_smolvlm_checkpoint,
+    LLAMA4_KIND: build_llama4_checkpoint,
 }
 #: The kinds of :data:`BUILDERS`.
 MORE_KINDS = tuple(BUILDERS)
