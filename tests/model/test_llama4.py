@@ -11,8 +11,15 @@ import torch
 
 from lvlm_lens import HookedLVLM
 from lvlm_lens.model.blocks import GatedMLP
+from lvlm_lens.model.families.llama4 import (
+    Llama4ImageProcessor,
+    best_fit,
+    fit_without_distortion,
+    llama4_image_string,
+    supported_resolutions,
+)
 from lvlm_lens.model.moe import SparseMoE
-from lvlm_lens.testing.tiny_llama4 import CHUNK, TOP_K
+from lvlm_lens.testing.tiny_llama4 import CHUNK, TOKENS_PER_TILE, TOP_K
 from tests.helpers import PROMPTS, noise_image
 
 LONG = "USER: what is the main object in this image and what is this ? ASSISTANT:"
@@ -108,3 +115,58 @@ def test_attention_temperature_matches_hf_and_its_formula(tiny_checkpoint):
         alone, padded = model(short)[0, -1], model(batch)[1, -1]
     assert (alone - padded).abs().max() <= 1e-4
     assert math.isclose(float(scale[3]), 1 + 0.5 * math.log(2), rel_tol=1e-6)
+
+
+# tiles and their text ------------------------------------------------------------------------
+@pytest.mark.parametrize("aspect", [(1, 1), (1, 2), (2, 1), (2, 2), (1, 4), (3, 1)])
+def test_image_string_is_hfs_prompt_split_image(aspect):
+    from transformers.models.llama4.processing_llama4 import Llama4Processor
+
+    for n in (1, 4, 144):
+        hf = Llama4Processor._prompt_split_image(None, aspect, n)  # reads nothing of self
+        assert llama4_image_string(aspect, n, "<|patch|>") == hf
+
+
+def test_tiling_known_answers():
+    # HF's docstring examples of its helpers
+    assert supported_resolutions(4, 224)[:3] == [(224, 896), (448, 448), (224, 224)]
+    assert set(supported_resolutions(5, 224)) == {
+        (224, 896), (448, 448), (224, 224), (896, 224), (224, 672), (672, 224), (224, 448),
+        (448, 224), (224, 1120), (1120, 224)}  # fmt: skip
+    options = [(224, 672), (672, 224), (224, 448), (448, 224), (224, 224)]
+    assert best_fit((200, 300), options) == (224, 448)
+    assert fit_without_distortion((200, 300), (450, 200)) == (133, 200)  # floor(200 * 2/3)
+    assert fit_without_distortion((800, 600), (450, 1300)) == (450, 337)
+    proc = Llama4ImageProcessor(size={"height": 28, "width": 28}, max_patches=4)
+    pixels, grid = proc.tiles(noise_image(30, 60, 1))  # 30x60 -> a 28x56 canvas: 1x2 tiles
+    assert grid == (1, 2) and pixels.shape == (3, 3, 28, 28)  # two tiles + the global one
+    small, grid = proc.tiles(noise_image(10, 12, 2))  # smaller than a tile: fitted to one,
+    assert grid == (1, 1) and small.shape == (1, 3, 28, 28)  # 10x12 -> 23x28, padded below
+    assert (small[0, :, 23:] == -1).all() and not (small[0, :, 22] == -1).all()
+
+
+def test_batch_of_different_sizes_is_hfs_expansion(tiny_checkpoint):
+    from transformers.models.llama4.processing_llama4 import Llama4Processor
+
+    model = HookedLVLM.from_pretrained(tiny_checkpoint("llama4", chat_template=True))
+    images = [noise_image(30, 60, 1), noise_image(60, 60, 2)]  # 1x2 and 2x2 tiles
+    prompts = ["what is this ?", "what is the main object ?"]
+    inp = model.prepare(images, prompts, template="chat")
+    assert inp.image_tiles.tolist() == [3, 5]
+    tok = model.tokenizer
+    for i, (im, prompt) in enumerate(zip(images, prompts, strict=True)):
+        content = [{"type": "image"}, {"type": "text", "text": prompt}]
+        messages = [{"role": "user", "content": content}]
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        _, grid = model.image_processor.tiles(im)
+        image = Llama4Processor._prompt_split_image(None, grid, TOKENS_PER_TILE)
+        expected = tok(text.replace("<|image|>", image, 1), add_special_tokens=False).input_ids
+        real = inp.attention_mask[i].bool()
+        assert inp.input_ids[i][real].tolist() == expected
+    assert inp.attention_mask[0, 0] == 0  # left-padded: the first has fewer tiles
+    with torch.no_grad():
+        ours, hf = model(inp), _hf(model, inp)
+    real = inp.attention_mask.bool()
+    assert (ours - hf)[real].abs().max() <= 1e-4
+    coords = model.to_str_tokens(inp, 1)
+    assert coords.count("<img 1:0,0>") == 1 and coords.count("<img 0:1,1>") == 1  # tile 1, global
