@@ -170,3 +170,20 @@ def test_batch_of_different_sizes_is_hfs_expansion(tiny_checkpoint):
     assert (ours - hf)[real].abs().max() <= 1e-4
     coords = model.to_str_tokens(inp, 1)
     assert coords.count("<img 1:0,0>") == 1 and coords.count("<img 0:1,1>") == 1  # tile 1, global
+
+
+# refusals -----------------------------------------------------------------------------------
+def test_processor_refusals(tmp_path):
+    (tmp_path / "preprocessor_config.json").write_text('{"do_resize": false}')
+    with pytest.raises(ValueError, match="do_resize=False is not supported"):
+        Llama4ImageProcessor.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="size must be square"):
+        Llama4ImageProcessor(size={"height": 28, "width": 56})
+
+
+def test_text_only_llama4_is_refused_clearly(tiny_checkpoint):
+    from lvlm_lens.model.families import check_supported
+
+    config = HookedLVLM.from_pretrained(tiny_checkpoint("llama4")).hf_model.config
+    with pytest.raises(ValueError, match="unsupported architecture 'llama4_text'"):
+        check_supported(config.text_config)
