@@ -187,3 +187,18 @@ def test_text_only_llama4_is_refused_clearly(tiny_checkpoint):
     config = HookedLVLM.from_pretrained(tiny_checkpoint("llama4")).hf_model.config
     with pytest.raises(ValueError, match="unsupported architecture 'llama4_text'"):
         check_supported(config.text_config)
+
+
+def test_top1_routing_and_temperature_generate_as_hf(tiny_checkpoint):
+    """The real checkpoints' one expert per token; greedy generation past a chunk boundary with
+    the temperature switched on (one unpadded row: HF's column index is the position)."""
+    folder = tiny_checkpoint("llama4", num_experts_per_tok=1, floor_scale=4)
+    model = HookedLVLM.from_pretrained(folder)
+    inp = model.prepare([noise_image(30, 60, 1)], PROMPTS[1])
+    with torch.no_grad():
+        assert (model(inp) - _hf(model, inp)).abs().max() <= 1e-4
+        theirs = model.hf_model.generate(**inp.to_hf(generate=True), max_new_tokens=CHUNK + 2,
+                                         do_sample=False, eos_token_id=None,
+                                         pad_token_id=model.tokenizer.pad_token_id)  # fmt: skip
+    ours = model.generate(inp, max_new_tokens=CHUNK + 2, eos_token_id=[])
+    assert torch.equal(ours, theirs)
