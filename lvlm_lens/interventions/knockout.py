@@ -93,15 +93,16 @@ def _check_keys_left(
     prefix = model.cfg.decoder.bidirectional_prefix  # PaliGemma: the prompt sees itself
     if prefix:
         blocks = prefix_blocks(mask)
-    for window in {model.cfg.sliding_windows[layer] for layer in layers}:
-        allowed = allowed_keys(mask, mask.shape[1], window, blocks, not prefix)[:, None]
+    kind = lambda layer: (model.cfg.sliding_windows[layer], model.cfg.decoder.chunk(layer))  # noqa: E731
+    for window, chunk in {kind(layer) for layer in layers}:  # Llama 4: chunked layers
+        allowed = allowed_keys(mask, mask.shape[1], window, blocks, not prefix, chunk)[:, None]
         lost = (allowed.any(-1) & ~(allowed & ~block).any(-1)).any(1)  # [batch, q]
         if not bool(lost.any()):
             continue
         examples = lost.any(1).nonzero().flatten().tolist()
         hit = lambda g, lost=lost: bool((g.to(lost.device) & lost).any())  # noqa: E731
         groups = [n for n, g in inp.groups.items() if n != "text" and hit(g)]
-        at = [layer for layer in layers if model.cfg.sliding_windows[layer] == window]
+        at = [layer for layer in layers if kind(layer) == (window, chunk)]
         first = lost[examples[0]].nonzero().flatten().tolist()
         raise ValueError(
             f"this knockout leaves query position(s) {first} of example(s) {examples} (token "

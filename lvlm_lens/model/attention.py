@@ -10,6 +10,7 @@ per suffix and grouped-query keys are never repeated.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -104,6 +105,42 @@ def apply_rotary(
     return x * cos + (rotate_pairs(x) if pairs else rotate_half(x)) * sin
 
 
+def apply_rotary_pairs(
+    x: Float[Tensor, "batch pos head d_head"],
+    cos: Float[Tensor, "batch pos half"],
+    sin: Float[Tensor, "batch pos half"],
+) -> Float[Tensor, "batch pos head d_head"]:
+    """Apply rotary position embeddings to consecutive pairs ``(x[2i], x[2i+1])`` of each head
+    (Llama 4's complex convention: each pair times ``cos + i sin``), computed in fp32."""
+    pairs = x.float().unflatten(-1, (-1, 2))
+    a, b = pairs[..., 0], pairs[..., 1]
+    c, s = cos[:, :, None], sin[:, :, None]
+    return torch.stack((a * c - b * s, a * s + b * c), dim=-1).flatten(-2).type_as(x)
+
+
+def rotary_tables(out: Tensor | tuple[Tensor, Tensor], pairs: bool) -> tuple[Tensor, Tensor]:
+    """``(cos, sin)`` from an HF rotary module's output: its own tuple, or (``pairs``, Llama 4)
+    the real and imaginary parts of its complex ``freqs_cis``."""
+    return (out.real, out.imag) if pairs else out
+
+
+def temperature(spec: Any, position_ids: Tensor) -> Float[Tensor, "batch pos 1 1"] | None:
+    """Llama 4's query scale on the layers without RoPE (``spec.attn_temperature``), from the
+    rotary positions ``[batch, pos]``; ``None`` where the decoder has none."""
+    if spec.attn_temperature is None or not spec.no_rope_layers:
+        return None
+    floor_scale, attn_scale = spec.attn_temperature
+    pos = position_ids.float()
+    scale = torch.log1p(torch.floor((pos + 1.0) / floor_scale)) * attn_scale + 1.0
+    return scale[..., None, None]
+
+
+def l2_norm(x: Tensor, eps: float) -> Tensor:
+    """Weightless RMSNorm over the last dimension, in fp32 (Llama 4's q/k norm)."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x)
+
+
 def fold_rows(x: Tensor, batch_kv: int, n_kv: int) -> Tensor:
     """``[B_q, H, s, n] -> [B_kv, H_kv, r*g*s, n]``: query rows grouped by the K/V they read."""
     b, h, s, n = x.shape
@@ -158,9 +195,10 @@ class Attention(AttentionWeights, nn.Module):
     views of them (:mod:`~lvlm_lens.model.weights`).
     """
 
-    def __init__(self, cfg: LVLMConfig, hf_attn: nn.Module):
+    def __init__(self, cfg: LVLMConfig, hf_attn: nn.Module, layer: int = 0):
         super().__init__()
         self.cfg = cfg
+        self.rope = layer not in cfg.decoder.no_rope_layers  # Llama 4: NoPE layers
         self.q_proj, self.k_proj = hf_attn.q_proj, hf_attn.k_proj
         self.v_proj, self.o_proj = hf_attn.v_proj, hf_attn.o_proj
         self.scaling = float(getattr(hf_attn, "scaling", cfg.d_head**-0.5))
@@ -276,6 +314,7 @@ class Attention(AttentionWeights, nn.Module):
         mask: Float[Tensor, "batch head_or_1 pos k_pos"],
         past: list[Segment] | None = None,
         alt: SelfAlternative | None = None,
+        q_scale: Float[Tensor, "batch pos 1 1"] | None = None,
     ) -> tuple[Float[Tensor, "batch pos d_model"], KV]:
         """Attend from ``x`` to the cached segments ``past`` and to ``x`` itself.
 
@@ -288,6 +327,7 @@ class Attention(AttentionWeights, nn.Module):
             mask: Additive mask over ``[past..., new]`` keys (0 keeps, dtype minimum blocks).
             past: Cached segments (post-RoPE keys), each of batch ``B / r``.
             alt: Alternative keys/values at some of the new tokens' own positions.
+            q_scale: Query scale of a layer without RoPE (Llama 4's temperature tuning).
 
         Returns:
             The attention output and this call's own ``(key, value)``, ``[B, H_kv, pos, d_head]``.
@@ -312,9 +352,19 @@ class Attention(AttentionWeights, nn.Module):
             v = self.hook_v(self.v_proj(x).view(b, s, cfg.n_key_value_heads, cfg.d_head))
         if cfg.decoder.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        pairs = cfg.decoder.rotary_pairs
-        q = self.hook_rot_q(apply_rotary(q, cos, sin, pairs)).transpose(1, 2)
-        k = self.hook_rot_k(apply_rotary(k, cos, sin, pairs)).transpose(1, 2)
+        spec = cfg.decoder
+        if self.rope:
+            if spec.rope_pairs:  # Llama 4: complex tables, half-size
+                q, k = apply_rotary_pairs(q, cos, sin), apply_rotary_pairs(k, cos, sin)
+            else:  # halves, or GLM's adjacent pairs on full-size tables
+                pairs = spec.rotary_pairs
+                q, k = apply_rotary(q, cos, sin, pairs), apply_rotary(k, cos, sin, pairs)
+            if spec.qk_l2_norm:  # Llama 4: after RoPE, on the RoPE layers
+                q, k = l2_norm(q, cfg.eps), l2_norm(k, cfg.eps)
+        elif q_scale is not None:
+            q = (q * q_scale).to(q.dtype)
+        q = self.hook_rot_q(q).transpose(1, 2)
+        k = self.hook_rot_k(k).transpose(1, 2)
         v = v.transpose(1, 2)
         own = Segment(k, v)
         if alt is not None:

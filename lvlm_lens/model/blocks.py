@@ -29,7 +29,7 @@ class GatedMLP(nn.Module):
         else:
             self.gate_proj, self.up_proj = hf_mlp.gate_proj, hf_mlp.up_proj
         self.down_proj = hf_mlp.down_proj
-        # the checkpoint's own activation module (GLM names it activation_fn)
+        # the checkpoint's own activation module (GLM and Llama 4 name it activation_fn)
         self.act = hf_mlp.act_fn if hasattr(hf_mlp, "act_fn") else hf_mlp.activation_fn
         self.hook_pre = HookPoint()
         self.hook_pre_linear = HookPoint()
@@ -96,10 +96,11 @@ class TransformerBlock(nn.Module):
         lin = spec.linear_attention  # Qwen3.5: Gated-DeltaNet in the layers it lists
         self.linear = lin is not None and layer in lin.layers
         self.attn = (GatedDeltaNet(cfg, lin, hf_layer.linear_attn) if self.linear
-                     else Attention(cfg, hf_layer.self_attn))  # fmt: skip
+                     else Attention(cfg, hf_layer.self_attn, layer))  # fmt: skip
         moe = spec.moe
         sparse = moe is not None and layer in moe.layers
-        self.mlp = SparseMoE(moe, hf_layer.mlp) if sparse else GatedMLP(cfg, hf_layer.mlp)
+        hf_mlp = hf_layer.mlp if hasattr(hf_layer, "mlp") else hf_layer.feed_forward  # Llama 4
+        self.mlp = SparseMoE(moe, hf_mlp) if sparse else GatedMLP(cfg, hf_mlp)
         self.sandwich = spec.sandwich_norms
         if self.sandwich:
             post_attn, pre_mlp, post_mlp = spec.sandwich_norm_names
@@ -127,17 +128,20 @@ class TransformerBlock(nn.Module):
         past: list[Segment] | None = None,
         alt: SelfAlternative | None = None,
         extra: Float[Tensor, "batch pos d_model"] | None = None,
+        q_scale: Tensor | None = None,
     ) -> tuple[Float[Tensor, "batch pos d_model"], KV]:
         """Run the block; returns the new residual stream and this block's new ``(key, value)``.
 
         ``extra`` (Qwen3-VL's DeepStack features) is added to the residual stream after the
         block, through ``hook_deepstack``, as part of ``hook_mlp_out`` (summed after the MLP's
-        residual add, as in HF, unless a hook edits ``hook_mlp_out``)."""
+        residual add, as in HF, unless a hook edits ``hook_mlp_out``); ``q_scale`` is the
+        attention's query scale on a layer without RoPE (Llama 4's temperature tuning)."""
         cfg = self.cfg
         resid_pre = self.hook_resid_pre(x)
         split = (cfg.use_attn_in or cfg.use_split_qkv_input) and not self.linear
         attn_in = self.per_head_inputs(resid_pre) if split else self.ln1(resid_pre)
-        attn_out, kv = self.attn(attn_in, cos, sin, mask, past, alt)
+        attn_out, kv = (self.attn(attn_in, cos, sin, mask, past, alt) if self.linear
+                        else self.attn(attn_in, cos, sin, mask, past, alt, q_scale))  # fmt: skip
         if self.sandwich:
             attn_out = self.ln1_post(attn_out)
         resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(attn_out))

@@ -24,16 +24,21 @@ class MoESpec:
         shared_expert: Every token also passes a shared gated MLP (``hf_mlp.shared_expert``)
             whose output is scaled by ``sigmoid(shared_expert_gate(x))`` and added (Qwen3.5-MoE).
         shared_module: The HF attribute of the shared MLP (GLM-4.5V: ``shared_experts``).
-        shared_gated: The shared MLP's output is scaled by its sigmoid gate (GLM-4.5V: added
-            as it is).
+        shared_gated: The shared MLP's output is scaled by its sigmoid gate (GLM-4.5V, Llama 4:
+            added as it is).
         scoring: ``"softmax"`` over the router logits (Qwen), or ``"sigmoid"`` of each logit
-            computed in fp32 (GLM-4.5V's DeepSeek-style router).
+            computed in fp32 (GLM-4.5V's DeepSeek-style router; Llama 4's, whose unchosen
+            experts then weigh nothing).
         choice_bias: The router's ``e_score_correction_bias`` is added to the scores for the
             choice of experts only (the weights stay the unbiased scores).
         n_group: Experts are split into this many groups; only the ``topk_group`` groups of
             largest sum of their two best (biased) scores are eligible.
         topk_group: See ``n_group``.
         routed_scaling: Factor on the chosen experts' weights (after any renormalisation).
+        weight_input: The routing weight scales the expert's input, not its output (Llama 4).
+        experts_transposed: The fused expert weights are stored ``[expert, d_model, 2 *
+            d_expert]`` / ``[expert, d_expert, d_model]`` (Llama 4) instead of ``[expert, 2 *
+            d_expert, d_model]`` / ``[expert, d_model, d_expert]``.
     """
 
     n_experts: int
@@ -49,6 +54,8 @@ class MoESpec:
     n_group: int = 1
     topk_group: int = 1
     routed_scaling: float = 1.0
+    weight_input: bool = False
+    experts_transposed: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,21 @@ class DecoderSpec:
             ``gate_up_proj`` (gate rows first, GLM-4.1V), run as one matmul and split, as HF.
         logit_softcap: Logits become ``tanh(logits / cap) * cap`` in ``unembed`` (Gemma 2's
             ``final_logit_softcapping``); ``W_U`` stays the linear map before the cap.
+        rope_pairs: RoPE rotates consecutive pairs of a head's dimensions (Llama 4's complex
+            ``freqs_cis``: the rotary module returns ``cos + i sin`` per pair) instead of its
+            two halves.
+        no_rope_layers: Layers without RoPE (Llama 4's NoPE layers, ``no_rope_layers`` 0).
+        qk_l2_norm: On the RoPE layers, queries and keys pass a weightless RMSNorm (eps
+            ``cfg.eps``) after RoPE (Llama 4's ``use_qk_norm``); ``hook_rot_q`` / ``hook_rot_k``
+            hold them normalised, as the scores read them.
+        attn_temperature: ``(floor_scale, attn_scale)``: on the layers without RoPE, queries
+            are scaled by ``1 + attn_scale * log1p(floor((pos + 1) / floor_scale))`` at rotary
+            position ``pos`` (Llama 4's ``attn_temperature_tuning``; ``hook_rot_q`` holds them
+            scaled).
+        attention_chunk: Chunked local attention (Llama 4's ``attention_chunk_size``) on the
+            layers ``chunked_layers`` lists: a query sees only the keys of its own chunk of
+            ``attention_chunk`` rotary positions (``pos // attention_chunk``).
+        chunked_layers: The layers with chunked attention.
     """
 
     norm_offset: float = 0.0
@@ -146,6 +168,16 @@ class DecoderSpec:
     position_offset: int = 0
     logit_softcap: float | None = None
     fused_gate_up: bool = False
+    rope_pairs: bool = False
+    no_rope_layers: tuple[int, ...] = ()
+    qk_l2_norm: bool = False
+    attn_temperature: tuple[float, float] | None = None
+    attention_chunk: int | None = None
+    chunked_layers: tuple[int, ...] = ()
+
+    def chunk(self, layer: int) -> int | None:
+        """The attention chunk of a layer (``None``: not chunked)."""
+        return self.attention_chunk if layer in self.chunked_layers else None
 
 
 @dataclass

@@ -14,7 +14,7 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
 from lvlm_lens.model.analysis import AnalysisMixin, with_bound_images
-from lvlm_lens.model.attention import Segment, SelfAlternative
+from lvlm_lens.model.attention import Segment, SelfAlternative, rotary_tables, temperature
 from lvlm_lens.model.blocks import Embed, RMSNorm, TransformerBlock, Unembed
 from lvlm_lens.model.caching import CachingMixin
 from lvlm_lens.model.config import LVLMConfig
@@ -91,7 +91,7 @@ class HookedLVLM(
             TransformerBlock(cfg, layer, i) for i, layer in enumerate(lm.layers)
         )
         self.ln_final = RMSNorm(lm.norm, cfg.decoder.norm_offset)
-        self.unembed = Unembed(hf_model.lm_head, cfg.decoder.logit_softcap)
+        self.unembed = Unembed(hf_model.get_output_embeddings(), cfg.decoder.logit_softcap)
         self.rotary_emb = lm.rotary_emb
         self.tokenizer = tokenizer
         self.image_text = image_text(hf_model.config, tokenizer)
@@ -244,16 +244,20 @@ class HookedLVLM(
         if position_ids is None:
             offset = self.cfg.decoder.position_offset - 1  # PaliGemma: positions from 1
             position_ids = (start + mask_new.cumsum(-1) + offset).masked_fill(mask_new == 0, 1)
-        per_type = self.cfg.decoder.rope_per_layer_type  # Gemma 3: local and global rope bases
+        spec = self.cfg.decoder
+        per_type = spec.rope_per_layer_type  # Gemma 3: local and global rope bases
         rotary = (
             {t: self.rotary_emb(x, position_ids, t) for t in set(self.cfg.layer_types)}
             if per_type
-            else {None: self.rotary_emb(x, position_ids)}
+            else {None: rotary_tables(self.rotary_emb(x, position_ids), spec.rope_pairs)}
         )
+        q_scale = temperature(spec, position_ids)
+        kinds = {layer: (self.cfg.sliding_windows[layer], spec.chunk(layer))
+                 for layer in range(len(self.blocks))}  # fmt: skip
         masks = {
-            w: causal_mask(key_mask, s, x.dtype, w, layout.image_blocks,
-                           windowed_blocks=not self.cfg.decoder.bidirectional_prefix)
-            for w in set(self.cfg.sliding_windows)
+            (w, c): causal_mask(key_mask, s, x.dtype, w, layout.image_blocks,
+                                windowed_blocks=not spec.bidirectional_prefix, chunk=c)
+            for w, c in set(kinds.values())
         }
         new_kvs = []
         for layer, block in enumerate(self.blocks[:stop_at_layer]):
@@ -267,9 +271,9 @@ class HookedLVLM(
                 other = None if select is None or alts is None else alts[layer]
                 past = RecurrentPast(states[layer], other, None if other is None else select)
             elif cache is not None:
-                window = self.cfg.sliding_windows[layer]
+                local = [n for n in kinds[layer] if n is not None]  # window, chunk
                 seg = Segment(cache.keys[layer], cache.values[layer],
-                              mask_rows_alike=window is None or cache.length + s <= window)
+                              mask_rows_alike=all(cache.length + s <= n for n in local))
                 if select is not None and cache.alt_keys is not None:
                     index = None if switch.index is None else switch.index[layer]
                     seg = replace(seg, k_alt=cache.alt_keys[layer],
@@ -281,7 +285,7 @@ class HookedLVLM(
             cos, sin = rotary[self.cfg.layer_types[layer] if per_type else None]
             deep = layout.deepstack
             extra = deep[layer] if deep is not None and layer < len(deep) else None
-            x, kv = block(x, cos, sin, masks[self.cfg.sliding_windows[layer]], past, alt, extra)
+            x, kv = block(x, cos, sin, masks[kinds[layer]], past, alt, extra, q_scale)
             new_kvs.append(kv)
         return x, new_kvs
 

@@ -81,7 +81,7 @@ def config_from_hf(hf_model: nn.Module, name: str = "") -> LVLMConfig:
                     if hasattr(la, "self_attn")).head_dim,  # Qwen3.5: layer 0 may be linear
         d_model=tc.hidden_size,
         d_mlp=getattr(tc, "intermediate_size", None) or tc.moe_intermediate_size,  # all-MoE
-        d_vocab=hf_model.lm_head.out_features,
+        d_vocab=hf_model.get_output_embeddings().out_features,
         n_key_value_heads=getattr(tc, "num_key_value_heads", None) or n_heads,
         eps=tc.rms_norm_eps,
         act_fn=getattr(tc, "hidden_act", None) or tc.hidden_activation,
@@ -189,7 +189,9 @@ def load_pretrained(
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kw)
         what = "image processor"
-        image_processor = AutoImageProcessor.from_pretrained(name_or_path, **kw)
+        own = FAMILIES[config.model_type].load_image_processor  # Llama 4: no torchvision
+        image_processor = (own(name_or_path) if own is not None
+                           else AutoImageProcessor.from_pretrained(name_or_path, **kw))
     except (OSError, ValueError, TypeError) as err:
         raise ValueError(
             f"{name_or_path}: its {what} does not load ({' '.join(str(err).split())[:200]}): "

@@ -14,6 +14,7 @@ def allowed_keys(
     window: int | None = None,
     blocks: Int[Tensor, "batch pos"] | None = None,
     windowed_blocks: bool = True,
+    chunk: int | None = None,
 ) -> Bool[Tensor, "batch pos k_pos"]:
     """Keys each query may attend to (causal, not padding, within the sliding window).
 
@@ -24,7 +25,10 @@ def allowed_keys(
     ``windowed_blocks`` the window still bounds how far back a query sees, as Gemma 3's
     ``AND(window, OR(causal, block))``; without, a block is seen whole past the window, as HF's
     ``OR(AND(window, causal), block)`` of ``create_sliding_window_causal_mask`` (PaliGemma 2).
-    Blocks never span cached keys and new tokens.
+    Blocks never span cached keys and new tokens. With ``chunk`` (Llama 4's chunked local
+    attention) a query sees only keys of its own chunk: ``pos // chunk`` equal, ``pos`` the
+    count of real keys before it (its rotary position; HF's ``chunked_overlay`` after the
+    left padding).
     """
     n_keys = key_mask.shape[1]
     q_idx = torch.arange(n_keys - n_queries, n_keys, device=key_mask.device)[:, None]
@@ -39,6 +43,9 @@ def allowed_keys(
     allowed = allowed & key_mask.bool()[:, None, :]
     if window is not None and windowed_blocks:
         allowed = allowed & (k_idx > q_idx - window)[None]
+    if chunk is not None:
+        ids = (key_mask.long().cumsum(-1) - 1).clamp(min=0) // chunk  # [batch, k_pos]
+        allowed = allowed & (ids[:, n_keys - n_queries :, None] == ids[:, None, :])
     return allowed
 
 
@@ -49,9 +56,10 @@ def causal_mask(
     window: int | None = None,
     blocks: Int[Tensor, "batch pos"] | None = None,
     windowed_blocks: bool = True,
+    chunk: int | None = None,
 ) -> Float[Tensor, "batch 1 pos k_pos"]:
     """Additive form of :func:`allowed_keys`: 0 where allowed, the dtype minimum elsewhere."""
-    allowed = allowed_keys(key_mask, n_queries, window, blocks, windowed_blocks)
+    allowed = allowed_keys(key_mask, n_queries, window, blocks, windowed_blocks, chunk)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=key_mask.device)
     return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 

@@ -1,22 +1,27 @@
-"""The sparse mixture-of-experts MLP (Qwen3-VL-MoE), with TransformerLens-named routing hooks.
+"""The sparse mixture-of-experts MLP (Qwen3-VL-MoE, Qwen3.5-MoE, Llama 4), with
+TransformerLens-named routing hooks.
 
 Hooks of ``blocks.{l}.mlp`` on a sparse layer:
 
 - ``hook_router_logits`` ``[batch, pos, expert]``: the router's logits (TransformerLens 4's
   bridge fires them on ``mlp.gate.hook_out``).
 - ``hook_expert_weights`` ``[batch, pos, expert]``: the routing probabilities over every expert,
-  before the top-k choice, as HookedTransformer's MoE; an edit re-routes the token.
+  before the top-k choice, as HookedTransformer's MoE (softmax; Llama 4: the sigmoid of each
+  logit); an edit re-routes the token.
 - ``hook_expert_indices`` ``[batch, pos, top_k]``: the chosen experts, most probable first, as
   HookedTransformer's; an edit sends the token to other experts (with their probabilities).
 - ``hook_expert_out`` ``[batch, pos, top_k, d_model]``: each chosen expert's output times its
-  routing weight, in the order of ``hook_expert_indices``; they sum to the MLP's output (plus
-  the shared expert's, where there is one).
-- With a shared expert (Qwen3.5-MoE): ``hook_shared_gate`` ``[batch, pos, 1]``, its gate's logit
-  (before the sigmoid), and ``hook_shared_out`` ``[batch, pos, d_model]``, its gated output.
+  routing weight (Llama 4: its output on the input times that weight), in the order of
+  ``hook_expert_indices``; they sum to the MLP's output (plus the shared expert's, where there
+  is one).
+- With a shared expert (Qwen3.5-MoE, Llama 4): ``hook_shared_out`` ``[batch, pos, d_model]``,
+  its (gated) output, and where it is gated (Qwen3.5-MoE) ``hook_shared_gate`` ``[batch, pos,
+  1]``, its gate's logit (before the sigmoid).
 
 The weights stay the HF modules' own (router ``[expert, d_model]``, fused gate/up
-``[expert, 2 * d_expert, d_model]``, down ``[expert, d_model, d_expert]``); ``W_gate``,
-``W_in`` and ``W_out`` are TransformerLens-shaped views per expert.
+``[expert, 2 * d_expert, d_model]``, down ``[expert, d_model, d_expert]``, or the transposes
+where ``experts_transposed``); ``W_gate``, ``W_in`` and ``W_out`` are TransformerLens-shaped
+views per expert.
 """
 
 from __future__ import annotations
@@ -33,14 +38,16 @@ __all__ = ["SparseMoE"]
 
 
 class SparseMoE(nn.Module):
-    """A linear router, softmax (or GLM-4.5V's sigmoid with a choice bias and group-limited
-    choice), top-k routing and gated-MLP experts (HF's ``Qwen3VLMoeTextSparseMoeBlock``,
-    ``Glm4vMoeTextMoE``), computed expert by expert on the tokens routed to it."""
+    """A linear router, softmax (or sigmoid: GLM-4.5V's with a choice bias and group-limited
+    choice, Llama 4's) scores, top-k routing and gated-MLP experts (HF's
+    ``Qwen3VLMoeTextSparseMoeBlock``, ``Glm4vMoeTextMoE``, ``Llama4TextMoe``), computed expert by
+    expert on the tokens routed to it."""
 
     def __init__(self, spec: MoESpec, hf_mlp: nn.Module):
         super().__init__()
         self.spec = spec
-        self.router = hf_mlp.gate  # weight [expert, d_model]
+        # weight [expert, d_model] (Llama 4 names it router)
+        self.router = hf_mlp.gate if hasattr(hf_mlp, "gate") else hf_mlp.router
         self.experts = hf_mlp.experts  # gate_up_proj, down_proj, act_fn
         for name in ("router_logits", "expert_weights", "expert_indices", "expert_out"):
             setattr(self, f"hook_{name}", HookPoint())
@@ -52,6 +59,14 @@ class SparseMoE(nn.Module):
                 self.hook_shared_gate = HookPoint()
             self.hook_shared_out = HookPoint()
 
+    def _gate_up(self) -> Float[Tensor, "expert two_d_expert d_model"]:
+        w = self.experts.gate_up_proj
+        return w.transpose(1, 2) if self.spec.experts_transposed else w
+
+    def _down(self) -> Float[Tensor, "expert d_model d_expert"]:
+        w = self.experts.down_proj
+        return w.transpose(1, 2) if self.spec.experts_transposed else w
+
     @property
     def W_router(self) -> Float[Tensor, "d_model expert"]:
         """The router's weight (logits are ``x @ W_router``)."""
@@ -60,17 +75,17 @@ class SparseMoE(nn.Module):
     @property
     def W_gate(self) -> Float[Tensor, "expert d_model d_expert"]:
         """Each expert's gate projection."""
-        return self.experts.gate_up_proj[:, : self.spec.d_expert].transpose(1, 2)
+        return self._gate_up()[:, : self.spec.d_expert].transpose(1, 2)
 
     @property
     def W_in(self) -> Float[Tensor, "expert d_model d_expert"]:
         """Each expert's up (linear) projection."""
-        return self.experts.gate_up_proj[:, self.spec.d_expert :].transpose(1, 2)
+        return self._gate_up()[:, self.spec.d_expert :].transpose(1, 2)
 
     @property
     def W_out(self) -> Float[Tensor, "expert d_expert d_model"]:
         """Each expert's down projection."""
-        return self.experts.down_proj.transpose(1, 2)
+        return self._down().transpose(1, 2)
 
     @property
     def b_in(self) -> Float[Tensor, "expert d_expert"]:
@@ -80,7 +95,7 @@ class SparseMoE(nn.Module):
     @property
     def b_out(self) -> Float[Tensor, " d_model"]:
         """Zeros: the experts have no biases."""
-        return self.experts.down_proj.new_zeros(self.experts.down_proj.shape[1])
+        return self.experts.down_proj.new_zeros(self._down().shape[1])
 
     def route(
         self, x: Float[Tensor, "batch pos d_model"]
@@ -92,11 +107,14 @@ class SparseMoE(nn.Module):
         else:
             logits = F.linear(x, self.router.weight)
         logits = self.hook_router_logits(logits)
-        probs = (torch.sigmoid(logits) if spec.scoring == "sigmoid"
-                 else F.softmax(logits, dim=-1, dtype=torch.float32))  # fmt: skip
-        probs = self.hook_expert_weights(probs)
-        index = self.hook_expert_indices(torch.topk(self.choice_scores(probs), spec.top_k,
-                                                    dim=-1).indices)
+        sigmoid = spec.scoring == "sigmoid"
+        probs = self.hook_expert_weights(
+            torch.sigmoid(logits.float()) if sigmoid
+            else F.softmax(logits, dim=-1, dtype=torch.float32))  # fmt: skip
+        plain = sigmoid and not spec.choice_bias and spec.n_group <= 1
+        # Llama 4 ranks the logits themselves (no ties where the sigmoid saturates)
+        ranked = logits if plain else self.choice_scores(probs)
+        index = self.hook_expert_indices(torch.topk(ranked, spec.top_k, dim=-1).indices)
         weight = probs.gather(-1, index)  # the top-k values, or those of edited indices
         if spec.renormalize:
             weight = weight / weight.sum(dim=-1, keepdim=True)
@@ -124,12 +142,14 @@ class SparseMoE(nn.Module):
         slots_of = index.reshape(-1, k)
         w = weight.reshape(-1, k)
         out = x.new_zeros(b * s, k, d)
-        gate_up, down = self.experts.gate_up_proj, self.experts.down_proj
+        gate_up, down = self._gate_up(), self._down()
+        on_input = self.spec.weight_input  # Llama 4: the weight scales the expert's input
         for e in torch.unique(slots_of).tolist():
             rows, slots = torch.where(slots_of == e)
-            gate, up = F.linear(flat[rows], gate_up[e]).chunk(2, dim=-1)
+            xe = flat[rows] * w[rows, slots, None] if on_input else flat[rows]
+            gate, up = F.linear(xe, gate_up[e]).chunk(2, dim=-1)
             y = F.linear(self.experts.act_fn(gate) * up, down[e])
-            out[rows, slots] = y * w[rows, slots, None]
+            out[rows, slots] = y if on_input else y * w[rows, slots, None]
         per_expert = self.hook_expert_out(out.view(b, s, k, d))
         # summed in increasing expert order, the order HF accumulates them in
         order = index.argsort(dim=-1, stable=True)[..., None].expand(-1, -1, -1, d)
@@ -142,9 +162,10 @@ class SparseMoE(nn.Module):
         return total
 
     def shared(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        """The shared expert's gated MLP output, scaled by its sigmoid gate."""
+        """The shared expert's gated MLP output, scaled by its sigmoid gate where it has one."""
         mlp = self.shared_expert
-        h = mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
+        act = mlp.act_fn if hasattr(mlp, "act_fn") else mlp.activation_fn  # Llama 4's name
+        h = mlp.down_proj(act(mlp.gate_proj(x)) * mlp.up_proj(x))
         if not self.spec.shared_gated:
             return self.hook_shared_out(h)
         gate = self.hook_shared_gate(self.shared_expert_gate(x))

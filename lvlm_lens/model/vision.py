@@ -33,7 +33,9 @@ class VisionSide(nn.Module):
 
     def __init__(self, hf_model: nn.Module):
         super().__init__()
-        object.__setattr__(self, "_inner", hf_model.model)  # not registered: its LM is ours
+        # not registered: its LM is ours (Llama 4 has no inner model: the whole one)
+        inner = hf_model.model if hasattr(hf_model, "model") else hf_model
+        object.__setattr__(self, "_inner", inner)
         self.config = hf_model.config
         self.lvlm_type = hf_model.config.model_type
 

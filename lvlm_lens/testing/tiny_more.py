@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 
 from lvlm_lens.testing.tiny_glm4v import GLM4V_KIND, GLM4V_MOE_KIND, build_glm4v_checkpoint
+from lvlm_lens.testing.tiny_llama4 import LLAMA4_KIND, build_llama4_checkpoint
 from lvlm_lens.testing.tiny_smolvlm import SMOLVLM_KIND, build_smolvlm_checkpoint
 
 #: Builder per tiny kind.
@@ -19,6 +20,7 @@ BUILDERS: dict[str, Callable[..., Path]] = {
     SMOLVLM_KIND: build_smolvlm_checkpoint,
     GLM4V_KIND: build_glm4v_checkpoint,
     GLM4V_MOE_KIND: partial(build_glm4v_checkpoint, moe=True),
+    LLAMA4_KIND: build_llama4_checkpoint,
 }
 #: The kinds of :data:`BUILDERS`.
 MORE_KINDS = tuple(BUILDERS)

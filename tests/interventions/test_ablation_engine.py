@@ -184,6 +184,7 @@ FAMILY_KINDS += ["qwen3-vl-moe"]
 FAMILY_KINDS += ["llava-onevision-1.5"]
 FAMILY_KINDS += ["smolvlm2"]
 FAMILY_KINDS += ["glm4v", "glm4v-moe"]
+FAMILY_KINDS += ["llama4"]
 
 
 @pytest.fixture(scope="module", params=FAMILY_KINDS)

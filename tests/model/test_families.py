@@ -17,6 +17,7 @@ KINDS += ["qwen3-vl-moe"]
 KINDS += ["llava-onevision-1.5"]
 KINDS += ["qwen3.5", "qwen3.5-moe", "paligemma2", "smolvlm2"]
 KINDS += ["glm4v", "glm4v-moe"]
+KINDS += ["llama4"]
 IMAGES = [noise_image(20, 28, 1), noise_image(30, 18, 2)]
 
 
@@ -63,7 +64,7 @@ def test_to_hf_has_the_family_inputs(fam):
     qwen_like = "qwen" in kind or kind.startswith("glm4v")
     extra = {"image_grid_thw", "mm_token_type_ids"} if qwen_like else {"token_type_ids"}
     tiles = {"pixel_attention_mask"}
-    extra = {"internvl": set(), "idefics3": tiles, "smolvlm2": tiles,
+    extra = {"internvl": set(), "idefics3": tiles, "smolvlm2": tiles, "llama4": set(),
              "llava-onevision-1.5": {"image_grid_thw"}}.get(kind, extra)  # fmt: skip
     assert set(kw) == {"input_ids", "attention_mask", "position_ids", "pixel_values"} | extra
     for key in extra & {"token_type_ids", "mm_token_type_ids"}:
@@ -84,6 +85,8 @@ def test_groups_and_grid_coordinates(fam):
     if kind in ("idefics3", "smolvlm2"):  # 20x28 -> 68x96 px: 3x3 tiles 1-9, then global (0)
         tiles = [*range(1, 10), 0]
         cells = [f"<img {t}:{r},{c}>" for t in tiles for r in range(4) for c in range(4)]
+    if kind == "llama4":  # 20x28 fits one 28-px tile: 2x2 tokens, no global tile
+        cells = [f"<img 0:{r},{c}>" for r in range(2) for c in range(2)]
     assert [s for s in strs if s.startswith("<img ")] == cells
     question = [t for t, q in zip(inp.input_ids[0], inp.groups["question"][0], strict=True) if q]
     words = model.tokenizer.convert_ids_to_tokens(question)
@@ -92,7 +95,7 @@ def test_groups_and_grid_coordinates(fam):
     marker = {
         "gemma3": "<end_of_image>", "internvl": "</img>", "idefics3": "<row_3_col_3>",
         "paligemma2": "<s>", "smolvlm2": "<row_3_col_3>", "glm4v": "<|end_of_image|>",
-        "glm4v-moe": "<|end_of_image|>",
+        "glm4v-moe": "<|end_of_image|>", "llama4": "<|image_end|>",
     }.get(kind, "<|vision_end|>")  # fmt: skip
     assert marker in role and "ASSISTANT" in role
 

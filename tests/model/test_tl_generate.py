@@ -22,6 +22,7 @@ FAMILIES = ["llava-llama", "llava-onevision-qwen2", "llava-next-mistral", "qwen2
             "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl", "idefics3"]
 FAMILIES += ["qwen3.5", "qwen3.5-moe"]
 FAMILIES += ["glm4v", "glm4v-moe"]
+FAMILIES += ["llama4"]
 
 
 @pytest.fixture(scope="module", params=["toy", "qwen2-gqa"])

@@ -21,6 +21,7 @@ from lvlm_lens.model.families import (
     glm4v,
     idefics3,
     internvl,
+    llama4,
     llava,
     llava_next,
     llava_onevision,
@@ -50,6 +51,7 @@ MODULES += (qwen3_vl_moe,)
 MODULES += (llava_onevision1_5,)
 MODULES += (qwen3_5, qwen3_5_moe, paligemma, smolvlm)
 MODULES += (glm4v,)
+MODULES += (llama4,)
 #: The supported families by HF ``config.model_type``.
 FAMILIES: dict[str, Family] = {t: f for m in MODULES for t, f in m.BY_MODEL_TYPE.items()}
 #: HF multimodal architectures we wrap, by ``config.model_type``.

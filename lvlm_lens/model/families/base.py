@@ -63,7 +63,10 @@ def default_image_text(config: Any, tokenizer: Any) -> ImageText:
 
 def language_model(hf_model: nn.Module) -> nn.Module:
     """The HF language model (decoder layers, norm, embedding, rotary) inside a multimodal one:
-    ``model.language_model``, or ``model.text_model`` where a family names it so (Idefics3)."""
+    ``model.language_model``, or ``model.text_model`` where a family names it so (Idefics3);
+    ``language_model.model`` of a model with no ``model`` (Llama 4)."""
+    if not hasattr(hf_model, "model"):
+        return hf_model.language_model.model
     inner = hf_model.model
     return inner.language_model if hasattr(inner, "language_model") else inner.text_model
 
@@ -104,6 +107,8 @@ class Family:
         own_mask: The HF model builds its text model's mask itself, so the text config's
             ``use_bidirectional_attention`` (PaliGemma's, set for backward compatibility) is
             not refused.
+        load_image_processor: ``f(folder) -> image processor``, where the family's own replaces
+            ``AutoImageProcessor`` (Llama 4's: HF's needs torchvision).
     """
 
     name: str
@@ -119,6 +124,7 @@ class Family:
     tiny_kinds: tuple[str, ...] = ()
     hf_extra: Callable[[Any, dict], dict] | None = None
     own_mask: bool = False
+    load_image_processor: Callable[[str], Any] | None = None
 
 
 #: Display names of the language backbones (``text_config.model_type``) in error messages.
