@@ -265,7 +265,9 @@ class HookedLVLM(
             if states is not None and states[layer] is not None:  # a linear-attention layer
                 alts = cache.alt_states
                 other = None if select is None or alts is None else alts[layer]
-                past = RecurrentPast(states[layer], other, None if other is None else select)
+                index = None if other is None or switch.index is None else switch.index[layer]
+                past = RecurrentPast(states[layer], other, None if other is None else select,
+                                     index)
             elif cache is not None:
                 window = self.cfg.sliding_windows[layer]
                 seg = Segment(cache.keys[layer], cache.values[layer],
