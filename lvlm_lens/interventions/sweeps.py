@@ -9,7 +9,9 @@ and layers from ``l`` on, attending to the cached keys/values of the earlier pos
 patches of one layer run as rows of one batch that all continue the same cached prefix (the
 attention reads it in place, never copied per row). A patch whose clean values equal the
 corrupted ones (text before the image when only the image differs) changes nothing and is not
-run: its value is the corrupted metric.
+run: its value is the corrupted metric. On a model with linear-attention layers (Qwen3.5) the
+cache holds their recurrent state only after the whole run, so every patched run recomputes
+all positions (from its layer on): the layer skipping applies, the position skipping does not.
 
 Single-position sweeps give what ``transformer_lens.patching.get_act_patch_resid_pre`` (and
 ``_resid_mid``, ``_attn_out``, ``_mlp_out``) give; knockout sweeps what
@@ -120,9 +122,13 @@ def _record(model: Any, inp: LVLMInput, names: list[str]):
     return resid, cache, store
 
 
-def _block_start(layout: TokenLayout, p0: int) -> int:
+def _block_start(layout: TokenLayout, p0: int, cache: KVCache) -> int:
     """``p0``, moved back to the start of a bidirectional image block it falls inside (the
-    block's earlier tokens attend to its later ones, so they change too)."""
+    block's earlier tokens attend to its later ones, so they change too); 0 where the cache
+    holds a linear-attention layer's recurrent state (Qwen3.5), which exists only after the
+    whole run, so no shorter prefix of it can be reused."""
+    if cache.states is not None:
+        return 0
     while layout.splits_block(p0):
         p0 -= 1
     return p0
@@ -205,7 +211,7 @@ def patch_sweep(
         bar.update(len(names) - len(todo))
         for start in range(0, len(todo), per_batch):
             chunk = todo[start : start + per_batch]
-            n, p0 = len(chunk), _block_start(layout, min(first[g] for g in chunk))
+            n, p0 = len(chunk), _block_start(layout, min(first[g] for g in chunk), kv)
             rows = masks[chunk][:, :, p0:].transpose(0, 1).reshape(b * n, -1, 1)  # example-major
             fill = src[:, p0:].repeat_interleave(n, 0)
 
@@ -276,9 +282,9 @@ def knockout_window_sweep(
     centres = list(range(n)) if centres is None else list(centres)
     window = min(window, n)
     layout = model.layout(inp)
-    q0 = _block_start(layout, int(group_mask(inp, target).any(0).float().argmax()))
     names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n)]
     resid, kv, pre = _record(model, inp, names)
+    q0 = _block_start(layout, int(group_mask(inp, target).any(0).float().argmax()), kv)
     suffix = layout.cols(slice(q0, None))
     clean = model.unembed(model.ln_final(resid[:, -1]))
     answers = inp.answer_ids.to(clean.device)

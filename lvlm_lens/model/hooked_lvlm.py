@@ -269,7 +269,9 @@ class HookedLVLM(
             if states is not None and states[layer] is not None:  # a linear-attention layer
                 alts = cache.alt_states
                 other = None if select is None or alts is None else alts[layer]
-                past = RecurrentPast(states[layer], other, None if other is None else select)
+                index = None if other is None or switch.index is None else switch.index[layer]
+                past = RecurrentPast(states[layer], other, None if other is None else select,
+                                     index)
             elif cache is not None:
                 local = [n for n in kinds[layer] if n is not None]  # window, chunk
                 seg = Segment(cache.keys[layer], cache.values[layer],

@@ -111,6 +111,7 @@ class RecurrentPast:
     clean: RecurrentState
     alt: RecurrentState | None = None
     select: Bool[Tensor, "batch head"] | None = None
+    index: tuple[Tensor, Tensor] | None = None  # (rows, heads) of ``select``: sparse path
 
 
 class GatedDeltaNet(nn.Module):
@@ -198,6 +199,8 @@ class GatedDeltaNet(nn.Module):
                   alt: Any) -> Tensor:
         """``read`` where the selected (row, head) pairs read the alternative state instead."""
         b = x.shape[0]
+        if alt is None and past.index is not None:
+            return self._switched_pairs(read, x, real, past)
         start = None if past is None else past.alt if past.alt is not None else past.clean
         start = None if start is None else start.rows(b // start.state.shape[0])
         if alt is not None:
@@ -212,6 +215,28 @@ class GatedDeltaNet(nn.Module):
         if queries is not None:
             cond = cond & queries.expand(b, -1)[:, :, None, None]
         return torch.where(cond, other.to(read.dtype), read)
+
+    def _switched_pairs(self, read: Tensor, x: Tensor, real: Tensor,
+                        past: RecurrentPast) -> Tensor:
+        """:meth:`_switched` after a cached prefix, for only the listed (row, head) pairs: each
+        pair's own recurrence from the alternative state (the other heads' are not run)."""
+        rows, heads = past.index
+        src = rows // (x.shape[0] // past.alt.state.shape[0])  # the cached row each one reads
+        start = RecurrentState(past.alt.state[src], past.alt.conv[src])
+        q, k, v, beta, decay, _ = self._inputs(x[rows], real[rows], start)
+        pair = torch.arange(len(rows), device=x.device)
+        kh = heads // (self.spec.n_v_heads // self.spec.n_k_heads)
+        pad = ~real[rows]
+        one = lambda t: t[pair, :, kh][:, :, None]  # noqa: E731  [pairs, pos, 1, d]
+        other, _ = delta_rule(
+            one(q) * self.spec.d_k**-0.5, one(k), v[pair, :, heads][:, :, None],
+            beta[pair, :, heads].masked_fill(pad, 0.0)[..., None],
+            decay[pair, :, heads].masked_fill(pad, 0.0)[..., None],
+            start.state[pair, heads][:, None],
+        )  # fmt: skip
+        out = read.clone()
+        out[rows, :, heads] = other[:, :, 0].to(read.dtype)
+        return out
 
     def _inputs(self, x: Tensor, real: Tensor, start: RecurrentState | None = None,
                 hooked: bool = False) -> tuple[Tensor, ...]:

@@ -27,7 +27,8 @@ TL = {
 
 
 KINDS = ["llava-llama", "llava-onevision-qwen2"]  # multi-head; GQA, any-resolution tiles
-FAMILIES = ["qwen2-vl", "gemma3", "paligemma2"]  # M-RoPE; image blocks both ways; prefix-LM
+# M-RoPE; image blocks both ways; prefix-LM; linear attention (no prefix of its state cached)
+FAMILIES = ["qwen2-vl", "gemma3", "paligemma2", "qwen3.5"]
 
 
 @pytest.fixture(scope="module")
