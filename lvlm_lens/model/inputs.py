@@ -163,9 +163,10 @@ class LVLMInput:
 
         Per family: ``pixel_values`` always; ``image_sizes`` (LLaVA-NeXT, OneVision),
         ``batch_num_images`` (OneVision), ``image_grid_thw`` and ``mm_token_type_ids``
-        (Qwen2-VL / 2.5-VL / 3-VL), ``token_type_ids`` (Gemma 3), ``pixel_attention_mask``
-        (Idefics3, whose ``pixel_values`` are ``[batch, max_tiles, 3, height, width]``: each
-        example's tiles, zero-padded); LLaVA-1.5 and InternVL take the pixel values alone.
+        (Qwen2-VL / 2.5-VL / 3-VL, GLM-4.1V / 4.5V), ``token_type_ids`` (Gemma 3),
+        ``pixel_attention_mask`` (Idefics3, whose ``pixel_values`` are ``[batch, max_tiles, 3,
+        height, width]``: each example's tiles, zero-padded); LLaVA-1.5 and InternVL take the
+        pixel values alone.
         """
         from lvlm_lens.model.families import FAMILIES
 
