@@ -24,3 +24,11 @@ class OptionError(ValueError):
     def named(self, name: str) -> str:
         """The message with the option called ``name`` (e.g. its CLI flag)."""
         return f"{name} {self.problem}"
+
+
+class RunError(Exception):
+    """A run that cannot go on as asked: one line naming the file or folder and what to do.
+
+    Raised by the run's store (:mod:`lvlm_lens.run.store`) and lock instead of exiting, so a
+    caller can catch it; ``lvlm-lens`` prints the message alone, as it does for bad input.
+    """

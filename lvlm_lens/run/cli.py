@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from lvlm_lens.attribution.head_attribution import AttributionConfig
-from lvlm_lens.errors import OptionError
+from lvlm_lens.errors import OptionError, RunError
 from lvlm_lens.interventions.ablation import BASELINES, SCOPES, HeadAblation
 from lvlm_lens.interventions.metrics import METRICS
 from lvlm_lens.run.options import RunOptions
@@ -204,8 +204,8 @@ def user_message(
         where = getattr(err, "filename", None) or out or "a run file"
         return (f"{where}: no space left on the device: free some and run the same command "
                 "again (finished files are kept, none half-written)")
-    if isinstance(err, SystemExit) and isinstance(err.code, str):  # the run's own refusals
-        return err.code
+    if isinstance(err, RunError):  # the run's own refusals: a file or folder, what to do
+        return str(err)
     return None
 
 
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         _run(args)
-    except (Exception, SystemExit) as err:
+    except Exception as err:
         message = user_message(err, parser, args.command, getattr(args, "out", None))
         if debug or message is None:
             raise

@@ -10,6 +10,8 @@ import atexit
 import os
 from pathlib import Path
 
+from lvlm_lens.errors import RunError
+
 LOCK_NAME = ".lvlm-lens.lock"
 
 
@@ -27,7 +29,7 @@ def acquire_lock(out: Path) -> None:
     """Take ``out``'s lock for this process (again: a no-op); released at exit.
 
     Raises:
-        SystemExit: Another live process holds it.
+        RunError: Another live process holds it.
     """
     path = Path(out) / LOCK_NAME
     for _ in range(2):  # a second try after removing a stale lock
@@ -41,7 +43,7 @@ def acquire_lock(out: Path) -> None:
             if pid == os.getpid():
                 return
             if pid > 0 and _alive(pid):
-                raise SystemExit(
+                raise RunError(
                     f"--out {out} is in use by another run (pid {pid}): wait for it to finish, "
                     f"or pass another --out (if no such run exists, remove {path})"
                 ) from None
@@ -51,7 +53,7 @@ def acquire_lock(out: Path) -> None:
             f.write(str(os.getpid()))
         atexit.register(release_lock, out)
         return
-    raise SystemExit(f"--out {out}: could not take its lock {path}: run the command again")
+    raise RunError(f"--out {out}: could not take its lock {path}: run the command again")
 
 
 def release_lock(out: Path) -> None:

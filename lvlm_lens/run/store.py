@@ -5,7 +5,8 @@ Everything a run computes is a file under ``out`` written atomically (:mod:`lvlm
 ``run.json`` (the options a resumed run must share), one prediction file per example, one
 metrics chunk per (example, block of masks) carrying its fingerprint, the attribution, the
 rankings, the curves, the example views and the summary. ``lvlm-lens report`` redraws the
-report from these files alone, and ``attribute`` draws it the same way.
+report from these files alone. A folder or file that cannot be used raises
+:class:`~lvlm_lens.errors.RunError`, one line naming it and what to do.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor
 
+from lvlm_lens.errors import RunError
 from lvlm_lens.files import atomic_json, atomic_save
 from lvlm_lens.run.distributed import Shard
 from lvlm_lens.run.fingerprint import run_fingerprint
@@ -61,7 +63,7 @@ def discard_run(out: Path) -> None:
     foreign = sorted(p.name for p in out.iterdir() if not _is_run_entry(p))
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-        raise SystemExit(
+        raise RunError(
             f"--out {out} holds files no run wrote ({shown}): --overwrite removes only a run's "
             "files, so move those away or pass another --out"
         )
@@ -78,21 +80,21 @@ def check_out_dir(opts: RunOptions, overwrite: bool, shard: Shard) -> Path:
     """Create ``out`` or check that it belongs to a run with the same options."""
     out = Path(opts.out)
     if out.exists() and not out.is_dir():
-        raise SystemExit(f"--out {out} is a file: pass a folder (it is created if missing)")
+        raise RunError(f"--out {out} is a file: pass a folder (it is created if missing)")
     marker = out / "run.json"
     mine = json.loads(json.dumps(run_fingerprint(opts), default=str))
     if shard.rank == 0:  # before the options check: two fresh runs cannot both pass it
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise SystemExit(f"--out {out}: cannot create the folder ({err.strerror})") from err
+            raise RunError(f"--out {out}: cannot create the folder ({err.strerror})") from err
         acquire_lock(out)
     if marker.exists():
         try:
             theirs = json.loads(marker.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             if not overwrite:
-                raise SystemExit(
+                raise RunError(
                     f"{marker} is damaged ({str(err).splitlines()[0]}): pass --overwrite to "
                     "discard this run and start again, or another --out"
                 ) from None
@@ -101,7 +103,7 @@ def check_out_dir(opts: RunOptions, overwrite: bool, shard: Shard) -> Path:
             a, b = _flat(mine), _flat(theirs or {})
             changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
             if not overwrite:
-                raise SystemExit(
+                raise RunError(
                     f"{out} holds a run with other options ({', '.join(changed)} "
                     "differ): use the same options to resume, another --out, or "
                     "--overwrite to discard it"
@@ -113,7 +115,7 @@ def check_out_dir(opts: RunOptions, overwrite: bool, shard: Shard) -> Path:
         for sub in ("examples", "chunks"):
             (out / sub).mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise SystemExit(f"--out {out}: cannot create the folder ({err.strerror})") from err
+        raise RunError(f"--out {out}: cannot create the folder ({err.strerror})") from err
     if shard.rank == 0 and not marker.exists():
         atomic_json(mine, marker)
     return out
@@ -138,7 +140,7 @@ def wait_for_files(paths: list[Path], timeout: float, poll: float = 5.0) -> None
     start = time.time()
     while missing := [p for p in paths if not p.exists()]:
         if time.time() - start >= timeout:
-            raise SystemExit(
+            raise RunError(
                 f"{len(missing)} result files still missing after {timeout:.0f}s "
                 f"(e.g. {missing[0]}): re-run the same command to finish them"
             )
@@ -242,7 +244,7 @@ def load_chunk(out: Path, example: int, chunk: int, meta: dict[str, str]) -> Ten
     metrics, why = _read_chunk(path, meta)
     if metrics is None:
         path.unlink(missing_ok=True)
-        raise SystemExit(f"{path} {why}: removed it; run the same command again to recompute it")
+        raise RunError(f"{path} {why}: removed it; run the same command again to recompute it")
     return metrics
 
 
@@ -260,12 +262,12 @@ def collect(
         timeout: Seconds to wait for files other processes still write.
     """
     if n_records == 0:
-        raise SystemExit("the dataset has no examples: nothing to attribute")
+        raise RunError("the dataset has no examples: nothing to attribute")
     wait_for_files([prediction_path(out, i) for i in range(n_records)], timeout)
     infos = [json.loads(prediction_path(out, i).read_text()) for i in range(n_records)]
     kept = [i for i, info in enumerate(infos) if info["correct"] or opts.keep_wrong]
     if not kept:
-        raise SystemExit(
+        raise RunError(
             f"the model answered none of the {n_records} example(s) correctly: nothing to "
             "attribute (use --keep-wrong to attribute its own answers anyway)"
         )

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lvlm_lens import HookedLVLM
+from lvlm_lens.errors import RunError
 from lvlm_lens.run.runner import run_attribution
 from lvlm_lens.run.store import chunk_path, prediction_path
 from tests.helpers import noise_image
@@ -74,7 +75,7 @@ def test_a_retrained_model_folder_is_not_reused(model, tiny_checkpoint, tmp_path
     name = next(iter(tensors))
     tensors[name] = tensors[name] + 1.0  # "retrained": same names, sizes and shapes
     save_file(tensors, str(weights), metadata={"format": "pt"})
-    with pytest.raises(SystemExit, match=rf"inputs\.model_files\.{weights.name}"):
+    with pytest.raises(RunError, match=rf"inputs\.model_files\.{weights.name}"):
         run_attribution(model, recs, options(tmp_path, model=str(folder)), reference_images=refs)
 
 
@@ -85,6 +86,6 @@ def test_a_changed_baseline_image_is_not_reused(model, tmp_path):
     run_attribution(model, recs, options(tmp_path, baseline_image=str(image)),
                     reference_images=refs)  # fmt: skip
     noise_image(20, 20, 6).save(image)
-    with pytest.raises(SystemExit, match=r"inputs\.baseline_image"):
+    with pytest.raises(RunError, match=r"inputs\.baseline_image"):
         run_attribution(model, recs, options(tmp_path, baseline_image=str(image)),
                         reference_images=refs)  # fmt: skip

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from lvlm_lens.errors import RunError
 from lvlm_lens.run.lock import LOCK_NAME, acquire_lock, release_lock
 from lvlm_lens.run.runner import run_attribution
 from tests.helpers import noise_image
@@ -37,7 +38,7 @@ def holder(tmp_path):
 
 def test_a_second_process_is_refused_while_the_first_runs(model, tmp_path, holder):  # noqa: F811
     recs, refs = records(model, 1), [noise_image(20, 20, 50)]
-    with pytest.raises(SystemExit, match=rf"in use by another run \(pid {holder.pid}\)"):
+    with pytest.raises(RunError, match=rf"in use by another run \(pid {holder.pid}\)"):
         run_attribution(model, recs, options(tmp_path), reference_images=refs)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [LOCK_NAME]  # nothing written
 

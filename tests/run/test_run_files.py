@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from lvlm_lens.errors import RunError
 from lvlm_lens.run.cli import build_parser, main, user_message
 from lvlm_lens.run.runner import run_attribution
 from lvlm_lens.run.store import CheckpointFiles
@@ -22,7 +23,7 @@ def test_a_damaged_run_json_is_named_and_overwrite_recovers(model, tmp_path):  #
     recs, refs = records(model, 1), [noise_image(20, 20, 50)]
     first = run_attribution(model, recs, options(tmp_path), reference_images=refs)
     (first["out"] / "run.json").write_text('{"n_examples": 2')
-    with pytest.raises(SystemExit, match=r"run\.json is damaged .*pass --overwrite"):
+    with pytest.raises(RunError, match=r"run\.json is damaged .*pass --overwrite"):
         run_attribution(model, recs, options(tmp_path), reference_images=refs)
     again = run_attribution(model, recs, options(tmp_path), reference_images=refs,
                             overwrite=True)  # fmt: skip

@@ -11,6 +11,7 @@ import torch
 
 from lvlm_lens import HookedLVLM
 from lvlm_lens.attribution.head_attribution import AttributionConfig
+from lvlm_lens.errors import RunError
 from lvlm_lens.interventions.ablation import HeadAblation
 from lvlm_lens.run.options import RunOptions
 from lvlm_lens.run.runner import run_attribution
@@ -72,7 +73,7 @@ def test_changed_options_are_refused_unless_overwrite(model, tmp_path):
     run_attribution(model, recs, options(tmp_path), reference_images=refs)
     changed = options(tmp_path)
     changed.attribution.rate = 0.3
-    with pytest.raises(SystemExit, match="rate"):
+    with pytest.raises(RunError, match="rate"):
         run_attribution(model, recs, changed, reference_images=refs)
     out = run_attribution(model, recs, changed, reference_images=refs, overwrite=True)
     assert json.loads((out["out"] / "run.json").read_text())["attribution"]["rate"] == 0.3
@@ -91,7 +92,7 @@ def test_overwrite_never_deletes_files_the_run_did_not_write(model, tmp_path):
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     changed = options(tmp_path)
     changed.attribution.rate = 0.3
-    with pytest.raises(SystemExit, match=r"holds files no run wrote \(data\.csv, images\)"):
+    with pytest.raises(RunError, match=r"holds files no run wrote \(data\.csv, images\)"):
         run_attribution(model, recs, changed, reference_images=refs, overwrite=True)
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing removed
     (out / "data.csv").unlink()
@@ -146,7 +147,7 @@ def test_a_lost_chunk_fails_fast_in_a_single_process(model, tmp_path, monkeypatc
 
     monkeypatch.setattr(runner, "run_shard", lose_one)
     start = time.time()
-    with pytest.raises(SystemExit, match="1 result files still missing.*re-run"):
+    with pytest.raises(RunError, match="1 result files still missing.*re-run"):
         run_attribution(model, records(model, 2), options(tmp_path),
                         reference_images=[noise_image(20, 20, 9)])  # fmt: skip
     assert time.time() - start < 60
@@ -162,7 +163,7 @@ def test_slurm_array_rank_0_waits_for_the_others_with_a_timeout(model, tmp_path,
     for name in ("RANK", "WORLD_SIZE", "SLURM_ARRAY_TASK_MIN", "SLURM_PROCID"):
         monkeypatch.delenv(name, raising=False)
     start = time.time()
-    with pytest.raises(SystemExit, match="still missing after 1s.*re-run the same command"):
+    with pytest.raises(RunError, match="still missing after 1s.*re-run the same command"):
         run_attribution(model, records(model, 3), options(tmp_path),
                         reference_images=[noise_image(20, 20, 9)], merge_timeout=1.0)  # fmt: skip
     assert 1.0 <= time.time() - start < 60
@@ -197,7 +198,7 @@ def test_merge_names_a_damaged_chunk(model, tmp_path):
     opts = options(tmp_path)
     out = run_attribution(model, recs, opts, reference_images=[noise_image(20, 20, 50)])["out"]
     chunk_path(out, 1, 2).write_bytes(b"\0" * 8)
-    with pytest.raises(SystemExit, match=r"ex00001_c0002\.safetensors does not load"):
+    with pytest.raises(RunError, match=r"ex00001_c0002\.safetensors does not load"):
         collect(out, 2, chunk_metas(opts, recs, 40), opts, timeout=0.0)
     assert not chunk_path(out, 1, 2).exists()  # the next run recomputes it
 
