@@ -29,8 +29,9 @@ from lvlm_lens.run.store import (
 
 def _is_main_guard(node: ast.AST) -> bool:
     """``if __name__ == "__main__":``, where an entry point may hand its code to ``sys.exit``."""
-    return (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
-            and isinstance(node.test.left, ast.Name) and node.test.left.id == "__name__")  # fmt: skip
+    test = getattr(node, "test", None)
+    left = getattr(test, "left", None)
+    return isinstance(node, ast.If) and isinstance(left, ast.Name) and left.id == "__name__"
 
 
 def _exits(tree: ast.AST) -> list[int]:
@@ -46,8 +47,9 @@ def _exits(tree: ast.AST) -> list[int]:
                 found.append(node.lineno)
         if isinstance(node, ast.Call):
             f = node.func
-            if (isinstance(f, ast.Attribute) and f.attr == "exit" and isinstance(f.value, ast.Name)
-                    and f.value.id == "sys") or (isinstance(f, ast.Name) and f.id == "exit"):  # fmt: skip
+            sys_exit = isinstance(f, ast.Attribute) and f.attr == "exit" and (
+                isinstance(f.value, ast.Name) and f.value.id == "sys")
+            if sys_exit or (isinstance(f, ast.Name) and f.id == "exit"):
                 found.append(node.lineno)
         todo.extend(ast.iter_child_nodes(node))
     return found
