@@ -29,6 +29,8 @@ class MoESpec:
         scoring: ``"softmax"`` over the router logits (Qwen), or ``"sigmoid"`` of each logit
             computed in fp32 (GLM-4.5V's DeepSeek-style router; Llama 4's, whose unchosen
             experts then weigh nothing).
+        router_fp32: The router's logits are computed in fp32 (GLM-4.5V; Llama 4's stay in the
+            model's dtype).
         choice_bias: The router's ``e_score_correction_bias`` is added to the scores for the
             choice of experts only (the weights stay the unbiased scores).
         n_group: Experts are split into this many groups; only the ``topk_group`` groups of
@@ -50,6 +52,7 @@ class MoESpec:
     shared_module: str = "shared_expert"
     shared_gated: bool = True
     scoring: Literal["softmax", "sigmoid"] = "softmax"
+    router_fp32: bool = False
     choice_bias: bool = False
     n_group: int = 1
     topk_group: int = 1

@@ -102,7 +102,7 @@ class SparseMoE(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """The chosen experts ``[batch, pos, top_k]`` and their weights (in ``x``'s dtype)."""
         spec = self.spec
-        if spec.scoring == "sigmoid":  # GLM-4.5V: fp32 logits, as HF
+        if spec.router_fp32:  # GLM-4.5V: fp32 logits, as HF
             logits = F.linear(x.float(), self.router.weight.float())
         else:
             logits = F.linear(x, self.router.weight)

@@ -49,7 +49,8 @@ def glm4v_moe_decoder(hf_model: nn.Module) -> DecoderSpec:
         d_expert=tc.moe_intermediate_size,
         layers=tuple(range(tc.first_k_dense_replace, tc.num_hidden_layers)),
         renormalize=tc.norm_topk_prob, shared_expert=True, shared_module="shared_experts",
-        shared_gated=False, scoring="sigmoid", choice_bias=True, n_group=tc.n_group,
+        shared_gated=False, scoring="sigmoid", router_fp32=True, choice_bias=True,
+        n_group=tc.n_group,
         topk_group=tc.topk_group, routed_scaling=tc.routed_scaling_factor,
     )  # fmt: skip
     return DecoderSpec(rotary="mrope", moe=moe)
