@@ -56,6 +56,21 @@ class LinearAttentionSpec:
 
 
 @dataclass(frozen=True)
+class CrossAttentionSpec:
+    """Gated cross-attention layers (Llama 3.2 Vision), in place of self-attention in the
+    layers it lists (:class:`~lvlm_lens.model.cross_attention.CrossAttention`): the text
+    queries read keys / values of the image side (the projected vision states, never part of
+    the residual stream); the block adds ``tanh(attn_gate)`` times the attention output and
+    ``tanh(mlp_gate)`` times the MLP output (zero at tokens that see no image).
+
+    Attributes:
+        layers: The cross-attention layers (the others keep self-attention).
+    """
+
+    layers: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class DecoderSpec:
     """What differs between the language models of the supported families.
 
@@ -96,6 +111,10 @@ class DecoderSpec:
         attn_softcap: Attention scores become ``tanh(scores / cap) * cap`` after scaling and
             before the mask (Gemma 2's ``attn_logit_softcapping``); ``hook_attn_scores`` holds
             them capped. The fused kernels cannot cap, so attention is then always materialised.
+        cross_attention: The gated cross-attention layers (:class:`CrossAttentionSpec`),
+            ``None`` where the image enters as tokens of the sequence: the image is then not
+            spliced into the embeddings (its placeholder stays an ordinary token) and is read
+            only by those layers.
         logit_softcap: Logits become ``tanh(logits / cap) * cap`` in ``unembed`` (Gemma 2's
             ``final_logit_softcapping``); ``W_U`` stays the linear map before the cap.
     """
@@ -115,6 +134,7 @@ class DecoderSpec:
     bidirectional_prefix: bool = False
     position_offset: int = 0
     logit_softcap: float | None = None
+    cross_attention: CrossAttentionSpec | None = None
 
 
 @dataclass

@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from lvlm_lens.testing.tiny_mllama import MLLAMA_KIND, build_mllama_checkpoint
 from lvlm_lens.testing.tiny_smolvlm import SMOLVLM_KIND, build_smolvlm_checkpoint
 
 #: Builder per tiny kind.
 BUILDERS: dict[str, Callable[..., Path]] = {
     SMOLVLM_KIND: build_smolvlm_checkpoint,
+    MLLAMA_KIND: build_mllama_checkpoint,
 }
 #: The kinds of :data:`BUILDERS`.
 MORE_KINDS = tuple(BUILDERS)

@@ -24,6 +24,7 @@ CASES = {
     "llava-onevision-1.5": {},
     "paligemma2": {},
     "smolvlm2": {},
+    "mllama": {},
     # variants of the language backbone the real checkpoints use
     "llava-next-mistral/sliding-window": dict(sliding_window=20),
     "llava-llama/rope-linear": dict(

@@ -38,6 +38,9 @@ class ImageText:
         closers: Markers that may follow a placeholder and are not question text.
         prompt_end: Appended to every prompt before tokenization (PaliGemma's processor ends
             each with ``\n``); ``LVLMInput.texts`` holds the prompts without it.
+        bos_in_text: The processor writes the BOS token into a prompt that holds none, after
+            its leading placeholders (Llama 3.2 Vision's ``MllamaProcessor``), and the
+            tokenizer then adds its own BOS as well.
     """
 
     placeholder: str
@@ -45,6 +48,7 @@ class ImageText:
     expansion: str
     closers: tuple[str, ...] = ()
     prompt_end: str = ""
+    bos_in_text: bool = False
 
 
 def token_name(tokenizer: Any, token_id: Any) -> str:
