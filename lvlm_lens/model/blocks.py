@@ -9,6 +9,7 @@ from transformer_lens.hook_points import HookPoint
 
 from lvlm_lens.model.attention import KV, Attention, Segment, SelfAlternative
 from lvlm_lens.model.config import LVLMConfig
+from lvlm_lens.model.cross_attention import CrossAttention, CrossInput
 from lvlm_lens.model.linear_attention import GatedDeltaNet
 from lvlm_lens.model.moe import SparseMoE
 from lvlm_lens.model.norm import RMSNorm, through_hook
@@ -84,7 +85,13 @@ class TransformerBlock(nn.Module):
     are after them, so they are what the residual stream receives). The MLP of a layer the
     spec's ``moe`` lists is a :class:`~lvlm_lens.model.moe.SparseMoE`; the attention of a layer
     its ``linear_attention`` lists is a :class:`~lvlm_lens.model.linear_attention.GatedDeltaNet`
-    (whose input is never split per head)."""
+    (whose input is never split per head); a layer its ``cross_attention`` lists is a gated
+    cross-attention layer: ``blocks.{l}.cross_attn`` (a
+    :class:`~lvlm_lens.model.cross_attention.CrossAttention`, no ``attn``) and its gates,
+    ``resid_mid = resid_pre + tanh(attn_gate) * cross_attn(ln1(.))``, ``resid_post = resid_mid
+    + tanh(mlp_gate) * rows * mlp(ln2(.))`` (``hook_attn_gate`` / ``hook_mlp_gate``
+    ``[batch, pos, 1]``: the tanh of each gate; ``hook_attn_out`` / ``hook_mlp_out`` are after
+    the gates). Without an image the layer adds nothing (HF skips it)."""
 
     def __init__(self, cfg: LVLMConfig, hf_layer: nn.Module, layer: int):
         super().__init__()
@@ -95,8 +102,16 @@ class TransformerBlock(nn.Module):
         self.ln1 = RMSNorm(hf_layer.input_layernorm, off)
         lin = spec.linear_attention  # Qwen3.5: Gated-DeltaNet in the layers it lists
         self.linear = lin is not None and layer in lin.layers
-        self.attn = (GatedDeltaNet(cfg, lin, hf_layer.linear_attn) if self.linear
-                     else Attention(cfg, hf_layer.self_attn, layer))  # fmt: skip
+        cross = spec.cross_attention  # Llama 3.2 Vision: gated cross-attention layers
+        self.cross = cross is not None and layer in cross.layers
+        if self.cross:
+            self.cross_attn = CrossAttention(cfg, hf_layer.cross_attn)
+            self.attn_gate = hf_layer.cross_attn_attn_gate
+            self.mlp_gate = hf_layer.cross_attn_mlp_gate
+            self.hook_attn_gate, self.hook_mlp_gate = HookPoint(), HookPoint()
+        else:
+            self.attn = (GatedDeltaNet(cfg, lin, hf_layer.linear_attn) if self.linear
+                         else Attention(cfg, hf_layer.self_attn, layer))  # fmt: skip
         moe = spec.moe
         sparse = moe is not None and layer in moe.layers
         hf_mlp = hf_layer.mlp if hasattr(hf_layer, "mlp") else hf_layer.feed_forward  # Llama 4
@@ -129,15 +144,23 @@ class TransformerBlock(nn.Module):
         alt: SelfAlternative | None = None,
         extra: Float[Tensor, "batch pos d_model"] | None = None,
         q_scale: Tensor | None = None,
-    ) -> tuple[Float[Tensor, "batch pos d_model"], KV]:
-        """Run the block; returns the new residual stream and this block's new ``(key, value)``.
+        cross: CrossInput | None = None,
+    ) -> tuple[Float[Tensor, "batch pos d_model"], KV | None]:
+        """Run the block; returns the new residual stream and this block's new ``(key, value)``
+        (a cross-attention layer's: the image side's, ``None`` without an image).
 
-        ``extra`` (Qwen3-VL's DeepStack features) is added to the residual stream after the
-        block, through ``hook_deepstack``, as part of ``hook_mlp_out`` (summed after the MLP's
+        ``cross`` is the image side the cross-attention layers read. ``extra`` (Qwen3-VL's
+        DeepStack features) is added to the residual stream after the block, through
+        ``hook_deepstack``, as part of ``hook_mlp_out`` (summed after the MLP's
         residual add, as in HF, unless a hook edits ``hook_mlp_out``); ``q_scale`` is the
         attention's query scale on a layer without RoPE (Llama 4's temperature tuning)."""
         cfg = self.cfg
         resid_pre = self.hook_resid_pre(x)
+        if self.cross:
+            if past is not None or alt is not None:
+                raise ValueError("Llama 3.2 Vision's cross-attention layers cannot continue a KV "
+                                 "cache yet: run the whole sequence at once")
+            return self._gated_cross(resid_pre, cross)
         split = (cfg.use_attn_in or cfg.use_split_qkv_input) and not self.linear
         attn_in = self.per_head_inputs(resid_pre) if split else self.ln1(resid_pre)
         attn_out, kv = (self.attn(attn_in, cos, sin, mask, past, alt) if self.linear
@@ -156,6 +179,23 @@ class TransformerBlock(nn.Module):
         # HF adds DeepStack features to the block's output: that order where no hook edited it
         resid_post = (resid_mid + mlp_out) + deep if untouched else resid_mid + total
         return self.hook_resid_post(resid_post), kv
+
+    def _gated_cross(
+        self, resid_pre: Float[Tensor, "batch pos d_model"], cross: CrossInput | None
+    ) -> tuple[Float[Tensor, "batch pos d_model"], KV | None]:
+        """A gated cross-attention layer (see the class docstring)."""
+        if cross is None:  # no image in the run: HF skips the layer
+            zero = torch.zeros_like(resid_pre)
+            resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(zero))
+            return self.hook_resid_post(resid_mid + self.hook_mlp_out(zero.clone())), None
+        b, s, _ = resid_pre.shape
+        kv = None if cross.kv is None else cross.kv.get(self.layer)
+        attn, kv = self.cross_attn(self.ln1(resid_pre), cross, kv)
+        gate = self.hook_attn_gate(self.attn_gate.tanh().expand(b, s, 1).clone())
+        resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(gate * attn))
+        mlp = cross.rows[..., None] * self.mlp(self.ln2(resid_mid))
+        gate = self.hook_mlp_gate(self.mlp_gate.tanh().expand(b, s, 1).clone())
+        return self.hook_resid_post(resid_mid + self.hook_mlp_out(gate * mlp)), kv
 
     def per_head_inputs(
         self, resid_pre: Float[Tensor, "batch pos d_model"]

@@ -84,6 +84,21 @@ class LinearAttentionSpec:
 
 
 @dataclass(frozen=True)
+class CrossAttentionSpec:
+    """Gated cross-attention layers (Llama 3.2 Vision), in place of self-attention in the
+    layers it lists (:class:`~lvlm_lens.model.cross_attention.CrossAttention`): the text
+    queries read keys / values of the image side (the projected vision states, never part of
+    the residual stream); the block adds ``tanh(attn_gate)`` times the attention output and
+    ``tanh(mlp_gate)`` times the MLP output (zero at tokens that see no image).
+
+    Attributes:
+        layers: The cross-attention layers (the others keep self-attention).
+    """
+
+    layers: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class DecoderSpec:
     """What differs between the language models of the supported families.
 
@@ -132,6 +147,10 @@ class DecoderSpec:
             them capped. The fused kernels cannot cap, so attention is then always materialised.
         fused_gate_up: The gated MLP's gate and up projections are one HF linear
             ``gate_up_proj`` (gate rows first, GLM-4.1V), run as one matmul and split, as HF.
+        cross_attention: The gated cross-attention layers (:class:`CrossAttentionSpec`),
+            ``None`` where the image enters as tokens of the sequence: the image is then not
+            spliced into the embeddings (its placeholder stays an ordinary token) and is read
+            only by those layers.
         logit_softcap: Logits become ``tanh(logits / cap) * cap`` in ``unembed`` (Gemma 2's
             ``final_logit_softcapping``); ``W_U`` stays the linear map before the cap.
         rope_pairs: RoPE rotates consecutive pairs of a head's dimensions (Llama 4's complex
@@ -177,6 +196,7 @@ class DecoderSpec:
     attn_temperature: tuple[float, float] | None = None
     attention_chunk: int | None = None
     chunked_layers: tuple[int, ...] = ()
+    cross_attention: CrossAttentionSpec | None = None
 
     def chunk(self, layer: int) -> int | None:
         """The attention chunk of a layer (``None``: not chunked)."""

@@ -9,6 +9,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from lvlm_lens.model.cross_attention import CrossInput, cross_input
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.model.layout import TokenLayout
 from lvlm_lens.model.masks import image_blocks, prefix_blocks
@@ -72,6 +73,11 @@ class EmbeddingMixin:
         """``embed_input`` and, for DeepStack families, the per-layer features to add at the
         image positions (``[batch, pos, d_model]``, zero elsewhere), from one tower run."""
         ids = self.hook_tokens(inp.input_ids.to(self.cfg.device))
+        if self.cfg.decoder.cross_attention is not None:  # the image is read by those layers
+            if inp.image_embeds is not None:
+                raise ValueError("precomputed image embeddings are not supported with "
+                                 "cross-attention layers (Llama 3.2 Vision): give pixel values")
+            return self.hook_embed(self.embed(ids)), None
         is_image = ids == self.cfg.image_token_id
         if self.cfg.image_token_id >= self.cfg.d_vocab:  # out of the table: HF embeds id 0
             x = self.embed(ids.masked_fill(is_image, 0))
@@ -94,8 +100,8 @@ class EmbeddingMixin:
         self, inp: LVLMInput, positions: bool = True, deepstack: list[Tensor] | None = None
     ) -> TokenLayout:
         """Rotary positions (M-RoPE families; with ``positions``), bidirectional image blocks
-        (Gemma 3) and DeepStack features (Qwen3-VL; computed unless given) of an input's
-        tokens, for :meth:`run_blocks`."""
+        (Gemma 3), DeepStack features (Qwen3-VL; computed unless given) and the image side of
+        cross-attention layers (Llama 3.2 Vision) of an input's tokens, for :meth:`run_blocks`."""
         spec = self.cfg.decoder
         pos = inp.position_ids if positions else None
         blocks = None
@@ -109,4 +115,15 @@ class EmbeddingMixin:
             like = torch.empty(*is_image.shape, self.cfg.d_model, dtype=self.cfg.dtype,
                                device=self.cfg.device)
             deepstack = _at_images(feats, is_image, like)
-        return TokenLayout(pos, blocks, deepstack).to(self.cfg.device)
+        cross = None
+        if spec.cross_attention is not None and inp.has_images:
+            cross = self.cross_input(inp)
+        return TokenLayout(pos, blocks, deepstack, cross).to(self.cfg.device)
+
+    def cross_input(self, inp: LVLMInput) -> CrossInput:
+        """The image side of an input for the cross-attention layers (Llama 3.2 Vision): the
+        vision side's projected states per example, through ``hook_image_embeds`` (there
+        ``[batch, image_pos, d_model]``), and which of them each token may read."""
+        states = self.hook_image_embeds(self.vision.image_side(inp).to(self.cfg.dtype))
+        allowed = self.vision.cross_allowed(inp).to(states.device)
+        return cross_input(states, allowed, states.dtype)

@@ -56,7 +56,9 @@ class HookedLVLM(
             before they are embedded.
         hook_image_embeds: Hook on the projected image embeddings, batch-first
             ``[batch, pos, d_model]``: each at its image position, zero at text positions
-            (an edit there is ignored), so TL's cache utilities slice it like any activation.
+            (an edit there is ignored), so TL's cache utilities slice it like any activation;
+            with cross-attention layers (Llama 3.2 Vision) the image side they read,
+            ``[batch, image_pos, d_model]``.
         hook_embed: Hook on the token embeddings with the image embeddings spliced in.
         vision: The HF vision tower, projector and image packing (the family's vision side).
         blocks: The decoder blocks (``blocks[l].attn``, ``blocks[l].mlp``, ``ln1``, ``ln2``;
@@ -287,7 +289,8 @@ class HookedLVLM(
             cos, sin = rotary[self.cfg.layer_types[layer] if per_type else None]
             deep = layout.deepstack
             extra = deep[layer] if deep is not None and layer < len(deep) else None
-            x, kv = block(x, cos, sin, masks[kinds[layer]], past, alt, extra, q_scale)
+            x, kv = block(x, cos, sin, masks[kinds[layer]], past, alt, extra, q_scale,
+                          layout.cross)
             new_kvs.append(kv)
         return x, new_kvs
 
@@ -305,6 +308,9 @@ class HookedLVLM(
         self, input: LVLMInput | Tensor, length: int | None = None, *, frozen: bool = True
     ) -> tuple[Float[Tensor, "batch pos d_model"], KVCache]:
         """Like :meth:`run_prefix`, also returning the final residual stream of the prefix."""
+        if self.cfg.decoder.cross_attention is not None:
+            raise ValueError("Llama 3.2 Vision's cross-attention layers cannot continue a KV "
+                             "cache yet: run the whole sequence at once")
         inp = self._as_input(input)
         x, deep = self._embed(inp)
         x = x[:, :length]

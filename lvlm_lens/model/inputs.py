@@ -43,6 +43,9 @@ class LVLMInput:
         image_coords: Per image, ``(tile, row, col)`` of each of its tokens (``-1`` marks an
             image-newline token); used by ``to_str_tokens`` and patch overlays.
         images_per_example: How many images each example holds, in batch order.
+        image_extra: Further image-processor outputs, one row per image (first axis), that the
+            family's vision side reads (Llama 3.2 Vision: ``aspect_ratio_ids``,
+            ``aspect_ratio_mask``, ``num_tiles``).
         answer_ids: The answer's (first) token id per example, if answers were given.
         texts: The rendered prompt of each example, before image-token expansion.
         lvlm_type: HF ``model_type`` of the model that prepared it (for :meth:`to_hf`).
@@ -62,6 +65,7 @@ class LVLMInput:
     image_deepstack: list[list[Float[Tensor, "img_tok d_model"]]] | None = None
     image_coords: list[Int[Tensor, "img_tok 3"]] = field(default_factory=list)
     images_per_example: list[int] = field(default_factory=list)
+    image_extra: dict[str, Tensor] = field(default_factory=dict)
     answer_ids: Int[Tensor, " batch"] | None = None
     texts: list[str] = field(default_factory=list)
     lvlm_type: str = ""
@@ -104,6 +108,7 @@ class LVLMInput:
             image_deepstack=None if self.image_deepstack is None
             else [[mv(e) for e in d] for d in self.image_deepstack],
             answer_ids=mv(self.answer_ids),
+            image_extra={k: mv(v) for k, v in self.image_extra.items()},
         )
 
     def image_slice(self, index: int) -> slice:
@@ -142,6 +147,7 @@ class LVLMInput:
             else [[d[i] for i in img] for d in self.image_deepstack],
             image_coords=[self.image_coords[i] for i in img] if self.image_coords else [],
             images_per_example=[self.images_per_example[i] for i in indices],
+            image_extra={k: v[img] for k, v in self.image_extra.items()} if img else {},
             answer_ids=None if self.answer_ids is None else self.answer_ids[indices],
             texts=[self.texts[i] for i in indices] if self.texts else [],
         )

@@ -9,6 +9,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from lvlm_lens.model.cross_attention import CrossInput
+
 
 @dataclass
 class TokenLayout:
@@ -21,11 +23,14 @@ class TokenLayout:
             outside one), or ``None`` where attention is causal everywhere.
         deepstack: Per early decoder layer, what is added to the residual stream after it
             (Qwen3-VL: DeepStack features at the image positions, zero elsewhere).
+        cross: The image side the cross-attention layers read (Llama 3.2 Vision), ``None``
+            without cross-attention layers or without an image.
     """
 
     position_ids: Int[Tensor, "*three batch pos"] | None = None
     image_blocks: Int[Tensor, "batch pos"] | None = None
     deepstack: list[Float[Tensor, "batch pos d_model"]] | None = None
+    cross: CrossInput | None = None
 
     def cols(self, cols: slice) -> TokenLayout:
         """The layout of a range of columns (a prefix or a suffix of the batch)."""
@@ -33,6 +38,7 @@ class TokenLayout:
             None if self.position_ids is None else self.position_ids[..., cols],
             None if self.image_blocks is None else self.image_blocks[:, cols],
             None if self.deepstack is None else [d[:, cols] for d in self.deepstack],
+            None if self.cross is None else self.cross.cols(cols),
         )
 
     def expand(self, batch: int) -> TokenLayout:
@@ -42,13 +48,15 @@ class TokenLayout:
             pos = pos.expand(*pos.shape[:-2], batch, pos.shape[-1])
         blocks = None if self.image_blocks is None else self.image_blocks.expand(batch, -1)
         deep = None if self.deepstack is None else [d.expand(batch, -1, -1) for d in self.deepstack]
-        return TokenLayout(pos, blocks, deep)
+        cross = None if self.cross is None else self.cross.expand(batch)
+        return TokenLayout(pos, blocks, deep, cross)
 
     def to(self, device: torch.device | str) -> TokenLayout:
         """Move to ``device``."""
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
         deep = None if self.deepstack is None else [mv(d) for d in self.deepstack]
-        return TokenLayout(mv(self.position_ids), mv(self.image_blocks), deep)
+        cross = None if self.cross is None else self.cross.to(device)
+        return TokenLayout(mv(self.position_ids), mv(self.image_blocks), deep, cross)
 
     def splits_block(self, cut: int) -> bool:
         """Whether a bidirectional block has tokens on both sides of column ``cut``: then the

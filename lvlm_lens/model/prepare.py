@@ -186,6 +186,22 @@ def _expand(
     return out, moved
 
 
+def _bos_in_text(
+    text: str, placeholder: str, bos: str | None, spans: tuple[tuple[int, int] | None, ...]
+) -> tuple[str, tuple[tuple[int, int] | None, ...]]:
+    """The BOS token written into a prompt that holds none, after its leading placeholders
+    (:attr:`ImageText.bos_in_text`), shifting the character spans after it."""
+    if not bos or bos in text:
+        return text, spans
+    at = 0
+    while text.startswith(placeholder, at):
+        at += len(placeholder)
+    n = len(bos)
+    moved = tuple(None if sp is None else tuple(o + n if o >= at else o for o in sp)
+                  for sp in spans)  # fmt: skip
+    return text[:at] + bos + text[at:], moved
+
+
 def _overlaps(span: tuple[int, int] | None, a: int, b: int) -> bool:
     return span is not None and a < span[1] and b > span[0]
 
@@ -256,10 +272,15 @@ def prepare_inputs(
     for i, (prompt, ims) in enumerate(zip(prompts, per_example, strict=True)):
         if template == "chat":
             text, sys_span, q_span = _render(model, prompt, len(ims), system, it)
+            if it.bos_in_text:
+                text, (sys_span, q_span) = _bos_in_text(text, placeholder, tok.bos_token,
+                                                        (sys_span, q_span))
         elif template == "raw":
             text = prompt
             if placeholder != GENERIC_PLACEHOLDER:
                 text = text.replace(GENERIC_PLACEHOLDER, it.alias)
+            if it.bos_in_text:
+                text = _bos_in_text(text, placeholder, tok.bos_token, ())[0]
             sys_span, q_span = _spans_from_roles(text, placeholder, it.closers)
         else:
             raise ValueError(f"template must be 'raw' or 'chat', got {template!r}")
@@ -296,9 +317,9 @@ def prepare_inputs(
         img += n
         text, (sys_span, q_span) = _expand(text + it.prompt_end, placeholder, own, span_pair)
         expanded.append(text)
-        enc = tok(
-            text, return_offsets_mapping=True, add_special_tokens=not (bos and text.startswith(bos))
-        )
+        # a BOS written into the prompt is not doubled, unless the processor does (bos_in_text)
+        special = it.bos_in_text or not (bos and text.startswith(bos))
+        enc = tok(text, return_offsets_mapping=True, add_special_tokens=special)
         ids, offsets = enc.input_ids, enc.offset_mapping
         if ids.count(model.cfg.image_token_id) != n_runs:
             raise ValueError(
@@ -343,6 +364,7 @@ def prepare_inputs(
         pixel_attention_mask=processed.get("pixel_attention_mask"),
         image_coords=coords,
         images_per_example=n_per,
+        image_extra={k: processed[k] for k in model.vision.extra_keys if k in processed},
         answer_ids=answer_ids,
         texts=texts,
         lvlm_type=model.cfg.lvlm_type,

@@ -185,6 +185,8 @@ class TokensMixin:
             else []
         )
         out = self._decode_each(ids)
+        if self.cfg.decoder.cross_attention is not None:  # the image is not in the sequence
+            return out
         for i, tok in enumerate(ids):
             if tok != self.cfg.image_token_id:
                 continue

@@ -27,9 +27,12 @@ class VisionSide(nn.Module):
 
     Attributes:
         tiled: Image tokens come in several tiles (``to_str_tokens`` shows the tile).
+        extra_keys: Image-processor outputs (one row per image) kept in
+            ``LVLMInput.image_extra`` for this vision side.
     """
 
     tiled = False
+    extra_keys: tuple[str, ...] = ()
 
     def __init__(self, hf_model: nn.Module):
         super().__init__()
@@ -78,6 +81,16 @@ class VisionSide(nn.Module):
     def rope_positions(self, input_ids: Tensor, attention_mask: Tensor, inp: Any) -> Tensor | None:
         """Rotary positions of a batch when they are not ``cumsum(mask) - 1`` (M-RoPE)."""
         return None
+
+    def image_side(self, inp: Any) -> Float[Tensor, "batch image_pos d_model"]:
+        """Cross-attention families (Llama 3.2 Vision): the projected vision states each
+        example's cross-attention layers read."""
+        raise NotImplementedError(f"{self.lvlm_type} has no cross-attention image side")
+
+    def cross_allowed(self, inp: Any) -> Tensor:
+        """Cross-attention families: ``[batch, pos, image_pos]``, which image-side tokens each
+        token may read."""
+        raise NotImplementedError(f"{self.lvlm_type} has no cross-attention image side")
 
     def pixels(self, inp: Any) -> Tensor:
         """``inp.pixel_values`` on the tower's device and dtype."""

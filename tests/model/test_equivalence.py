@@ -27,6 +27,7 @@ CASES = {
     "glm4v": {},
     "glm4v-moe": {},
     "llama4": {},
+    "mllama": {},
     # variants of the language backbone the real checkpoints use
     "llava-next-mistral/sliding-window": dict(sliding_window=20),
     "llava-llama/rope-linear": dict(

@@ -26,6 +26,7 @@ from lvlm_lens.model.families import (
     llava_next,
     llava_onevision,
     llava_onevision1_5,
+    mllama,
     paligemma,
     qwen2_vl,
     qwen3_5,
@@ -52,6 +53,7 @@ MODULES += (llava_onevision1_5,)
 MODULES += (qwen3_5, qwen3_5_moe, paligemma, smolvlm)
 MODULES += (glm4v,)
 MODULES += (llama4,)
+MODULES += (mllama,)
 #: The supported families by HF ``config.model_type``.
 FAMILIES: dict[str, Family] = {t: f for m in MODULES for t, f in m.BY_MODEL_TYPE.items()}
 #: HF multimodal architectures we wrap, by ``config.model_type``.

@@ -40,6 +40,9 @@ class ImageText:
             each with ``\n``); ``LVLMInput.texts`` holds the prompts without it.
         refused: Markers of inputs that are not supported (GLM-4.1V's video markers): a prompt
             holding one is refused.
+        bos_in_text: The processor writes the BOS token into a prompt that holds none, after
+            its leading placeholders (Llama 3.2 Vision's ``MllamaProcessor``), and the
+            tokenizer then adds its own BOS as well.
     """
 
     placeholder: str
@@ -48,6 +51,7 @@ class ImageText:
     closers: tuple[str, ...] = ()
     prompt_end: str = ""
     refused: tuple[str, ...] = ()
+    bos_in_text: bool = False
 
 
 def token_name(tokenizer: Any, token_id: Any) -> str:

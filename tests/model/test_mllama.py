@@ -1,0 +1,187 @@
+"""Llama 3.2 Vision: the image enters only through gated cross-attention layers.
+
+Tokens, pixel values and the cross-attention mask = HF ``MllamaProcessor`` per example; logits =
+HF eager (fp32) on a left-padded batch of two images of different tile counts, per example and
+text-only; the cross-attention hooks against the formula they stand for; the gates; the token
+before the image attends uniformly (HF's mask); ``decompose_resid`` sums to the final residual;
+the processor's tile rule on several images; the refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoProcessor
+from transformers.models.mllama.processing_mllama import (
+    convert_sparse_cross_attention_mask_to_dense,
+    get_cross_attention_token_mask,
+)
+
+from lvlm_lens import HookedLVLM
+from lvlm_lens.model.attention import Attention
+from lvlm_lens.model.cross_attention import CrossAttention
+from lvlm_lens.model.families.mllama import cross_attention_tiles
+from lvlm_lens.testing.tiny_mllama import CROSS_LAYERS, MAX_TILES
+from tests.helpers import PROMPTS, hf_logits, noise_image
+
+#: One tile and three tiles (1 x 3): different tile counts.
+IMAGES = [noise_image(16, 16, 1), noise_image(20, 50, 2)]
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_checkpoint):
+    folder = tiny_checkpoint("mllama")
+    model = HookedLVLM.from_pretrained(folder)
+    reference = type(model.hf_model).from_pretrained(folder, attn_implementation="eager").eval()
+    return model, reference, AutoProcessor.from_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def inp(pair):
+    return pair[0].prepare(IMAGES, PROMPTS)
+
+
+def test_layer_kinds_follow_the_config(pair):
+    model, reference, _ = pair
+    assert reference.config.text_config.cross_attention_layers == CROSS_LAYERS
+    assert model.cfg.decoder.cross_attention.layers == tuple(CROSS_LAYERS)
+    for layer, block in enumerate(model.blocks):
+        if layer in CROSS_LAYERS:
+            assert type(block.cross_attn) is CrossAttention and not hasattr(block, "attn")
+        else:
+            assert type(block.attn) is Attention and not hasattr(block, "cross_attn")
+
+
+def test_inputs_are_the_hf_processor_s_per_example(pair, inp):
+    model, _, processor = pair
+    assert inp.image_extra["num_tiles"].tolist() == [1, 3]
+    for i, (image, prompt) in enumerate(zip(IMAGES, PROMPTS, strict=True)):
+        text = prompt.replace("<image>", "<|image|>")
+        ref = processor(images=[[image]], text=[text], return_tensors="pt")
+        kw = inp.select(i).to_hf()
+        assert kw["input_ids"].tolist() == ref["input_ids"].tolist()
+        for key in ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask",
+                    "cross_attention_mask"):  # fmt: skip
+            assert torch.equal(kw[key], torch.as_tensor(ref[key])), key
+
+
+def test_str_tokens_show_the_image_token_once(pair, inp):
+    model, _, _ = pair
+    tokens = model.to_str_tokens(inp, 1)
+    assert tokens.count("<|image|>") == 1 and tokens[:2] == ["<s>", "<s>"]  # HF's two BOS
+
+
+def test_tile_rule_is_the_processor_s_on_several_images():
+    """Images apart, images side by side (read together) and an example with fewer images."""
+    img, max_tiles = 9, MAX_TILES
+    rows = [[1, img, 5, 6, img, 7, img, img, 8, 3], [0, 0, 1, 2, img, 5, 6, 7, 8, 3]]
+    tiles = [[2, 1, 4, 3], [3, 0, 0, 0]]
+    sparse = [get_cross_attention_token_mask(r, img) for r in rows]
+    want = convert_sparse_cross_attention_mask_to_dense(
+        sparse, [t[: len(s)] for t, s in zip(tiles, sparse, strict=True)], max_tiles, len(rows[0])
+    )
+    got = cross_attention_tiles(torch.tensor(rows), img, tiles, max_tiles)
+    assert np.array_equal(got.long().numpy(), want)
+    assert got[0, 6:, 2].any() and got[0, 6:, 3].any()  # side by side: both read to the end
+
+
+@torch.no_grad()
+def test_logits_match_hf_on_a_padded_batch_and_per_example(pair, inp):
+    model, reference, _ = pair
+    assert (inp.attention_mask == 0).any(), "the batch must be padded"
+    logits, ref = model(inp), hf_logits(reference, model, inp)
+    real = inp.attention_mask.bool()
+    assert (logits - ref)[real].abs().max() <= 1e-4
+    assert ref[real].std() > 0.1
+    for i in range(len(inp)):  # HF's padded batch = its single examples here
+        one = inp.select(i)
+        assert (model(one) - hf_logits(reference, model, one)).abs().max() <= 1e-4
+    # the image matters: another image changes the logits
+    other = model.prepare([IMAGES[1], IMAGES[0]], PROMPTS)
+    assert (model(other) - logits)[real].abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_text_only_logits_match_hf(pair):
+    model, reference, _ = pair
+    inp = model.prepare([None, None], ["USER: what is this ? ASSISTANT:", "USER: hello ?"])
+    real = inp.attention_mask.bool()
+    assert (model(inp) - hf_logits(reference, model, inp))[real].abs().max() <= 1e-4
+
+
+@torch.no_grad()
+def test_hook_embed_is_hf_s_token_embedding(pair, inp):
+    """The ``<|image|>`` token (past the logits, inside the table) is embedded as a token."""
+    model, reference, _ = pair
+    assert model.cfg.image_token_id >= model.cfg.d_vocab
+    _, cache = model.run_with_cache(inp, names_filter="hook_embed")
+    table = reference.model.language_model.embed_tokens
+    assert torch.equal(cache["hook_embed"], table(inp.input_ids))
+
+
+@torch.no_grad()
+def test_cross_attention_hooks_are_what_they_name(pair, inp):
+    model, _, _ = pair
+    logits, cache = model.run_with_cache(inp)
+    assert torch.equal(logits, model(inp))  # caching changes nothing, bit for bit
+    cfg, (b, p) = model.cfg, inp.input_ids.shape
+    n_img = 1 * MAX_TILES * model.vision.per_tile
+    assert tuple(cache["hook_image_embeds"].shape) == (b, n_img, cfg.d_model)
+    for layer in CROSS_LAYERS:
+        a, block = f"blocks.{layer}.cross_attn.", model.blocks[layer]
+        q, k, v = cache[a + "hook_q"], cache[a + "hook_k"], cache[a + "hook_v"]
+        assert tuple(q.shape) == (b, p, cfg.n_heads, cfg.d_head)
+        assert tuple(k.shape) == tuple(v.shape) == (b, n_img, cfg.n_key_value_heads, cfg.d_head)
+        g = cfg.n_groups
+        kh, vh = k.repeat_interleave(g, dim=2), v.repeat_interleave(g, dim=2)
+        scores = torch.einsum("bqhd,bkhd->bhqk", q, kh) * cfg.d_head**-0.5
+        allowed = model.vision.cross_allowed(inp)
+        blocked = ~(allowed | ~allowed.any(-1, keepdim=True))[:, None].expand_as(scores)
+        got = cache[a + "hook_attn_scores"]
+        assert torch.allclose(got[~blocked], scores[~blocked], atol=1e-5)
+        pattern = cache[a + "hook_pattern"]
+        assert torch.allclose(pattern, scores.masked_fill(blocked, -torch.inf).softmax(-1),
+                              atol=1e-6)  # fmt: skip
+        z = torch.einsum("bhqk,bkhd->bqhd", pattern, vh)
+        assert torch.allclose(cache[a + "hook_z"], z, atol=1e-5)
+        # the image token and the tokens after it read only their image's real tiles
+        real_tiles = inp.image_extra["num_tiles"].tolist()
+        for i, n in enumerate(real_tiles):
+            at = int(inp.positions("image", i)[0])
+            assert pattern[i, :, at:, : n * model.vision.per_tile].sum(-1).allclose(
+                torch.ones(()))
+            # the tokens before it read the whole image side, padded tiles too (HF's mask)
+            assert (pattern[i, :, :at, n * model.vision.per_tile :] > 0).all()
+        gate = cache[f"blocks.{layer}.hook_attn_gate"]
+        assert tuple(gate.shape) == (b, p, 1)
+        assert torch.allclose(gate, block.attn_gate.tanh()) and gate.abs().min() > 0.01
+        out = gate * (torch.einsum("bqhd,hdm->bqm", z, block.cross_attn.W_O))
+        assert torch.allclose(cache[f"blocks.{layer}.hook_attn_out"], out, atol=1e-5)
+        mlp_gate = cache[f"blocks.{layer}.hook_mlp_gate"]
+        assert torch.allclose(mlp_gate, block.mlp_gate.tanh())
+        before = ~model.vision.cross_allowed(inp).any(-1)  # no image read: no MLP output
+        assert cache[f"blocks.{layer}.hook_mlp_out"][before].abs().max() == 0
+        assert cache[f"blocks.{layer}.hook_mlp_out"][~before].abs().max() > 0
+
+
+@torch.no_grad()
+def test_decompose_resid_includes_the_cross_attention_and_sums(pair, inp):
+    model, _, _ = pair
+    _, cache = model.run_with_cache(inp)
+    parts, labels = cache.decompose_resid(return_labels=True)
+    resid = cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]
+    real = inp.attention_mask.bool()
+    assert (parts.sum(0) - resid)[real].abs().max() < 1e-5
+    for layer in CROSS_LAYERS:
+        part = parts[labels.index(f"{layer}_attn_out")]
+        assert torch.equal(part, cache[f"blocks.{layer}.hook_attn_out"])
+        assert part[real].abs().max() > 1e-3
+
+
+def test_refusals(pair, inp):
+    model, _, _ = pair
+    with pytest.raises(ValueError, match="cross-attention layers cannot continue a KV cache"):
+        model.run_prefix(inp, 4)
+    embeds = model.vision(inp)
+    with pytest.raises(ValueError, match="precomputed image embeddings are not supported"):
+        model(inp.with_image_embeds(embeds))
