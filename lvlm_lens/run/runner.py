@@ -30,6 +30,7 @@ from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.run.distributed import Shard, current_shard
 from lvlm_lens.run.fingerprint import row_key
 from lvlm_lens.run.options import RunOptions
+from lvlm_lens.run.outcome import AttributionRun
 from lvlm_lens.run.preflight import check_mask_memory
 from lvlm_lens.run.store import (
     check_out_dir,
@@ -184,7 +185,7 @@ def run_attribution(
     baseline_image: Any = None,
     merge_timeout: float = 7 * 24 * 3600,
     keep_engines: int = 0,
-) -> dict[str, Any] | None:
+) -> AttributionRun | None:
     """Run (or resume) head attribution over ``records``; rank 0 returns the merged outputs.
 
     Args:
@@ -196,9 +197,9 @@ def run_attribution(
         keep_engines: How many examples' engines to hand back (see :func:`run_shard`).
 
     Returns:
-        On rank 0: ``{"result", "infos", "kept", "metrics", "masks", "out", "baselines",
-        "engines"}`` (the baseline cache, and the engines of the first ``keep_engines``
-        examples this process attributed, by example index); else ``None``.
+        On rank 0 the :class:`~lvlm_lens.run.outcome.AttributionRun` (with the baseline
+        cache, and the engines of the first ``keep_engines`` examples this process
+        attributed, by example index); else ``None``.
     """
     shard = current_shard()
     cfg = opts.attribution
@@ -224,13 +225,4 @@ def run_attribution(
     )
     result.save(out / "attribution")
     result.to_csv(out / "attribution.csv")
-    return {
-        "result": result,
-        "infos": infos,
-        "kept": kept,
-        "metrics": metrics,
-        "masks": masks,
-        "out": out,
-        "baselines": baselines,
-        "engines": engines,
-    }
+    return AttributionRun(out, result, infos, kept, metrics, masks, baselines, engines)
