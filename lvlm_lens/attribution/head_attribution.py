@@ -90,6 +90,16 @@ def check_config(model: Any, config: AttributionConfig) -> None:
     _check_n_masks(config, model.cfg.n_layers * model.cfg.n_heads)
 
 
+def build_engine(
+    model: Any, inp: LVLMInput, baseline: BaselineKV, config: AttributionConfig,
+    metric: Metric | None = None,
+) -> AblationEngine:
+    """The one way an example's engine is built from the attribution options (the masked
+    runs, the comparison, the baseline check and the claims runner share it)."""
+    return AblationEngine(model, inp, baseline, config.ablation, metric or config.metric,
+                          config.batch_size)
+
+
 def head_attribution(
     model: Any,
     inp: LVLMInput,
@@ -122,8 +132,7 @@ def head_attribution(
         if baseline is None:
             baseline = compute_baseline(model, inp, config.ablation, baseline_image=baseline_image,
                                         reference_images=reference_images)
-        engine = AblationEngine(model, inp, baseline, config.ablation, metric or config.metric,
-                                config.batch_size)
+        engine = build_engine(model, inp, baseline, config, metric)
         masks = sample_masks(config.n_masks, model.cfg.n_layers, model.cfg.n_heads, config.rate,
                              config.seed)
         metrics = engine.run(masks)

@@ -13,14 +13,15 @@ from PIL import Image
 
 from lvlm_lens.attribution.comparison import compare_rankings, comparison_notes
 from lvlm_lens.attribution.curves import Curves, RandomBand
+from lvlm_lens.attribution.head_attribution import build_engine
 from lvlm_lens.attribution.results import AttributionResult
 from lvlm_lens.data import load_folder, synthetic_records
 from lvlm_lens.data.images import open_image
 from lvlm_lens.errors import OptionError
 from lvlm_lens.interventions.baseline_check import BaselineCheck, baseline_note, check_baseline
-from lvlm_lens.interventions.engine import AblationEngine
 from lvlm_lens.model import HookedLVLM
 from lvlm_lens.run.distributed import current_shard
+from lvlm_lens.run.examples import prepare_records
 from lvlm_lens.run.fingerprint import row_key
 from lvlm_lens.run.options import RunOptions
 from lvlm_lens.run.outcome import RunOutcome
@@ -100,7 +101,8 @@ def versions() -> dict[str, str]:
 
 
 def run_summary(
-    opts: RunOptions, model: Any, infos: list[dict], kept: list[int], result: AttributionResult
+    opts: RunOptions, model: HookedLVLM, infos: list[dict], kept: list[int],
+    result: AttributionResult,
 ) -> dict[str, Any]:
     """What ``summary.json`` records: model, data, accuracy, fit quality, top heads, options."""
     top = result.top_heads(10)
@@ -144,7 +146,7 @@ def run_notes(opts: RunOptions, summary: dict[str, Any]) -> list[str]:
 
 
 def compare(
-    model: Any,
+    model: HookedLVLM,
     opts: RunOptions,
     records: list[Any],
     subset: list[int],
@@ -158,14 +160,9 @@ def compare(
     returned too. The masked runs' ``engines`` (by example index) are reused, and every
     finished piece is kept in ``checkpoints`` for a resumed run."""
     cfg = opts.attribution
-    inputs = [
-        model.prepare(records[i].image, records[i].prompt, answers=records[i].answer,
-                      answer_rule=opts.answer_rule)  # fmt: skip
-        for i in subset
-    ]
+    inputs = prepare_records(model, [records[i] for i in subset], opts.answer_rule)
     bases = [baselines(x) for x in inputs]
-    engines = [(engines or {}).get(i) or AblationEngine(model, x, b, cfg.ablation, cfg.metric,
-                                                        cfg.batch_size)
+    engines = [(engines or {}).get(i) or build_engine(model, x, b, cfg)
                for i, x, b in zip(subset, inputs, bases, strict=True)]
     keys = [f"{i}-{row_key(records[i])}" for i in subset]  # a changed row: new pieces
     check = check_baseline(model, inputs, bases, cfg.ablation, cfg.metric, engines=engines,
