@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from lvlm_lens.attribution.regression import (
+    check_method,
     fit_linear,
     fit_pooled,
     min_masks,
@@ -56,8 +57,7 @@ class AttributionConfig:
     def __post_init__(self) -> None:
         if not 0 < self.rate < 1:
             raise OptionError("rate", f"must lie in (0, 1), got {self.rate}")
-        if self.method not in ("ridge", "ols", "lasso"):
-            raise ValueError(f"unknown method {self.method!r}; use 'ridge', 'ols' or 'lasso'")
+        check_method(self.method)
         if not 0 <= self.holdout < 1:
             raise OptionError("holdout", f"must lie in [0, 1), got {self.holdout}")
         if self.seed < 0:
