@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from lvlm_lens.attribution.regression import (
+    check_method,
     fit_linear,
     fit_pooled,
     min_masks,
@@ -56,8 +57,7 @@ class AttributionConfig:
     def __post_init__(self) -> None:
         if not 0 < self.rate < 1:
             raise OptionError("rate", f"must lie in (0, 1), got {self.rate}")
-        if self.method not in ("ridge", "ols", "lasso"):
-            raise ValueError(f"unknown method {self.method!r}; use 'ridge', 'ols' or 'lasso'")
+        check_method(self.method)
         if not 0 <= self.holdout < 1:
             raise OptionError("holdout", f"must lie in [0, 1), got {self.holdout}")
         if self.seed < 0:
@@ -88,6 +88,16 @@ def _check_n_masks(config: AttributionConfig, n_heads: int) -> None:
 def check_config(model: Any, config: AttributionConfig) -> None:
     """Refuse settings the regression cannot fit, before any forward pass runs."""
     _check_n_masks(config, model.cfg.n_layers * model.cfg.n_heads)
+
+
+def build_engine(
+    model: Any, inp: LVLMInput, baseline: BaselineKV, config: AttributionConfig,
+    metric: Metric | None = None,
+) -> AblationEngine:
+    """The one way an example's engine is built from the attribution options (the masked
+    runs, the comparison, the baseline check and the claims runner share it)."""
+    return AblationEngine(model, inp, baseline, config.ablation, metric or config.metric,
+                          config.batch_size)
 
 
 def head_attribution(
@@ -122,8 +132,7 @@ def head_attribution(
         if baseline is None:
             baseline = compute_baseline(model, inp, config.ablation, baseline_image=baseline_image,
                                         reference_images=reference_images)
-        engine = AblationEngine(model, inp, baseline, config.ablation, metric or config.metric,
-                                config.batch_size)
+        engine = build_engine(model, inp, baseline, config, metric)
         masks = sample_masks(config.n_masks, model.cfg.n_layers, model.cfg.n_heads, config.rate,
                              config.seed)
         metrics = engine.run(masks)

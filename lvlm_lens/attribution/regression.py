@@ -184,11 +184,34 @@ def _lasso_path(xc: Tensor, yc: Tensor, lams: Tensor, max_iter: int = 5000, tol:
     return out
 
 
-def _fit(x, y, g, n_groups, shape, method, alphas, holdout, seed) -> LinearFit:
-    if method not in ("ridge", "ols", "lasso"):
-        raise ValueError(f"method must be 'ridge', 'ols' or 'lasso', got {method!r}")
-    if not 0.0 <= holdout < 1.0:
-        raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+#: The regressors a fit can use.
+METHODS = ("ridge", "ols", "lasso")
+
+
+def check_method(method: str) -> None:
+    """Refuse a regressor that is not one of :data:`METHODS` (the one check of it)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; use 'ridge', 'ols' or 'lasso'")
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """How a linear fit is made (see :func:`fit_linear` for each field)."""
+
+    method: str = "ridge"
+    alphas: Sequence[float] | Tensor | None = None
+    holdout: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_method(self.method)
+        if not 0.0 <= self.holdout < 1.0:
+            raise ValueError(f"holdout must be in [0, 1), got {self.holdout}")
+
+
+def _fit(x, y, g, n_groups: int, shape, settings: FitSettings) -> LinearFit:
+    s = settings
+    method, alphas, holdout, seed = s.method, s.alphas, s.holdout, s.seed
     x, y, p = x.to(torch.float64), y.to(x.device, torch.float64), x.shape[1]
     train, test = _split(g, n_groups, holdout, gen := torch.Generator().manual_seed(seed))
     min_train = p + n_groups if method == "ols" else 2 * n_groups + 1
@@ -291,4 +314,5 @@ def fit_pooled(
     x = torch.cat([m.flatten(1).to(dev) for m in masks_list])
     y = torch.cat([t.to(dev, torch.float64) for t in targets_list])
     g = torch.cat([torch.full((len(t),), i, device=dev) for i, t in enumerate(targets_list)])
-    return _fit(x, y, g, len(masks_list), m.shape[1:], method, alphas, holdout, seed)
+    settings = FitSettings(method, alphas, holdout, seed)
+    return _fit(x, y, g, len(masks_list), m.shape[1:], settings)

@@ -227,9 +227,11 @@ def render_example(
     )
 
 
-def _generate(
-    n: int, rng: np.random.Generator, image_size: int, classes: Sequence[str]
+def generate_from_rng(
+    n: int, rng: np.random.Generator, image_size: int = 48, classes: Sequence[str] = CLASSES
 ) -> list[SyntheticExample]:
+    """``n`` synthetic examples drawn from ``rng`` (a caller's own stream, e.g. the toy's
+    training batches); :func:`generate_dataset` is this on a fresh seeded generator."""
     classes = tuple(classes)
     if not classes:
         raise ValueError("classes is empty")
@@ -262,4 +264,4 @@ def generate_dataset(
     attribute is drawn independently and uniformly, except that outlines are never textured
     (``texture`` is ``"plain"`` for every ``"outline"``).
     """
-    return _generate(n, np.random.default_rng(seed), image_size, classes)
+    return generate_from_rng(n, np.random.default_rng(seed), image_size, classes)

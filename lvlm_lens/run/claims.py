@@ -31,7 +31,7 @@ from lvlm_lens.analysis.regions import region_ablation
 from lvlm_lens.analysis.semantics import semantic_similarity
 from lvlm_lens.analysis.stats import bootstrap_ci, spearman
 from lvlm_lens.attribution.comparison import HEAD_ATTRIBUTION, example_rankings
-from lvlm_lens.attribution.head_attribution import AttributionConfig, fit_result
+from lvlm_lens.attribution.head_attribution import AttributionConfig, build_engine, fit_result
 from lvlm_lens.attribution.regression import sample_masks
 from lvlm_lens.data import render_example
 from lvlm_lens.data.questions import ATTRIBUTES, attribute_records
@@ -39,10 +39,10 @@ from lvlm_lens.data.records import synthetic_records
 from lvlm_lens.data.synthetic import CLASSES
 from lvlm_lens.interventions.ablation import BASELINES, HeadAblation, compute_baseline
 from lvlm_lens.interventions.baseline_check import check_baseline
-from lvlm_lens.interventions.engine import AblationEngine
 from lvlm_lens.interventions.knockout import knockout_effect
 from lvlm_lens.interventions.token_ablation import mean_image_baseline
 from lvlm_lens.model.hooked_lvlm import HookedLVLM
+from lvlm_lens.run.examples import prepare_records
 from lvlm_lens.run.options import RunOptions
 from lvlm_lens.run.seeds import aggregate, markdown, replace_block
 from lvlm_lens.toy import load_toy
@@ -58,8 +58,8 @@ LOOKS = (
 )  # fmt: skip
 
 
-def _prepare(model: Any, records: list[Any]) -> list[Any]:
-    return [model.prepare(r.image, r.prompt, answers=r.answer) for r in records]
+def _prepare(model: HookedLVLM, records: list[Any]) -> list[Any]:
+    return prepare_records(model, records)
 
 
 def _correct(model: Any, inputs: list[Any]) -> list[int]:
@@ -87,8 +87,7 @@ def baseline_table(model: Any, records: list[Any], refs: list[Any], metric: str)
 
 def _attribute(model, inputs, bases, cfg: AttributionConfig, ids):
     """Per-example engines and a head-attribution result over ``inputs``."""
-    engines = [AblationEngine(model, x, b, cfg.ablation, cfg.metric, cfg.batch_size)
-               for x, b in zip(inputs, bases, strict=True)]  # fmt: skip
+    engines = [build_engine(model, x, b, cfg) for x, b in zip(inputs, bases, strict=True)]
     masks = sample_masks(cfg.n_masks, model.cfg.n_layers, model.cfg.n_heads, cfg.rate, cfg.seed)
     metrics = torch.stack([e.run(masks, progress=False)[0] for e in engines])
     return engines, fit_result(masks, metrics, cfg, model.cfg.model_name, ids)

@@ -172,11 +172,11 @@ def flag_of(parser: argparse.ArgumentParser, command: str, field: str) -> str:
 
 def _run(args: argparse.Namespace) -> None:
     if args.command == "attribute":
-        from lvlm_lens.run.job import attribute, terminal_summary
+        from lvlm_lens.run.job import run_job, terminal_summary
 
-        summary = attribute(options_from_args(args), overwrite=args.overwrite)
-        if summary is not None:
-            print(terminal_summary(summary))
+        outcome = run_job(options_from_args(args), overwrite=args.overwrite)
+        if outcome is not None:
+            print(terminal_summary(outcome))
     elif args.command == "knockout":
         from lvlm_lens.run.knockout_sweep import run_knockout_sweep
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.metadata as md
-import json
 import math
 import time
 from pathlib import Path
@@ -14,25 +13,26 @@ from PIL import Image
 
 from lvlm_lens.attribution.comparison import compare_rankings, comparison_notes
 from lvlm_lens.attribution.curves import Curves, RandomBand
+from lvlm_lens.attribution.head_attribution import build_engine
 from lvlm_lens.attribution.results import AttributionResult
 from lvlm_lens.data import load_folder, synthetic_records
 from lvlm_lens.data.images import open_image
 from lvlm_lens.errors import OptionError
 from lvlm_lens.interventions.baseline_check import BaselineCheck, baseline_note, check_baseline
-from lvlm_lens.interventions.engine import AblationEngine
 from lvlm_lens.model import HookedLVLM
 from lvlm_lens.run.distributed import current_shard
+from lvlm_lens.run.examples import prepare_records
 from lvlm_lens.run.fingerprint import row_key
 from lvlm_lens.run.options import RunOptions
+from lvlm_lens.run.outcome import RunOutcome
 from lvlm_lens.run.preflight import check_device, check_prompts
 from lvlm_lens.run.report_files import save_report_inputs
-from lvlm_lens.run.rerender import rerender
 from lvlm_lens.run.runner import BaselineCache, run_attribution
 from lvlm_lens.run.store import CheckpointFiles
 from lvlm_lens.run.threads import apply_threads
 from lvlm_lens.toy import toy_checkpoint_path
 from lvlm_lens.viz.attention_maps import example_views
-from lvlm_lens.viz.report import ReportData
+from lvlm_lens.viz.report import write_report
 
 TOY_LABEL = "toy LVLM (bundled)"
 
@@ -101,7 +101,8 @@ def versions() -> dict[str, str]:
 
 
 def run_summary(
-    opts: RunOptions, model: Any, infos: list[dict], kept: list[int], result: AttributionResult
+    opts: RunOptions, model: HookedLVLM, infos: list[dict], kept: list[int],
+    result: AttributionResult,
 ) -> dict[str, Any]:
     """What ``summary.json`` records: model, data, accuracy, fit quality, top heads, options."""
     top = result.top_heads(10)
@@ -145,7 +146,7 @@ def run_notes(opts: RunOptions, summary: dict[str, Any]) -> list[str]:
 
 
 def compare(
-    model: Any,
+    model: HookedLVLM,
     opts: RunOptions,
     records: list[Any],
     subset: list[int],
@@ -159,14 +160,9 @@ def compare(
     returned too. The masked runs' ``engines`` (by example index) are reused, and every
     finished piece is kept in ``checkpoints`` for a resumed run."""
     cfg = opts.attribution
-    inputs = [
-        model.prepare(records[i].image, records[i].prompt, answers=records[i].answer,
-                      answer_rule=opts.answer_rule)  # fmt: skip
-        for i in subset
-    ]
+    inputs = prepare_records(model, [records[i] for i in subset], opts.answer_rule)
     bases = [baselines(x) for x in inputs]
-    engines = [(engines or {}).get(i) or AblationEngine(model, x, b, cfg.ablation, cfg.metric,
-                                                        cfg.batch_size)
+    engines = [(engines or {}).get(i) or build_engine(model, x, b, cfg)
                for i, x, b in zip(subset, inputs, bases, strict=True)]
     keys = [f"{i}-{row_key(records[i])}" for i in subset]  # a changed row: new pieces
     check = check_baseline(model, inputs, bases, cfg.ablation, cfg.metric, engines=engines,
@@ -189,50 +185,60 @@ def compare(
     ), check
 
 
-def attribute(
-    opts: RunOptions, *, overwrite: bool = False, curve_examples: int = 16
-) -> Path | None:
-    """Run the whole job; returns the report path on rank 0 (``None`` on other ranks)."""
+def run_job(opts: RunOptions, *, overwrite: bool = False,
+            curve_examples: int = 16) -> RunOutcome | None:  # fmt: skip
+    """Run the whole job: write its files and its report, drawn from the outcome in memory
+    (``lvlm-lens report`` draws the same page from the files); returns the outcome on rank 0
+    (``None`` on other ranks)."""
     t0 = time.time()
     model = load_model(opts)
     records, refs = load_records(opts)
     check_prompts(model, records)
     image = load_baseline_image(opts)
-    merged = run_attribution(
+    run = run_attribution(
         model, records, opts, overwrite=overwrite, reference_images=refs, baseline_image=image,
         keep_engines=curve_examples if opts.rankings else 0,
     )
-    if merged is None:
+    if run is None:
         return None
-    out, result, infos, kept = merged["out"], merged["result"], merged["infos"], merged["kept"]
-    summary = run_summary(opts, model, infos, kept, result)
+    summary = run_summary(opts, model, run.infos, run.kept, run.result)
     summary["seconds_attribution"] = time.time() - t0
     summary["warnings"] = run_notes(opts, summary)
-    notes = list(summary["warnings"])
-    rankings, curves, band = {}, {}, None
+    outcome = RunOutcome(run, summary, list(summary["warnings"]))
     if opts.rankings:
         t1 = time.time()
-        rankings, curves, band, check = compare(  # reusing the masked runs' baselines, engines
-            model, opts, records, kept[:curve_examples], result, merged["baselines"],
-            merged["engines"], CheckpointFiles(out / "comparison"),  # a resume skips what is done
+        outcome.rankings, outcome.curves, outcome.band, check = compare(  # reusing the masked
+            model, opts, records, run.kept[:curve_examples], run.result, run.baselines,  # runs'
+            run.engines, CheckpointFiles(run.out / "comparison"),  # a resume skips what is done
         )
         summary["baseline_check"] = check.summary()
-        notes.append(baseline_note(check, opts.attribution.ablation.baseline))
-        if curves:
-            notes += comparison_notes(curves, band, model.cfg.n_layers * model.cfg.n_heads)
+        outcome.notes.append(baseline_note(check, opts.attribution.ablation.baseline))
+        if outcome.curves:
+            outcome.notes += comparison_notes(outcome.curves, outcome.band,
+                                              model.cfg.n_layers * model.cfg.n_heads)
         summary["curves"] = {
             n: {f: getattr(c, f).tolist() for f in ("ks", "faithfulness", "completeness")}
-            for n, c in curves.items()
+            for n, c in outcome.curves.items()
         }
         summary["seconds_comparison"] = time.time() - t1
-    views = example_views(model, records, infos, kept, result.top_heads(3))
-    save_report_inputs(out, ReportData(result, rankings, curves, band, views, summary, notes))
-    return rerender(out)  # the report is drawn from the files, as `lvlm-lens report` does
+    outcome.views = example_views(model, records, run.infos, run.kept, run.result.top_heads(3))
+    save_report_inputs(run.out, outcome.report_data())
+    write_report(run.out, outcome.report_data())
+    return outcome
 
 
-def terminal_summary(report: Path) -> str:
+def attribute(
+    opts: RunOptions, *, overwrite: bool = False, curve_examples: int = 16
+) -> Path | None:
+    """Run the whole job (:func:`run_job`); returns the report path on rank 0 (``None`` on
+    other ranks)."""
+    outcome = run_job(opts, overwrite=overwrite, curve_examples=curve_examples)
+    return None if outcome is None else outcome.run.out / "report.html"
+
+
+def terminal_summary(outcome: RunOutcome) -> str:
     """A few lines for the terminal at the end of a run: accuracy, fit, top heads, report."""
-    s = json.loads((report.parent / "summary.json").read_text())
+    s, report = outcome.summary, outcome.run.out / "report.html"
     fit = s["fit"]
     r = lambda v: "n/a" if v is None or math.isnan(v) else f"{v:.2f}"  # noqa: E731
     correct = round(s["accuracy"] * s["n_examples"])

@@ -15,6 +15,7 @@ import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from lvlm_lens.interventions.sweeps import knockout_window_sweep  # noqa: E402
+from lvlm_lens.run.examples import prepare_records  # noqa: E402
 from lvlm_lens.run.job import load_model, load_records  # noqa: E402
 from lvlm_lens.run.options import RunOptions  # noqa: E402
 
@@ -31,7 +32,7 @@ def run_knockout_sweep(opts: RunOptions, window: int = 9, metric: str = "prob") 
         metric: Answer metric whose change is reported (relative change for ``prob``).
     """
     model, (records, _) = load_model(opts), load_records(opts)
-    inputs = [model.prepare(r.image, r.prompt, answers=r.answer) for r in records]
+    inputs = prepare_records(model, records)
     with torch.no_grad():
         inputs = [i for i in inputs if int(model(i)[0, -1].argmax()) == int(i.answer_ids[0])]
     if not inputs:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from lvlm_lens.errors import OptionError
+from lvlm_lens.model import HookedLVLM
 from lvlm_lens.model.families import GENERIC_PLACEHOLDER
 
 
@@ -68,7 +69,7 @@ def check_mask_memory(
         )
 
 
-def check_prompts(model: Any, records: list[Any]) -> None:
+def check_prompts(model: HookedLVLM, records: list[Any]) -> None:
     """Refuse, before any compute, a row whose prompt does not hold exactly one image
     placeholder, naming the row (``data.csv row 3``).
 

@@ -9,6 +9,6 @@ from lvlm_lens.viz.report import write_report
 
 
 def rerender(out: Path) -> Path:
-    """Write ``out/report.html`` (and ``out/figures``) from the run's files; ``attribute``
-    draws its report this way too, so both give the same page."""
+    """Write ``out/report.html`` (and ``out/figures``) from the run's files: the same page
+    ``attribute`` drew from its :class:`~lvlm_lens.run.outcome.RunOutcome` in memory."""
     return write_report(out, load_report_inputs(Path(out)))

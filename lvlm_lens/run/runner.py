@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lvlm_lens.attribution.head_attribution import check_config, fit_result
+from lvlm_lens.attribution.head_attribution import build_engine, check_config, fit_result
 from lvlm_lens.attribution.regression import sample_masks
 from lvlm_lens.files import atomic_json
 from lvlm_lens.interventions.ablation import (
@@ -26,10 +26,13 @@ from lvlm_lens.interventions.ablation import (
     source_mask,
 )
 from lvlm_lens.interventions.engine import AblationEngine
+from lvlm_lens.model import HookedLVLM
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.run.distributed import Shard, current_shard
+from lvlm_lens.run.examples import prepare_record
 from lvlm_lens.run.fingerprint import row_key
 from lvlm_lens.run.options import RunOptions
+from lvlm_lens.run.outcome import AttributionRun
 from lvlm_lens.run.preflight import check_mask_memory
 from lvlm_lens.run.store import (
     check_out_dir,
@@ -51,7 +54,8 @@ class BaselineCache:
     are resized to), so examples sharing them share one baseline computation."""
 
     def __init__(
-        self, model: Any, opts: RunOptions, reference_images: list[Any] | None, baseline_image: Any
+        self, model: HookedLVLM, opts: RunOptions, reference_images: list[Any] | None,
+        baseline_image: Any,
     ):
         self.model, self.opts = model, opts
         self.refs, self.image = reference_images, baseline_image
@@ -87,7 +91,7 @@ class BaselineCache:
         return BaselineKV([grow(k) for k in b.keys], [grow(v) for v in b.values], src)
 
 
-def predict(model: Any, inp: LVLMInput) -> int:
+def predict(model: HookedLVLM, inp: LVLMInput) -> int:
     """The model's greedy answer token at the final position."""
     with torch.no_grad():
         return int(model(inp)[0, -1].argmax())
@@ -111,7 +115,7 @@ def row_label(record: Any, index: int) -> str:
 
 
 def run_shard(
-    model: Any,
+    model: HookedLVLM,
     records: list[Any],
     opts: RunOptions,
     out: Path,
@@ -133,7 +137,7 @@ def run_shard(
     changed = []
     for i in mine:
         rec = records[i]
-        inp = model.prepare(rec.image, rec.prompt, answers=rec.answer, answer_rule=opts.answer_rule)
+        inp = prepare_record(model, rec, opts.answer_rule)
         row = metas[i][0]["row"]
         info = load_prediction(out, i, row)
         if info is None and prediction_path(out, i).exists():  # computed from an older row
@@ -159,9 +163,7 @@ def run_shard(
         bar.update(masks.shape[0] - sum(int(metas[i][c]["n_masks"]) for c in todo))
         if not todo:
             continue
-        engine = AblationEngine(
-            model, inp, baselines(inp), cfg.ablation, cfg.metric, cfg.batch_size
-        )
+        engine = build_engine(model, inp, baselines(inp), cfg)
         for c in todo:
             part = masks[c * size : (c + 1) * size]
             save_chunk(out, i, c, engine.run(part, progress=False)[0], metas[i][c])
@@ -175,7 +177,7 @@ def run_shard(
 
 
 def run_attribution(
-    model: Any,
+    model: HookedLVLM,
     records: list[Any],
     opts: RunOptions,
     *,
@@ -184,7 +186,7 @@ def run_attribution(
     baseline_image: Any = None,
     merge_timeout: float = 7 * 24 * 3600,
     keep_engines: int = 0,
-) -> dict[str, Any] | None:
+) -> AttributionRun | None:
     """Run (or resume) head attribution over ``records``; rank 0 returns the merged outputs.
 
     Args:
@@ -196,9 +198,9 @@ def run_attribution(
         keep_engines: How many examples' engines to hand back (see :func:`run_shard`).
 
     Returns:
-        On rank 0: ``{"result", "infos", "kept", "metrics", "masks", "out", "baselines",
-        "engines"}`` (the baseline cache, and the engines of the first ``keep_engines``
-        examples this process attributed, by example index); else ``None``.
+        On rank 0 the :class:`~lvlm_lens.run.outcome.AttributionRun` (with the baseline
+        cache, and the engines of the first ``keep_engines`` examples this process
+        attributed, by example index); else ``None``.
     """
     shard = current_shard()
     cfg = opts.attribution
@@ -224,13 +226,4 @@ def run_attribution(
     )
     result.save(out / "attribution")
     result.to_csv(out / "attribution.csv")
-    return {
-        "result": result,
-        "infos": infos,
-        "kept": kept,
-        "metrics": metrics,
-        "masks": masks,
-        "out": out,
-        "baselines": baselines,
-        "engines": engines,
-    }
+    return AttributionRun(out, result, infos, kept, metrics, masks, baselines, engines)

@@ -29,7 +29,7 @@ from lvlm_lens.data.questions import (
     attribute_image_prompt,
     attribute_text_prompt,
 )
-from lvlm_lens.data.synthetic import _generate
+from lvlm_lens.data.synthetic import generate_from_rng
 
 #: Training tasks: ``"shape"`` (name the object, the bundled toy) or ``"attributes"`` (its
 #: shape, colour, size or background, the science toy).
@@ -170,7 +170,7 @@ def sample_batch(
     ``recipe.attribute_weights``) and a template, uniformly.
     """
     task = recipe.task
-    examples = _generate(n, rng, size, CLASSES)
+    examples = generate_from_rng(n, rng, size, CLASSES)
     if task == "shape":
         which = rng.integers(0, len(IMAGE_QUESTIONS), size=n).tolist()
         prompts = [

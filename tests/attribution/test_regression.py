@@ -347,3 +347,15 @@ def test_pooled_held_out_scores_are_within_example_by_hand():
     pooled_r = float(torch.corrcoef(torch.stack([truth, pred]))[0, 1])
     assert 0.2 < fit.r2 < pooled_r2 - 0.1 and fit.pearson_r < pooled_r - 0.05
     assert fit.example_intercepts.tolist() == pytest.approx([0.0, 40.0, -25.0], abs=1.0)
+
+
+def test_fit_settings_check_the_method_and_holdout_in_one_place():
+    from lvlm_lens.attribution.head_attribution import AttributionConfig
+    from lvlm_lens.attribution.regression import FitSettings
+
+    for make in (lambda: FitSettings(method="svm"), lambda: AttributionConfig(method="svm")):
+        with pytest.raises(ValueError, match="unknown method 'svm'; use 'ridge', 'ols' or 'lasso'"):
+            make()
+    with pytest.raises(ValueError, match=r"holdout must be in \[0, 1\), got 1.0"):
+        FitSettings(holdout=1.0)
+    assert FitSettings() == FitSettings("ridge", None, 0.2, 0)

@@ -157,3 +157,15 @@ def test_generated_records_match_their_images():
             assert corner[0] - corner[2] >= 30
         elif a["background"] == "gray":
             assert corner.max() <= 205
+
+
+def test_generate_from_rng_is_the_seeded_dataset_on_its_own_stream():
+    import numpy as np
+
+    from lvlm_lens.data.synthetic import generate_dataset, generate_from_rng
+
+    ours = generate_from_rng(5, np.random.default_rng(3))
+    theirs = generate_dataset(5, seed=3)
+    assert [e.label for e in ours] == [e.label for e in theirs]
+    assert all(np.array_equal(np.asarray(a.image), np.asarray(b.image))
+               for a, b in zip(ours, theirs, strict=True))  # fmt: skip

@@ -34,7 +34,7 @@ def test_an_edited_row_is_recomputed_and_only_it(model, tmp_path):
     recs = records(model)
     refs = [noise_image(20, 20, 50)]
     first = run_attribution(model, recs, options(tmp_path), reference_images=refs)
-    out = first["out"]
+    out = first.out
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "chunks").iterdir()}
     stamps |= {f"pred{i}": prediction_path(out, i).stat().st_mtime_ns for i in range(3)}
     # the user replaces row 1's image (same id, prompt and file layout)
@@ -42,8 +42,8 @@ def test_an_edited_row_is_recomputed_and_only_it(model, tmp_path):
     with pytest.warns(UserWarning, match=r"recomputed 1 example\(s\).*: example 1 \(id 'ex1'\)$"):
         second = run_attribution(model, recs, options(tmp_path), reference_images=refs)
     fresh = run_attribution(model, recs, options(tmp_path / "fresh"), reference_images=refs)
-    assert torch.equal(second["metrics"], fresh["metrics"])
-    assert not torch.equal(second["metrics"][1], first["metrics"][1])
+    assert torch.equal(second.metrics, fresh.metrics)
+    assert not torch.equal(second.metrics[1], first.metrics[1])
     for i in (0, 2):  # untouched rows: their files were not rewritten
         assert prediction_path(out, i).stat().st_mtime_ns == stamps[f"pred{i}"]
         for c in range(3):
@@ -60,7 +60,7 @@ def test_an_edited_answer_is_recomputed(model, tmp_path):
     with pytest.warns(UserWarning, match=r"example 0 \(id 'ex0'\)$"):
         second = run_attribution(model, recs, options(tmp_path, keep_wrong=True),
                                  reference_images=refs)  # fmt: skip
-    info = json.loads(prediction_path(second["out"], 0).read_text())
+    info = json.loads(prediction_path(second.out, 0).read_text())
     assert info["answer"] == recs[0].answer and not info["correct"]
 
 

@@ -48,7 +48,7 @@ def test_a_killed_runs_lock_is_taken_over(model, tmp_path, holder):  # noqa: F81
     holder.wait()
     recs, refs = records(model, 1), [noise_image(20, 20, 50)]
     run = run_attribution(model, recs, options(tmp_path), reference_images=refs)
-    assert (run["out"] / LOCK_NAME).read_text() == str(os.getpid())
+    assert (run.out / LOCK_NAME).read_text() == str(os.getpid())
 
 
 def test_release_removes_only_its_own_lock(tmp_path):

@@ -22,13 +22,13 @@ from tests.run.test_runner import options, records
 def test_a_damaged_run_json_is_named_and_overwrite_recovers(model, tmp_path):  # noqa: F811
     recs, refs = records(model, 1), [noise_image(20, 20, 50)]
     first = run_attribution(model, recs, options(tmp_path), reference_images=refs)
-    (first["out"] / "run.json").write_text('{"n_examples": 2')
+    (first.out / "run.json").write_text('{"n_examples": 2')
     with pytest.raises(RunError, match=r"run\.json is damaged .*pass --overwrite"):
         run_attribution(model, recs, options(tmp_path), reference_images=refs)
     again = run_attribution(model, recs, options(tmp_path), reference_images=refs,
                             overwrite=True)  # fmt: skip
-    assert torch.equal(again["metrics"], first["metrics"])
-    assert json.loads((again["out"] / "run.json").read_text())["n_examples"] == 24
+    assert torch.equal(again.metrics, first.metrics)
+    assert json.loads((again.out / "run.json").read_text())["n_examples"] == 24
 
 
 def test_a_damaged_comparison_piece_is_named_removed_and_recomputed(tmp_path):

@@ -55,16 +55,16 @@ def test_resume_after_lost_chunks_gives_identical_results(model, tmp_path):
     recs = records(model)
     refs = [noise_image(20, 20, 50 + i) for i in range(3)]
     first = run_attribution(model, recs, options(tmp_path), reference_images=refs)
-    out = first["out"]
-    assert first["metrics"].shape == (3, 40)
+    out = first.out
+    assert first.metrics.shape == (3, 40)
     assert len(list((out / "chunks").glob("*.safetensors"))) == 3 * 3
     # a killed run: some chunks and one prediction never written
     for path in [chunk_path(out, 1, 2), chunk_path(out, 2, 0), chunk_path(out, 2, 1)]:
         path.unlink()
     (out / "examples" / "00002.json").unlink()
     second = run_attribution(model, recs, options(tmp_path), reference_images=refs)
-    assert torch.equal(second["metrics"], first["metrics"])
-    assert torch.equal(second["result"].coef, first["result"].coef)
+    assert torch.equal(second.metrics, first.metrics)
+    assert torch.equal(second.result.coef, first.result.coef)
 
 
 def test_changed_options_are_refused_unless_overwrite(model, tmp_path):
@@ -76,7 +76,7 @@ def test_changed_options_are_refused_unless_overwrite(model, tmp_path):
     with pytest.raises(RunError, match="rate"):
         run_attribution(model, recs, changed, reference_images=refs)
     out = run_attribution(model, recs, changed, reference_images=refs, overwrite=True)
-    assert json.loads((out["out"] / "run.json").read_text())["attribution"]["rate"] == 0.3
+    assert json.loads((out.out / "run.json").read_text())["attribution"]["rate"] == 0.3
 
 
 def test_overwrite_never_deletes_files_the_run_did_not_write(model, tmp_path):
@@ -85,7 +85,7 @@ def test_overwrite_never_deletes_files_the_run_did_not_write(model, tmp_path):
     recs = records(model, 1)
     refs = [noise_image(20, 20, 50)]
     first = run_attribution(model, recs, options(tmp_path), reference_images=refs)
-    out = first["out"]
+    out = first.out
     (out / "data.csv").write_text("image,prompt,answer\n")
     (out / "images").mkdir()
     (out / "images" / "a.png").write_bytes(b"user image")
@@ -99,7 +99,7 @@ def test_overwrite_never_deletes_files_the_run_did_not_write(model, tmp_path):
     (out / "images" / "a.png").unlink()
     (out / "images").rmdir()
     again = run_attribution(model, recs, changed, reference_images=refs, overwrite=True)
-    assert json.loads((again["out"] / "run.json").read_text())["attribution"]["rate"] == 0.3
+    assert json.loads((again.out / "run.json").read_text())["attribution"]["rate"] == 0.3
 
 
 def test_wrong_answers_are_excluded_and_reported(model, tmp_path):
@@ -107,12 +107,12 @@ def test_wrong_answers_are_excluded_and_reported(model, tmp_path):
     wrong = next(w for w in ("star", "circle") if w != recs[1].answer)
     recs[1].answer = wrong
     res = run_attribution(model, recs, options(tmp_path), reference_images=[noise_image(20, 20, 9)])
-    assert res["kept"] == [0, 2]
-    assert res["infos"][1]["correct"] is False
-    assert res["result"].example_ids == ["ex0", "ex2"]
+    assert res.kept == [0, 2]
+    assert res.infos[1]["correct"] is False
+    assert res.result.example_ids == ["ex0", "ex2"]
     kept = run_attribution(model, recs, options(tmp_path / "k", keep_wrong=True),
                            reference_images=[noise_image(20, 20, 9)])
-    assert kept["kept"] == [0, 1, 2]
+    assert kept.kept == [0, 1, 2]
 
 
 def test_shared_baseline_equals_per_example_baseline(model, tmp_path):
@@ -129,7 +129,7 @@ def test_shared_baseline_equals_per_example_baseline(model, tmp_path):
     inp = model.prepare(recs[1].image, recs[1].prompt, answers=recs[1].answer)
     base = compute_baseline(model, inp, cfg.ablation, reference_images=refs)
     direct = AblationEngine(model, inp, base, cfg.ablation, cfg.metric).run(masks, progress=False)
-    assert torch.allclose(res["metrics"][1], direct[0], atol=1e-5)
+    assert torch.allclose(res.metrics[1], direct[0], atol=1e-5)
 
 
 def test_a_lost_chunk_fails_fast_in_a_single_process(model, tmp_path, monkeypatch):
@@ -175,7 +175,7 @@ def test_damaged_and_foreign_chunks_are_named_discarded_and_recomputed(model, tm
     recs = records(model)
     refs = [noise_image(20, 20, 50)]
     first = run_attribution(model, recs, options(tmp_path), reference_images=refs)
-    out = first["out"]
+    out = first.out
     truncated, foreign, alien = chunk_path(out, 0, 1), chunk_path(out, 1, 0), chunk_path(out, 2, 2)
     truncated.write_bytes(truncated.read_bytes()[:-7])  # a cut copy
     foreign.write_bytes(chunk_path(out, 2, 0).read_bytes())  # another example's chunk
@@ -186,8 +186,8 @@ def test_damaged_and_foreign_chunks_are_named_discarded_and_recomputed(model, tm
     for path in (truncated, foreign, alien):
         assert f"{path} " in text, text
     assert "example '2' instead of '1'" in text
-    assert torch.equal(second["metrics"], first["metrics"])
-    assert torch.equal(second["result"].coef, first["result"].coef)
+    assert torch.equal(second.metrics, first.metrics)
+    assert torch.equal(second.result.coef, first.result.coef)
 
 
 def test_merge_names_a_damaged_chunk(model, tmp_path):
@@ -196,7 +196,7 @@ def test_merge_names_a_damaged_chunk(model, tmp_path):
 
     recs = records(model, 2)
     opts = options(tmp_path)
-    out = run_attribution(model, recs, opts, reference_images=[noise_image(20, 20, 50)])["out"]
+    out = run_attribution(model, recs, opts, reference_images=[noise_image(20, 20, 50)]).out
     chunk_path(out, 1, 2).write_bytes(b"\0" * 8)
     with pytest.raises(RunError, match=r"ex00001_c0002\.safetensors does not load"):
         collect(out, 2, chunk_metas(opts, recs, 40), opts, timeout=0.0)
@@ -222,7 +222,7 @@ def test_progress_never_passes_its_total(model, tmp_path, monkeypatch):
     recs = records(model, 2)
     refs = [noise_image(20, 20, 50)]
     first = run_attribution(model, recs, options(tmp_path), reference_images=refs)
-    chunk_path(first["out"], 0, 0).unlink()  # resume with the short last chunk (8 masks) done
+    chunk_path(first.out, 0, 0).unlink()  # resume with the short last chunk (8 masks) done
     run_attribution(model, recs, options(tmp_path), reference_images=refs)
     assert [b.done for b in bars] == [2 * 40, 2 * 40]
 
