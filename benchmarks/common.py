@@ -202,6 +202,9 @@ def build_random_family(
         return build_random_glm4v(kind, n_layers=n_layers, d_model=d_model, n_heads=n_heads,
                                   d_mlp=d_mlp, vision_layers=vision_layers,
                                   vision_d_model=vision_d_model, seed=seed)  # fmt: skip
+    if kind == "llama4":
+        return _random_llama4(n_layers, d_model, n_heads, d_mlp, vision_layers, vision_d_model,
+                              seed)  # fmt: skip
     tokenizer = family_tokenizer(kind, chat_template=False)
     d_head = d_model // n_heads
     text: dict[str, Any] = dict(
@@ -318,6 +321,35 @@ def build_random_glm4v(
         torch.manual_seed(seed)
         model = cls(config)
     return model.eval(), tokenizer, glm4v_image_processor(14, 576), 48 * 14
+
+
+def _random_llama4(n_layers: int, d_model: int, n_heads: int, d_mlp: int, vision_layers: int,
+                   vision_d_model: int, seed: int) -> tuple[Any, Any, Any, int]:  # fmt: skip
+    """Llama 4 at the benchmark's decoder sizes, shaped as Scout / Maverick: 16 experts of width
+    ``d_mlp``, one per token, plus a shared expert, on every other layer (dense MLPs of width
+    ``2 d_mlp`` between), a NoPE layer every fourth, chunked attention (8192) elsewhere, 4 K/V
+    heads; 336-px tiles of 14-px patches pixel-shuffled by 0.5 (144 tokens a tile); a 672-px
+    image is cut into 2x2 tiles + the global one (720 tokens)."""
+    from lvlm_lens.model.families.llama4 import Llama4ImageProcessor
+    from lvlm_lens.testing.tiny_llama4 import llama4_config, llama4_tokenizer
+
+    tokenizer = llama4_tokenizer(chat_template=False)
+    text = dict(hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=n_heads,
+                head_dim=d_model // n_heads, num_key_value_heads=4, intermediate_size=d_mlp,
+                intermediate_size_mlp=2 * d_mlp, num_local_experts=16, num_experts_per_tok=1,
+                moe_layers=list(range(1, n_layers, 2)), attention_chunk_size=8192,
+                no_rope_layers=[int((i + 1) % 4 != 0) for i in range(n_layers)],
+                max_position_embeddings=16384, initializer_range=0.02)  # fmt: skip
+    vision = dict(hidden_size=vision_d_model, intermediate_size=4 * vision_d_model,
+                  num_hidden_layers=vision_layers, num_attention_heads=max(1, vision_d_model // 64),
+                  image_size=336, patch_size=14, projector_input_dim=4 * vision_d_model,
+                  projector_output_dim=4 * vision_d_model, vision_output_dim=4 * vision_d_model)
+    config = llama4_config(tokenizer, text, vision)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = transformers.Llama4ForConditionalGeneration(config)
+    processor = Llama4ImageProcessor(size={"height": 336, "width": 336}, max_patches=16)
+    return model.eval(), tokenizer, processor, 672
 
 
 def llava15_prompt() -> str:
