@@ -79,7 +79,7 @@ def test_image_grids_cover_every_image_token_once(next_pair, toy_pair):
 @pytest.mark.parametrize(
     "kind",
     ["qwen2-vl", "gemma3", "internvl", "idefics3", "qwen3-vl-moe", "llava-onevision-1.5",
-     "smolvlm2", "glm4v", "glm4v-moe"],
+     "smolvlm2", "glm4v", "glm4v-moe", "llama4"],
 )
 def test_image_grids_of_the_other_families(tiny_checkpoint, kind):
     """Qwen's grid follows the picture's aspect, uncropped; Gemma's is square; InternVL's and
@@ -89,10 +89,11 @@ def test_image_grids_of_the_other_families(tiny_checkpoint, kind):
     (grid,) = image_grids(inp, 0)
     assert grid.kind == "base" and not grid.crop and (grid.positions >= 0).all()
     image = inp.positions("image", 0).numpy()
-    tiled = ("internvl", "idefics3", "smolvlm2")  # SmolVLM2 tiles as Idefics3
+    tiled = ("internvl", "idefics3", "smolvlm2", "llama4")  # SmolVLM2 tiles as Idefics3
     shape = (4, 4) if kind in tiled or kind == "gemma3" else (5, 7)
+    shape = (2, 2) if kind == "llama4" else shape  # 28-px tiles: 2x2 tokens each
     assert grid.positions.shape == shape
-    base = image[-16:] if kind in tiled else image  # after the other tiles
+    base = image[-shape[0] * shape[1] :] if kind in tiled else image  # after the other tiles
     assert (grid.positions.ravel() == base).all()
     square = ("gemma3", *tiled)
     assert image_grids(inp, 1)[0].positions.shape == (shape if kind in square else (8, 4))
