@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from lvlm_lens.testing.tiny_mistral3 import MISTRAL3_KIND, build_mistral3_checkpoint
 from lvlm_lens.testing.tiny_smolvlm import SMOLVLM_KIND, build_smolvlm_checkpoint
 
 #: Builder per tiny kind.
 BUILDERS: dict[str, Callable[..., Path]] = {
     SMOLVLM_KIND: build_smolvlm_checkpoint,
+    MISTRAL3_KIND: build_mistral3_checkpoint,
 }
 #: The kinds of :data:`BUILDERS`.
 MORE_KINDS = tuple(BUILDERS)

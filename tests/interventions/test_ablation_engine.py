@@ -183,6 +183,7 @@ FAMILY_KINDS = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl", "ide
 FAMILY_KINDS += ["qwen3-vl-moe"]
 FAMILY_KINDS += ["llava-onevision-1.5"]
 FAMILY_KINDS += ["smolvlm2"]
+FAMILY_KINDS += ["mistral3"]
 
 
 @pytest.fixture(scope="module", params=FAMILY_KINDS)

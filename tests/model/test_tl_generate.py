@@ -19,7 +19,7 @@ from tests.model.tl_parity import parity
 IMAGE_PROMPT = "USER: <image>\nwhat is the main object in this image ? ASSISTANT:"
 TEXT = "what is the main object in this image ?"
 FAMILIES = ["llava-llama", "llava-onevision-qwen2", "llava-next-mistral", "qwen2-vl",
-            "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl", "idefics3"]
+            "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl", "idefics3", "mistral3"]
 
 
 @pytest.fixture(scope="module", params=["toy", "qwen2-gqa"])

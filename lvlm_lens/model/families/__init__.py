@@ -24,6 +24,7 @@ from lvlm_lens.model.families import (
     llava_next,
     llava_onevision,
     llava_onevision1_5,
+    mistral3,
     paligemma,
     qwen2_vl,
     qwen3_5,
@@ -48,6 +49,7 @@ MODULES = (llava, llava_next, llava_onevision, qwen2_vl, qwen3_vl, internvl, gem
 MODULES += (qwen3_vl_moe,)
 MODULES += (llava_onevision1_5,)
 MODULES += (qwen3_5, qwen3_5_moe, paligemma, smolvlm)
+MODULES += (mistral3,)
 #: The supported families by HF ``config.model_type``.
 FAMILIES: dict[str, Family] = {t: f for m in MODULES for t, f in m.BY_MODEL_TYPE.items()}
 #: HF multimodal architectures we wrap, by ``config.model_type``.
