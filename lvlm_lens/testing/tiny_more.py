@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lvlm_lens.testing.tiny_glm4v import GLM4V_KIND, GLM4V_MOE_KIND, build_glm4v_checkpoint
 from lvlm_lens.testing.tiny_llama4 import LLAMA4_KIND, build_llama4_checkpoint
+from lvlm_lens.testing.tiny_mistral3 import MISTRAL3_KIND, build_mistral3_checkpoint
 from lvlm_lens.testing.tiny_mllama import MLLAMA_KIND, build_mllama_checkpoint
 from lvlm_lens.testing.tiny_smolvlm import SMOLVLM_KIND, build_smolvlm_checkpoint
 
@@ -23,6 +24,7 @@ BUILDERS: dict[str, Callable[..., Path]] = {
     GLM4V_MOE_KIND: partial(build_glm4v_checkpoint, moe=True),
     LLAMA4_KIND: build_llama4_checkpoint,
     MLLAMA_KIND: build_mllama_checkpoint,
+    MISTRAL3_KIND: build_mistral3_checkpoint,
 }
 #: The kinds of :data:`BUILDERS`.
 MORE_KINDS = tuple(BUILDERS)

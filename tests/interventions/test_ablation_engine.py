@@ -185,6 +185,7 @@ FAMILY_KINDS += ["llava-onevision-1.5"]
 FAMILY_KINDS += ["smolvlm2"]
 FAMILY_KINDS += ["glm4v", "glm4v-moe"]
 FAMILY_KINDS += ["llama4"]
+FAMILY_KINDS += ["mistral3"]
 
 
 @pytest.fixture(scope="module", params=FAMILY_KINDS)

@@ -18,6 +18,7 @@ KINDS += ["llava-onevision-1.5"]
 KINDS += ["qwen3.5", "qwen3.5-moe", "paligemma2", "smolvlm2"]
 KINDS += ["glm4v", "glm4v-moe"]
 KINDS += ["llama4"]
+KINDS += ["mistral3"]
 IMAGES = [noise_image(20, 28, 1), noise_image(30, 18, 2)]
 
 
@@ -65,7 +66,8 @@ def test_to_hf_has_the_family_inputs(fam):
     extra = {"image_grid_thw", "mm_token_type_ids"} if qwen_like else {"token_type_ids"}
     tiles = {"pixel_attention_mask"}
     extra = {"internvl": set(), "idefics3": tiles, "smolvlm2": tiles, "llama4": set(),
-             "llava-onevision-1.5": {"image_grid_thw"}}.get(kind, extra)  # fmt: skip
+             "llava-onevision-1.5": {"image_grid_thw"},
+             "mistral3": {"image_sizes"}}.get(kind, extra)  # fmt: skip
     assert set(kw) == {"input_ids", "attention_mask", "position_ids", "pixel_values"} | extra
     for key in extra & {"token_type_ids", "mm_token_type_ids"}:
         if kind == "paligemma2":  # the whole prompt is the prefix: token type 0, as its processor
@@ -95,7 +97,7 @@ def test_groups_and_grid_coordinates(fam):
     marker = {
         "gemma3": "<end_of_image>", "internvl": "</img>", "idefics3": "<row_3_col_3>",
         "paligemma2": "<s>", "smolvlm2": "<row_3_col_3>", "glm4v": "<|end_of_image|>",
-        "glm4v-moe": "<|end_of_image|>", "llama4": "<|image_end|>",
+        "glm4v-moe": "<|end_of_image|>", "llama4": "<|image_end|>", "mistral3": "[IMG_END]",
     }.get(kind, "<|vision_end|>")  # fmt: skip
     assert marker in role and "ASSISTANT" in role
 

@@ -23,6 +23,7 @@ FAMILIES = ["llava-llama", "llava-onevision-qwen2", "llava-next-mistral", "qwen2
 FAMILIES += ["qwen3.5", "qwen3.5-moe"]
 FAMILIES += ["glm4v", "glm4v-moe"]
 FAMILIES += ["llama4"]
+FAMILIES += ["mistral3"]
 
 
 @pytest.fixture(scope="module", params=["toy", "qwen2-gqa"])

@@ -26,6 +26,7 @@ from lvlm_lens.model.families import (
     llava_next,
     llava_onevision,
     llava_onevision1_5,
+    mistral3,
     mllama,
     paligemma,
     qwen2_vl,
@@ -54,6 +55,7 @@ MODULES += (qwen3_5, qwen3_5_moe, paligemma, smolvlm)
 MODULES += (glm4v,)
 MODULES += (llama4,)
 MODULES += (mllama,)
+MODULES += (mistral3,)
 #: The supported families by HF ``config.model_type``.
 FAMILIES: dict[str, Family] = {t: f for m in MODULES for t, f in m.BY_MODEL_TYPE.items()}
 #: HF multimodal architectures we wrap, by ``config.model_type``.
