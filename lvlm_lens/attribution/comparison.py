@@ -5,7 +5,6 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 from dataclasses import fields
-from typing import Any
 
 import torch
 from jaxtyping import Bool, Float
@@ -29,6 +28,7 @@ from lvlm_lens.attribution.results import AttributionResult
 from lvlm_lens.files import Checkpoints, cached
 from lvlm_lens.interventions.ablation import BaselineKV, HeadAblation
 from lvlm_lens.interventions.engine import AblationEngine
+from lvlm_lens.model.hooked_lvlm import HookedLVLM
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.progress import show_progress
 
@@ -54,7 +54,7 @@ def _curves_of(t: dict[str, Tensor]) -> Curves:
 
 
 def example_rankings(
-    model: Any,
+    model: HookedLVLM,
     inputs: list[LVLMInput],
     baselines: list[BaselineKV],
     engines: list[AblationEngine],
@@ -87,7 +87,7 @@ def example_rankings(
 
 
 def baseline_rankings(
-    model: Any,
+    model: HookedLVLM,
     inputs: list[LVLMInput],
     baselines: list[BaselineKV],
     engines: list[AblationEngine],
@@ -103,7 +103,7 @@ def baseline_rankings(
 
 
 def compare_rankings(
-    model: Any,
+    model: HookedLVLM,
     result: AttributionResult,
     inputs: list[LVLMInput],
     baselines: list[BaselineKV],

@@ -26,6 +26,7 @@ from lvlm_lens.attribution.results import AttributionResult
 from lvlm_lens.errors import OptionError
 from lvlm_lens.interventions.ablation import BaselineKV, HeadAblation, compute_baseline
 from lvlm_lens.interventions.engine import AblationEngine, Metric
+from lvlm_lens.model.hooked_lvlm import HookedLVLM
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.progress import show_progress
 
@@ -85,13 +86,13 @@ def _check_n_masks(config: AttributionConfig, n_heads: int) -> None:
         )
 
 
-def check_config(model: Any, config: AttributionConfig) -> None:
+def check_config(model: HookedLVLM, config: AttributionConfig) -> None:
     """Refuse settings the regression cannot fit, before any forward pass runs."""
     _check_n_masks(config, model.cfg.n_layers * model.cfg.n_heads)
 
 
 def build_engine(
-    model: Any, inp: LVLMInput, baseline: BaselineKV, config: AttributionConfig,
+    model: HookedLVLM, inp: LVLMInput, baseline: BaselineKV, config: AttributionConfig,
     metric: Metric | None = None,
 ) -> AblationEngine:
     """The one way an example's engine is built from the attribution options (the masked
@@ -101,7 +102,7 @@ def build_engine(
 
 
 def head_attribution(
-    model: Any,
+    model: HookedLVLM,
     inp: LVLMInput,
     config: AttributionConfig | None = None,
     *,
