@@ -25,6 +25,8 @@ from transformers import (
 )
 from transformers.models.glm4v import Glm4vImageProcessorPil
 
+from lvlm_lens.testing.tiny_save import save_random, set_fields
+
 #: The tiny kinds built here: GLM-4.1V and GLM-4.5V (its MoE sibling).
 GLM4V_KIND, GLM4V_MOE_KIND = "glm4v", "glm4v-moe"
 #: GLM-4.5V's sparse MLP at a tiny size (the real: 128 experts of 1408, top 8, one shared
@@ -128,23 +130,15 @@ def build_glm4v_checkpoint(
 ) -> Path:
     """Builds and saves the tiny GLM-4.1V, or with ``moe`` GLM-4.5V (see
     :func:`~.tiny.build_tiny_checkpoint`)."""
-    from lvlm_lens.testing.tiny import _randomize_
-
     tokenizer = glm4v_tokenizer(chat_template)
-    config = glm4v_config(tokenizer, dict(text_overrides), dict(vision or {}), moe)
-    for key, value in (lvlm or {}).items():
-        setattr(config, key, value)
-    image_processor = glm4v_image_processor()
-    for key, value in (processor or {}).items():
-        setattr(image_processor, key, value)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = (Glm4vMoeForConditionalGeneration if moe else Glm4vForConditionalGeneration)(config)
-        _randomize_(model)
-        for name, buffer in model.named_buffers():  # the router's choice bias: off zero
+    config = set_fields(glm4v_config(tokenizer, dict(text_overrides), dict(vision or {}), moe),
+                        lvlm)  # fmt: skip
+    image_processor = set_fields(glm4v_image_processor(), processor)
+
+    def choice_bias(model: torch.nn.Module) -> None:  # the router's choice bias: off zero
+        for name, buffer in model.named_buffers():
             if name.endswith("e_score_correction_bias"):
                 buffer.normal_(0.0, 0.1)
-    model.eval().save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    image_processor.save_pretrained(folder)
-    return folder
+
+    cls = Glm4vMoeForConditionalGeneration if moe else Glm4vForConditionalGeneration
+    return save_random(folder, cls, config, seed, tokenizer, image_processor, init=choice_bias)

@@ -17,8 +17,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import Llama4Config, Llama4ForConditionalGeneration
+
+from lvlm_lens.testing.tiny_save import save_random, set_fields
 
 #: The tiny kind built here.
 LLAMA4_KIND = "llama4"
@@ -104,18 +105,9 @@ def build_llama4_checkpoint(
     **text_overrides: Any,
 ) -> Path:
     """Builds and saves the tiny Llama 4 (see :func:`~.tiny.build_tiny_checkpoint`)."""
-    from lvlm_lens.testing.tiny import _randomize_
-
     tokenizer = llama4_tokenizer(chat_template)
-    config = llama4_config(tokenizer, dict(text_overrides), dict(vision or {}))
-    for key, value in (lvlm or {}).items():
-        setattr(config, key, value)
+    config = set_fields(llama4_config(tokenizer, dict(text_overrides), dict(vision or {})), lvlm)
     image_processor = {**llama4_image_processor_config(), **(processor or {})}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Llama4ForConditionalGeneration(config)
-        _randomize_(model)
-    model.eval().save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    save_random(folder, Llama4ForConditionalGeneration, config, seed, tokenizer)
     (Path(folder) / "preprocessor_config.json").write_text(json.dumps(image_processor, indent=2))
     return folder

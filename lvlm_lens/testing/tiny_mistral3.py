@@ -15,9 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import Mistral3Config, Mistral3ForConditionalGeneration
 from transformers.models.pixtral import PixtralImageProcessorPil
+
+from lvlm_lens.testing.tiny_save import save_random, set_fields
 
 #: The tiny kind built here.
 MISTRAL3_KIND = "mistral3"
@@ -95,20 +96,8 @@ def build_mistral3_checkpoint(
     **text_overrides: Any,
 ) -> Path:
     """Builds and saves the tiny Mistral 3 (see :func:`~.tiny.build_tiny_checkpoint`)."""
-    from lvlm_lens.testing.tiny import _randomize_
-
     tokenizer = mistral3_tokenizer(chat_template)
-    config = mistral3_config(tokenizer, dict(text_overrides), dict(vision or {}))
-    for key, value in (lvlm or {}).items():
-        setattr(config, key, value)
-    image_processor = mistral3_image_processor()
-    for key, value in (processor or {}).items():
-        setattr(image_processor, key, value)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Mistral3ForConditionalGeneration(config)
-        _randomize_(model)
-    model.eval().save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    image_processor.save_pretrained(folder)
-    return folder
+    config = set_fields(mistral3_config(tokenizer, dict(text_overrides), dict(vision or {})), lvlm)
+    image_processor = set_fields(mistral3_image_processor(), processor)
+    return save_random(folder, Mistral3ForConditionalGeneration, config, seed, tokenizer,
+                       image_processor)  # fmt: skip

@@ -19,6 +19,8 @@ import torch
 from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaProcessor
 from transformers.models.mllama import MllamaImageProcessorPil
 
+from lvlm_lens.testing.tiny_save import save_random, set_fields
+
 #: The tiny kind built here.
 MLLAMA_KIND = "mllama"
 #: The cross-attention layers of the 5-layer tiny decoder.
@@ -80,22 +82,14 @@ def build_mllama_checkpoint(
 ) -> Path:
     """Builds and saves the tiny Llama 3.2 Vision (see :func:`~.tiny.build_tiny_checkpoint`;
     no chat template: ``chat_template`` is ignored)."""
-    from lvlm_lens.testing.tiny import _randomize_
-
     proc = mllama_processor()
-    config = mllama_config(proc.tokenizer, dict(text_overrides), dict(vision or {}))
-    for key, value in (lvlm or {}).items():
-        setattr(config, key, value)
-    for key, value in (processor or {}).items():
-        setattr(proc.image_processor, key, value)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = MllamaForConditionalGeneration(config)
-        _randomize_(model)
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if name.rsplit(".", 1)[-1] in GATES:
-                    param.normal_(0.0, 1.0)
-    model.eval().save_pretrained(folder)
-    proc.save_pretrained(folder)
-    return folder
+    config = set_fields(mllama_config(proc.tokenizer, dict(text_overrides), dict(vision or {})),
+                        lvlm)  # fmt: skip
+    set_fields(proc.image_processor, processor)
+
+    def gates(model: torch.nn.Module) -> None:  # HF starts the tanh gates at 0: draw them
+        for name, param in model.named_parameters():
+            if name.rsplit(".", 1)[-1] in GATES:
+                param.normal_(0.0, 1.0)
+
+    return save_random(folder, MllamaForConditionalGeneration, config, seed, proc, init=gates)

@@ -15,7 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
 from transformers.models.smolvlm import SmolVLMImageProcessorPil
 
@@ -30,6 +29,7 @@ from lvlm_lens.testing.tiny_idefics3 import (
     IDEFICS3_WORDS,
     idefics3_config,
 )
+from lvlm_lens.testing.tiny_save import save_random, set_fields
 
 #: The tiny kind built here.
 SMOLVLM_KIND = "smolvlm2"
@@ -86,20 +86,8 @@ def build_smolvlm_checkpoint(
     **text_overrides: Any,
 ) -> Path:
     """Builds and saves the tiny SmolVLM2 (see :func:`~.tiny.build_tiny_checkpoint`)."""
-    from lvlm_lens.testing.tiny import _randomize_
-
     tokenizer = smolvlm_tokenizer(chat_template)
-    config = smolvlm_config(tokenizer, dict(text_overrides), dict(vision or {}))
-    for key, value in (lvlm or {}).items():
-        setattr(config, key, value)
-    image_processor = smolvlm_image_processor()
-    for key, value in (processor or {}).items():
-        setattr(image_processor, key, value)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = SmolVLMForConditionalGeneration(config)
-        _randomize_(model)
-    model.eval().save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    image_processor.save_pretrained(folder)
-    return folder
+    config = set_fields(smolvlm_config(tokenizer, dict(text_overrides), dict(vision or {})), lvlm)
+    image_processor = set_fields(smolvlm_image_processor(), processor)
+    return save_random(folder, SmolVLMForConditionalGeneration, config, seed, tokenizer,
+                       image_processor)  # fmt: skip
