@@ -68,6 +68,10 @@ class BaselineKV:
         values: Per layer, likewise.
         source: Source positions (whose K/V an ablated head replaces).
 
+    On a cross-attention layer (Llama 3.2 Vision) both hold the image side's keys / values
+    ``[batch, kv_head, image_pos, d_head]``, every one of them a source: an ablated
+    cross-attention head reads the baseline image's side instead of the clean one.
+
     On a linear-attention layer (Qwen3.5) both hold the layer's input (the output of ``ln1``)
     ``[batch, 1, pos, d_model]``: an ablated linear-attention head computes everything it takes
     from the source positions (its conv inputs, keys, values, write strengths and decays) from
@@ -115,13 +119,27 @@ def _linear_layers(model: Any) -> tuple[int, ...]:
     return lin.layers
 
 
+def _cross_layers(model: Any) -> tuple[int, ...]:
+    """The gated cross-attention layers (Llama 3.2 Vision)."""
+    cross = model.cfg.decoder.cross_attention
+    return () if cross is None else cross.layers
+
+
+def _kv_hook(i: int, k: str, linear: tuple[int, ...], cross: tuple[int, ...]) -> str:
+    if i in linear:
+        return f"blocks.{i}.ln1.hook_normalized"
+    if i in cross:
+        return f"blocks.{i}.cross_attn.hook_{k[-1]}"
+    return f"blocks.{i}.attn.hook_{k}"
+
+
 def kv_of(model: Any, inp: LVLMInput) -> tuple[list[Tensor], list[Tensor]]:
     """Clean post-RoPE keys and values of every layer, ``[batch, kv_head, pos, d_head]`` (a
-    linear-attention layer: its input, ``[batch, 1, pos, d_model]``, as keys and values)."""
-    linear = _linear_layers(model)
+    linear-attention layer: its input, ``[batch, 1, pos, d_model]``, as keys and values; a
+    cross-attention layer: the image side's, ``[batch, kv_head, image_pos, d_head]``)."""
+    linear, cross = _linear_layers(model), _cross_layers(model)
     n = model.cfg.n_layers
-    names = [f"blocks.{i}.ln1.hook_normalized" if i in linear else f"blocks.{i}.attn.hook_{k}"
-             for i in range(n) for k in ("rot_k", "v")]  # fmt: skip
+    names = [_kv_hook(i, k, linear, cross) for i in range(n) for k in ("rot_k", "v")]
     with torch.no_grad():
         _, cache = model.run_with_cache(inp, names_filter=names, return_cache_object=False)
     keys, values = [], []
@@ -131,8 +149,8 @@ def kv_of(model: Any, inp: LVLMInput) -> tuple[list[Tensor], list[Tensor]]:
             keys.append(x)
             values.append(x)
         else:
-            keys.append(cache[f"blocks.{i}.attn.hook_rot_k"].transpose(1, 2))
-            values.append(cache[f"blocks.{i}.attn.hook_v"].transpose(1, 2))
+            keys.append(cache[_kv_hook(i, "rot_k", linear, cross)].transpose(1, 2))
+            values.append(cache[_kv_hook(i, "v", linear, cross)].transpose(1, 2))
     return keys, values
 
 
@@ -283,7 +301,7 @@ def head_ablation_hooks(
     qs = qs.to(model.cfg.device)
     src = baseline.source.to(model.cfg.device)
     g = model.cfg.n_groups
-    linear = _linear_layers(model)
+    linear, cross = _linear_layers(model), _cross_layers(model)
     hooks = []
     for layer in range(model.cfg.n_layers):
         w = weight[:, layer]
@@ -295,14 +313,16 @@ def head_ablation_hooks(
         store: dict[str, Tensor] = {}
         kb = baseline.keys[layer].repeat_interleave(g, dim=1)
         vb = baseline.values[layer]
-        attn = model.blocks[layer].attn
+        is_cross = layer in cross  # its keys: the whole image side, all of it the source
+        attn = model.blocks[layer].cross_attn if is_cross else model.blocks[layer].attn
         scale = attn.scaling
+        src_l = torch.ones_like(kb[:, 0, :, 0], dtype=torch.bool) if is_cross else src
 
         def save(t: Tensor, hook: Any, key: str, store: dict = store) -> None:
             store[key] = t
 
         def scores_hook(s: Tensor, hook: Any, store=store, kb=kb, w=w, scale=scale,
-                        attn=attn) -> Tensor:  # the baseline scores capped as the hook's (Gemma 2)
+                        attn=attn, src=src_l) -> Tensor:  # baseline scores capped as the hook's
             sb = attn.softcap(torch.einsum("bqhd,bhkd->bhqk", store["q"], kb) * scale)
             cond = qs[:, None, :, None] & src[:, None, None, :] & (s > torch.finfo(s.dtype).min / 2)
             store["cond"] = cond
@@ -316,9 +336,10 @@ def head_ablation_hooks(
                 dz = dz * torch.sigmoid(store["gate"])
             return z + dz
 
-        pre = f"blocks.{layer}.attn."
+        pre = f"blocks.{layer}.{'cross_attn' if is_cross else 'attn'}."
         hooks += [
-            (pre + "hook_rot_q", lambda t, hook, s=save: s(t, hook, "q")),
+            (pre + ("hook_q" if is_cross else "hook_rot_q"),
+             lambda t, hook, s=save: s(t, hook, "q")),
             (pre + "hook_v", lambda t, hook, s=save: s(t, hook, "v")),
             (pre + "hook_attn_scores", scores_hook),
             (pre + "hook_pattern", lambda t, hook, s=save: s(t, hook, "pattern")),

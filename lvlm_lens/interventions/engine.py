@@ -175,6 +175,8 @@ class AblationEngine:
     @torch.no_grad()
     def run_batch(self, i: int, masks: Bool[Tensor, "batch n_layers n_heads"]) -> Tensor:
         """Metric of example ``i`` under each mask of one batch (``True`` = head ablated)."""
+        if self.model.cfg.decoder.cross_attention is not None:
+            return self._run_reference_batch(i, masks)
         st = self._example(i)
         b = masks.shape[0]
         x, mask = st.x.expand(b, -1, -1), st.mask.expand(b, -1)
@@ -185,6 +187,26 @@ class AblationEngine:
                                          layout=st.layout.expand(b))
         logits = self.model.unembed(self.model.ln_final(resid[:, -1]))
         return self.metric(logits, st.answer.expand(b))
+
+    @torch.no_grad()
+    def _run_reference_batch(self, i: int, masks: Tensor) -> Tensor:
+        """The fallback of :meth:`run_batch` (cross-attention: no prefix cache
+        yet): one hooked run per mask."""
+        model, base = self.model, self.baseline
+        ex = self.inp.select(i)
+        off = self.inp.shape[1] - ex.shape[1]
+        cross = model.cfg.decoder.cross_attention
+        cross = () if cross is None else cross.layers  # image-side K/V: no sequence columns
+        cols = [slice(None) if j in cross else slice(off, None) for j in range(len(base.keys))]
+        sub = BaselineKV([k[i : i + 1, :, c] for k, c in zip(base.keys, cols, strict=True)],
+                         [v[i : i + 1, :, c] for v, c in zip(base.values, cols, strict=True)],
+                         base.source[i : i + 1, off:])
+        out = []
+        for m in masks:
+            hooks = head_ablation_hooks(model, ex, m, sub, self.config.scope)
+            logits = final_logits(model.run_with_hooks(ex, fwd_hooks=hooks))
+            out.append(self.metric(logits, self.answers[i : i + 1]))
+        return torch.cat(out)
 
     def run(
         self,
