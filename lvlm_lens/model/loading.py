@@ -48,6 +48,18 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torc
     return dtype
 
 
+def _d_head(hf_model: nn.Module) -> int:
+    """The head width of the first self-attention layer (Qwen3.5: layer 0 may be linear); a
+    one-line error for a decoder with none."""
+    attn = [la.self_attn for la in language_model(hf_model).layers if hasattr(la, "self_attn")]
+    if not attn:
+        raise ValueError(
+            "a decoder without any self-attention layer (text_config.layer_types all linear) is "
+            "not supported: keep at least one full_attention layer"
+        )
+    return attn[0].head_dim
+
+
 def _sliding_windows(tc: Any) -> tuple[int | None, ...]:
     n = tc.num_hidden_layers
     window = getattr(tc, "sliding_window", None)
@@ -77,8 +89,7 @@ def config_from_hf(hf_model: nn.Module, name: str = "") -> LVLMConfig:
     return LVLMConfig(
         n_layers=n_layers,
         n_heads=n_heads,
-        d_head=next(la.self_attn for la in language_model(hf_model).layers
-                    if hasattr(la, "self_attn")).head_dim,  # Qwen3.5: layer 0 may be linear
+        d_head=_d_head(hf_model),
         d_model=tc.hidden_size,
         d_mlp=getattr(tc, "intermediate_size", None) or tc.moe_intermediate_size,  # all-MoE
         d_vocab=hf_model.get_output_embeddings().out_features,

@@ -496,3 +496,12 @@ def test_write_weights_rebuild_the_read_from_each_tokens_write():
                          beta[None, :, None], decay[None, :, None])
     rebuilt = write_weights(q, k, decay) @ torch.stack(deltas)
     assert torch.allclose(rebuilt, read[0, :, 0], atol=1e-5)
+
+
+def test_a_decoder_of_linear_layers_only_is_refused_in_one_line(tiny_checkpoint):
+    """Before: ``StopIteration`` from deep in the config reader."""
+    folder = tiny_checkpoint("qwen3.5", num_hidden_layers=2,
+                             layer_types=["linear_attention", "linear_attention"])
+    with pytest.raises(ValueError, match="keep at least one full_attention layer") as err:
+        HookedLVLM.from_pretrained(folder)
+    assert "\n" not in str(err.value)
