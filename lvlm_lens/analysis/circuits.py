@@ -23,6 +23,7 @@ from lvlm_lens.analysis.stats import bootstrap_ratio, spearman
 from lvlm_lens.interventions.engine import clean_answers
 from lvlm_lens.interventions.metrics import final_logits, get_metric
 from lvlm_lens.interventions.patching import check_pair
+from lvlm_lens.model.hooked_lvlm import HookedLVLM
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.progress import progress_bar, show_progress
 from lvlm_lens.viz.plots import head_heatmap, new_figure
@@ -57,7 +58,7 @@ class PatchingConfig:
             raise ValueError(f"unknown component(s) {bad}; use {sorted(HOOKS)}")
 
 
-def metric_fn(model: Any, clean: LVLMInput, corrupted: LVLMInput, metric: Any
+def metric_fn(model: HookedLVLM, clean: LVLMInput, corrupted: LVLMInput, metric: Any
               ) -> Callable[[Tensor], Tensor]:
     """``final logits [batch, vocab] -> [batch]`` for a clean / corrupted pair."""
     answers = clean_answers(model, clean)
@@ -169,7 +170,7 @@ class PatchingResult:
         return pd.DataFrame(rows)
 
 
-def _nodes(model: Any, components: Sequence[str]) -> list[tuple[str, int, int]]:
+def _nodes(model: HookedLVLM, components: Sequence[str]) -> list[tuple[str, int, int]]:
     out = []
     for comp in components:
         for layer in range(model.cfg.n_layers):
@@ -194,7 +195,7 @@ def _rows(nodes_values: list[tuple[tuple[str, int, int], str, Tensor]], total: n
 
 
 @torch.no_grad()
-def activation_patching(model: Any, clean: LVLMInput, corrupted: LVLMInput,
+def activation_patching(model: HookedLVLM, clean: LVLMInput, corrupted: LVLMInput,
                         config: PatchingConfig | None = None) -> PatchingResult:
     """Patch each node's clean activation into the corrupted run, one node and group at a time.
 
@@ -233,7 +234,7 @@ def activation_patching(model: Any, clean: LVLMInput, corrupted: LVLMInput,
     return PatchingResult(_rows(out, total), m_clean.numpy(), m_corr.numpy(), "exact")
 
 
-def attribution_patching(model: Any, clean: LVLMInput, corrupted: LVLMInput,
+def attribution_patching(model: HookedLVLM, clean: LVLMInput, corrupted: LVLMInput,
                          config: PatchingConfig | None = None) -> PatchingResult:
     """First-order estimate of :func:`activation_patching`: one forward and one backward pass.
 

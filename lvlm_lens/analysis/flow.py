@@ -24,6 +24,7 @@ from lvlm_lens.analysis.stats import ci_table
 from lvlm_lens.interventions.engine import clean_answers
 from lvlm_lens.interventions.knockout import knockout_hooks, window_layers
 from lvlm_lens.interventions.metrics import answer_prob, final_logits
+from lvlm_lens.model.hooked_lvlm import HookedLVLM
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.progress import progress_bar, show_progress
 from lvlm_lens.viz.plots import line_plot
@@ -114,7 +115,7 @@ def _masks(inp: LVLMInput, groups: dict[str, Tensor] | None) -> dict[str, Bool[T
     return out
 
 
-def window_hooks(model: Any, inp: LVLMInput, source: Tensor, target: Tensor,
+def window_hooks(model: HookedLVLM, inp: LVLMInput, source: Tensor, target: Tensor,
                  layers: list[int], heads: Sequence[tuple[int, int]] | None
                  ) -> tuple[list[tuple[str, Any]], int]:
     """Knockout hooks for one window, restricted to ``heads`` if given; also the number of
@@ -132,7 +133,7 @@ def window_hooks(model: Any, inp: LVLMInput, source: Tensor, target: Tensor,
 
 @torch.no_grad()
 def token_flow(
-    model: Any,
+    model: HookedLVLM,
     inp: LVLMInput,
     config: FlowConfig | None = None,
     *,

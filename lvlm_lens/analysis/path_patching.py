@@ -22,6 +22,7 @@ from lvlm_lens.analysis.stats import bootstrap_ratio
 from lvlm_lens.interventions.ablation import BaselineKV, head_ablation_hooks, kv_of, source_mask
 from lvlm_lens.interventions.metrics import final_logits
 from lvlm_lens.interventions.patching import check_pair
+from lvlm_lens.model.hooked_lvlm import HookedLVLM
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.viz.plots import bar_plot
 
@@ -65,7 +66,7 @@ def _label(heads: Sequence[tuple[int, int]]) -> str:
 
 @torch.no_grad()
 def path_patching(
-    model: Any,
+    model: HookedLVLM,
     clean: LVLMInput,
     corrupted: LVLMInput,
     heads: Sequence[tuple[int, int]],

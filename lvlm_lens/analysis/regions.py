@@ -29,6 +29,7 @@ from lvlm_lens.interventions.token_ablation import (
     mean_image_baseline,
     token_ablation_hooks,
 )
+from lvlm_lens.model.hooked_lvlm import HookedLVLM
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.progress import progress_bar, show_progress
 from lvlm_lens.viz.patches import image_grids
@@ -114,7 +115,7 @@ class RegionAblationResult:
 
 @torch.no_grad()
 def region_ablation(
-    model: Any,
+    model: HookedLVLM,
     inp: LVLMInput,
     masks: Sequence[Any],
     *,

@@ -25,6 +25,7 @@ from torch import Tensor
 from lvlm_lens.analysis.stats import Estimate, bootstrap_ci, spearman
 from lvlm_lens.attribution.head_attribution import AttributionConfig, head_attribution
 from lvlm_lens.attribution.results import AttributionResult
+from lvlm_lens.model.hooked_lvlm import HookedLVLM
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.viz.plots import heatmaps
 
@@ -32,7 +33,9 @@ from lvlm_lens.viz.plots import heatmaps
 DESCRIPTION = "description"
 
 
-def span_group(model: Any, inp: LVLMInput, spans: Sequence[str]) -> Bool[Tensor, "batch pos"]:
+def span_group(
+    model: HookedLVLM, inp: LVLMInput, spans: Sequence[str]
+) -> Bool[Tensor, "batch pos"]:
     """Tokens that overlap a substring of each example's prompt (e.g. the object's
     description), found from the tokenizer's character offsets as ``prepare`` does.
 
@@ -211,7 +214,7 @@ def compare_maps(image: np.ndarray, text: np.ndarray, k: int, n_boot: int = 1000
 
 
 def text_vs_image(
-    model: Any,
+    model: HookedLVLM,
     image_inp: LVLMInput,
     text_inp: LVLMInput,
     descriptions: Sequence[str],

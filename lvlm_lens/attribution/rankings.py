@@ -8,7 +8,7 @@ the answer-position (or all text) queries to the source tokens, and attribution 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from jaxtyping import Float
@@ -17,6 +17,7 @@ from torch import Tensor
 from lvlm_lens.interventions.ablation import BaselineKV, head_ablation_hooks, query_scope
 from lvlm_lens.interventions.engine import AblationEngine, clean_answers
 from lvlm_lens.interventions.metrics import final_logits, get_metric
+from lvlm_lens.model.hooked_lvlm import HookedLVLM
 from lvlm_lens.model.inputs import LVLMInput
 
 Scores = Float[Tensor, "n_examples n_layers n_heads"]
@@ -32,7 +33,7 @@ def single_head_ablation(engine: AblationEngine, progress: bool = True) -> Score
 
 
 @torch.no_grad()
-def attention_weight(model: Any, inp: LVLMInput, source: str = "image",
+def attention_weight(model: HookedLVLM, inp: LVLMInput, source: str = "image",
                      queries: Literal["final", "text"] = "final") -> Scores:
     """Attention mass each head puts on the source tokens, from the final or all text queries
     after the source (averaged over those queries)."""
@@ -51,7 +52,7 @@ def attention_weight(model: Any, inp: LVLMInput, source: str = "image",
     return torch.stack(out, dim=1).float().cpu()
 
 
-def attribution_patching(model: Any, inp: LVLMInput, baseline: BaselineKV,
+def attribution_patching(model: HookedLVLM, inp: LVLMInput, baseline: BaselineKV,
                          scope: str = "text", metric: str = "logit") -> Scores:
     """First-order estimate of each head's ablation effect: ``-d metric / d w_h`` at ``w = 0``,
     where ``w_h`` interpolates head ``h``'s source keys/values towards the baseline

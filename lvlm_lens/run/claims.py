@@ -62,14 +62,16 @@ def _prepare(model: HookedLVLM, records: list[Any]) -> list[Any]:
     return prepare_records(model, records)
 
 
-def _correct(model: Any, inputs: list[Any]) -> list[int]:
+def _correct(model: HookedLVLM, inputs: list[Any]) -> list[int]:
     with torch.no_grad():
         return [
             i for i, x in enumerate(inputs) if int(model(x)[0, -1].argmax()) == int(x.answer_ids[0])
         ]
 
 
-def baseline_table(model: Any, records: list[Any], refs: list[Any], metric: str) -> dict[str, Any]:
+def baseline_table(
+    model: HookedLVLM, records: list[Any], refs: list[Any], metric: str
+) -> dict[str, Any]:
     """All-heads answers and flagged examples under every baseline."""
     inputs = _prepare(model, records)
     out = {}
@@ -85,7 +87,7 @@ def baseline_table(model: Any, records: list[Any], refs: list[Any], metric: str)
     return out
 
 
-def _attribute(model, inputs, bases, cfg: AttributionConfig, ids):
+def _attribute(model: HookedLVLM, inputs, bases, cfg: AttributionConfig, ids):
     """Per-example engines and a head-attribution result over ``inputs``."""
     engines = [build_engine(model, x, b, cfg) for x, b in zip(inputs, bases, strict=True)]
     masks = sample_masks(cfg.n_masks, model.cfg.n_layers, model.cfg.n_heads, cfg.rate, cfg.seed)
@@ -93,7 +95,9 @@ def _attribute(model, inputs, bases, cfg: AttributionConfig, ids):
     return engines, fit_result(masks, metrics, cfg, model.cfg.model_name, ids)
 
 
-def ranking_claims(model, records, refs, cfg: AttributionConfig, out: Path, args) -> dict[str, Any]:
+def ranking_claims(
+    model: HookedLVLM, records, refs, cfg: AttributionConfig, out: Path, args
+) -> dict[str, Any]:
     """Claims 2-4: per-example ranking comparison, spread over heads, attention weight, layers."""
     inputs, n_all = _prepare(model, records), len(records)
     keep = _correct(model, inputs)
@@ -155,7 +159,7 @@ def ranking_claims(model, records, refs, cfg: AttributionConfig, out: Path, args
     }
 
 
-def semantics_claim(model, refs, cfg: AttributionConfig, args) -> dict[str, Any]:
+def semantics_claim(model: HookedLVLM, refs, cfg: AttributionConfig, args) -> dict[str, Any]:
     """Claim 5: same class / other look vs same look / other class, on a class x look grid."""
     rng = np.random.default_rng(args.seed + 77)
     examples = [
@@ -176,7 +180,7 @@ def semantics_claim(model, refs, cfg: AttributionConfig, args) -> dict[str, Any]
             "n_used": len(use)}  # fmt: skip
 
 
-def _attribute_inputs(model, n: int, seed: int, attribute: str):
+def _attribute_inputs(model: HookedLVLM, n: int, seed: int, attribute: str):
     """The correctly answered examples of one question type, as one batch, and their records."""
     recs = attribute_records(n, seed, attributes=(attribute,))
     inp = model.prepare([r.image for r in recs], [r.prompt for r in recs], [r.answer for r in recs])
@@ -185,7 +189,7 @@ def _attribute_inputs(model, n: int, seed: int, attribute: str):
     return inp.select(right), [recs[i] for i in right]
 
 
-def flow_claims(model, n: int, seed: int, window: int, out: Path) -> dict[str, Any]:
+def flow_claims(model: HookedLVLM, n: int, seed: int, window: int, out: Path) -> dict[str, Any]:
     """Claim 6.1: when question and image information reach the role and final tokens."""
     frames, all_layers, n_correct = [], {}, {}
     layers = list(range(model.cfg.n_layers))
@@ -216,7 +220,7 @@ def flow_claims(model, n: int, seed: int, window: int, out: Path) -> dict[str, A
     }
 
 
-def token_claim(model, n: int, seed: int, refs_inputs) -> dict[str, Any]:
+def token_claim(model: HookedLVLM, n: int, seed: int, refs_inputs) -> dict[str, Any]:
     """Claim 6.2: object vs as many background image tokens, per question type."""
     mean = mean_image_baseline(model, refs_inputs)
     out = {}

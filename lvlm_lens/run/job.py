@@ -48,7 +48,7 @@ def default_model_path() -> Path:
     return path
 
 
-def load_model(opts: RunOptions) -> Any:
+def load_model(opts: RunOptions) -> HookedLVLM:
     """The run's model (``opts.model`` or the bundled toy LVLM; one GPU per local rank), with
     torch's CPU threads set for it (``opts.threads``)."""
     device = opts.device

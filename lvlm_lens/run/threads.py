@@ -12,7 +12,6 @@ as long as the cores are free.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import torch
 
@@ -32,7 +31,7 @@ def free_cores() -> int:
     return max(1, min(cores, round(cores - others)))
 
 
-def choose_threads(model: Any, requested: int | None = None) -> int:
+def choose_threads(model: torch.nn.Module, requested: int | None = None) -> int:
     """The intra-op thread count for ``model``.
 
     ``requested`` if given. Otherwise, for a model on the CPU: 1 below
@@ -50,7 +49,7 @@ def choose_threads(model: Any, requested: int | None = None) -> int:
     return min(current, free_cores())
 
 
-def apply_threads(model: Any, requested: int | None = None) -> int:
+def apply_threads(model: torch.nn.Module, requested: int | None = None) -> int:
     """Set torch's intra-op threads as :func:`choose_threads` says; returns the count."""
     n = choose_threads(model, requested)
     torch.set_num_threads(n)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import (
@@ -32,6 +32,9 @@ from lvlm_lens.data.questions import (
 )
 from lvlm_lens.testing.llava_config import clip_llama_config
 from lvlm_lens.testing.tiny import LLAVA_CHAT_TEMPLATE, build_tiny_tokenizer
+
+if TYPE_CHECKING:  # loaded lazily by load_toy
+    from lvlm_lens.model.hooked_lvlm import HookedLVLM
 
 #: Image side of the toy in pixels.
 TOY_IMAGE_SIZE = 48
@@ -119,7 +122,7 @@ def load_toy(
     dtype: torch.dtype | str | None = None,
     *,
     name: str | None = None,
-) -> Any:
+) -> HookedLVLM:
     """A shipped toy checkpoint as a :class:`~lvlm_lens.HookedLVLM`.
 
     Args:
@@ -141,7 +144,7 @@ def load_toy(
 
 @torch.no_grad()
 def evaluate_toy(
-    model: Any,
+    model: HookedLVLM,
     n: int = 500,
     seed: int = 12345,
     *,
@@ -188,7 +191,7 @@ def evaluate_toy(
 
 @torch.no_grad()
 def evaluate_attributes(
-    model: Any,
+    model: HookedLVLM,
     n: int = 500,
     seed: int = 12345,
     *,

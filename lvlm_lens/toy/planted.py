@@ -50,7 +50,7 @@ class PlantedCircuit:
         baseline: Blank-image keys/values of ``inp`` (the ablation's baseline).
     """
 
-    model: Any
+    model: HookedLVLM
     inp: LVLMInput
     heads: list[tuple[int, int]]
     baseline: BaselineKV
@@ -87,7 +87,7 @@ def _mask_hook(keep: Tensor, image: Tensor, last: int) -> Callable[..., Tensor]:
     return hook
 
 
-def plant_circuit(model: Any, inp: LVLMInput, heads: Sequence[tuple[int, int]]) -> None:
+def plant_circuit(model: HookedLVLM, inp: LVLMInput, heads: Sequence[tuple[int, int]]) -> None:
     """Mask every head but ``heads`` off the image keys for the text queries of ``inp``'s layout.
 
     Args:
