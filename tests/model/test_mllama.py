@@ -55,9 +55,37 @@ def test_layer_kinds_follow_the_config(pair):
     assert model.cfg.decoder.cross_attention.layers == tuple(CROSS_LAYERS)
     for layer, block in enumerate(model.blocks):
         if layer in CROSS_LAYERS:
-            assert type(block.cross_attn) is CrossAttention and not hasattr(block, "attn")
+            assert type(block.cross_attn) is CrossAttention and block.attn is block.cross_attn
         else:
             assert type(block.attn) is Attention and not hasattr(block, "cross_attn")
+
+
+def test_tl_weights_are_hf_s_for_self_and_cross_layers(pair):
+    """``model.W_Q[l]`` ... stack each layer's attention weights, a cross-attention layer's
+    its cross-attention's (the one module, also ``blocks[l].attn``)."""
+    model, reference, _ = pair
+    cfg, hf_layers = model.cfg, reference.model.language_model.layers
+    h, d, g = cfg.n_heads, cfg.d_head, cfg.n_groups
+    by_head = lambda w: w.view(-1, d, w.shape[-1]).transpose(1, 2)  # noqa: E731
+    cross = CROSS_LAYERS[0]
+    plain = next(la for la in range(cfg.n_layers) if la not in CROSS_LAYERS)
+    for layer, name in ((plain, "self_attn"), (cross, "cross_attn")):
+        hf = getattr(hf_layers[layer], name)
+        assert torch.equal(model.W_Q[layer], by_head(hf.q_proj.weight))
+        k, v = by_head(hf.k_proj.weight), by_head(hf.v_proj.weight)
+        assert torch.equal(model._W_K[layer], k) and torch.equal(model._W_V[layer], v)
+        assert torch.equal(model.W_K[layer], k.repeat_interleave(g, 0))
+        assert torch.equal(model.W_V[layer], v.repeat_interleave(g, 0))
+        w_o = hf.o_proj.weight.T.reshape(h, d, cfg.d_model)
+        assert torch.equal(model.W_O[layer], w_o)
+        for b in (model.b_Q, model.b_K, model.b_V, model.b_O):  # Llama: no attention bias
+            assert torch.equal(b[layer], torch.zeros_like(b[layer]))
+    assert not torch.equal(model.W_Q[cross], model.W_Q[plain])
+    # code written against TransformerLens' blocks[l].attn runs on every layer
+    norms = [block.attn.OV.norm() for block in model.blocks]
+    assert torch.allclose(torch.stack(norms), model.OV.norm())
+    params = model.tl_parameters()
+    assert torch.equal(params[f"blocks.{cross}.attn.W_Q"], model.W_Q[cross])
 
 
 def test_inputs_are_the_hf_processor_s_per_example(pair, inp):
