@@ -24,7 +24,11 @@ from lvlm_lens.interventions import (
     HeadAblation,
     ablate_heads,
     compute_baseline,
+    knockout,
+    knockout_effect,
+    knockout_window_sweep,
     run_reference,
+    window_layers,
 )
 from lvlm_lens.model.attention import Attention
 from lvlm_lens.model.cross_attention import CrossAttention
@@ -254,6 +258,66 @@ def test_the_engine_is_the_reference_on_cross_attention(pair, inp, baseline, sco
     out = AblationEngine(model, inp, base, config, batch_size=2).run(masks, progress=False)
     assert (out - ref).abs().max() <= 1e-4
     assert (ref[:, 1:] - ref[:, :1]).abs().max() > 1e-4  # the masks matter
+
+
+def _without_cross_attention(model, inp, queries, layers):
+    """Logits with the cross-attention output of ``layers`` removed at ``queries``."""
+
+    def cut(out, hook):
+        return out.masked_fill(queries[..., None], 0.0)
+
+    hooks = [(f"blocks.{la}.hook_attn_out", cut) for la in layers]
+    return model.run_with_hooks(inp, fwd_hooks=hooks)
+
+
+@torch.no_grad()
+def test_knocking_out_text_to_image_cross_edges_removes_the_cross_attention(pair, inp):
+    """Every text -> image edge cut in the cross layers = those layers' attention output
+    removed at the text tokens (the image token keeps reading its image); one edge (the final
+    token, one layer) = that one output removed; self-attention layers cut nothing."""
+    model, _, _ = pair
+    real = inp.attention_mask.bool()
+    clean = model(inp)
+    with knockout(model, inp, "image", "text", CROSS_LAYERS):
+        cut = model(inp)
+    want = _without_cross_attention(model, inp, inp.groups["text"].bool(), CROSS_LAYERS)
+    assert (cut - want)[real].abs().max() <= 1e-4
+    assert (cut - clean)[real].abs().max() > 1e-3
+    layer = CROSS_LAYERS[0]
+    with knockout(model, inp, "image", "final", [layer]):
+        one = model(inp)
+    want = _without_cross_attention(model, inp, inp.groups["final"].bool(), [layer])
+    assert (one - want)[real].abs().max() <= 1e-4
+    assert (one - clean)[:, -1].abs().max() > 1e-4 and (one - cut)[:, -1].abs().max() > 1e-4
+    with knockout(model, inp, "image", "final", [layer], heads=[1]):  # one head: its z is 0
+        head = model(inp)
+    final = inp.groups["final"].bool()
+
+    def zero_head(z, hook):
+        z[:, :, 1] = z[:, :, 1].masked_fill(final[..., None], 0.0)
+        return z
+
+    want = model.run_with_hooks(inp, fwd_hooks=[(f"blocks.{layer}.cross_attn.hook_z", zero_head)])
+    assert (head - want)[real].abs().max() <= 1e-4 and (head - one)[:, -1].abs().max() > 1e-4
+    plain = [la for la in range(model.cfg.n_layers) if la not in CROSS_LAYERS]
+    with knockout(model, inp, "question", "final", CROSS_LAYERS):  # no image token: no edge
+        assert (model(inp) - clean)[real].abs().max() <= 1e-5  # (materialised, not fused)
+    with knockout(model, inp, "image", "text", plain):  # the image token's key in self layers
+        assert (model(inp) - clean)[real].abs().max() > 1e-4
+
+
+@torch.no_grad()
+def test_knockout_sweep_is_the_reference_on_cross_attention(pair):
+    model, _, _ = pair
+    inp = model.prepare(IMAGES, PROMPTS, answers=["star", "circle"])
+    n = model.cfg.n_layers
+    sweep = knockout_window_sweep(model, inp, "image", "final", window=2, metric="logit",
+                                  progress=False)  # fmt: skip
+    for centre in range(n):
+        ref = knockout_effect(model, inp, "image", "final", window_layers(centre, 2, n),
+                              metric="logit")  # fmt: skip
+        assert (sweep[centre] - ref).abs().max() <= 1e-5
+    assert sweep.abs().max() > 1e-4
 
 
 def test_refusals(pair, inp):
