@@ -324,6 +324,8 @@ def test_refusals(pair, inp):
     model, _, _ = pair
     with pytest.raises(ValueError, match="cross-attention layers cannot continue a KV cache"):
         model.run_prefix(inp, 4)
+    with pytest.raises(ValueError, match="re-runs the whole sequence each step"):
+        model.generate(model.embed_input(inp), 2)
     embeds = model.vision(inp)
     with pytest.raises(ValueError, match="precomputed image embeddings are not supported"):
         model(inp.with_image_embeds(embeds))
