@@ -205,6 +205,9 @@ def build_random_family(
     if kind == "llama4":
         return _random_llama4(n_layers, d_model, n_heads, d_mlp, vision_layers, vision_d_model,
                               seed)  # fmt: skip
+    if kind == "mllama":
+        return _random_mllama(n_layers, d_model, n_heads, d_mlp, vision_layers, vision_d_model,
+                              seed)  # fmt: skip
     tokenizer = family_tokenizer(kind, chat_template=False)
     d_head = d_model // n_heads
     text: dict[str, Any] = dict(
@@ -350,6 +353,38 @@ def _random_llama4(n_layers: int, d_model: int, n_heads: int, d_mlp: int, vision
         model = transformers.Llama4ForConditionalGeneration(config)
     processor = Llama4ImageProcessor(size={"height": 336, "width": 336}, max_patches=16)
     return model.eval(), tokenizer, processor, 672
+
+
+def _random_mllama(n_layers: int, d_model: int, n_heads: int, d_mlp: int, vision_layers: int,
+                   vision_d_model: int, seed: int) -> tuple[Any, Any, Any, int]:  # fmt: skip
+    """Llama 3.2 Vision at the benchmark's decoder sizes, shaped as the 11B: a gated
+    cross-attention layer every fifth from layer 3, 4 K/V heads; 336-px tiles of 14-px patches
+    (577 states a tile with its CLS), up to 4 tiles; a 672-px image is cut into 2x2 tiles (an
+    image side of 2308 states, one ``<|image|>`` token in the sequence); gates drawn off 0."""
+    from transformers.models.mllama import MllamaImageProcessorPil
+
+    from lvlm_lens.testing.tiny_mllama import GATES, mllama_config, mllama_processor
+
+    proc = mllama_processor()
+    text = dict(hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=n_heads,
+                head_dim=d_model // n_heads, num_key_value_heads=4, intermediate_size=d_mlp,
+                cross_attention_layers=list(range(3, n_layers, 5)),
+                max_position_embeddings=4096, initializer_range=0.02)  # fmt: skip
+    vision = dict(hidden_size=vision_d_model, intermediate_size=4 * vision_d_model,
+                  num_hidden_layers=vision_layers, num_global_layers=1,
+                  attention_heads=max(1, vision_d_model // 64), image_size=336, patch_size=14,
+                  max_num_tiles=4, intermediate_layers_indices=[0],
+                  vision_output_dim=2 * vision_d_model)  # fmt: skip
+    config = mllama_config(proc.tokenizer, text, vision)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = transformers.MllamaForConditionalGeneration(config)
+        for name, param in model.named_parameters():
+            if name.rsplit(".", 1)[-1] in GATES:
+                param.data.normal_(0.0, 1.0)
+    image_processor = MllamaImageProcessorPil(size={"height": 336, "width": 336},
+                                              max_image_tiles=4)  # fmt: skip
+    return model.eval(), proc.tokenizer, image_processor, 672
 
 
 def llava15_prompt() -> str:

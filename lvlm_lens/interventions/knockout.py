@@ -18,6 +18,13 @@ included, breaking causality. Remove such queries from the target group. Left-pa
 
 The hooks run on the full input or on any prefix of it, with or without a KV cache of an
 earlier prefix (``run_prefix`` then a suffix run, both inside the knockout).
+
+In a gated cross-attention layer (Llama 3.2 Vision) the keys are the image side, not the
+sequence: an image's ``<|image|>`` token stands for its whole image side, so a source group
+holding it cuts the target queries' edges to every image-side state of that image (a source
+without image tokens cuts nothing there). A target query left with no image key reads nothing:
+its cross-attention output is zero in the knocked-out heads (not refused: the layer adds to
+the residual stream, and without an image HF skips it likewise).
 """
 
 from __future__ import annotations
@@ -152,7 +159,9 @@ def knockout_hooks(
 
     linear = cfg.decoder.linear_attention
     linear = () if linear is None else linear.layers
-    _check_keys_left(model, inp, block, [la for la in layers if la not in linear])
+    cross = cfg.decoder.cross_attention
+    cross = () if cross is None else cross.layers
+    _check_keys_left(model, inp, block, [la for la in layers if la not in (*linear, *cross)])
 
     def hook(scores: Float[Tensor, "batch head q k"], hook: Any) -> Tensor:
         b, _, q, k = scores.shape
@@ -169,6 +178,8 @@ def knockout_hooks(
     for layer in layers:
         if layer in linear:
             hooks += _linear_knockout_hooks(model, inp, layer, src, tgt, heads)
+        elif layer in cross:
+            hooks += _cross_knockout_hooks(model, inp, layer, src, tgt, heads)
         else:
             hooks.append((f"blocks.{layer}.attn.hook_attn_scores", hook))
     return hooks
@@ -200,6 +211,43 @@ def _linear_knockout_hooks(
 
     pre = f"blocks.{layer}."
     return [(pre + "ln1.hook_normalized", save), (pre + "attn.hook_read", read_hook)]
+
+
+def _cross_knockout_hooks(
+    model: Any, inp: LVLMInput, layer: int, src: Tensor, tgt: Tensor,
+    heads: Sequence[int] | None,
+) -> list[Hook]:
+    """Knockout in a gated cross-attention layer (see the module docstring): the scores of the
+    cut edges get the dtype minimum, and a query left with no image key gets a zero pattern."""
+    cfg = model.cfg
+    device = cfg.device
+    on = torch.zeros(cfg.n_heads, dtype=torch.bool, device=device)
+    on[list(range(cfg.n_heads)) if heads is None else list(heads)] = True
+    is_image = (inp.input_ids == cfg.image_token_id).to(device)
+    index = (is_image.cumsum(-1) - 1).clamp(min=0)  # each token's image number in its example
+    n_max = max(max(inp.images_per_example), 1)
+    cut = torch.zeros(len(inp), n_max, dtype=torch.bool, device=device)
+    rows, cols = (is_image & src.to(device)).nonzero(as_tuple=True)
+    cut[rows, index[rows, cols]] = True  # [batch, image]: the source images
+    tgt, store = tgt.to(device), {}
+
+    def scores_hook(scores: Float[Tensor, "batch head q k"], hook: Any) -> Tensor:
+        b, _, q, k = scores.shape
+        if (b, q) != tuple(tgt.shape):
+            raise ValueError(f"knockout in cross-attention layer {layer} runs only on the full "
+                             f"input {tuple(tgt.shape)}, got scores {tuple(scores.shape)}")
+        cols = cut.repeat_interleave(k // n_max, dim=-1)  # [batch, image_pos]
+        edges = tgt[:, None, :, None] & on[None, :, None, None] & cols[:, None, None, :]
+        floor = torch.finfo(scores.dtype).min
+        out = scores.masked_fill(edges, floor)
+        store["empty"] = edges.any(-1) & ~(out > floor / 2).any(-1)
+        return out
+
+    def pattern_hook(pattern: Float[Tensor, "batch head q k"], hook: Any) -> Tensor:
+        return pattern.masked_fill(store.pop("empty")[..., None], 0.0)
+
+    pre = f"blocks.{layer}.cross_attn."
+    return [(pre + "hook_attn_scores", scores_hook), (pre + "hook_pattern", pattern_hook)]
 
 
 @contextmanager

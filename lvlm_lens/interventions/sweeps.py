@@ -30,7 +30,13 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lvlm_lens.interventions.knockout import Group, group_mask, knockout_hooks, window_layers
+from lvlm_lens.interventions.knockout import (
+    Group,
+    group_mask,
+    knockout_effect,
+    knockout_hooks,
+    window_layers,
+)
 from lvlm_lens.interventions.metrics import get_metric, metric_change
 from lvlm_lens.interventions.patching import check_pair
 from lvlm_lens.model.inputs import LVLMInput
@@ -271,7 +277,8 @@ def knockout_window_sweep(
 
     The clean run is done once; each window recomputes only the positions from the first
     target query on, and only the layers from the window's first on, with the knockout hooks
-    of :func:`~lvlm_lens.interventions.knockout.knockout_hooks`.
+    of :func:`~lvlm_lens.interventions.knockout.knockout_hooks`. With cross-attention layers
+    (Llama 3.2 Vision), which cannot continue a KV cache yet, each window is a full run.
 
     Returns:
         One row per window centre, one value per example.
@@ -281,6 +288,11 @@ def knockout_window_sweep(
     n = model.cfg.n_layers
     centres = list(range(n)) if centres is None else list(centres)
     window = min(window, n)
+    if model.cfg.decoder.cross_attention is not None:  # no KV cache to continue: full runs
+        return torch.stack([
+            knockout_effect(model, inp, source, target, window_layers(c, window, n), metric,
+                            heads, relative)
+            for c in tqdm(centres, desc="knockout windows", disable=not progress)])  # fmt: skip
     layout = model.layout(inp)
     names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n)]
     resid, kv, pre = _record(model, inp, names)

@@ -87,7 +87,8 @@ class TransformerBlock(nn.Module):
     its ``linear_attention`` lists is a :class:`~lvlm_lens.model.linear_attention.GatedDeltaNet`
     (whose input is never split per head); a layer its ``cross_attention`` lists is a gated
     cross-attention layer: ``blocks.{l}.cross_attn`` (a
-    :class:`~lvlm_lens.model.cross_attention.CrossAttention`, no ``attn``) and its gates,
+    :class:`~lvlm_lens.model.cross_attention.CrossAttention`, also reachable as ``attn`` for
+    TransformerLens' weight surface; its hooks are named ``cross_attn.hook_*``) and its gates,
     ``resid_mid = resid_pre + tanh(attn_gate) * cross_attn(ln1(.))``, ``resid_post = resid_mid
     + tanh(mlp_gate) * rows * mlp(ln2(.))`` (``hook_attn_gate`` / ``hook_mlp_gate``
     ``[batch, pos, 1]``: the tanh of each gate; ``hook_attn_out`` / ``hook_mlp_out`` are after
@@ -106,6 +107,9 @@ class TransformerBlock(nn.Module):
         self.cross = cross is not None and layer in cross.layers
         if self.cross:
             self.cross_attn = CrossAttention(cfg, hf_layer.cross_attn)
+            # TransformerLens' surface (model.W_Q, loops over blocks[l].attn): the same module
+            # as ``attn``, registered second, so its hook names stay ``cross_attn.hook_*``
+            self.attn = self.cross_attn
             self.attn_gate = hf_layer.cross_attn_attn_gate
             self.mlp_gate = hf_layer.cross_attn_mlp_gate
             self.hook_attn_gate, self.hook_mlp_gate = HookPoint(), HookPoint()

@@ -133,7 +133,9 @@ class GenerateMixin:
             freq_penalty: Subtracted from a token's temperature-divided logit once per
                 occurrence among the row's real text tokens so far (prompt and generated;
                 image placeholders and padding do not count).
-            use_past_kv_cache: Accepted for TransformerLens' signature; a cache is always used.
+            use_past_kv_cache: Accepted for TransformerLens' signature; a cache is always used,
+                except with cross-attention layers (Llama 3.2 Vision), where each step re-runs
+                the whole sequence (no KV cache through them yet).
             prepend_bos: For text input, as in ``to_tokens``.
             padding_side: Ignored, as TransformerLens does for generation: a batch of texts
                 is left-padded so that each row's last token is its last real token.
@@ -192,6 +194,11 @@ class GenerateMixin:
         pad = self.tokenizer.pad_token_id
         pad = self.cfg.pad_token_id if pad is None else pad
 
+        uncached = self.cfg.decoder.cross_attention is not None  # no KV cache through it yet
+        if uncached and (embeds is not None or past_kv_cache is not None):
+            raise ValueError("generate with cross-attention layers re-runs the whole sequence "
+                             "each step: pass text, tokens or an LVLMInput, without embeddings "
+                             "or past_kv_cache")
         is_tl = isinstance(past_kv_cache, TransformerLensKeyValueCache)
         tl_cache = past_kv_cache if is_tl else None
         cache = from_tl_cache(tl_cache) if tl_cache is not None else past_kv_cache
@@ -199,7 +206,10 @@ class GenerateMixin:
             cache = None  # an empty TransformerLens cache: filled from the prompt
         elif cache is not None and cache.frozen:
             cache = replace(cache, frozen=False)  # extend a copy, leave the frozen one as is
-        if embeds is not None:
+        if uncached:
+            running = inp
+            logits = self(inp)[:, -1]
+        elif embeds is not None:
             mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=device)
             resid, kvs = self.run_blocks(self.hook_embed(embeds), mask, cache)
             if cache is None:
@@ -236,7 +246,11 @@ class GenerateMixin:
             done = done | torch.isin(nxt, eos)
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
-            logits = decode_step(self, nxt[:, None], cache)
+            if uncached:  # the prompt and the tokens so far, in full
+                running = extend_input(running, nxt[:, None], torch.ones_like(nxt[:, None]))
+                logits = self(running)[:, -1]
+            else:
+                logits = decode_step(self, nxt[:, None], cache)
         if tl_cache is not None and not tl_cache.frozen:
             to_tl_cache(cache, tl_cache)
 

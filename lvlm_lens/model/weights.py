@@ -113,7 +113,10 @@ def _stacked(path: str, shape: str) -> property:
 
 class ModelWeights(Circuits):
     """Weights of every layer stacked as TransformerLens does, and the unembedding directions
-    (needs ``cfg``, ``blocks``, ``embed``, ``unembed``, ``ln_final`` and ``to_single_token``)."""
+    (needs ``cfg``, ``blocks``, ``embed``, ``unembed``, ``ln_final`` and ``to_single_token``).
+    A gated cross-attention layer (Llama 3.2 Vision) stacks its cross-attention weights
+    (``blocks[l].attn`` is its ``cross_attn``: ``W_K`` / ``W_V`` read the image side, and its
+    output passes the attention gate, which is not folded in)."""
 
     cfg: Any
     blocks: Any

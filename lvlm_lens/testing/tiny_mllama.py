@@ -61,10 +61,10 @@ def mllama_config(tokenizer: Any, text: dict[str, Any], vision: dict[str, Any]) 
                                                               "rope_theta": 10000.0},
                                           **text})  # fmt: skip
     text["vocab_size"] = image_id  # as the real: the image id is past the logits
-    vision = dict(hidden_size=32, num_hidden_layers=2, num_global_layers=1, attention_heads=2,
-                  intermediate_size=64, vision_output_dim=96, image_size=TILE,
-                  patch_size=PATCH, max_num_tiles=MAX_TILES, intermediate_layers_indices=[0, 1],
-                  **vision)  # fmt: skip
+    vision = {**dict(hidden_size=32, num_hidden_layers=2, num_global_layers=1,
+                     attention_heads=2, intermediate_size=64, vision_output_dim=96,
+                     image_size=TILE, patch_size=PATCH, max_num_tiles=MAX_TILES,
+                     intermediate_layers_indices=[0, 1]), **vision}  # fmt: skip
     config = MllamaConfig(vision_config=vision, text_config=text, image_token_index=image_id)
     config._attn_implementation = "eager"
     return config

@@ -31,7 +31,10 @@ def example_views(
     heads: list[tuple[int, int]],
     n: int = 4,
 ) -> list[ExampleView]:
-    """A few examples with the top heads' attention over their patches."""
+    """A few examples with the top heads' attention over their patches (none where the image
+    is read by cross-attention layers, Llama 3.2 Vision: its image side is not in the
+    sequence, so there is no patch grid of sequence positions to draw yet)."""
+    in_sequence = model.cfg.decoder.cross_attention is None
     views = []
     for i in kept[:n]:
         rec = records[i]
@@ -51,7 +54,7 @@ def example_views(
                 image,
                 str(rec.answer),
                 infos[i]["prediction"],
-                patch_attention(model, inp, heads),
+                patch_attention(model, inp, heads) if in_sequence else {},
                 obj,
             )
         )

@@ -19,6 +19,7 @@ KINDS += ["qwen3.5", "qwen3.5-moe", "paligemma2", "smolvlm2"]
 KINDS += ["glm4v", "glm4v-moe"]
 KINDS += ["llama4"]
 KINDS += ["mistral3"]
+KINDS += ["mllama"]
 IMAGES = [noise_image(20, 28, 1), noise_image(30, 18, 2)]
 
 
@@ -34,7 +35,8 @@ def test_hook_embed_is_hf_inputs_embeds(fam):
     seen = {}
 
     def grab(module, args, kwargs):
-        seen["x"] = kwargs["inputs_embeds"]
+        x = kwargs.get("inputs_embeds")  # Llama 3.2 Vision's decoder embeds the ids itself
+        seen["x"] = module.embed_tokens(kwargs["input_ids"]) if x is None else x
 
     lm = language_model(model.hf_model)
     handle = lm.register_forward_pre_hook(grab, with_kwargs=True)
@@ -67,7 +69,9 @@ def test_to_hf_has_the_family_inputs(fam):
     tiles = {"pixel_attention_mask"}
     extra = {"internvl": set(), "idefics3": tiles, "smolvlm2": tiles, "llama4": set(),
              "llava-onevision-1.5": {"image_grid_thw"},
-             "mistral3": {"image_sizes"}}.get(kind, extra)  # fmt: skip
+             "mistral3": {"image_sizes"},
+             "mllama": {"aspect_ratio_ids", "aspect_ratio_mask", "cross_attention_mask"},
+             }.get(kind, extra)  # fmt: skip
     assert set(kw) == {"input_ids", "attention_mask", "position_ids", "pixel_values"} | extra
     for key in extra & {"token_type_ids", "mm_token_type_ids"}:
         if kind == "paligemma2":  # the whole prompt is the prefix: token type 0, as its processor
@@ -89,6 +93,8 @@ def test_groups_and_grid_coordinates(fam):
         cells = [f"<img {t}:{r},{c}>" for t in tiles for r in range(4) for c in range(4)]
     if kind == "llama4":  # 20x28 fits one 28-px tile: 2x2 tokens, no global tile
         cells = [f"<img 0:{r},{c}>" for r in range(2) for c in range(2)]
+    if kind == "mllama":  # one <|image|> token: the image side is not in the sequence
+        cells = []
     assert [s for s in strs if s.startswith("<img ")] == cells
     question = [t for t, q in zip(inp.input_ids[0], inp.groups["question"][0], strict=True) if q]
     words = model.tokenizer.convert_ids_to_tokens(question)
@@ -98,6 +104,7 @@ def test_groups_and_grid_coordinates(fam):
         "gemma3": "<end_of_image>", "internvl": "</img>", "idefics3": "<row_3_col_3>",
         "paligemma2": "<s>", "smolvlm2": "<row_3_col_3>", "glm4v": "<|end_of_image|>",
         "glm4v-moe": "<|end_of_image|>", "llama4": "<|image_end|>", "mistral3": "[IMG_END]",
+        "mllama": "\n",  # the prompt's newline after <|image|> (no closing image token)
     }.get(kind, "<|vision_end|>")  # fmt: skip
     assert marker in role and "ASSISTANT" in role
 

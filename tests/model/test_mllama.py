@@ -24,7 +24,11 @@ from lvlm_lens.interventions import (
     HeadAblation,
     ablate_heads,
     compute_baseline,
+    knockout,
+    knockout_effect,
+    knockout_window_sweep,
     run_reference,
+    window_layers,
 )
 from lvlm_lens.model.attention import Attention
 from lvlm_lens.model.cross_attention import CrossAttention
@@ -55,9 +59,37 @@ def test_layer_kinds_follow_the_config(pair):
     assert model.cfg.decoder.cross_attention.layers == tuple(CROSS_LAYERS)
     for layer, block in enumerate(model.blocks):
         if layer in CROSS_LAYERS:
-            assert type(block.cross_attn) is CrossAttention and not hasattr(block, "attn")
+            assert type(block.cross_attn) is CrossAttention and block.attn is block.cross_attn
         else:
             assert type(block.attn) is Attention and not hasattr(block, "cross_attn")
+
+
+def test_tl_weights_are_hf_s_for_self_and_cross_layers(pair):
+    """``model.W_Q[l]`` ... stack each layer's attention weights, a cross-attention layer's
+    its cross-attention's (the one module, also ``blocks[l].attn``)."""
+    model, reference, _ = pair
+    cfg, hf_layers = model.cfg, reference.model.language_model.layers
+    h, d, g = cfg.n_heads, cfg.d_head, cfg.n_groups
+    by_head = lambda w: w.view(-1, d, w.shape[-1]).transpose(1, 2)  # noqa: E731
+    cross = CROSS_LAYERS[0]
+    plain = next(la for la in range(cfg.n_layers) if la not in CROSS_LAYERS)
+    for layer, name in ((plain, "self_attn"), (cross, "cross_attn")):
+        hf = getattr(hf_layers[layer], name)
+        assert torch.equal(model.W_Q[layer], by_head(hf.q_proj.weight))
+        k, v = by_head(hf.k_proj.weight), by_head(hf.v_proj.weight)
+        assert torch.equal(model._W_K[layer], k) and torch.equal(model._W_V[layer], v)
+        assert torch.equal(model.W_K[layer], k.repeat_interleave(g, 0))
+        assert torch.equal(model.W_V[layer], v.repeat_interleave(g, 0))
+        w_o = hf.o_proj.weight.T.reshape(h, d, cfg.d_model)
+        assert torch.equal(model.W_O[layer], w_o)
+        for b in (model.b_Q, model.b_K, model.b_V, model.b_O):  # Llama: no attention bias
+            assert torch.equal(b[layer], torch.zeros_like(b[layer]))
+    assert not torch.equal(model.W_Q[cross], model.W_Q[plain])
+    # code written against TransformerLens' blocks[l].attn runs on every layer
+    norms = [block.attn.OV.norm() for block in model.blocks]
+    assert torch.allclose(torch.stack(norms), model.OV.norm())
+    params = model.tl_parameters()
+    assert torch.equal(params[f"blocks.{cross}.attn.W_Q"], model.W_Q[cross])
 
 
 def test_inputs_are_the_hf_processor_s_per_example(pair, inp):
@@ -228,10 +260,72 @@ def test_the_engine_is_the_reference_on_cross_attention(pair, inp, baseline, sco
     assert (ref[:, 1:] - ref[:, :1]).abs().max() > 1e-4  # the masks matter
 
 
+def _without_cross_attention(model, inp, queries, layers):
+    """Logits with the cross-attention output of ``layers`` removed at ``queries``."""
+
+    def cut(out, hook):
+        return out.masked_fill(queries[..., None], 0.0)
+
+    hooks = [(f"blocks.{la}.hook_attn_out", cut) for la in layers]
+    return model.run_with_hooks(inp, fwd_hooks=hooks)
+
+
+@torch.no_grad()
+def test_knocking_out_text_to_image_cross_edges_removes_the_cross_attention(pair, inp):
+    """Every text -> image edge cut in the cross layers = those layers' attention output
+    removed at the text tokens (the image token keeps reading its image); one edge (the final
+    token, one layer) = that one output removed; self-attention layers cut nothing."""
+    model, _, _ = pair
+    real = inp.attention_mask.bool()
+    clean = model(inp)
+    with knockout(model, inp, "image", "text", CROSS_LAYERS):
+        cut = model(inp)
+    want = _without_cross_attention(model, inp, inp.groups["text"].bool(), CROSS_LAYERS)
+    assert (cut - want)[real].abs().max() <= 1e-4
+    assert (cut - clean)[real].abs().max() > 1e-3
+    layer = CROSS_LAYERS[0]
+    with knockout(model, inp, "image", "final", [layer]):
+        one = model(inp)
+    want = _without_cross_attention(model, inp, inp.groups["final"].bool(), [layer])
+    assert (one - want)[real].abs().max() <= 1e-4
+    assert (one - clean)[:, -1].abs().max() > 1e-4 and (one - cut)[:, -1].abs().max() > 1e-4
+    with knockout(model, inp, "image", "final", [layer], heads=[1]):  # one head: its z is 0
+        head = model(inp)
+    final = inp.groups["final"].bool()
+
+    def zero_head(z, hook):
+        z[:, :, 1] = z[:, :, 1].masked_fill(final[..., None], 0.0)
+        return z
+
+    want = model.run_with_hooks(inp, fwd_hooks=[(f"blocks.{layer}.cross_attn.hook_z", zero_head)])
+    assert (head - want)[real].abs().max() <= 1e-4 and (head - one)[:, -1].abs().max() > 1e-4
+    plain = [la for la in range(model.cfg.n_layers) if la not in CROSS_LAYERS]
+    with knockout(model, inp, "question", "final", CROSS_LAYERS):  # no image token: no edge
+        assert (model(inp) - clean)[real].abs().max() <= 1e-5  # (materialised, not fused)
+    with knockout(model, inp, "image", "text", plain):  # the image token's key in self layers
+        assert (model(inp) - clean)[real].abs().max() > 1e-4
+
+
+@torch.no_grad()
+def test_knockout_sweep_is_the_reference_on_cross_attention(pair):
+    model, _, _ = pair
+    inp = model.prepare(IMAGES, PROMPTS, answers=["star", "circle"])
+    n = model.cfg.n_layers
+    sweep = knockout_window_sweep(model, inp, "image", "final", window=2, metric="logit",
+                                  progress=False)  # fmt: skip
+    for centre in range(n):
+        ref = knockout_effect(model, inp, "image", "final", window_layers(centre, 2, n),
+                              metric="logit")  # fmt: skip
+        assert (sweep[centre] - ref).abs().max() <= 1e-5
+    assert sweep.abs().max() > 1e-4
+
+
 def test_refusals(pair, inp):
     model, _, _ = pair
     with pytest.raises(ValueError, match="cross-attention layers cannot continue a KV cache"):
         model.run_prefix(inp, 4)
+    with pytest.raises(ValueError, match="re-runs the whole sequence each step"):
+        model.generate(model.embed_input(inp), 2)
     embeds = model.vision(inp)
     with pytest.raises(ValueError, match="precomputed image embeddings are not supported"):
         model(inp.with_image_embeds(embeds))

@@ -24,6 +24,7 @@ FAMILIES += ["qwen3.5", "qwen3.5-moe"]
 FAMILIES += ["glm4v", "glm4v-moe"]
 FAMILIES += ["llama4"]
 FAMILIES += ["mistral3"]
+FAMILIES += ["mllama"]
 
 
 @pytest.fixture(scope="module", params=["toy", "qwen2-gqa"])

@@ -63,7 +63,7 @@ def cross_attention_tiles(
     out = torch.zeros(b, s, max(len(t) for t in tiles), max_tiles, dtype=torch.bool)
     for i, row in enumerate(input_ids.tolist()):
         locs = [j for j, t in enumerate(row) if t == image_token_id]
-        ends = locs[1:] + [s]
+        ends = locs[1:] + [s] if locs else []  # a text-only row reads no tile
         for j in reversed(range(len(locs) - 1)):
             if ends[j] == locs[j] + 1:  # the next image follows at once: read on with it
                 ends[j] = ends[j + 1]
