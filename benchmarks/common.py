@@ -208,6 +208,9 @@ def build_random_family(
     if kind == "mllama":
         return _random_mllama(n_layers, d_model, n_heads, d_mlp, vision_layers, vision_d_model,
                               seed)  # fmt: skip
+    if kind == "mistral3":
+        return _random_mistral3(n_layers, d_model, n_heads, d_mlp, vision_layers, vision_d_model,
+                                seed)  # fmt: skip
     tokenizer = family_tokenizer(kind, chat_template=False)
     d_head = d_model // n_heads
     text: dict[str, Any] = dict(
@@ -385,6 +388,33 @@ def _random_mllama(n_layers: int, d_model: int, n_heads: int, d_mlp: int, vision
     image_processor = MllamaImageProcessorPil(size={"height": 336, "width": 336},
                                               max_image_tiles=4)  # fmt: skip
     return model.eval(), proc.tokenizer, image_processor, 672
+
+
+def _random_mistral3(n_layers: int, d_model: int, n_heads: int, d_mlp: int, vision_layers: int,
+                     vision_d_model: int, seed: int) -> tuple[Any, Any, Any, int]:  # fmt: skip
+    """Mistral 3 at the benchmark's decoder sizes, shaped as Mistral Small 3.1: Pixtral at patch
+    14 with 2-D RoPE and a 2x2 patch merger, a Mistral decoder with 4 K/V heads; a 672-px image
+    gives 24 rows of 24 ``[IMG]`` tokens (576), each row closed by ``[IMG_BREAK]`` /
+    ``[IMG_END]``."""
+    from transformers.models.pixtral import PixtralImageProcessorPil
+
+    from lvlm_lens.testing.tiny_mistral3 import mistral3_config, mistral3_tokenizer
+
+    tokenizer = mistral3_tokenizer(chat_template=False)
+    text = dict(hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=n_heads,
+                head_dim=d_model // n_heads, num_key_value_heads=4, intermediate_size=d_mlp,
+                max_position_embeddings=4096, initializer_range=0.02)  # fmt: skip
+    heads = max(1, vision_d_model // 64)
+    vision = dict(hidden_size=vision_d_model, intermediate_size=4 * vision_d_model,
+                  num_hidden_layers=vision_layers, num_attention_heads=heads,
+                  head_dim=vision_d_model // heads, image_size=672, patch_size=14)  # fmt: skip
+    config = mistral3_config(tokenizer, text, vision)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = transformers.Mistral3ForConditionalGeneration(config)
+    processor = PixtralImageProcessorPil(size={"longest_edge": 672},
+                                         patch_size={"height": 14, "width": 14})  # fmt: skip
+    return model.eval(), tokenizer, processor, 672
 
 
 def llava15_prompt() -> str:

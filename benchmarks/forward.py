@@ -5,17 +5,18 @@ tokens, a Llama decoder of ``--layers`` x ``--d-model``; fp32, eval, eager atten
 batch of ``--batch`` prompts of 5 text tokens + 576 image tokens + 26 text tokens. With
 ``--family qwen2-vl`` / ``qwen2.5-vl`` / ``qwen3-vl`` / ``gemma3`` / ``internvl`` /
 ``idefics3`` / ``qwen3-vl-moe`` / ``llava-onevision-1.5`` / ``glm4v`` / ``glm4v-moe`` /
-``qwen3.5`` / ``qwen3.5-moe`` / ``llama4`` / ``mllama`` the model is that family's instead (its
-own vision tower; the decoder at the same sizes: M-RoPE and q/k/v biases, Qwen3's q/k norms and
-DeepStack, Gemma 3's sandwich norms, q/k norms and sliding layers, GLM's pair RoPE, sandwich
-norms and GLM-4.5V's sigmoid router, InternVL's Qwen2, Idefics3's Llama, Qwen3-VL-MoE's
-experts, LLaVA-OneVision-1.5's Qwen3, Qwen3.5's Gated-DeltaNet layers, Llama 4's interleaved
-MoE, NoPE and chunked layers), 576 image tokens for Qwen and LLaVA-OneVision-1.5, 256 for
-Gemma 3, for InternVL 256 per 448-px tile, for Idefics3 64 per 512-px tile (3x3 tiles + the
-global image: 640), for Llama 4 144 per 336-px tile (2x2 + the global tile: 720), for Llama 3.2
-Vision one ``<|image|>`` token and an image side of 577 states per 336-px tile (2x2: 2308) read
-by a gated cross-attention layer every fifth (no ``*_embeds`` calls: its image is not in the
-embeddings). Under
+``qwen3.5`` / ``qwen3.5-moe`` / ``llama4`` / ``mllama`` / ``mistral3`` the model is that
+family's instead (its own vision tower; the decoder at the same sizes: M-RoPE and q/k/v biases,
+Qwen3's q/k norms and DeepStack, Gemma 3's sandwich norms, q/k norms and sliding layers, GLM's
+pair RoPE, sandwich norms and GLM-4.5V's sigmoid router, InternVL's Qwen2, Idefics3's Llama,
+Qwen3-VL-MoE's experts, LLaVA-OneVision-1.5's Qwen3, Qwen3.5's Gated-DeltaNet layers, Llama 4's
+interleaved MoE, NoPE and chunked layers, Mistral 3's Pixtral with 2-D RoPE), 576 image tokens
+for Qwen and LLaVA-OneVision-1.5, 256 for Gemma 3, for InternVL 256 per 448-px tile, for
+Idefics3 64 per 512-px tile (3x3 tiles + the global image: 640), for Llama 4 144 per 336-px tile
+(2x2 + the global tile: 720), for Mistral 3 576 (24 rows of 24, each row closed by a marker
+token), for Llama 3.2 Vision one ``<|image|>`` token and an image side of 577 states per 336-px
+tile (2x2: 2308) read by a gated cross-attention layer every fifth (no ``*_embeds`` calls: its
+image is not in the embeddings). Under
 ``torch.no_grad()`` and torch's default thread count it times, interleaved in one process
 (see :func:`benchmarks.common.time_interleaved`: 2 warm-up rounds, then ``--repeats`` rounds
 in a random order each, medians):
@@ -84,8 +85,7 @@ def main() -> None:
         default="llava",
         choices=["llava", "qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl", "idefics3",
                  "qwen3-vl-moe", "llava-onevision-1.5", "glm4v", "glm4v-moe", "qwen3.5",
-                 "qwen3.5-moe", "llama4",
-                 "mllama"],
+                 "qwen3.5-moe", "llama4", "mllama", "mistral3"],
     )
     model_arguments(parser)
     parser.add_argument("--repeats", type=int, default=10)

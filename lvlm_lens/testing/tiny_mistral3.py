@@ -57,7 +57,8 @@ def mistral3_tokenizer(chat_template: bool) -> Any:
 
 
 def mistral3_config(tokenizer: Any, text: dict[str, Any], vision: dict[str, Any]) -> Any:
-    """A tiny Mistral 3 config (``text``: Mistral text fields; ``vision``: Pixtral fields)."""
+    """A tiny Mistral 3 config (``text``: Mistral text fields; ``vision``: Pixtral fields, each
+    over the tiny default)."""
     from lvlm_lens.testing.tiny_families import tiny_text_kwargs
 
     tied = text.pop("tie_word_embeddings", False)
@@ -66,8 +67,9 @@ def mistral3_config(tokenizer: Any, text: dict[str, Any], vision: dict[str, Any]
         "sliding_window": None, "tie_word_embeddings": tied,
         "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0}, **text,
     })  # fmt: skip
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                  image_size=M3_LONGEST, patch_size=M3_PATCH, head_dim=16, **vision)  # fmt: skip
+    vision = {**dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=2, image_size=M3_LONGEST, patch_size=M3_PATCH,
+                     head_dim=16), **vision}  # fmt: skip
     config = Mistral3Config(
         text_config=text, vision_config={"model_type": "pixtral", **vision},
         image_token_index=tokenizer.convert_tokens_to_ids(M3_SPECIALS["image_token"]),

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from lvlm_lens import HookedLVLM
+from lvlm_lens.interventions.knockout import knockout_effect, knockout_hooks, window_layers
+from lvlm_lens.interventions.sweeps import knockout_window_sweep
 from lvlm_lens.model.blocks import GatedMLP
 from lvlm_lens.model.families.llama4 import (
     Llama4ImageProcessor,
@@ -202,3 +204,89 @@ def test_top1_routing_and_temperature_generate_as_hf(tiny_checkpoint):
                                          pad_token_id=model.tokenizer.pad_token_id)  # fmt: skip
     ours = model.generate(inp, max_new_tokens=CHUNK + 2, eos_token_id=[])
     assert torch.equal(ours, theirs)
+
+
+def _chunk_knockout_batch(model):
+    """A left-padded text batch of two, and per example the real offset of its first token."""
+    short = "USER: what is the main object in this image and what ? ASSISTANT:"
+    inp = model.prepare(None, [LONG, short])
+    pad = (inp.attention_mask == 0).sum(-1).tolist()
+    assert pad[0] == 0 < pad[1] and inp.shape[1] - pad[1] >= 2 * CHUNK  # two whole chunks
+    return inp, pad
+
+
+def _at(inp, pad, real):
+    """A ``[batch, pos]`` group holding real positions ``real`` of each example."""
+    group = torch.zeros(inp.shape, dtype=torch.bool)
+    for i, p in enumerate(pad):
+        group[i, [p + r for r in real]] = True
+    return group
+
+
+@torch.no_grad()
+def _hf_knocked(model, inp, source, target, layers=range(4)):
+    """HF logits with each decoder layer's own mask (chunked or full, as HF builds it) and, in
+    ``layers``, the knocked-out edges blocked on top."""
+    blocked = (target[:, :, None] & source[:, None, :])[:, None]
+
+    def swap(module, args, kwargs):
+        mask = kwargs["attention_mask"]
+        assert mask.shape[-2:] == blocked.shape[-2:]
+        off = False if mask.dtype == torch.bool else torch.finfo(mask.dtype).min
+        return args, {**kwargs, "attention_mask": mask.masked_fill(blocked, off)}
+
+    decoder = model.hf_model.language_model.model.layers
+    handles = [decoder[la].register_forward_pre_hook(swap, with_kwargs=True) for la in layers]
+    try:
+        return model.hf_model(**inp.to_hf()).logits
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_knockout_under_chunked_attention_matches_hf(model):
+    """Knocking the first token of the second chunk out of the rest of that chunk: in the
+    chunked layers those queries keep the later keys of their chunk (and themselves), in the
+    NoPE layer everything before; the logits are HF's with each layer's own mask and the same
+    edges blocked, finite."""
+    inp, pad = _chunk_knockout_batch(model)
+    source = _at(inp, pad, [CHUNK])
+    target = _at(inp, pad, range(CHUNK + 1, 2 * CHUNK))
+    with model.hooks(fwd_hooks=knockout_hooks(model, inp, source, target, range(4))):
+        ours = model(inp)
+    clean, want = model(inp), _hf_knocked(model, inp, source, target)
+    assert torch.isfinite(ours).all()
+    assert (ours - want).abs().max() <= 1e-4
+    assert (ours - clean).abs().max() > 1e-3  # the knockout does something
+
+
+def test_knockout_leaving_a_chunk_start_with_no_key_is_refused(model):
+    """A query at the start of a chunk sees only itself in a chunked layer: knocking it out of
+    itself leaves it no key there (though it has the keys of the chunk before in the full
+    NoPE layer), so that is refused naming the layer, and the same knockout in the NoPE layer
+    alone is HF's with that mask."""
+    inp, pad = _chunk_knockout_batch(model)
+    start = _at(inp, pad, [CHUNK])
+    with pytest.raises(ValueError, match=r"no key left to attend to in layer\(s\) \[0\]"):
+        knockout_hooks(model, inp, start, start, [0, 3])
+    with model.hooks(fwd_hooks=knockout_hooks(model, inp, start, start, [3])):
+        ours = model(inp)
+    want = _hf_knocked(model, inp, start, start, layers=[3])
+    assert torch.isfinite(ours).all() and (ours - want).abs().max() <= 1e-4
+    assert (ours - model(inp)).abs().max() > 1e-3
+
+
+def test_knockout_sweep_from_a_prefix_inside_a_chunk_is_the_full_run(model):
+    """The window sweep recomputes from the first target query on, which lies inside the
+    second chunk: its chunked layers still see that chunk's earlier (cached) keys, so each
+    window's effect is :func:`knockout_effect`'s on the full input."""
+    inp, pad = _chunk_knockout_batch(model)
+    inp = model.prepare(None, inp.texts, answers=["star", "circle"])
+    source = _at(inp, pad, [CHUNK, CHUNK + 1])
+    target = _at(inp, pad, range(CHUNK + 2, 2 * CHUNK))
+    sweep = knockout_window_sweep(model, inp, source, target, window=2, metric="logit",
+                                  progress=False)  # fmt: skip
+    want = torch.stack([knockout_effect(model, inp, source, target, window_layers(c, 2, 4),
+                                        metric="logit") for c in range(4)])  # fmt: skip
+    assert torch.isfinite(sweep).all() and want.abs().max() > 1e-4
+    torch.testing.assert_close(sweep, want, atol=1e-4, rtol=0)

@@ -78,3 +78,36 @@ def test_images_of_different_sizes_give_their_own_grids_as_hf_embeds_them(model)
     assert [len(f) for f in feats] == [35, 40]
     ours = model.vision(inp)
     assert all(torch.equal(a, b) for a, b in zip(ours, feats, strict=True))
+
+
+#: Two more sizes and their grids by hand (Pixtral's rule: scale down by the larger of
+#: ``h/32``, ``w/32`` when over 1, floored, then round each side up to a 4-px merged patch):
+#: 30x18 px is not resized, ceil(30/4) x ceil(18/4) = 8x5; 17x50 px scales by 50/32 to
+#: floor(10.88) x 32 = 10x32 px, ceil(10/4) x ceil(32/4) = 3x8.
+GRIDS = {(30, 18): (8, 5), (17, 50): (3, 8)}
+
+
+def test_to_str_tokens_names_each_img_token_by_its_row_and_column(model):
+    """Between ``[INST]`` and the prompt, image ``k`` reads ``rows`` rows of ``<img r,c>`` for
+    ``c < cols``, each row closed by ``[IMG_BREAK]``, the last by ``[IMG_END]``: the ``[IMG]``
+    runs between the breaks are the grid, row by row."""
+    sizes = list(GRIDS)
+    inp = model.prepare([noise_image(h, w, k) for k, (h, w) in enumerate(sizes)], PROMPTS,
+                        template="chat")  # fmt: skip
+    for i, size in enumerate(sizes):
+        rows, cols = GRIDS[size]
+        strs = model.to_str_tokens(inp, index=i)
+        start, end = strs.index("[INST]") + 1, strs.index("[IMG_END]")
+        image = strs[start : end + 1]
+        want = [t for r in range(rows)
+                for t in [f"<img {r},{c}>" for c in range(cols)] + ["[IMG_BREAK]"]]  # fmt: skip
+        want[-1] = "[IMG_END]"
+        assert image == want
+        # the geometry read back from the token ids: runs of [IMG] between the markers
+        ids = inp.input_ids[i][inp.attention_mask[i].bool()].tolist()
+        img, brk, fin = (model.tokenizer.convert_tokens_to_ids(t)
+                         for t in ("[IMG]", "[IMG_BREAK]", "[IMG_END]"))  # fmt: skip
+        runs = "".join("i" if t == img else "|" if t in (brk, fin) else " " for t in ids)
+        assert runs.split()[0].split("|")[:-1] == ["i" * cols] * rows
+        assert model.vision.grid(inp.image_sizes[i].tolist()) == (rows, cols)
+        assert int(inp.groups["image"][i].sum()) == rows * cols
