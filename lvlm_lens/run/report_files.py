@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor
@@ -16,6 +15,7 @@ from torch import Tensor
 from lvlm_lens.attribution.curves import Curves, RandomBand
 from lvlm_lens.attribution.results import META_FILE, TENSORS_FILE, AttributionResult
 from lvlm_lens.files import atomic_json, atomic_save, atomic_write
+from lvlm_lens.viz.attention_maps import load_view_image
 from lvlm_lens.viz.figures import ExampleView
 from lvlm_lens.viz.report import ReportData
 
@@ -91,8 +91,7 @@ def load_views(folder: Path) -> list[ExampleView]:
     t = load_file(str(folder / "views.safetensors"))
     views = []
     for i, v in enumerate(json.loads((folder / "views.json").read_text())):
-        with Image.open(folder / f"{i:02d}.png") as im:
-            image = im.copy()
+        image = load_view_image(folder / f"{i:02d}.png")  # names the file if damaged
         att = {h: t[f"{i}/{h}"].numpy() for h in v["heads"]}
         obj = t[f"{i}/object"].numpy() if f"{i}/object" in t else None
         views.append(ExampleView(image, v["label"], v["prediction"], att, obj))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from lvlm_lens.data import patch_grid_mask
 from lvlm_lens.model.families import FAMILIES
@@ -21,6 +23,24 @@ def patch_attention(
     att = head_attention(model, inp, heads, "final", 0)
     return {f"L{layer}H{head}": np.nan_to_num(grid.fill(a)).astype(np.float32)
             for (layer, head), a in att.items()}
+
+
+def load_view_image(path: Path) -> Image.Image:
+    """One saved example view's image, decoded in full.
+
+    Raises:
+        ValueError: The file is missing or damaged; the message names it and what to rerun.
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except Exception as err:  # missing, not a PNG, truncated
+        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(
+            f"{path} is damaged ({why}): run the same `lvlm-lens attribute` command again to "
+            "rewrite it (its finished chunks are kept)"
+        ) from err
 
 
 def example_views(

@@ -33,6 +33,18 @@ def test_a_16_bit_png_equals_its_8_bit_rescaling(tmp_path):
     assert expected.max() > 200 and expected.min() == 0  # not all white, not all black
 
 
+def test_mode_i_images_are_rescaled_by_their_value_range():
+    sixteen = (np.arange(6 * 7, dtype=np.int32).reshape(6, 7) * 1598).clip(0, 65535)
+    got = np.asarray(to_8bit(Image.fromarray(sixteen.astype(np.int32), mode="I")))
+    assert (got == np.rint(sixteen / 257.0).astype(np.uint8)).all() and got.max() == 255
+    wide = np.array([[0, 2**20, 2**24], [2**28, 2**30, 2**31 - 1]], dtype=np.int32)
+    got = np.asarray(to_8bit(Image.fromarray(wide, mode="I")))
+    # by hand: v * 255 / (2**31 - 1) rounded -> 0, 0.12, 1.99, 31.9, 127.5, 255
+    assert got.tolist() == [[0, 0, 2], [32, 128, 255]]
+    signed = np.array([[-100, -50, 100]], dtype=np.int32)  # min..max: 0, 63.75, 255
+    assert np.asarray(to_8bit(Image.fromarray(signed, mode="I"))).tolist() == [[0, 64, 255]]
+
+
 def test_float_images_in_0_1_are_scaled_by_255():
     arr = np.linspace(0, 1, 30, dtype=np.float32).reshape(5, 6)
     got = np.asarray(to_8bit(Image.fromarray(arr, mode="F")))
