@@ -43,7 +43,7 @@ from PIL import Image
 from transformers import LlavaForConditionalGeneration
 from transformers.models.clip import CLIPImageProcessorPil
 
-from lvlm_lens.testing.llava_config import clip_llama_config
+from lvlm_lens.hf_parts import clip_llama_config
 from lvlm_lens.testing.tiny import build_tiny_tokenizer
 from lvlm_lens.testing.tiny_families import (
     family_config,

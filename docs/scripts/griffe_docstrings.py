@@ -38,6 +38,7 @@ API_MODULES = (
     "lvlm_lens.toy",
     "lvlm_lens.testing",
     "lvlm_lens.progress",
+    "lvlm_lens.hf_parts",
 )
 
 

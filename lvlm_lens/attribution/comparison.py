@@ -19,6 +19,7 @@ from lvlm_lens.attribution.curves import (
     endpoints,
     random_rankings,
 )
+from lvlm_lens.attribution.head_attribution import AttributionConfig, build_engine
 from lvlm_lens.attribution.rankings import (
     attention_weight,
     attribution_patching,
@@ -122,16 +123,18 @@ def compare_rankings(
 
     Args:
         engines: Engines already built for ``inputs`` (their prefix caches are reused); a
-            missing one (``None``) is built.
+            missing one (``None``) is built by :func:`build_engine` from ``config``,
+            ``metric`` and ``batch_size``.
         checkpoints: Where each finished piece (one example's ranking, the endpoints, one
             ranking's curves, one random ranking's curves) is kept; pieces found there are not
             recomputed.
         keys: An identifier per input for its checkpoints (default: its position).
         progress: ``False`` hides every progress bar.
     """
+    options = AttributionConfig(metric=metric, batch_size=batch_size, ablation=config)
     engines = engines or [None] * len(inputs)
     engines = [
-        e or AblationEngine(model, i, b, config, metric, batch_size)
+        e or build_engine(model, i, b, options)
         for e, i, b in zip(engines, inputs, baselines, strict=True)
     ]
     keys = keys or [str(i) for i in range(len(inputs))]

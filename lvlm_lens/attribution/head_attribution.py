@@ -16,11 +16,10 @@ import torch
 
 from lvlm_lens.attribution.regression import (
     check_method,
+    check_n_masks,
     fit_linear,
     fit_pooled,
-    min_masks,
     sample_masks,
-    split_sizes,
 )
 from lvlm_lens.attribution.results import AttributionResult
 from lvlm_lens.errors import OptionError
@@ -66,29 +65,17 @@ class AttributionConfig:
         if self.batch_size < 1:
             raise OptionError("batch_size", f"must be >= 1, got {self.batch_size}")
         if self.method != "ols":  # OLS also depends on the model's heads: check_config
-            _check_n_masks(self, 0)
+            check_n_masks(self.n_masks, self.method, self.holdout)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable view (for result files and resume checks)."""
         return dataclasses.asdict(self)
 
 
-def _check_n_masks(config: AttributionConfig, n_heads: int) -> None:
-    need = min_masks(config.method, config.holdout, n_heads)
-    if config.n_masks < need:
-        parts = split_sizes(need, config.method, config.holdout)
-        split = ", ".join(f"{v} {k.replace('_', '-')}" for k, v in parts.items() if v)
-        ols = f"OLS over {n_heads} heads needs more than {n_heads} training masks; "
-        raise OptionError(
-            "n_masks",
-            f"must be >= {need} for a {config.method} fit ({ols * (config.method == 'ols')}"
-            f"per example: {split} masks), got {config.n_masks}",
-        )
-
-
 def check_config(model: HookedLVLM, config: AttributionConfig) -> None:
     """Refuse settings the regression cannot fit, before any forward pass runs."""
-    _check_n_masks(config, model.cfg.n_layers * model.cfg.n_heads)
+    n_heads = model.cfg.n_layers * model.cfg.n_heads
+    check_n_masks(config.n_masks, config.method, config.holdout, n_heads)
 
 
 def build_engine(

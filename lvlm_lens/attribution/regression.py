@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from lvlm_lens.errors import OptionError
 from lvlm_lens.progress import progress_bar
 
 Method = Literal["ridge", "ols", "lasso"]
@@ -131,14 +132,42 @@ def min_masks(method: Method = "ridge", holdout: float = 0.2, n_features: int = 
         holdout: Share of masks held out (as in :func:`fit_linear`).
         n_features: Heads in the model (only OLS depends on it).
     """
-    need_fit = n_features + 1 if method == "ols" else 2
+    need_train = _min_train(method, n_features)
     n = 2
     while True:
         s = split_sizes(n, method, holdout)
         held_ok = holdout == 0 or s["held_out"] >= MIN_HELDOUT
-        if held_ok and s["fit"] >= need_fit and (method == "ols" or s["validation"] >= 1):
+        val_ok = method == "ols" or s["validation"] >= 1
+        if held_ok and val_ok and s["fit"] + s["validation"] >= need_train:
             return n
         n += 1
+
+
+def _min_train(method: str, n_features: int, n_groups: int = 1) -> int:
+    """Fewest training masks (fit + validation) a fit over ``n_groups`` examples needs: OLS one
+    per head plus one per intercept, ridge / lasso two per example to fit and one to validate."""
+    return n_features + n_groups if method == "ols" else 2 * n_groups + 1
+
+
+def check_n_masks(n_masks: int, method: Method = "ridge", holdout: float = 0.2,
+                  n_features: int = 0) -> None:
+    """Refuse fewer masks per example than :func:`min_masks` (the one check of the mask count,
+    made before any forward pass; a direct :func:`fit_pooled` call checks the same rule on its
+    training split).
+
+    Raises:
+        OptionError: (field ``n_masks``) with the split the fewest masks would give.
+    """
+    need = min_masks(method, holdout, n_features)
+    if n_masks < need:
+        parts = split_sizes(need, method, holdout)
+        split = ", ".join(f"{v} {k.replace('_', '-')}" for k, v in parts.items() if v)
+        ols = f"OLS over {n_features} heads needs more than {n_features} training masks; "
+        raise OptionError(
+            "n_masks",
+            f"must be >= {need} for a {method} fit ({ols * (method == 'ols')}"
+            f"per example: {split} masks), got {n_masks}",
+        )
 
 
 def _center(x: Tensor, y: Tensor, g: Tensor, n_groups: int):
@@ -214,7 +243,7 @@ def _fit(x, y, g, n_groups: int, shape, settings: FitSettings) -> LinearFit:
     method, alphas, holdout, seed = s.method, s.alphas, s.holdout, s.seed
     x, y, p = x.to(torch.float64), y.to(x.device, torch.float64), x.shape[1]
     train, test = _split(g, n_groups, holdout, gen := torch.Generator().manual_seed(seed))
-    min_train = p + n_groups if method == "ols" else 2 * n_groups + 1
+    min_train = _min_train(method, p, n_groups)
     if len(train) < min_train:  # OLS: one mask per head, plus one per intercept
         need = math.ceil(min_train / (1 - holdout))
         msg = f"{method} needs >= {min_train} training masks (n_features={p}), got {len(train)}"

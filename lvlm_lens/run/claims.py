@@ -39,6 +39,7 @@ from lvlm_lens.data.records import synthetic_records
 from lvlm_lens.data.synthetic import CLASSES
 from lvlm_lens.interventions.ablation import BASELINES, HeadAblation, compute_baseline
 from lvlm_lens.interventions.baseline_check import check_baseline
+from lvlm_lens.interventions.engine import AblationEngine
 from lvlm_lens.interventions.knockout import knockout_effect
 from lvlm_lens.interventions.token_ablation import mean_image_baseline
 from lvlm_lens.model.hooked_lvlm import HookedLVLM
@@ -79,7 +80,9 @@ def baseline_table(
         cfg = HeadAblation(baseline=name)
         bases = [compute_baseline(model, x, cfg, baseline_image=refs[0], reference_images=refs)
                  for x in inputs]  # fmt: skip
-        check = check_baseline(model, inputs, bases, cfg, metric)
+        check = check_baseline(model, inputs, bases, cfg, metric,
+                               engines=_engines(model, inputs, bases,
+                                                AttributionConfig(metric=metric, ablation=cfg)))
         still_right = [
             int(a) == int(x.answer_ids[0]) for a, x in zip(check.answer_ids, inputs, strict=True)
         ]
@@ -87,12 +90,16 @@ def baseline_table(
     return out
 
 
-def _attribute(model: HookedLVLM, inputs, bases, cfg: AttributionConfig, ids):
-    """Per-example engines and a head-attribution result over ``inputs``."""
-    engines = [build_engine(model, x, b, cfg) for x, b in zip(inputs, bases, strict=True)]
+def _engines(model: HookedLVLM, inputs, bases, cfg: AttributionConfig) -> list[AblationEngine]:
+    """Each example's engine, built once (the baseline check and the masked runs share it)."""
+    return [build_engine(model, x, b, cfg) for x, b in zip(inputs, bases, strict=True)]
+
+
+def _attribute(model: HookedLVLM, engines: list[AblationEngine], cfg: AttributionConfig, ids):
+    """A head-attribution result over the examples of ``engines``."""
     masks = sample_masks(cfg.n_masks, model.cfg.n_layers, model.cfg.n_heads, cfg.rate, cfg.seed)
     metrics = torch.stack([e.run(masks, progress=False)[0] for e in engines])
-    return engines, fit_result(masks, metrics, cfg, model.cfg.model_name, ids)
+    return fit_result(masks, metrics, cfg, model.cfg.model_name, ids)
 
 
 def ranking_claims(
@@ -103,11 +110,13 @@ def ranking_claims(
     keep = _correct(model, inputs)
     inputs = [inputs[i] for i in keep]
     bases = [compute_baseline(model, x, cfg.ablation, reference_images=refs) for x in inputs]
-    check = check_baseline(model, inputs, bases, cfg.ablation, cfg.metric)
+    engines = _engines(model, inputs, bases, cfg)
+    check = check_baseline(model, inputs, bases, cfg.ablation, cfg.metric, engines=engines)
     inputs = [inputs[i] for i in check.kept]
     bases = [bases[i] for i in check.kept]
+    engines = [engines[i] for i in check.kept]
     ids = [records[keep[i]].id for i in check.kept]
-    engines, result = _attribute(model, inputs, bases, cfg, ids)
+    result = _attribute(model, engines, cfg, ids)
     rankings = {HEAD_ATTRIBUTION: result.importance.float()}
     rankings |= example_rankings(model, inputs, bases, engines, cfg.ablation, cfg.metric)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
@@ -170,10 +179,10 @@ def semantics_claim(model: HookedLVLM, refs, cfg: AttributionConfig, args) -> di
     keep = _correct(model, inputs)
     inputs = [inputs[i] for i in keep]
     bases = [compute_baseline(model, x, cfg.ablation, reference_images=refs) for x in inputs]
-    check = check_baseline(model, inputs, bases, cfg.ablation, cfg.metric)
+    engines = _engines(model, inputs, bases, cfg)
+    check = check_baseline(model, inputs, bases, cfg.ablation, cfg.metric, engines=engines)
     use = [keep[i] for i in check.kept]
-    _, result = _attribute(model, [inputs[i] for i in check.kept], [bases[i] for i in check.kept],
-                           cfg, [str(i) for i in use])  # fmt: skip
+    result = _attribute(model, [engines[i] for i in check.kept], cfg, [str(i) for i in use])
     sem = semantic_similarity(result, [examples[i][0] for i in use],
                               [str(examples[i][1]) for i in use], seed=args.seed)  # fmt: skip
     return {"table": sem.to_frame().to_dict(orient="records"), "n_examples": len(examples),

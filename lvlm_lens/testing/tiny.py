@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import AddedToken, Regex, Tokenizer, models, pre_tokenizers, processors
 from transformers import (
     CLIPVisionConfig,
     LlamaConfig,
@@ -44,6 +43,10 @@ from transformers.models.clip import CLIPImageProcessorPil
 from transformers.models.llava_next import LlavaNextImageProcessorPil
 from transformers.models.llava_onevision import LlavaOnevisionImageProcessorPil
 
+from lvlm_lens.hf_parts.tokenizer import (
+    LLAVA_CHAT_TEMPLATE,
+    word_level_tokenizer,
+)
 from lvlm_lens.testing.tiny_families import (
     FAMILY_KINDS,
     build_family_checkpoint,
@@ -60,17 +63,6 @@ LLAVA_KINDS = ("llava-llama", "llava-next-mistral", "llava-next-vicuna", "llava-
 #: LLaVA-OneVision-1.5), PaliGemma 2 and ``tiny_more.MORE_KINDS`` (one module per family:
 #: SmolVLM2...).
 TINY_KINDS = LLAVA_KINDS + FAMILY_KINDS + ("paligemma2",) + MORE_KINDS
-
-SPECIAL_TOKENS = (
-    "<unk>",
-    "<pad>",
-    "<s>",
-    "</s>",
-    "<image>",
-    "<video>",
-    "<|im_start|>",
-    "<|im_end|>",
-)
 
 # fmt: off
 TINY_WORDS = (
@@ -95,21 +87,6 @@ PATCH_SIZE = 4
 # (height, width) resolutions for any-resolution tiling, in multiples of IMAGE_SIZE.
 GRID_PINPOINTS = [[16, 32], [32, 16], [32, 32], [16, 48], [48, 16]]
 
-LLAVA_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{% set prefix = '' %}"
-    "{% else %}{% set prefix = message['role'] | upper + ': ' %}{% endif %}"
-    "{{ prefix }}"
-    "{% if message['content'] is string %}{{ message['content'] + ' ' }}"
-    "{% else %}"
-    "{% for item in message['content'] if item['type'] == 'image' %}{{ '<image>\n' }}{% endfor %}"
-    "{% for item in message['content'] if item['type'] == 'text' %}{{ item['text'] + ' ' }}"
-    "{% endfor %}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
-)
-
 CHATML_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' }}"
@@ -125,58 +102,12 @@ CHATML_CHAT_TEMPLATE = (
 
 
 def build_tiny_tokenizer(
-    *,
-    chat_template: str | None = None,
-    words: Sequence[str] = TINY_WORDS,
-    named_specials: dict[str, str] | None = None,
-    more_specials: Sequence[str] = (),
-    bos_token: str | None = "<s>",
+    *, words: Sequence[str] = TINY_WORDS, **kwargs: Any
 ) -> PreTrainedTokenizerFast:
-    """Builds a word-level tokenizer (by default the one shared by all tiny checkpoints).
-
-    Args:
-        chat_template: Optional Jinja chat template to attach.
-        words: The vocabulary after ``SPECIAL_TOKENS`` (ids ``len(SPECIAL_TOKENS)`` onwards, in
-            this order); words are ``\\w+`` runs, single punctuation characters or ``"\\n"``.
-        named_specials: A family's own special tokens by attribute name (``image_token``,
-            ``boi_token``...), appended after ``words``; default ``{"image_token": "<image>"}``.
-        more_specials: Further special tokens without an attribute name (Idefics3's
-            ``<row_1_col_1>``...), appended after those.
-        bos_token: The BOS token the post-processor prepends (default ``<s>``); ``None``: a
-            tokenizer that adds no special token, its BOS ``<|im_start|>`` (SmolLM2's, so
-            SmolVLM2's: its chat template writes that token itself).
-
-    Returns:
-        A fast tokenizer (supports ``return_offsets_mapping``) whose image token is one token.
-    """
-    words = tuple(words)
-    named = dict(named_specials or {"image_token": "<image>"})
-    extra = tuple(t for t in named.values() if t not in SPECIAL_TOKENS) + tuple(more_specials)
-    specials = SPECIAL_TOKENS + extra
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + words + extra)}
-    if len(vocab) != len(specials) + len(words):
-        raise ValueError("duplicate entries in the tiny vocabulary")
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(
-        Regex(r"\n|\w+|[^\w\s]"), behavior="removed", invert=True
-    )
-    if bos_token is not None:
-        backend.post_processor = processors.TemplateProcessing(
-            single=f"{bos_token} $A", pair=f"{bos_token} $A $B:1",
-            special_tokens=[(bos_token, vocab[bos_token])],
-        )
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        unk_token="<unk>",
-        pad_token="<pad>",
-        bos_token=bos_token or "<|im_start|>",
-        eos_token="</s>",
-        extra_special_tokens=named,
-    )
-    if chat_template is not None:
-        tokenizer.chat_template = chat_template
-    return tokenizer
+    """The word-level tokenizer shared by all tiny checkpoints
+    (:func:`lvlm_lens.hf_parts.word_level_tokenizer` over ``words``, default ``TINY_WORDS``;
+    ``kwargs`` go to it)."""
+    return word_level_tokenizer(words, **kwargs)
 
 
 def _vision_config(kind: str, overrides: dict) -> CLIPVisionConfig | SiglipVisionConfig:

@@ -30,8 +30,7 @@ from lvlm_lens.data.questions import (
     attribute_image_prompt,
     attribute_text_prompt,
 )
-from lvlm_lens.testing.llava_config import clip_llama_config
-from lvlm_lens.testing.tiny import LLAVA_CHAT_TEMPLATE, build_tiny_tokenizer
+from lvlm_lens.hf_parts import LLAVA_CHAT_TEMPLATE, clip_llama_config, word_level_tokenizer
 
 if TYPE_CHECKING:  # loaded lazily by load_toy
     from lvlm_lens.model.hooked_lvlm import HookedLVLM
@@ -46,7 +45,7 @@ TOY_GRID = TOY_IMAGE_SIZE // TOY_PATCH_SIZE
 
 def build_toy_tokenizer() -> PreTrainedTokenizerFast:
     """The toy's word-level tokenizer: special tokens + :data:`lvlm_lens.data.VOCABULARY`."""
-    return build_tiny_tokenizer(words=VOCABULARY, chat_template=LLAVA_CHAT_TEMPLATE)
+    return word_level_tokenizer(VOCABULARY, chat_template=LLAVA_CHAT_TEMPLATE)
 
 
 def build_toy_image_processor() -> CLIPImageProcessorPil:

@@ -20,7 +20,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from lvlm_lens.attribution.head_attribution import AttributionConfig, head_attribution
+from lvlm_lens.attribution.head_attribution import (
+    AttributionConfig,
+    build_engine,
+    head_attribution,
+)
 from lvlm_lens.attribution.rankings import (
     attention_weight,
     attribution_patching,
@@ -28,7 +32,6 @@ from lvlm_lens.attribution.rankings import (
 )
 from lvlm_lens.data import synthetic_records
 from lvlm_lens.interventions.ablation import BaselineKV, HeadAblation, compute_baseline
-from lvlm_lens.interventions.engine import AblationEngine
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.toy import toy_checkpoint_path
 
@@ -148,8 +151,8 @@ def rank_heads(
     their defaults (attention weight from the final query; blank-image baseline throughout).
     """
     model, inp, base = circuit.model, circuit.inp, circuit.baseline
-    engine = AblationEngine(model, inp, base, HeadAblation())
     config = AttributionConfig(n_masks=n_masks, seed=seed)
+    engine = build_engine(model, inp, base, config)
     result = head_attribution(model, inp, config, baseline=base, progress=False)
     return {
         "head_attribution": result.importance.mean(0).float(),

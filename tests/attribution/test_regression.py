@@ -253,8 +253,8 @@ def test_predict_uses_the_examples_own_intercept():
 
 @pytest.mark.parametrize(("method", "holdout"), [("ridge", 0.2), ("lasso", 0.3), ("ols", 0.2)])
 def test_min_masks_is_the_fewest_a_fit_measures(method, holdout):
-    from lvlm_lens.attribution.head_attribution import AttributionConfig, _check_n_masks
-    from lvlm_lens.attribution.regression import MIN_HELDOUT, min_masks, split_sizes
+    from lvlm_lens.attribution.head_attribution import AttributionConfig
+    from lvlm_lens.attribution.regression import MIN_HELDOUT, check_n_masks, min_masks, split_sizes
     from lvlm_lens.errors import OptionError
 
     n = min_masks(method, holdout, L * H)
@@ -265,10 +265,10 @@ def test_min_masks_is_the_fewest_a_fit_measures(method, holdout):
     assert math.isfinite(fit.r2)
     # lasso may zero every β on so few masks: a constant prediction has no r (the job says so)
     assert math.isfinite(fit.pearson_r) or (method == "lasso" and not fit.coef.any())
-    config = AttributionConfig(n_masks=n, method=method, holdout=holdout)
-    config.n_masks = n - 1
+    AttributionConfig(n_masks=n, method=method, holdout=holdout)
+    check_n_masks(n, method, holdout, L * H)  # the fit above ran on exactly this many
     with pytest.raises(OptionError, match=f"n_masks must be >= {n} ") as err:
-        _check_n_masks(config, L * H)
+        check_n_masks(n - 1, method, holdout, L * H)
     assert err.value.field == "n_masks"
 
 
