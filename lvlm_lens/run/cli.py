@@ -16,7 +16,7 @@ from lvlm_lens.interventions.ablation import BASELINES, SCOPES, HeadAblation
 from lvlm_lens.interventions.metrics import METRICS
 from lvlm_lens.run.options import RunOptions
 from lvlm_lens.run.threads import SMALL_MODEL_PARAMS
-from lvlm_lens.toy.train import add_train_arguments, train_from_args
+from lvlm_lens.toy.train_cli import add_train_arguments, train_from_args
 
 #: Environment variable that, set (not 0), makes every error show its traceback.
 DEBUG_ENV = "LVLM_LENS_DEBUG"

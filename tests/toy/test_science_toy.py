@@ -16,7 +16,7 @@ from lvlm_lens.toy import (
     toy_checkpoint_path,
 )
 from lvlm_lens.toy.recipe import PRESETS, ToyArchitecture, ToyRecipe
-from lvlm_lens.toy.train import main
+from lvlm_lens.toy.train_cli import main
 
 
 def test_science_preset_trains_a_few_steps_with_architecture_flags(tmp_path):

@@ -17,7 +17,8 @@ from lvlm_lens.toy import (
     load_toy,
     toy_checkpoint_path,
 )
-from lvlm_lens.toy.train import _pixel_values, main
+from lvlm_lens.toy.train import _pixel_values
+from lvlm_lens.toy.train_cli import main
 
 
 @pytest.fixture(scope="module")
