@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from lvlm_lens.attribution.head_attribution import build_engine, check_config, fit_result
 from lvlm_lens.attribution.regression import sample_masks
+from lvlm_lens.errors import RunError
 from lvlm_lens.files import atomic_json
 from lvlm_lens.interventions.ablation import (
     BaselineKV,
@@ -38,11 +39,12 @@ from lvlm_lens.run.store import (
     check_out_dir,
     chunk_done,
     chunk_fingerprint,
-    collect,
     forget_example,
     load_prediction,
     options_key,
     prediction_path,
+    read_metrics,
+    read_predictions,
     save_chunk,
     wait_timeout,
 )
@@ -176,6 +178,37 @@ def run_shard(
                       f"run: {', '.join(changed)}", stacklevel=2)  # fmt: skip
 
 
+def merge(
+    out: Path, records: list[Any], metas: dict[int, list[dict]], opts: RunOptions,
+    world: int = 1, timeout: float = 0.0,
+) -> tuple[list[dict], list[int], torch.Tensor]:  # fmt: skip
+    """Rank 0: read every shard's predictions, keep the examples to attribute (answered
+    correctly, or all with ``--keep-wrong``) and merge their chunks.
+
+    Args:
+        out: The run's folder.
+        records: The run's examples.
+        metas: Per example, the fingerprint of each of its chunks (:func:`chunk_metas`).
+        opts: The run's options.
+        world: Processes sharing the run (a damaged file names the shard to run again).
+        timeout: Seconds to wait for files other processes still write.
+
+    Returns:
+        The predictions, the kept example indices and their ``[n_kept, n_masks]`` metrics.
+    """
+    if not records:
+        raise RunError("the dataset has no examples: nothing to attribute")
+    rows = [metas[i][0]["row"] if metas[i] else "" for i in range(len(records))]
+    infos = read_predictions(out, rows, world, timeout)
+    kept = [i for i, info in enumerate(infos) if info["correct"] or opts.keep_wrong]
+    if not kept:
+        raise RunError(
+            f"the model answered none of the {len(records)} example(s) correctly: nothing to "
+            "attribute (use --keep-wrong to attribute its own answers anyway)"
+        )
+    return infos, kept, read_metrics(out, kept, metas, world, timeout)
+
+
 def run_attribution(
     model: HookedLVLM,
     records: list[Any],
@@ -216,7 +249,7 @@ def run_attribution(
         return None
     metas = chunk_metas(opts, records, cfg.n_masks)
     timeout = wait_timeout(shard, merge_timeout)
-    infos, kept, metrics = collect(out, len(records), metas, opts, timeout)
+    infos, kept, metrics = merge(out, records, metas, opts, shard.world, timeout)
     result = fit_result(
         masks,
         metrics,

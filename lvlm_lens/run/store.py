@@ -238,42 +238,75 @@ def chunk_done(out: Path, example: int, chunk: int, meta: dict[str, str]) -> boo
     return metrics is not None
 
 
-def load_chunk(out: Path, example: int, chunk: int, meta: dict[str, str]) -> Tensor:
-    """A chunk's metrics for the merge; a damaged one is removed and the run stops, naming it."""
+def rerun_hint(example: int, world: int) -> str:
+    """What to run again to rewrite example ``example``'s files: the same command, on the
+    shard that owns the example when several processes share the run."""
+    if world <= 1:
+        return "run the same command again to recompute it"
+    rank = example % world
+    return (f"run shard {rank} of {world} (torchrun rank / SLURM task {rank}) again with the "
+            "same command to recompute it")  # fmt: skip
+
+
+def load_chunk(
+    out: Path, example: int, chunk: int, meta: dict[str, str], world: int = 1
+) -> Tensor:
+    """A chunk's metrics for the merge; a damaged or foreign one is removed and the run stops,
+    naming it and the shard (of ``world``) to run again."""
     path = chunk_path(out, example, chunk)
     metrics, why = _read_chunk(path, meta)
     if metrics is None:
         path.unlink(missing_ok=True)
-        raise RunError(f"{path} {why}: removed it; run the same command again to recompute it")
+        raise RunError(f"{path} {why}: removed it; {rerun_hint(example, world)}")
     return metrics
 
 
-def collect(
-    out: Path, n_records: int, metas: dict[int, list[dict[str, str]]], opts: RunOptions,
-    timeout: float,
-) -> tuple[list[dict], list[int], torch.Tensor]:  # fmt: skip
-    """Merge every example's chunks into ``[n_kept, n_masks]`` metrics.
+def read_predictions(
+    out: Path, rows: list[str], world: int = 1, timeout: float = 0.0
+) -> list[dict]:
+    """Every example's stored prediction, for the merge (rank 0 reads the other shards' too).
 
     Args:
         out: The run's folder.
-        n_records: Examples in the run.
-        metas: Per example, the fingerprint of each of its chunks.
-        opts: The run's options.
+        rows: Per example, the content key of its row (:func:`~lvlm_lens.run.fingerprint.row_key`;
+            ``""`` skips the check).
+        world: Processes sharing the run (names the shard to run again).
         timeout: Seconds to wait for files other processes still write.
+
+    Raises:
+        RunError: A file is damaged (it is removed) or was computed from another row than the
+            example's now; the message names it and the shard to run again.
     """
-    if n_records == 0:
-        raise RunError("the dataset has no examples: nothing to attribute")
-    wait_for_files([prediction_path(out, i) for i in range(n_records)], timeout)
-    infos = [json.loads(prediction_path(out, i).read_text()) for i in range(n_records)]
-    kept = [i for i, info in enumerate(infos) if info["correct"] or opts.keep_wrong]
-    if not kept:
-        raise RunError(
-            f"the model answered none of the {n_records} example(s) correctly: nothing to "
-            "attribute (use --keep-wrong to attribute its own answers anyway)"
-        )
+    paths = [prediction_path(out, i) for i in range(len(rows))]
+    wait_for_files(paths, timeout)
+    infos = []
+    for i, (path, row) in enumerate(zip(paths, rows, strict=True)):
+        try:
+            info = json.loads(path.read_text())
+            why = "" if isinstance(info, dict) and "correct" in info else "is not a prediction file"
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            why = f"is damaged ({str(err).splitlines()[0]})"
+        if why:
+            path.unlink(missing_ok=True)
+            raise RunError(f"{path} {why}: removed it; {rerun_hint(i, world)}")
+        if row and info.get("row", row) != row:
+            raise RunError(f"{path} was computed from another version of its data row; "
+                           f"{rerun_hint(i, world)}")  # fmt: skip
+        infos.append(info)
+    return infos
+
+
+def read_metrics(
+    out: Path, kept: list[int], metas: dict[int, list[dict[str, str]]], world: int = 1,
+    timeout: float = 0.0,
+) -> Tensor:  # fmt: skip
+    """The ``kept`` examples' chunks merged into ``[n_kept, n_masks]`` metrics, each chunk
+    checked against its fingerprint in ``metas`` (see :func:`load_chunk`)."""
     wait_for_files([chunk_path(out, i, c) for i in kept for c in range(len(metas[i]))], timeout)
-    rows = [torch.cat([load_chunk(out, i, c, m) for c, m in enumerate(metas[i])]) for i in kept]
-    return infos, kept, torch.stack(rows)
+    return torch.stack([
+        torch.cat([load_chunk(out, i, c, m, world) for c, m in enumerate(metas[i])])
+        for i in kept
+    ])  # fmt: skip
 
 
 class CheckpointFiles:

@@ -191,15 +191,14 @@ def test_damaged_and_foreign_chunks_are_named_discarded_and_recomputed(model, tm
 
 
 def test_merge_names_a_damaged_chunk(model, tmp_path):
-    from lvlm_lens.run.runner import chunk_metas
-    from lvlm_lens.run.store import collect
+    from lvlm_lens.run.runner import chunk_metas, merge
 
     recs = records(model, 2)
     opts = options(tmp_path)
     out = run_attribution(model, recs, opts, reference_images=[noise_image(20, 20, 50)]).out
     chunk_path(out, 1, 2).write_bytes(b"\0" * 8)
     with pytest.raises(RunError, match=r"ex00001_c0002\.safetensors does not load"):
-        collect(out, 2, chunk_metas(opts, recs, 40), opts, timeout=0.0)
+        merge(out, recs, chunk_metas(opts, recs, 40), opts, timeout=0.0)
     assert not chunk_path(out, 1, 2).exists()  # the next run recomputes it
 
 

@@ -15,13 +15,16 @@ from lvlm_lens.errors import RunError
 from lvlm_lens.run.cli import build_parser, user_message
 from lvlm_lens.run.distributed import Shard
 from lvlm_lens.run.options import RunOptions
+from lvlm_lens.run.runner import merge
 from lvlm_lens.run.store import (
     check_out_dir,
     chunk_fingerprint,
     chunk_path,
-    collect,
     discard_run,
     load_chunk,
+    prediction_path,
+    read_metrics,
+    read_predictions,
     save_chunk,
     wait_for_files,
 )
@@ -124,12 +127,65 @@ def test_a_damaged_chunk_is_named_and_removed(tmp_path):
 
 
 def test_no_examples_and_no_correct_answers(tmp_path):
+    """The runner decides what is attributed; the store only reads the files."""
     opts = RunOptions(out=str(tmp_path))
     with pytest.raises(RunError) as err:
-        collect(tmp_path, 0, {}, opts, timeout=0.0)
+        merge(tmp_path, [], {}, opts, timeout=0.0)
     _one_line(err, "the dataset has no examples")
     (tmp_path / "examples").mkdir()
     (tmp_path / "examples" / "00000.json").write_text(json.dumps({"correct": False}))
+    assert read_predictions(tmp_path, ["r0"]) == [{"correct": False}]  # the store reads it
     with pytest.raises(RunError) as err:
-        collect(tmp_path, 1, {0: []}, opts, timeout=0.0)
+        merge(tmp_path, [object()], {0: []}, opts, timeout=0.0)
     _one_line(err, "none of the 1 example(s) correctly", "--keep-wrong")
+
+
+def _sharded_folder(out: Path, n: int = 4, n_masks: int = 3) -> dict[int, list[dict[str, str]]]:
+    """A finished 2-shard run's files: every example's prediction and one chunk each."""
+    (out / "examples").mkdir(parents=True)
+    (out / "chunks").mkdir()
+    metas = {}
+    for i in range(n):
+        info = {"id": f"ex{i}", "correct": True, "row": f"row{i}"}
+        prediction_path(out, i).write_text(json.dumps(info))
+        metas[i] = [chunk_fingerprint("key", i, f"ex{i}", 0, n_masks, f"row{i}")]
+        save_chunk(out, i, 0, torch.full((n_masks,), float(i)), metas[i][0])
+    return metas
+
+
+def test_other_shards_files_are_validated_and_name_the_shard_to_rerun(tmp_path):
+    metas = _sharded_folder(tmp_path)
+    rows = [m[0]["row"] for m in metas.values()]
+    assert torch.equal(read_metrics(tmp_path, [0, 1, 2, 3], metas, world=2)[:, 0],
+                       torch.arange(4.0))  # fmt: skip
+    damaged = prediction_path(tmp_path, 1)  # shard 1's file
+    damaged.write_text('{"correct": tr')
+    with pytest.raises(RunError) as err:
+        read_predictions(tmp_path, rows, world=2)
+    _one_line(err, str(damaged), "is damaged", "run shard 1 of 2", "same command")
+    assert not damaged.exists()
+    damaged.write_text(json.dumps(["not", "a", "prediction"]))
+    with pytest.raises(RunError) as err:
+        read_predictions(tmp_path, rows, world=2)
+    _one_line(err, str(damaged), "not a prediction file", "run shard 1 of 2")
+    damaged.write_text(json.dumps({"correct": True, "row": "row1"}))
+    stale = prediction_path(tmp_path, 3)  # computed from another version of its row
+    stale.write_text(json.dumps({"correct": True, "row": "old"}))
+    with pytest.raises(RunError) as err:
+        read_predictions(tmp_path, rows, world=2)
+    _one_line(err, str(stale), "another version of its data row", "run shard 1 of 2")
+
+
+def test_another_shards_stale_or_damaged_chunk_names_it_and_its_shard(tmp_path):
+    metas = _sharded_folder(tmp_path)
+    other = chunk_fingerprint("other-run", 2, "ex2", 0, 3, "row2")  # another fingerprint
+    save_chunk(tmp_path, 2, 0, torch.zeros(3), other)
+    with pytest.raises(RunError) as err:
+        read_metrics(tmp_path, [0, 1, 2, 3], metas, world=2)
+    _one_line(err, str(chunk_path(tmp_path, 2, 0)), "belongs to another run",
+              "'other-run' instead of 'key'", "run shard 0 of 2")  # fmt: skip
+    assert not chunk_path(tmp_path, 2, 0).exists()
+    chunk_path(tmp_path, 3, 0).write_bytes(b"\0" * 8)
+    with pytest.raises(RunError) as err:
+        read_metrics(tmp_path, [3], metas, world=2)
+    _one_line(err, str(chunk_path(tmp_path, 3, 0)), "does not load", "run shard 1 of 2")
