@@ -233,3 +233,23 @@ def test_only_an_unsynchronised_array_waits_for_files():
     assert wait_timeout(Shard(), 3600.0) == 0.0
     assert wait_timeout(Shard(0, 2, synchronised=True), 3600.0) == 0.0
     assert wait_timeout(Shard(0, 2), 3600.0) == 3600.0
+
+
+def test_rank_0_names_another_shards_damaged_file_and_its_shard(model, tmp_path, monkeypatch):
+    """A 2-task SLURM array: rank 0 merges task 1's files; a damaged one of them is one
+    RunError naming it and shard 1 (it used to be a JSONDecodeError traceback)."""
+    for name in ("RANK", "WORLD_SIZE", "SLURM_ARRAY_TASK_MIN", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    recs, refs = records(model, 2), [noise_image(20, 20, 9)]
+    for rank in ("1", "0"):
+        monkeypatch.setenv("SLURM_ARRAY_TASK_ID", rank)
+        res = run_attribution(model, recs, options(tmp_path), reference_images=refs)
+    assert res.kept == [0, 1]
+    damaged = res.out / "examples" / "00001.json"
+    damaged.write_text(damaged.read_text()[:-5])
+    with pytest.raises(RunError) as err:
+        run_attribution(model, recs, options(tmp_path), reference_images=refs)
+    text = str(err.value)
+    assert "\n" not in text and f"{damaged} is damaged" in text, text
+    assert "run shard 1 of 2 (torchrun rank / SLURM task 1) again" in text, text
