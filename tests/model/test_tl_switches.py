@@ -105,6 +105,8 @@ def test_every_switch_on_fires_tl_shapes_and_keeps_logits(model, kind):
         heads = cache[f"blocks.{layer}.attn.hook_result"]
         assert heads.shape == (b, t, cfg.n_heads, cfg.d_model)
         attn_out = heads.sum(2) + model.blocks[layer].attn.b_O
+        if cfg.decoder.sandwich_norms:  # hook_attn_out is after ln1_post, as in TL's Gemma 2 block
+            attn_out = model.blocks[layer].ln1_post(attn_out)
         torch.testing.assert_close(attn_out, cache[f"blocks.{layer}.hook_attn_out"],
                                    atol=1e-5, rtol=1e-4)
 
