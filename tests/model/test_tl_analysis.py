@@ -63,6 +63,19 @@ def test_weight_views_are_the_hf_weights_per_head(model):
         assert torch.equal(model.b_O[layer], torch.zeros(model.cfg.d_model))  # no o_proj bias
 
 
+@pytest.mark.parametrize(("kind", "name", "why"), [
+    ("llama4", "W_in", r"differ in shape \(\[4, 64, 32\], \[64, 96\]; a sparse-MoE"),
+    ("qwen3.5", "W_Q", "GatedDeltaNet layers have no W_Q; read blocks"),
+])
+def test_a_stack_over_unlike_layers_is_refused_in_one_line(tiny_checkpoint, kind, name, why):
+    """Dense and sparse-MoE MLPs (Llama 4), attention and linear-attention layers (Qwen3.5):
+    a ValueError saying to read the layers one by one, not a torch.stack crash or a
+    "no attribute" AttributeError."""
+    model = HookedLVLM.from_pretrained(tiny_checkpoint(kind))
+    with pytest.raises(ValueError, match=f"{name} is not stacked over layers: .*{why}"):
+        getattr(model, name)
+
+
 @parity("OV / QK (FactoredMatrix)", "works",
         "[layer, head, d_model, d_model] per query head, pre-RoPE; a head's hook_result is "
         "its pattern times ln1's output through OV (plus b_V @ W_O)")
