@@ -42,8 +42,7 @@ from tests.model.test_tl_tokens import (  # noqa: F401
 #: ("mllama"), whose cross-attention layers another helper is bringing to TL parity.
 SKIP = ("llava-onevision-qwen2", "mllama")
 #: Not yet here (their failures are being fixed one family at a time).
-PENDING = ("qwen3-vl-moe", "glm4v-moe",
-           "llama4", "qwen3.5", "qwen3.5-moe")
+PENDING = ("qwen3.5", "qwen3.5-moe")
 KINDS = [k for k in TINY_KINDS if k not in SKIP + PENDING]
 
 
