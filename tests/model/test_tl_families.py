@@ -32,7 +32,7 @@ from tests.model.test_tl_tokens import (  # noqa: F401
 )
 
 #: Every tiny kind but the GQA one the source modules already run on, and Llama 3.2 Vision
-#: ("mllama"), whose cross-attention layers another helper is bringing to TL parity.
+#: ("mllama"), left out while its cross-attention layers are brought to TL parity separately.
 KINDS = [k for k in TINY_KINDS if k not in ("llava-onevision-qwen2", "mllama")]
 
 
