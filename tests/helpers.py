@@ -99,3 +99,9 @@ def text_or_image_input(model, kind: str):
     return model.prepare([noise_image(48, 48, 3), noise_image(30, 60, 4)], PROMPTS,
                          answers=["star", "circle"])
 
+
+
+def attention_layers(model) -> list[int]:
+    """The layers with softmax self-attention (a Qwen3.5 linear-attention layer has no
+    pattern, rotary or split inputs; a Llama 3.2 Vision cross-attention layer no ``attn``)."""
+    return [i for i, b in enumerate(model.blocks) if hasattr(getattr(b, "attn", None), "W_Q")]

@@ -132,8 +132,9 @@ class TransformerBlock(nn.Module):
             self.hook_aliases = {"hook_attn_out": "ln1_post.hook_normalized"}
         else:
             self.ln2 = RMSNorm(hf_layer.post_attention_layernorm, off)
-        for name in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post",
-                     "attn_in", "q_input", "k_input", "v_input", "mlp_in"):  # last 5: switched
+        split = () if self.linear else ("attn_in", "q_input", "k_input", "v_input")  # never split
+        for name in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post", "mlp_in",
+                     *split):  # mlp_in and the split points: switched
             setattr(self, f"hook_{name}", HookPoint())
         if spec.deepstack:
             self.hook_deepstack = HookPoint()

@@ -86,7 +86,7 @@ class CachingMixin:
 
         if isinstance(names_filter, str | list | tuple | set):  # named: refused if it can't fire
             for n in [names_filter] if isinstance(names_filter, str) else names_filter:
-                refuse_if_off(self.cfg, n)
+                refuse_if_off(self.cfg, n, self.hook_dict)
         names = [n for n in self.hook_dict if keep(n) and switch_off(self.cfg, n) is None]
         fwd = [(n, save) for n in names]
         bwd = [(n, lambda t, hook: save(t, hook, "_grad")) for n in names] if incl_bwd else []

@@ -41,8 +41,12 @@ def switch_off(cfg: Any, name: str) -> str | None:
     return None
 
 
-def refuse_if_off(cfg: Any, name: str) -> None:
-    """Raise a one-line ``ValueError`` naming the switch if hook ``name`` cannot fire."""
+def refuse_if_off(cfg: Any, name: str, points: Any = None) -> None:
+    """Raise a one-line ``ValueError`` naming the switch if hook ``name`` cannot fire (or, given
+    the model's hook ``points``, saying so if it is none of them)."""
+    if points is not None and name not in points:
+        raise ValueError(f"{name} is not a hook point of this model (a linear-attention layer "
+                         f"has no hook_attn_in / hook_q_input ...): model.hook_dict lists them")
     switch = switch_off(cfg, name)
     if switch is not None:
         raise ValueError(f"{name} fires only with {switch} on: call "
@@ -99,7 +103,7 @@ class SwitchesMixin:
     def _enable_hook(self, name: Any, hook: Any, dir: str) -> None:
         # the path of ``hooks()`` / ``run_with_hooks``, which skips ``check_hooks_to_add``
         if isinstance(name, str):
-            refuse_if_off(self.cfg, name)
+            refuse_if_off(self.cfg, name, self.mod_dict)  # type: ignore[attr-defined]
         super()._enable_hook(self._firing(name), hook, dir)  # type: ignore[misc]
 
     def _firing(self, name: Any) -> Any:

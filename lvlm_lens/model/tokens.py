@@ -21,6 +21,12 @@ class TokenError(ValueError, AssertionError):
     from the prompt). Also an ``AssertionError``, which is what TransformerLens raises there."""
 
 
+def tokenizer_prepends_bos(tokenizer: Any) -> bool:
+    """Whether ``tokenizer`` puts BOS first by itself (else, or with no BOS token, ``False``)."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a").input_ids[:1] == [bos]
+
+
 class TokensMixin:
     """Token helpers of :class:`~lvlm_lens.HookedLVLM` (needs ``tokenizer`` and ``cfg``).
 
@@ -80,6 +86,8 @@ class TokensMixin:
         side = padding_side or self.default_padding_side
         if side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
+        if prepend_bos and not tokenizer_prepends_bos(self.tokenizer):
+            texts = [self.tokenizer.bos_token + t for t in texts]  # as TL does for such tokenizers
         out = self.tokenizer(
             texts,
             return_tensors="pt",

@@ -105,7 +105,19 @@ def _stacked(path: str, shape: str) -> property:
     module, name = path.split(".")
 
     def get(self: Any) -> Tensor:
-        return torch.stack([getattr(getattr(b, module), name) for b in self.blocks])
+        # a ValueError, not an AttributeError (nn.Module would hide it behind "no attribute")
+        mods = [getattr(b, module) for b in self.blocks]
+        kinds = {type(m).__name__ for m in mods if not hasattr(type(m), name)}
+        if kinds:
+            raise ValueError(f"{name} is not stacked over layers: {' / '.join(sorted(kinds))} "
+                             f"layers have no {name}; read blocks[l].{path} per layer")
+        per_layer = [getattr(m, name) for m in mods]
+        if len({tuple(t.shape) for t in per_layer}) > 1:
+            shapes = sorted({str(list(t.shape)) for t in per_layer})
+            raise ValueError(f"{name} is not stacked over layers: they differ in shape "
+                             f"({', '.join(shapes)}; a sparse-MoE layer is per expert); read "
+                             f"blocks[l].{path} per layer")
+        return torch.stack(per_layer)
 
     get.__annotations__ = {"return": Float[Tensor, shape]}
     return property(get, doc=f"``blocks[l].{path}`` stacked over layers: ``[{shape}]``.")

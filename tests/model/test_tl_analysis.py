@@ -63,6 +63,19 @@ def test_weight_views_are_the_hf_weights_per_head(model):
         assert torch.equal(model.b_O[layer], torch.zeros(model.cfg.d_model))  # no o_proj bias
 
 
+@pytest.mark.parametrize(("kind", "name", "why"), [
+    ("llama4", "W_in", r"differ in shape \(\[4, 64, 32\], \[64, 96\]; a sparse-MoE"),
+    ("qwen3.5", "W_Q", "GatedDeltaNet layers have no W_Q; read blocks"),
+])
+def test_a_stack_over_unlike_layers_is_refused_in_one_line(tiny_checkpoint, kind, name, why):
+    """Dense and sparse-MoE MLPs (Llama 4), attention and linear-attention layers (Qwen3.5):
+    a ValueError saying to read the layers one by one, not a torch.stack crash or a
+    "no attribute" AttributeError."""
+    model = HookedLVLM.from_pretrained(tiny_checkpoint(kind))
+    with pytest.raises(ValueError, match=f"{name} is not stacked over layers: .*{why}"):
+        getattr(model, name)
+
+
 @parity("OV / QK (FactoredMatrix)", "works",
         "[layer, head, d_model, d_model] per query head, pre-RoPE; a head's hook_result is "
         "its pattern times ln1's output through OV (plus b_V @ W_O)")
@@ -97,7 +110,12 @@ def test_accumulated_bias_sums_the_planted_output_biases(model):
     try:
         for block in model.blocks:
             pair = []
-            for lin in (block.attn.o_proj, block.mlp.down_proj):
+            # a sparse-MoE layer's experts have no bias (its b_out is zeros): nothing to plant
+            down = getattr(block.mlp, "down_proj", None)
+            for lin in (block.attn.o_proj, down):
+                if lin is None:
+                    pair.append(torch.zeros(model.cfg.d_model))
+                    continue
                 lin.bias = nn.Parameter(torch.randn(lin.out_features, generator=gen))
                 pair.append(lin.bias.detach().clone())
             planted.append(pair)
@@ -113,7 +131,8 @@ def test_accumulated_bias_sums_the_planted_output_biases(model):
     finally:
         for block in model.blocks:
             block.attn.o_proj.bias = None
-            block.mlp.down_proj.bias = None
+            if hasattr(block.mlp, "down_proj"):
+                block.mlp.down_proj.bias = None
 
 
 @parity("all_composition_scores / all_head_labels", "works",
@@ -165,11 +184,18 @@ def test_svd_interpreter_projects_the_right_singular_vectors(model):
         got = svd.get_singular_vectors("OV", layer, num_vectors=k, head_index=h)
         assert got.shape == (model.cfg.d_vocab, 1, k)
         assert same_up_to_sign(got[:, 0], top(model.W_V[layer, h] @ model.W_O[layer, h]))
+    dense = [i for i, b in enumerate(model.blocks) if hasattr(b.mlp, "down_proj")]
+    for sparse in sorted(set(range(model.cfg.n_layers)) - set(dense))[:1]:  # MoE: refused
+        with pytest.raises(NotImplementedError, match=f"w_in for layer {sparse}"):
+            svd.get_singular_vectors("w_in", sparse, num_vectors=k)
+    if not dense:
+        return
+    layer, mlp = dense[-1], model.blocks[dense[-1]].mlp
     ln2 = model.blocks[layer].ln2.weight
     got = svd.get_singular_vectors("w_in", layer, num_vectors=k)
-    assert same_up_to_sign(got[:, 0], top(model.W_in[layer].T * ln2))
+    assert same_up_to_sign(got[:, 0], top(mlp.W_in.T * ln2))
     got = svd.get_singular_vectors("w_out", layer, num_vectors=k)
-    assert same_up_to_sign(got[:, 0], top(model.W_out[layer]))
+    assert same_up_to_sign(got[:, 0], top(mlp.W_out))
 
 
 @parity(**SVD)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformer_lens.utilities import Slice
 
-from tests.helpers import PROMPTS, noise_image, toy_or_gqa
+from tests.helpers import PROMPTS, attention_layers, noise_image, toy_or_gqa
 from tests.model.tl_parity import parity
 
 TEXT = "what is the main object in this image ?"
@@ -48,7 +48,7 @@ def test_pos_slice_slices_every_position_axis(model, kind, pos):
     _, full = model.run_with_cache(inp)
     _, cut = model.run_with_cache(inp, pos_slice=pos)
     assert set(cut.keys()) == set(full.keys())
-    assert "blocks.0.attn.hook_rot_q" in full.keys()
+    assert f"blocks.{attention_layers(model)[0]}.attn.hook_rot_q" in full.keys()
     if kind == "image":
         assert "hook_image_embeds" in full.keys()
     for name in full.keys():
@@ -110,15 +110,19 @@ def test_run_with_cache_logits_equal_forward_bit_for_bit(model, kind, grad):
         plain = model(inp)
         cached, cache = model.run_with_cache(inp)
         only_patterns, _ = model.run_with_cache(inp, names_filter=lambda n: "pattern" in n)
-    assert "blocks.0.attn.hook_pattern" in cache.keys()
+    layer = attention_layers(model)[0]
+    assert f"blocks.{layer}.attn.hook_pattern" in cache.keys()
     assert torch.equal(cached, plain) and torch.equal(only_patterns, plain)
     assert cached.requires_grad == grad
     # the cached pattern is the one the run used: z from it is the cached hook_z
-    attn = model.blocks[0].attn
-    v = cache["blocks.0.attn.hook_v"].repeat_interleave(
+    attn = model.blocks[layer].attn
+    v = cache[f"blocks.{layer}.attn.hook_v"].repeat_interleave(
         model.cfg.n_heads // model.cfg.n_key_value_heads, dim=2)
-    z = torch.einsum("bhqk,bkhd->bqhd", cache["blocks.0.attn.hook_pattern"], v)
-    torch.testing.assert_close(z, cache["blocks.0.attn.hook_z"], atol=1e-5, rtol=1e-4)
+    z = torch.einsum("bhqk,bkhd->bqhd", cache[f"blocks.{layer}.attn.hook_pattern"], v)
+    gate = f"blocks.{layer}.attn.hook_gate"
+    if gate in cache.keys():  # Qwen3.5's output gate: hook_z is the gated output W_O reads
+        z = z * torch.sigmoid(cache[gate])
+    torch.testing.assert_close(z, cache[f"blocks.{layer}.attn.hook_z"], atol=1e-5, rtol=1e-4)
     assert attn.cfg.fused_attention
 
 

@@ -1,0 +1,31 @@
+"""The TransformerLens-parity tests of the analysis surface (``W_Q`` ..., ``OV`` / ``QK``,
+``accumulated_bias``, ``all_composition_scores``, ``SVDInterpreter``, ``detect_head``) rerun on
+every tiny family kind, with a text prompt and an image input, as ``test_tl_families`` does for
+the cache, switch and token tests (one model per kind, loaded once for the module).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from lvlm_lens import HookedLVLM
+from tests.model.test_tl_analysis import (  # noqa: F401 (collected here again)
+    test_accumulated_bias_sums_the_planted_output_biases,
+    test_composition_scores_by_the_frobenius_formula,
+    test_detect_head_finds_a_planted_head,
+    test_ov_and_qk_are_the_heads_circuits,
+    test_svd_interpreter_projects_the_right_singular_vectors,
+    test_weight_views_are_the_hf_weights_per_head,
+)
+from tests.model.test_tl_families import KINDS
+
+#: Not Qwen3.5 / Qwen3.5-MoE: their linear-attention layers have no per-head weights or
+#: pattern, so TL's layer-stacked views (W_Q, OV, composition scores) and detect_head (which
+#: reads every layer's hook_pattern) do not apply; the stacks are refused in one line
+#: (test_tl_analysis::test_a_stack_over_unlike_layers_is_refused_in_one_line).
+ANALYSIS_KINDS = [k for k in KINDS if k not in ("qwen3.5", "qwen3.5-moe")]
+
+
+@pytest.fixture(scope="module", params=ANALYSIS_KINDS)
+def model(request, tiny_checkpoint):
+    return HookedLVLM.from_pretrained(tiny_checkpoint(request.param))
