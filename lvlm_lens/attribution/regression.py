@@ -345,3 +345,20 @@ def fit_pooled(
     g = torch.cat([torch.full((len(t),), i, device=dev) for i, t in enumerate(targets_list)])
     settings = FitSettings(method, alphas, holdout, seed)
     return _fit(x, y, g, len(masks_list), m.shape[1:], settings)
+
+
+def fit_memory(n_masks: int, n_features: int, n_examples: int = 1, method: Method = "ridge",
+               holdout: float = 0.2) -> int:
+    """Upper bound, in bytes, on the peak memory :func:`fit_pooled` adds over ``n_examples``
+    examples of ``n_masks`` masks each (one example: :func:`fit_linear`), read from its code.
+
+    Per row of the stacked masks: the bool copy (1 byte per head) and its float64 copy (8);
+    per training row, the final solve's float64 copies: ``x[train]``, the centring's gather
+    and centred result (3); lasso also keeps the centred penalty-search rows for ``λ_max``
+    (4), OLS also copies the ``live`` columns and LAPACK copies them again (5); per row ~20
+    index / target / group vectors (8 bytes each); a few ``p × p`` Gram / solve matrices.
+    """
+    n_rows, p = n_masks * n_examples, n_features
+    n_train = n_examples * (n_masks - split_sizes(n_masks, method, holdout)["held_out"])
+    copies = {"ridge": 3, "lasso": 4, "ols": 5}[method]
+    return n_rows * (9 * p + 160) + n_train * 8 * p * copies + 5 * 8 * p * p

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from lvlm_lens.attribution.regression import Method, fit_memory
 from lvlm_lens.errors import OptionError
 from lvlm_lens.model import HookedLVLM
 from lvlm_lens.model.families import GENERIC_PLACEHOLDER
@@ -49,24 +50,46 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def mask_memory(n_masks: int, n_heads_total: int, n_examples: int, method: Method = "ridge",
+                holdout: float = 0.2) -> int:
+    """Bytes a run's masks need at their peak: the masks (1 byte per head), the merged
+    metrics (4 bytes per example) and the regression fit (:func:`fit_memory`; the pooled
+    fit over all examples is the largest)."""
+    fit = fit_memory(n_masks, n_heads_total, max(n_examples, 1), method, holdout)
+    return n_masks * (n_heads_total + 4 * max(n_examples, 1)) + fit
+
+
 def check_mask_memory(
-    n_masks: int, n_heads_total: int, n_examples: int, memory: int | None = None
+    n_masks: int,
+    n_heads_total: int,
+    n_examples: int,
+    memory: int | None = None,
+    method: Method = "ridge",
+    holdout: float = 0.2,
 ) -> None:
-    """Refuse a mask count whose masks (1 byte per head) and merged metrics (4 bytes per
-    example) cannot fit in half of the available memory, with the count that fits.
+    """Refuse a mask count whose :func:`mask_memory` exceeds half of the available memory,
+    with the count that fits.
 
     Raises:
         OptionError: (field ``n_masks``) too many masks for this machine.
     """
     memory = available_memory() if memory is None else memory
-    per_mask = n_heads_total + 4 * max(n_examples, 1)
-    fits = memory // 2 // per_mask
-    if n_masks > fits:
-        raise OptionError(
-            "n_masks",
-            f"is {n_masks:,}: their masks and metrics need {n_masks * per_mask / 2**30:.1f} GiB "
-            f"but {memory / 2**30:.1f} GiB is available; use at most {fits:,}",
-        )
+    budget = memory // 2
+
+    def need(n: int) -> int:
+        return mask_memory(n, n_heads_total, n_examples, method, holdout)
+
+    if need(n_masks) <= budget:
+        return
+    lo, hi = 0, min(n_masks, budget // (9 * n_heads_total) + 1)  # need(hi) > budget
+    while hi - lo > 1:  # need grows with n: the largest n with need(n) <= budget
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if need(mid) <= budget else (lo, mid)
+    raise OptionError(
+        "n_masks",
+        f"is {n_masks:,}: their masks and {method} fit need {need(n_masks) / 2**30:.1f} GiB "
+        f"but {memory / 2**30:.1f} GiB is available; use at most {lo:,}",
+    )
 
 
 def check_prompts(model: HookedLVLM, records: list[Any]) -> None:

@@ -238,7 +238,8 @@ def run_attribution(
     shard = current_shard()
     cfg = opts.attribution
     check_config(model, cfg)
-    check_mask_memory(cfg.n_masks, model.cfg.n_layers * model.cfg.n_heads, len(records))
+    heads = model.cfg.n_layers * model.cfg.n_heads
+    check_mask_memory(cfg.n_masks, heads, len(records), method=cfg.method, holdout=cfg.holdout)
     out = check_out_dir(opts, overwrite, shard)
     masks = sample_masks(cfg.n_masks, model.cfg.n_layers, model.cfg.n_heads, cfg.rate, cfg.seed)
     baselines = BaselineCache(model, opts, reference_images, baseline_image)
