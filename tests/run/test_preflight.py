@@ -59,7 +59,7 @@ def test_a_mask_count_that_cannot_fit_is_refused_with_the_count_that_fits():
 
 def test_the_finding_case_is_budgeted_for_the_pooled_fit():
     # 2000 masks of 32x32 heads, 10 examples: the old check budgeted 2 MiB; the pooled fit's
-    # peak grows by ~0.5 GiB (tests/attribution/test_fit_memory.py measures it on a small case)
+    # peak grows by ~0.5 GiB (benchmarks/fit_memory.py measures it)
     assert mask_memory(2000, 1024, 10) > 500 * 2**20
     with pytest.raises(OptionError, match="ridge fit need"):
         check_mask_memory(2000, 1024, 10, memory=2**30)
