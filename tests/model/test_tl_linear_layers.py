@@ -15,9 +15,18 @@ from transformer_lens import SVDInterpreter, head_detector
 
 from lvlm_lens import HookedLVLM
 from tests.model.test_tl_analysis import pattern_by_definition, same_up_to_sign
+from tests.model.tl_parity import parity
 
 #: The tiny Qwen3.5's layer types: linear, full, linear, full.
 LINEAR, FULL = [0, 2], [1, 3]
+
+
+LINEAR_ROW = dict(
+    api="detect_head / SVDInterpreter / attn.W_Q ... on a linear-attention layer (Qwen3.5)",
+    status="differs",
+    note="a Gated-DeltaNet layer has no pattern or per-head Q/K/V: refused in one line naming "
+    "the layer and listing the full-attention layers; on those they work "
+    "(detect_head(..., heads={layer: heads}) scores them, the rest stay -1)")
 
 
 def refusal(layer, what):
@@ -31,12 +40,14 @@ def model(request, tiny_checkpoint):
     return HookedLVLM.from_pretrained(tiny_checkpoint(request.param))
 
 
+@parity(**LINEAR_ROW)
 def test_detect_head_refuses_a_linear_layer_in_one_line(model):
     with pytest.raises(KeyError) as err:
         head_detector.detect_head(model, "the cat sat on the cat", "previous_token_head")
     assert re.match(refusal(0, "hook_pattern"), str(err.value))  # str: one line, unquoted
 
 
+@parity(**LINEAR_ROW)
 def test_detect_head_scores_the_full_attention_layers(model):
     seq = "the cat sat on the cat"
     ids = model.to_tokens(seq)[0].tolist()
@@ -57,6 +68,7 @@ def test_detect_head_scores_the_full_attention_layers(model):
             assert got[layer, h] == pytest.approx(want, abs=1e-5)
 
 
+@parity(**LINEAR_ROW)
 def test_svd_interpreter_refuses_a_linear_layer_and_reads_a_full_one(model):
     svd, k = SVDInterpreter(model), 3
     for layer in LINEAR:
@@ -72,6 +84,7 @@ def test_svd_interpreter_refuses_a_linear_layer_and_reads_a_full_one(model):
             assert same_up_to_sign(got[:, 0], want)
 
 
+@parity(**LINEAR_ROW)
 @pytest.mark.parametrize("name", ["W_Q", "W_K", "W_V", "b_Q", "OV", "QK"])
 def test_a_linear_layers_attention_weight_is_refused_in_one_line(model, name):
     with pytest.raises(AttributeError, match=refusal(0, name)):
