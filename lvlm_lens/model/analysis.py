@@ -29,6 +29,7 @@ from transformer_lens.utilities import composition_scores
 from lvlm_lens.model.blocks import GatedMLP
 from lvlm_lens.model.generate import extend_input
 from lvlm_lens.model.inputs import LVLMInput
+from lvlm_lens.model.linear_refusal import LinearAwareDict
 
 #: TransformerLens 4's names of the split q/k/v inputs, and the names they stand for here.
 _BRIDGE_NAME = re.compile(r"^blocks\.(\d+)\.attn\.hook_([qkv])_input$")
@@ -62,6 +63,10 @@ def with_bound_images(bound: LVLMInput, tokens: Tensor, image_token_id: int) -> 
     return extend_input(base, extra, torch.ones_like(extra))
 
 
+#: The per-head attention weights under TL's names (none on a linear-attention layer).
+_ATTN = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
+
+
 class HeadLabels(list):
     """``['L0H0', 'L0H1', ...]``: a list (TL 4's property) that is also callable
     (``HookedTransformer``'s method), returning itself."""
@@ -92,7 +97,8 @@ class AnalysisMixin:
         """
         out: dict[str, Tensor] = {}
         for i, block in enumerate(self.blocks):
-            for name in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O"):
+            names = () if getattr(block, "linear", False) else _ATTN
+            for name in names:  # a linear-attention layer has none: refused on lookup
                 out[f"blocks.{i}.attn.{name}"] = getattr(block.attn, name)
             out[f"blocks.{i}.ln1.w"] = block.ln1.weight
             out[f"blocks.{i}.ln2.w"] = block.ln2.weight
@@ -103,7 +109,7 @@ class AnalysisMixin:
         out["ln_final.w"] = self.ln_final.weight
         out["unembed.W_U"] = self.unembed.W_U
         out["unembed.b_U"] = self.unembed.b_U
-        return out
+        return LinearAwareDict(out, self.cfg)
 
     @property
     def all_head_labels(self) -> HeadLabels:

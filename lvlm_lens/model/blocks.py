@@ -114,7 +114,7 @@ class TransformerBlock(nn.Module):
             self.mlp_gate = hf_layer.cross_attn_mlp_gate
             self.hook_attn_gate, self.hook_mlp_gate = HookPoint(), HookPoint()
         else:
-            self.attn = (GatedDeltaNet(cfg, lin, hf_layer.linear_attn) if self.linear
+            self.attn = (GatedDeltaNet(cfg, lin, hf_layer.linear_attn, layer) if self.linear
                          else Attention(cfg, hf_layer.self_attn, layer))  # fmt: skip
         moe = spec.moe
         sparse = moe is not None and layer in moe.layers

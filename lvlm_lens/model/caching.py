@@ -20,6 +20,7 @@ from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import Slice
 
+from lvlm_lens.model.linear_refusal import LinearAwareDict
 from lvlm_lens.model.switches import refuse_if_off, switch_off
 
 #: Hooks whose position axis is not axis 1 of the batch-first tensor: scores and patterns
@@ -117,5 +118,6 @@ class CachingMixin:
             **kwargs,
         )
         if return_cache_object:
+            cache = LinearAwareDict(cache, self.cfg)  # a linear layer's hook_pattern: one line
             cache = ActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
         return out, cache

@@ -42,9 +42,12 @@ from transformer_lens.hook_points import HookPoint
 
 from lvlm_lens.model.config import LinearAttentionSpec, LVLMConfig
 from lvlm_lens.model.kv_cache import RecurrentState
+from lvlm_lens.model.linear_refusal import LinearLayerError, linear_layer_message
 
 __all__ = ["GatedDeltaNet", "RecurrentPast", "delta_rule", "write_weights"]
 
+#: What an attention layer has and a Gated-DeltaNet layer does not (TL's per-head weights).
+_ATTENTION_ONLY = frozenset({"W_Q", "W_K", "W_V", "b_Q", "b_K", "b_V", "b_O", "OV", "QK"})
 HOOKS = ("q", "k", "v", "beta", "decay", "gate", "read", "z", "result")
 
 
@@ -117,9 +120,10 @@ class RecurrentPast:
 class GatedDeltaNet(nn.Module):
     """One Gated-DeltaNet layer on the HF module's own weights (HF's ``Qwen3_5GatedDeltaNet``)."""
 
-    def __init__(self, cfg: LVLMConfig, spec: LinearAttentionSpec, hf_attn: nn.Module):
+    def __init__(self, cfg: LVLMConfig, spec: LinearAttentionSpec, hf_attn: nn.Module,
+                 layer: int = 0):
         super().__init__()
-        self.cfg, self.spec = cfg, spec
+        self.cfg, self.spec, self.layer = cfg, spec, layer
         self.in_proj_qkv, self.in_proj_z = hf_attn.in_proj_qkv, hf_attn.in_proj_z
         self.in_proj_b, self.in_proj_a = hf_attn.in_proj_b, hf_attn.in_proj_a
         self.conv1d, self.out_proj = hf_attn.conv1d, hf_attn.out_proj
@@ -128,6 +132,13 @@ class GatedDeltaNet(nn.Module):
         self.norm_eps = float(hf_attn.norm.variance_epsilon)
         for name in HOOKS:
             setattr(self, f"hook_{name}", HookPoint())
+
+    def __getattr__(self, name: str) -> Any:
+        """``W_Q`` / ``W_K`` / ``W_V`` / ``b_*`` / ``OV`` / ``QK`` are refused in one line
+        naming the layer and the full-attention layers to pick instead."""
+        if name in _ATTENTION_ONLY:
+            raise LinearLayerError(linear_layer_message(self.cfg, self.layer, name))
+        return super().__getattr__(name)
 
     @property
     def W_O(self) -> Float[Tensor, "head d_v d_model"]:

@@ -26,6 +26,7 @@ MODULES = (
     "tests.model.test_tl_forward",
     "tests.model.test_tl_generate",
     "tests.model.test_tl_analysis",
+    "tests.model.test_tl_linear_layers",
 )
 
 
