@@ -3,7 +3,8 @@ groups, so a prompt with hundreds of image tokens stays readable.
 
 Keys in a group receive the *sum* of the attention to its tokens (so each query row still sums
 to 1); a group as a query shows the *mean* attention row of its tokens. Text tokens stay as
-they are.
+they are. A cross-attention head (Llama 3.2 Vision) reads the image side, not the sequence: its
+attention to an image's states is shown on that image's ``<|image|>`` token.
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ def image_groups(
     out: dict[str, list[int]] = {}
     n_img = inp.images_per_example[index]
     for image in range(n_img):
+        coords = inp.image_coords[inp.image_slice(index).start + image] if inp.image_coords \
+            else None
+        if coords is not None and not (coords[:, 0] == 0).any():
+            continue  # no patch tokens in the sequence (a cross-attention model's image token)
         for grid in image_grids(inp, index, image):
             rows = grid.positions.shape[0]
             step = rows_per_group or max(1, round(rows / 6))
@@ -101,7 +106,7 @@ def collapsed_attention(
     """
     groups = image_groups(inp, index) if groups is None else groups
     layers = sorted({layer for layer, _ in heads})
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in layers]
+    names = [model.attn_hook_name(layer, "pattern") for layer in layers]
     _, cache = model.run_with_cache(inp, names_filter=names, return_cache_object=False)
     real = inp.attention_mask[index].bool().cpu().numpy()
     strs = model.to_str_tokens(inp, index)
@@ -122,11 +127,30 @@ def collapsed_attention(
         onehot[i, m] = 1.0
     out = []
     for layer, head in heads:
-        p = cache[f"blocks.{layer}.attn.hook_pattern"][index, head].double().cpu().numpy()
+        p = cache[model.attn_hook_name(layer, "pattern")][index, head].double().cpu().numpy()
+        if model.attn_kind(layer) == "cross":
+            p = on_image_tokens(model, inp, index, p)
         keys = p @ onehot.T  # [q, n]: summed over each group's keys
         rows = (onehot @ keys) / onehot.sum(1, keepdims=True)  # mean over each group's queries
         out.append(rows)
     return CollapsedAttention(np.stack(out).astype(np.float32), tokens, list(heads), members)
+
+
+def on_image_tokens(model: Any, inp: LVLMInput, index: int,
+                    pattern: Float[np.ndarray, "q image_pos"]) -> Float[np.ndarray, "q pos"]:
+    """A cross-attention head's pattern over one example's image side as attention to its
+    ``<|image|>`` tokens (each image's states summed onto its token; the image side's blocks
+    past the example's images onto its last image token)."""
+    ids = inp.input_ids[index].cpu().numpy()
+    at = np.nonzero(ids == model.cfg.image_token_id)[0]
+    out = np.zeros((pattern.shape[0], inp.shape[1]))
+    if len(at) == 0:
+        return out
+    n_max = max(max(inp.images_per_example), 1)
+    block = pattern.shape[1] // n_max
+    for j in range(n_max):
+        out[:, at[min(j, len(at) - 1)]] += pattern[:, j * block : (j + 1) * block].sum(-1)
+    return out
 
 
 def attention_view(model: Any, inp: LVLMInput, heads: Sequence[tuple[int, int]], *,
