@@ -149,6 +149,10 @@ class AnalysisMixin:
         block = self.blocks[layer]
         return "cross" if block.cross else "linear" if block.linear else "self"
 
+    def attn_kinds(self) -> list[str]:
+        """:meth:`attn_kind` of every layer."""
+        return [self.attn_kind(layer) for layer in range(self.cfg.n_layers)]
+
     def attn_hook_name(self, layer: int, point: str) -> str:
         """The full name of hook ``point`` (``"pattern"``, ``"z"``, ...) of layer ``layer``'s
         attention: ``blocks.{l}.attn.hook_{point}``, ``blocks.{l}.cross_attn.hook_{point}``

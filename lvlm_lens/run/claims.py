@@ -92,7 +92,8 @@ def _attribute(model: HookedLVLM, inputs, bases, cfg: AttributionConfig, ids):
     engines = [build_engine(model, x, b, cfg) for x, b in zip(inputs, bases, strict=True)]
     masks = sample_masks(cfg.n_masks, model.cfg.n_layers, model.cfg.n_heads, cfg.rate, cfg.seed)
     metrics = torch.stack([e.run(masks, progress=False)[0] for e in engines])
-    return engines, fit_result(masks, metrics, cfg, model.cfg.model_name, ids)
+    return engines, fit_result(masks, metrics, cfg, model.cfg.model_name, ids,
+                                 model.attn_kinds())
 
 
 def ranking_claims(

@@ -5,6 +5,8 @@ to what the cache holds; and each head's kind is named."""
 
 from __future__ import annotations
 
+import csv
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ from transformer_lens import patching as tl_patching
 
 from lvlm_lens import HookedLVLM
 from lvlm_lens.analysis.circuits import PatchingConfig, activation_patching, metric_fn
+from lvlm_lens.attribution import AttributionConfig, AttributionResult, head_attribution
 from lvlm_lens.attribution.rankings import attention_weight
 from lvlm_lens.interventions.metrics import final_logits
 from lvlm_lens.interventions.patching import patch_attn_heads, patch_metric
@@ -147,3 +150,39 @@ def test_a_plain_family_s_heads_are_all_self(tiny_checkpoint):
     frame = activation_patching(plain, inp, other, config).to_frame()
     assert set(frame.kind) == {"self"}
     assert len(frame) == plain.cfg.n_layers * plain.cfg.n_heads
+
+
+def _csv_kinds(result, path):
+    result.to_csv(path)
+    with open(path) as f:
+        rows = list(csv.reader(f))
+    assert rows[0][:3] == ["layer", "head", "kind"]
+    return {(int(r[0]), int(r[1])): r[2] for r in rows[1:]}
+
+
+def test_attribution_results_name_cross_heads(model, inp, tmp_path):
+    """Head attribution ranks self and cross heads together; its table says which is which,
+    and the kinds survive save / load."""
+    config = AttributionConfig(n_masks=24, batch_size=8)
+    result = head_attribution(model, inp, config, progress=False)
+    assert result.layer_kinds == model.attn_kinds()
+    kinds = _csv_kinds(result, tmp_path / "heads.csv")
+    assert len(kinds) == model.cfg.n_layers * model.cfg.n_heads
+    assert {k for (la, _), k in kinds.items() if la in CROSS_LAYERS} == {"cross"}
+    assert {k for (la, _), k in kinds.items() if la not in CROSS_LAYERS} == {"self"}
+    assert result.coef[:, CROSS_LAYERS].abs().max() > 0  # the cross heads were ranked
+    result.save(tmp_path / "saved")
+    assert AttributionResult.load(tmp_path / "saved").layer_kinds == result.layer_kinds
+    with pytest.raises(ValueError, match="layer_kinds must have 5 entries"):
+        AttributionResult(result.coef, result.intercepts, result.pearson_r, result.r2,
+                          layer_kinds=["self"])
+
+
+def test_a_plain_family_s_attribution_table_is_all_self(tiny_checkpoint, tmp_path):
+    plain = HookedLVLM.from_pretrained(tiny_checkpoint("llava-llama"))
+    inp = plain.prepare([noise_image(16, 16, 1)], PROMPTS[:1])
+    result = head_attribution(plain, inp, AttributionConfig(n_masks=16, batch_size=8),
+                              progress=False)  # fmt: skip
+    kinds = _csv_kinds(result, tmp_path / "heads.csv")
+    assert len(kinds) == plain.cfg.n_layers * plain.cfg.n_heads
+    assert set(kinds.values()) == {"self"}
