@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Bool, Float
 
 from lvlm_lens.model.inputs import LVLMInput
-from lvlm_lens.viz.patches import image_grids
+from lvlm_lens.viz.patches import image_grids, on_image_tokens
 
 
 @dataclass
@@ -134,23 +134,6 @@ def collapsed_attention(
         rows = (onehot @ keys) / onehot.sum(1, keepdims=True)  # mean over each group's queries
         out.append(rows)
     return CollapsedAttention(np.stack(out).astype(np.float32), tokens, list(heads), members)
-
-
-def on_image_tokens(model: Any, inp: LVLMInput, index: int,
-                    pattern: Float[np.ndarray, "q image_pos"]) -> Float[np.ndarray, "q pos"]:
-    """A cross-attention head's pattern over one example's image side as attention to its
-    ``<|image|>`` tokens (each image's states summed onto its token; the image side's blocks
-    past the example's images onto its last image token)."""
-    ids = inp.input_ids[index].cpu().numpy()
-    at = np.nonzero(ids == model.cfg.image_token_id)[0]
-    out = np.zeros((pattern.shape[0], inp.shape[1]))
-    if len(at) == 0:
-        return out
-    n_max = max(max(inp.images_per_example), 1)
-    block = pattern.shape[1] // n_max
-    for j in range(n_max):
-        out[:, at[min(j, len(at) - 1)]] += pattern[:, j * block : (j + 1) * block].sum(-1)
-    return out
 
 
 def attention_view(model: Any, inp: LVLMInput, heads: Sequence[tuple[int, int]], *,

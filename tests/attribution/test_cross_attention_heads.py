@@ -20,6 +20,7 @@ from lvlm_lens.interventions.metrics import final_logits
 from lvlm_lens.interventions.patching import patch_attn_heads, patch_metric
 from lvlm_lens.testing.tiny_mllama import CROSS_LAYERS
 from lvlm_lens.viz.attention_view import collapsed_attention
+from lvlm_lens.viz.patches import head_attention
 from tests.helpers import PROMPTS, noise_image
 
 IMAGES = [noise_image(16, 16, 1), noise_image(20, 50, 2)]
@@ -186,3 +187,17 @@ def test_a_plain_family_s_attribution_table_is_all_self(tiny_checkpoint, tmp_pat
     kinds = _csv_kinds(result, tmp_path / "heads.csv")
     assert len(kinds) == plain.cfg.n_layers * plain.cfg.n_heads
     assert set(kinds.values()) == {"self"}
+
+
+@torch.no_grad()
+def test_head_attention_rows_put_a_cross_head_on_the_image_token(model, inp):
+    layer, head, i = CROSS_LAYERS[1], 0, 1
+    rows = head_attention(model, inp, [(0, 1), (layer, head)], index=i)
+    row = rows[(layer, head)]
+    assert row.shape == (inp.shape[1],)
+    at = int(inp.positions("image", i)[0])
+    _, cache = model.run_with_cache(inp)
+    want = float(cache[f"blocks.{layer}.cross_attn.hook_pattern"][i, head, -1].sum())
+    assert row[at] == pytest.approx(want, abs=1e-5) and np.delete(row, at).max() == 0
+    plain = cache["blocks.0.attn.hook_pattern"][i, 1, -1].numpy()
+    assert np.allclose(rows[(0, 1)], plain, atol=1e-6)
