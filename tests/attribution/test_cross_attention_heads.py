@@ -106,11 +106,15 @@ def test_head_patching_returns_cross_layers(model, inp):
                                                       patch)]))  # fmt: skip
     assert out[layer, head] == pytest.approx(float(want), abs=1e-5)
     assert (out[CROSS_LAYERS] - fn(model(other))).abs().max() > 1e-5  # cross heads matter
-    # TransformerLens' own helper, on the cache with its names, gives the same row
-    tl_cache = {f"blocks.{la}.attn.hook_z": cache[model.attn_hook_name(la, "z")]
-                for la in range(n)}
-    tl = tl_patching.get_act_patch_attn_head_out_all_pos(model, other, tl_cache, fn)
+    # TransformerLens' own helper on the model's cache object (it reads blocks.{l}.attn.hook_z)
+    _, cache = model.run_with_cache(inp, names_filter=lambda name: name.endswith("hook_z"))
+    tl = tl_patching.get_act_patch_attn_head_out_all_pos(model, other, cache, fn)
     assert torch.allclose(tl, out, atol=1e-6)
+    name = f"blocks.{layer}.cross_attn.hook_z"
+    for key in (f"blocks.{layer}.attn.hook_z", ("z", layer), ("z", layer - 5)):
+        assert cache[key] is cache[name]
+    with pytest.raises(KeyError):
+        cache["blocks.0.attn.hook_pattern"]  # not cached: still a KeyError
 
 
 @torch.no_grad()
