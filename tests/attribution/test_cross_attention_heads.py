@@ -205,3 +205,17 @@ def test_head_attention_rows_put_a_cross_head_on_the_image_token(model, inp):
     assert row[at] == pytest.approx(want, abs=1e-5) and np.delete(row, at).max() == 0
     plain = cache["blocks.0.attn.hook_pattern"][i, 1, -1].numpy()
     assert np.allclose(rows[(0, 1)], plain, atol=1e-6)
+
+
+def test_linear_attention_layers_are_named_and_refused_for_patterns(tiny_checkpoint):
+    """Qwen3.5: its Gated-DeltaNet layers say ``linear`` and have no attention pattern, so the
+    attention-weight ranking refuses them in one line instead of a missing-key error."""
+    qwen = HookedLVLM.from_pretrained(tiny_checkpoint("qwen3.5", chat_template=True))
+    lin = qwen.cfg.decoder.linear_attention.layers
+    kinds = qwen.attn_kinds()
+    assert {kinds[la] for la in lin} == {"linear"} and "self" in kinds
+    assert qwen.attn_hook_name(lin[0], "z") == f"blocks.{lin[0]}.attn.hook_z"
+    inp = qwen.prepare([noise_image(32, 32, 1)], PROMPTS[:1])
+    with pytest.raises(ValueError, match=rf"layer {lin[0]} \(linear attention\) has no "
+                                         "hook_pattern"):  # fmt: skip
+        attention_weight(qwen, inp)
