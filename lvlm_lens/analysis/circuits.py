@@ -90,7 +90,8 @@ class PatchingResult:
     Attributes:
         frame: One row per (component, layer, head, group, example): ``delta`` (patched minus
             corrupted metric), ``total`` (clean minus corrupted) and ``restored``
-            (``delta / total``). ``head`` is -1 for ``resid`` and ``mlp``.
+            (``delta / total``). ``head`` is -1 for ``resid`` and ``mlp``; ``kind`` is the
+            head's kind (``self``, ``cross`` or ``linear``; None for ``resid`` and ``mlp``).
         clean: Clean metric per example.
         corrupted: Corrupted metric per example.
         method: ``exact`` (activation patching) or ``attribution`` (first-order estimate).
@@ -179,17 +180,20 @@ def _nodes(model: HookedLVLM, components: Sequence[str]) -> list[tuple[str, int,
     return out
 
 
-def _hook_name(comp: str, layer: int) -> str:
+def _hook_name(model: HookedLVLM, comp: str, layer: int) -> str:
+    if comp == "heads":  # a cross-attention layer's heads are cross_attn.hook_z
+        return model.attn_hook_name(layer, "z")
     return f"blocks.{layer}.{HOOKS[comp]}"
 
 
-def _rows(nodes_values: list[tuple[tuple[str, int, int], str, Tensor]], total: np.ndarray
-          ) -> pd.DataFrame:
+def _rows(model: HookedLVLM, nodes_values: list[tuple[tuple[str, int, int], str, Tensor]],
+          total: np.ndarray) -> pd.DataFrame:
     rows = []
     for (comp, layer, head), group, delta in nodes_values:
+        kind = model.attn_kind(layer) if comp == "heads" else None
         for i, d in enumerate(delta.tolist()):
-            rows.append({"component": comp, "layer": layer, "head": head, "group": group,
-                         "example": i, "delta": d, "total": float(total[i]),
+            rows.append({"component": comp, "layer": layer, "head": head, "kind": kind,
+                         "group": group, "example": i, "delta": d, "total": float(total[i]),
                          "restored": d / total[i] if total[i] != 0 else np.nan})
     return pd.DataFrame(rows)
 
@@ -208,7 +212,8 @@ def activation_patching(model: HookedLVLM, clean: LVLMInput, corrupted: LVLMInpu
     config = config or PatchingConfig()
     check_pair(clean, corrupted)
     fn = metric_fn(model, clean, corrupted, config.metric)
-    names = {_hook_name(c, layer) for c in config.components for layer in range(model.cfg.n_layers)}
+    names = {_hook_name(model, c, layer) for c in config.components
+             for layer in range(model.cfg.n_layers)}
     logits, cache = model.run_with_cache(clean, names_filter=lambda n: n in names,
                                          return_cache_object=False)
     m_clean = fn(final_logits(logits)).float().cpu()
@@ -218,7 +223,7 @@ def activation_patching(model: HookedLVLM, clean: LVLMInput, corrupted: LVLMInpu
     out = []
     with show_progress(config.progress):
         for (comp, layer, head), g in progress_bar(plan, desc="activation patching"):
-            name = _hook_name(comp, layer)
+            name = _hook_name(model, comp, layer)
             src, where = cache[name], masks[g]
 
             def hook(t: Tensor, hook: Any, src=src, where=where, head=head) -> Tensor:
@@ -231,7 +236,7 @@ def activation_patching(model: HookedLVLM, clean: LVLMInput, corrupted: LVLMInpu
             patched = fn(final_logits(model.run_with_hooks(corrupted, fwd_hooks=[(name, hook)])))
             out.append(((comp, layer, head), g, patched.float().cpu() - m_corr))
     total = (m_clean - m_corr).numpy()
-    return PatchingResult(_rows(out, total), m_clean.numpy(), m_corr.numpy(), "exact")
+    return PatchingResult(_rows(model, out, total), m_clean.numpy(), m_corr.numpy(), "exact")
 
 
 def attribution_patching(model: HookedLVLM, clean: LVLMInput, corrupted: LVLMInput,
@@ -246,7 +251,7 @@ def attribution_patching(model: HookedLVLM, clean: LVLMInput, corrupted: LVLMInp
     check_pair(clean, corrupted)
     fn = metric_fn(model, clean, corrupted, config.metric)
     comps = list(config.components)
-    names = [_hook_name(c, layer) for c in comps for layer in range(model.cfg.n_layers)]
+    names = [_hook_name(model, c, layer) for c in comps for layer in range(model.cfg.n_layers)]
     with torch.no_grad():
         logits, cache = model.run_with_cache(clean, names_filter=lambda n: n in names,
                                              return_cache_object=False)
@@ -269,7 +274,7 @@ def attribution_patching(model: HookedLVLM, clean: LVLMInput, corrupted: LVLMInp
     masks = {g: m.to(model.cfg.device) for g, m in position_masks(corrupted, config.groups).items()}
     out = []
     for comp, layer, head in _nodes(model, comps):
-        name = _hook_name(comp, layer)
+        name = _hook_name(model, comp, layer)
         prod = (cache[name] - acts[name]) * grad[name]  # [b, pos, d] or [b, pos, h, d]
         prod = prod[:, :, head] if head >= 0 else prod
         per_pos = prod.sum(-1)  # [b, pos]
@@ -277,4 +282,5 @@ def attribution_patching(model: HookedLVLM, clean: LVLMInput, corrupted: LVLMInp
             out.append(((comp, layer, head), g,
                         (per_pos * masks[g]).sum(-1).detach().float().cpu()))
     total = (m_clean - m_corr).numpy()
-    return PatchingResult(_rows(out, total), m_clean.numpy(), m_corr.numpy(), "attribution")
+    return PatchingResult(_rows(model, out, total), m_clean.numpy(), m_corr.numpy(),
+                          "attribution")

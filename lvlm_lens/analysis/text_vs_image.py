@@ -155,14 +155,18 @@ class TextVsImageResult:
                 "shared": [h for h in img if h in txt]}
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per head: importance and rank under each modality, top-k membership."""
+        """One row per head: its kind (``self`` / ``cross`` / ``linear``, when the results
+        name it), importance and rank under each modality, top-k membership."""
         maps = self.maps()
         img, txt = maps["image"], maps["text only"]
         n_heads = img.shape[1]
         rank_i = np.argsort(np.argsort(-img.ravel(), kind="stable"))
         rank_t = np.argsort(np.argsort(-txt.ravel(), kind="stable"))
+        layer = np.arange(img.size) // n_heads
+        kinds = self.image.layer_kinds
+        kind = {"kind": np.asarray(kinds)[layer]} if kinds else {}
         return pd.DataFrame({
-            "layer": np.arange(img.size) // n_heads, "head": np.arange(img.size) % n_heads,
+            "layer": layer, "head": np.arange(img.size) % n_heads, **kind,
             "image_importance": img.ravel(), "text_importance": txt.ravel(),
             "image_rank": rank_i, "text_rank": rank_t,
             "image_top_k": rank_i < self.k, "text_top_k": rank_t < self.k})

@@ -124,16 +124,19 @@ def head_attribution(
         masks = sample_masks(config.n_masks, model.cfg.n_layers, model.cfg.n_heads, config.rate,
                              config.seed)
         metrics = engine.run(masks)
-        return fit_result(masks, metrics, config, model_name=model.cfg.model_name)
+        return fit_result(masks, metrics, config, model_name=model.cfg.model_name,
+                          layer_kinds=model.attn_kinds())
 
 
 def fit_result(masks: torch.Tensor, metrics: torch.Tensor, config: AttributionConfig,
-               model_name: str = "", example_ids: list[str] | None = None) -> AttributionResult:
-    """Fit per-example and pooled linear models to masked-run metrics ``[n_examples, n_masks]``."""
+               model_name: str = "", example_ids: list[str] | None = None,
+               layer_kinds: list[str] | None = None) -> AttributionResult:
+    """Fit per-example and pooled linear models to masked-run metrics ``[n_examples, n_masks]``
+    (``layer_kinds``: each layer's head kind, ``model.attn_kinds()``)."""
     kw = dict(method=config.method, holdout=config.holdout, seed=config.seed)
     fits = [fit_linear(masks, m, **kw) for m in metrics]
     pooled = fit_pooled([masks] * len(metrics), list(metrics), **kw) if len(metrics) > 1 else None
     return AttributionResult.from_fits(
         fits, pooled, options=config.to_dict(), model_name=model_name, example_ids=example_ids,
-        masks=masks, metrics=metrics,
+        masks=masks, metrics=metrics, layer_kinds=layer_kinds,
     )

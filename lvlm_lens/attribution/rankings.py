@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from lvlm_lens.interventions.ablation import BaselineKV, head_ablation_hooks, query_scope
@@ -36,8 +36,10 @@ def single_head_ablation(engine: AblationEngine, progress: bool = True) -> Score
 def attention_weight(model: HookedLVLM, inp: LVLMInput, source: str = "image",
                      queries: Literal["final", "text"] = "final") -> Scores:
     """Attention mass each head puts on the source tokens, from the final or all text queries
-    after the source (averaged over those queries)."""
-    names = [f"blocks.{i}.attn.hook_pattern" for i in range(model.cfg.n_layers)]
+    after the source (averaged over those queries). A cross-attention head's keys are the
+    image side: its mass on an image is that on its image-side states, which the image's
+    ``<|image|>`` token stands for in ``source``."""
+    names = [model.attn_hook_name(i, "pattern") for i in range(model.cfg.n_layers)]
     _, cache = model.run_with_cache(inp, names_filter=names, return_cache_object=False)
     src = inp.groups[source].to(model.cfg.device)
     if queries == "final":
@@ -45,11 +47,26 @@ def attention_weight(model: HookedLVLM, inp: LVLMInput, source: str = "image",
     else:
         q = query_scope(inp, src, "text") & inp.groups["text"].to(model.cfg.device)
     out = []
-    for name in names:
-        p = cache[name]  # [b, h, q, k]
-        mass = (p * src[:, None, None, :]).sum(-1)  # [b, h, q]
+    for layer, name in enumerate(names):
+        p = cache[name]  # [b, h, q, k]; k: the image side on a cross-attention layer
+        keys = image_side_keys(model, inp, src, p.shape[-1]) if model.attn_kind(layer) == "cross" \
+            else src
+        mass = (p * keys[:, None, None, :]).sum(-1)  # [b, h, q]
         out.append((mass * q[:, None, :]).sum(-1) / q.sum(-1, keepdim=True).clamp(min=1))
     return torch.stack(out, dim=1).float().cpu()
+
+
+def image_side_keys(model: HookedLVLM, inp: LVLMInput, src: Bool[Tensor, "batch pos"],
+                    n_keys: int) -> Bool[Tensor, "batch image_pos"]:
+    """The image-side states (of ``n_keys``, each example's images in order, equal blocks) of
+    the images whose ``<|image|>`` token is in ``src``."""
+    is_image = (inp.input_ids == model.cfg.image_token_id).to(src.device)
+    index = (is_image.cumsum(-1) - 1).clamp(min=0)  # each token's image number in its example
+    n_max = max(max(inp.images_per_example), 1)
+    chosen = torch.zeros(len(inp), n_max, dtype=torch.bool, device=src.device)
+    rows, cols = (is_image & src).nonzero(as_tuple=True)
+    chosen[rows, index[rows, cols]] = True
+    return chosen.repeat_interleave(n_keys // n_max, dim=-1)
 
 
 def attribution_patching(model: HookedLVLM, inp: LVLMInput, baseline: BaselineKV,

@@ -27,7 +27,8 @@ from lvlm_lens.files import atomic_save, atomic_write
 
 TENSORS_FILE, META_FILE = "attribution.safetensors", "attribution.json"
 _TENSORS = ("coef", "intercepts", "pearson_r", "r2", "pooled_coef", "masks", "metrics")
-_SCALARS = ("pooled_intercept", "pooled_r", "pooled_r2", "options", "model_name", "example_ids")
+_SCALARS = ("pooled_intercept", "pooled_r", "pooled_r2", "options", "model_name", "example_ids",
+            "layer_kinds")
 
 
 @dataclass
@@ -49,6 +50,8 @@ class AttributionResult:
         example_ids: Optional name per example (e.g. image ids).
         masks: Optional raw ablation masks, e.g. ``[n_masks, L, H]`` or ``[n_examples, ...]``.
         metrics: Optional raw metric of each masked run, matching ``masks``.
+        layer_kinds: Optional kind of each layer's heads (``self``, ``cross`` or ``linear``;
+            ``HookedLVLM.attn_kind``), shown as the ``kind`` column of :meth:`to_csv`.
     """
 
     coef: Float[Tensor, "n_examples n_layers n_heads"]
@@ -64,9 +67,13 @@ class AttributionResult:
     example_ids: list[str] | None = None
     masks: Bool[Tensor, "*shape"] | None = None
     metrics: Float[Tensor, "*shape_metrics"] | None = None
+    layer_kinds: list[str] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.coef)
+        if self.layer_kinds is not None and len(self.layer_kinds) != self.coef.shape[1]:
+            raise ValueError(f"layer_kinds must have {self.coef.shape[1]} entries (one per "
+                             f"layer), got {len(self.layer_kinds)}")
         shapes = [tuple(t.shape) for t in (self.coef, self.intercepts, self.pearson_r, self.r2)]
         if self.coef.ndim != 3 or shapes[1:] != [(n,)] * 3:
             raise ValueError(f"need coef [n, L, H] and intercepts, pearson_r, r2 [n], got {shapes}")
@@ -193,14 +200,16 @@ class AttributionResult:
         return cls(**load_file(folder / TENSORS_FILE), **scalars)
 
     def to_csv(self, path: str | os.PathLike) -> None:
-        """Write one row per head: ``layer, head, coef_<example>..., coef_pooled``.
+        """Write one row per head: ``layer, head, coef_<example>..., coef_pooled`` (``kind``
+        after ``head`` when :attr:`layer_kinds` is set).
 
         Args:
             path: Destination CSV file (written atomically).
         """
         ids = self.example_ids or [str(i) for i in range(len(self.coef))]
         cols = [self.coef[i].flatten().tolist() for i in range(len(self.coef))]
-        header = ["layer", "head"] + [f"coef_{i}" for i in ids]
+        kinds = self.layer_kinds
+        header = ["layer", "head", *(["kind"] if kinds else [])] + [f"coef_{i}" for i in ids]
         if self.pooled_coef is not None:
             cols.append(self.pooled_coef.flatten().tolist())
             header.append("coef_pooled")
@@ -211,6 +220,8 @@ class AttributionResult:
                 w = csv.writer(f)
                 w.writerow(header)
                 for j, row in enumerate(zip(*cols, strict=True)):
-                    w.writerow([*divmod(j, n_heads), *(repr(v) for v in row)])
+                    layer, head = divmod(j, n_heads)
+                    kind = [kinds[layer]] if kinds else []
+                    w.writerow([layer, head, *kind, *(repr(v) for v in row)])
 
         atomic_write(path, write)

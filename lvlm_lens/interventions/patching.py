@@ -78,6 +78,10 @@ def _sweep(
             raise ValueError(
                 "clean and corrupted metrics are equal: cannot normalise (use normalize=False)"
             )
+    if hook_suffix.startswith("attn."):  # TL reads blocks.{l}.attn.hook_*, cross layers too
+        point = hook_suffix.removeprefix("attn.hook_")
+        for layer in range(model.cfg.n_layers):
+            cache[f"blocks.{layer}.{hook_suffix}"] = cache[model.attn_hook_name(layer, point)]
     out = _SWEEPS[hook_suffix](model, corrupted, cache, fn)
     return (out - m_corrupted) / (m_clean - m_corrupted) if normalize else out
 
@@ -101,8 +105,8 @@ def patch_resid(
 def patch_attn_heads(
     model: Any, clean: LVLMInput, corrupted: LVLMInput, metric: PatchMetric, normalize: bool = True
 ) -> Float[Tensor, "layer head"]:
-    """Patch each head's output (``blocks.{l}.attn.hook_z``) at all positions; see
-    :func:`patch_resid`."""
+    """Patch each head's output (``blocks.{l}.attn.hook_z``; ``cross_attn.hook_z`` on a
+    cross-attention layer) at all positions; see :func:`patch_resid`."""
     return _sweep(model, clean, corrupted, metric, "attn.hook_z", normalize)
 
 

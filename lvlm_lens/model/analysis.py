@@ -6,7 +6,9 @@
 - ``all_composition_scores(mode)`` and ``all_head_labels``, as ``HookedTransformer``'s.
 - TransformerLens 4's names of the split inputs, ``blocks.{l}.attn.hook_q_input`` /
   ``hook_k_input`` / ``hook_v_input`` (what ``patching.get_act_patch_direct_path`` hooks), are
-  accepted for ``blocks.{l}.hook_q_input`` ... wherever a hook is added by name.
+  accepted for ``blocks.{l}.hook_q_input`` ... wherever a hook is added by name; so are
+  ``blocks.{l}.attn.hook_*`` for ``blocks.{l}.cross_attn.hook_*`` on a cross-attention layer.
+  ``attn_hook_name(layer, point)`` gives a layer's real name, ``attn_kind(layer)`` its kind.
 - Sandwich-norm blocks (Gemma 3) declare their post-attention norm the way TransformerLens'
   direct-path check looks for it, so direct-path patching is refused there (a head's write
   to the residual stream is not ``z @ W_O`` when a norm follows the head sum).
@@ -33,6 +35,8 @@ from lvlm_lens.model.linear_refusal import LinearAwareDict
 
 #: TransformerLens 4's names of the split q/k/v inputs, and the names they stand for here.
 _BRIDGE_NAME = re.compile(r"^blocks\.(\d+)\.attn\.hook_([qkv])_input$")
+#: TransformerLens' name of an attention hook, ``blocks.{l}.attn.hook_*``.
+_ATTN_NAME = re.compile(r"^blocks\.(\d+)\.attn\.(hook_\w+)$")
 
 
 def resolve_hook_name(name: Any) -> Any:
@@ -145,10 +149,43 @@ class AnalysisMixin:
         return torch.where(later, scores, torch.zeros_like(scores))
 
     # hook names ---------------------------------------------------------------------------
+    def attn_kind(self, layer: int) -> str:
+        """The kind of layer ``layer``'s heads: ``"self"``, ``"cross"`` (a gated
+        cross-attention layer, Llama 3.2 Vision) or ``"linear"`` (Gated-DeltaNet, Qwen3.5)."""
+        block = self.blocks[layer]
+        return "cross" if block.cross else "linear" if block.linear else "self"
+
+    def attn_kinds(self) -> list[str]:
+        """:meth:`attn_kind` of every layer."""
+        return [self.attn_kind(layer) for layer in range(self.cfg.n_layers)]
+
+    def attn_hook_name(self, layer: int, point: str) -> str:
+        """The full name of hook ``point`` (``"pattern"``, ``"z"``, ...) of layer ``layer``'s
+        attention: ``blocks.{l}.attn.hook_{point}``, ``blocks.{l}.cross_attn.hook_{point}``
+        on a cross-attention layer."""
+        if not 0 <= layer < self.cfg.n_layers:
+            raise ValueError(f"layer {layer} out of range: the model has {self.cfg.n_layers}")
+        kind = self.attn_kind(layer)
+        name = f"blocks.{layer}.{'cross_attn' if kind == 'cross' else 'attn'}.hook_{point}"
+        if name not in self.hook_dict:  # type: ignore[attr-defined]
+            raise ValueError(f"layer {layer} ({kind} attention) has no hook_{point}: pick "
+                             "another hook point or leave that layer out")
+        return name
+
+    def _resolve(self, name: Any) -> Any:
+        """TL 4's split-input names, and TL's ``blocks.{l}.attn.hook_*`` on a cross-attention
+        layer (its hooks are ``cross_attn.hook_*``), as the names they stand for here."""
+        name = resolve_hook_name(name)
+        m = _ATTN_NAME.match(name) if isinstance(name, str) else None
+        if m and int(m.group(1)) < self.cfg.n_layers and self.attn_kind(int(m.group(1))) == "cross":
+            return f"blocks.{m.group(1)}.cross_attn.{m.group(2)}"
+        return name
+
     def add_hook(self, name: Any, hook: Any, *args: Any, **kwargs: Any) -> None:
-        """As TransformerLens' ``add_hook``; TL 4's ``attn.hook_q_input`` names accepted."""
-        super().add_hook(resolve_hook_name(name), hook, *args, **kwargs)  # type: ignore[misc]
+        """As TransformerLens' ``add_hook``; TL 4's ``attn.hook_q_input`` names, and
+        ``blocks.{l}.attn.hook_*`` on a cross-attention layer, accepted."""
+        super().add_hook(self._resolve(name), hook, *args, **kwargs)  # type: ignore[misc]
 
     def _enable_hook(self, name: Any, hook: Any, dir: str) -> None:
-        super()._enable_hook(resolve_hook_name(name), hook, dir)  # type: ignore[misc]
+        super()._enable_hook(self._resolve(name), hook, dir)  # type: ignore[misc]
 

@@ -7,7 +7,9 @@ slices the position axis of every activation: axis 1 of ``[batch, pos, ...]`` ho
 (``hook_q`` / ``hook_rot_q`` / ``hook_z`` / ``hook_result``, whose head axis comes after the
 position), the query axis (2) of ``hook_attn_scores`` / ``hook_pattern``. TransformerLens
 picks the axis from the end of the tensor by the hook's name instead, which slices the head
-axis of ``hook_rot_q`` / ``hook_rot_k``.
+axis of ``hook_rot_q`` / ``hook_rot_k``. The cache object answers TransformerLens' name of a
+cross-attention layer's hooks (``blocks.{l}.attn.hook_z``, ``("z", l)``) with that layer's
+``cross_attn.hook_*`` (what TL's patching helpers read).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 from torch import Tensor
 from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.hook_points import HookPoint
-from transformer_lens.utilities import Slice
+from transformer_lens.utilities import Slice, get_act_name
 
 from lvlm_lens.model.linear_refusal import LinearAwareDict
 from lvlm_lens.model.switches import refuse_if_off, switch_off
@@ -32,6 +34,24 @@ def position_axis(name: str) -> int:
     """The position axis of the batch-first activation of hook ``name`` (query axis of scores
     and patterns)."""
     return 2 if name.endswith(_QUERY_AXIS) else 1
+
+
+class LVLMActivationCache(ActivationCache):
+    """TransformerLens' ``ActivationCache``; a name of TL's for a cross-attention layer's
+    attention hooks (``blocks.{l}.attn.hook_*``) reads that layer's ``cross_attn.hook_*``."""
+
+    def __getitem__(self, key: Any) -> Tensor:
+        try:
+            return super().__getitem__(key)
+        except KeyError:
+            if isinstance(key, tuple) and len(key) > 1 and key[1] is not None and key[1] < 0:
+                key = (key[0], self.model.cfg.n_layers + key[1], *key[2:])
+            name = key if isinstance(key, str) and "." in key else (
+                get_act_name(key) if isinstance(key, str) else get_act_name(*key))
+            alt = self.model._resolve(name)
+            if alt != name and alt in self.cache_dict:
+                return self.cache_dict[alt]
+            raise
 
 
 def _names_filter(names_filter: Any) -> Callable[[str], bool]:
@@ -101,7 +121,7 @@ class CachingMixin:
         remove_batch_dim: bool = False,
         return_cache_object: bool = True,
         **kwargs: Any,
-    ) -> tuple[Any, ActivationCache | dict[str, Tensor]]:
+    ) -> tuple[Any, LVLMActivationCache | dict[str, Tensor]]:
         """Run the model and cache activations (an ``ActivationCache`` by default).
 
         Keywords as TransformerLens' (``incl_bwd``, ``pos_slice``, ``reset_hooks_end``,
@@ -119,5 +139,5 @@ class CachingMixin:
         )
         if return_cache_object:
             cache = LinearAwareDict(cache, self.cfg)  # a linear layer's hook_pattern: one line
-            cache = ActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
+            cache = LVLMActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
         return out, cache

@@ -99,7 +99,7 @@ def _attribute(model: HookedLVLM, engines: list[AblationEngine], cfg: Attributio
     """A head-attribution result over the examples of ``engines``."""
     masks = sample_masks(cfg.n_masks, model.cfg.n_layers, model.cfg.n_heads, cfg.rate, cfg.seed)
     metrics = torch.stack([e.run(masks, progress=False)[0] for e in engines])
-    return fit_result(masks, metrics, cfg, model.cfg.model_name, ids)
+    return fit_result(masks, metrics, cfg, model.cfg.model_name, ids, model.attn_kinds())
 
 
 def ranking_claims(

@@ -257,6 +257,7 @@ def run_attribution(
         cfg,
         model_name=model.cfg.model_name,
         example_ids=[str(infos[i]["id"]) for i in kept],
+        layer_kinds=model.attn_kinds(),
     )
     result.save(out / "attribution")
     result.to_csv(out / "attribution.csv")

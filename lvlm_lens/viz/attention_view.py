@@ -3,7 +3,8 @@ groups, so a prompt with hundreds of image tokens stays readable.
 
 Keys in a group receive the *sum* of the attention to its tokens (so each query row still sums
 to 1); a group as a query shows the *mean* attention row of its tokens. Text tokens stay as
-they are.
+they are. A cross-attention head (Llama 3.2 Vision) reads the image side, not the sequence: its
+attention to an image's states is shown on that image's ``<|image|>`` token.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from jaxtyping import Bool, Float
 
 from lvlm_lens.model.inputs import LVLMInput
-from lvlm_lens.viz.patches import image_grids
+from lvlm_lens.viz.patches import image_grids, on_image_tokens
 
 
 @dataclass
@@ -67,6 +68,10 @@ def image_groups(
     out: dict[str, list[int]] = {}
     n_img = inp.images_per_example[index]
     for image in range(n_img):
+        coords = inp.image_coords[inp.image_slice(index).start + image] if inp.image_coords \
+            else None
+        if coords is not None and not (coords[:, 0] == 0).any():
+            continue  # no patch tokens in the sequence (a cross-attention model's image token)
         for grid in image_grids(inp, index, image):
             rows = grid.positions.shape[0]
             step = rows_per_group or max(1, round(rows / 6))
@@ -101,7 +106,7 @@ def collapsed_attention(
     """
     groups = image_groups(inp, index) if groups is None else groups
     layers = sorted({layer for layer, _ in heads})
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in layers]
+    names = [model.attn_hook_name(layer, "pattern") for layer in layers]
     _, cache = model.run_with_cache(inp, names_filter=names, return_cache_object=False)
     real = inp.attention_mask[index].bool().cpu().numpy()
     strs = model.to_str_tokens(inp, index)
@@ -122,7 +127,9 @@ def collapsed_attention(
         onehot[i, m] = 1.0
     out = []
     for layer, head in heads:
-        p = cache[f"blocks.{layer}.attn.hook_pattern"][index, head].double().cpu().numpy()
+        p = cache[model.attn_hook_name(layer, "pattern")][index, head].double().cpu().numpy()
+        if model.attn_kind(layer) == "cross":
+            p = on_image_tokens(model, inp, index, p)
         keys = p @ onehot.T  # [q, n]: summed over each group's keys
         rows = (onehot @ keys) / onehot.sum(1, keepdims=True)  # mean over each group's queries
         out.append(rows)

@@ -177,6 +177,23 @@ def query_position(inp: LVLMInput, query: str | int, index: int = 0) -> int:
     return query % n
 
 
+def on_image_tokens(model: Any, inp: LVLMInput, index: int,
+                    pattern: Float[np.ndarray, "q image_pos"]) -> Float[np.ndarray, "q pos"]:
+    """A cross-attention head's pattern over one example's image side as attention to its
+    ``<|image|>`` tokens (each image's states summed onto its token; the image side's blocks
+    past the example's images onto its last image token)."""
+    ids = inp.input_ids[index].cpu().numpy()
+    at = np.nonzero(ids == model.cfg.image_token_id)[0]
+    out = np.zeros((pattern.shape[0], inp.shape[1]))
+    if len(at) == 0:
+        return out
+    n_max = max(max(inp.images_per_example), 1)
+    block = pattern.shape[1] // n_max
+    for j in range(n_max):
+        out[:, at[min(j, len(at) - 1)]] += pattern[:, j * block : (j + 1) * block].sum(-1)
+    return out
+
+
 @torch.no_grad()
 def head_attention(
     model: Any,
@@ -189,7 +206,9 @@ def head_attention(
 
     A linear-attention head (Qwen3.5) has no pattern: its row is the absolute weight of each
     token's write in the query's read (:func:`~lvlm_lens.model.linear_attention.write_weights`),
-    normalised to sum to 1.
+    normalised to sum to 1. A cross-attention head (Llama 3.2 Vision) reads the image side: its
+    row holds its attention to each image on the image's ``<|image|>`` token
+    (:func:`on_image_tokens`).
 
     Args:
         model: A :class:`~lvlm_lens.HookedLVLM`.
@@ -202,10 +221,10 @@ def head_attention(
     layers = sorted({layer for layer, _ in heads})
     lin = model.cfg.decoder.linear_attention
     linear = () if lin is None else lin.layers
-    names = [f"blocks.{la}.attn.hook_{n}" for la in layers
+    names = [model.attn_hook_name(la, n) for la in layers
              for n in (("q", "k", "decay") if la in linear else ("pattern",))]  # fmt: skip
-    _, cache = model.run_with_cache(inp.select(index) if len(inp) > 1 else inp,
-                                    names_filter=names, return_cache_object=False)
+    one = inp.select(index) if len(inp) > 1 else inp
+    _, cache = model.run_with_cache(one, names_filter=names, return_cache_object=False)
     out = {}
     for layer, head in heads:
         if layer in linear:  # |weight of each token's write in the read|, summing to 1
@@ -215,7 +234,9 @@ def head_attention(
                               cache[a + "decay"][0, :, head]).abs()
             row = (w / w.sum(-1, keepdim=True).clamp(min=1e-30)).cpu().numpy()
         else:
-            row = cache[f"blocks.{layer}.attn.hook_pattern"][0, head].float().cpu().numpy()
+            row = cache[model.attn_hook_name(layer, "pattern")][0, head].float().cpu().numpy()
+            if model.attn_kind(layer) == "cross":
+                row = on_image_tokens(model, one, 0, row)
         off = inp.shape[1] - row.shape[-1]  # columns dropped by select() (common left padding)
         out[(layer, head)] = np.concatenate([np.zeros(off), row[q - off]])
     return out

@@ -182,15 +182,20 @@ def _top_table(data: ReportData, top: list[tuple[int, int]], coef: np.ndarray, k
     others.pop(HA, None)
     ranks = {n: _order(v).argsort().reshape(coef.shape) + 1 for n, v in others.items()}
     counts = Counter(divmod(int(j), n_h) for c in to_numpy(res.coef) for j in _order(-c)[:k])
+    kinds = res.layer_kinds if res.layer_kinds and len(set(res.layer_kinds)) > 1 else None
     rows = [
-        [str(i + 1), f"L{lh[0]}H{lh[1]}", _fmt(coef[lh])]
+        [str(i + 1), f"L{lh[0]}H{lh[1]}" + (f" ({kinds[lh[0]]})" if kinds else ""),
+         _fmt(coef[lh])]
         + [f"{_fmt(others[n][lh])} (#{ranks[n][lh]})" for n in others]
         + [f"{counts[lh]} / {len(res.coef)}"]
         for i, lh in enumerate(top)
     ]
     beta = "β (pooled fit)" if res.pooled_coef is not None else "β (mean over examples)"
     extra = [f"{html.escape(n)}<br>score (#rank)" for n in others]
-    legend = [f"<b>β</b>: the fitted change of the answer's {metric} (in {metric} units) when "
+    mixed = [f"<b>head</b>: ({', '.join(sorted(set(kinds)))}) is the kind of attention the "
+             "head does; all kinds are ranked together."] if kinds else []
+    legend = [*mixed,
+              f"<b>β</b>: the fitted change of the answer's {metric} (in {metric} units) when "
               "the head is ablated, the other heads as they are; negative = the head carries "
               "image information the answer needs. Heads are ranked by importance = −β.",
               f"<b>in per-example top-{k}</b>: in how many examples' own fits the head is among "

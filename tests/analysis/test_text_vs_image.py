@@ -74,6 +74,7 @@ def test_end_to_end_on_the_toy(toy):
     assert float(res.text.pearson_r.median()) > 0.3
     frame = res.to_frame()
     assert len(frame) == 32 and frame.image_top_k.sum() == 4 and frame.text_top_k.sum() == 4
+    assert set(frame.kind) == {"self"}  # a plain family: every head is self-attention
     unique = res.unique_heads()
     assert len(unique["image only"]) + len(unique["shared"]) == 4
     assert res.plot().__class__.__name__ == "Figure"

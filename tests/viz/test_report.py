@@ -116,3 +116,18 @@ def test_report_reads_as_a_page_not_a_dump(tmp_path):
     assert re.search(r"<td>attribution</td><td><table class=\"kv\">.*<td>ablation</td>", page)
     assert "pooled" in page and "per example" in page  # how to read both r
     assert "importance = −β" in page and "logit units" in page
+
+
+def test_top_heads_table_names_the_kind_when_a_model_mixes_kinds(tmp_path):
+    """Self- and cross-attention heads ranked together say which is which; a model with one
+    kind keeps plain head names."""
+    data = make_data(4, 8)
+    data.result.layer_kinds = ["self", "cross", "self", "cross"]
+    page = write_report(tmp_path / "mixed", data, n_top=10).read_text()
+    for layer, head in data.result.top_heads(10):
+        kind = data.result.layer_kinds[layer]
+        assert re.search(rf"<td>L{layer}H{head} \({kind}\)</td>", page)
+    data.result.layer_kinds = ["self"] * 4
+    page = write_report(tmp_path / "plain", data, n_top=10).read_text()
+    for layer, head in data.result.top_heads(10):
+        assert re.search(rf"<td>L{layer}H{head}</td>", page)
