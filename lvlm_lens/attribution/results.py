@@ -201,7 +201,7 @@ class AttributionResult:
 
     def to_csv(self, path: str | os.PathLike) -> None:
         """Write one row per head: ``layer, head, coef_<example>..., coef_pooled`` (``kind``
-        after ``head`` when :attr:`layer_kinds` is set).
+        after ``head`` when ``layer_kinds`` is set).
 
         Args:
             path: Destination CSV file (written atomically).
