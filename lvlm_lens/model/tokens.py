@@ -86,8 +86,10 @@ class TokensMixin:
         side = padding_side or self.default_padding_side
         if side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
-        if prepend_bos and not tokenizer_prepends_bos(self.tokenizer):
-            texts = [self.tokenizer.bos_token + t for t in texts]  # as TL does for such tokenizers
+        bos = self.tokenizer.bos_token
+        if prepend_bos and bos is not None and not tokenizer_prepends_bos(self.tokenizer):
+            texts = [bos + t for t in texts]  # as TL does for such tokenizers
+        # A tokenizer with no BOS token at all (Qwen's) gets none, as its HF processor gives.
         out = self.tokenizer(
             texts,
             return_tensors="pt",

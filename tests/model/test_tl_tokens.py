@@ -58,6 +58,21 @@ def test_to_tokens_keywords(model):
     assert model.to_tokens(long, truncate=False).shape[1] == model.cfg.n_ctx + 11
 
 
+def test_to_tokens_with_a_tokenizer_that_has_no_bos_token(model):
+    """Qwen's tokenizers have no BOS token: the default prepend_bos adds nothing (the ids are the
+    tokenizer's own, as HF's processor gives) instead of crashing on ``None + text``."""
+    tok = model.tokenizer
+    saved = tok.bos_token
+    try:
+        tok.bos_token = None
+        own = tok(TEXT).input_ids
+        assert model.to_tokens(TEXT)[0].tolist() == own
+        assert model.to_tokens(TEXT, prepend_bos=True)[0].tolist() == own
+    finally:
+        tok.bos_token = saved
+    assert model.to_tokens(TEXT)[0, 0] == tok.bos_token_id  # restored
+
+
 @parity("to_str_tokens", "works", "strings, lists, token tensors (a [batch, pos] tensor gives a "
         "list per row where TL refuses it) and LVLMInputs, image positions named <img row,col>")
 def test_to_str_tokens_text_tokens_and_image(model):
