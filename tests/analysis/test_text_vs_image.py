@@ -145,7 +145,8 @@ def test_result_top_heads_unique_heads_and_frame_by_hand():
     image[0] += 1.0
     image[1] -= 1.0  # the mean over examples is the map above
     text = torch.tensor([[1.0, 6, 0, 2, 5, 3]]).reshape(1, 2, 3)
-    res = TextVsImageResult(SimpleNamespace(importance=image), SimpleNamespace(importance=text),
+    res = TextVsImageResult(SimpleNamespace(importance=image, layer_kinds=None),
+                            SimpleNamespace(importance=text, layer_kinds=None),
                             2, None, 0.0, None, None)
     assert res.top_heads() == {"image": [(0, 0), (1, 1)], "text only": [(0, 1), (1, 1)]}
     assert res.unique_heads() == {"image only": [(0, 0)], "text only": [(0, 1)],
