@@ -164,8 +164,7 @@ def compare(
     engines = [(engines or {}).get(e.index) or build_engine(model, x, b, cfg)
                for e, x, b in zip(examples, inputs, bases, strict=True)]
     keys = [f"{e.index}-{e.row}" for e in examples]  # a changed row: new pieces
-    check = check_baseline(model, inputs, bases, cfg.ablation, cfg.metric, engines=engines,
-                           checkpoints=checkpoints, keys=keys)
+    check = check_baseline(model, engines, checkpoints=checkpoints, keys=keys)
     if not check.kept:
         return {}, {}, None, check
     return *compare_rankings(
