@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from lvlm_lens.data import Record, patch_grid_mask
 from lvlm_lens.model.families import FAMILIES
+from lvlm_lens.model.hooked_lvlm import HookedLVLM
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.viz.figures import ExampleView
 from lvlm_lens.viz.patches import head_attention, image_grids
 
 
 def patch_attention(
-    model: Any, inp: LVLMInput, heads: list[tuple[int, int]]
+    model: HookedLVLM, inp: LVLMInput, heads: list[tuple[int, int]]
 ) -> dict[str, np.ndarray]:
     """Attention from the final token to the (base-tile) image patches of some heads."""
     grid = image_grids(inp, 0)[0]
@@ -45,7 +45,7 @@ def load_view_image(path: Path) -> Image.Image:
 
 
 def example_views(
-    model: Any,
+    model: HookedLVLM,
     records: Sequence[Record],
     predictions: Sequence[str],
     heads: list[tuple[int, int]],
