@@ -80,8 +80,8 @@ def baseline_table(
         cfg = HeadAblation(baseline=name)
         bases = [compute_baseline(model, x, cfg, baseline_image=refs[0], reference_images=refs)
                  for x in inputs]  # fmt: skip
-        check = check_baseline(model, _engines(model, inputs, bases,
-                                               AttributionConfig(metric=metric, ablation=cfg)))
+        check = check_baseline(model, [build_engine(model, x, b, cfg, metric)
+                                       for x, b in zip(inputs, bases, strict=True)])
         still_right = [
             int(a) == int(x.answer_ids[0]) for a, x in zip(check.answer_ids, inputs, strict=True)
         ]
@@ -91,7 +91,8 @@ def baseline_table(
 
 def _engines(model: HookedLVLM, inputs, bases, cfg: AttributionConfig) -> list[AblationEngine]:
     """Each example's engine, built once (the baseline check and the masked runs share it)."""
-    return [build_engine(model, x, b, cfg) for x, b in zip(inputs, bases, strict=True)]
+    return [build_engine(model, x, b, cfg.ablation, cfg.metric, cfg.batch_size)
+            for x, b in zip(inputs, bases, strict=True)]
 
 
 def _attribute(model: HookedLVLM, engines: list[AblationEngine], cfg: AttributionConfig, ids):

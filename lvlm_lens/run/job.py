@@ -161,7 +161,8 @@ def compare(
     cfg = opts.attribution
     inputs = prepare_records(model, [e.record for e in examples], opts.answer_rule)
     bases = [baselines(x) for x in inputs]
-    engines = [(engines or {}).get(e.index) or build_engine(model, x, b, cfg)
+    engines = [(engines or {}).get(e.index)
+               or build_engine(model, x, b, cfg.ablation, cfg.metric, cfg.batch_size)
                for e, x, b in zip(examples, inputs, bases, strict=True)]
     keys = [f"{e.index}-{e.row}" for e in examples]  # a changed row: new pieces
     check = check_baseline(model, engines, checkpoints=checkpoints, keys=keys)

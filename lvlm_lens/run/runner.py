@@ -160,7 +160,7 @@ def run_shard(
         bar.update(masks.shape[0] - sum(int(metas[i][c]["n_masks"]) for c in todo))
         if not todo:
             continue
-        engine = build_engine(model, inp, baselines(inp), cfg)
+        engine = build_engine(model, inp, baselines(inp), cfg.ablation, cfg.metric, cfg.batch_size)
         for c in todo:
             part = masks[c * size : (c + 1) * size]
             save_chunk(out, i, c, engine.run(part, progress=False)[0], metas[i][c])

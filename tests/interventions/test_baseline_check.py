@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lvlm_lens import HookedLVLM
-from lvlm_lens.attribution.head_attribution import AttributionConfig, build_engine
+from lvlm_lens.attribution.head_attribution import build_engine
 from lvlm_lens.data import synthetic_records
 from lvlm_lens.interventions.ablation import HeadAblation, compute_baseline, head_ablation_hooks
 from lvlm_lens.interventions.baseline_check import (
@@ -62,7 +62,7 @@ def test_check_matches_the_reference_hooks(baseline):
     cfg = HeadAblation(baseline=baseline)
     inputs = [model.prepare(r.image, r.prompt, answers=r.answer) for r in records]
     bases = [compute_baseline(model, x, cfg, reference_images=refs) for x in inputs]
-    check = check_baseline(model, [build_engine(model, x, b, AttributionConfig(ablation=cfg))
+    check = check_baseline(model, [build_engine(model, x, b, cfg, "logit")
                                    for x, b in zip(inputs, bases, strict=True)])
     every = torch.ones(model.cfg.n_layers, model.cfg.n_heads, dtype=torch.bool)
     with torch.no_grad():
@@ -91,10 +91,9 @@ def test_check_refuses_batch_engines_and_mismatched_keys(tiny_checkpoint):
     inp = model.prepare([r.image for r in rec], [r.prompt for r in rec])
     cfg = HeadAblation(baseline="zero")
     base = compute_baseline(model, inp, cfg)
-    engine = build_engine(model, inp, base, AttributionConfig(ablation=cfg))
+    engine = build_engine(model, inp, base, cfg)
     with pytest.raises(ValueError, match="one-example engines, got an engine on a batch of 2"):
         check_baseline(model, [engine])
-    one = build_engine(model, inp.select(0), compute_baseline(model, inp.select(0), cfg),
-                       AttributionConfig(ablation=cfg))
+    one = build_engine(model, inp.select(0), compute_baseline(model, inp.select(0), cfg), cfg)
     with pytest.raises(ValueError, match="got 1 keys for 2 engines"):
         check_baseline(model, [one, one], keys=["a"])
