@@ -19,7 +19,7 @@ from lvlm_lens.attribution.curves import (
     endpoints,
     random_rankings,
 )
-from lvlm_lens.attribution.head_attribution import AttributionConfig, build_engine
+from lvlm_lens.attribution.head_attribution import build_engine
 from lvlm_lens.attribution.rankings import (
     attention_weight,
     attribution_patching,
@@ -131,10 +131,9 @@ def compare_rankings(
         keys: An identifier per input for its checkpoints (default: its position).
         progress: ``False`` hides every progress bar.
     """
-    options = AttributionConfig(metric=metric, batch_size=batch_size, ablation=config)
     engines = engines or [None] * len(inputs)
     engines = [
-        e or build_engine(model, i, b, options)
+        e or build_engine(model, i, b, config, metric, batch_size)
         for e, i, b in zip(engines, inputs, baselines, strict=True)
     ]
     keys = keys or [str(i) for i in range(len(inputs))]

@@ -79,13 +79,14 @@ def check_config(model: HookedLVLM, config: AttributionConfig) -> None:
 
 
 def build_engine(
-    model: HookedLVLM, inp: LVLMInput, baseline: BaselineKV, config: AttributionConfig,
-    metric: Metric | None = None,
+    model: HookedLVLM, inp: LVLMInput, baseline: BaselineKV, ablation: HeadAblation,
+    metric: str | Metric = "logit", batch_size: int = 64,
 ) -> AblationEngine:
-    """The one way an example's engine is built from the attribution options (the masked
-    runs, the comparison, the baseline check and the claims runner share it)."""
-    return AblationEngine(model, inp, baseline, config.ablation, metric or config.metric,
-                          config.batch_size)
+    """The one way an example's engine is built (the masked runs, the comparison, the
+    baseline check and the claims runner share it), from the three settings it needs: what
+    ablating a head means, the metric and the masks per forward pass (an
+    :class:`AttributionConfig`'s ``ablation``, ``metric`` and ``batch_size``)."""
+    return AblationEngine(model, inp, baseline, ablation, metric, batch_size)
 
 
 def head_attribution(
@@ -120,7 +121,8 @@ def head_attribution(
         if baseline is None:
             baseline = compute_baseline(model, inp, config.ablation, baseline_image=baseline_image,
                                         reference_images=reference_images)
-        engine = build_engine(model, inp, baseline, config, metric)
+        engine = build_engine(model, inp, baseline, config.ablation, metric or config.metric,
+                              config.batch_size)
         masks = sample_masks(config.n_masks, model.cfg.n_layers, model.cfg.n_heads, config.rate,
                              config.seed)
         metrics = engine.run(masks)

@@ -37,6 +37,7 @@ from lvlm_lens.data.synthetic import (
     SyntheticExample,
     describe,
     generate_dataset,
+    generate_from_rng,
     render_example,
 )
 
@@ -65,6 +66,7 @@ __all__ = [
     "attribute_text_prompt",
     "describe",
     "generate_dataset",
+    "generate_from_rng",
     "image_prompt",
     "load_folder",
     "load_hf_dataset",

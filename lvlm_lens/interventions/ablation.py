@@ -20,6 +20,7 @@ from PIL import Image
 from torch import Tensor
 
 from lvlm_lens.model.families import FAMILIES
+from lvlm_lens.model.hooked_lvlm import HookedLVLM
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.model.prepare import to_rgb
 from lvlm_lens.progress import progress_bar, show_progress
@@ -107,7 +108,7 @@ def query_scope(inp: LVLMInput, source: Tensor, scope: str) -> Bool[Tensor, "bat
     return real & (cols > last)
 
 
-def _linear_layers(model: Any) -> tuple[int, ...]:
+def _linear_layers(model: HookedLVLM) -> tuple[int, ...]:
     """The linear-attention layers (Qwen3.5), after checking a head mask can name their heads."""
     lin = model.cfg.decoder.linear_attention
     if lin is None:
@@ -119,7 +120,7 @@ def _linear_layers(model: Any) -> tuple[int, ...]:
     return lin.layers
 
 
-def _cross_layers(model: Any) -> tuple[int, ...]:
+def _cross_layers(model: HookedLVLM) -> tuple[int, ...]:
     """The gated cross-attention layers (Llama 3.2 Vision)."""
     cross = model.cfg.decoder.cross_attention
     return () if cross is None else cross.layers
@@ -133,7 +134,7 @@ def _kv_hook(i: int, k: str, linear: tuple[int, ...], cross: tuple[int, ...]) ->
     return f"blocks.{i}.attn.hook_{k}"
 
 
-def kv_of(model: Any, inp: LVLMInput) -> tuple[list[Tensor], list[Tensor]]:
+def kv_of(model: HookedLVLM, inp: LVLMInput) -> tuple[list[Tensor], list[Tensor]]:
     """Clean post-RoPE keys and values of every layer, ``[batch, kv_head, pos, d_head]`` (a
     linear-attention layer: its input, ``[batch, 1, pos, d_model]``, as keys and values; a
     cross-attention layer: the image side's, ``[batch, kv_head, image_pos, d_head]``)."""
@@ -154,7 +155,7 @@ def kv_of(model: Any, inp: LVLMInput) -> tuple[list[Tensor], list[Tensor]]:
     return keys, values
 
 
-def with_images(model: Any, inp: LVLMInput, images: list[list[Any]]) -> LVLMInput:
+def with_images(model: HookedLVLM, inp: LVLMInput, images: list[list[Any]]) -> LVLMInput:
     """The same prompts with other images (a list per example); token ids must not change."""
     other = model.prepare(images, inp.texts, template="raw")
     if other.shape != inp.shape or not torch.equal(other.input_ids, inp.input_ids):
@@ -163,7 +164,7 @@ def with_images(model: Any, inp: LVLMInput, images: list[list[Any]]) -> LVLMInpu
     return other
 
 
-def stand_ins(model: Any, inp: LVLMInput, images: Any) -> list[list[Image.Image]]:
+def stand_ins(model: HookedLVLM, inp: LVLMInput, images: Any) -> list[list[Image.Image]]:
     """Baseline images laid out like ``inp``'s images, one per image of every example.
 
     Args:
@@ -197,7 +198,7 @@ def stand_ins(model: Any, inp: LVLMInput, images: Any) -> list[list[Image.Image]
     return [[_resize(im, next(sizes)) for im in ims] for ims in out]
 
 
-def resizes_stand_ins(model: Any) -> bool:
+def resizes_stand_ins(model: HookedLVLM) -> bool:
     """Whether baseline images are resized to the images they replace (any- and native-
     resolution families, whose image-token layout depends on the image size: LLaVA-NeXT,
     OneVision, Qwen2-VL...), so baselines depend on image sizes."""
@@ -210,7 +211,7 @@ def _resize(image: Image.Image, size: list[int]) -> Image.Image:
 
 
 def compute_baseline(
-    model: Any,
+    model: HookedLVLM,
     inp: LVLMInput,
     config: HeadAblation,
     *,
@@ -265,7 +266,7 @@ def compute_baseline(
     return BaselineKV([k / len(runs) for k in keys], [v / len(runs) for v in values], source)
 
 
-def check_heads(model: Any, heads: Tensor, batch: int | None = None) -> Tensor:
+def check_heads(model: HookedLVLM, heads: Tensor, batch: int | None = None) -> Tensor:
     """Validate an ablation mask ``[n_layers, n_heads]`` or ``[batch, n_layers, n_heads]``."""
     shape = (model.cfg.n_layers, model.cfg.n_heads)
     if tuple(heads.shape[-2:]) != shape or heads.ndim not in (2, 3):
@@ -277,7 +278,7 @@ def check_heads(model: Any, heads: Tensor, batch: int | None = None) -> Tensor:
 
 
 def head_ablation_hooks(
-    model: Any,
+    model: HookedLVLM,
     inp: LVLMInput,
     heads: Bool[Tensor, "... n_layers n_heads"] | Float[Tensor, "... n_layers n_heads"],
     baseline: BaselineKV,
@@ -351,7 +352,7 @@ def head_ablation_hooks(
 
 
 def linear_ablation_hooks(
-    model: Any, inp: LVLMInput, layer: int, w: Tensor, baseline: BaselineKV, qs: Tensor,
+    model: HookedLVLM, inp: LVLMInput, layer: int, w: Tensor, baseline: BaselineKV, qs: Tensor,
     src: Tensor,
 ) -> list[tuple[str, Any]]:
     """Reference hooks ablating the weighted heads ``w`` ``[batch, head]`` of a linear-attention
@@ -376,7 +377,7 @@ def linear_ablation_hooks(
 
 
 @contextmanager
-def ablate_heads(model: Any, inp: LVLMInput, heads: Tensor, baseline: BaselineKV,
+def ablate_heads(model: HookedLVLM, inp: LVLMInput, heads: Tensor, baseline: BaselineKV,
                  scope: str = "text") -> Iterator[Any]:
     """Context manager: inside it, runs of ``inp`` have ``heads`` ablated."""
     with model.hooks(fwd_hooks=head_ablation_hooks(model, inp, heads, baseline, scope)) as m:

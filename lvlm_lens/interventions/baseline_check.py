@@ -19,8 +19,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from lvlm_lens.files import Checkpoints, cached
-from lvlm_lens.interventions.ablation import BaselineKV, HeadAblation
 from lvlm_lens.interventions.engine import AblationEngine
+from lvlm_lens.model.hooked_lvlm import HookedLVLM
 
 #: An example is flagged when its all-heads effect is below this fraction of the median effect.
 MIN_EFFECT_FRACTION = 0.1
@@ -104,13 +104,9 @@ def flag_small_effects(
 
 @torch.no_grad()
 def check_baseline(
-    model: Any,
-    inputs: list[Any],
-    baselines: list[BaselineKV],
-    config: HeadAblation,
-    metric: str = "logit",
+    model: HookedLVLM,
+    engines: list[AblationEngine],
     min_effect_fraction: float = MIN_EFFECT_FRACTION,
-    engines: list[AblationEngine | None] | None = None,
     checkpoints: Checkpoints | None = None,
     keys: list[str] | None = None,
 ) -> BaselineCheck:
@@ -118,31 +114,28 @@ def check_baseline(
 
     Args:
         model: The :class:`~lvlm_lens.HookedLVLM`.
-        inputs: One-example batches (:class:`~lvlm_lens.LVLMInput`, answers set or not).
-        baselines: The baseline K/V of each (``compute_baseline``).
-        config: The ablation options (baseline, scope, source).
-        metric: The metric of the normalised curves.
+        engines: One engine per example, each on a one-example input, built with the baseline
+            and the metric of the normalised curves
+            (:func:`~lvlm_lens.attribution.head_attribution.build_engine`); their prefix caches
+            are reused.
         min_effect_fraction: See :func:`flag_small_effects`.
-        engines: Engines already built for ``inputs`` with ``metric`` (their prefix caches
-            are reused); a missing one (``None``) is built.
         checkpoints: Where each example's all-heads result is kept (and read from on a rerun).
-        keys: An identifier per input for its checkpoint (default: its position).
+        keys: An identifier per engine for its checkpoint (default: its position).
 
     Returns:
         Per-example answers, metrics and flags.
     """
-    if len(inputs) != len(baselines):
-        raise ValueError(f"got {len(baselines)} baselines for {len(inputs)} inputs")
     cfg = model.cfg
     ends = torch.zeros(2, cfg.n_layers, cfg.n_heads, dtype=torch.bool)
     ends[1] = True
-    engines = engines or [None] * len(inputs)
-    keys = keys or [str(i) for i in range(len(inputs))]
+    keys = keys or [str(i) for i in range(len(engines))]
+    if len(keys) != len(engines):
+        raise ValueError(f"got {len(keys)} keys for {len(engines)} engines")
     answer_ids, clean, ablated = [], [], []
-    for inp, base, engine, key in zip(inputs, baselines, engines, keys, strict=True):
-        if len(inp) != 1:
-            raise ValueError(f"check_baseline takes one-example inputs, got a batch of {len(inp)}")
-        engine = engine or AblationEngine(model, inp, base, config, metric)
+    for engine, key in zip(engines, keys, strict=True):
+        if len(engine.inp) != 1:
+            raise ValueError(f"check_baseline takes one-example engines, got an engine on a batch "
+                             f"of {len(engine.inp)}: build one engine per example")
 
         def run(engine: AblationEngine = engine) -> dict[str, Tensor]:
             values = engine.run(ends, progress=False)[0]

@@ -37,6 +37,7 @@ from lvlm_lens.interventions.ablation import (
     query_scope,
 )
 from lvlm_lens.interventions.metrics import final_logits, get_metric
+from lvlm_lens.model.hooked_lvlm import HookedLVLM
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.model.kv_cache import HeadSwitch, KVCache
 from lvlm_lens.model.layout import TokenLayout
@@ -60,7 +61,7 @@ class _Example:
     queries: Bool[Tensor, "1 pos"] | None = None  # full sequences, scope text: who reads it
 
 
-def clean_answers(model: Any, inp: LVLMInput) -> Int[Tensor, " batch"]:
+def clean_answers(model: HookedLVLM, inp: LVLMInput) -> Int[Tensor, " batch"]:
     """``inp.answer_ids``, or else the model's own greedy answer on the clean input."""
     if inp.answer_ids is not None:
         return inp.answer_ids.to(model.cfg.device)
@@ -69,7 +70,7 @@ def clean_answers(model: Any, inp: LVLMInput) -> Int[Tensor, " batch"]:
 
 
 def _prefix_cache(
-    model: Any, x: Tensor, mask: Tensor, layout: TokenLayout, src: Tensor,
+    model: HookedLVLM, x: Tensor, mask: Tensor, layout: TokenLayout, src: Tensor,
     keys: list[Tensor], values: list[Tensor],
 ) -> KVCache:
     """The frozen cache of one example's prefix (up to its last source token), both sides:
@@ -123,7 +124,7 @@ class AblationEngine:
 
     def __init__(
         self,
-        model: Any,
+        model: HookedLVLM,
         inp: LVLMInput,
         baseline: BaselineKV,
         config: HeadAblation,
@@ -237,7 +238,7 @@ class AblationEngine:
 
 @torch.no_grad()
 def run_reference(
-    model: Any,
+    model: HookedLVLM,
     inp: LVLMInput,
     masks: Bool[Tensor, "n_masks n_layers n_heads"],
     baseline: BaselineKV,

@@ -38,6 +38,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from lvlm_lens.interventions.metrics import Metric, get_metric, relative_prob_change
+from lvlm_lens.model.hooked_lvlm import HookedLVLM
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.model.masks import allowed_keys, image_blocks, prefix_blocks
 
@@ -90,7 +91,8 @@ def _check_layers(layers: int | Sequence[int], n_layers: int) -> list[int]:
 
 
 def _check_keys_left(
-    model: Any, inp: LVLMInput, block: Bool[Tensor, "batch head_or_1 pos pos"], layers: list[int]
+    model: HookedLVLM, inp: LVLMInput, block: Bool[Tensor, "batch head_or_1 pos pos"],
+    layers: list[int],
 ) -> None:
     """Refuse a knockout that leaves a real query with no key to attend to in some layer."""
     mask = inp.attention_mask.to(block.device)
@@ -119,7 +121,7 @@ def _check_keys_left(
 
 
 def knockout_hooks(
-    model: Any,
+    model: HookedLVLM,
     inp: LVLMInput,
     source: Group,
     target: Group,
@@ -186,7 +188,7 @@ def knockout_hooks(
 
 
 def _linear_knockout_hooks(
-    model: Any, inp: LVLMInput, layer: int, src: Tensor, tgt: Tensor,
+    model: HookedLVLM, inp: LVLMInput, layer: int, src: Tensor, tgt: Tensor,
     heads: Sequence[int] | None,
 ) -> list[Hook]:
     """Knockout in a linear-attention layer (Qwen3.5), which has no attention matrix: the
@@ -214,7 +216,7 @@ def _linear_knockout_hooks(
 
 
 def _cross_knockout_hooks(
-    model: Any, inp: LVLMInput, layer: int, src: Tensor, tgt: Tensor,
+    model: HookedLVLM, inp: LVLMInput, layer: int, src: Tensor, tgt: Tensor,
     heads: Sequence[int] | None,
 ) -> list[Hook]:
     """Knockout in a gated cross-attention layer (see the module docstring): the scores of the
@@ -252,7 +254,7 @@ def _cross_knockout_hooks(
 
 @contextmanager
 def knockout(
-    model: Any,
+    model: HookedLVLM,
     inp: LVLMInput,
     source: Group,
     target: Group,
@@ -271,7 +273,7 @@ def knockout(
 
 @torch.no_grad()
 def knockout_effect(
-    model: Any,
+    model: HookedLVLM,
     inp: LVLMInput,
     source: Group,
     target: Group,

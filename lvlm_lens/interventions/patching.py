@@ -10,7 +10,6 @@ the ``LVLMInput`` in place of tokens: it has ``.shape`` and ``HookedLVLM.forward
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -18,6 +17,7 @@ from torch import Tensor
 from transformer_lens import patching as tl_patching
 
 from lvlm_lens.interventions.metrics import get_metric
+from lvlm_lens.model.hooked_lvlm import HookedLVLM
 from lvlm_lens.model.inputs import LVLMInput
 
 PatchMetric = Callable[[Tensor], Tensor] | str
@@ -59,7 +59,7 @@ def patch_metric(metric: PatchMetric, clean: LVLMInput) -> Callable[[Tensor], Te
 
 @torch.no_grad()
 def _sweep(
-    model: Any,
+    model: HookedLVLM,
     clean: LVLMInput,
     corrupted: LVLMInput,
     metric: PatchMetric,
@@ -87,7 +87,8 @@ def _sweep(
 
 
 def patch_resid(
-    model: Any, clean: LVLMInput, corrupted: LVLMInput, metric: PatchMetric, normalize: bool = True
+    model: HookedLVLM, clean: LVLMInput, corrupted: LVLMInput, metric: PatchMetric,
+    normalize: bool = True,
 ) -> Float[Tensor, "layer pos"]:
     """Patch the residual stream (``blocks.{l}.hook_resid_pre``) at each layer and position.
 
@@ -103,7 +104,8 @@ def patch_resid(
 
 
 def patch_attn_heads(
-    model: Any, clean: LVLMInput, corrupted: LVLMInput, metric: PatchMetric, normalize: bool = True
+    model: HookedLVLM, clean: LVLMInput, corrupted: LVLMInput, metric: PatchMetric,
+    normalize: bool = True,
 ) -> Float[Tensor, "layer head"]:
     """Patch each head's output (``blocks.{l}.attn.hook_z``; ``cross_attn.hook_z`` on a
     cross-attention layer) at all positions; see :func:`patch_resid`."""
@@ -111,7 +113,8 @@ def patch_attn_heads(
 
 
 def patch_mlp_out(
-    model: Any, clean: LVLMInput, corrupted: LVLMInput, metric: PatchMetric, normalize: bool = True
+    model: HookedLVLM, clean: LVLMInput, corrupted: LVLMInput, metric: PatchMetric,
+    normalize: bool = True,
 ) -> Float[Tensor, "layer pos"]:
     """Patch each MLP's output (``blocks.{l}.hook_mlp_out``) per layer and position; see
     :func:`patch_resid`."""

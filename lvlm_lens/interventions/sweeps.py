@@ -39,6 +39,7 @@ from lvlm_lens.interventions.knockout import (
 )
 from lvlm_lens.interventions.metrics import get_metric, metric_change
 from lvlm_lens.interventions.patching import check_pair
+from lvlm_lens.model.hooked_lvlm import HookedLVLM
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.model.kv_cache import KVCache
 from lvlm_lens.model.layout import TokenLayout
@@ -116,7 +117,7 @@ def image_rows(inp: LVLMInput) -> Groups:
             for (k, t, r), m in sorted(keys.items())}
 
 
-def _record(model: Any, inp: LVLMInput, names: list[str]):
+def _record(model: HookedLVLM, inp: LVLMInput, names: list[str]):
     """One run of ``inp``: final residual stream, full KV cache and the named activations."""
     store: dict[str, Tensor] = {}
 
@@ -157,7 +158,7 @@ def _prefix(cache: KVCache, p0: int) -> KVCache | None:
 
 @torch.no_grad()
 def patch_sweep(
-    model: Any,
+    model: HookedLVLM,
     clean: LVLMInput,
     corrupted: LVLMInput,
     metric: SweepMetric,
@@ -235,7 +236,7 @@ def patch_sweep(
     return SweepResult(values, layers, names, m_corr, skipped)
 
 
-def _scorer(model: Any, metric: SweepMetric, clean: LVLMInput, corrupted_logits: Tensor):
+def _scorer(model: HookedLVLM, metric: SweepMetric, clean: LVLMInput, corrupted_logits: Tensor):
     """``score(resid, p0, n) -> [n]``: the metric of each of ``n`` patched runs whose rows
     (example-major) hold the residual stream of positions ``p0..``."""
     b = corrupted_logits.shape[0]
@@ -261,7 +262,7 @@ def _scorer(model: Any, metric: SweepMetric, clean: LVLMInput, corrupted_logits:
 
 @torch.no_grad()
 def knockout_window_sweep(
-    model: Any,
+    model: HookedLVLM,
     inp: LVLMInput,
     source: Group,
     target: Group,

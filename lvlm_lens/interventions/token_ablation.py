@@ -20,6 +20,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from lvlm_lens.model.hooked_lvlm import HookedLVLM
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.progress import progress_bar, show_progress
 
@@ -48,7 +49,7 @@ Baseline = Float[Tensor, " d_model"] | Float[Tensor, "n d_model"] | LVLMInput | 
 
 @torch.no_grad()
 def mean_image_baseline(
-    model: Any, inputs: LVLMInput | Sequence[LVLMInput], progress: bool = True
+    model: HookedLVLM, inputs: LVLMInput | Sequence[LVLMInput], progress: bool = True
 ) -> ImageBaseline:
     """The mean projected image token over every image token of ``inputs`` (fp32 sums) and,
     on DeepStack families, the mean DeepStack feature of each layer over the same tokens."""
@@ -71,7 +72,7 @@ def mean_image_baseline(
 
 
 def mean_image_token(
-    model: Any, inputs: LVLMInput | Sequence[LVLMInput], progress: bool = True
+    model: HookedLVLM, inputs: LVLMInput | Sequence[LVLMInput], progress: bool = True
 ) -> Float[Tensor, " d_model"]:
     """The mean projected image token over every image token of ``inputs`` (fp32 sum). On
     DeepStack families ablate with :func:`mean_image_baseline`, which also holds the mean
@@ -120,7 +121,7 @@ def _image_token_counts(inp: LVLMInput) -> list[int]:
     return [e.shape[0] for e in inp.image_embeds or []]
 
 
-def image_baseline(model: Any, baseline: Baseline) -> ImageBaseline:
+def image_baseline(model: HookedLVLM, baseline: Baseline) -> ImageBaseline:
     """``baseline`` as an :class:`ImageBaseline`: an ``LVLMInput`` gives its image embeddings
     (and DeepStack features); a tensor is the embeddings alone, refused on DeepStack families,
     where it would leave the ablated tokens' DeepStack features (their image) in place."""
@@ -144,7 +145,7 @@ def image_baseline(model: Any, baseline: Baseline) -> ImageBaseline:
 
 
 def baseline_embeds(
-    model: Any, inp: LVLMInput, baseline: Baseline | Tensor
+    model: HookedLVLM, inp: LVLMInput, baseline: Baseline | Tensor
 ) -> Float[Tensor, "n_image_tokens d_model"] | Float[Tensor, " d_model"]:
     """Replacement rows for the image embeddings: a ``[d_model]`` vector (broadcast to every
     ablated token) or one row per image token of the batch, in order of appearance.
@@ -174,7 +175,7 @@ def baseline_embeds(
 
 
 def token_ablation_hooks(
-    model: Any, inp: LVLMInput, which: Which, baseline: Baseline
+    model: HookedLVLM, inp: LVLMInput, which: Which, baseline: Baseline
 ) -> list[tuple[str, Callable[..., Tensor]]]:
     """A ``hook_image_embeds`` hook that overwrites the chosen image tokens by ``baseline``
     and, on DeepStack families, ``blocks.{l}.hook_deepstack`` hooks that overwrite their
@@ -215,7 +216,7 @@ def token_ablation_hooks(
 
 
 def ablate_image_tokens(
-    model: Any, inp: LVLMInput, which: Which, baseline: Baseline
+    model: HookedLVLM, inp: LVLMInput, which: Which, baseline: Baseline
 ) -> Float[Tensor, "batch pos d_vocab"]:
     """Logits of ``inp`` with the chosen image tokens replaced by ``baseline``.
 

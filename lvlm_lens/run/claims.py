@@ -80,9 +80,8 @@ def baseline_table(
         cfg = HeadAblation(baseline=name)
         bases = [compute_baseline(model, x, cfg, baseline_image=refs[0], reference_images=refs)
                  for x in inputs]  # fmt: skip
-        check = check_baseline(model, inputs, bases, cfg, metric,
-                               engines=_engines(model, inputs, bases,
-                                                AttributionConfig(metric=metric, ablation=cfg)))
+        check = check_baseline(model, [build_engine(model, x, b, cfg, metric)
+                                       for x, b in zip(inputs, bases, strict=True)])
         still_right = [
             int(a) == int(x.answer_ids[0]) for a, x in zip(check.answer_ids, inputs, strict=True)
         ]
@@ -92,7 +91,8 @@ def baseline_table(
 
 def _engines(model: HookedLVLM, inputs, bases, cfg: AttributionConfig) -> list[AblationEngine]:
     """Each example's engine, built once (the baseline check and the masked runs share it)."""
-    return [build_engine(model, x, b, cfg) for x, b in zip(inputs, bases, strict=True)]
+    return [build_engine(model, x, b, cfg.ablation, cfg.metric, cfg.batch_size)
+            for x, b in zip(inputs, bases, strict=True)]
 
 
 def _attribute(model: HookedLVLM, engines: list[AblationEngine], cfg: AttributionConfig, ids):
@@ -111,7 +111,7 @@ def ranking_claims(
     inputs = [inputs[i] for i in keep]
     bases = [compute_baseline(model, x, cfg.ablation, reference_images=refs) for x in inputs]
     engines = _engines(model, inputs, bases, cfg)
-    check = check_baseline(model, inputs, bases, cfg.ablation, cfg.metric, engines=engines)
+    check = check_baseline(model, engines)
     inputs = [inputs[i] for i in check.kept]
     bases = [bases[i] for i in check.kept]
     engines = [engines[i] for i in check.kept]
@@ -180,7 +180,7 @@ def semantics_claim(model: HookedLVLM, refs, cfg: AttributionConfig, args) -> di
     inputs = [inputs[i] for i in keep]
     bases = [compute_baseline(model, x, cfg.ablation, reference_images=refs) for x in inputs]
     engines = _engines(model, inputs, bases, cfg)
-    check = check_baseline(model, inputs, bases, cfg.ablation, cfg.metric, engines=engines)
+    check = check_baseline(model, engines)
     use = [keep[i] for i in check.kept]
     result = _attribute(model, [engines[i] for i in check.kept], cfg, [str(i) for i in use])
     sem = semantic_similarity(result, [examples[i][0] for i in use],

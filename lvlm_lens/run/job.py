@@ -19,12 +19,12 @@ from lvlm_lens.data import load_folder, synthetic_records
 from lvlm_lens.data.images import open_image
 from lvlm_lens.errors import OptionError
 from lvlm_lens.interventions.baseline_check import BaselineCheck, baseline_note, check_baseline
+from lvlm_lens.interventions.engine import AblationEngine
 from lvlm_lens.model import HookedLVLM
 from lvlm_lens.run.distributed import current_shard
 from lvlm_lens.run.examples import prepare_records
-from lvlm_lens.run.fingerprint import row_key
 from lvlm_lens.run.options import RunOptions
-from lvlm_lens.run.outcome import RunOutcome
+from lvlm_lens.run.outcome import AttributedExample, RunOutcome
 from lvlm_lens.run.preflight import check_device, check_prompts
 from lvlm_lens.run.report_files import save_report_inputs
 from lvlm_lens.run.runner import BaselineCache, run_attribution
@@ -101,7 +101,7 @@ def versions() -> dict[str, str]:
 
 
 def run_summary(
-    opts: RunOptions, model: HookedLVLM, infos: list[dict], kept: list[int],
+    opts: RunOptions, model: HookedLVLM, examples: list[AttributedExample],
     result: AttributionResult,
 ) -> dict[str, Any]:
     """What ``summary.json`` records: model, data, accuracy, fit quality, top heads, options."""
@@ -112,10 +112,10 @@ def run_summary(
         "model_label": model_label(opts),
         "heads": [model.cfg.n_layers, model.cfg.n_heads],
         "data": opts.data or "synthetic",
-        "n_examples": len(infos),
-        "n_kept": len(kept),
-        "accuracy": sum(i["correct"] for i in infos) / len(infos),
-        "wrong_examples": [i["id"] for i in infos if not i["correct"]],
+        "n_examples": len(examples),
+        "n_kept": sum(e.attributed for e in examples),
+        "accuracy": sum(e.correct for e in examples) / len(examples),
+        "wrong_examples": [e.id for e in examples if not e.correct],
         "fit": {
             "pooled_r": result.pooled_r,
             "pooled_r2": result.pooled_r2,
@@ -148,25 +148,24 @@ def run_notes(opts: RunOptions, summary: dict[str, Any]) -> list[str]:
 def compare(
     model: HookedLVLM,
     opts: RunOptions,
-    records: list[Any],
-    subset: list[int],
+    examples: list[AttributedExample],
     result: AttributionResult,
     baselines: BaselineCache,
-    engines: dict[int, Any] | None = None,
+    engines: dict[int, AblationEngine] | None = None,
     checkpoints: CheckpointFiles | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Curves], RandomBand | None, BaselineCheck]:
-    """Head attribution against the other rankings, on the examples ``subset`` whose
+    """Head attribution against the other rankings, on those of ``examples`` whose
     all-heads effect is large enough to normalise by (:func:`check_baseline`); the check is
     returned too. The masked runs' ``engines`` (by example index) are reused, and every
     finished piece is kept in ``checkpoints`` for a resumed run."""
     cfg = opts.attribution
-    inputs = prepare_records(model, [records[i] for i in subset], opts.answer_rule)
+    inputs = prepare_records(model, [e.record for e in examples], opts.answer_rule)
     bases = [baselines(x) for x in inputs]
-    engines = [(engines or {}).get(i) or build_engine(model, x, b, cfg)
-               for i, x, b in zip(subset, inputs, bases, strict=True)]
-    keys = [f"{i}-{row_key(records[i])}" for i in subset]  # a changed row: new pieces
-    check = check_baseline(model, inputs, bases, cfg.ablation, cfg.metric, engines=engines,
-                           checkpoints=checkpoints, keys=keys)
+    engines = [(engines or {}).get(e.index)
+               or build_engine(model, x, b, cfg.ablation, cfg.metric, cfg.batch_size)
+               for e, x, b in zip(examples, inputs, bases, strict=True)]
+    keys = [f"{e.index}-{e.row}" for e in examples]  # a changed row: new pieces
+    check = check_baseline(model, engines, checkpoints=checkpoints, keys=keys)
     if not check.kept:
         return {}, {}, None, check
     return *compare_rankings(
@@ -201,14 +200,14 @@ def run_job(opts: RunOptions, *, overwrite: bool = False,
     )
     if run is None:
         return None
-    summary = run_summary(opts, model, run.infos, run.kept, run.result)
+    summary = run_summary(opts, model, run.examples, run.result)
     summary["seconds_attribution"] = time.time() - t0
     summary["warnings"] = run_notes(opts, summary)
     outcome = RunOutcome(run, summary, list(summary["warnings"]))
     if opts.rankings:
         t1 = time.time()
         outcome.rankings, outcome.curves, outcome.band, check = compare(  # reusing the masked
-            model, opts, records, run.kept[:curve_examples], run.result, run.baselines,  # runs'
+            model, opts, run.attributed[:curve_examples], run.result, run.baselines,  # runs'
             run.engines, CheckpointFiles(run.out / "comparison"),  # a resume skips what is done
         )
         summary["baseline_check"] = check.summary()
@@ -221,7 +220,9 @@ def run_job(opts: RunOptions, *, overwrite: bool = False,
             for n, c in outcome.curves.items()
         }
         summary["seconds_comparison"] = time.time() - t1
-    outcome.views = example_views(model, records, run.infos, run.kept, run.result.top_heads(3))
+    shown = run.attributed[:4]
+    outcome.views = example_views(model, [e.record for e in shown], [e.prediction for e in shown],
+                                  run.result.top_heads(3))
     save_report_inputs(run.out, outcome.report_data())
     write_report(run.out, outcome.report_data())
     return outcome

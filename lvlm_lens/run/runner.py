@@ -19,7 +19,6 @@ from tqdm.auto import tqdm
 from lvlm_lens.attribution.head_attribution import build_engine, check_config, fit_result
 from lvlm_lens.attribution.regression import sample_masks
 from lvlm_lens.errors import RunError
-from lvlm_lens.files import atomic_json
 from lvlm_lens.interventions.ablation import (
     BaselineKV,
     compute_baseline,
@@ -33,7 +32,7 @@ from lvlm_lens.run.distributed import Shard, current_shard
 from lvlm_lens.run.examples import prepare_record
 from lvlm_lens.run.fingerprint import row_key
 from lvlm_lens.run.options import RunOptions
-from lvlm_lens.run.outcome import AttributionRun
+from lvlm_lens.run.outcome import AttributedExample, AttributionRun, attributed_examples
 from lvlm_lens.run.preflight import check_mask_memory
 from lvlm_lens.run.store import (
     check_out_dir,
@@ -46,6 +45,7 @@ from lvlm_lens.run.store import (
     read_metrics,
     read_predictions,
     save_chunk,
+    save_prediction,
     wait_timeout,
 )
 
@@ -147,17 +147,12 @@ def run_shard(
             changed.append(row_label(rec, i))
         if info is None:
             guess = predict(model, inp)
-            info = {
-                "index": i,
-                "id": rec.id,
-                "answer": rec.answer,
-                "answer_id": int(inp.answer_ids[0]),
-                "prediction_id": guess,
-                "prediction": model.tokenizer.convert_ids_to_tokens(guess),
-                "correct": guess == int(inp.answer_ids[0]),
-                "row": row,
-            }
-            atomic_json(info, prediction_path(out, i))
+            example = AttributedExample.predicted(
+                i, rec, int(inp.answer_ids[0]), guess,
+                model.tokenizer.convert_ids_to_tokens(guess), row,
+            )
+            save_prediction(out, example)
+            info = example.to_json()
         if not (info["correct"] or opts.keep_wrong):
             bar.update(masks.shape[0])
             continue
@@ -165,7 +160,7 @@ def run_shard(
         bar.update(masks.shape[0] - sum(int(metas[i][c]["n_masks"]) for c in todo))
         if not todo:
             continue
-        engine = build_engine(model, inp, baselines(inp), cfg)
+        engine = build_engine(model, inp, baselines(inp), cfg.ablation, cfg.metric, cfg.batch_size)
         for c in todo:
             part = masks[c * size : (c + 1) * size]
             save_chunk(out, i, c, engine.run(part, progress=False)[0], metas[i][c])
@@ -261,4 +256,6 @@ def run_attribution(
     )
     result.save(out / "attribution")
     result.to_csv(out / "attribution.csv")
-    return AttributionRun(out, result, infos, kept, metrics, masks, baselines, engines)
+    rows = [m[0]["row"] if m else "" for m in metas.values()]
+    examples = attributed_examples(records, infos, rows, kept, result)
+    return AttributionRun(out, result, examples, metrics, masks, baselines, engines)

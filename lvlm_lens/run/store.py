@@ -30,6 +30,7 @@ from lvlm_lens.run.distributed import Shard
 from lvlm_lens.run.fingerprint import run_fingerprint
 from lvlm_lens.run.lock import LOCK_NAME, acquire_lock
 from lvlm_lens.run.options import RunOptions
+from lvlm_lens.run.outcome import AttributedExample
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -179,6 +180,13 @@ def load_prediction(out: Path, example: int, row: str | None = None) -> dict | N
         path.unlink(missing_ok=True)
         return None
     return info if row is None or info.get("row") == row else None
+
+
+def save_prediction(out: Path, example: AttributedExample) -> None:
+    """Write an example's prediction (:meth:`AttributedExample.to_json`), atomically."""
+    path = prediction_path(out, example.index)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_json(example.to_json(), path)
 
 
 def forget_example(out: Path, example: int) -> None:

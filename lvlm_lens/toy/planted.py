@@ -152,7 +152,7 @@ def rank_heads(
     """
     model, inp, base = circuit.model, circuit.inp, circuit.baseline
     config = AttributionConfig(n_masks=n_masks, seed=seed)
-    engine = build_engine(model, inp, base, config)
+    engine = build_engine(model, inp, base, config.ablation, config.metric, config.batch_size)
     result = head_attribution(model, inp, config, baseline=base, progress=False)
     return {
         "head_attribution": result.importance.mean(0).float(),

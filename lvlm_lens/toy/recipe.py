@@ -21,7 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from lvlm_lens.data import CLASSES, IMAGE_QUESTIONS, TEXT_QUESTIONS, SyntheticExample
+from lvlm_lens.data import (
+    CLASSES,
+    IMAGE_QUESTIONS,
+    TEXT_QUESTIONS,
+    SyntheticExample,
+    generate_from_rng,
+)
 from lvlm_lens.data.questions import (
     ATTRIBUTE_QUESTIONS,
     ATTRIBUTES,
@@ -29,7 +35,6 @@ from lvlm_lens.data.questions import (
     attribute_image_prompt,
     attribute_text_prompt,
 )
-from lvlm_lens.data.synthetic import generate_from_rng
 
 #: Training tasks: ``"shape"`` (name the object, the bundled toy) or ``"attributes"`` (its
 #: shape, colour, size or background, the science toy).

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from lvlm_lens.data import patch_grid_mask
+from lvlm_lens.data import Record, patch_grid_mask
 from lvlm_lens.model.families import FAMILIES
+from lvlm_lens.model.hooked_lvlm import HookedLVLM
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.viz.figures import ExampleView
 from lvlm_lens.viz.patches import head_attention, image_grids
 
 
 def patch_attention(
-    model: Any, inp: LVLMInput, heads: list[tuple[int, int]]
+    model: HookedLVLM, inp: LVLMInput, heads: list[tuple[int, int]]
 ) -> dict[str, np.ndarray]:
     """Attention from the final token to the (base-tile) image patches of some heads."""
     grid = image_grids(inp, 0)[0]
@@ -44,20 +45,20 @@ def load_view_image(path: Path) -> Image.Image:
 
 
 def example_views(
-    model: Any,
-    records: list[Any],
-    infos: list[dict],
-    kept: list[int],
+    model: HookedLVLM,
+    records: Sequence[Record],
+    predictions: Sequence[str],
     heads: list[tuple[int, int]],
-    n: int = 4,
 ) -> list[ExampleView]:
-    """A few examples with the top heads' attention over their patches (none where the image
-    is read by cross-attention layers, Llama 3.2 Vision: its image side is not in the
-    sequence, so there is no patch grid of sequence positions to draw yet)."""
+    """Examples (records and the model's predicted answers) with the top heads' attention over
+    their patches (none where the image is read by cross-attention layers, Llama 3.2 Vision:
+    its image side is not in the sequence, so there is no patch grid of sequence positions to
+    draw yet)."""
+    if len(predictions) != len(records):
+        raise ValueError(f"got {len(predictions)} predictions for {len(records)} records")
     in_sequence = model.cfg.decoder.cross_attention is None
     views = []
-    for i in kept[:n]:
-        rec = records[i]
+    for rec, prediction in zip(records, predictions, strict=True):
         inp = model.prepare(rec.image, rec.prompt)
         image = rec.load_image()
         size = getattr(model.vision.config.vision_config, "image_size", None)
@@ -73,7 +74,7 @@ def example_views(
             ExampleView(
                 image,
                 str(rec.answer),
-                infos[i]["prediction"],
+                prediction,
                 patch_attention(model, inp, heads) if in_sequence else {},
                 obj,
             )

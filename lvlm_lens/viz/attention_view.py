@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float
 
+from lvlm_lens.model.hooked_lvlm import HookedLVLM
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.viz.patches import image_grids, on_image_tokens
 
@@ -88,7 +89,7 @@ def image_groups(
 
 @torch.no_grad()
 def collapsed_attention(
-    model: Any,
+    model: HookedLVLM,
     inp: LVLMInput,
     heads: Sequence[tuple[int, int]],
     *,
@@ -136,7 +137,7 @@ def collapsed_attention(
     return CollapsedAttention(np.stack(out).astype(np.float32), tokens, list(heads), members)
 
 
-def attention_view(model: Any, inp: LVLMInput, heads: Sequence[tuple[int, int]], *,
+def attention_view(model: HookedLVLM, inp: LVLMInput, heads: Sequence[tuple[int, int]], *,
                    index: int = 0, groups: dict[str, list[int]] | None = None) -> Any:
     """The circuitsvis view of :func:`collapsed_attention` (renders in a notebook)."""
     return collapsed_attention(model, inp, heads, index=index, groups=groups).render()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,6 +20,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor
 
+from lvlm_lens.model.hooked_lvlm import HookedLVLM
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.viz.patches import draw_overlay, image_grids, model_view
 from lvlm_lens.viz.plots import PALETTE, new_figure
@@ -116,7 +116,7 @@ class LogitLens:
 
 @torch.no_grad()
 def logit_lens(
-    model: Any, inp: LVLMInput, candidates: Sequence[str], index: int = 0
+    model: HookedLVLM, inp: LVLMInput, candidates: Sequence[str], index: int = 0
 ) -> LogitLens:
     """Read every layer's residual stream through the final norm and the unembedding.
 

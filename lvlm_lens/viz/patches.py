@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from lvlm_lens.model.families import FAMILIES
+from lvlm_lens.model.hooked_lvlm import HookedLVLM
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.model.linear_attention import write_weights
 from lvlm_lens.model.vision import CLS, NEWLINE
@@ -177,7 +178,7 @@ def query_position(inp: LVLMInput, query: str | int, index: int = 0) -> int:
     return query % n
 
 
-def on_image_tokens(model: Any, inp: LVLMInput, index: int,
+def on_image_tokens(model: HookedLVLM, inp: LVLMInput, index: int,
                     pattern: Float[np.ndarray, "q image_pos"]) -> Float[np.ndarray, "q pos"]:
     """A cross-attention head's pattern over one example's image side as attention to its
     ``<|image|>`` tokens (each image's states summed onto its token; the image side's blocks
@@ -196,7 +197,7 @@ def on_image_tokens(model: Any, inp: LVLMInput, index: int,
 
 @torch.no_grad()
 def head_attention(
-    model: Any,
+    model: HookedLVLM,
     inp: LVLMInput,
     heads: Sequence[tuple[int, int]],
     query: str | int = "final",
@@ -243,7 +244,7 @@ def head_attention(
 
 
 def attention_overlay(
-    model: Any,
+    model: HookedLVLM,
     inp: LVLMInput,
     heads: Sequence[tuple[int, int]],
     *,

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lvlm_lens import HookedLVLM
+from lvlm_lens.attribution.head_attribution import build_engine
 from lvlm_lens.data import synthetic_records
 from lvlm_lens.interventions.ablation import HeadAblation, compute_baseline, head_ablation_hooks
 from lvlm_lens.interventions.baseline_check import (
@@ -61,7 +62,8 @@ def test_check_matches_the_reference_hooks(baseline):
     cfg = HeadAblation(baseline=baseline)
     inputs = [model.prepare(r.image, r.prompt, answers=r.answer) for r in records]
     bases = [compute_baseline(model, x, cfg, reference_images=refs) for x in inputs]
-    check = check_baseline(model, inputs, bases, cfg, "logit")
+    check = check_baseline(model, [build_engine(model, x, b, cfg, "logit")
+                                   for x, b in zip(inputs, bases, strict=True)])
     every = torch.ones(model.cfg.n_layers, model.cfg.n_heads, dtype=torch.bool)
     with torch.no_grad():
         for i, (x, b) in enumerate(zip(inputs, bases, strict=True)):
@@ -83,13 +85,15 @@ def test_check_matches_the_reference_hooks(baseline):
     assert repr(baseline) in baseline_note(check, baseline)
 
 
-def test_check_refuses_batches_and_mismatched_baselines(tiny_checkpoint):
+def test_check_refuses_batch_engines_and_mismatched_keys(tiny_checkpoint):
     model = HookedLVLM.from_pretrained(tiny_checkpoint("llava-llama"))
     rec = synthetic_records(2, seed=1)
     inp = model.prepare([r.image for r in rec], [r.prompt for r in rec])
     cfg = HeadAblation(baseline="zero")
     base = compute_baseline(model, inp, cfg)
-    with pytest.raises(ValueError, match="one-example inputs"):
-        check_baseline(model, [inp], [base], cfg)
-    with pytest.raises(ValueError, match="1 baselines for 2 inputs"):
-        check_baseline(model, [inp, inp], [base], cfg)
+    engine = build_engine(model, inp, base, cfg)
+    with pytest.raises(ValueError, match="one-example engines, got an engine on a batch of 2"):
+        check_baseline(model, [engine])
+    one = build_engine(model, inp.select(0), compute_baseline(model, inp.select(0), cfg), cfg)
+    with pytest.raises(ValueError, match="got 1 keys for 2 engines"):
+        check_baseline(model, [one, one], keys=["a"])

@@ -26,7 +26,7 @@ def test_prepared_records_and_built_engines_match_the_direct_calls(model):  # no
                             ablation=HeadAblation(baseline="blank"))  # fmt: skip
     base = compute_baseline(model, inputs[0], cfg.ablation)
     masks = sample_masks(40, model.cfg.n_layers, model.cfg.n_heads, 0.3, 1)
-    engine = build_engine(model, inputs[0], base, cfg)
+    engine = build_engine(model, inputs[0], base, cfg.ablation, cfg.metric, cfg.batch_size)
     assert engine.batch_size == 7
     direct = AblationEngine(model, inputs[0], base, cfg.ablation, "logprob", 7)
     assert torch.equal(engine.run(masks, progress=False), direct.run(masks, progress=False))

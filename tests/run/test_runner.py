@@ -108,7 +108,7 @@ def test_wrong_answers_are_excluded_and_reported(model, tmp_path):
     recs[1].answer = wrong
     res = run_attribution(model, recs, options(tmp_path), reference_images=[noise_image(20, 20, 9)])
     assert res.kept == [0, 2]
-    assert res.infos[1]["correct"] is False
+    assert res.examples[1].correct is False and not res.examples[1].attributed
     assert res.result.example_ids == ["ex0", "ex2"]
     kept = run_attribution(model, recs, options(tmp_path / "k", keep_wrong=True),
                            reference_images=[noise_image(20, 20, 9)])
