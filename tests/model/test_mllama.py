@@ -19,8 +19,10 @@ from transformers.models.mllama.processing_mllama import (
 )
 
 from lvlm_lens import HookedLVLM
+from lvlm_lens.attribution.regression import sample_masks
 from lvlm_lens.interventions import (
     AblationEngine,
+    BaselineKV,
     HeadAblation,
     ablate_heads,
     compute_baseline,
@@ -245,19 +247,67 @@ def test_ablating_every_cross_attention_head_makes_the_answer_the_baseline_image
 @pytest.mark.parametrize("baseline", ["blank", "zero", "image", "mean"])
 @pytest.mark.parametrize("scope", ["text", "all"])
 def test_the_engine_is_the_reference_on_cross_attention(pair, inp, baseline, scope):
-    """No prefix cache through cross-attention yet: the engine runs the reference hooks per
-    mask (random masks over self- and cross-attention heads, a padded batch)."""
+    """The engine (image-side K/V computed once per example: in the prefix cache under scope
+    text, in the cross input under full sequences; the baseline image's side the alternative)
+    = the reference hooks, on random masks over self- and cross-attention heads (dense: half
+    the heads; sparse: one or two heads, the gathered path), a padded batch."""
     model, _, _ = pair
     config = HeadAblation(baseline=baseline, scope=scope)
     kw = {"image": dict(baseline_image=noise_image(16, 16, 7)),
           "mean": dict(reference_images=[noise_image(16, 16, 8), noise_image(24, 24, 9)])}
     base = compute_baseline(model, inp, config, progress=False, **kw.get(baseline, {}))
     gen = torch.Generator().manual_seed(0)
-    masks = torch.rand(3, model.cfg.n_layers, model.cfg.n_heads, generator=gen) < 0.5
-    ref = run_reference(model, inp, masks, base, config, progress=False)
-    out = AblationEngine(model, inp, base, config, batch_size=2).run(masks, progress=False)
-    assert (out - ref).abs().max() <= 1e-4
-    assert (ref[:, 1:] - ref[:, :1]).abs().max() > 1e-4  # the masks matter
+    shape = (model.cfg.n_layers, model.cfg.n_heads)
+    dense = torch.rand(3, *shape, generator=gen) < 0.5
+    sparse = torch.zeros(8, *shape, dtype=torch.bool)
+    for j, (layer, head) in enumerate([(1, 0), (3, 3), (1, 2), (0, 1), (3, 0), (2, 2)]):
+        sparse[j, layer, head] = True
+    sparse[6, CROSS_LAYERS[0], 1] = sparse[6, CROSS_LAYERS[1], 2] = True  # row 7: none
+    for masks, batch in ((dense, 2), (sparse, 8)):
+        ref = run_reference(model, inp, masks, base, config, progress=False)
+        out = AblationEngine(model, inp, base, config, batch_size=batch).run(masks,
+                                                                             progress=False)
+        assert (out - ref).abs().max() <= 1e-4
+        assert (ref[:, 1:] - ref[:, :1]).abs().max() > 1e-4  # the masks matter
+    assert (ref[:, 0] - ref[:, -1]).abs().max() > 1e-4  # one cross head matters
+
+
+def _one_example(model, inp, base, i):
+    """Example ``i``'s part of a batch's baseline: its sequence columns, and on the cross
+    layers the columns of its own images (the batch's first ones)."""
+    ex = inp.select(i)
+    off, n = inp.shape[1] - ex.shape[1], ex.images_per_example[0] * MAX_TILES
+    image = slice(None, n * model.vision.per_tile)
+    cols = [image if la in CROSS_LAYERS else slice(off, None) for la in range(len(base.keys))]
+    sub = BaselineKV([k[i : i + 1, :, c] for k, c in zip(base.keys, cols, strict=True)],
+                     [v[i : i + 1, :, c] for v, c in zip(base.values, cols, strict=True)],
+                     base.source[i : i + 1, off:])  # fmt: skip
+    return ex, sub
+
+
+@pytest.mark.parametrize("scope", ["text", "all"])
+def test_the_engine_is_the_reference_with_one_and_two_images(pair, scope):
+    """Examples with one and two images (the image side of the one-image example is shorter
+    than the batch's): each example's cross layers read its own images' baseline. The engine
+    runs each example alone, so it is the reference run on each example alone with its part of
+    the batch's baseline: in HF's padded batch the tokens before the one-image example's image
+    read the whole image side, the other example's second image slot (padding) included, so
+    that example's batch logits differ from its own (HF's, too)."""
+    model, _, _ = pair
+    images = [[IMAGES[0]], [noise_image(20, 20, 3), IMAGES[1]]]
+    prompts = [PROMPTS[0], "USER: <image> and <image>\nwhat is this ? ASSISTANT:"]
+    inp = model.prepare(images, prompts, answers=["star", "circle"])
+    assert inp.images_per_example == [1, 2]
+    config = HeadAblation(baseline="image", scope=scope)
+    base = compute_baseline(model, inp, config, baseline_image=noise_image(16, 16, 7),
+                            progress=False)  # fmt: skip
+    masks = sample_masks(12, model.cfg.n_layers, model.cfg.n_heads, rate=0.3, seed=4)
+    out = AblationEngine(model, inp, base, config, batch_size=5).run(masks, progress=False)
+    for i in range(2):
+        ex, sub = _one_example(model, inp, base, i)
+        ref = run_reference(model, ex, masks, sub, config, progress=False)[0]
+        assert (out[i] - ref).abs().max() <= 1e-4
+        assert ref.std() > 1e-3
 
 
 def _without_cross_attention(model, inp, queries, layers):
