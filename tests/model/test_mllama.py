@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformers import AutoProcessor
 from transformers.models.mllama.processing_mllama import (
     convert_sparse_cross_attention_mask_to_dense,
@@ -35,8 +36,9 @@ from lvlm_lens.interventions import (
 from lvlm_lens.model.attention import Attention
 from lvlm_lens.model.cross_attention import CrossAttention
 from lvlm_lens.model.families.mllama import cross_attention_tiles
+from lvlm_lens.model.generate import extend_input
 from lvlm_lens.testing.tiny_mllama import CROSS_LAYERS, MAX_TILES
-from tests.helpers import PROMPTS, hf_logits, noise_image
+from tests.helpers import PROMPTS, hf_kwargs, hf_logits, noise_image
 
 #: One tile and three tiles (1 x 3): different tile counts.
 IMAGES = [noise_image(16, 16, 1), noise_image(20, 50, 2)]
@@ -370,11 +372,81 @@ def test_knockout_sweep_is_the_reference_on_cross_attention(pair):
     assert sweep.abs().max() > 1e-4
 
 
+SEVERAL = (["USER: <image> and <image>\nwhat is this ? ASSISTANT:",
+            "USER: what is <image> this ? ASSISTANT:", "USER: what is this ? ASSISTANT:"],
+           [[IMAGES[0], noise_image(40, 24, 3)], IMAGES[1], None])
+
+
+def _greedy_by_hand(model, inp, n):
+    """Greedy continuation by full forwards over the growing input, no cache: each new token
+    reads the image side by the processor's tile rule on the grown sequence."""
+    new = inp.input_ids.new_zeros(len(inp), 0)
+    for _ in range(n):
+        logits = model(extend_input(inp, new, torch.ones_like(new)))
+        new = torch.cat([new, logits[:, -1].argmax(-1, keepdim=True)], 1)
+    return torch.cat([inp.input_ids, new], 1)
+
+
+@pytest.mark.parametrize("which", ["padded pair", "several images, a text-only row", "text"])
+def test_cached_generate_is_hf_s_and_the_uncached_one(pair, which):
+    """Generate with a KV cache (the cross layers' image K/V computed once, each new token
+    reading what the prompt's last token reads) = HF ``generate`` token for token = greedy by
+    full forwards; on two images of different tile counts (left-padded), on two images, one
+    image and a text-only row, and on text alone (no image: the cross layers add nothing)."""
+    model, reference, _ = pair
+    prompts, images = {"padded pair": (PROMPTS, IMAGES), "several images, a text-only row":
+                       SEVERAL, "text": (PROMPTS[1:], [None])}[which]  # fmt: skip
+    prompts = [p.replace("<image>", "") if im is None else p
+               for p, im in zip(prompts, images, strict=True)]  # fmt: skip
+    inp = model.prepare(images, prompts)
+    runs = []
+    handle = model.vision.vision_model.register_forward_hook(lambda *a: runs.append(1))
+    try:
+        ours = model.generate(inp, 6, stop_at_eos=False)
+    finally:
+        handle.remove()
+    assert len(runs) == (1 if inp.has_images else 0)  # the image side: once, not per step
+    with torch.no_grad():
+        theirs = reference.generate(**hf_kwargs(model, inp), max_new_tokens=6, do_sample=False,
+                                    eos_token_id=[], pad_token_id=model.tokenizer.pad_token_id)
+    assert torch.equal(ours, theirs)
+    assert torch.equal(ours, _greedy_by_hand(model, inp, 6))
+
+
+def test_generate_continues_our_and_tl_s_kv_cache(pair, inp):
+    """A frozen prefix cache after the last image (the rest of the prompt as tokens) and a
+    TransformerLens cache filled by one call and continued by another give the whole run's
+    tokens; the cross layers' cached K/V are the image side's, never extended."""
+    model, _, _ = pair
+    n = 3
+    whole = model.generate(inp, 2 * n, stop_at_eos=False, new_tokens_only=True)
+    cut = int(inp.groups["image"].float().argmax(-1).max()) + 1
+    cache = model.run_prefix(inp, cut)
+    suffix = model.generate(inp.input_ids[:, cut:], 2 * n, stop_at_eos=False, new_tokens_only=True,
+                            past_kv_cache=cache, attention_mask=inp.attention_mask[:, cut:])
+    assert torch.equal(suffix, whole) and cache.length == cut  # left frozen
+    n_img = model.layout(inp).cross.states.shape[1]
+    for layer in CROSS_LAYERS:
+        assert cache.keys[layer].shape[2] == n_img
+        assert torch.equal(cache.keys[layer], cache.cross.kv[layer][0])
+    tl = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(inp))
+    first = model.generate(inp, n, stop_at_eos=False, new_tokens_only=True, past_kv_cache=tl)
+    rest = model.generate(first[:, -1:], n, stop_at_eos=False, new_tokens_only=True,
+                          past_kv_cache=tl)
+    assert torch.equal(torch.cat([first, rest], 1), whole)
+    p = inp.shape[1]
+    assert tl.previous_attention_mask.shape == (len(inp), p + 2 * n - 1)
+    assert tl.entries[CROSS_LAYERS[0]].past_keys.shape[1] == n_img
+    assert tl.entries[0].past_keys.shape[1] == p + 2 * n - 1
+    # embeddings and our cache: the cache holds the image
+    embeds = model.embed(inp.input_ids[:, cut:].to(model.cfg.device))
+    assert torch.equal(model.generate(embeds, 2 * n, stop_at_eos=False, past_kv_cache=cache,
+                                      return_type="tokens")[:, -2 * n :], whole)
+
+
 def test_refusals(pair, inp):
     model, _, _ = pair
-    with pytest.raises(ValueError, match="cross-attention layers cannot continue a KV cache"):
-        model.run_prefix(inp, 4)
-    with pytest.raises(ValueError, match="re-runs the whole sequence each step"):
+    with pytest.raises(ValueError, match="the image is not in the embeddings"):
         model.generate(model.embed_input(inp), 2)
     embeds = model.vision(inp)
     with pytest.raises(ValueError, match="precomputed image embeddings are not supported"):
