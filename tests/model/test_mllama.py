@@ -372,6 +372,42 @@ def test_knockout_sweep_is_the_reference_on_cross_attention(pair):
     assert sweep.abs().max() > 1e-4
 
 
+@torch.no_grad()
+def test_tl_attn_names_of_a_cross_layer_are_its_cross_attn_hooks(pair, inp):
+    """TransformerLens' ``blocks.{l}.attn.hook_*`` of a cross-attention layer, by name or by
+    a filter function, in hooks and in cache filters, is its ``cross_attn.hook_*``; a point the
+    layer lacks is refused in one line; derived caches keep the lookup."""
+    model, _, _ = pair
+    layer = CROSS_LAYERS[0]
+    tl, ours = f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.cross_attn.hook_z"
+
+    def zero(z, hook):
+        return z * 0
+
+    want = model.run_with_hooks(inp, fwd_hooks=[(ours, zero)])
+    assert (want - model(inp)).abs().max() > 1e-3
+    for name in (tl, lambda n: n == tl):
+        assert torch.equal(model.run_with_hooks(inp, fwd_hooks=[(name, zero)]), want)
+        with model.hooks(fwd_hooks=[(name, zero)]):
+            assert torch.equal(model(inp), want)
+    full = model.run_with_cache(inp)[1]
+    for names in (tl, [tl, "hook_embed"], (tl,), lambda n: n == tl):
+        _, cache = model.run_with_cache(inp, names_filter=names)
+        assert ours in cache.cache_dict and torch.equal(cache[tl], full[ours])
+        assert torch.equal(cache["z", layer], full[ours])
+    missing = f"blocks.{layer}.attn.hook_rot_k"  # no rotary on the image side
+    for run in (lambda: model.run_with_hooks(inp, fwd_hooks=[(missing, zero)]),
+                lambda: model.run_with_cache(inp, names_filter=[missing])):  # fmt: skip
+        with pytest.raises(ValueError, match=r"cross-attention layer, which has no hook_rot_k"):
+            run()
+    sliced = full.apply_slice_to_batch_dim(1)
+    assert torch.equal(sliced[tl], full[ours][1]) and torch.equal(sliced["z", layer], full[ours][1])
+    assert torch.equal(full.to("cpu")[tl], full[ours])
+    one = model.run_with_cache(inp.select(0))[1]
+    z = one[ours][0]
+    assert torch.equal(one.remove_batch_dim()[tl], z)
+
+
 SEVERAL = (["USER: <image> and <image>\nwhat is this ? ASSISTANT:",
             "USER: what is <image> this ? ASSISTANT:", "USER: what is this ? ASSISTANT:"],
            [[IMAGES[0], noise_image(40, 24, 3)], IMAGES[1], None])
