@@ -38,7 +38,11 @@ memory per mask, share of the FLOP limit; ``--reduce 8`` to run it on a CPU): se
 
 ``--family qwen3.5`` / ``qwen3.5-moe`` runs 1, 2 and 4 on that family's random model
 (:func:`benchmarks.common.build_random_family`: Gated-DeltaNet layers, whose prefix cache is a
-recurrent state and conv tail per baseline side).
+recurrent state and conv tail per baseline side). ``--family mllama`` (Llama 3.2 Vision:
+the image is one ``<|image|>`` token, the 2308-state image side is read by the cross-attention
+layers) runs them too: there the engine's gain is less the shared text prefix (a few tokens)
+than the vision tower and the cross layers' image K/V, run once per example instead of once
+per mask by the reference.
 
 Run: ``python benchmarks/head_attribution.py [--threads 1]`` (about 3 minutes on 2 CPU cores;
 up to 7 with two threads while other jobs hold the cores). Results: ``docs/benchmarks.md``.
@@ -114,16 +118,28 @@ def baseline_of(model: Any, inp: Any, config: HeadAblation, image_size: int) -> 
     return compute_baseline(model, inp, config, reference_images=refs)
 
 
+def image_tokens(model: Any, inp: Any) -> str:
+    """What the prefix holds: text and image tokens, or (cross-attention layers) text and the
+    image token, with the image side the cross layers read beside it."""
+    cross = model.layout(inp).cross
+    if cross is None:
+        return f"text + {int(inp.groups['image'].sum())} image"
+    side = cross.states.shape[1]
+    return f"text + the image token; an image side of {side} states read by cross-attention"
+
+
 def plain_suffix(model: Any, engine: AblationEngine, batch: int) -> Callable[[], torch.Tensor]:
     """A plain forward of the engine's suffix, ``batch`` rows against its cached prefix (clean
-    keys/values only, no switch), unembedding the final position."""
+    keys/values only, no switch, the engine's layout: cross-attention layers read the image
+    side), unembedding the final position."""
     st = engine._example(0)
     cache = replace(st.cache, alt_keys=None, alt_values=None, alt_states=None)
     x, mask = st.x.expand(batch, -1, -1), st.mask.expand(batch, -1)
+    layout = st.layout.expand(batch)
 
     @torch.no_grad()
     def run() -> torch.Tensor:
-        resid, _ = model.run_blocks(x, mask, cache)
+        resid, _ = model.run_blocks(x, mask, cache, layout=layout)
         return model.unembed(model.ln_final(resid[:, -1]))
 
     return run
@@ -192,7 +208,8 @@ def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--family", default="llava", choices=["llava", "qwen3.5", "qwen3.5-moe"],
+    parser.add_argument("--family", default="llava", choices=["llava", "qwen3.5", "qwen3.5-moe",
+                                                           "mllama"],
                         help="another family's random model (benchmarks.common."
                              "build_random_family; 1, 2 and 4 only)")
     model_arguments(parser)
@@ -425,7 +442,8 @@ def main() -> None:
     print(
         f"model: {args.family}, {L} layers, d_model {args.d_model}, {H} heads, d_mlp "
         f"{args.d_mlp}, vocab {model.cfg.d_vocab}; vision 2 x 256; fp32. prompt: {n_prefix} "
-        f"prefix tokens (text + 576 image) + {n_suffix} suffix tokens. scope text, baseline "
+        f"prefix tokens ({image_tokens(model, inp)}) + {n_suffix} suffix tokens. scope text, "
+        f"baseline "
         f"{args.baseline}, rate {args.rate}, {int(masks.sum())} of {masks.numel()} heads "
         f"ablated in {B} masks; allocator: {malloc}\n"
     )

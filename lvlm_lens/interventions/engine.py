@@ -15,6 +15,10 @@ and conv tail after the prefix, per baseline side (clean, and the layer run agai
 baseline's input at the source positions); each (mask, value head) continues one or the other.
 Under full sequences its ablated heads read a second run of the layer on the baseline's input at
 the source positions, as the reference hooks do.
+A cross-attention layer (Llama 3.2 Vision) reads the image side, not the sequence: its image
+keys/values are computed once per example (with the prefix cache under scope ``text``, in the
+example's cross input under full sequences) and its baseline alternative is the baseline
+image's side, all of it; each (mask, query head) reads one or the other.
 """
 
 from __future__ import annotations
@@ -61,6 +65,12 @@ class _Example:
     queries: Bool[Tensor, "1 pos"] | None = None  # full sequences, scope text: who reads it
 
 
+def _cross_layers(model: HookedLVLM) -> tuple[int, ...]:
+    """The gated cross-attention layers (Llama 3.2 Vision)."""
+    cross = model.cfg.decoder.cross_attention
+    return () if cross is None else cross.layers
+
+
 def clean_answers(model: HookedLVLM, inp: LVLMInput) -> Int[Tensor, " batch"]:
     """``inp.answer_ids``, or else the model's own greedy answer on the clean input."""
     if inp.answer_ids is not None:
@@ -77,7 +87,7 @@ def _prefix_cache(
     clean K/V, and the baseline's at the source positions as the alternative; a
     linear-attention layer (Qwen3.5): its clean state and conv tail, and as the alternative
     those of the layer run again on its input with the baseline's at the source positions."""
-    lin = model.cfg.decoder.linear_attention
+    lin, cross = model.cfg.decoder.linear_attention, _cross_layers(model)
     linear = () if lin is None else lin.layers
     inputs: dict[int, Tensor] = {}
 
@@ -90,10 +100,15 @@ def _prefix_cache(
         _, kvs = model.run_blocks(x, mask, layout=layout)
     cache = KVCache.from_run(kvs, mask, frozen=True)
     s, real = src[:, None, :, None], mask.bool()
-    cache.alt_keys = [c if la in linear else torch.where(s, b, c)
-                      for la, (b, c) in enumerate(zip(keys, cache.keys, strict=True))]
-    cache.alt_values = [c if la in linear else torch.where(s, b, c)
-                        for la, (b, c) in enumerate(zip(values, cache.values, strict=True))]
+
+    def alt(la: int, b: Tensor, c: Tensor) -> Tensor:
+        # a cross-attention layer's cached K/V: the image side, all of it the source
+        return c if la in linear else b if la in cross else torch.where(s, b, c)
+
+    cache.alt_keys = [alt(la, b, c) for la, (b, c) in enumerate(zip(keys, cache.keys,
+                                                                    strict=True))]
+    cache.alt_values = [alt(la, b, c) for la, (b, c) in enumerate(zip(values, cache.values,
+                                                                      strict=True))]
     if linear:
         cache.alt_states = [
             model.blocks[la].attn.state_after(
@@ -153,10 +168,19 @@ class AblationEngine:
         ex = self.inp.select(i)
         off = self.inp.shape[1] - ex.shape[1]
         src = base.source[i : i + 1, off:].to(model.cfg.device)
-        keys = [k[i : i + 1, :, off:] for k in base.keys]
-        values = [v[i : i + 1, :, off:] for v in base.values]
         x, mask = model.embed_input(ex), ex.attention_mask.to(model.cfg.device)
         answer, layout = self.answers[i : i + 1], model.layout(ex)
+        cross = _cross_layers(model)
+        if cross and layout.cross is not None:  # the image side's K/V, once per example
+            layout.cross.kv = {la: model.blocks[la].cross_attn.image_kv(layout.cross.states,
+                                                                       hooked=False)
+                               for la in cross}  # fmt: skip
+        # a cross-attention layer's baseline: the example's image side (its images' columns,
+        # the batch's first ones), not sequence columns
+        cols = [slice(None, layout.cross.kv[la][0].shape[2]) if la in cross
+                else slice(off, None) for la in range(len(base.keys))]  # fmt: skip
+        keys = [k[i : i + 1, :, c] for k, c in zip(base.keys, cols, strict=True)]
+        values = [v[i : i + 1, :, c] for v, c in zip(base.values, cols, strict=True)]
         cut = int(src[0].nonzero().max()) + 1
         if self.config.scope == "all" or layout.splits_block(cut):
             queries = None
@@ -167,7 +191,10 @@ class AblationEngine:
         else:
             cache = _prefix_cache(model, x[:, :cut], mask[:, :cut],
                                   layout.cols(slice(None, cut)), src[:, :cut],
-                                  [k[:, :, :cut] for k in keys], [v[:, :, :cut] for v in values])
+                                  [k if la in cross else k[:, :, :cut]
+                                   for la, k in enumerate(keys)],
+                                  [v if la in cross else v[:, :, :cut]
+                                   for la, v in enumerate(values)])  # fmt: skip
             state = _Example(x[:, cut:], mask[:, cut:], answer, layout.cols(slice(cut, None)),
                              cache=cache)
         self._examples[i] = state
@@ -176,8 +203,6 @@ class AblationEngine:
     @torch.no_grad()
     def run_batch(self, i: int, masks: Bool[Tensor, "batch n_layers n_heads"]) -> Tensor:
         """Metric of example ``i`` under each mask of one batch (``True`` = head ablated)."""
-        if self.model.cfg.decoder.cross_attention is not None:
-            return self._run_reference_batch(i, masks)
         st = self._example(i)
         b = masks.shape[0]
         x, mask = st.x.expand(b, -1, -1), st.mask.expand(b, -1)
@@ -188,26 +213,6 @@ class AblationEngine:
                                          layout=st.layout.expand(b))
         logits = self.model.unembed(self.model.ln_final(resid[:, -1]))
         return self.metric(logits, st.answer.expand(b))
-
-    @torch.no_grad()
-    def _run_reference_batch(self, i: int, masks: Tensor) -> Tensor:
-        """The fallback of :meth:`run_batch` (cross-attention: no prefix cache
-        yet): one hooked run per mask."""
-        model, base = self.model, self.baseline
-        ex = self.inp.select(i)
-        off = self.inp.shape[1] - ex.shape[1]
-        cross = model.cfg.decoder.cross_attention
-        cross = () if cross is None else cross.layers  # image-side K/V: no sequence columns
-        cols = [slice(None) if j in cross else slice(off, None) for j in range(len(base.keys))]
-        sub = BaselineKV([k[i : i + 1, :, c] for k, c in zip(base.keys, cols, strict=True)],
-                         [v[i : i + 1, :, c] for v, c in zip(base.values, cols, strict=True)],
-                         base.source[i : i + 1, off:])
-        out = []
-        for m in masks:
-            hooks = head_ablation_hooks(model, ex, m, sub, self.config.scope)
-            logits = final_logits(model.run_with_hooks(ex, fwd_hooks=hooks))
-            out.append(self.metric(logits, self.answers[i : i + 1]))
-        return torch.cat(out)
 
     def run(
         self,

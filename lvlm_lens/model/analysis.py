@@ -37,6 +37,14 @@ from lvlm_lens.model.linear_refusal import LinearAwareDict
 _BRIDGE_NAME = re.compile(r"^blocks\.(\d+)\.attn\.hook_([qkv])_input$")
 #: TransformerLens' name of an attention hook, ``blocks.{l}.attn.hook_*``.
 _ATTN_NAME = re.compile(r"^blocks\.(\d+)\.attn\.(hook_\w+)$")
+#: A cross-attention layer's attention hook, ``blocks.{l}.cross_attn.hook_*``.
+_CROSS_NAME = re.compile(r"^blocks\.(\d+)\.cross_attn\.(hook_\w+)$")
+
+
+def tl_attn_name(name: str) -> str:
+    """TransformerLens' name (``blocks.{l}.attn.hook_*``) of a cross-attention layer's hook
+    ``blocks.{l}.cross_attn.hook_*``; any other name unchanged."""
+    return _CROSS_NAME.sub(r"blocks.\1.attn.\2", name)
 
 
 def resolve_hook_name(name: Any) -> Any:
@@ -172,20 +180,33 @@ class AnalysisMixin:
                              "another hook point or leave that layer out")
         return name
 
-    def _resolve(self, name: Any) -> Any:
+    def _resolve(self, name: Any, strict: bool = False) -> Any:
         """TL 4's split-input names, and TL's ``blocks.{l}.attn.hook_*`` on a cross-attention
-        layer (its hooks are ``cross_attn.hook_*``), as the names they stand for here."""
+        layer (its hooks are ``cross_attn.hook_*``), as the names they stand for here; a name
+        filter function selects a cross-attention layer's hook when it accepts either name.
+        ``strict``: a TL name of a point the cross-attention layer lacks is refused."""
+        if callable(name):
+            return lambda n: bool(name(n)) or bool(name(tl_attn_name(n)))
         name = resolve_hook_name(name)
         m = _ATTN_NAME.match(name) if isinstance(name, str) else None
         if m and int(m.group(1)) < self.cfg.n_layers and self.attn_kind(int(m.group(1))) == "cross":
-            return f"blocks.{m.group(1)}.cross_attn.{m.group(2)}"
+            layer, point = m.groups()
+            out = f"blocks.{layer}.cross_attn.{point}"
+            if strict and out not in self.hook_dict:  # type: ignore[attr-defined]
+                have = sorted(n.rsplit(".", 1)[1] for n in self.hook_dict  # type: ignore[attr-defined]
+                              if n.startswith(f"blocks.{layer}.cross_attn."))  # fmt: skip
+                raise ValueError(f"{name}: layer {layer} is a cross-attention layer, which has "
+                                 f"no {point} (its attention hooks: blocks.{layer}.cross_attn."
+                                 f"{{{', '.join(have)}}})")
+            return out
         return name
 
     def add_hook(self, name: Any, hook: Any, *args: Any, **kwargs: Any) -> None:
         """As TransformerLens' ``add_hook``; TL 4's ``attn.hook_q_input`` names, and
         ``blocks.{l}.attn.hook_*`` on a cross-attention layer, accepted."""
-        super().add_hook(self._resolve(name), hook, *args, **kwargs)  # type: ignore[misc]
+        super().add_hook(self._resolve(name, strict=True), hook, *args,  # type: ignore[misc]
+                         **kwargs)  # fmt: skip
 
     def _enable_hook(self, name: Any, hook: Any, dir: str) -> None:
-        super()._enable_hook(self._resolve(name), hook, dir)  # type: ignore[misc]
+        super()._enable_hook(self._resolve(name, strict=True), hook, dir)  # type: ignore[misc]
 

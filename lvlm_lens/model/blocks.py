@@ -162,10 +162,7 @@ class TransformerBlock(nn.Module):
         cfg = self.cfg
         resid_pre = self.hook_resid_pre(x)
         if self.cross:
-            if past is not None or alt is not None:
-                raise ValueError("Llama 3.2 Vision's cross-attention layers cannot continue a KV "
-                                 "cache yet: run the whole sequence at once")
-            return self._gated_cross(resid_pre, cross)
+            return self._gated_cross(resid_pre, cross, past, alt)
         split = (cfg.use_attn_in or cfg.use_split_qkv_input) and not self.linear
         attn_in = self.per_head_inputs(resid_pre) if split else self.ln1(resid_pre)
         attn_out, kv = (self.attn(attn_in, cos, sin, mask, past, alt) if self.linear
@@ -186,16 +183,27 @@ class TransformerBlock(nn.Module):
         return self.hook_resid_post(resid_post), kv
 
     def _gated_cross(
-        self, resid_pre: Float[Tensor, "batch pos d_model"], cross: CrossInput | None
+        self,
+        resid_pre: Float[Tensor, "batch pos d_model"],
+        cross: CrossInput | None,
+        past: list[Segment] | None = None,
+        alt: SelfAlternative | None = None,
     ) -> tuple[Float[Tensor, "batch pos d_model"], KV | None]:
-        """A gated cross-attention layer (see the class docstring)."""
+        """A gated cross-attention layer (see the class docstring). ``past``: the image side's
+        keys / values as one cached segment (a KV cache), maybe with alternatives for the heads
+        it selects; ``alt``: alternative image-side keys / values for the heads it selects
+        (every image-side state is a source; ``alt.src`` is not read)."""
         if cross is None:  # no image in the run: HF skips the layer
             zero = torch.zeros_like(resid_pre)
             resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(zero))
             return self.hook_resid_post(resid_mid + self.hook_mlp_out(zero.clone())), None
         b, s, _ = resid_pre.shape
+        seg = None if past is None else past[0]
         kv = None if cross.kv is None else cross.kv.get(self.layer)
-        attn, kv = self.cross_attn(self.ln1(resid_pre), cross, kv)
+        if seg is None and alt is not None:
+            k, v = kv if kv is not None else self.cross_attn.image_kv(cross.states)
+            seg = Segment(k, v, alt.k, alt.v, alt.select, queries=alt.queries)
+        attn, kv = self.cross_attn(self.ln1(resid_pre), cross, kv, seg)
         gate = self.hook_attn_gate(self.attn_gate.tanh().expand(b, s, 1).clone())
         resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(gate * attn))
         mlp = cross.rows[..., None] * self.mlp(self.ln2(resid_mid))

@@ -38,7 +38,25 @@ def position_axis(name: str) -> int:
 
 class LVLMActivationCache(ActivationCache):
     """TransformerLens' ``ActivationCache``; a name of TL's for a cross-attention layer's
-    attention hooks (``blocks.{l}.attn.hook_*``) reads that layer's ``cross_attn.hook_*``."""
+    attention hooks (``blocks.{l}.attn.hook_*``) reads that layer's ``cross_attn.hook_*``, and a
+    linear-attention layer's missing names are refused in one line; so do the caches its
+    methods derive (``apply_slice_to_batch_dim``, ``to``, ``remove_batch_dim``)."""
+
+    def __init__(self, cache_dict: dict, model: Any, has_batch_dim: bool = True):
+        if not isinstance(cache_dict, LinearAwareDict):
+            cache_dict = LinearAwareDict(cache_dict, model.cfg)
+        super().__init__(cache_dict, model, has_batch_dim=has_batch_dim)
+
+    def apply_slice_to_batch_dim(self, batch_slice: Any) -> LVLMActivationCache:
+        """As TransformerLens' (the sliced cache keeps these lookups)."""
+        out = super().apply_slice_to_batch_dim(batch_slice)
+        return LVLMActivationCache(out.cache_dict, self.model, has_batch_dim=out.has_batch_dim)
+
+    def to(self, device: Any) -> LVLMActivationCache:
+        """As TransformerLens' (the moved cache keeps these lookups)."""
+        super().to(device)
+        self.cache_dict = LinearAwareDict(self.cache_dict, self.model.cfg)
+        return self
 
     def __getitem__(self, key: Any) -> Tensor:
         try:
@@ -92,6 +110,14 @@ class CachingMixin:
             The cache dict, the forward hooks and the backward hooks (``(name, fn)`` pairs).
         """
         cache = {} if cache is None else cache
+        # TL's names of a cross-attention layer's hooks, as the names they stand for here
+        resolve = self._resolve  # type: ignore[attr-defined]
+        if isinstance(names_filter, str):
+            names_filter = resolve(names_filter, strict=True)
+        elif isinstance(names_filter, list | tuple | set):
+            names_filter = [resolve(n, strict=True) for n in names_filter]
+        elif callable(names_filter):
+            names_filter = resolve(names_filter)
         keep = _names_filter(names_filter)
         pos = Slice.unwrap(pos_slice)
         self.is_caching = True
@@ -105,7 +131,7 @@ class CachingMixin:
                 t = pos.apply(t, dim=axis)
             cache[hook.name + suffix] = t
 
-        if isinstance(names_filter, str | list | tuple | set):  # named: refused if it can't fire
+        if isinstance(names_filter, str | list):  # named: refused if it can't fire
             for n in [names_filter] if isinstance(names_filter, str) else names_filter:
                 refuse_if_off(self.cfg, n, self.hook_dict)
         names = [n for n in self.hook_dict if keep(n) and switch_off(self.cfg, n) is None]
@@ -137,7 +163,6 @@ class CachingMixin:
             remove_batch_dim=remove_batch_dim,
             **kwargs,
         )
-        if return_cache_object:
-            cache = LinearAwareDict(cache, self.cfg)  # a linear layer's hook_pattern: one line
+        if return_cache_object:  # a linear layer's hook_pattern: one line
             cache = LVLMActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
         return out, cache

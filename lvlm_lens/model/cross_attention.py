@@ -64,6 +64,20 @@ class CrossInput:
         return CrossInput(self.states, self.mask.expand(batch, -1, -1, -1),
                           self.rows.expand(batch, -1), self.kv)  # fmt: skip
 
+    def last(self, kv: dict[int, KV]) -> CrossInput:
+        """What the tokens after these read (a KV cache's continuation): the last column's
+        mask and row, which every later token repeats (HF's ``generate``), and the layers'
+        image keys / values ``kv``."""
+        return CrossInput(self.states, self.mask[:, :, -1:], self.rows[:, -1:], kv)
+
+    def continued(self, rows_per_example: int, pos: int) -> CrossInput:
+        """The cross input of ``pos`` new tokens after a cache holding this :meth:`last`, for
+        ``rows_per_example`` query rows per cached example (example-major)."""
+        r = rows_per_example
+        mask = self.mask.repeat_interleave(r, 0).expand(-1, -1, pos, -1)
+        return CrossInput(self.states, mask, self.rows.repeat_interleave(r, 0).expand(-1, pos),
+                          self.kv)  # fmt: skip
+
     def to(self, device: torch.device | str) -> CrossInput:
         """Move to ``device``."""
         kv = None if self.kv is None else {

@@ -43,7 +43,8 @@ def from_tl_cache(tl: TransformerLensKeyValueCache) -> KVCache:
     values = [e.past_values.transpose(1, 2) for e in tl.entries]
     nxt = getattr(tl, "lvlm_next_position", None)
     return KVCache(keys, values, tl.previous_attention_mask.long(), frozen=False,
-                   next_position=nxt, states=getattr(tl, "lvlm_states", None))
+                   next_position=nxt, states=getattr(tl, "lvlm_states", None),
+                   cross=getattr(tl, "lvlm_cross", None))
 
 
 def to_tl_cache(cache: KVCache, tl: TransformerLensKeyValueCache) -> None:
@@ -55,6 +56,7 @@ def to_tl_cache(cache: KVCache, tl: TransformerLensKeyValueCache) -> None:
     tl.previous_attention_mask = cache.attention_mask.clone()
     tl.lvlm_next_position = cache.start_positions()  # M-RoPE positions outrun the mask
     tl.lvlm_states = cache.states  # linear attention (Qwen3.5): no K/V, a recurrent state
+    tl.lvlm_cross = cache.cross  # cross-attention (Llama 3.2 Vision): what later tokens read
 
 
 def extend_input(
@@ -133,9 +135,10 @@ class GenerateMixin:
             freq_penalty: Subtracted from a token's temperature-divided logit once per
                 occurrence among the row's real text tokens so far (prompt and generated;
                 image placeholders and padding do not count).
-            use_past_kv_cache: Accepted for TransformerLens' signature; a cache is always used,
-                except with cross-attention layers (Llama 3.2 Vision), where each step re-runs
-                the whole sequence (no KV cache through them yet).
+            use_past_kv_cache: Accepted for TransformerLens' signature; a cache is always used
+                (with cross-attention layers, Llama 3.2 Vision, it holds their image keys /
+                values, computed once, and every new token reads what the prompt's last token
+                reads, as HF's ``generate``).
             prepend_bos: For text input, as in ``to_tokens``.
             padding_side: Ignored, as TransformerLens does for generation: a batch of texts
                 is left-padded so that each row's last token is its last real token.
@@ -194,11 +197,6 @@ class GenerateMixin:
         pad = self.tokenizer.pad_token_id
         pad = self.cfg.pad_token_id if pad is None else pad
 
-        uncached = self.cfg.decoder.cross_attention is not None  # no KV cache through it yet
-        if uncached and (embeds is not None or past_kv_cache is not None):
-            raise ValueError("generate with cross-attention layers re-runs the whole sequence "
-                             "each step: pass text, tokens or an LVLMInput, without embeddings "
-                             "or past_kv_cache")
         is_tl = isinstance(past_kv_cache, TransformerLensKeyValueCache)
         tl_cache = past_kv_cache if is_tl else None
         cache = from_tl_cache(tl_cache) if tl_cache is not None else past_kv_cache
@@ -206,10 +204,12 @@ class GenerateMixin:
             cache = None  # an empty TransformerLens cache: filled from the prompt
         elif cache is not None and cache.frozen:
             cache = replace(cache, frozen=False)  # extend a copy, leave the frozen one as is
-        if uncached:
-            running = inp
-            logits = self(inp)[:, -1]
-        elif embeds is not None:
+        cross = self.cfg.decoder.cross_attention is not None
+        if cross and embeds is not None and (cache is None or cache.cross is None):
+            raise ValueError("with cross-attention layers (Llama 3.2 Vision) the image is not in "
+                             "the embeddings: pass the LVLMInput, or a past_kv_cache from "
+                             "model.run_prefix(inp) holding its image")
+        if embeds is not None:
             mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=device)
             resid, kvs = self.run_blocks(self.hook_embed(embeds), mask, cache)
             if cache is None:
@@ -246,11 +246,7 @@ class GenerateMixin:
             done = done | torch.isin(nxt, eos)
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
-            if uncached:  # the prompt and the tokens so far, in full
-                running = extend_input(running, nxt[:, None], torch.ones_like(nxt[:, None]))
-                logits = self(running)[:, -1]
-            else:
-                logits = decode_step(self, nxt[:, None], cache)
+            logits = decode_step(self, nxt[:, None], cache)
         if tl_cache is not None and not tl_cache.frozen:
             to_tl_cache(cache, tl_cache)
 

@@ -261,6 +261,9 @@ class HookedLVLM(
                                 windowed_blocks=not spec.bidirectional_prefix, chunk=c)
             for w, c in set(kinds.values())
         }
+        cross = layout.cross  # cross-attention layers: the input's image side, or the cache's
+        if cross is None and cache is not None and cache.cross is not None:
+            cross = cache.cross.continued(r, s)
         new_kvs = []
         for layer, block in enumerate(self.blocks[:stop_at_layer]):
             if layer < start_at_layer:
@@ -289,8 +292,7 @@ class HookedLVLM(
             cos, sin = rotary[self.cfg.layer_types[layer] if per_type else None]
             deep = layout.deepstack
             extra = deep[layer] if deep is not None and layer < len(deep) else None
-            x, kv = block(x, cos, sin, masks[kinds[layer]], past, alt, extra, q_scale,
-                          layout.cross)
+            x, kv = block(x, cos, sin, masks[kinds[layer]], past, alt, extra, q_scale, cross)
             new_kvs.append(kv)
         return x, new_kvs
 
@@ -308,9 +310,6 @@ class HookedLVLM(
         self, input: LVLMInput | Tensor, length: int | None = None, *, frozen: bool = True
     ) -> tuple[Float[Tensor, "batch pos d_model"], KVCache]:
         """Like :meth:`run_prefix`, also returning the final residual stream of the prefix."""
-        if self.cfg.decoder.cross_attention is not None:
-            raise ValueError("Llama 3.2 Vision's cross-attention layers cannot continue a KV "
-                             "cache yet: run the whole sequence at once")
         inp = self._as_input(input)
         x, deep = self._embed(inp)
         x = x[:, :length]
@@ -321,7 +320,10 @@ class HookedLVLM(
                              "of one image attend to each other both ways: cut after the image")
         layout = layout.cols(slice(None, length))
         resid, kvs = self.run_blocks(x, mask, layout=layout)
-        return resid, KVCache.from_run(kvs, mask, frozen=frozen,
+        spec, cross = self.cfg.decoder.cross_attention, None
+        if spec is not None and layout.cross is not None:  # what the later tokens read
+            cross = layout.cross.last({la: kvs[la] for la in spec.layers})
+        return resid, KVCache.from_run(kvs, mask, frozen=frozen, cross=cross,
                                        next_position=layout.next_positions(mask))
 
 

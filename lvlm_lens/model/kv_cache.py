@@ -1,5 +1,5 @@
 """Key/value cache of a processed prefix, shareable by a batch of suffixes (with the recurrent
-state of any linear-attention layer)."""
+state of any linear-attention layer, and the image side cross-attention layers read)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+
+from lvlm_lens.model.cross_attention import CrossInput
 
 
 @dataclass
@@ -60,6 +62,11 @@ class KVCache:
             ``[batch, 0, pos, 0]``); ``None`` for a model without linear attention.
         alt_states: Per layer, the alternative state (e.g. built from the baseline's input at
             the image positions), read by the heads a ``HeadSwitch`` selects.
+        cross: With cross-attention layers (Llama 3.2 Vision), what the tokens after the prefix
+            read (:meth:`CrossInput.last <lvlm_lens.model.cross_attention.CrossInput.last>`):
+            the image side, its layers' image keys / values (``cross.kv``; those layers'
+            ``keys`` / ``values`` here are the same, ``[batch, kv_head, image_pos, d_head]``,
+            never extended) and the last prefix token's mask row; ``None`` otherwise.
     """
 
     keys: list[Float[Tensor, "batch kv_head pos d_head"]]
@@ -71,15 +78,16 @@ class KVCache:
     next_position: Int[Tensor, " batch"] | None = None
     states: list[RecurrentState | None] | None = None
     alt_states: list[RecurrentState | None] | None = None
+    cross: CrossInput | None = None
 
     @classmethod
     def from_run(
-        cls, kvs: list[LayerMemory], attention_mask: Int[Tensor, "batch pos"], **kwargs
+        cls, kvs: list[LayerMemory | None], attention_mask: Int[Tensor, "batch pos"], **kwargs
     ) -> KVCache:
         """The cache of a run's per-layer memories (``run_blocks``' second output)."""
         keys, values, states = [], [], []
         for kv in kvs:
-            k, v = _placeholder(kv, attention_mask) if isinstance(kv, RecurrentState) else kv
+            k, v = _placeholder(kv, attention_mask) if _stands_in(kv) else kv
             keys.append(k)
             values.append(v)
             states.append(kv if isinstance(kv, RecurrentState) else None)
@@ -116,7 +124,7 @@ class KVCache:
             start = self.attention_mask.long().sum(-1)
         return start.repeat_interleave(rows_per_example, dim=0)
 
-    def append(self, kvs: list[LayerMemory], attention_mask: Int[Tensor, "batch pos"]):
+    def append(self, kvs: list[LayerMemory | None], attention_mask: Int[Tensor, "batch pos"]):
         """Extend the (unfrozen) cache in place with the keys/values of new tokens (and replace
         a linear-attention layer's state by the one after them)."""
         if self.frozen or self.alt_keys is not None:
@@ -124,22 +132,29 @@ class KVCache:
         self.next_position = self.start_positions() + attention_mask.long().sum(-1).to(
             self.attention_mask.device
         )
-        new = [_placeholder(kv, attention_mask) if isinstance(kv, RecurrentState) else kv
-               for kv in kvs]  # fmt: skip
-        self.keys = [torch.cat([k, nk], dim=2) for k, (nk, _) in zip(self.keys, new, strict=True)]
-        self.values = [
-            torch.cat([v, nv], dim=2) for v, (_, nv) in zip(self.values, new, strict=True)
-        ]
+        new = [_placeholder(kv, attention_mask) if _stands_in(kv) else kv for kv in kvs]
+        fixed = () if self.cross is None or self.cross.kv is None else self.cross.kv
+        self.keys = [k if la in fixed else torch.cat([k, nk], dim=2)
+                     for la, (k, (nk, _)) in enumerate(zip(self.keys, new, strict=True))]
+        self.values = [v if la in fixed else torch.cat([v, nv], dim=2)
+                       for la, (v, (_, nv)) in enumerate(zip(self.values, new, strict=True))]
         if self.states is not None:
             self.states = [kv if isinstance(kv, RecurrentState) else None for kv in kvs]
         self.attention_mask = torch.cat([self.attention_mask, attention_mask], dim=1)
 
 
-def _placeholder(kv: RecurrentState, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Empty keys/values ``[batch, 0, pos, 0]`` standing for a linear-attention layer's."""
+def _placeholder(kv: RecurrentState | None, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Empty keys/values ``[batch, 0, pos, 0]`` standing for a linear-attention layer's (or a
+    cross-attention layer's in a run without an image, ``None``)."""
     b, s = attention_mask.shape
-    empty = kv.state.new_zeros(b, 0, s, 0)
+    like = attention_mask.float() if kv is None else kv.state
+    empty = like.new_zeros(b, 0, s, 0)
     return empty, empty
+
+
+def _stands_in(kv: LayerMemory | None) -> bool:
+    """Whether a layer's memory is kept as a placeholder (no keys/values of its own)."""
+    return kv is None or isinstance(kv, RecurrentState)
 
 
 @dataclass

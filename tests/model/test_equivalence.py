@@ -108,7 +108,8 @@ def hf_generate(reference, model, inp, n):
 @pytest.mark.parametrize(
     "case", ["llava-llama", "llava-onevision-qwen2", "llava-next-mistral", "qwen2-vl",
              "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl", "idefics3", "qwen3-vl-moe",
-             "llava-onevision-1.5", "smolvlm2", "glm4v", "glm4v-moe", "llama4", "mistral3"],
+             "llava-onevision-1.5", "smolvlm2", "glm4v", "glm4v-moe", "llama4", "mistral3",
+             "mllama"],
 )
 def test_generate_matches_hf_greedy(tiny_checkpoint, case):
     """Prompt + new tokens, as TransformerLens and HF return them; or the new tokens only."""
@@ -159,7 +160,7 @@ def image_end(inp) -> int:
 @pytest.mark.parametrize(
     "case", ["llava-llama", "llava-onevision-qwen2", "qwen2-vl", "qwen3-vl", "gemma3",
              "qwen3-vl-moe", "llava-onevision-1.5", "idefics3", "smolvlm2", "glm4v",
-             "glm4v-moe", "llama4", "mistral3"]
+             "glm4v-moe", "llama4", "mistral3", "mllama"]
 )
 def test_prefix_cache_suffix_equals_full_run(tiny_checkpoint, case):
     model, _ = load_pair(tiny_checkpoint, case)

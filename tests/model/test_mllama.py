@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformers import AutoProcessor
 from transformers.models.mllama.processing_mllama import (
     convert_sparse_cross_attention_mask_to_dense,
@@ -19,8 +20,10 @@ from transformers.models.mllama.processing_mllama import (
 )
 
 from lvlm_lens import HookedLVLM
+from lvlm_lens.attribution.regression import sample_masks
 from lvlm_lens.interventions import (
     AblationEngine,
+    BaselineKV,
     HeadAblation,
     ablate_heads,
     compute_baseline,
@@ -33,8 +36,9 @@ from lvlm_lens.interventions import (
 from lvlm_lens.model.attention import Attention
 from lvlm_lens.model.cross_attention import CrossAttention
 from lvlm_lens.model.families.mllama import cross_attention_tiles
+from lvlm_lens.model.generate import extend_input
 from lvlm_lens.testing.tiny_mllama import CROSS_LAYERS, MAX_TILES
-from tests.helpers import PROMPTS, hf_logits, noise_image
+from tests.helpers import PROMPTS, hf_kwargs, hf_logits, noise_image
 
 #: One tile and three tiles (1 x 3): different tile counts.
 IMAGES = [noise_image(16, 16, 1), noise_image(20, 50, 2)]
@@ -245,19 +249,67 @@ def test_ablating_every_cross_attention_head_makes_the_answer_the_baseline_image
 @pytest.mark.parametrize("baseline", ["blank", "zero", "image", "mean"])
 @pytest.mark.parametrize("scope", ["text", "all"])
 def test_the_engine_is_the_reference_on_cross_attention(pair, inp, baseline, scope):
-    """No prefix cache through cross-attention yet: the engine runs the reference hooks per
-    mask (random masks over self- and cross-attention heads, a padded batch)."""
+    """The engine (image-side K/V computed once per example: in the prefix cache under scope
+    text, in the cross input under full sequences; the baseline image's side the alternative)
+    = the reference hooks, on random masks over self- and cross-attention heads (dense: half
+    the heads; sparse: one or two heads, the gathered path), a padded batch."""
     model, _, _ = pair
     config = HeadAblation(baseline=baseline, scope=scope)
     kw = {"image": dict(baseline_image=noise_image(16, 16, 7)),
           "mean": dict(reference_images=[noise_image(16, 16, 8), noise_image(24, 24, 9)])}
     base = compute_baseline(model, inp, config, progress=False, **kw.get(baseline, {}))
     gen = torch.Generator().manual_seed(0)
-    masks = torch.rand(3, model.cfg.n_layers, model.cfg.n_heads, generator=gen) < 0.5
-    ref = run_reference(model, inp, masks, base, config, progress=False)
-    out = AblationEngine(model, inp, base, config, batch_size=2).run(masks, progress=False)
-    assert (out - ref).abs().max() <= 1e-4
-    assert (ref[:, 1:] - ref[:, :1]).abs().max() > 1e-4  # the masks matter
+    shape = (model.cfg.n_layers, model.cfg.n_heads)
+    dense = torch.rand(3, *shape, generator=gen) < 0.5
+    sparse = torch.zeros(8, *shape, dtype=torch.bool)
+    for j, (layer, head) in enumerate([(1, 0), (3, 3), (1, 2), (0, 1), (3, 0), (2, 2)]):
+        sparse[j, layer, head] = True
+    sparse[6, CROSS_LAYERS[0], 1] = sparse[6, CROSS_LAYERS[1], 2] = True  # row 7: none
+    for masks, batch in ((dense, 2), (sparse, 8)):
+        ref = run_reference(model, inp, masks, base, config, progress=False)
+        out = AblationEngine(model, inp, base, config, batch_size=batch).run(masks,
+                                                                             progress=False)
+        assert (out - ref).abs().max() <= 1e-4
+        assert (ref[:, 1:] - ref[:, :1]).abs().max() > 1e-4  # the masks matter
+    assert (ref[:, 0] - ref[:, -1]).abs().max() > 1e-4  # one cross head matters
+
+
+def _one_example(model, inp, base, i):
+    """Example ``i``'s part of a batch's baseline: its sequence columns, and on the cross
+    layers the columns of its own images (the batch's first ones)."""
+    ex = inp.select(i)
+    off, n = inp.shape[1] - ex.shape[1], ex.images_per_example[0] * MAX_TILES
+    image = slice(None, n * model.vision.per_tile)
+    cols = [image if la in CROSS_LAYERS else slice(off, None) for la in range(len(base.keys))]
+    sub = BaselineKV([k[i : i + 1, :, c] for k, c in zip(base.keys, cols, strict=True)],
+                     [v[i : i + 1, :, c] for v, c in zip(base.values, cols, strict=True)],
+                     base.source[i : i + 1, off:])  # fmt: skip
+    return ex, sub
+
+
+@pytest.mark.parametrize("scope", ["text", "all"])
+def test_the_engine_is_the_reference_with_one_and_two_images(pair, scope):
+    """Examples with one and two images (the image side of the one-image example is shorter
+    than the batch's): each example's cross layers read its own images' baseline. The engine
+    runs each example alone, so it is the reference run on each example alone with its part of
+    the batch's baseline: in HF's padded batch the tokens before the one-image example's image
+    read the whole image side, the other example's second image slot (padding) included, so
+    that example's batch logits differ from its own (HF's, too)."""
+    model, _, _ = pair
+    images = [[IMAGES[0]], [noise_image(20, 20, 3), IMAGES[1]]]
+    prompts = [PROMPTS[0], "USER: <image> and <image>\nwhat is this ? ASSISTANT:"]
+    inp = model.prepare(images, prompts, answers=["star", "circle"])
+    assert inp.images_per_example == [1, 2]
+    config = HeadAblation(baseline="image", scope=scope)
+    base = compute_baseline(model, inp, config, baseline_image=noise_image(16, 16, 7),
+                            progress=False)  # fmt: skip
+    masks = sample_masks(12, model.cfg.n_layers, model.cfg.n_heads, rate=0.3, seed=4)
+    out = AblationEngine(model, inp, base, config, batch_size=5).run(masks, progress=False)
+    for i in range(2):
+        ex, sub = _one_example(model, inp, base, i)
+        ref = run_reference(model, ex, masks, sub, config, progress=False)[0]
+        assert (out[i] - ref).abs().max() <= 1e-4
+        assert ref.std() > 1e-3
 
 
 def _without_cross_attention(model, inp, queries, layers):
@@ -320,11 +372,117 @@ def test_knockout_sweep_is_the_reference_on_cross_attention(pair):
     assert sweep.abs().max() > 1e-4
 
 
+@torch.no_grad()
+def test_tl_attn_names_of_a_cross_layer_are_its_cross_attn_hooks(pair, inp):
+    """TransformerLens' ``blocks.{l}.attn.hook_*`` of a cross-attention layer, by name or by
+    a filter function, in hooks and in cache filters, is its ``cross_attn.hook_*``; a point the
+    layer lacks is refused in one line; derived caches keep the lookup."""
+    model, _, _ = pair
+    layer = CROSS_LAYERS[0]
+    tl, ours = f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.cross_attn.hook_z"
+
+    def zero(z, hook):
+        return z * 0
+
+    want = model.run_with_hooks(inp, fwd_hooks=[(ours, zero)])
+    assert (want - model(inp)).abs().max() > 1e-3
+    for name in (tl, lambda n: n == tl):
+        assert torch.equal(model.run_with_hooks(inp, fwd_hooks=[(name, zero)]), want)
+        with model.hooks(fwd_hooks=[(name, zero)]):
+            assert torch.equal(model(inp), want)
+    full = model.run_with_cache(inp)[1]
+    for names in (tl, [tl, "hook_embed"], (tl,), lambda n: n == tl):
+        _, cache = model.run_with_cache(inp, names_filter=names)
+        assert ours in cache.cache_dict and torch.equal(cache[tl], full[ours])
+        assert torch.equal(cache["z", layer], full[ours])
+    missing = f"blocks.{layer}.attn.hook_rot_k"  # no rotary on the image side
+    for run in (lambda: model.run_with_hooks(inp, fwd_hooks=[(missing, zero)]),
+                lambda: model.run_with_cache(inp, names_filter=[missing])):  # fmt: skip
+        with pytest.raises(ValueError, match=r"cross-attention layer, which has no hook_rot_k"):
+            run()
+    sliced = full.apply_slice_to_batch_dim(1)
+    assert torch.equal(sliced[tl], full[ours][1]) and torch.equal(sliced["z", layer], full[ours][1])
+    assert torch.equal(full.to("cpu")[tl], full[ours])
+    one = model.run_with_cache(inp.select(0))[1]
+    z = one[ours][0]
+    assert torch.equal(one.remove_batch_dim()[tl], z)
+
+
+SEVERAL = (["USER: <image> and <image>\nwhat is this ? ASSISTANT:",
+            "USER: what is <image> this ? ASSISTANT:", "USER: what is this ? ASSISTANT:"],
+           [[IMAGES[0], noise_image(40, 24, 3)], IMAGES[1], None])
+
+
+def _greedy_by_hand(model, inp, n):
+    """Greedy continuation by full forwards over the growing input, no cache: each new token
+    reads the image side by the processor's tile rule on the grown sequence."""
+    new = inp.input_ids.new_zeros(len(inp), 0)
+    for _ in range(n):
+        logits = model(extend_input(inp, new, torch.ones_like(new)))
+        new = torch.cat([new, logits[:, -1].argmax(-1, keepdim=True)], 1)
+    return torch.cat([inp.input_ids, new], 1)
+
+
+@pytest.mark.parametrize("which", ["padded pair", "several images, a text-only row", "text"])
+def test_cached_generate_is_hf_s_and_the_uncached_one(pair, which):
+    """Generate with a KV cache (the cross layers' image K/V computed once, each new token
+    reading what the prompt's last token reads) = HF ``generate`` token for token = greedy by
+    full forwards; on two images of different tile counts (left-padded), on two images, one
+    image and a text-only row, and on text alone (no image: the cross layers add nothing)."""
+    model, reference, _ = pair
+    prompts, images = {"padded pair": (PROMPTS, IMAGES), "several images, a text-only row":
+                       SEVERAL, "text": (PROMPTS[1:], [None])}[which]  # fmt: skip
+    prompts = [p.replace("<image>", "") if im is None else p
+               for p, im in zip(prompts, images, strict=True)]  # fmt: skip
+    inp = model.prepare(images, prompts)
+    runs = []
+    handle = model.vision.vision_model.register_forward_hook(lambda *a: runs.append(1))
+    try:
+        ours = model.generate(inp, 6, stop_at_eos=False)
+    finally:
+        handle.remove()
+    assert len(runs) == (1 if inp.has_images else 0)  # the image side: once, not per step
+    with torch.no_grad():
+        theirs = reference.generate(**hf_kwargs(model, inp), max_new_tokens=6, do_sample=False,
+                                    eos_token_id=[], pad_token_id=model.tokenizer.pad_token_id)
+    assert torch.equal(ours, theirs)
+    assert torch.equal(ours, _greedy_by_hand(model, inp, 6))
+
+
+def test_generate_continues_our_and_tl_s_kv_cache(pair, inp):
+    """A frozen prefix cache after the last image (the rest of the prompt as tokens) and a
+    TransformerLens cache filled by one call and continued by another give the whole run's
+    tokens; the cross layers' cached K/V are the image side's, never extended."""
+    model, _, _ = pair
+    n = 3
+    whole = model.generate(inp, 2 * n, stop_at_eos=False, new_tokens_only=True)
+    cut = int(inp.groups["image"].float().argmax(-1).max()) + 1
+    cache = model.run_prefix(inp, cut)
+    suffix = model.generate(inp.input_ids[:, cut:], 2 * n, stop_at_eos=False, new_tokens_only=True,
+                            past_kv_cache=cache, attention_mask=inp.attention_mask[:, cut:])
+    assert torch.equal(suffix, whole) and cache.length == cut  # left frozen
+    n_img = model.layout(inp).cross.states.shape[1]
+    for layer in CROSS_LAYERS:
+        assert cache.keys[layer].shape[2] == n_img
+        assert torch.equal(cache.keys[layer], cache.cross.kv[layer][0])
+    tl = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(inp))
+    first = model.generate(inp, n, stop_at_eos=False, new_tokens_only=True, past_kv_cache=tl)
+    rest = model.generate(first[:, -1:], n, stop_at_eos=False, new_tokens_only=True,
+                          past_kv_cache=tl)
+    assert torch.equal(torch.cat([first, rest], 1), whole)
+    p = inp.shape[1]
+    assert tl.previous_attention_mask.shape == (len(inp), p + 2 * n - 1)
+    assert tl.entries[CROSS_LAYERS[0]].past_keys.shape[1] == n_img
+    assert tl.entries[0].past_keys.shape[1] == p + 2 * n - 1
+    # embeddings and our cache: the cache holds the image
+    embeds = model.embed(inp.input_ids[:, cut:].to(model.cfg.device))
+    assert torch.equal(model.generate(embeds, 2 * n, stop_at_eos=False, past_kv_cache=cache,
+                                      return_type="tokens")[:, -2 * n :], whole)
+
+
 def test_refusals(pair, inp):
     model, _, _ = pair
-    with pytest.raises(ValueError, match="cross-attention layers cannot continue a KV cache"):
-        model.run_prefix(inp, 4)
-    with pytest.raises(ValueError, match="re-runs the whole sequence each step"):
+    with pytest.raises(ValueError, match="the image is not in the embeddings"):
         model.generate(model.embed_input(inp), 2)
     embeds = model.vision(inp)
     with pytest.raises(ValueError, match="precomputed image embeddings are not supported"):
