@@ -22,7 +22,7 @@ from lvlm_lens.interventions.baseline_check import BaselineCheck, baseline_note,
 from lvlm_lens.interventions.engine import AblationEngine
 from lvlm_lens.model import HookedLVLM
 from lvlm_lens.run.distributed import current_shard
-from lvlm_lens.run.examples import prepare_records
+from lvlm_lens.run.examples import prepare_record
 from lvlm_lens.run.options import RunOptions
 from lvlm_lens.run.outcome import AttributedExample, RunOutcome
 from lvlm_lens.run.preflight import check_device, check_prompts
@@ -156,14 +156,18 @@ def compare(
 ) -> tuple[dict[str, torch.Tensor], dict[str, Curves], RandomBand | None, BaselineCheck]:
     """Head attribution against the other rankings, on those of ``examples`` whose
     all-heads effect is large enough to normalise by (:func:`check_baseline`); the check is
-    returned too. The masked runs' ``engines`` (by example index) are reused, and every
-    finished piece is kept in ``checkpoints`` for a resumed run."""
-    cfg = opts.attribution
-    inputs = prepare_records(model, [e.record for e in examples], opts.answer_rule)
-    bases = [baselines(x) for x in inputs]
-    engines = [(engines or {}).get(e.index)
-               or build_engine(model, x, b, cfg.ablation, cfg.metric, cfg.batch_size)
-               for e, x, b in zip(examples, inputs, bases, strict=True)]
+    returned too. The masked runs' ``engines`` (by example index) are reused with their
+    inputs and baselines (an example without one, e.g. finished by an earlier run, gets it
+    built here), and every finished piece is kept in ``checkpoints`` for a resumed run."""
+    cfg, built = opts.attribution, engines or {}
+    engines = []
+    for e in examples:
+        engine = built.get(e.index)
+        if engine is None:
+            x = prepare_record(model, e.record, opts.answer_rule)
+            engine = build_engine(model, x, baselines(x), cfg.ablation, cfg.metric, cfg.batch_size)
+        engines.append(engine)
+    inputs, bases = [e.inp for e in engines], [e.baseline for e in engines]
     keys = [f"{e.index}-{e.row}" for e in examples]  # a changed row: new pieces
     check = check_baseline(model, engines, checkpoints=checkpoints, keys=keys)
     if not check.kept:

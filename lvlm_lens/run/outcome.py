@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jaxtyping import Bool, Float
 from torch import Tensor
@@ -16,6 +16,9 @@ from lvlm_lens.attribution.results import AttributionResult
 from lvlm_lens.interventions.engine import AblationEngine
 from lvlm_lens.viz.figures import ExampleView
 from lvlm_lens.viz.report import ReportData
+
+if TYPE_CHECKING:  # the runner builds the cache and imports this module
+    from lvlm_lens.run.runner import BaselineCache
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,7 @@ class AttributionRun:
     examples: list[AttributedExample]
     metrics: Float[Tensor, "n_kept n_masks"]
     masks: Bool[Tensor, "n_masks n_layers n_heads"]
-    baselines: Any
+    baselines: BaselineCache | None
     engines: dict[int, AblationEngine] = field(default_factory=dict)
 
     @property
