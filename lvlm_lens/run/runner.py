@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lvlm_lens.attribution.head_attribution import build_engine, check_config, fit_result
-from lvlm_lens.attribution.regression import sample_masks
+from lvlm_lens.attribution.mask_source import MaskSource
 from lvlm_lens.errors import RunError
 from lvlm_lens.files import atomic_json
 from lvlm_lens.interventions.ablation import (
@@ -122,20 +122,24 @@ def run_shard(
     opts: RunOptions,
     out: Path,
     shard: Shard,
-    masks: torch.Tensor,
+    masks: MaskSource,
     baselines: BaselineCache,
     engines: dict[int, AblationEngine] | None = None,
     keep_engines: int = 0,
 ) -> None:
     """Predictions and masked-run chunks of this process's examples (skipping finished ones).
 
-    The engines of the first ``keep_engines`` attributed examples are kept in ``engines``, so
-    that later steps (the ranking comparison) reuse their prefix caches.
+    ``masks`` hands out the run's masks one chunk of ``opts.chunk_masks`` at a time (never
+    all at once). The engines of the first ``keep_engines`` attributed examples are kept in
+    ``engines``, so that later steps (the ranking comparison) reuse their prefix caches.
     """
-    cfg, size = opts.attribution, opts.chunk_masks
-    metas = chunk_metas(opts, records, masks.shape[0])
+    cfg, n_masks = opts.attribution, masks.n_masks
+    if masks.chunk_size != opts.chunk_masks:
+        raise ValueError(f"masks come in chunks of {masks.chunk_size}, the run's files hold "
+                         f"{opts.chunk_masks}: build the MaskSource with chunk_size=chunk_masks")
+    metas = chunk_metas(opts, records, n_masks)
     mine = [i for i in range(len(records)) if shard.owns(i)]
-    bar = tqdm(total=len(mine) * masks.shape[0], unit="mask", desc=f"attribute [rank {shard.rank}]")
+    bar = tqdm(total=len(mine) * n_masks, unit="mask", desc=f"attribute [rank {shard.rank}]")
     changed = []
     for i in mine:
         rec = records[i]
@@ -159,15 +163,14 @@ def run_shard(
             }
             atomic_json(info, prediction_path(out, i))
         if not (info["correct"] or opts.keep_wrong):
-            bar.update(masks.shape[0])
+            bar.update(n_masks)
             continue
         todo = [c for c, meta in enumerate(metas[i]) if not chunk_done(out, i, c, meta)]
-        bar.update(masks.shape[0] - sum(int(metas[i][c]["n_masks"]) for c in todo))
+        bar.update(n_masks - sum(int(metas[i][c]["n_masks"]) for c in todo))
         if not todo:
             continue
         engine = build_engine(model, inp, baselines(inp), cfg)
-        for c in todo:
-            part = masks[c * size : (c + 1) * size]
+        for c, part in masks.chunks(only=set(todo)):
             save_chunk(out, i, c, engine.run(part, progress=False)[0], metas[i][c])
             bar.update(part.shape[0])
         if engines is not None and len(engines) < keep_engines:
@@ -241,7 +244,8 @@ def run_attribution(
     heads = model.cfg.n_layers * model.cfg.n_heads
     check_mask_memory(cfg.n_masks, heads, len(records), method=cfg.method, holdout=cfg.holdout)
     out = check_out_dir(opts, overwrite, shard)
-    masks = sample_masks(cfg.n_masks, model.cfg.n_layers, model.cfg.n_heads, cfg.rate, cfg.seed)
+    masks = MaskSource(cfg.n_masks, model.cfg.n_layers, model.cfg.n_heads, cfg.rate, cfg.seed,
+                       opts.chunk_masks)
     baselines = BaselineCache(model, opts, reference_images, baseline_image)
     engines: dict[int, AblationEngine] = {}
     run_shard(model, records, opts, out, shard, masks, baselines, engines, keep_engines)
@@ -252,7 +256,7 @@ def run_attribution(
     timeout = wait_timeout(shard, merge_timeout)
     infos, kept, metrics = merge(out, records, metas, opts, shard.world, timeout)
     result = fit_result(
-        masks,
+        masks.all(),
         metrics,
         cfg,
         model_name=model.cfg.model_name,
@@ -261,4 +265,4 @@ def run_attribution(
     )
     result.save(out / "attribution")
     result.to_csv(out / "attribution.csv")
-    return AttributionRun(out, result, infos, kept, metrics, masks, baselines, engines)
+    return AttributionRun(out, result, infos, kept, metrics, result.masks, baselines, engines)
