@@ -256,7 +256,7 @@ def run_attribution(
     timeout = wait_timeout(shard, merge_timeout)
     infos, kept, metrics = merge(out, records, metas, opts, shard.world, timeout)
     result = fit_result(
-        masks.all(),
+        masks,
         metrics,
         cfg,
         model_name=model.cfg.model_name,

@@ -69,8 +69,9 @@ def test_resume_after_lost_chunks_gives_identical_results(model, tmp_path):
 
 def test_masks_are_drawn_chunk_by_chunk_and_equal_the_all_at_once_path(model, tmp_path,
                                                                        monkeypatch):
-    """No draw holds more than a chunk's masks (40 masks, chunks of 16); the run's masks,
-    metrics and attribution are those of one draw of all the masks."""
+    """No draw holds more than a chunk's masks (40 masks, files of 16, fit chunks of 10); the
+    run's masks, metrics and attribution are those of one draw of all the masks."""
+    import lvlm_lens.attribution.chunked_fit as chunked
     from lvlm_lens.attribution.head_attribution import fit_result
     from lvlm_lens.attribution.regression import sample_masks
     from lvlm_lens.interventions.ablation import compute_baseline
@@ -83,6 +84,7 @@ def test_masks_are_drawn_chunk_by_chunk_and_equal_the_all_at_once_path(model, tm
         return real(*size, generator=generator, **kw)
 
     recs, refs = records(model, 2), [noise_image(20, 20, 50)]
+    monkeypatch.setattr(chunked, "FIT_CHUNK", 10 * model.cfg.n_layers * model.cfg.n_heads)
     monkeypatch.setattr(torch, "rand", rand)
     res = run_attribution(model, recs, options(tmp_path), reference_images=refs)
     monkeypatch.setattr(torch, "rand", real)
