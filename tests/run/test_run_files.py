@@ -51,7 +51,8 @@ def finished_run(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "name", ["attribution/attribution.safetensors", "attribution/attribution.json",
-             "summary.json", "curves.safetensors"],  # fmt: skip
+             "summary.json", "curves.safetensors", "views/views.json",
+             "views/views.safetensors"],  # fmt: skip
 )
 def test_report_names_a_damaged_file_and_what_to_rerun(capsys, finished_run, name):
     path = finished_run / name
