@@ -150,8 +150,9 @@ def compare_rankings(
     ks = default_ks(cfg.n_layers * cfg.n_heads)
     pool = f"{len(keys)}-{zlib.crc32(' '.join(keys).encode()):08x}"  # the pooled examples
 
-    def curves_of(name: str, ranking: Tensor) -> Curves:
-        return _curves_of(cached(checkpoints, f"curves/{name}/{pool}", lambda: _curves_tensors(
+    def curves_of(name: str, ranking: Tensor) -> Curves:  # keyed by the ranking's values too
+        key = f"curves/{name}/{pool}-{zlib.crc32(ranking.float().cpu().numpy().tobytes()):08x}"
+        return _curves_of(cached(checkpoints, key, lambda: _curves_tensors(
             curves_given_endpoints(run, ranking, ks, clean, ablated, batch_size))))
 
     with show_progress(progress):

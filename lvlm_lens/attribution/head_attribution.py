@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from lvlm_lens.attribution.chunked_fit import fit_each, fit_pooled_chunked
+from lvlm_lens.attribution.mask_source import MaskSource
 from lvlm_lens.attribution.regression import (
     check_method,
     check_n_masks,
@@ -130,14 +132,26 @@ def head_attribution(
                           layer_kinds=model.attn_kinds())
 
 
-def fit_result(masks: torch.Tensor, metrics: torch.Tensor, config: AttributionConfig,
+def fit_result(masks: torch.Tensor | MaskSource, metrics: torch.Tensor, config: AttributionConfig,
                model_name: str = "", example_ids: list[str] | None = None,
                layer_kinds: list[str] | None = None) -> AttributionResult:
     """Fit per-example and pooled linear models to masked-run metrics ``[n_examples, n_masks]``
-    (``layer_kinds``: each layer's head kind, ``model.attn_kinds()``)."""
+    (``layer_kinds``: each layer's head kind, ``model.attn_kinds()``).
+
+    Masks given whole are fitted by :func:`~lvlm_lens.attribution.regression.fit_linear` /
+    ``fit_pooled``; a :class:`~lvlm_lens.attribution.mask_source.MaskSource` by their chunked
+    equivalents (:mod:`~lvlm_lens.attribution.chunked_fit`), which never hold more than a chunk
+    of the masks in float64 (the result keeps the bool masks).
+    """
     kw = dict(method=config.method, holdout=config.holdout, seed=config.seed)
-    fits = [fit_linear(masks, m, **kw) for m in metrics]
-    pooled = fit_pooled([masks] * len(metrics), list(metrics), **kw) if len(metrics) > 1 else None
+    if isinstance(masks, MaskSource):
+        fits = fit_each(masks, metrics, **kw)
+        pooled = fit_pooled_chunked(masks, metrics, **kw) if len(metrics) > 1 else None
+        masks = masks.all()
+    else:
+        fits = [fit_linear(masks, m, **kw) for m in metrics]
+        pooled = fit_pooled([masks] * len(metrics), list(metrics), **kw) if len(metrics) > 1 \
+            else None  # fmt: skip
     return AttributionResult.from_fits(
         fits, pooled, options=config.to_dict(), model_name=model_name, example_ids=example_ids,
         masks=masks, metrics=metrics, layer_kinds=layer_kinds,

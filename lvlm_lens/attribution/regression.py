@@ -177,6 +177,13 @@ def _center(x: Tensor, y: Tensor, g: Tensor, n_groups: int):
     return xm, ym, x - xm[g], y - ym[g]
 
 
+def _lambda_max(x: Tensor, y: Tensor, g: Tensor, n_groups: int) -> Tensor:
+    """``max|Xᵀy|/n`` of the centred rows (the smallest λ with β = 0); the centred copy dies
+    here, not at the end of the fit."""
+    _, _, xc, yc = _center(x, y, g, n_groups)
+    return (xc.T @ yc).abs().max() / len(x)
+
+
 def _solve(x: Tensor, y: Tensor, g: Tensor, n_groups: int, method: str, alphas: Tensor):
     """Coefficients ``[n_alphas, p]`` and intercepts ``[n_alphas, n_groups]`` per penalty."""
     xm, ym, xc, yc = _center(x, y, g, n_groups)
@@ -184,7 +191,7 @@ def _solve(x: Tensor, y: Tensor, g: Tensor, n_groups: int, method: str, alphas: 
         gram, xty, eye = xc.T @ xc, xc.T @ yc, torch.eye(x.shape[1]).to(x)
         coefs = torch.stack([torch.linalg.solve(gram + a * len(x) * eye, xty) for a in alphas])
     elif method == "lasso":
-        coefs = _lasso_path(xc, yc, alphas)
+        coefs = lasso_path(xc.T @ xc / len(xc), xc.T @ yc / len(xc), alphas)
     else:  # OLS; heads never (or always) ablated are unidentifiable and get β = 0
         live = (xc != 0).any(0)
         driver = "gelsd" if x.device.type == "cpu" else None
@@ -193,11 +200,12 @@ def _solve(x: Tensor, y: Tensor, g: Tensor, n_groups: int, method: str, alphas: 
     return coefs, ym[None] - coefs @ xm.T
 
 
-def _lasso_path(xc: Tensor, yc: Tensor, lams: Tensor, max_iter: int = 5000, tol: float = 1e-9):
-    """FISTA on ``mean((y - Xβ)²)/2 + λ|β|₁``, warm-started from the largest λ down."""
-    gram, cov = xc.T @ xc / len(xc), xc.T @ yc / len(xc)
+def lasso_path(gram: Float[Tensor, "p p"], cov: Float[Tensor, " p"], lams: Float[Tensor, " n"],
+               max_iter: int = 5000, tol: float = 1e-9) -> Float[Tensor, "n p"]:
+    """FISTA on ``mean((y - Xβ)²)/2 + λ|β|₁`` for each λ of ``lams``, warm-started from the
+    largest λ down, given the centred ``XᵀX/n`` (``gram``) and ``Xᵀy/n`` (``cov``)."""
     step = 1.0 / torch.linalg.eigvalsh(gram)[-1].clamp_min(1e-12)
-    beta, out = xc.new_zeros(xc.shape[1]), xc.new_empty(len(lams), xc.shape[1])
+    beta, out = gram.new_zeros(gram.shape[1]), gram.new_empty(len(lams), gram.shape[1])
     order = torch.argsort(lams, descending=True).tolist()
     for i in progress_bar(order, desc="lasso path", show=None):
         z, t = beta.clone(), 1.0
@@ -238,29 +246,42 @@ class FitSettings:
             raise ValueError(f"holdout must be in [0, 1), got {self.holdout}")
 
 
+def check_train(n_train: int, method: str, n_features: int, n_groups: int,
+                holdout: float) -> None:
+    """Refuse a training split too small for the fit (OLS: one mask per head, plus one per
+    intercept), with the mask count that suffices."""
+    min_train = _min_train(method, n_features, n_groups)
+    if n_train < min_train:
+        need = math.ceil(min_train / (1 - holdout))
+        msg = f"{method} needs >= {min_train} training masks (n_features={n_features}), " \
+              f"got {n_train}"  # fmt: skip
+        hint = " or use method='ridge'" if method == "ols" else ""
+        raise ValueError(f"{msg}; sample >= {need} masks (holdout={holdout}){hint}")
+
+
+def penalty_grid(method: str, alphas: Sequence[float] | Tensor | None) -> Tensor:
+    """The float64 penalties a ridge / lasso fit searches (the default grid if ``alphas`` is
+    None; lasso's default is fractions of ``λ_max``)."""
+    default = DEFAULT_RIDGE_ALPHAS if method == "ridge" else DEFAULT_LASSO_FRACTIONS
+    grid = torch.as_tensor(default if alphas is None else alphas, dtype=torch.float64).flatten()
+    if len(grid) == 0 or (grid <= 0).any():
+        raise ValueError(f"alphas must be positive, got {grid.tolist()}")
+    return grid
+
+
 def _fit(x, y, g, n_groups: int, shape, settings: FitSettings) -> LinearFit:
     s = settings
     method, alphas, holdout, seed = s.method, s.alphas, s.holdout, s.seed
     x, y, p = x.to(torch.float64), y.to(x.device, torch.float64), x.shape[1]
     train, test = _split(g, n_groups, holdout, gen := torch.Generator().manual_seed(seed))
-    min_train = _min_train(method, p, n_groups)
-    if len(train) < min_train:  # OLS: one mask per head, plus one per intercept
-        need = math.ceil(min_train / (1 - holdout))
-        msg = f"{method} needs >= {min_train} training masks (n_features={p}), got {len(train)}"
-        hint = " or use method='ridge'" if method == "ols" else ""
-        raise ValueError(f"{msg}; sample >= {need} masks (holdout={holdout}){hint}")
+    check_train(len(train), method, p, n_groups, holdout)
     grid, val_mse, alpha = None, None, 0.0
     if method != "ols":
-        default = DEFAULT_RIDGE_ALPHAS if method == "ridge" else DEFAULT_LASSO_FRACTIONS
-        grid = torch.as_tensor(default if alphas is None else alphas, dtype=x.dtype).flatten()
-        grid = grid.to(x.device)
-        if len(grid) == 0 or (grid <= 0).any():
-            raise ValueError(f"alphas must be positive, got {grid.tolist()}")
+        grid = penalty_grid(method, alphas).to(x.device)
         sub, val = _split(g[train], n_groups, VAL_FRACTION if len(grid) > 1 else 0.0, gen)
         sub, val = train[sub], train[val]
-        if method == "lasso" and alphas is None:
-            _, _, xc, yc = _center(x[sub], y[sub], g[sub], n_groups)
-            grid = grid * (xc.T @ yc).abs().max() / len(sub)  # fractions of λ_max
+        if method == "lasso" and alphas is None:  # fractions of λ_max
+            grid = grid * _lambda_max(x[sub], y[sub], g[sub], n_groups)
         alpha = grid[0].item()
         if len(grid) > 1:
             coefs, b0 = _solve(x[sub], y[sub], g[sub], n_groups, method, grid)
@@ -351,14 +372,16 @@ def fit_memory(n_masks: int, n_features: int, n_examples: int = 1, method: Metho
                holdout: float = 0.2) -> int:
     """Upper bound, in bytes, on the peak memory :func:`fit_pooled` adds over ``n_examples``
     examples of ``n_masks`` masks each (one example: :func:`fit_linear`), read from its code.
+    A run fits chunk by chunk instead (its bound:
+    :func:`~lvlm_lens.attribution.chunked_fit.chunked_fit_memory`).
 
     Per row of the stacked masks: the bool copy (1 byte per head) and its float64 copy (8);
     per training row, the final solve's float64 copies: ``x[train]``, the centring's gather
-    and centred result (3); lasso also keeps the centred penalty-search rows for ``λ_max``
-    (4), OLS also copies the ``live`` columns and LAPACK copies them again (5); per row ~20
-    index / target / group vectors (8 bytes each); a few ``p × p`` Gram / solve matrices.
+    and centred result (3; lasso's penalty-search copy for ``λ_max`` is freed before it), OLS
+    also copies the ``live`` columns and LAPACK copies them again (5); per row ~20 index /
+    target / group vectors (8 bytes each); a few ``p × p`` Gram / solve matrices.
     """
     n_rows, p = n_masks * n_examples, n_features
     n_train = n_examples * (n_masks - split_sizes(n_masks, method, holdout)["held_out"])
-    copies = {"ridge": 3, "lasso": 4, "ols": 5}[method]
+    copies = {"ridge": 3, "lasso": 3, "ols": 5}[method]
     return n_rows * (9 * p + 160) + n_train * 8 * p * copies + 5 * 8 * p * p

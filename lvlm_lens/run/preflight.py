@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from lvlm_lens.attribution.regression import Method, fit_memory
+from lvlm_lens.attribution.chunked_fit import chunked_fit_memory
+from lvlm_lens.attribution.regression import Method
 from lvlm_lens.errors import OptionError
 from lvlm_lens.model import HookedLVLM
 from lvlm_lens.model.families import GENERIC_PLACEHOLDER
@@ -52,10 +53,11 @@ def available_memory() -> int:
 
 def mask_memory(n_masks: int, n_heads_total: int, n_examples: int, method: Method = "ridge",
                 holdout: float = 0.2) -> int:
-    """Bytes a run's masks need at their peak: the masks (1 byte per head), the merged
-    metrics (4 bytes per example) and the regression fit (:func:`fit_memory`; the pooled
-    fit over all examples is the largest)."""
-    fit = fit_memory(n_masks, n_heads_total, max(n_examples, 1), method, holdout)
+    """Bytes a run's masks need at their peak: the masks the result keeps (1 byte per head;
+    they are drawn chunk by chunk, never as one float draw), the merged metrics (4 bytes per
+    example) and the regression fit, accumulated over chunks of masks
+    (:func:`~lvlm_lens.attribution.chunked_fit.chunked_fit_memory`)."""
+    fit = chunked_fit_memory(n_masks, n_heads_total, max(n_examples, 1), method, holdout)
     return n_masks * (n_heads_total + 4 * max(n_examples, 1)) + fit
 
 
@@ -81,7 +83,7 @@ def check_mask_memory(
 
     if need(n_masks) <= budget:
         return
-    lo, hi = 0, min(n_masks, budget // (9 * n_heads_total) + 1)  # need(hi) > budget
+    lo, hi = 0, min(n_masks, budget // n_heads_total + 1)  # need(hi) >= hi * heads > budget
     while hi - lo > 1:  # need grows with n: the largest n with need(n) <= budget
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if need(mid) <= budget else (lo, mid)

@@ -85,12 +85,19 @@ def save_views(folder: Path, views: list[ExampleView]) -> None:
 
 
 def load_views(folder: Path) -> list[ExampleView]:
-    """Inverse of :func:`save_views`; no folder: no views."""
+    """Inverse of :func:`save_views`; no folder: no views (a damaged file is named)."""
     if not (folder / "views.json").exists():
         return []
-    t = load_file(str(folder / "views.safetensors"))
+    try:
+        index = json.loads((folder / "views.json").read_text())
+    except Exception as err:  # truncated, not JSON
+        raise _damaged(folder / "views.json", err) from err
+    try:
+        t = load_file(str(folder / "views.safetensors"))
+    except Exception as err:  # truncated, not safetensors
+        raise _damaged(folder / "views.safetensors", err) from err
     views = []
-    for i, v in enumerate(json.loads((folder / "views.json").read_text())):
+    for i, v in enumerate(index):
         image = load_view_image(folder / f"{i:02d}.png")  # names the file if damaged
         att = {h: t[f"{i}/{h}"].numpy() for h in v["heads"]}
         obj = t[f"{i}/object"].numpy() if f"{i}/object" in t else None

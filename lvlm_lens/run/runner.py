@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lvlm_lens.attribution.head_attribution import build_engine, check_config, fit_result
-from lvlm_lens.attribution.regression import sample_masks
+from lvlm_lens.attribution.mask_source import MaskSource
 from lvlm_lens.errors import RunError
 from lvlm_lens.interventions.ablation import (
     BaselineKV,
@@ -122,20 +122,24 @@ def run_shard(
     opts: RunOptions,
     out: Path,
     shard: Shard,
-    masks: torch.Tensor,
+    masks: MaskSource,
     baselines: BaselineCache,
     engines: dict[int, AblationEngine] | None = None,
     keep_engines: int = 0,
 ) -> None:
     """Predictions and masked-run chunks of this process's examples (skipping finished ones).
 
-    The engines of the first ``keep_engines`` attributed examples are kept in ``engines``, so
-    that later steps (the ranking comparison) reuse their prefix caches.
+    ``masks`` hands out the run's masks one chunk of ``opts.chunk_masks`` at a time (never
+    all at once). The engines of the first ``keep_engines`` attributed examples are kept in
+    ``engines``, so that later steps (the ranking comparison) reuse their prefix caches.
     """
-    cfg, size = opts.attribution, opts.chunk_masks
-    metas = chunk_metas(opts, records, masks.shape[0])
+    cfg, n_masks = opts.attribution, masks.n_masks
+    if masks.chunk_size != opts.chunk_masks:
+        raise ValueError(f"masks come in chunks of {masks.chunk_size}, the run's files hold "
+                         f"{opts.chunk_masks}: build the MaskSource with chunk_size=chunk_masks")
+    metas = chunk_metas(opts, records, n_masks)
     mine = [i for i in range(len(records)) if shard.owns(i)]
-    bar = tqdm(total=len(mine) * masks.shape[0], unit="mask", desc=f"attribute [rank {shard.rank}]")
+    bar = tqdm(total=len(mine) * n_masks, unit="mask", desc=f"attribute [rank {shard.rank}]")
     changed = []
     for i in mine:
         rec = records[i]
@@ -154,15 +158,14 @@ def run_shard(
             save_prediction(out, example)
             info = example.to_json()
         if not (info["correct"] or opts.keep_wrong):
-            bar.update(masks.shape[0])
+            bar.update(n_masks)
             continue
         todo = [c for c, meta in enumerate(metas[i]) if not chunk_done(out, i, c, meta)]
-        bar.update(masks.shape[0] - sum(int(metas[i][c]["n_masks"]) for c in todo))
+        bar.update(n_masks - sum(int(metas[i][c]["n_masks"]) for c in todo))
         if not todo:
             continue
         engine = build_engine(model, inp, baselines(inp), cfg.ablation, cfg.metric, cfg.batch_size)
-        for c in todo:
-            part = masks[c * size : (c + 1) * size]
+        for c, part in masks.chunks(only=set(todo)):
             save_chunk(out, i, c, engine.run(part, progress=False)[0], metas[i][c])
             bar.update(part.shape[0])
         if engines is not None and len(engines) < keep_engines:
@@ -236,7 +239,8 @@ def run_attribution(
     heads = model.cfg.n_layers * model.cfg.n_heads
     check_mask_memory(cfg.n_masks, heads, len(records), method=cfg.method, holdout=cfg.holdout)
     out = check_out_dir(opts, overwrite, shard)
-    masks = sample_masks(cfg.n_masks, model.cfg.n_layers, model.cfg.n_heads, cfg.rate, cfg.seed)
+    masks = MaskSource(cfg.n_masks, model.cfg.n_layers, model.cfg.n_heads, cfg.rate, cfg.seed,
+                       opts.chunk_masks)
     baselines = BaselineCache(model, opts, reference_images, baseline_image)
     engines: dict[int, AblationEngine] = {}
     run_shard(model, records, opts, out, shard, masks, baselines, engines, keep_engines)
@@ -258,4 +262,4 @@ def run_attribution(
     result.to_csv(out / "attribution.csv")
     rows = [m[0]["row"] if m else "" for m in metas.values()]
     examples = attributed_examples(records, infos, rows, kept, result)
-    return AttributionRun(out, result, examples, metrics, masks, baselines, engines)
+    return AttributionRun(out, result, examples, metrics, result.masks, baselines, engines)

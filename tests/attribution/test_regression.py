@@ -359,3 +359,30 @@ def test_fit_settings_check_the_method_and_holdout_in_one_place():
     with pytest.raises(ValueError, match=r"holdout must be in \[0, 1\), got 1.0"):
         FitSettings(holdout=1.0)
     assert FitSettings() == FitSettings("ridge", None, 0.2, 0)
+
+
+def test_lasso_frees_the_penalty_search_copy_before_the_final_solve(monkeypatch):
+    """λ_max's centred copy of the penalty-search rows (0.64 x rows x heads float64) must be gone
+    when the final solve starts: it used to live to the end of the fit, raising its peak."""
+    import weakref
+
+    import lvlm_lens.attribution.regression as reg
+
+    copies, alive = [], []
+    real_center, real_solve = reg._center, reg._solve
+
+    def center(*args):
+        out = real_center(*args)
+        copies.extend(weakref.ref(t) for t in out[2:])  # the centred rows and targets
+        return out
+
+    def solve(x, y, g, n_groups, method, alphas):
+        if len(alphas) == 1:  # the final solve, after the penalty search
+            alive.append(sum(ref() is not None for ref in copies))
+        return real_solve(x, y, g, n_groups, method, alphas)
+
+    monkeypatch.setattr(reg, "_center", center)
+    monkeypatch.setattr(reg, "_solve", solve)
+    masks, y, _ = planted(n=300, sparse=True)
+    fit = fit_linear(masks, y, method="lasso")
+    assert len(fit.alphas) > 1 and copies and alive == [0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lvlm_lens.attribution.regression import fit_memory
 from lvlm_lens.data.synthetic import CLASSES
 from lvlm_lens.errors import OptionError
 from lvlm_lens.run.preflight import check_device, check_mask_memory, mask_memory
@@ -43,13 +44,12 @@ def test_the_largest_64_bit_seed_works():
 
 
 def test_a_mask_count_that_cannot_fit_is_refused_with_the_count_that_fits():
-    # 1 GiB available, half of it (2**29 = 536870912) budgeted; 144 heads, 10 examples, ridge,
-    # holdout 0.2. n masks: masks + metrics (144 + 4*10)n; the pooled fit's 10n rows
-    # (9*144 + 160)*10n; its train rows (n - round(0.2n) per example) 3 float64 copies of 144;
-    # p x p matrices 5*8*144**2 = 829440. n = 12644 (2529 held, 10115 train):
-    # 184*12644 + 14560*12644 + 10*10115*8*144*3 + 829440 = 536826976 <= 2**29;
-    # n = 12645 (2529 held, 10116 train): 536876280 > 2**29.
-    fits = 12644
+    # 1 GiB available, half of it (2**29 = 536870912) budgeted; 144 heads, 10 examples. n masks:
+    # masks + metrics (144 + 4*10)n; the chunked fit: a chunk of 1048576 // 144 = 7281 masks,
+    # 40 bytes per element (40*7281*144 = 41938560), 160 bytes per (example, mask) row (1600n),
+    # p x p matrices 12*8*144**2 = 1990656, per-example vectors 10*30*8*144 = 345600.
+    # n = 276118: 1784*276118 + 44274816 = 536869328 <= 2**29; n = 276119: 536871112 > 2**29.
+    fits = 276118
     check_mask_memory(fits, 144, 10, memory=2**30)
     with pytest.raises(OptionError, match=rf"n_masks is {fits + 1:,}: .* use at most {fits:,}$"):
         check_mask_memory(fits + 1, 144, 10, memory=2**30)
@@ -57,12 +57,15 @@ def test_a_mask_count_that_cannot_fit_is_refused_with_the_count_that_fits():
         check_mask_memory(10**9, 144, 10, memory=2**30)
 
 
-def test_the_finding_case_is_budgeted_for_the_pooled_fit():
-    # 2000 masks of 32x32 heads, 10 examples: the old check budgeted 2 MiB; the pooled fit's
-    # peak grows by ~0.5 GiB (benchmarks/fit_memory.py measures it)
-    assert mask_memory(2000, 1024, 10) > 500 * 2**20
+def test_a_large_mask_count_fits_because_the_fit_is_chunked():
+    # 20000 masks of 32x32 heads, 10 examples: the one-shot fit's float64 copies of the
+    # training rows would need > 5 GiB (the check refused it at 1 GiB before the fit was
+    # chunked); accumulated chunk by chunk the run needs < 200 MiB (benchmarks/fit_memory.py)
+    assert fit_memory(20000, 1024, 10) > 5 * 2**30
+    assert mask_memory(20000, 1024, 10) < 200 * 2**20
+    check_mask_memory(20000, 1024, 10, memory=2**30)
     with pytest.raises(OptionError, match="ridge fit need"):
-        check_mask_memory(2000, 1024, 10, memory=2**30)
+        check_mask_memory(20000, 1024, 10, memory=300 * 2**20)
 
 
 def test_the_cli_refuses_an_impossible_mask_count_before_writing(capsys, tmp_path):

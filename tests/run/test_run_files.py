@@ -31,6 +31,20 @@ def test_a_damaged_run_json_is_named_and_overwrite_recovers(model, tmp_path):  #
     assert json.loads((again.out / "run.json").read_text())["n_examples"] == 24
 
 
+@pytest.mark.parametrize("damage", ["cut", "not a prediction"])
+def test_a_damaged_prediction_is_named_and_recomputed(model, tmp_path, damage):  # noqa: F811
+    recs, refs = records(model, 2), [noise_image(20, 20, 50)]
+    first = run_attribution(model, recs, options(tmp_path), reference_images=refs)
+    path = first.out / "examples" / "00001.json"
+    saved = path.read_text()
+    path.write_text(saved[: len(saved) // 2] if damage == "cut" else "[1, 2]")
+    why = "is damaged" if damage == "cut" else "is not a prediction file"
+    with pytest.warns(UserWarning, match=rf"00001\.json {why}.*computing it again"):
+        again = run_attribution(model, recs, options(tmp_path), reference_images=refs)
+    assert json.loads(path.read_text()) == json.loads(saved)
+    assert torch.equal(again.metrics, first.metrics)
+
+
 def test_a_damaged_comparison_piece_is_named_removed_and_recomputed(tmp_path):
     store = CheckpointFiles(tmp_path / "comparison")
     store.save("single-head ablation/0-abc", {"scores": torch.ones(2, 3)})
@@ -51,7 +65,8 @@ def finished_run(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "name", ["attribution/attribution.safetensors", "attribution/attribution.json",
-             "summary.json", "curves.safetensors"],  # fmt: skip
+             "summary.json", "curves.safetensors", "views/views.json",
+             "views/views.safetensors"],  # fmt: skip
 )
 def test_report_names_a_damaged_file_and_what_to_rerun(capsys, finished_run, name):
     path = finished_run / name

@@ -67,6 +67,72 @@ def test_resume_after_lost_chunks_gives_identical_results(model, tmp_path):
     assert torch.equal(second.result.coef, first.result.coef)
 
 
+def test_masks_are_drawn_chunk_by_chunk_and_equal_the_all_at_once_path(model, tmp_path,
+                                                                       monkeypatch):
+    """No draw holds more than a chunk's masks (40 masks, files of 16, fit chunks of 10); the
+    run's masks, metrics and attribution are those of one draw of all the masks."""
+    import lvlm_lens.attribution.chunked_fit as chunked
+    from lvlm_lens.attribution.head_attribution import fit_result
+    from lvlm_lens.attribution.regression import sample_masks
+    from lvlm_lens.interventions.ablation import compute_baseline
+    from lvlm_lens.interventions.engine import AblationEngine
+
+    draws, real = [], torch.rand
+
+    def rand(*size, generator=None, **kw):
+        draws.append(size[0] if len(size) == 1 else size)
+        return real(*size, generator=generator, **kw)
+
+    recs, refs = records(model, 2), [noise_image(20, 20, 50)]
+    monkeypatch.setattr(chunked, "FIT_CHUNK", 10 * model.cfg.n_layers * model.cfg.n_heads)
+    monkeypatch.setattr(torch, "rand", rand)
+    res = run_attribution(model, recs, options(tmp_path), reference_images=refs)
+    monkeypatch.setattr(torch, "rand", real)
+    rows = [d[0] for d in draws]
+    assert rows and max(rows) <= 16, rows
+    cfg = options(tmp_path).attribution
+    masks = sample_masks(40, model.cfg.n_layers, model.cfg.n_heads, cfg.rate, cfg.seed)
+    assert torch.equal(res.masks, masks) and torch.equal(res.result.masks, masks)
+    for i, rec in enumerate(recs):
+        inp = model.prepare(rec.image, rec.prompt, answers=rec.answer)
+        base = compute_baseline(model, inp, cfg.ablation, reference_images=refs)
+        whole = AblationEngine(model, inp, base, cfg.ablation, cfg.metric, cfg.batch_size)
+        torch.testing.assert_close(res.metrics[i], whole.run(masks, progress=False)[0],
+                                   atol=1e-6, rtol=0)  # fmt: skip
+    at_once = fit_result(masks, res.metrics, cfg)
+    torch.testing.assert_close(res.result.coef, at_once.coef, atol=1e-8, rtol=0)
+    torch.testing.assert_close(res.result.pooled_coef, at_once.pooled_coef, atol=1e-8, rtol=0)
+
+
+def test_a_run_killed_inside_a_chunk_resumes_to_identical_results(model, tmp_path, monkeypatch):
+    """Killed while computing example 1's second chunk: the next run computes only what is
+    missing and ends with the uninterrupted run's metrics and attribution."""
+    import lvlm_lens.run.runner as runner
+
+    recs, refs = records(model, 2), [noise_image(20, 20, 50)]
+    whole = run_attribution(model, recs, options(tmp_path / "whole"), reference_images=refs)
+    real, saved = runner.save_chunk, []
+
+    def killed(out, i, c, *args):
+        if (i, c) == (1, 1):
+            raise KeyboardInterrupt
+        saved.append((i, c))
+        real(out, i, c, *args)
+
+    monkeypatch.setattr(runner, "save_chunk", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_attribution(model, recs, options(tmp_path), reference_images=refs)
+    assert saved == [(0, 0), (0, 1), (0, 2), (1, 0)]
+    saved.clear()
+    monkeypatch.setattr(runner, "save_chunk", lambda out, i, c, *a: (saved.append((i, c)),
+                                                                    real(out, i, c, *a)))
+    again = run_attribution(model, recs, options(tmp_path), reference_images=refs)
+    assert saved == [(1, 1), (1, 2)]  # only the chunks the killed run did not write
+    assert torch.equal(again.metrics, whole.metrics)
+    assert torch.equal(again.result.coef, whole.result.coef)
+    assert torch.equal(again.result.pooled_coef, whole.result.pooled_coef)
+
+
 def test_changed_options_are_refused_unless_overwrite(model, tmp_path):
     recs = records(model, 2)
     refs = [noise_image(20, 20, 50)]
