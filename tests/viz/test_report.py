@@ -131,3 +131,40 @@ def test_top_heads_table_names_the_kind_when_a_model_mixes_kinds(tmp_path):
     page = write_report(tmp_path / "plain", data, n_top=10).read_text()
     for layer, head in data.result.top_heads(10):
         assert re.search(rf"<td>L{layer}H{head}</td>", page)
+
+
+def _kv_row(page: str, key: str) -> str:
+    """The value cell of the summary table's ``key`` row."""
+    return re.search(rf"<tr><td>{key}</td><td>(.*?)</td></tr>", page).group(1)
+
+
+def test_summary_counts_the_runs_examples_not_the_attributed_ones(tmp_path):
+    """The summary says how many examples the run had (``summary["n_examples"]``: 24, of which
+    18 = 0.75 * 24 answered right) and how many were attributed (the fit's 3); without the key,
+    the fit's count. Reading another key (a misspelled ``n_examples``) falls back to 3 examples
+    and drops the "18 of 24"."""
+    data = make_data(3, 4)
+    data.summary = {"data": "synthetic", "n_examples": 24, "accuracy": 0.75}
+    page = write_report(tmp_path / "run", data).read_text()
+    assert _kv_row(page, "Data") == "synthetic shapes (generated), 24 example(s)"
+    assert _kv_row(page, "Accuracy") == "75% answered correctly (18 of 24); 3 example(s) attributed"
+    data.summary = {"data": "my_set.jsonl", "accuracy": 0.5}
+    page = write_report(tmp_path / "fit", data).read_text()
+    assert _kv_row(page, "Data") == "my_set.jsonl, 3 example(s)"
+    assert _kv_row(page, "Accuracy") == "50% answered correctly; 3 example(s) attributed"
+
+
+def test_saved_figures_have_the_sizes_and_resolution_they_are_drawn_at(tmp_path):
+    """Each PNG is its figure size times its dpi: curves 11 x 4.8 in at 120 dpi = 1320 x 576
+    pixels; the importance map of 3 x 4 heads (5 x 3.2 in, the minimum size) at 120 dpi =
+    600 x 384; an example of 4 panels of a 120 x 96 image (2.6 in each; height
+    (2.6 * 96 / 120 + 0.3) + 0.4 in) at 110 dpi = 1144 x 305 pixels (305.8 rounded down).
+    Matplotlib's default (100 dpi) would give 1100 x 480 curves."""
+    data = make_data(3, 4)
+    data.examples = data.examples[1:]
+    write_report(tmp_path, data)
+    for name, size in [("curves", (1320, 576)), ("importance", (600, 384)),
+                       ("example_0", (1144, 305))]:  # fmt: skip
+        with Image.open(tmp_path / "figures" / f"{name}.png") as im:
+            assert im.size == size, name
+            assert np.allclose(im.info["dpi"], 120 if name != "example_0" else 110, atol=0.01)
