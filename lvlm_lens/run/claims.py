@@ -35,7 +35,12 @@ from lvlm_lens.attribution.comparison import HEAD_ATTRIBUTION, example_rankings
 from lvlm_lens.attribution.head_attribution import AttributionConfig, build_engine, fit_result
 from lvlm_lens.attribution.regression import sample_masks
 from lvlm_lens.data import render_example
-from lvlm_lens.data.questions import ATTRIBUTES, attribute_records
+from lvlm_lens.data.questions import (
+    ATTRIBUTES,
+    attribute_answer,
+    attribute_image_prompt,
+    attribute_records,
+)
 from lvlm_lens.data.records import synthetic_records
 from lvlm_lens.data.synthetic import CLASSES
 from lvlm_lens.interventions.ablation import BASELINES, HeadAblation, compute_baseline
@@ -185,28 +190,13 @@ def ranking_claims(
     }
 
 
-def semantics_claim(
-    model: HookedLVLM, refs, cfg: AttributionConfig, args, toy: ClaimsToy = TOYS["science"]
-) -> dict[str, Any]:
-    """Claim 5: same class / other look vs same look / other class, on a class x look grid.
-
-    ``toy.grid`` ``"v1"``: one image per cell of :data:`LOOKS`; ``"v2"``: ``args.per_cell``
-    jittered images per cell of looks differing only in unqueried attributes
-    (:func:`~lvlm_lens.run.claims_semantics.semantic_grid`). Both get the sign-flip table and
-    the test with classes permuted within looks (``within_look``).
-    """
-    if toy.grid == "v2":
-        examples = semantic_grid(args.per_cell, args.seed + 77)
-    else:
-        rng = np.random.default_rng(args.seed + 77)
-        examples = [
-            (c, k, render_example(c, look, rng)) for k, look in enumerate(LOOKS) for c in CLASSES
-        ]
-    prompt = apply_template(
-        "USER: <image>\nwhat is the shape of the object ? answer with one word . ASSISTANT:",
-        toy.template,
-    )
-    inputs = [model.prepare(ex.image, prompt, answers=c) for c, _, ex in examples]
+def _grid_test(model: HookedLVLM, refs, cfg: AttributionConfig, args, toy: ClaimsToy,
+               examples: list[Any], attribute: str) -> dict[str, Any]:  # fmt: skip
+    """Head attribution on the grid asked for ``attribute``; the sign-flip table and the
+    within-look test of its correctly answered, unflagged examples."""
+    prompt = apply_template(attribute_image_prompt(attribute), toy.template)
+    inputs = [model.prepare(ex.image, prompt, answers=attribute_answer(ex, attribute))
+              for _, _, ex in examples]  # fmt: skip
     keep = _correct(model, inputs)
     inputs = [inputs[i] for i in keep]
     bases = [compute_baseline(model, x, cfg.ablation, reference_images=refs) for x in inputs]
@@ -217,8 +207,33 @@ def semantics_claim(
     classes, looks = [examples[i][0] for i in use], [str(examples[i][1]) for i in use]
     sem = semantic_similarity(result, classes, looks, seed=args.seed)
     return {"table": sem.to_frame().to_dict(orient="records"), "n_examples": len(examples),
-            "n_used": len(use), "grid": toy.grid,
+            "n_used": len(use), "attribute": attribute,
             "within_look": within_look_test(result, classes, looks, seed=args.seed)}  # fmt: skip
+
+
+def semantics_claim(
+    model: HookedLVLM, refs, cfg: AttributionConfig, args, toy: ClaimsToy = TOYS["science"]
+) -> dict[str, Any]:
+    """Claim 5: same class / other look vs same look / other class, on a class x look grid.
+
+    ``toy.grid`` ``"v1"``: one image per cell of :data:`LOOKS`; ``"v2"``: ``args.per_cell``
+    jittered images per cell of looks differing only in unqueried attributes
+    (:func:`~lvlm_lens.run.claims_semantics.semantic_grid`). Both get the sign-flip table and
+    the test with classes permuted within looks (``within_look``), on the shape question.
+    The v2 grid is also asked its size (``shared_answer``: every image's answer is
+    ``large``), so that a class effect there cannot come from the answer token itself.
+    """
+    if toy.grid == "v2":
+        examples = semantic_grid(args.per_cell, args.seed + 77)
+    else:
+        rng = np.random.default_rng(args.seed + 77)
+        examples = [
+            (c, k, render_example(c, look, rng)) for k, look in enumerate(LOOKS) for c in CLASSES
+        ]
+    out = _grid_test(model, refs, cfg, args, toy, examples, "shape") | {"grid": toy.grid}
+    if toy.grid == "v2":
+        out["shared_answer"] = _grid_test(model, refs, cfg, args, toy, examples, "size")
+    return out
 
 
 def _attribute_inputs(model: HookedLVLM, n: int, seed: int, attribute: str, toy: ClaimsToy):

@@ -66,13 +66,18 @@ def _later(res: dict[str, Any], target: str) -> float:
 
 
 def _within(res: dict[str, Any]) -> dict[str, Any]:
-    return res["semantics"]["within_look"]
+    return res["semantics"]["shared_answer"]["within_look"]
 
 
 #: Primary statistics of claims 5 and 6.1 on the science toy v2 (fixed before any v2 run).
+#: Claim 5 reads the grid asked its **size** (every answer ``large``), not its shape: with the
+#: class as the answer, the answer token alone makes same-class attribution vectors alike (a
+#: 3-step, near-chance v2 gives same class - same look 0.97, p 1e-4, on the shape question and
+#: 0.08 on the size question), so the shape question could not come out the other way.
 V2_PRIMARY: tuple[Primary, ...] = (
-    Primary("5", "semantics", "centred cosine: same class - same look (mean over examples, "
-            "v2 grid)", "above 0 with p < 0.05, classes of whole cells permuted within looks",
+    Primary("5", "semantics", "centred cosine: same class - same look (mean over examples; "
+            "v2 grid asked its size, one answer for all)",
+            "above 0 with p < 0.05, classes of whole cells permuted within looks",
             lambda r: _within(r)["value"],
             lambda r: _within(r)["value"] > 0 and _within(r)["p_value"] < 0.05),
     Primary("6.1", "flow", "centre of mass (layer) of image->role minus question->role",

@@ -57,7 +57,9 @@ def _seed(within_value, within_p, role, final):
     return {
         "semantics": {"table": [{"kind": "same class - same appearance", "value": -1.0,
                                  "p_value": 1.0}],
-                      "within_look": {"value": within_value, "p_value": within_p}},
+                      "within_look": {"value": 9.0, "p_value": 0.0},  # the shape question
+                      "shared_answer": {"within_look": {"value": within_value,
+                                                        "p_value": within_p}}},
         "flow": {"effect_centre_of_mass": centres},
     }  # fmt: skip
 

@@ -64,8 +64,12 @@ def test_every_section_runs_on_the_v2_toy(tmp_path, v2_seeds, keep_all):
     assert res["rankings"]["n_heads"] == 8
     sem = res["semantics"]
     assert sem["grid"] == "v2" and sem["n_examples"] == sem["n_used"] == 8 * 3 * 2
-    within = sem["within_look"]
-    assert within["n"] == 48 and within["n_cells"] == 24 and 0 < within["p_value"] <= 1
+    for part in (sem, sem["shared_answer"]):  # the shape question; the size question
+        within = part["within_look"]
+        assert within["n"] == 48 and within["n_cells"] == 24 and 0 < within["p_value"] <= 1
+    assert (sem["attribute"], sem["shared_answer"]["attribute"]) == ("shape", "size")
+    sizes = [p for p in keep_all if "the size of the object" in p]
+    assert len(sizes) >= 48 and all(p.endswith(ROLES_ENDING) for p in sizes)  # + flow, tokens
     assert {"question\u2192role", "image\u2192role", "role\u2192final"} <= set(
         res["flow"]["effect_centre_of_mass"])  # fmt: skip
     assert set(res["tokens"]) == {"shape", "colour", "size", "background"}
@@ -75,8 +79,8 @@ def test_seeds_table_of_the_v2_toy(tmp_path, v2_seeds, keep_all):
     begin, end = toy_markers(TOYS["science_v2"])
     docs = tmp_path / "claims.md"
     docs.write_text(f"# x\n\n{begin}\nold\n{end}\n")
-    argv = ["--toy", "science_v2", "--seeds", *v2_seeds, *FEW, "--docs", str(docs),
-            "--skip", "baselines", "rankings", "tokens"]  # fmt: skip
+    argv = ["--toy", "science_v2", "--seeds", *v2_seeds, *FEW[:-1], "1", "--docs", str(docs),
+            "--skip", "baselines", "rankings", "tokens"]  # fmt: skip  (one image per cell)
     table = claims.main(argv + ["--out", str(tmp_path / "a")])
     claims.main(argv + ["--out", str(tmp_path / "b")])
     first = (tmp_path / "a" / "claims.json").read_bytes()
@@ -87,7 +91,7 @@ def test_seeds_table_of_the_v2_toy(tmp_path, v2_seeds, keep_all):
     for name in table["seeds"]:
         seed = json.loads((tmp_path / "a" / name / "claims.json").read_text())
         assert rows["5"]["per_seed"][name] == pytest.approx(
-            seed["semantics"]["within_look"]["value"], abs=1e-6)  # fmt: skip
+            seed["semantics"]["shared_answer"]["within_look"]["value"], abs=1e-6)  # fmt: skip
     assert rows["5"]["n_seeds"] == 2 and rows["4a"]["verdict"] == "not run"
     text = docs.read_text()
     assert "old" not in text and "Toy: `science_v2`" in text and "| seed0 | seed1 |" in text
