@@ -68,6 +68,9 @@ def test_every_section_runs_on_the_v2_toy(tmp_path, v2_seeds, keep_all):
         within = part["within_look"]
         assert within["n"] == 48 and within["n_cells"] == 24 and 0 < within["p_value"] <= 1
     assert (sem["attribute"], sem["shared_answer"]["attribute"]) == ("shape", "size")
+    # why claim 5's v2 primary asks the size: at chance, the shape question's answer token
+    # alone makes same-class vectors alike (0.99 here); with one answer for all, 0.16
+    assert sem["within_look"]["value"] > 0.8 > 0.4 > sem["shared_answer"]["within_look"]["value"]
     sizes = [p for p in keep_all if "the size of the object" in p]
     assert len(sizes) >= 48 and all(p.endswith(ROLES_ENDING) for p in sizes)  # + flow, tokens
     assert {"question\u2192role", "image\u2192role", "role\u2192final"} <= set(
