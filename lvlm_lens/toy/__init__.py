@@ -31,7 +31,7 @@ from lvlm_lens.data.questions import (
     attribute_text_prompt,
 )
 from lvlm_lens.hf_parts import clip_llama_config, word_level_tokenizer
-from lvlm_lens.toy.templates import apply_template, chat_template
+from lvlm_lens.toy.templates import apply_template, chat_template, template_of
 
 if TYPE_CHECKING:  # loaded lazily by load_toy
     from lvlm_lens.model.hooked_lvlm import HookedLVLM
@@ -206,7 +206,7 @@ def evaluate_attributes(
     *,
     batch_size: int = 100,
     attributes: tuple[str, ...] = ATTRIBUTES,
-    template: str = "llava",
+    template: str | None = None,
 ) -> dict[str, Any]:
     """Held-out accuracy of a toy model per question type (attribute x image / text).
 
@@ -221,12 +221,13 @@ def evaluate_attributes(
         batch_size: Examples per forward pass.
         attributes: Which attributes to ask.
         template: The prompt template the toy was trained with (:mod:`lvlm_lens.toy.templates`;
-            ``"roles"`` for the science toy v2).
+            ``"roles"`` for the science toy v2); ``None``: the one of the model's chat template.
 
     Returns:
         ``acc``: ``{"image:shape": ..., "text:colour": ...}``; ``image_acc`` / ``text_acc``
         (the lowest over the attributes), ``n`` and ``seed``.
     """
+    template = template or template_of(getattr(model, "chat_template", None))
     examples = generate_dataset(n, seed, image_size=TOY_IMAGE_SIZE)
     hits = {f"{k}:{a}": 0 for k in ("image", "text") for a in attributes}
     for start in range(0, n, batch_size):

@@ -55,3 +55,9 @@ def chat_template(template: str) -> str:
         raise RuntimeError("LLAVA_CHAT_TEMPLATE has no 'ASSISTANT:' generation prompt to extend")
     ending = ROLES_ENDING.lstrip().replace("\n", "\\n")
     return LLAVA_CHAT_TEMPLATE.replace(_GENERATION, "{{ '" + ending + "' }}")
+
+
+def template_of(chat: str | None) -> str:
+    """The template whose :func:`chat_template` is ``chat`` (a model's ``chat_template``);
+    ``"llava"`` for any other."""
+    return next((t for t in TEMPLATES if chat == chat_template(t)), "llava")

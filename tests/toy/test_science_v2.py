@@ -11,10 +11,10 @@ import torch
 
 from lvlm_lens.data import ATTRIBUTES, attribute_image_prompt, attribute_records
 from lvlm_lens.model.hooked_lvlm import HookedLVLM
-from lvlm_lens.toy import build_toy_tokenizer, toy_checkpoint_path
+from lvlm_lens.toy import build_toy_tokenizer, evaluate_attributes, toy_checkpoint_path
 from lvlm_lens.toy import train as train_module
 from lvlm_lens.toy.recipe import PRESETS, TemplatedRecipe, ToyArchitecture, recipe_template
-from lvlm_lens.toy.templates import ROLES_ENDING, apply_template, chat_template
+from lvlm_lens.toy.templates import ROLES_ENDING, apply_template, chat_template, template_of
 from lvlm_lens.toy.train import train_toy
 
 TINY = ToyArchitecture(layers=2, heads=4, d_model=32, d_mlp=64, attention_dropout=0.1)
@@ -108,3 +108,20 @@ def test_v2_seed_reaches_the_weights(tmp_path, tiny_v2):
     b = HookedLVLM.from_pretrained(other, device="cpu").hf_model.state_dict()
     lm = [k for k in a if "language_model" in k and k.endswith("q_proj.weight")]
     assert lm and not any(torch.equal(a[k], b[k]) for k in lm)
+
+
+def test_evaluation_reads_the_template_from_the_model(tiny_v2, monkeypatch):
+    out, _, _ = tiny_v2
+    model = HookedLVLM.from_pretrained(out, device="cpu")
+    assert template_of(model.chat_template) == "roles"
+    assert template_of(build_toy_tokenizer().chat_template) == "llava"
+    prompts = []
+    prepare = model.prepare
+
+    def spy(images, texts, *args, **kwargs):
+        prompts.extend(texts)
+        return prepare(images, texts, *args, **kwargs)
+
+    monkeypatch.setattr(model, "prepare", spy)
+    evaluate_attributes(model, n=2, seed=3, attributes=("size",))
+    assert len(prompts) == 4 and all(p.endswith(ROLES_ENDING) for p in prompts)
