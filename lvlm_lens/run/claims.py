@@ -392,6 +392,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     if args.docs and not args.seeds:
         p.error("--docs needs --seeds")
+    if args.per_cell < 1:
+        p.error(f"--per-cell must be >= 1, got {args.per_cell}")
     try:
         toy = resolve_toy(args.toy, args.seeds or ([args.model] if args.model else []))
     except ValueError as err:

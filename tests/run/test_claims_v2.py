@@ -107,3 +107,6 @@ def test_v2_needs_a_checkpoint_and_one_toy_per_run(v2_seeds, capsys):
     with pytest.raises(SystemExit):
         claims.main(["--toy", "science", "--model", v2_seeds[0]])
     assert "trained as another toy" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        claims.main(["--model", v2_seeds[0], "--per-cell", "0"])
+    assert "--per-cell must be >= 1" in capsys.readouterr().err
