@@ -125,3 +125,14 @@ def test_evaluation_reads_the_template_from_the_model(tiny_v2, monkeypatch):
     monkeypatch.setattr(model, "prepare", spy)
     evaluate_attributes(model, n=2, seed=3, attributes=("size",))
     assert len(prompts) == 4 and all(p.endswith(ROLES_ENDING) for p in prompts)
+
+
+def test_v2_same_seed_same_weights_with_dropout_on(tmp_path, tiny_v2):
+    """Attention dropout 0.1 is active in training: identical weights need the seeded stream."""
+    out, _, _ = tiny_v2
+    again = tmp_path / "again"
+    train_toy(again, seed=0, steps=3, batch_size=8, preset="science_v2", architecture=TINY,
+              eval_n=0, verbose=False)  # fmt: skip
+    a = HookedLVLM.from_pretrained(out, device="cpu").hf_model.state_dict()
+    b = HookedLVLM.from_pretrained(again, device="cpu").hf_model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
