@@ -72,8 +72,9 @@ def _within(res: dict[str, Any]) -> dict[str, Any]:
 #: Primary statistics of claims 5 and 6.1 on the science toy v2 (fixed before any v2 run).
 #: Claim 5 reads the grid asked its **size** (every answer ``large``), not its shape: with the
 #: class as the answer, the answer token alone makes same-class attribution vectors alike (a
-#: 3-step, near-chance v2 gives same class - same look 0.97, p 1e-4, on the shape question and
-#: 0.08 on the size question), so the shape question could not come out the other way.
+#: 3-step, near-chance v2 gives same class - same look 0.99, p 1e-4, on the shape question and
+#: 0.16 on the size question, ``tests/run/test_claims_v2.py``), so the shape question could
+#: hardly come out the other way.
 V2_PRIMARY: tuple[Primary, ...] = (
     Primary("5", "semantics", "centred cosine: same class - same look (mean over examples; "
             "v2 grid asked its size, one answer for all)",
