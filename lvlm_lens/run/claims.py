@@ -1,11 +1,12 @@
 """``python -m lvlm_lens.run.claims``: every number of ``docs/claims.md``, from one seeded command.
 
-On the science toy (``load_toy(name="science")``, 8 layers x 8 heads): the baselines'
-all-heads answers (both toys), head attribution on the object-identification question with the
-per-example and pooled ranking comparison, the spread of the transfer over heads, attention
-weight vs importance, semantic vs appearance, token-level flow by attention knockout, and
-object vs background image tokens. Writes ``claims.json``, CSV tables and PNG figures to
-``--out``; prints a one-screen summary.
+On the science toy (``load_toy(name="science")``, 8 layers x 8 heads; or, with ``--toy
+science_v2``, a science toy v2 checkpoint, :mod:`lvlm_lens.run.claims_toys`): the baselines'
+all-heads answers (the toy and the bundled one), head attribution on the object-identification
+question with the per-example and pooled ranking comparison, the spread of the transfer over
+heads, attention weight vs importance, semantic vs appearance, token-level flow by attention
+knockout, and object vs background image tokens. Writes ``claims.json``, CSV tables and PNG
+figures to ``--out``; prints a one-screen summary.
 """
 
 from __future__ import annotations
@@ -34,7 +35,12 @@ from lvlm_lens.attribution.comparison import HEAD_ATTRIBUTION, example_rankings
 from lvlm_lens.attribution.head_attribution import AttributionConfig, build_engine, fit_result
 from lvlm_lens.attribution.regression import sample_masks
 from lvlm_lens.data import render_example
-from lvlm_lens.data.questions import ATTRIBUTES, attribute_records
+from lvlm_lens.data.questions import (
+    ATTRIBUTES,
+    attribute_answer,
+    attribute_image_prompt,
+    attribute_records,
+)
 from lvlm_lens.data.records import synthetic_records
 from lvlm_lens.data.synthetic import CLASSES
 from lvlm_lens.interventions.ablation import BASELINES, HeadAblation, compute_baseline
@@ -43,10 +49,20 @@ from lvlm_lens.interventions.engine import AblationEngine
 from lvlm_lens.interventions.knockout import knockout_effect
 from lvlm_lens.interventions.token_ablation import mean_image_baseline
 from lvlm_lens.model.hooked_lvlm import HookedLVLM
+from lvlm_lens.run.claims_semantics import semantic_grid, within_look_test
+from lvlm_lens.run.claims_toys import (
+    TOYS,
+    ClaimsToy,
+    replace_toy_block,
+    resolve_toy,
+    toy_note,
+    toy_table,
+)
 from lvlm_lens.run.examples import prepare_records
 from lvlm_lens.run.options import RunOptions
-from lvlm_lens.run.seeds import aggregate, markdown, replace_block
+from lvlm_lens.run.seeds import aggregate, markdown
 from lvlm_lens.toy import load_toy
+from lvlm_lens.toy.templates import apply_template
 
 #: Looks of the semantic-vs-appearance grid: every class is drawn in each.
 LOOKS = (
@@ -68,6 +84,12 @@ def _correct(model: HookedLVLM, inputs: list[Any]) -> list[int]:
         return [
             i for i, x in enumerate(inputs) if int(model(x)[0, -1].argmax()) == int(x.answer_ids[0])
         ]
+
+
+def _correct_in_batch(model: HookedLVLM, inp: Any) -> list[int]:
+    """The examples of one batch whose final-position argmax is the answer."""
+    with torch.no_grad():
+        return (model(inp)[:, -1].argmax(-1) == inp.answer_ids).nonzero().flatten().tolist()
 
 
 def baseline_table(
@@ -168,14 +190,13 @@ def ranking_claims(
     }
 
 
-def semantics_claim(model: HookedLVLM, refs, cfg: AttributionConfig, args) -> dict[str, Any]:
-    """Claim 5: same class / other look vs same look / other class, on a class x look grid."""
-    rng = np.random.default_rng(args.seed + 77)
-    examples = [
-        (c, k, render_example(c, look, rng)) for k, look in enumerate(LOOKS) for c in CLASSES
-    ]
-    prompt = "USER: <image>\nwhat is the shape of the object ? answer with one word . ASSISTANT:"
-    inputs = [model.prepare(ex.image, prompt, answers=c) for c, _, ex in examples]
+def _grid_test(model: HookedLVLM, refs, cfg: AttributionConfig, args, toy: ClaimsToy,
+               examples: list[Any], attribute: str) -> dict[str, Any]:  # fmt: skip
+    """Head attribution on the grid asked for ``attribute``; the sign-flip table and the
+    within-look test of its correctly answered, unflagged examples."""
+    prompt = apply_template(attribute_image_prompt(attribute), toy.template)
+    inputs = [model.prepare(ex.image, prompt, answers=attribute_answer(ex, attribute))
+              for _, _, ex in examples]  # fmt: skip
     keep = _correct(model, inputs)
     inputs = [inputs[i] for i in keep]
     bases = [compute_baseline(model, x, cfg.ablation, reference_images=refs) for x in inputs]
@@ -183,27 +204,54 @@ def semantics_claim(model: HookedLVLM, refs, cfg: AttributionConfig, args) -> di
     check = check_baseline(model, engines)
     use = [keep[i] for i in check.kept]
     result = _attribute(model, [engines[i] for i in check.kept], cfg, [str(i) for i in use])
-    sem = semantic_similarity(result, [examples[i][0] for i in use],
-                              [str(examples[i][1]) for i in use], seed=args.seed)  # fmt: skip
+    classes, looks = [examples[i][0] for i in use], [str(examples[i][1]) for i in use]
+    sem = semantic_similarity(result, classes, looks, seed=args.seed)
     return {"table": sem.to_frame().to_dict(orient="records"), "n_examples": len(examples),
-            "n_used": len(use)}  # fmt: skip
+            "n_used": len(use), "attribute": attribute,
+            "within_look": within_look_test(result, classes, looks, seed=args.seed)}  # fmt: skip
 
 
-def _attribute_inputs(model: HookedLVLM, n: int, seed: int, attribute: str):
+def semantics_claim(
+    model: HookedLVLM, refs, cfg: AttributionConfig, args, toy: ClaimsToy = TOYS["science"]
+) -> dict[str, Any]:
+    """Claim 5: same class / other look vs same look / other class, on a class x look grid.
+
+    ``toy.grid`` ``"v1"``: one image per cell of :data:`LOOKS`; ``"v2"``: ``args.per_cell``
+    jittered images per cell of looks differing only in unqueried attributes
+    (:func:`~lvlm_lens.run.claims_semantics.semantic_grid`). Both get the sign-flip table and
+    the test with classes permuted within looks (``within_look``), on the shape question.
+    The v2 grid is also asked its size (``shared_answer``: every image's answer is
+    ``large``), so that a class effect there cannot come from the answer token itself.
+    """
+    if toy.grid == "v2":
+        examples = semantic_grid(args.per_cell, args.seed + 77)
+    else:
+        rng = np.random.default_rng(args.seed + 77)
+        examples = [
+            (c, k, render_example(c, look, rng)) for k, look in enumerate(LOOKS) for c in CLASSES
+        ]
+    out = _grid_test(model, refs, cfg, args, toy, examples, "shape") | {"grid": toy.grid}
+    if toy.grid == "v2":
+        out["shared_answer"] = _grid_test(model, refs, cfg, args, toy, examples, "size")
+    return out
+
+
+def _attribute_inputs(model: HookedLVLM, n: int, seed: int, attribute: str, toy: ClaimsToy):
     """The correctly answered examples of one question type, as one batch, and their records."""
-    recs = attribute_records(n, seed, attributes=(attribute,))
+    recs = toy.records(attribute_records(n, seed, attributes=(attribute,)))
     inp = model.prepare([r.image for r in recs], [r.prompt for r in recs], [r.answer for r in recs])
-    with torch.no_grad():
-        right = (model(inp)[:, -1].argmax(-1) == inp.answer_ids).nonzero().flatten().tolist()
+    right = _correct_in_batch(model, inp)
     return inp.select(right), [recs[i] for i in right]
 
 
-def flow_claims(model: HookedLVLM, n: int, seed: int, window: int, out: Path) -> dict[str, Any]:
+def flow_claims(
+    model: HookedLVLM, n: int, seed: int, window: int, out: Path, toy: ClaimsToy = TOYS["science"]
+) -> dict[str, Any]:
     """Claim 6.1: when question and image information reach the role and final tokens."""
     frames, all_layers, n_correct = [], {}, {}
     layers = list(range(model.cfg.n_layers))
     for attribute in ATTRIBUTES:
-        inp, _ = _attribute_inputs(model, n, seed, attribute)
+        inp, _ = _attribute_inputs(model, n, seed, attribute, toy)
         n_correct[attribute] = len(inp)
         res = token_flow(model, inp, FlowConfig(window=window, progress=False))
         frames.append(res.frame.assign(example=res.frame.example + 1000 * len(frames),
@@ -229,44 +277,52 @@ def flow_claims(model: HookedLVLM, n: int, seed: int, window: int, out: Path) ->
     }
 
 
-def token_claim(model: HookedLVLM, n: int, seed: int, refs_inputs) -> dict[str, Any]:
+def token_claim(
+    model: HookedLVLM, n: int, seed: int, refs_inputs, toy: ClaimsToy = TOYS["science"]
+) -> dict[str, Any]:
     """Claim 6.2: object vs as many background image tokens, per question type."""
     mean = mean_image_baseline(model, refs_inputs)
     out = {}
     for attribute in ATTRIBUTES:
-        inp, recs = _attribute_inputs(model, n, seed, attribute)
+        inp, recs = _attribute_inputs(model, n, seed, attribute, toy)
         res = region_ablation(model, inp, [r.mask for r in recs], baseline=mean, seed=seed,
                               progress=False)  # fmt: skip
         out[attribute] = res.summary(seed).to_dict(orient="records")
     return out
 
 
-def _measure(args: argparse.Namespace, out: Path, folder: str | None) -> dict[str, Any]:
-    """Every section not in ``args.skip`` on one checkpoint; writes ``out/claims.json``."""
+def _measure(
+    args: argparse.Namespace, out: Path, folder: str | None, toy: ClaimsToy = TOYS["science"]
+) -> dict[str, Any]:
+    """Every section not in ``args.skip`` on one checkpoint of ``toy``; writes
+    ``out/claims.json`` (with the toy's name and the claims testable on it)."""
     out.mkdir(parents=True, exist_ok=True)
     model = (
         HookedLVLM.from_pretrained(folder, device="cpu")
         if folder
-        else load_toy(device="cpu", name="science")
+        else load_toy(device="cpu", name=toy.name)
     )
     refs = [r.image for r in synthetic_records(16, args.data_seed + 1)]
     cfg = AttributionConfig(n_masks=args.n_masks, seed=args.seed,
                             ablation=HeadAblation(baseline=args.baseline))  # fmt: skip
-    shape = attribute_records(args.n_examples, args.data_seed, attributes=("shape",))
-    n, res = args.n_examples, {"args": vars(args) | {"model": folder}, "seconds": {}}
+    shape = toy.records(attribute_records(args.n_examples, args.data_seed, attributes=("shape",)))
+    n = args.n_examples
+    res = {"args": vars(args) | {"model": folder, "toy": toy.name}, "toy": toy.name,
+           "testable": toy.testable, "seconds": {}}  # fmt: skip
     steps = {
         "baselines": lambda: {
-            "science": baseline_table(
-                model, attribute_records(n, args.data_seed), refs, cfg.metric
+            toy.name: baseline_table(
+                model, toy.records(attribute_records(n, args.data_seed)), refs, cfg.metric
             ),
             "bundled": baseline_table(load_toy(device="cpu"), synthetic_records(n, args.data_seed),
                                       refs, cfg.metric),
         },  # fmt: skip
         "rankings": lambda: ranking_claims(model, shape, refs, cfg, out, args),
-        "semantics": lambda: semantics_claim(model, refs, cfg, args),
-        "flow": lambda: flow_claims(model, n, args.data_seed, args.window, out),
+        "semantics": lambda: semantics_claim(model, refs, cfg, args, toy),
+        "flow": lambda: flow_claims(model, n, args.data_seed, args.window, out, toy),
         "tokens": lambda: token_claim(model, n, args.data_seed,
-                                      _prepare(model, synthetic_records(16, args.data_seed + 1))),
+                                      _prepare(model, toy.records(
+                                          synthetic_records(16, args.data_seed + 1))), toy),
     }  # fmt: skip
     for name, step in steps.items():
         if name in args.skip:
@@ -286,23 +342,26 @@ def _seed_name(folder: str) -> str:
     return f"seed{json.loads(record.read_text())['seed']}"
 
 
-def run_seeds(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """Every claim on each ``--seeds`` checkpoint, then the across-seeds table.
+def run_seeds(
+    args: argparse.Namespace, out: Path, toy: ClaimsToy = TOYS["science"]
+) -> dict[str, Any]:
+    """Every claim on each ``--seeds`` checkpoint of ``toy``, then the across-seeds table.
 
     Writes ``out/<seed>/`` per checkpoint, ``out/claims.json`` (the table only: no timings or
     paths, so a rerun gives the same bytes), ``out/seeds.md`` and, with ``--docs``, the seeds
-    table of that file.
+    table of that file (the toy's own markers, :func:`~lvlm_lens.run.claims_toys.toy_markers`).
     """
     names = [_seed_name(f) for f in args.seeds]
-    results = [_measure(args, out / name, f) for name, f in zip(names, args.seeds, strict=True)]
-    table = aggregate(names, results)
+    results = [_measure(args, out / name, f, toy)
+               for name, f in zip(names, args.seeds, strict=True)]  # fmt: skip
+    table = toy_table(aggregate(names, results), toy, names, results)
     out.mkdir(parents=True, exist_ok=True)
     (out / "claims.json").write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
-    block = markdown(table)
+    block = markdown(table) + "\n" + toy_note(toy)
     (out / "seeds.md").write_text(block)
     if args.docs:
         docs = Path(args.docs)
-        docs.write_text(replace_block(docs.read_text(), block))
+        docs.write_text(replace_toy_block(docs.read_text(), block, toy))
     for row in table["primary"]:
         print(f"claim {row['claim']}: {row['verdict']}", flush=True)
     return table
@@ -313,6 +372,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser("python -m lvlm_lens.run.claims", description=__doc__)
     p.add_argument("--out", default="runs/claims", help="output folder")
     p.add_argument("--model", help="checkpoint folder (default: the shipped science toy)")
+    p.add_argument("--toy", choices=tuple(TOYS), help="which toy the checkpoints are (default: "
+                   "their training.json preset, else science): prompts, claim-5 grid, testable "
+                   "claims (run/claims_toys.py)")  # fmt: skip
+    p.add_argument("--per-cell", type=int, default=3,
+                   help="science_v2: jittered images per class x look cell of claim 5")  # fmt: skip
     p.add_argument("--seeds", nargs="+", help="checkpoint folders, one per training seed: "
                    "measure each and write the across-seeds table (run/seeds.py)")  # fmt: skip
     p.add_argument("--docs", help="with --seeds: regenerate the seeds table of this file")
@@ -328,10 +392,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     if args.docs and not args.seeds:
         p.error("--docs needs --seeds")
+    if args.per_cell < 1:
+        p.error(f"--per-cell must be >= 1, got {args.per_cell}")
+    try:
+        toy = resolve_toy(args.toy, args.seeds or ([args.model] if args.model else []))
+    except ValueError as err:
+        p.error(str(err))
+    args.toy = toy.name
     torch.set_num_threads(1)
     if args.seeds:
-        return run_seeds(args, Path(args.out))
-    return _measure(args, Path(args.out), args.model)
+        return run_seeds(args, Path(args.out), toy)
+    return _measure(args, Path(args.out), args.model, toy)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ from lvlm_lens.data.questions import (
     attribute_image_prompt,
     attribute_text_prompt,
 )
-from lvlm_lens.hf_parts import LLAVA_CHAT_TEMPLATE, clip_llama_config, word_level_tokenizer
+from lvlm_lens.hf_parts import clip_llama_config, word_level_tokenizer
+from lvlm_lens.toy.templates import apply_template, chat_template, template_of
 
 if TYPE_CHECKING:  # loaded lazily by load_toy
     from lvlm_lens.model.hooked_lvlm import HookedLVLM
@@ -43,9 +44,14 @@ TOY_PATCH_SIZE = 8
 TOY_GRID = TOY_IMAGE_SIZE // TOY_PATCH_SIZE
 
 
-def build_toy_tokenizer() -> PreTrainedTokenizerFast:
-    """The toy's word-level tokenizer: special tokens + :data:`lvlm_lens.data.VOCABULARY`."""
-    return word_level_tokenizer(VOCABULARY, chat_template=LLAVA_CHAT_TEMPLATE)
+def build_toy_tokenizer(template: str = "llava") -> PreTrainedTokenizerFast:
+    """The toy's word-level tokenizer: special tokens + :data:`lvlm_lens.data.VOCABULARY`.
+
+    Args:
+        template: Its chat template (:mod:`lvlm_lens.toy.templates`): ``"llava"`` (the
+            bundled and science toys) or ``"roles"`` (the science toy v2).
+    """
+    return word_level_tokenizer(VOCABULARY, chat_template=chat_template(template))
 
 
 def build_toy_image_processor() -> CLIPImageProcessorPil:
@@ -56,15 +62,19 @@ def build_toy_image_processor() -> CLIPImageProcessorPil:
     )
 
 
-def build_toy_processor() -> LlavaProcessor:
-    """The toy's ``LlavaProcessor`` (tokenizer, image processor, chat template)."""
+def build_toy_processor(template: str = "llava") -> LlavaProcessor:
+    """The toy's ``LlavaProcessor`` (tokenizer, image processor, chat template).
+
+    Args:
+        template: The chat template (:func:`build_toy_tokenizer`).
+    """
     return LlavaProcessor(
         image_processor=build_toy_image_processor(),
-        tokenizer=build_toy_tokenizer(),
+        tokenizer=build_toy_tokenizer(template),
         patch_size=TOY_PATCH_SIZE,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
-        chat_template=LLAVA_CHAT_TEMPLATE,
+        chat_template=chat_template(template),
     )
 
 
@@ -196,6 +206,7 @@ def evaluate_attributes(
     *,
     batch_size: int = 100,
     attributes: tuple[str, ...] = ATTRIBUTES,
+    template: str | None = None,
 ) -> dict[str, Any]:
     """Held-out accuracy of a toy model per question type (attribute x image / text).
 
@@ -209,11 +220,14 @@ def evaluate_attributes(
         seed: Seed of :func:`~lvlm_lens.data.generate_dataset` (keep it apart from training).
         batch_size: Examples per forward pass.
         attributes: Which attributes to ask.
+        template: The prompt template the toy was trained with (:mod:`lvlm_lens.toy.templates`;
+            ``"roles"`` for the science toy v2); ``None``: the one of the model's chat template.
 
     Returns:
         ``acc``: ``{"image:shape": ..., "text:colour": ...}``; ``image_acc`` / ``text_acc``
         (the lowest over the attributes), ``n`` and ``seed``.
     """
+    template = template or template_of(getattr(model, "chat_template", None))
     examples = generate_dataset(n, seed, image_size=TOY_IMAGE_SIZE)
     hits = {f"{k}:{a}": 0 for k in ("image", "text") for a in attributes}
     for start in range(0, n, batch_size):
@@ -223,8 +237,9 @@ def evaluate_attributes(
             which = [(start + k) % count for k in range(len(chunk))]
             answers = [attribute_answer(ex, a) for ex in chunk]
             images = [ex.image for ex in chunk]
-            texts = [attribute_text_prompt(ex, a, t) for ex, t in zip(chunk, which, strict=True)]
-            prompts = [attribute_image_prompt(a, t) for t in which]
+            texts = [apply_template(attribute_text_prompt(ex, a, t), template)
+                     for ex, t in zip(chunk, which, strict=True)]  # fmt: skip
+            prompts = [apply_template(attribute_image_prompt(a, t), template) for t in which]
             batches = {
                 "image": model.prepare(images, prompts, answers),
                 "text": model.prepare(None, texts, answers),

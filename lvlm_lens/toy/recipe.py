@@ -247,3 +247,46 @@ def log_line(entry: dict[str, Any]) -> str:
     if "train_acc" in entry:
         line += "  " + " ".join(f"{k} {v:.2f}" for k, v in entry["train_acc"].items())
     return line
+
+
+@dataclass(frozen=True)
+class TemplatedRecipe(ToyRecipe):
+    """A :class:`ToyRecipe` whose prompts are written in a chat template of their own.
+
+    Attributes:
+        template: One of :data:`lvlm_lens.toy.templates.TEMPLATES`: every training prompt (and
+            the checkpoint's chat template) takes that form (``"roles"``: four role tokens
+            between the question and the final token).
+    """
+
+    template: str = "roles"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from lvlm_lens.toy.templates import TEMPLATES  # here: keeps recipe's imports as they were
+
+        if self.template not in TEMPLATES:
+            raise ValueError(
+                f"unknown prompt template {self.template!r}; expected one of {TEMPLATES}"
+            )
+        if self.task == "shape" and self.template != "llava":
+            raise ValueError("the shape task's prompts (lvlm_lens.data.prompts) are LLaVA only")
+
+
+def recipe_template(recipe: ToyRecipe) -> str:
+    """The prompt template of a recipe: its own (:class:`TemplatedRecipe`) or ``"llava"``."""
+    return recipe.template if isinstance(recipe, TemplatedRecipe) else "llava"
+
+
+#: The science toy v2 (``docs/toy_model.md``, "Science toy v2"): 12 layers x 16 heads (192
+#: heads, so a small circuit can show), the science task and warm start, and the ``"roles"``
+#: template (four role tokens between the question and the final token). Not shipped: trained
+#: per seed by ``make seeds-v2``.
+PRESETS["science_v2"] = TemplatedRecipe(
+    task="attributes",
+    architecture=ToyArchitecture(layers=12, heads=16, d_model=128, attention_dropout=0.1),
+    steps=2000,
+    attribute_weights=(0.4, 0.2, 0.2, 0.2),
+    vision_init="bundled",
+    template="roles",
+)

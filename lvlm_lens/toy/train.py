@@ -39,8 +39,10 @@ from lvlm_lens.toy.recipe import (
     ToyRecipe,
     TrainLog,
     log_line,
+    recipe_template,
     sample_batch,
 )
+from lvlm_lens.toy.templates import apply_template
 from lvlm_lens.toy.warm_start import (
     has_checkpoint,
     init_vision_,
@@ -119,20 +121,21 @@ def train_toy(
 
     Every setting left ``None`` comes from the preset (:data:`~lvlm_lens.toy.recipe.PRESETS`):
     ``"bundled"`` is the recipe of the shipped 4-layer toy, ``"science"`` the one of the
-    8-layer multi-attribute toy (``docs/toy_model.md``).
+    8-layer multi-attribute toy, ``"science_v2"`` its 12 x 16-head version with four role
+    tokens in every prompt (``docs/toy_model.md``).
 
     Args:
         out_dir: Folder to write (config, ``model.safetensors``, tokenizer, image processor,
             chat template, ``training.json``); created if missing.
         seed: Seed of the weight init, the data stream, the dropout stream and the vision
             warm start (same seed, same model, given the same library versions and thread
-            count; the caller's torch generator is left as it was). The science preset's
-            tower starts from the bundled recipe trained with the same seed
+            count; the caller's torch generator is left as it was). The science presets'
+            towers start from the bundled recipe trained with the same seed
             (:mod:`lvlm_lens.toy.warm_start`).
         steps: Optimizer steps; each sees a fresh batch.
         batch_size: Examples per step, image and text prompts together.
         lr: Peak learning rate of the one-cycle schedule.
-        preset: ``"bundled"`` or ``"science"``.
+        preset: ``"bundled"``, ``"science"`` or ``"science_v2"``.
         architecture: Sizes of the language model (layers, heads, width, attention dropout).
         text_fraction: Share of each batch asked as text-only prompts.
         weight_decay: AdamW weight decay (weights only; not biases, norms or embeddings
@@ -214,7 +217,8 @@ def _train(
     n_image = batch_size - n_text
     threads = torch.get_num_threads()
 
-    processor = build_toy_processor()
+    template = recipe_template(recipe)
+    processor = build_toy_processor(template)
     tokenizer = processor.tokenizer
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -256,6 +260,7 @@ def _train(
     for step in range(steps):
         rng = np.random.default_rng([seed, step, _TRAIN_STREAM])
         batch = sample_batch(recipe, rng, batch_size, n_image, TOY_IMAGE_SIZE)
+        batch.prompts = [apply_template(p, template) for p in batch.prompts]
         targets = torch.tensor(tokenizer.convert_tokens_to_ids(batch.answers))
         rows = tokenizer(
             [p.replace("<image>", image_tokens) for p in batch.prompts[:n_image]]
@@ -308,6 +313,7 @@ def _train(
         "patch_init_std": recipe.patch_init_std,
         "attribute_weights": list(recipe.attribute_weights),
         "vision_init": recipe.vision_init,
+        "template": template,
         "vision_init_seed": None
         if vision_folder is None
         else json.loads((vision_folder / "training.json").read_text())["seed"],
@@ -326,7 +332,7 @@ def _train(
         if recipe.task == "shape":
             summary["eval"] = evaluate_toy(hooked, eval_n, eval_seed)
         else:
-            summary["eval"] = evaluate_attributes(hooked, eval_n, eval_seed)
+            summary["eval"] = evaluate_attributes(hooked, eval_n, eval_seed, template=template)
         if verbose:
             ev = summary["eval"]
             accs = ev.get("acc", {"image": ev["image_acc"], "text": ev["text_acc"]})

@@ -22,7 +22,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output checkpoint folder")
     parser.add_argument(
         "--preset", default="bundled", choices=tuple(PRESETS),
-        help="recipe: the bundled 4-layer shape toy or the 8-layer multi-attribute science toy",
+        help="recipe: the bundled 4-layer shape toy, the 8-layer multi-attribute science toy or "
+        "its 12 x 16-head v2 with four role tokens per prompt",
     )  # fmt: skip
     parser.add_argument(
         "--seed", type=int, default=0,
