@@ -32,6 +32,7 @@ from lvlm_lens.model.blocks import GatedMLP
 from lvlm_lens.model.generate import extend_input
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.model.linear_refusal import LinearAwareDict
+from lvlm_lens.model.linear_sweeps import sweep_hook
 
 #: TransformerLens 4's names of the split q/k/v inputs, and the names they stand for here.
 _BRIDGE_NAME = re.compile(r"^blocks\.(\d+)\.attn\.hook_([qkv])_input$")
@@ -187,5 +188,7 @@ class AnalysisMixin:
         super().add_hook(self._resolve(name), hook, *args, **kwargs)  # type: ignore[misc]
 
     def _enable_hook(self, name: Any, hook: Any, dir: str) -> None:
-        super()._enable_hook(self._resolve(name), hook, dir)  # type: ignore[misc]
+        # the path of run_with_hooks, TL's sweeps': a linear layer's head there is NaN or refused
+        name, hook = sweep_hook(self, self._resolve(name), hook)
+        super()._enable_hook(name, hook, dir)  # type: ignore[misc]
 
