@@ -8,7 +8,7 @@ neither ``n_heads`` many nor heads that attend), so in a sweep over *every* laye
 **NaN**, never a number that could be read as a score; the full-attention layers' rows are
 what TL computes. A linear layer *picked* by the caller (``detect_head(..., heads=...)``, an
 explicit ``index_df``, a direct-path source) is refused in one line naming the full-attention
-layers.
+layers. (``get_act_patch_direct_path_all_sources`` gives a linear *source* layer NaN rows.)
 
 How: TL's sweep functions are recognised on the call stack (a sweep over every layer is
 ``detect_head`` with ``heads=None``, ``generic_activation_patch`` without an ``index_df``, a
@@ -32,7 +32,7 @@ from transformer_lens import head_detector, patching
 
 from lvlm_lens.model.linear_refusal import LinearLayerError, full_attention_layers
 
-__all__ = ["sweep_kind", "sweep_hook", "nan_stand_in"]
+__all__ = ["sweep_kind", "sweep_hook", "nan_stand_in", "direct_path_source"]
 
 #: A TL hook name of a layer's attention heads: ``blocks.{l}.attn.hook_*`` or the split inputs.
 _HEAD_NAME = re.compile(r"^blocks\.(\d+)\.(?:attn\.)?(hook_\w+)$")
@@ -56,16 +56,20 @@ _SWEEPS: dict[Any, Callable[[Any], str]] = {
     head_detector.detect_head.__code__: _detect_head_kind,
     patching.generic_activation_patch.__code__:
         lambda f: "picked" if f.f_locals.get("flattened_output", True) else "all",
-    patching.get_act_patch_direct_path.__code__: lambda f: "direct",
+    patching.get_act_patch_direct_path.__code__: lambda f: (
+        "direct_all" if f.f_back is not None
+        and f.f_back.f_code is patching.get_act_patch_direct_path_all_sources.__code__
+        else "direct"),
 }
 
 
 def sweep_kind(via: str | None = None) -> str | None:
     """Which TL sweep the caller is inside: ``"all"`` (every layer), ``"direct"`` (a
-    direct-path sweep's destinations), ``"abs"`` (``detect_head`` over every layer with
-    ``error_measure="abs"``), ``"picked"`` (layers the caller chose), or ``None``. With
-    ``via``, only a sweep that called the function of that name itself (``run_with_hooks``:
-    its own patching hooks, not the caching hooks of a ``run_with_cache`` inside it)."""
+    direct-path sweep's destinations; ``"direct_all"`` when every source is swept too),
+    ``"abs"`` (``detect_head`` over every layer with ``error_measure="abs"``), ``"picked"``
+    (layers the caller chose), or ``None``. With ``via``, only a sweep that called the
+    function of that name itself (``run_with_hooks``: its own patching hooks, not the caching
+    hooks of a ``run_with_cache`` inside it)."""
     f, child = sys._getframe(1), None
     for _ in range(_DEPTH):
         if f is None:
@@ -115,9 +119,27 @@ def sweep_hook(model: Any, name: Any, hook: Any) -> tuple[Any, Any]:
     cfg, tl_hook = model.cfg, hook
 
     def nan_out(attn_out: Tensor, hook: Any) -> Tensor:
-        if kind == "direct":  # TL checks that its hook ran: run it on a stand-in
+        if kind.startswith("direct"):  # TL checks that its hook ran: run it on a stand-in
             b, p, d = attn_out.shape
             tl_hook(attn_out.new_zeros(b, p, cfg.n_heads, d), hook=hook)
         return torch.full_like(attn_out, float("nan"))
 
     return f"blocks.{layer}.hook_attn_out", nan_out
+
+
+def direct_path_source(model: Any, key: Any, value: Tensor) -> Tensor:
+    """A cache's ``value`` for ``key``, unless ``key`` is a linear layer's ``hook_z`` read as a
+    direct-path source: NaN (so its row is NaN) when every source is swept, refused in one
+    line for one source (its value heads are not attention heads)."""
+    where = head_point(key)
+    if where is None or where[1] != "hook_z" or model.attn_kind(where[0]) != "linear":
+        return value
+    kind = sweep_kind()
+    if kind == "direct_all":
+        return torch.full_like(value, float("nan"))
+    if kind == "direct":
+        raise LinearLayerError(
+            f"{key}: layer {where[0]} is a linear-attention (Gated-DeltaNet) layer, whose value "
+            f"heads are not attention heads to patch a path from; pick a full-attention source "
+            f"layer: {full_attention_layers(model.cfg)}")  # fmt: skip
+    return value

@@ -211,3 +211,88 @@ def test_a_linear_layers_attention_weight_is_refused_in_one_line(model, name):
         getattr(model.blocks[0].attn, name)
     assert not hasattr(model.blocks[2].attn, name)
     assert hasattr(model.blocks[1].attn, "W_Q")  # the full-attention layer's own
+
+
+@parity(**SWEEP_ROW)
+def test_direct_path_all_sources_has_nan_linear_source_rows(model):
+    clean, corrupt = pair(model, "text")
+    _, clean_cache = model.run_with_cache(clean)
+    logits, corrupt_cache = model.run_with_cache(corrupt)
+
+    def metric(x):
+        return x[0, -1, 3] - logits[0, -1, 3]
+
+    every = patching.get_act_patch_direct_path_all_sources(
+        model, corrupt, clean_cache, corrupt_cache, metric, verbose=False)
+    n = model.cfg.n_layers
+    for src in range(n):
+        later = every[src, :, src + 1:]
+        assert torch.equal(every[src, :, : src + 1], torch.zeros_like(every[src, :, : src + 1]))
+        if src in LINEAR:  # no attention head to patch a path from
+            assert later.isnan().all()
+        else:  # each full-attention source's row is its own sweep's
+            one = patching.get_act_patch_direct_path(model, corrupt, clean_cache, corrupt_cache,
+                                                     metric, src, 0, verbose=False)
+            assert torch.allclose(every[src, 0], one, atol=1e-6, equal_nan=True)
+    with pytest.raises(KeyError, match=r"blocks\.0\.attn\.hook_z: layer 0 is a linear-attention"):
+        patching.get_act_patch_direct_path(model, corrupt, clean_cache, corrupt_cache, metric,
+                                           0, 0, verbose=False)
+
+
+#: ``stack_head_results`` labels and the full decomposition, on a Qwen3.5 whose linear layers
+#: have more value heads than the model has attention heads (the real 32 : 16).
+RESID_ROW = dict(
+    api="ActivationCache.stack_head_results / get_full_resid_decomposition (Qwen3.5)",
+    status="differs",
+    note="a linear-attention layer's components are its value heads (z @ W_O per value head), "
+    "labelled L{l}H{h} by their own count, where TL labels n_heads per layer and so "
+    "misnames every later component; the decomposition sums to the residual stream (a "
+    "DeltaNet's out_proj has no bias)")
+
+
+@pytest.fixture(scope="module")
+def wide(tiny_checkpoint):
+    return HookedLVLM.from_pretrained(tiny_checkpoint("qwen3.5", linear_num_value_heads=8))
+
+
+@parity(**RESID_ROW)
+@pytest.mark.parametrize("kind", ["text", "image"])
+def test_head_results_are_labelled_by_each_layers_heads(wide, kind):
+    x = pair(wide, kind)[0]
+    _, cache = wide.run_with_cache(x)
+    stack, labels = cache.stack_head_results(return_labels=True, incl_remainder=True)
+    assert len(labels) == stack.shape[0] and labels[-1] == "remainder"
+    n_v = wide.cfg.decoder.linear_attention.n_v_heads
+    assert n_v != wide.cfg.n_heads
+    for i, label in enumerate(labels[:-1]):
+        layer, head = map(int, re.match(r"^L(\d+)H(\d+)$", label).groups())
+        z = cache[f"blocks.{layer}.attn.hook_z"][:, :, head]
+        want = z @ wide.blocks[layer].attn.W_O[head]
+        assert torch.allclose(stack[i], want, atol=1e-5)
+    assert sum(label.startswith("L0H") for label in labels) == n_v
+    parts, names = cache.get_full_resid_decomposition(expand_neurons=False, return_labels=True)
+    assert len(names) == parts.shape[0] and names[-2:] == ["embed", "bias"]
+    last = cache[f"blocks.{wide.cfg.n_layers - 1}.hook_resid_post"]
+    assert torch.allclose(parts.sum(0), last, atol=1e-4)
+
+
+@parity(api="all_composition_scores (Qwen3.5)", status="differs",
+        note="[layer, head, layer, head] as TL, NaN wherever either layer is a "
+        "linear-attention layer (no heads; the stacked model.W_Q ... stay refused), the "
+        "Frobenius formula between full-attention heads, 0 where the first is not earlier")
+@pytest.mark.parametrize("mode", ["Q", "K", "V"])
+def test_composition_scores_are_nan_on_linear_layers(model, mode):
+    n, h = model.cfg.n_layers, model.cfg.n_heads
+    scores = model.all_composition_scores(mode)
+    assert scores.shape == (n, h, n, h)
+    assert scores[LINEAR].isnan().all() and scores[:, :, LINEAR].isnan().all()
+    for l1 in FULL:
+        for l2 in FULL:
+            a1, a2 = model.blocks[l1].attn, model.blocks[l2].attn
+            for h1 in range(h):
+                for h2 in range(h):
+                    ov = a1.W_V[h1] @ a1.W_O[h1]
+                    qk = a2.W_Q[h2] @ a2.W_K[h2].T
+                    b = {"Q": qk, "K": qk.T, "V": a2.W_V[h2] @ a2.W_O[h2]}[mode]
+                    want = (ov @ b).norm() / (ov.norm() * b.norm()) if l1 < l2 else 0.0
+                    assert float(scores[l1, h1, l2, h2]) == pytest.approx(float(want), abs=1e-5)
