@@ -9,6 +9,7 @@ the answer computed by hand.
 from __future__ import annotations
 
 import re
+from contextlib import nullcontext
 
 import pandas as pd
 import pytest
@@ -16,10 +17,11 @@ import torch
 from transformer_lens import SVDInterpreter, head_detector, patching
 
 from lvlm_lens import HookedLVLM
-from tests.model.test_tl_analysis import (
+from tests.model.test_tl_analysis import (  # noqa: F401 (test_prompt's test collected here again)
     image_input,
     pattern_by_definition,
     same_up_to_sign,
+    test_test_prompt_ranks_are_the_models_ranks,
 )
 from tests.model.tl_parity import parity
 
@@ -67,13 +69,16 @@ def test_detect_head_refuses_a_linear_layer_in_one_line(model):
 
 
 @parity(**SWEEP_ROW)
+@pytest.mark.parametrize("kind", ["text", "image"])
 @pytest.mark.parametrize("name", ["previous_token_head", "duplicate_token_head"])
-def test_detect_head_over_every_layer_has_nan_linear_rows(model, name):
-    seq = "the cat sat on the cat"
-    got = head_detector.detect_head(model, seq, name, exclude_bos=True)
+def test_detect_head_over_every_layer_has_nan_linear_rows(model, name, kind):
+    seq = "the cat sat on the cat" if kind == "text" else image_input(model)
+    with model.bind(seq) if kind == "image" else nullcontext():  # its image with its ids
+        got = head_detector.detect_head(model, seq, name, exclude_bos=True)
     assert got.shape == (model.cfg.n_layers, model.cfg.n_heads)
     assert got[LINEAR].isnan().all()
     det = pattern_by_definition(name, model.to_tokens(seq)[0].tolist())
+    assert det.sum() > 0
     _, cache = model.run_with_cache(seq, remove_batch_dim=True)
     for layer in FULL:
         for h in range(model.cfg.n_heads):
@@ -129,8 +134,9 @@ def test_head_patching_sweeps_have_nan_linear_rows(model, kind):
 
 
 @parity(**SWEEP_ROW)
-def test_direct_path_sweep_has_nan_linear_destinations(model):
-    clean, corrupt = pair(model, "text")
+@pytest.mark.parametrize("kind", ["text", "image"])
+def test_direct_path_sweep_has_nan_linear_destinations(model, kind):
+    clean, corrupt = pair(model, kind)
     _, clean_cache = model.run_with_cache(clean)
     logits, corrupt_cache = model.run_with_cache(corrupt)
 
