@@ -65,14 +65,37 @@ class LVLMActivationCache(ActivationCache):
                            *args: Any, **kwargs: Any) -> Any:
         """TransformerLens' ``stack_head_results``; the labels follow each layer's own head
         count (a linear-attention layer's ``hook_result`` has one row per value head, which
-        TL labels as if it had ``n_heads``)."""
+        TL labels as if it had ``n_heads``). On a sandwich-norm layer (Gemma 3) the heads'
+        ``z @ W_O`` are, as in TL, before the post-attention norm."""
         stack, labels = super().stack_head_results(layer, True, *args, **kwargs)
         if self._linear:
             n = self.model.cfg.n_layers if layer is None or layer == -1 else layer
             heads = [self[("result", i, "attn")].shape[-2] for i in range(n)]
-            rest = labels[sum(self.model.cfg.n_heads for _ in heads):]  # "remainder"
+            rest = labels[n * self.model.cfg.n_heads:]  # "remainder"
             labels = [f"L{i}H{h}" for i, k in enumerate(heads) for h in range(k)] + rest
         return (stack, labels) if return_labels else stack
+
+    def get_full_resid_decomposition(self, layer: int | None = -1, *args: Any,
+                                     **kwargs: Any) -> Any:
+        """TransformerLens' ``get_full_resid_decomposition`` (components that sum to the
+        residual stream); refused in one line where they would not sum to it: across a
+        sandwich-norm layer (the heads' and neurons' writes pass a norm after their sum), and
+        per neuron across a DeepStack layer (Qwen3-VL: image features join ``hook_mlp_out``)."""
+        n = self.model.cfg.n_layers if layer is None or layer == -1 else layer
+        n += int(bool(kwargs.get("mlp_input", args[0] if args else False)))  # + layer n's heads
+        post = [i for i in range(n) if getattr(self.model.blocks[i], "sandwich", False)]
+        if post:
+            raise ValueError(f"get_full_resid_decomposition: layer {post[0]} normalises its "
+                             "attention and MLP outputs after the head / neuron sums (sandwich "
+                             "norms), so the components would not sum to the residual stream; "
+                             "use decompose_resid (exact per-layer attn_out / mlp_out)")
+        expand = kwargs.get("expand_neurons", args[1] if len(args) > 1 else True)
+        deep = [i for i in range(n) if f"blocks.{i}.hook_deepstack" in self.cache_dict]
+        if expand and deep:
+            raise ValueError(f"get_full_resid_decomposition: layer {deep[0]}'s hook_mlp_out also "
+                             "carries DeepStack image features (hook_deepstack), which no "
+                             "neuron writes; pass expand_neurons=False (whole mlp_out terms)")
+        return super().get_full_resid_decomposition(layer, *args, **kwargs)
 
 
 def _names_filter(names_filter: Any) -> Callable[[str], bool]:
