@@ -32,6 +32,7 @@ from lvlm_lens.model.blocks import GatedMLP
 from lvlm_lens.model.generate import extend_input
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.model.linear_refusal import LinearAwareDict
+from lvlm_lens.model.linear_sweeps import sweep_hook
 
 #: TransformerLens 4's names of the split q/k/v inputs, and the names they stand for here.
 _BRIDGE_NAME = re.compile(r"^blocks\.(\d+)\.attn\.hook_([qkv])_input$")
@@ -137,24 +138,38 @@ class AnalysisMixin:
 
         ``scores[l1, h1, l2, h2] = ||OV_{l1 h1} M_{l2 h2}||_F / (||OV_{l1 h1}||_F
         ||M_{l2 h2}||_F)`` with ``M`` the later head's ``QK`` (``mode="Q"``), ``QK^T``
-        (``"K"``) or ``OV`` (``"V"``), and 0 where ``l1 >= l2``. Pre-RoPE and with the RMSNorm
-        weights not folded in. (TL 4's bridge returns the same numbers in a
+        (``"K"``) or ``OV`` (``"V"``), and 0 where ``l1 >= l2``; NaN where either layer is a
+        linear-attention layer (Qwen3.5: no heads). Pre-RoPE and with the RMSNorm weights not
+        folded in. (TL 4's bridge returns the same numbers in a
         ``CompositionScores`` wrapper.)
         """
-        me: Any = self  # the stacked weights come from ModelWeights
-        left = FactoredMatrix(me.W_V, me.W_O)
+        n = self.cfg.n_layers
+        full = [i for i in range(n) if self.attn_kind(i) != "linear"]
+
+        def stack(name: str) -> Tensor:  # over the layers that have attention heads
+            if len(full) == n:
+                return getattr(self, name)  # the stacked weights come from ModelWeights
+            return torch.stack([getattr(self.blocks[i].attn, name) for i in full])
+
+        W_Q, W_K, W_V, W_O = (stack(name) for name in ("W_Q", "W_K", "W_V", "W_O"))
+        left = FactoredMatrix(W_V, W_O)
         if mode == "Q":
-            right = FactoredMatrix(me.W_Q, me.W_K.transpose(-2, -1))
+            right = FactoredMatrix(W_Q, W_K.transpose(-2, -1))
         elif mode == "K":
-            right = FactoredMatrix(me.W_Q, me.W_K.transpose(-2, -1)).T
+            right = FactoredMatrix(W_Q, W_K.transpose(-2, -1)).T
         elif mode == "V":
             right = left
         else:
             raise ValueError(f"mode must be 'Q', 'K' or 'V', got {mode!r}")
-        scores = composition_scores(left, right, broadcast_dims=True)
-        layers = torch.arange(self.cfg.n_layers, device=scores.device)
+        part = composition_scores(left, right, broadcast_dims=True)
+        layers = torch.tensor(full, device=part.device)
         later = layers[:, None, None, None] < layers[None, None, :, None]
-        return torch.where(later, scores, torch.zeros_like(scores))
+        part = torch.where(later, part, torch.zeros_like(part))
+        if len(full) == n:
+            return part
+        scores = part.new_full((n, self.cfg.n_heads, n, self.cfg.n_heads), float("nan"))
+        scores[layers[:, None], :, layers[None, :]] = part.permute(0, 2, 1, 3)
+        return scores
 
     # hook names ---------------------------------------------------------------------------
     def attn_kind(self, layer: int) -> str:
@@ -208,5 +223,7 @@ class AnalysisMixin:
                          **kwargs)  # fmt: skip
 
     def _enable_hook(self, name: Any, hook: Any, dir: str) -> None:
-        super()._enable_hook(self._resolve(name, strict=True), hook, dir)  # type: ignore[misc]
+        # the path of run_with_hooks, TL's sweeps': a linear layer's head there is NaN or refused
+        name, hook = sweep_hook(self, self._resolve(name, strict=True), hook)
+        super()._enable_hook(name, hook, dir)  # type: ignore[misc]
 

@@ -23,6 +23,7 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import Slice, get_act_name
 
 from lvlm_lens.model.linear_refusal import LinearAwareDict
+from lvlm_lens.model.linear_sweeps import direct_path_source
 from lvlm_lens.model.switches import refuse_if_off, switch_off
 
 #: Hooks whose position axis is not axis 1 of the batch-first tensor: scores and patterns
@@ -60,7 +61,7 @@ class LVLMActivationCache(ActivationCache):
 
     def __getitem__(self, key: Any) -> Tensor:
         try:
-            return super().__getitem__(key)
+            value = super().__getitem__(key)
         except KeyError:
             if isinstance(key, tuple) and len(key) > 1 and key[1] is not None and key[1] < 0:
                 key = (key[0], self.model.cfg.n_layers + key[1], *key[2:])
@@ -70,6 +71,49 @@ class LVLMActivationCache(ActivationCache):
             if alt != name and alt in self.cache_dict:
                 return self.cache_dict[alt]
             raise
+        if self._linear and isinstance(key, str):  # a direct-path source on a linear layer
+            value = direct_path_source(self.model, key, value)
+        return value
+
+    @property
+    def _linear(self) -> bool:
+        return self.model.cfg.decoder.linear_attention is not None
+
+    def stack_head_results(self, layer: int | None = -1, return_labels: bool = False,
+                           *args: Any, **kwargs: Any) -> Any:
+        """TransformerLens' ``stack_head_results``; the labels follow each layer's own head
+        count (a linear-attention layer's ``hook_result`` has one row per value head, which
+        TL labels as if it had ``n_heads``). On a sandwich-norm layer (Gemma 3) the heads'
+        ``z @ W_O`` are, as in TL, before the post-attention norm."""
+        stack, labels = super().stack_head_results(layer, True, *args, **kwargs)
+        if self._linear:
+            n = self.model.cfg.n_layers if layer is None or layer == -1 else layer
+            heads = [self[("result", i, "attn")].shape[-2] for i in range(n)]
+            rest = labels[n * self.model.cfg.n_heads:]  # "remainder"
+            labels = [f"L{i}H{h}" for i, k in enumerate(heads) for h in range(k)] + rest
+        return (stack, labels) if return_labels else stack
+
+    def get_full_resid_decomposition(self, layer: int | None = -1, *args: Any,
+                                     **kwargs: Any) -> Any:
+        """TransformerLens' ``get_full_resid_decomposition`` (components that sum to the
+        residual stream); refused in one line where they would not sum to it: across a
+        sandwich-norm layer (the heads' and neurons' writes pass a norm after their sum), and
+        per neuron across a DeepStack layer (Qwen3-VL: image features join ``hook_mlp_out``)."""
+        n = self.model.cfg.n_layers if layer is None or layer == -1 else layer
+        n += int(bool(kwargs.get("mlp_input", args[0] if args else False)))  # + layer n's heads
+        post = [i for i in range(n) if getattr(self.model.blocks[i], "sandwich", False)]
+        if post:
+            raise ValueError(f"get_full_resid_decomposition: layer {post[0]} normalises its "
+                             "attention and MLP outputs after the head / neuron sums (sandwich "
+                             "norms), so the components would not sum to the residual stream; "
+                             "use decompose_resid (exact per-layer attn_out / mlp_out)")
+        expand = kwargs.get("expand_neurons", args[1] if len(args) > 1 else True)
+        deep = [i for i in range(n) if f"blocks.{i}.hook_deepstack" in self.cache_dict]
+        if expand and deep:
+            raise ValueError(f"get_full_resid_decomposition: layer {deep[0]}'s hook_mlp_out also "
+                             "carries DeepStack image features (hook_deepstack), which no "
+                             "neuron writes; pass expand_neurons=False (whole mlp_out terms)")
+        return super().get_full_resid_decomposition(layer, *args, **kwargs)
 
 
 def _names_filter(names_filter: Any) -> Callable[[str], bool]:

@@ -5,7 +5,8 @@ TransformerLens' analysis tools read attention-only names layer by layer:
 ``tl_parameters()["blocks.{l}.attn.W_V"]``. On a Qwen3.5 linear-attention layer those names do
 not exist; the lookups here fail with a message naming the layer, saying it is a
 linear-attention layer and listing the full-attention layers to pick instead (never TL's bare
-``KeyError`` or ``GatedDeltaNet has no W_Q``).
+``KeyError`` or ``GatedDeltaNet has no W_Q``). Inside TransformerLens' sweeps over every layer
+a missing pattern reads as NaN instead (:mod:`~lvlm_lens.model.linear_sweeps`).
 """
 
 from __future__ import annotations
@@ -57,6 +58,15 @@ class LinearAwareDict(dict):
     def __missing__(self, key: Any) -> Any:
         m = _NAME.match(key) if isinstance(key, str) else None
         msg = m and linear_layer_message(self.cfg, int(m.group(1)), m.group(2))
-        if msg:
-            raise LinearLayerError(msg)
-        raise KeyError(key)
+        if not msg:
+            raise KeyError(key)
+        from lvlm_lens.model import linear_sweeps  # imports this module
+
+        kind = linear_sweeps.sweep_kind()
+        if kind == "all" and m.group(2) in ("hook_pattern", "hook_attn_scores"):
+            return linear_sweeps.nan_stand_in(self.cfg, self, m.group(2))  # a NaN row
+        if kind == "abs":
+            raise LinearLayerError(
+                f"{msg}; detect_head(error_measure='abs') cannot give its rows NaN: pass "
+                f"heads= over the full-attention layers, or use error_measure='mul'")
+        raise LinearLayerError(msg)

@@ -4,6 +4,7 @@ tokens shown with their grid coordinates), ``to_single_token``, ``get_token_posi
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Literal
 
 import torch
@@ -21,10 +22,29 @@ class TokenError(ValueError, AssertionError):
     from the prompt). Also an ``AssertionError``, which is what TransformerLens raises there."""
 
 
+#: ``tokenizer_prepends_bos``'s answer per tokenizer, with the settings it was found under.
+_PREPENDS_BOS: weakref.WeakKeyDictionary[Any, tuple[Any, bool]] = weakref.WeakKeyDictionary()
+
+
 def tokenizer_prepends_bos(tokenizer: Any) -> bool:
-    """Whether ``tokenizer`` puts BOS first by itself (else, or with no BOS token, ``False``)."""
+    """Whether ``tokenizer`` puts BOS first by itself (else, or with no BOS token, ``False``).
+
+    Found by tokenizing once per tokenizer (``to_tokens`` asks on every call); asked again
+    when its BOS token or ``add_bos_token`` changes."""
     bos = tokenizer.bos_token_id
-    return bos is not None and tokenizer("a").input_ids[:1] == [bos]
+    key = (bos, getattr(tokenizer, "add_bos_token", None))
+    try:
+        seen = _PREPENDS_BOS.get(tokenizer)
+    except TypeError:  # not weak-referenceable: ask every time
+        seen = None
+    if seen is not None and seen[0] == key:
+        return seen[1]
+    answer = bos is not None and tokenizer("a").input_ids[:1] == [bos]
+    try:
+        _PREPENDS_BOS[tokenizer] = (key, answer)
+    except TypeError:
+        pass
+    return answer
 
 
 class TokensMixin:

@@ -199,7 +199,8 @@ class ModelWeights(Circuits):
         """Sum of the output biases written to the residual stream before ``layer``."""
         total = self.unembed.lm_head.weight.new_zeros(self.cfg.d_model)
         for i in range(layer + int(mlp_input)):
-            total = total + self.blocks[i].attn.b_O
+            if not getattr(self.blocks[i], "linear", False):  # a DeltaNet's out_proj: no bias
+                total = total + self.blocks[i].attn.b_O
             if include_mlp_biases and i < layer:
                 total = total + self.blocks[i].mlp.b_out
         return total

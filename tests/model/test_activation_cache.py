@@ -8,6 +8,7 @@ from transformer_lens import patching
 
 from lvlm_lens import HookedLVLM
 from tests.helpers import PROMPTS, noise_image
+from tests.model.tl_parity import parity
 
 
 @pytest.fixture(scope="module", params=["llava-onevision-qwen2", "qwen2-vl", "qwen3-vl", "gemma3"])
@@ -172,3 +173,32 @@ def test_text_only_run_via_string(model):
     with torch.no_grad():
         ref = model.hf_model(input_ids=model.to_tokens(text)).logits
     assert logits.shape == ref.shape and (logits - ref).abs().max() <= 1e-4
+
+
+@parity("ActivationCache.get_full_resid_decomposition", "differs",
+        "its components sum to the residual stream as TL says; refused in one line where they "
+        "could not: across sandwich-norm layers (Gemma 3: the head and neuron sums pass a norm "
+        "before the residual add) and, per neuron, across Qwen3-VL's DeepStack layers (image "
+        "features join hook_mlp_out)")
+def test_full_resid_decomposition_sums_or_is_refused(model, inp):
+    """TL's claim is that the components sum to the residual stream; across a sandwich-norm
+    layer (Gemma 3) they cannot (each head's write passes a norm after the head sum), nor per
+    neuron across a DeepStack layer (Qwen3-VL), so those are refused rather than returned
+    not summing."""
+    _, cache = model.run_with_cache(inp)
+    last = cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]
+    if model.blocks[0].sandwich:
+        with pytest.raises(ValueError, match="layer 0 normalises .* use decompose_resid"):
+            cache.get_full_resid_decomposition(expand_neurons=False)
+        with pytest.raises(ValueError, match="layer 0 normalises"):
+            cache.get_full_resid_decomposition(0, True)  # layer 0's heads, mlp_input
+        assert torch.allclose(cache.decompose_resid(layer=model.cfg.n_layers).sum(0), last,
+                              atol=1e-4)  # the exact per-layer split still works
+        return
+    deepstack = "blocks.0.hook_deepstack" in cache  # Qwen3-VL: image features in mlp_out
+    if deepstack:
+        with pytest.raises(ValueError, match="layer 0's hook_mlp_out also carries DeepStack"):
+            cache.get_full_resid_decomposition()
+    for expand in (False,) if deepstack else (False, True):
+        parts = cache.get_full_resid_decomposition(expand_neurons=expand)
+        assert torch.allclose(parts.sum(0), last, atol=1e-4)

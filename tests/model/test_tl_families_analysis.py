@@ -19,11 +19,12 @@ from tests.model.test_tl_analysis import (  # noqa: F401 (collected here again)
 )
 from tests.model.test_tl_families import KINDS
 
-#: Not Qwen3.5 / Qwen3.5-MoE: their linear-attention layers have no per-head weights or
-#: pattern, so TL's layer-stacked views (W_Q, OV, composition scores) and detect_head (which
-#: reads every layer's hook_pattern) do not apply; the stacks are refused in one line
-#: (test_tl_analysis::test_a_stack_over_unlike_layers_is_refused_in_one_line), and the
-#: per-layer tools on their full-attention layers are tested in test_tl_linear_layers.
+#: Not Qwen3.5 / Qwen3.5-MoE: these tests read TL's layer-stacked views (model.W_Q, OV ...),
+#: which a linear-attention layer (no per-head weights) cannot join; the stacks are refused in
+#: one line (test_tl_analysis::test_a_stack_over_unlike_layers_is_refused_in_one_line). Their
+#: Qwen3.5 counterparts, text and image (detect_head, composition scores, SVDInterpreter,
+#: test_prompt, the patching sweeps with NaN rows for the linear layers), are in
+#: test_tl_linear_layers.
 ANALYSIS_KINDS = [k for k in KINDS if k not in ("qwen3.5", "qwen3.5-moe")]
 
 

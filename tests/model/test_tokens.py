@@ -56,3 +56,33 @@ def test_to_string_keeps_spaces_whatever_the_tokenizer_cleans(model, monkeypatch
     ids = model.to_tokens("a cat ?", prepend_bos=False)[0]
     assert model.tokenizer.decode(ids.tolist()) == "a cat?"  # the default would clean
     assert model.to_string(ids) == "a cat ?" and model.to_string(ids[None]) == ["a cat ?"]
+
+
+class CountingTokenizer:
+    """A tokenizer that counts its calls: ids ``[bos, 7]`` when it prepends BOS, else ``[7]``."""
+
+    def __init__(self, bos_token_id, prepends):
+        self.bos_token_id, self.add_bos_token, self.calls = bos_token_id, prepends, 0
+
+    def __call__(self, text):
+        self.calls += 1
+        ids = [self.bos_token_id, 7] if self.add_bos_token else [7]
+        return type("Encoding", (), {"input_ids": ids})()
+
+
+def test_tokenizer_prepends_bos_is_asked_once_per_tokenizer(model):
+    from lvlm_lens.model.tokens import tokenizer_prepends_bos
+
+    yes, no = CountingTokenizer(1, True), CountingTokenizer(1, False)
+    for _ in range(3):
+        assert tokenizer_prepends_bos(yes) is True
+        assert tokenizer_prepends_bos(no) is False
+    assert yes.calls == no.calls == 1
+    yes.add_bos_token = False  # a changed setting is asked again
+    assert tokenizer_prepends_bos(yes) is False and yes.calls == 2
+    assert tokenizer_prepends_bos(CountingTokenizer(None, True)) is False  # no BOS token
+    # a real tokenizer: the BOS is there exactly once whether to_tokens asks once or again
+    first = model.to_tokens("what is this ?")[0].tolist()
+    again = model.to_tokens("what is this ?")[0].tolist()
+    bos = model.tokenizer.bos_token_id
+    assert first == again and first[0] == bos and first.count(bos) == 1

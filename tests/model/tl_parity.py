@@ -22,6 +22,7 @@ Status = Literal["works", "differs", "n/a"]
 MODULES = (
     "tests.model.test_tl_tokens",
     "tests.model.test_tl_cache",
+    "tests.model.test_activation_cache",
     "tests.model.test_tl_switches",
     "tests.model.test_tl_forward",
     "tests.model.test_tl_generate",
