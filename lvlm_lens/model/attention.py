@@ -136,7 +136,8 @@ def temperature(spec: Any, position_ids: Tensor) -> Float[Tensor, "batch pos 1 1
 
 
 def l2_norm(x: Tensor, eps: float) -> Tensor:
-    """Weightless RMSNorm over the last dimension, in fp32 (Llama 4's q/k norm)."""
+    """Weightless RMSNorm over the last dimension, in fp32 (Llama 4's q/k norm, Gemma 4's
+    v norm)."""
     xf = x.float()
     return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x)
 
@@ -199,6 +200,9 @@ class Attention(AttentionWeights, nn.Module):
         super().__init__()
         self.cfg = cfg
         self.rope = layer not in cfg.decoder.no_rope_layers  # Llama 4: NoPE layers
+        # Gemma 4: global layers with wider heads (and other K/V head counts)
+        self.d_head = cfg.decoder.head_width(layer, cfg.d_head)
+        self.n_kv = cfg.decoder.kv_head_count(layer, cfg.n_key_value_heads)
         self.q_proj, self.k_proj = hf_attn.q_proj, hf_attn.k_proj
         self.v_proj, self.o_proj = hf_attn.v_proj, hf_attn.o_proj
         self.scaling = float(getattr(hf_attn, "scaling", cfg.d_head**-0.5))
@@ -213,7 +217,7 @@ class Attention(AttentionWeights, nn.Module):
     @property
     def W_G(self) -> Float[Tensor, "head d_model d_head"]:
         """The output gate's weight per head (``attn_output_gate``: ``q_proj``'s gate rows)."""
-        w = self.q_proj.weight.view(self.cfg.n_heads, 2, self.cfg.d_head, -1)[:, 1]
+        w = self.q_proj.weight.view(self.cfg.n_heads, 2, self.d_head, -1)[:, 1]
         return w.transpose(1, 2)
 
     @property
@@ -221,8 +225,8 @@ class Attention(AttentionWeights, nn.Module):
         """The output gate's bias per head (zeros where ``q_proj`` has none)."""
         b = self.q_proj.bias
         if b is None:
-            return self.q_proj.weight.new_zeros(self.cfg.n_heads, self.cfg.d_head)
-        return b.view(self.cfg.n_heads, 2, self.cfg.d_head)[:, 1]
+            return self.q_proj.weight.new_zeros(self.cfg.n_heads, self.d_head)
+        return b.view(self.cfg.n_heads, 2, self.d_head)[:, 1]
 
     def _scores(self, q: Tensor, seg: Segment) -> Tensor:
         out = segment_scores(q, seg.k).mul_(self.scaling)  # a fresh tensor: scaled in place
@@ -332,7 +336,7 @@ class Attention(AttentionWeights, nn.Module):
         Returns:
             The attention output and this call's own ``(key, value)``, ``[B, H_kv, pos, d_head]``.
         """
-        cfg = self.cfg
+        cfg, d, n_kv = self.cfg, self.d_head, self.n_kv
         if isinstance(x, tuple):  # per-head inputs (split q/k/v inputs, hook_attn_in)
             q, k, v = x
             b, s = q.shape[:2]
@@ -346,12 +350,14 @@ class Attention(AttentionWeights, nn.Module):
             b, s, _ = x.shape
             q, gate = self.q_proj(x), None
             if cfg.decoder.attn_output_gate:  # per head: d_head query, then d_head gate rows
-                q, gate = q.view(b, s, cfg.n_heads, 2 * cfg.d_head).chunk(2, dim=-1)
-            q = self.hook_q(q.reshape(b, s, cfg.n_heads, cfg.d_head))
-            k = self.hook_k(self.k_proj(x).view(b, s, cfg.n_key_value_heads, cfg.d_head))
-            v = self.hook_v(self.v_proj(x).view(b, s, cfg.n_key_value_heads, cfg.d_head))
+                q, gate = q.view(b, s, cfg.n_heads, 2 * d).chunk(2, dim=-1)
+            q = self.hook_q(q.reshape(b, s, cfg.n_heads, d))
+            k = self.hook_k(self.k_proj(x).view(b, s, n_kv, d))
+            v = self.hook_v(self.v_proj(x).view(b, s, n_kv, d))
         if cfg.decoder.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
+        if cfg.decoder.v_norm:  # Gemma 4: weightless RMSNorm of the values
+            v = l2_norm(v, cfg.eps)
         spec = cfg.decoder
         if self.rope:
             if spec.rope_pairs:  # Llama 4: complex tables, half-size
@@ -384,5 +390,5 @@ class Attention(AttentionWeights, nn.Module):
             result = self.hook_result(torch.einsum("bshd,hdm->bshm", z, self.W_O))
             out = result.sum(dim=2) + self.b_O
         else:
-            out = self.o_proj(z.reshape(b, s, cfg.n_heads * cfg.d_head))
+            out = self.o_proj(z.reshape(b, s, cfg.n_heads * d))
         return out, (k, v)

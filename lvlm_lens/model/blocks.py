@@ -13,6 +13,7 @@ from lvlm_lens.model.cross_attention import CrossAttention, CrossInput
 from lvlm_lens.model.linear_attention import GatedDeltaNet
 from lvlm_lens.model.moe import SparseMoE
 from lvlm_lens.model.norm import RMSNorm, through_hook
+from lvlm_lens.model.per_layer import PerLayerBlock
 
 __all__ = ["Embed", "GatedMLP", "RMSNorm", "TransformerBlock", "Unembed"]
 
@@ -138,6 +139,14 @@ class TransformerBlock(nn.Module):
             setattr(self, f"hook_{name}", HookPoint())
         if spec.deepstack:
             self.hook_deepstack = HookPoint()
+        self.ple = spec.per_layer_input > 0  # Gemma 4: per-layer inputs after the MLP
+        if self.ple:
+            self.per_layer = PerLayerBlock(hf_layer)
+            self.hook_per_layer = HookPoint()
+        self.scalar = spec.layer_scalar  # Gemma 4: the output residual times a scalar
+        if self.scalar:
+            self.register_buffer("layer_scalar", hf_layer.layer_scalar, persistent=False)
+            self.hook_layer_scale = HookPoint()
 
     def forward(
         self,
@@ -150,6 +159,7 @@ class TransformerBlock(nn.Module):
         extra: Float[Tensor, "batch pos d_model"] | None = None,
         q_scale: Tensor | None = None,
         cross: CrossInput | None = None,
+        per_layer: Float[Tensor, "batch pos d_ple"] | None = None,
     ) -> tuple[Float[Tensor, "batch pos d_model"], KV | None]:
         """Run the block; returns the new residual stream and this block's new ``(key, value)``
         (a cross-attention layer's: the image side's, ``None`` without an image).
@@ -158,7 +168,8 @@ class TransformerBlock(nn.Module):
         DeepStack features) is added to the residual stream after the block, through
         ``hook_deepstack``, as part of ``hook_mlp_out`` (summed after the MLP's
         residual add, as in HF, unless a hook edits ``hook_mlp_out``); ``q_scale`` is the
-        attention's query scale on a layer without RoPE (Llama 4's temperature tuning)."""
+        attention's query scale on a layer without RoPE (Llama 4's temperature tuning);
+        ``per_layer`` this layer's per-layer input vectors (Gemma 4's PLE)."""
         cfg = self.cfg
         resid_pre = self.hook_resid_pre(x)
         if self.cross:
@@ -177,6 +188,8 @@ class TransformerBlock(nn.Module):
         mlp_out = self.mlp(self.ln2(mlp_in))
         if self.sandwich:
             mlp_out = self.ln2_post(mlp_out)
+        if self.ple or self.scalar:
+            return self._gemma4_tail(resid_mid, mlp_out, per_layer), kv
         if extra is None:
             return self.hook_resid_post(resid_mid + self.hook_mlp_out(mlp_out)), kv
         deep = self.hook_deepstack(extra)
@@ -184,6 +197,28 @@ class TransformerBlock(nn.Module):
         # HF adds DeepStack features to the block's output: that order where no hook edited it
         resid_post = (resid_mid + mlp_out) + deep if untouched else resid_mid + total
         return self.hook_resid_post(resid_post), kv
+
+    def _gemma4_tail(
+        self, resid_mid: Tensor, mlp_out: Tensor, vector: Tensor | None
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """After the MLP: the per-layer input's write (``hook_per_layer``), then the layer
+        scalar's change (``hook_layer_scale``), both part of ``hook_mlp_out``; HF's order of
+        operations where no hook edited them."""
+        h = resid_mid + mlp_out
+        total, exact = mlp_out, True
+        if self.ple:
+            if vector is None:
+                raise ValueError("this decoder has per-layer inputs (Gemma 4's PLE), which come "
+                                 "from the token ids: run it from tokens or an LVLMInput")
+            ple = self.hook_per_layer(self.per_layer(h, vector))
+            h, total = h + ple, total + ple
+        out = h
+        if self.scalar:
+            out = h * self.layer_scalar.to(h.dtype)
+            change, exact = through_hook(self.hook_layer_scale, out - h)
+            total = total + change
+        total, untouched = through_hook(self.hook_mlp_out, total)
+        return self.hook_resid_post(out if untouched and exact else resid_mid + total)
 
     def _gated_cross(
         self, resid_pre: Float[Tensor, "batch pos d_model"], cross: CrossInput | None
@@ -210,7 +245,7 @@ class TransformerBlock(nn.Module):
         and / or ``hook_q_input`` / ``hook_k_input`` / ``hook_v_input`` (see
         :mod:`~lvlm_lens.model.switches`)."""
         cfg = self.cfg
-        h, h_kv = cfg.n_heads, cfg.n_key_value_heads
+        h, h_kv = cfg.n_heads, getattr(self.attn, "n_kv", cfg.n_key_value_heads)
         src = resid_pre[:, :, None]
         if cfg.use_attn_in:
             src = self.hook_attn_in(src.expand(-1, -1, h, -1).clone())

@@ -168,6 +168,26 @@ class DecoderSpec:
             layers ``chunked_layers`` lists: a query sees only the keys of its own chunk of
             ``attention_chunk`` rotary positions (``pos // attention_chunk``).
         chunked_layers: The layers with chunked attention.
+        head_dims: Per-layer head width where the layers differ (Gemma 4: its global layers'
+            ``global_head_dim``), ``()`` where every layer has ``cfg.d_head``; each
+            ``blocks.{l}.attn`` then reads its own (``attn.d_head``), its stacked weights differ
+            in shape and are read per layer.
+        kv_heads: Per-layer K/V head count where the layers differ (Gemma 4's
+            ``num_global_key_value_heads``), ``()`` where every layer has
+            ``cfg.n_key_value_heads`` (``attn.n_kv``).
+        v_norm: Values pass a weightless RMSNorm over ``d_head`` (eps ``cfg.eps``) after
+            ``hook_v`` (Gemma 4's ``v_norm``), as keys pass ``k_norm``.
+        bidirectional_sliding_only: With ``bidirectional_image``, only the sliding-window layers
+            let an image's tokens attend both ways; the global layers stay causal (Gemma 4).
+        per_layer_input: Per-layer input embeddings (Gemma 4's PLE): the width of each layer's
+            slice (``hidden_size_per_layer_input``), ``0`` without. A table of the token ids
+            plus a projection of the embeddings (:mod:`~lvlm_lens.model.per_layer`) gives each
+            layer a vector per token; after the MLP the block adds ``norm(proj(act(gate(
+            resid)) * vector))`` (``blocks.{l}.hook_per_layer``, part of ``hook_mlp_out``).
+        layer_scalar: The block's output residual is multiplied by the layer's HF
+            ``layer_scalar`` buffer (Gemma 4); ``blocks.{l}.hook_layer_scale`` holds the change
+            this makes, ``(scalar - 1) * resid``, part of ``hook_mlp_out`` so ``decompose_resid``
+            still sums.
     """
 
     norm_offset: float = 0.0
@@ -197,10 +217,24 @@ class DecoderSpec:
     attention_chunk: int | None = None
     chunked_layers: tuple[int, ...] = ()
     cross_attention: CrossAttentionSpec | None = None
+    head_dims: tuple[int, ...] = ()
+    kv_heads: tuple[int, ...] = ()
+    v_norm: bool = False
+    bidirectional_sliding_only: bool = False
+    per_layer_input: int = 0
+    layer_scalar: bool = False
 
     def chunk(self, layer: int) -> int | None:
         """The attention chunk of a layer (``None``: not chunked)."""
         return self.attention_chunk if layer in self.chunked_layers else None
+
+    def head_width(self, layer: int, default: int) -> int:
+        """The head width of a layer (``default``: ``cfg.d_head``)."""
+        return self.head_dims[layer] if self.head_dims else default
+
+    def kv_head_count(self, layer: int, default: int) -> int:
+        """The K/V head count of a layer (``default``: ``cfg.n_key_value_heads``)."""
+        return self.kv_heads[layer] if self.kv_heads else default
 
 
 @dataclass

@@ -27,6 +27,7 @@ from lvlm_lens.model.kv_cache import HeadSwitch, KVCache, LayerMemory
 from lvlm_lens.model.layout import TokenLayout
 from lvlm_lens.model.linear_attention import RecurrentPast
 from lvlm_lens.model.masks import causal_mask
+from lvlm_lens.model.per_layer import PerLayerInputs
 from lvlm_lens.model.prepare import prepare_inputs
 from lvlm_lens.model.switches import SwitchesMixin
 from lvlm_lens.model.tokens import TokensMixin
@@ -95,6 +96,8 @@ class HookedLVLM(
         self.ln_final = RMSNorm(lm.norm, cfg.decoder.norm_offset)
         self.unembed = Unembed(hf_model.get_output_embeddings(), cfg.decoder.logit_softcap)
         self.rotary_emb = lm.rotary_emb
+        # Gemma 4: per-layer input embeddings (``per_layer_inputs.hook_per_layer_inputs``)
+        self.per_layer_inputs = PerLayerInputs(cfg, lm) if cfg.decoder.per_layer_input else None
         self.tokenizer = tokenizer
         self.image_text = image_text(hf_model.config, tokenizer)
         self.image_processor = image_processor
@@ -254,12 +257,15 @@ class HookedLVLM(
             else {None: rotary_tables(self.rotary_emb(x, position_ids), spec.rope_pairs)}
         )
         q_scale = temperature(spec, position_ids)
-        kinds = {layer: (self.cfg.sliding_windows[layer], spec.chunk(layer))
+        # Gemma 4: image blocks only on the sliding-window layers
+        sliding_only = spec.bidirectional_sliding_only
+        kinds = {layer: (w := self.cfg.sliding_windows[layer], spec.chunk(layer),
+                         not sliding_only or w is not None)
                  for layer in range(len(self.blocks))}  # fmt: skip
         masks = {
-            (w, c): causal_mask(key_mask, s, x.dtype, w, layout.image_blocks,
-                                windowed_blocks=not spec.bidirectional_prefix, chunk=c)
-            for w, c in set(kinds.values())
+            (w, c, bi): causal_mask(key_mask, s, x.dtype, w, layout.image_blocks if bi else None,
+                                    windowed_blocks=not spec.bidirectional_prefix, chunk=c)
+            for w, c, bi in set(kinds.values())
         }
         new_kvs = []
         for layer, block in enumerate(self.blocks[:stop_at_layer]):
@@ -275,7 +281,7 @@ class HookedLVLM(
                 past = RecurrentPast(states[layer], other, None if other is None else select,
                                      index)
             elif cache is not None:
-                local = [n for n in kinds[layer] if n is not None]  # window, chunk
+                local = [n for n in kinds[layer][:2] if n is not None]  # window, chunk
                 seg = Segment(cache.keys[layer], cache.values[layer],
                               mask_rows_alike=all(cache.length + s <= n for n in local))
                 if select is not None and cache.alt_keys is not None:
@@ -289,8 +295,9 @@ class HookedLVLM(
             cos, sin = rotary[self.cfg.layer_types[layer] if per_type else None]
             deep = layout.deepstack
             extra = deep[layer] if deep is not None and layer < len(deep) else None
+            ple = None if layout.per_layer is None else layout.per_layer[:, :, layer]
             x, kv = block(x, cos, sin, masks[kinds[layer]], past, alt, extra, q_scale,
-                          layout.cross)
+                          layout.cross, ple)
             new_kvs.append(kv)
         return x, new_kvs
 
@@ -313,9 +320,9 @@ class HookedLVLM(
                              "cache yet: run the whole sequence at once")
         inp = self._as_input(input)
         x, deep = self._embed(inp)
+        layout = self.layout(inp, deepstack=deep, embeds=x)
         x = x[:, :length]
         mask = inp.attention_mask.to(x.device)[:, :length]
-        layout = self.layout(inp, deepstack=deep)
         if layout.splits_block(x.shape[1]):
             raise ValueError(f"a prefix of length {length} cuts an image in two, and the tokens "
                              "of one image attend to each other both ways: cut after the image")
