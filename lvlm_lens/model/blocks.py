@@ -13,7 +13,7 @@ from lvlm_lens.model.cross_attention import CrossAttention, CrossInput
 from lvlm_lens.model.linear_attention import GatedDeltaNet
 from lvlm_lens.model.moe import SparseMoE
 from lvlm_lens.model.norm import RMSNorm, through_hook
-from lvlm_lens.model.per_layer import PerLayerBlock
+from lvlm_lens.model.per_layer import PerLayerBlock, as_pad
 
 __all__ = ["Embed", "GatedMLP", "RMSNorm", "TransformerBlock", "Unembed"]
 
@@ -264,17 +264,21 @@ class TransformerBlock(nn.Module):
 
 class Embed(nn.Module):
     """Token embedding (the checkpoint's own ``nn.Embedding``, with its scale if it has one:
-    Gemma multiplies by ``sqrt(d_model)``; ``W_E`` is the unscaled table)."""
+    Gemma multiplies by ``sqrt(d_model)``; ``W_E`` is the unscaled table). The ids in
+    ``pad_as`` are embedded as ``pad_id`` (Gemma 4's multimodal placeholders, as HF)."""
 
-    def __init__(self, hf_embed: nn.Embedding):
+    def __init__(self, hf_embed: nn.Embedding, pad_as: tuple[int, ...] = (), pad_id: int = 0):
         super().__init__()
         self.embed_tokens = hf_embed
+        self.pad_as, self.pad_id = pad_as, pad_id
 
     @property
     def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
         return self.embed_tokens.weight
 
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+        if self.pad_as:
+            tokens = as_pad(tokens, self.pad_as, self.pad_id)
         return self.embed_tokens(tokens)
 
 

@@ -188,6 +188,9 @@ class DecoderSpec:
             ``layer_scalar`` buffer (Gemma 4); ``blocks.{l}.hook_layer_scale`` holds the change
             this makes, ``(scalar - 1) * resid``, part of ``hook_mlp_out`` so ``decompose_resid``
             still sums.
+        pad_embedded_ids: Token ids the HF model embeds as its pad token wherever they occur
+            (Gemma 4's image, video and audio placeholders: an image token then carries the
+            image embedding spliced over it; a generated one stays the pad embedding).
     """
 
     norm_offset: float = 0.0
@@ -223,6 +226,7 @@ class DecoderSpec:
     bidirectional_sliding_only: bool = False
     per_layer_input: int = 0
     layer_scalar: bool = False
+    pad_embedded_ids: tuple[int, ...] = ()
 
     def chunk(self, layer: int) -> int | None:
         """The attention chunk of a layer (``None``: not chunked)."""

@@ -85,7 +85,7 @@ class HookedLVLM(
         super().__init__()
         self.cfg = cfg
         lm = language_model(hf_model)
-        self.embed = Embed(lm.embed_tokens)
+        self.embed = Embed(lm.embed_tokens, cfg.decoder.pad_embedded_ids, cfg.pad_token_id)
         self.hook_tokens = HookPoint()
         self.hook_image_embeds = HookPoint()
         self.hook_embed = HookPoint()

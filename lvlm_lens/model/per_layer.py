@@ -1,22 +1,29 @@
 """Per-layer input embeddings (Gemma 4's PLE), on the checkpoint's own modules.
 
 Each token gets one small vector per decoder layer: a table of the token ids
-(``embed_tokens_per_layer``, scaled by ``sqrt(d_ple)``; an image placeholder reads the pad
-token's row) plus the embeddings, as they enter the first block, projected
-(``per_layer_model_projection``, scaled by ``d_model ** -0.5``) and normalised per layer,
-the sum times ``2 ** -0.5``. After its MLP, block ``l`` adds ``norm(proj(act(gate(resid)) *
-vector_l))`` to the residual stream (:class:`PerLayerBlock`).
+(``embed_tokens_per_layer``, scaled by ``sqrt(d_ple)``; an image placeholder, and each id of
+the spec's ``pad_embedded_ids``, reads the pad token's row) plus the embeddings, as they
+enter the first block, projected (``per_layer_model_projection``, scaled by ``d_model **
+-0.5``) and normalised per layer, the sum times ``2 ** -0.5``. After its MLP, block ``l``
+adds ``norm(proj(act(gate(resid)) * vector_l))`` to the residual stream
+(:class:`PerLayerBlock`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from lvlm_lens.model.norm import RMSNorm
+
+
+def as_pad(tokens: Int[Tensor, "batch pos"], ids: tuple[int, ...], pad: int) -> Tensor:
+    """``tokens`` with each of ``ids`` replaced by ``pad``."""
+    return tokens.masked_fill(torch.isin(tokens, torch.tensor(ids, device=tokens.device)), pad)
 
 
 class PerLayerInputs(nn.Module):
@@ -40,8 +47,8 @@ class PerLayerInputs(nn.Module):
         ``hook_embed`` gives them) are ``embeds``."""
         cfg = self.cfg
         d = cfg.decoder.per_layer_input
-        ids = ids.to(embeds.device).masked_fill(ids.to(embeds.device) == cfg.image_token_id,
-                                                cfg.pad_token_id)
+        pad_as = (cfg.image_token_id, *cfg.decoder.pad_embedded_ids)
+        ids = as_pad(ids.to(embeds.device), pad_as, cfg.pad_token_id)
         table = self.embed_tokens_per_layer(ids).reshape(*ids.shape, cfg.n_layers, d)
         proj = self.per_layer_model_projection(embeds) * self.projection_scale
         proj = self.per_layer_projection_norm(proj.reshape(*embeds.shape[:-1], cfg.n_layers, d))
@@ -69,4 +76,4 @@ class PerLayerBlock(nn.Module):
         return self.norm(self.projection(gated))
 
 
-__all__ = ["PerLayerBlock", "PerLayerInputs"]
+__all__ = ["PerLayerBlock", "PerLayerInputs", "as_pad"]

@@ -63,7 +63,8 @@ class Gemma4Vision(VisionSide):
 def gemma4_decoder(hf_model: nn.Module) -> DecoderSpec:
     """Gemma 4's decoder, read off the HF modules: head width and K/V heads per layer, the
     embedding scale, PLE width, bidirectional image blocks on the sliding layers."""
-    tc = hf_model.config.text_config
+    cfg = hf_model.config
+    tc = cfg.text_config
     mode = getattr(tc, "use_bidirectional_attention", None)
     if mode not in (None, "vision"):
         raise ValueError(f"Gemma 4 with use_bidirectional_attention={mode!r} is not supported "
@@ -89,6 +90,8 @@ def gemma4_decoder(hf_model: nn.Module) -> DecoderSpec:
         kv_heads=kv if len(set(kv)) > 1 else (),
         per_layer_input=int(tc.hidden_size_per_layer_input or 0),
         layer_scalar=True,
+        pad_embedded_ids=tuple(i for i in (cfg.image_token_id, cfg.video_token_id,
+                                           cfg.audio_token_id) if i is not None),
     )
 
 

@@ -1,0 +1,175 @@
+"""Gemma 4 (image side): the tokens of a left-padded batch = HF ``Gemma4Processor``'s, logits
+= HF eager, each decoder feature that is new in Gemma 4 (per-layer inputs, v norm, layer
+scalar, wider global heads, image blocks on the sliding layers only) checked by hand and shown
+to matter, and audio refused.
+
+``Gemma4Processor`` wants a torchvision video processor and an audio feature extractor, so the
+reference is HF's own class built without its ``__init__``: the attributes its image expansion
+and token types read, on the model's tokenizer and PIL image processor."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from transformers.models.gemma4 import Gemma4Processor
+
+from lvlm_lens import HookedLVLM
+from lvlm_lens.model.families import language_model
+from tests.helpers import PROMPTS, noise_image
+
+#: (height, width): 20x28 px is resized to 42x54 (7x9 tokens), 30x18 px to 60x36 (10x6).
+IMAGES = [noise_image(20, 28, 1), noise_image(30, 18, 2)]
+GRIDS = [(7, 9), (10, 6)]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_checkpoint):
+    return HookedLVLM.from_pretrained(tiny_checkpoint("gemma4", chat_template=True))
+
+
+@pytest.fixture(scope="module")
+def inp(model):
+    out = model.prepare(IMAGES, PROMPTS)
+    assert (out.attention_mask == 0).any()  # left-padded
+    return out
+
+
+def hf_processor(model) -> Gemma4Processor:
+    """HF's ``Gemma4Processor`` without its video processor and audio feature extractor."""
+    tok = model.tokenizer
+    proc = object.__new__(Gemma4Processor)
+    proc.image_processor, proc.tokenizer = model.image_processor, tok
+    proc.image_token, proc.boi_token, proc.eoi_token = tok.image_token, tok.boi_token, tok.eoi_token
+    proc.image_token_id = tok.image_token_id
+    proc.video_token, proc.audio_token = None, None
+    return proc
+
+
+def rebuilt(model, **spec) -> HookedLVLM:
+    """The same weights under a decoder spec with ``spec`` changed."""
+    cfg = replace(model.cfg, decoder=replace(model.cfg.decoder, **spec))
+    return HookedLVLM(cfg, model.hf_model, model.tokenizer, model.image_processor)
+
+
+def hf(model, inp) -> torch.Tensor:
+    with torch.no_grad():
+        return model.hf_model(**inp.to_hf()).logits
+
+
+def test_tokens_and_pixels_are_hfs_processor(model, inp):
+    chat = model.prepare(IMAGES, ["what is this ?", "what is the main object ?"], template="chat")
+    assert chat.texts[0] == "<s><|turn>user\n<|image|>what is this ?<turn|>\n<|turn>model\n"
+    proc = hf_processor(model)
+    for batch in (inp, chat):
+        processed, replacements = proc._process_images(IMAGES)
+        texts, _ = proc.get_text_with_replacements(list(batch.texts),
+                                                   images_replacements=replacements)
+        model.tokenizer.padding_side = "left"
+        special = not batch.texts[0].startswith("<s>")
+        enc = model.tokenizer(texts, padding=True, return_tensors="pt",
+                              add_special_tokens=special)  # fmt: skip
+        assert torch.equal(enc.input_ids, batch.input_ids)
+        assert torch.equal(enc.attention_mask, batch.attention_mask)
+        assert torch.equal(torch.as_tensor(processed["pixel_values"]), batch.pixel_values)
+        positions = torch.as_tensor(processed["image_position_ids"])
+        assert torch.equal(positions, batch.image_extra["image_position_ids"])
+        types = torch.tensor(proc.create_mm_token_type_ids(enc.input_ids.tolist()))
+        assert torch.equal(types, batch.to_hf()["mm_token_type_ids"])
+    assert inp.groups["image"].sum(-1).tolist() == [r * c for r, c in GRIDS]
+    assert [tuple(c.amax(0)[1:] + 1) for c in inp.image_coords] == GRIDS
+
+
+def test_logits_match_hf_on_a_padded_batch_of_two_sizes(model, inp):
+    real = inp.attention_mask.bool()
+    with torch.no_grad():
+        assert (model(inp) - hf(model, inp))[real].abs().max() <= 1e-4
+
+
+def test_spec_is_read_off_the_checkpoint(model):
+    spec = model.cfg.decoder
+    assert spec.head_dims == (16, 32, 16, 16, 32) and spec.kv_heads == ()
+    assert [b.attn.d_head for b in model.blocks] == list(spec.head_dims)
+    assert spec.per_layer_input == 8 and spec.layer_scalar and spec.v_norm
+    assert spec.bidirectional_image and spec.bidirectional_sliding_only
+    assert spec.logit_softcap == 30.0 and spec.norm_offset == 0.0
+    with pytest.raises(ValueError, match="differ in shape"):
+        model.W_Q  # noqa: B018  (wider global heads: not stacked)
+    assert model.blocks[1].attn.W_Q.shape == (4, 64, 32)
+
+
+@pytest.mark.parametrize("feature", [
+    dict(per_layer_input=0), dict(v_norm=False), dict(layer_scalar=False),
+    dict(bidirectional_sliding_only=False), dict(bidirectional_image=False),
+    dict(logit_softcap=None),
+])  # fmt: skip
+def test_each_feature_changes_the_logits_when_turned_off(model, inp, feature):
+    real = inp.attention_mask.bool()
+    with torch.no_grad():
+        diff = (rebuilt(model, **feature)(inp) - model(inp))[real].abs().max()
+    assert diff > 1e-3
+
+
+def test_per_layer_inputs_and_layer_scalar_by_hand(model, inp):
+    """The per-layer vectors are HF's ``project_per_layer_inputs`` of its own
+    ``get_per_layer_inputs`` (image tokens read as padding); each block's output is its scalar
+    times ``resid_mid + mlp + per-layer write``; ``decompose_resid`` still sums."""
+    _, cache = model.run_with_cache(inp)
+    lm = language_model(model.hf_model)
+    ids = inp.input_ids.masked_fill(inp.groups["image"], model.cfg.pad_token_id)
+    with torch.no_grad():
+        want = lm.project_per_layer_inputs(cache["hook_embed"], lm.get_per_layer_inputs(ids))
+    got = cache["per_layer_inputs.hook_per_layer_inputs"]
+    assert got.shape == (*inp.shape, 5, 8) and (got - want).abs().max() <= 1e-6
+    for layer in range(5):
+        mid = cache[f"blocks.{layer}.hook_resid_mid"]
+        h = mid + cache[f"blocks.{layer}.ln2_post.hook_normalized"]
+        h = h + cache[f"blocks.{layer}.hook_per_layer"]
+        scalar = model.hf_model.model.language_model.layers[layer].layer_scalar
+        assert abs(float(scalar) - 1) > 0.01
+        post = cache[f"blocks.{layer}.hook_resid_post"]
+        assert (post - h * scalar).abs().max() <= 1e-5
+        total = cache[f"blocks.{layer}.hook_mlp_out"]
+        assert (mid + total - post).abs().max() <= 1e-5
+    parts = cache.decompose_resid()
+    assert (parts.sum(0) - cache["blocks.4.hook_resid_post"]).abs().max() <= 1e-4
+
+
+def test_image_tokens_attend_both_ways_on_sliding_layers_only(model, inp):
+    _, cache = model.run_with_cache(inp, names_filter=lambda n: n.endswith("hook_pattern"))
+    pos = inp.groups["image"][0].nonzero()[:, 0]
+    first, later = int(pos[0]), int(pos[1])  # the image's first token, and the next
+    for layer, kind in enumerate(model.cfg.layer_types):
+        ahead = cache[f"blocks.{layer}.attn.hook_pattern"][0, :, first, later]
+        if kind == "sliding_attention":
+            assert ahead.min() > 0
+        else:
+            assert ahead.abs().max() == 0
+
+
+def test_generate_matches_hf_greedy(model, inp):
+    ours = model.generate(inp, max_new_tokens=4, do_sample=False, return_type="tokens",
+                          new_tokens_only=True, verbose=False)  # fmt: skip
+    with torch.no_grad():
+        theirs = model.hf_model.generate(**inp.to_hf(generate=True), max_new_tokens=4,
+                                         do_sample=False, min_new_tokens=4)  # fmt: skip
+    assert torch.equal(ours, theirs[:, inp.shape[1]:])
+
+
+@pytest.mark.parametrize("marker", ["<|audio|>", "<|audio>"])
+def test_audio_is_refused_in_one_line(model, marker):
+    with pytest.raises(ValueError, match="audio input is not supported") as err:
+        model.prepare(IMAGES[:1], f"USER: <image> {marker} what is this ? ASSISTANT:")
+    assert "\n" not in str(err.value)
+
+
+def test_video_is_refused(model):
+    with pytest.raises(ValueError, match="video input is not supported"):
+        model.prepare(IMAGES[:1], "USER: <image> <|video|> what is this ? ASSISTANT:")
+
+
+def test_non_causal_and_unsupported_variants_are_refused(tiny_checkpoint):
+    folder = tiny_checkpoint("gemma4", use_bidirectional_attention="all")
+    with pytest.raises(ValueError, match="use_bidirectional_attention='all' is not supported"):
+        HookedLVLM.from_pretrained(folder)
