@@ -207,8 +207,9 @@ class Attention(AttentionWeights, nn.Module):
         self.v_proj, self.o_proj = hf_attn.v_proj, hf_attn.o_proj
         self.scaling = float(getattr(hf_attn, "scaling", cfg.d_head**-0.5))
         if cfg.decoder.qk_norm:  # per-head RMSNorm of queries and keys before RoPE (Gemma 3)
-            self.q_norm = RMSNorm(hf_attn.q_norm, cfg.decoder.norm_offset)
-            self.k_norm = RMSNorm(hf_attn.k_norm, cfg.decoder.norm_offset)
+            fp32 = cfg.decoder.norm_fp32
+            self.q_norm = RMSNorm(hf_attn.q_norm, cfg.decoder.norm_offset, fp32)
+            self.k_norm = RMSNorm(hf_attn.k_norm, cfg.decoder.norm_offset, fp32)
         for name in ("q", "k", "v", "rot_q", "rot_k", "attn_scores", "pattern", "z", "result"):
             setattr(self, f"hook_{name}", HookPoint())
         if cfg.decoder.attn_output_gate:
@@ -227,6 +228,11 @@ class Attention(AttentionWeights, nn.Module):
         if b is None:
             return self.q_proj.weight.new_zeros(self.cfg.n_heads, self.d_head)
         return b.view(self.cfg.n_heads, 2, self.d_head)[:, 1]
+
+    def _v_norm(self, v: Tensor) -> Tensor:
+        """Values as the attention reads them: with ``v_norm`` (Gemma 4) a weightless RMSNorm
+        over ``d_head``, before ``hook_v``."""
+        return l2_norm(v, self.cfg.eps) if self.cfg.decoder.v_norm else v
 
     def _scores(self, q: Tensor, seg: Segment) -> Tensor:
         out = segment_scores(q, seg.k).mul_(self.scaling)  # a fresh tensor: scaled in place
@@ -345,7 +351,7 @@ class Attention(AttentionWeights, nn.Module):
                 gate = torch.einsum("bshm,hmd->bshd", q, self.W_G) + self.b_G
             q = self.hook_q(torch.einsum("bshm,hmd->bshd", q, self.W_Q) + self.b_Q)
             k = self.hook_k(torch.einsum("bshm,hmd->bshd", k, self._W_K) + self._b_K)
-            v = self.hook_v(torch.einsum("bshm,hmd->bshd", v, self._W_V) + self._b_V)
+            v = self.hook_v(self._v_norm(torch.einsum("bshm,hmd->bshd", v, self._W_V) + self._b_V))
         else:
             b, s, _ = x.shape
             q, gate = self.q_proj(x), None
@@ -353,11 +359,9 @@ class Attention(AttentionWeights, nn.Module):
                 q, gate = q.view(b, s, cfg.n_heads, 2 * d).chunk(2, dim=-1)
             q = self.hook_q(q.reshape(b, s, cfg.n_heads, d))
             k = self.hook_k(self.k_proj(x).view(b, s, n_kv, d))
-            v = self.hook_v(self.v_proj(x).view(b, s, n_kv, d))
+            v = self.hook_v(self._v_norm(self.v_proj(x).view(b, s, n_kv, d)))
         if cfg.decoder.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        if cfg.decoder.v_norm:  # Gemma 4: weightless RMSNorm of the values
-            v = l2_norm(v, cfg.eps)
         spec = cfg.decoder
         if self.rope:
             if spec.rope_pairs:  # Llama 4: complex tables, half-size

@@ -100,8 +100,8 @@ class TransformerBlock(nn.Module):
         self.cfg = cfg
         self.layer = layer
         spec = cfg.decoder
-        off = spec.norm_offset
-        self.ln1 = RMSNorm(hf_layer.input_layernorm, off)
+        off, fp32 = spec.norm_offset, spec.norm_fp32
+        self.ln1 = RMSNorm(hf_layer.input_layernorm, off, fp32)
         lin = spec.linear_attention  # Qwen3.5: Gated-DeltaNet in the layers it lists
         self.linear = lin is not None and layer in lin.layers
         cross = spec.cross_attention  # Llama 3.2 Vision: gated cross-attention layers
@@ -124,15 +124,15 @@ class TransformerBlock(nn.Module):
         self.sandwich = spec.sandwich_norms
         if self.sandwich:
             post_attn, pre_mlp, post_mlp = spec.sandwich_norm_names
-            self.ln1_post = RMSNorm(getattr(hf_layer, post_attn), off)
-            self.ln2 = RMSNorm(getattr(hf_layer, pre_mlp), off)
-            self.ln2_post = RMSNorm(getattr(hf_layer, post_mlp), off)
+            self.ln1_post = RMSNorm(getattr(hf_layer, post_attn), off, fp32)
+            self.ln2 = RMSNorm(getattr(hf_layer, pre_mlp), off, fp32)
+            self.ln2_post = RMSNorm(getattr(hf_layer, post_mlp), off, fp32)
             # what TransformerLens' direct-path check reads: a norm after the head sum, so a
             # head's residual write is not z @ W_O and that patching is refused here
             self.submodules = {"attn": self.attn, "ln1_post": self.ln1_post}
             self.hook_aliases = {"hook_attn_out": "ln1_post.hook_normalized"}
         else:
-            self.ln2 = RMSNorm(hf_layer.post_attention_layernorm, off)
+            self.ln2 = RMSNorm(hf_layer.post_attention_layernorm, off, fp32)
         split = () if self.linear else ("attn_in", "q_input", "k_input", "v_input")  # never split
         for name in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post", "mlp_in",
                      *split):  # mlp_in and the split points: switched
@@ -141,7 +141,7 @@ class TransformerBlock(nn.Module):
             self.hook_deepstack = HookPoint()
         self.ple = spec.per_layer_input > 0  # Gemma 4: per-layer inputs after the MLP
         if self.ple:
-            self.per_layer = PerLayerBlock(hf_layer)
+            self.per_layer = PerLayerBlock(hf_layer, fp32)
             self.hook_per_layer = HookPoint()
         self.scalar = spec.layer_scalar  # Gemma 4: the output residual times a scalar
         if self.scalar:

@@ -175,8 +175,8 @@ class DecoderSpec:
         kv_heads: Per-layer K/V head count where the layers differ (Gemma 4's
             ``num_global_key_value_heads``), ``()`` where every layer has
             ``cfg.n_key_value_heads`` (``attn.n_kv``).
-        v_norm: Values pass a weightless RMSNorm over ``d_head`` (eps ``cfg.eps``) after
-            ``hook_v`` (Gemma 4's ``v_norm``), as keys pass ``k_norm``.
+        v_norm: Values pass a weightless RMSNorm over ``d_head`` (eps ``cfg.eps``; Gemma 4's
+            ``v_norm``) before ``hook_v``, which holds them as the attention reads them.
         bidirectional_sliding_only: With ``bidirectional_image``, only the sliding-window layers
             let an image's tokens attend both ways; the global layers stay causal (Gemma 4).
         per_layer_input: Per-layer input embeddings (Gemma 4's PLE): the width of each layer's
@@ -188,6 +188,8 @@ class DecoderSpec:
             ``layer_scalar`` buffer (Gemma 4); ``blocks.{l}.hook_layer_scale`` holds the change
             this makes, ``(scalar - 1) * resid``, part of ``hook_mlp_out`` so ``decompose_resid``
             still sums.
+        norm_fp32: RMSNorms multiply by their weight in fp32 and round once (Gemma 4's ``w``
+            norms, as Gemma's ``1 + w`` ones always do); else in the model's dtype.
         pad_embedded_ids: Token ids the HF model embeds as its pad token wherever they occur
             (Gemma 4's image, video and audio placeholders: an image token then carries the
             image embedding spliced over it; a generated one stays the pad embedding).
@@ -227,6 +229,7 @@ class DecoderSpec:
     per_layer_input: int = 0
     layer_scalar: bool = False
     pad_embedded_ids: tuple[int, ...] = ()
+    norm_fp32: bool = False
 
     def chunk(self, layer: int) -> int | None:
         """The attention chunk of a layer (``None``: not chunked)."""

@@ -93,7 +93,7 @@ class HookedLVLM(
         self.blocks = nn.ModuleList(
             TransformerBlock(cfg, layer, i) for i, layer in enumerate(lm.layers)
         )
-        self.ln_final = RMSNorm(lm.norm, cfg.decoder.norm_offset)
+        self.ln_final = RMSNorm(lm.norm, cfg.decoder.norm_offset, cfg.decoder.norm_fp32)
         self.unembed = Unembed(hf_model.get_output_embeddings(), cfg.decoder.logit_softcap)
         self.rotary_emb = lm.rotary_emb
         # Gemma 4: per-layer input embeddings (``per_layer_inputs.hook_per_layer_inputs``)

@@ -35,7 +35,8 @@ class PerLayerInputs(nn.Module):
         self.cfg = cfg
         self.embed_tokens_per_layer = hf_lm.embed_tokens_per_layer
         self.per_layer_model_projection = hf_lm.per_layer_model_projection
-        self.per_layer_projection_norm = RMSNorm(hf_lm.per_layer_projection_norm)
+        self.per_layer_projection_norm = RMSNorm(hf_lm.per_layer_projection_norm,
+                                                 fp32_weight=cfg.decoder.norm_fp32)
         self.projection_scale = float(hf_lm.per_layer_model_projection_scale)
         self.input_scale = float(hf_lm.per_layer_input_scale)
         self.hook_per_layer_inputs = HookPoint()
@@ -60,12 +61,12 @@ class PerLayerBlock(nn.Module):
     layer's ``per_layer_input_gate``, ``per_layer_projection`` and
     ``post_per_layer_input_norm``; the gate's activation through ``hook_pre``."""
 
-    def __init__(self, hf_layer: nn.Module):
+    def __init__(self, hf_layer: nn.Module, fp32_weight: bool = False):
         super().__init__()
         self.gate = hf_layer.per_layer_input_gate
         self.act = hf_layer.act_fn
         self.projection = hf_layer.per_layer_projection
-        self.norm = RMSNorm(hf_layer.post_per_layer_input_norm)
+        self.norm = RMSNorm(hf_layer.post_per_layer_input_norm, fp32_weight=fp32_weight)
         self.hook_pre = HookPoint()
 
     def forward(

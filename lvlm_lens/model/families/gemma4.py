@@ -40,8 +40,9 @@ class Gemma4Vision(VisionSide):
         self.pool = hf_model.config.vision_config.pooling_kernel_size
 
     def forward(self, inp: Any) -> list[Float[Tensor, "img_tok d_model"]]:
-        """One ``[rows * cols, d_model]`` tensor per image."""
-        pixels = self.pixels(inp)
+        """One ``[rows * cols, d_model]`` tensor per image; the pixel values in their own dtype
+        (the tower rescales them before casting, as HF's forward gives them)."""
+        pixels = inp.pixel_values.to(next(self.parameters()).device)
         positions = inp.image_extra["image_position_ids"].to(pixels.device)
         out = self._inner.get_image_features(pixels, positions, return_dict=True)
         return list(out.pooler_output)
@@ -78,6 +79,7 @@ def gemma4_decoder(hf_model: nn.Module) -> DecoderSpec:
     kv = tuple(a.k_proj.out_features // a.head_dim for a in attn)
     return DecoderSpec(
         norm_offset=0.0,
+        norm_fp32=True,
         sandwich_norms=True,
         qk_norm=True,
         v_norm=True,
