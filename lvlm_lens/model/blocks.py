@@ -160,6 +160,7 @@ class TransformerBlock(nn.Module):
         q_scale: Tensor | None = None,
         cross: CrossInput | None = None,
         per_layer: Float[Tensor, "batch pos d_ple"] | None = None,
+        shared: KV | None = None,
     ) -> tuple[Float[Tensor, "batch pos d_model"], KV | None]:
         """Run the block; returns the new residual stream and this block's new ``(key, value)``
         (a cross-attention layer's: the image side's, ``None`` without an image).
@@ -169,7 +170,9 @@ class TransformerBlock(nn.Module):
         ``hook_deepstack``, as part of ``hook_mlp_out`` (summed after the MLP's
         residual add, as in HF, unless a hook edits ``hook_mlp_out``); ``q_scale`` is the
         attention's query scale on a layer without RoPE (Llama 4's temperature tuning);
-        ``per_layer`` this layer's per-layer input vectors (Gemma 4's PLE)."""
+        ``per_layer`` this layer's per-layer input vectors (Gemma 4's PLE); ``shared`` the
+        new tokens' keys and values of the layer whose K/V this one reads (Gemma 4); this
+        block then returns those."""
         cfg = self.cfg
         resid_pre = self.hook_resid_pre(x)
         if self.cross:
@@ -179,8 +182,10 @@ class TransformerBlock(nn.Module):
             return self._gated_cross(resid_pre, cross)
         split = (cfg.use_attn_in or cfg.use_split_qkv_input) and not self.linear
         attn_in = self.per_head_inputs(resid_pre) if split else self.ln1(resid_pre)
-        attn_out, kv = (self.attn(attn_in, cos, sin, mask, past, alt) if self.linear
-                        else self.attn(attn_in, cos, sin, mask, past, alt, q_scale))  # fmt: skip
+        if self.linear:
+            attn_out, kv = self.attn(attn_in, cos, sin, mask, past, alt)
+        else:
+            attn_out, kv = self.attn(attn_in, cos, sin, mask, past, alt, q_scale, shared)
         if self.sandwich:
             attn_out = self.ln1_post(attn_out)
         resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(attn_out))

@@ -188,6 +188,14 @@ class DecoderSpec:
             ``layer_scalar`` buffer (Gemma 4); ``blocks.{l}.hook_layer_scale`` holds the change
             this makes, ``(scalar - 1) * resid``, part of ``hook_mlp_out`` so ``decompose_resid``
             still sums.
+        kv_sources: Per layer, the layer whose keys and values it attends with (Gemma 4's
+            ``num_kv_shared_layers``: the last layers reuse those of the last earlier layer of
+            their type), ``()`` where each layer has its own. A sharing layer projects only
+            queries; its ``hook_rot_k`` / ``hook_v`` re-emit the source's (an edit there is its
+            own; an edit at the source's reaches every layer sharing it, as in HF).
+        values_from_keys: Layers whose values are their keys as projected, before ``k_norm``
+            (Gemma 4's ``attention_k_eq_v`` on its global layers): no ``v_proj``, ``W_V`` is
+            ``W_K``; the values still pass ``v_norm``.
         norm_fp32: RMSNorms multiply by their weight in fp32 and round once (Gemma 4's ``w``
             norms, as Gemma's ``1 + w`` ones always do); else in the model's dtype.
         pad_embedded_ids: Token ids the HF model embeds as its pad token wherever they occur
@@ -230,10 +238,16 @@ class DecoderSpec:
     layer_scalar: bool = False
     pad_embedded_ids: tuple[int, ...] = ()
     norm_fp32: bool = False
+    kv_sources: tuple[int, ...] = ()
+    values_from_keys: tuple[int, ...] = ()
 
     def chunk(self, layer: int) -> int | None:
         """The attention chunk of a layer (``None``: not chunked)."""
         return self.attention_chunk if layer in self.chunked_layers else None
+
+    def kv_from(self, layer: int) -> int:
+        """The layer whose keys and values ``layer`` attends with (itself unless shared)."""
+        return self.kv_sources[layer] if self.kv_sources else layer
 
     def head_width(self, layer: int, default: int) -> int:
         """The head width of a layer (``default``: ``cfg.d_head``)."""

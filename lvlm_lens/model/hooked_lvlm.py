@@ -296,8 +296,16 @@ class HookedLVLM(
             deep = layout.deepstack
             extra = deep[layer] if deep is not None and layer < len(deep) else None
             ple = None if layout.per_layer is None else layout.per_layer[:, :, layer]
+            source = spec.kv_from(layer)  # Gemma 4: K/V shared with an earlier layer
+            if source < start_at_layer:
+                raise ValueError(f"start_at_layer={start_at_layer} skips layer {source}, whose "
+                                 f"keys and values layer {layer} attends with (K/V sharing): "
+                                 f"start at layer {source} or before")
+            shared = None if source == layer else new_kvs[source - start_at_layer]
+            if shared is not None and cache is not None:  # its cache entries are the source's
+                past = [replace(past[0], k=cache.keys[source], v=cache.values[source])]
             x, kv = block(x, cos, sin, masks[kinds[layer]], past, alt, extra, q_scale,
-                          layout.cross, ple)
+                          layout.cross, ple, shared)
             new_kvs.append(kv)
         return x, new_kvs
 

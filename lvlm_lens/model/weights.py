@@ -34,6 +34,12 @@ def _per_head(proj: str, shape: str, bias: bool = False, per_query: bool = False
 
     def get(self: Any) -> Tensor:
         lin, d = getattr(self, proj), getattr(self, "d_head", self.cfg.d_head)
+        if lin is None and proj == "v_proj" and self.k_proj is not None:
+            lin = self.k_proj  # Gemma 4's attention_k_eq_v: the values are the keys' projection
+        if lin is None:
+            raise ValueError(f"this layer has no {proj}: it attends with the keys and values "
+                             f"of layer {self.cfg.decoder.kv_from(self.layer)} (K/V sharing); "
+                             "read that layer's weights")
         if not bias:
             out = einops.rearrange(lin.weight, "(h d) m -> h m d", d=d)
         elif lin.bias is None:

@@ -3,7 +3,8 @@
 Shaped like ``google/gemma-4-e2b-it`` and the larger Gemma 4 models: per-layer input
 embeddings (PLE), q / k / v norms, a layer scalar per layer (drawn off 1), five layers of
 sliding-window and global attention (``s g s s g``, the last global, as HF requires) whose
-global layers have twice the head width and a proportional rope over a quarter of it,
+global layers have twice the head width and a proportional rope over a quarter of it, the
+last two layers reading the keys and values of layers 2 and 1 (``num_kv_shared_layers=2``),
 bidirectional attention within an image on the sliding layers
 (``use_bidirectional_attention="vision"``, as the larger models), capped logits, tied
 embeddings; no audio tower. The image processor keeps each image's aspect ratio at a budget of
@@ -78,6 +79,7 @@ def gemma4_config(tokenizer: Any, text: dict[str, Any], vision: dict[str, Any]) 
         "layer_types": list(G4_LAYER_TYPES), "hidden_activation": "gelu_pytorch_tanh",
         "hidden_size_per_layer_input": 8, "vocab_size_per_layer_input": len(tokenizer),
         "final_logit_softcapping": 30.0, "use_bidirectional_attention": "vision",
+        "num_kv_shared_layers": 2,
         "rope_parameters": {
             "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
             "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25,

@@ -16,8 +16,10 @@ import torch
 from transformers.models.gemma4 import Gemma4Processor
 
 from lvlm_lens import HookedLVLM
+from lvlm_lens.interventions.ablation import HeadAblation, head_ablation_hooks
+from lvlm_lens.interventions.engine import AblationEngine, run_reference
 from lvlm_lens.model.families import language_model
-from tests.helpers import PROMPTS, noise_image
+from tests.helpers import PROMPTS, baseline_for, check_engine_equals_reference, noise_image
 
 #: (height, width): 20x28 px is resized to 42x54 (7x9 tokens), 30x18 px to 60x36 (10x6).
 IMAGES = [noise_image(20, 28, 1), noise_image(30, 18, 2)]
@@ -173,3 +175,94 @@ def test_non_causal_and_unsupported_variants_are_refused(tiny_checkpoint):
     folder = tiny_checkpoint("gemma4", use_bidirectional_attention="all")
     with pytest.raises(ValueError, match="use_bidirectional_attention='all' is not supported"):
         HookedLVLM.from_pretrained(folder)
+
+
+# K/V shared across layers, keys as values ----------------------------------------------------
+def test_sharing_layers_read_their_sources_keys_and_values(model, inp):
+    """Layers 3 (sliding) and 4 (global) attend with the keys and values of the last earlier
+    layer of their type, 2 and 1 (HF's ``kv_sharing_modes``), and have no K/V weights."""
+    spec = model.cfg.decoder
+    assert spec.kv_sources == (0, 1, 2, 2, 1)
+    _, cache = model.run_with_cache(inp)
+    for layer, source in ((3, 2), (4, 1)):
+        for hook in ("rot_k", "v"):
+            ours = cache[f"blocks.{layer}.attn.hook_{hook}"]
+            assert torch.equal(ours, cache[f"blocks.{source}.attn.hook_{hook}"])
+        assert model.blocks[layer].attn.k_proj is None
+        with pytest.raises(ValueError, match=f"keys and values of layer {source}"):
+            model.blocks[layer].attn.W_K  # noqa: B018
+    assert not hasattr(language_model(model.hf_model).layers[3].self_attn, "k_proj")
+
+
+def test_an_edit_of_the_sources_keys_reaches_the_sharing_layer_as_in_hf(model, inp):
+    """Zeroing K/V head 0 of layer 2's keys (after its k norm) in HF and in ours (its
+    ``hook_rot_k``: RoPE of zero is zero) gives the same logits: layer 3 reads the edited keys;
+    an edit of layer 3's own ``hook_rot_k`` leaves layer 2 as it was."""
+    def zero_head(t):
+        t = t.clone()
+        t[:, :, 0] = 0
+        return t
+
+    hf_norm = language_model(model.hf_model).layers[2].self_attn.k_norm
+    handle = hf_norm.register_forward_hook(lambda mod, args, out: zero_head(out))
+    try:
+        theirs = hf(model, inp)
+    finally:
+        handle.remove()
+    hooks = [("blocks.2.attn.hook_rot_k", lambda t, hook: zero_head(t))]
+    with torch.no_grad():
+        ours = model.run_with_hooks(inp, fwd_hooks=hooks)
+        clean = model(inp)
+    real = inp.attention_mask.bool()
+    assert (ours - theirs)[real].abs().max() <= 1e-4
+    assert (ours - clean)[real].abs().max() > 1e-3
+    _, cache = model.run_with_cache(inp, names_filter=lambda n: "hook_rot_k" in n)
+    edit = [("blocks.3.attn.hook_rot_k", lambda t, hook: zero_head(t))]
+    with model.hooks(fwd_hooks=edit):
+        _, edited = model.run_with_cache(inp, names_filter=lambda n: "hook_rot_k" in n)
+    assert torch.equal(edited["blocks.2.attn.hook_rot_k"], cache["blocks.2.attn.hook_rot_k"])
+    assert edited["blocks.3.attn.hook_rot_k"][:, :, 0].abs().max() == 0
+
+
+@pytest.mark.parametrize("layer", [2, 3])
+def test_engine_equals_reference_ablating_a_source_or_a_sharing_layer(model, inp, layer):
+    """Heads ablated only in the source layer 2, or only in the sharing layer 3: the fast
+    engine (prefix cache, switched K/V) equals the hooked reference. Ablating at the source
+    swaps what its own queries read, not the K/V layer 3 shares: layer 3's keys stay clean."""
+    cfg = HeadAblation(baseline="mean", scope="text")
+    base = baseline_for(model, inp, cfg)
+    masks = torch.zeros(6, model.cfg.n_layers, model.cfg.n_heads, dtype=torch.bool)
+    for j in range(6):
+        masks[j, layer, j % 4] = True
+        masks[j, layer, (j + 1) % 4] = j >= 4
+    fast = AblationEngine(model, inp, base, cfg, metric="logit_diff", batch_size=4).run(masks)
+    ref = run_reference(model, inp, masks, base, cfg, metric="logit_diff")
+    assert (fast - ref).abs().max() <= 1e-4 and ref.std() > 1e-4
+    hooks = head_ablation_hooks(model, inp, masks[0], base, cfg.scope)
+    names = lambda n: n == "blocks.3.attn.hook_rot_k"  # noqa: E731
+    _, clean = model.run_with_cache(inp, names_filter=names)
+    with model.hooks(fwd_hooks=hooks):
+        _, ablated = model.run_with_cache(inp, names_filter=names)
+    # the shared keys come from layer 2's input: no head ablation at layer 2 or 3 edits them
+    assert torch.equal(clean["blocks.3.attn.hook_rot_k"], ablated["blocks.3.attn.hook_rot_k"])
+
+
+def test_keys_as_values_on_the_global_layers(tiny_checkpoint):
+    """``attention_k_eq_v`` (with one K/V head on the global layers): logits = HF, the global
+    layers' values are their keys as projected, then v-normed; the engine equals the
+    reference."""
+    folder = tiny_checkpoint("gemma4", attention_k_eq_v=True, num_global_key_value_heads=1)
+    model = HookedLVLM.from_pretrained(folder)
+    spec = model.cfg.decoder
+    assert spec.kv_heads == (2, 1, 2, 2, 1) and 1 in spec.values_from_keys
+    inp = model.prepare(IMAGES, PROMPTS)
+    real = inp.attention_mask.bool()
+    with torch.no_grad():
+        assert (model(inp) - hf(model, inp))[real].abs().max() <= 1e-4
+    attn = model.blocks[1].attn
+    assert attn.v_proj is None and torch.equal(attn.W_V, attn.W_K)
+    _, cache = model.run_with_cache(inp, names_filter=lambda n: n.startswith("blocks.1.attn"))
+    k = cache["blocks.1.attn.hook_k"]
+    v = k.float() * torch.rsqrt(k.float().pow(2).mean(-1, keepdim=True) + model.cfg.eps)
+    assert (cache["blocks.1.attn.hook_v"] - v).abs().max() <= 1e-6
+    check_engine_equals_reference(model, inp, "mean", "text", n_masks=16, batch_size=8, rate=0.3)

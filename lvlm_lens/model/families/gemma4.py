@@ -70,13 +70,13 @@ def gemma4_decoder(hf_model: nn.Module) -> DecoderSpec:
     if mode not in (None, "vision"):
         raise ValueError(f"Gemma 4 with use_bidirectional_attention={mode!r} is not supported "
                          "(a non-causal decoder): only None or 'vision'")
-    for flag in ("num_kv_shared_layers", "attention_k_eq_v", "enable_moe_block"):
-        if getattr(tc, flag, None):
-            raise ValueError(f"Gemma 4 with {flag}={getattr(tc, flag)} is not supported yet")
+    if getattr(tc, "enable_moe_block", False):
+        raise ValueError("Gemma 4 with enable_moe_block=True is not supported yet")
     lm = language_model(hf_model)
     attn = [layer.self_attn for layer in lm.layers]
+    sources = kv_sources(tc)
     widths = tuple(a.head_dim for a in attn)
-    kv = tuple(a.k_proj.out_features // a.head_dim for a in attn)
+    kv = tuple(attn[s].k_proj.out_features // attn[s].head_dim for s in sources)
     return DecoderSpec(
         norm_offset=0.0,
         norm_fp32=True,
@@ -92,9 +92,24 @@ def gemma4_decoder(hf_model: nn.Module) -> DecoderSpec:
         kv_heads=kv if len(set(kv)) > 1 else (),
         per_layer_input=int(tc.hidden_size_per_layer_input or 0),
         layer_scalar=True,
+        kv_sources=sources if sources != tuple(range(len(sources))) else (),
+        values_from_keys=tuple(i for i, a in enumerate(attn) if a.use_alternative_attention),
         pad_embedded_ids=tuple(i for i in (cfg.image_token_id, cfg.video_token_id,
                                            cfg.audio_token_id) if i is not None),
     )
+
+
+def kv_sources(tc: Any) -> tuple[int, ...]:
+    """Per layer, the layer whose keys and values it attends with: HF's K/V-sharing layers
+    (the last ``num_kv_shared_layers``) read the last earlier layer of their type."""
+    n, shared = tc.num_hidden_layers, tc.num_kv_shared_layers or 0
+    first = n - shared
+    if shared and first <= 0:
+        raise ValueError(f"Gemma 4 with num_kv_shared_layers={shared} of {n} layers (no layer "
+                         "computes keys) is not supported")
+    types = tc.layer_types
+    last = {t: max(i for i in range(first) if types[i] == t) for t in set(types[:first])}
+    return tuple(i if i < first else last[types[i]] for i in range(n))
 
 
 def gemma4_image_text(config: Any, tokenizer: Any) -> ImageText:
