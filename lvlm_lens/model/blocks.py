@@ -120,7 +120,15 @@ class TransformerBlock(nn.Module):
         moe = spec.moe
         sparse = moe is not None and layer in moe.layers
         hf_mlp = hf_layer.mlp if hasattr(hf_layer, "mlp") else hf_layer.feed_forward  # Llama 4
-        self.mlp = SparseMoE(moe, hf_mlp) if sparse else GatedMLP(cfg, hf_mlp)
+        self.beside = sparse and moe.beside_dense  # Gemma 4: experts beside the dense MLP
+        if self.beside:
+            self.mlp = GatedMLP(cfg, hf_mlp)
+            self.moe = SparseMoE(moe, hf_layer)
+            self.ln2_dense_post = RMSNorm(hf_layer.post_feedforward_layernorm_1, off, fp32)
+            self.ln2_moe = RMSNorm(hf_layer.pre_feedforward_layernorm_2, off, fp32)
+            self.ln2_moe_post = RMSNorm(hf_layer.post_feedforward_layernorm_2, off, fp32)
+        else:
+            self.mlp = SparseMoE(moe, hf_mlp) if sparse else GatedMLP(cfg, hf_mlp)
         self.sandwich = spec.sandwich_norms
         if self.sandwich:
             post_attn, pre_mlp, post_mlp = spec.sandwich_norm_names
@@ -191,6 +199,9 @@ class TransformerBlock(nn.Module):
         resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(attn_out))
         mlp_in = self.hook_mlp_in(resid_mid.clone()) if cfg.use_hook_mlp_in else resid_mid
         mlp_out = self.mlp(self.ln2(mlp_in))
+        if self.beside:  # Gemma 4: the experts' normed output added to the dense one's
+            experts = self.moe(self.ln2_moe(mlp_in), router_in=mlp_in)
+            mlp_out = self.ln2_dense_post(mlp_out) + self.ln2_moe_post(experts)
         if self.sandwich:
             mlp_out = self.ln2_post(mlp_out)
         if self.ple or self.scalar:

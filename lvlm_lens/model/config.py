@@ -41,6 +41,17 @@ class MoESpec:
         experts_transposed: The fused expert weights are stored ``[expert, d_model, 2 *
             d_expert]`` / ``[expert, d_expert, d_model]`` (Llama 4) instead of ``[expert, 2 *
             d_expert, d_model]`` / ``[expert, d_model, d_expert]``.
+        beside_dense: The experts run beside the layer's dense MLP (Gemma 4's
+            ``enable_moe_block``): the router and the experts are the HF layer's ``router`` /
+            ``experts`` (``blocks.{l}.moe``); the router reads the MLP's input before any norm,
+            the experts it after ``pre_feedforward_layernorm_2``; the dense output passes
+            ``post_feedforward_layernorm_1``, the experts' ``post_feedforward_layernorm_2``
+            (``blocks.{l}.ln2_dense_post`` / ``ln2_moe`` / ``ln2_moe_post``), and their sum the
+            layer's ``ln2_post``.
+        router_norm: The router's input is RMS-normalised without weight, times the router's
+            ``scale`` and ``d_model ** -0.5`` (Gemma 4); its linear is ``router.proj``.
+        per_expert_scale: The chosen experts' weights are multiplied by the router's
+            ``per_expert_scale`` of each (after the renormalisation; Gemma 4).
     """
 
     n_experts: int
@@ -59,6 +70,9 @@ class MoESpec:
     routed_scaling: float = 1.0
     weight_input: bool = False
     experts_transposed: bool = False
+    beside_dense: bool = False
+    router_norm: bool = False
+    per_expert_scale: bool = False
 
 
 @dataclass(frozen=True)

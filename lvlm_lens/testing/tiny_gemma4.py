@@ -7,7 +7,10 @@ global layers have twice the head width and a proportional rope over a quarter o
 last two layers reading the keys and values of layers 2 and 1 (``num_kv_shared_layers=2``),
 bidirectional attention within an image on the sliding layers
 (``use_bidirectional_attention="vision"``, as the larger models), capped logits, tied
-embeddings; no audio tower. The image processor keeps each image's aspect ratio at a budget of
+embeddings; no audio tower. ``enable_moe_block=True`` (with ``num_experts``,
+``top_k_experts``, ``moe_intermediate_size``) gives the MoE variant (as
+``google/gemma-4-26B-A4B-it``): experts beside each layer's dense MLP, its router's scales
+drawn off 1. The image processor keeps each image's aspect ratio at a budget of
 :data:`G4_SOFT_TOKENS` tokens of ``3x3`` pooled ``2x2``-px patches, so images of different
 shapes give different grids. The folder holds the tokenizer and the PIL image processor:
 ``Gemma4Processor`` also wants a video processor (torchvision) and an audio feature extractor.
@@ -109,10 +112,14 @@ def gemma4_image_processor() -> Gemma4ImageProcessorPil:
                                    max_soft_tokens=G4_SOFT_TOKENS)  # fmt: skip
 
 
-def _draw_layer_scalars(model: torch.nn.Module) -> None:
-    """Every decoder layer's ``layer_scalar`` off its default 1 (real checkpoints learn it)."""
+def _draw_off_one(model: torch.nn.Module) -> None:
+    """Every decoder layer's ``layer_scalar`` and, with experts, its router's ``scale`` and
+    ``per_expert_scale`` off their default 1 (real checkpoints learn them)."""
     for layer in model.model.language_model.layers:
         layer.layer_scalar.uniform_(0.5, 1.5)
+        if getattr(layer, "router", None) is not None:
+            layer.router.scale.uniform_(0.5, 1.5)
+            layer.router.per_expert_scale.uniform_(0.5, 1.5)
 
 
 def build_gemma4_checkpoint(
@@ -130,4 +137,4 @@ def build_gemma4_checkpoint(
     config = set_fields(gemma4_config(tokenizer, dict(text_overrides), dict(vision or {})), lvlm)
     image_processor = set_fields(gemma4_image_processor(), processor)
     return save_random(folder, Gemma4ForConditionalGeneration, config, seed, tokenizer,
-                       image_processor, init=_draw_layer_scalars)  # fmt: skip
+                       image_processor, init=_draw_off_one)  # fmt: skip

@@ -54,6 +54,8 @@ CASES = {
         num_hidden_layers=2, sliding_window=6,
     ),
     "gemma4": {},
+    "gemma4/moe": dict(enable_moe_block=True, num_experts=4, top_k_experts=2,
+                       moe_intermediate_size=32),
 }
 
 

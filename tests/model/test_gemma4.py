@@ -266,3 +266,55 @@ def test_keys_as_values_on_the_global_layers(tiny_checkpoint):
     v = k.float() * torch.rsqrt(k.float().pow(2).mean(-1, keepdim=True) + model.cfg.eps)
     assert (cache["blocks.1.attn.hook_v"] - v).abs().max() <= 1e-6
     check_engine_equals_reference(model, inp, "mean", "text", n_masks=16, batch_size=8, rate=0.3)
+
+
+# experts beside the dense MLP ----------------------------------------------------------------
+MOE = dict(enable_moe_block=True, num_experts=4, top_k_experts=2, moe_intermediate_size=32)
+
+
+@pytest.fixture(scope="module")
+def moe_model(tiny_checkpoint):
+    return HookedLVLM.from_pretrained(tiny_checkpoint("gemma4", **MOE))
+
+
+def test_moe_logits_match_hf_and_its_features_matter(moe_model):
+    inp = moe_model.prepare(IMAGES, PROMPTS)
+    real = inp.attention_mask.bool()
+    moe = moe_model.cfg.decoder.moe
+    assert moe.beside_dense and moe.layers == tuple(range(5)) and moe.top_k == 2
+    with torch.no_grad():
+        logits = moe_model(inp)
+        assert (logits - hf(moe_model, inp))[real].abs().max() <= 1e-4
+        for off in (dict(per_expert_scale=False), dict(router_norm=False)):
+            other = rebuilt(moe_model, moe=replace(moe, **off))(inp)
+            assert (other - logits)[real].abs().max() > 1e-3
+
+
+def test_moe_router_and_mlp_out_by_hand(moe_model):
+    """The router reads ``resid_mid``: weightless RMS norm, times its scale and ``d ** -0.5``;
+    the chosen experts' weights are the renormalised top-2 probabilities times their
+    per-expert scales; the MLP's write (``ln2_post``'s output, which ``hook_mlp_out`` then adds
+    the per-layer input's write and the layer scalar's change to) is ``ln2_post(
+    ln2_dense_post(dense) + ln2_moe_post(sum of the experts' outputs))``."""
+    inp = moe_model.prepare(IMAGES[:1], PROMPTS[1])
+    _, cache = moe_model.run_with_cache(inp)
+    block = moe_model.blocks[1]
+    router = language_model(moe_model.hf_model).layers[1].router
+    mid = cache["blocks.1.hook_resid_mid"]
+    x = mid * torch.rsqrt(mid.pow(2).mean(-1, keepdim=True) + 1e-6) * router.scale / 8.0
+    logits = cache["blocks.1.moe.hook_router_logits"]
+    assert (logits - x @ block.moe.W_router).abs().max() <= 1e-5
+    probs = logits.softmax(-1)
+    top = probs.topk(2, dim=-1)
+    assert torch.equal(cache["blocks.1.moe.hook_expert_indices"], top.indices)
+    with torch.no_grad():
+        w = top.values / top.values.sum(-1, keepdim=True) * router.per_expert_scale[top.indices]
+        _, wo = block.moe.route(mid)
+    assert (wo - w).abs().max() <= 1e-6
+    experts = cache["blocks.1.moe.hook_expert_out"].sum(2)
+    with torch.no_grad():
+        dense = block.ln2_dense_post(block.mlp(cache["blocks.1.ln2.hook_normalized"]))
+        want = block.ln2_post(dense + block.ln2_moe_post(experts))
+    assert (cache["blocks.1.ln2_post.hook_normalized"] - want).abs().max() <= 1e-5
+    parts = cache.decompose_resid()
+    assert (parts.sum(0) - cache["blocks.4.hook_resid_post"]).abs().max() <= 1e-4

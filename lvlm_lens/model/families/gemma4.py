@@ -3,7 +3,9 @@
 patches, a weightless norm and a linear projection; then a Gemma decoder with per-layer input
 embeddings (PLE), q / k / v norms, a scalar per layer, sliding-window and global layers (the
 global ones with their own head width and rope), bidirectional attention within an image on
-the sliding layers (``use_bidirectional_attention="vision"``) and capped logits. Audio and
+the sliding layers (``use_bidirectional_attention="vision"``), capped logits, K/V shared by
+the last layers (``num_kv_shared_layers``), keys as values on the global layers
+(``attention_k_eq_v``) and experts beside each dense MLP (``enable_moe_block``). Audio and
 video inputs are refused. Tiny checkpoint: ``lvlm_lens/testing/tiny_gemma4.py``."""
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from lvlm_lens.model.config import DecoderSpec
+from lvlm_lens.model.config import DecoderSpec, MoESpec
 from lvlm_lens.model.families.base import Family, ImageText, language_model, token_name
 from lvlm_lens.model.vision import VisionSide, grid_coords
 
@@ -70,8 +72,6 @@ def gemma4_decoder(hf_model: nn.Module) -> DecoderSpec:
     if mode not in (None, "vision"):
         raise ValueError(f"Gemma 4 with use_bidirectional_attention={mode!r} is not supported "
                          "(a non-causal decoder): only None or 'vision'")
-    if getattr(tc, "enable_moe_block", False):
-        raise ValueError("Gemma 4 with enable_moe_block=True is not supported yet")
     lm = language_model(hf_model)
     attn = [layer.self_attn for layer in lm.layers]
     sources = kv_sources(tc)
@@ -80,6 +80,7 @@ def gemma4_decoder(hf_model: nn.Module) -> DecoderSpec:
     return DecoderSpec(
         norm_offset=0.0,
         norm_fp32=True,
+        moe=moe_spec(tc),
         sandwich_norms=True,
         qk_norm=True,
         v_norm=True,
@@ -97,6 +98,18 @@ def gemma4_decoder(hf_model: nn.Module) -> DecoderSpec:
         pad_embedded_ids=tuple(i for i in (cfg.image_token_id, cfg.video_token_id,
                                            cfg.audio_token_id) if i is not None),
     )
+
+
+def moe_spec(tc: Any) -> MoESpec | None:
+    """The experts every layer runs beside its dense MLP (``enable_moe_block``): softmax
+    routing to the top ``top_k_experts``, renormalised, times each one's per-expert scale."""
+    if not getattr(tc, "enable_moe_block", False):
+        return None
+    return MoESpec(
+        n_experts=tc.num_experts, top_k=tc.top_k_experts, d_expert=tc.moe_intermediate_size,
+        layers=tuple(range(tc.num_hidden_layers)), beside_dense=True, router_norm=True,
+        per_expert_scale=True,
+    )  # fmt: skip
 
 
 def kv_sources(tc: Any) -> tuple[int, ...]:
@@ -136,7 +149,8 @@ def gemma4_hf_extra(inp: Any, kw: dict) -> dict:
 BY_MODEL_TYPE = {
     "gemma4": Family(
         "Gemma 4", "Gemma4ForConditionalGeneration", ("gemma4_text",),
-        ("google/gemma-4-e2b-it", "google/gemma-4-e4b-it", "google/gemma-4-31b-it"),
+        ("google/gemma-4-e2b-it", "google/gemma-4-e4b-it", "google/gemma-4-26B-A4B-it",
+         "google/gemma-4-31B-it"),
         hf_inputs=("mm_token_type_ids",), vision=Gemma4Vision, decoder_spec=gemma4_decoder,
         image_text=gemma4_image_text, tiny_kinds=("gemma4",), hf_extra=gemma4_hf_extra,
         own_mask=True,
