@@ -318,3 +318,20 @@ def test_moe_router_and_mlp_out_by_hand(moe_model):
     assert (cache["blocks.1.ln2_post.hook_normalized"] - want).abs().max() <= 1e-5
     parts = cache.decompose_resid()
     assert (parts.sum(0) - cache["blocks.4.hook_resid_post"]).abs().max() <= 1e-4
+
+
+def test_runs_that_lack_what_gemma4_needs_are_refused_in_one_line(model, inp):
+    """From embeddings alone the per-layer inputs (from token ids) are missing; past a K/V
+    source layer, ``start_at_layer`` has no keys for the layers sharing them. A start at or
+    before the sources gives the full run's logits."""
+    embeds = model.embed_input(inp)
+    with pytest.raises(ValueError, match="per-layer inputs") as err:
+        model.generate(embeds, max_new_tokens=1, verbose=False)
+    assert "\n" not in str(err.value)
+    resid = model(inp, stop_at_layer=3)
+    with pytest.raises(ValueError, match="start_at_layer=3 skips layer 2"):
+        model(resid, start_at_layer=3, tokens=inp)
+    resid = model(inp, stop_at_layer=1)
+    with torch.no_grad():
+        full, rest = model(inp), model(resid, start_at_layer=1, tokens=inp)
+    assert (full - rest).abs().max() <= 1e-5
