@@ -56,6 +56,10 @@ CASES = {
     "gemma4": {},
     "gemma4/moe": dict(enable_moe_block=True, num_experts=4, top_k_experts=2,
                        moe_intermediate_size=32),
+    # as the 31B (no per-layer inputs, keys as values) and E2B (causal, double-wide MLPs)
+    "gemma4/31b-like": dict(hidden_size_per_layer_input=0, num_kv_shared_layers=0,
+                            attention_k_eq_v=True, num_global_key_value_heads=1),
+    "gemma4/e2b-like": dict(use_bidirectional_attention=None, use_double_wide_mlp=True),
 }
 
 
