@@ -25,6 +25,10 @@ from tests.model.test_tl_families import KINDS
 #: (test_tl_analysis::test_a_stack_over_unlike_layers_is_refused_in_one_line), and the
 #: per-layer tools on their full-attention layers are tested in test_tl_linear_layers.
 ANALYSIS_KINDS = [k for k in KINDS if k not in ("qwen3.5", "qwen3.5-moe")]
+#: Not Gemma 4 either: its global layers' wider heads make the layer stacks differ in shape
+#: (refused in one line, tests/model/test_gemma4.py) and its K/V-sharing layers have no W_K /
+#: W_V of their own; its per-layer weight views are still to be tested (left for later).
+ANALYSIS_KINDS = [k for k in ANALYSIS_KINDS if k != "gemma4"]
 
 
 @pytest.fixture(scope="module", params=ANALYSIS_KINDS)
