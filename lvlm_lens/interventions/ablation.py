@@ -301,7 +301,6 @@ def head_ablation_hooks(
             baseline.source.device))
     qs = qs.to(model.cfg.device)
     src = baseline.source.to(model.cfg.device)
-    g = model.cfg.n_groups
     linear, cross = _linear_layers(model), _cross_layers(model)
     hooks = []
     for layer in range(model.cfg.n_layers):
@@ -312,10 +311,11 @@ def head_ablation_hooks(
             hooks += linear_ablation_hooks(model, inp, layer, w, baseline, qs, src)
             continue
         store: dict[str, Tensor] = {}
-        kb = baseline.keys[layer].repeat_interleave(g, dim=1)
-        vb = baseline.values[layer]
         is_cross = layer in cross  # its keys: the whole image side, all of it the source
         attn = model.blocks[layer].cross_attn if is_cross else model.blocks[layer].attn
+        g = model.cfg.n_heads // getattr(attn, "n_kv", model.cfg.n_key_value_heads)  # Gemma 4
+        kb = baseline.keys[layer].repeat_interleave(g, dim=1)
+        vb = baseline.values[layer]
         scale = attn.scaling
         src_l = torch.ones_like(kb[:, 0, :, 0], dtype=torch.bool) if is_cross else src
 
@@ -329,7 +329,7 @@ def head_ablation_hooks(
             store["cond"] = cond
             return torch.where(cond, s + w[:, :, None, None] * (sb.to(s.dtype) - s), s)
 
-        def z_hook(z: Tensor, hook: Any, store=store, vb=vb, w=w) -> Tensor:
+        def z_hook(z: Tensor, hook: Any, store=store, vb=vb, w=w, g=g) -> Tensor:
             dv = (vb - store["v"].transpose(1, 2)).repeat_interleave(g, dim=1)
             p = store["pattern"] * store["cond"] * w[:, :, None, None]
             dz = torch.einsum("bhqk,bhkd->bqhd", p, dv.to(p.dtype))

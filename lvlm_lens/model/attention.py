@@ -10,7 +10,6 @@ per suffix and grouped-query keys are never repeated.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +20,19 @@ from transformer_lens.hook_points import HookPoint
 from lvlm_lens.model.config import LVLMConfig
 from lvlm_lens.model.fused_attention import fused_attention
 from lvlm_lens.model.norm import RMSNorm, through_hook
+from lvlm_lens.model.rotary import (
+    apply_rotary,
+    apply_rotary_pairs,
+    l2_norm,
+    rotary_tables,
+    rotate_half,
+    rotate_pairs,
+    temperature,
+)
 from lvlm_lens.model.weights import AttentionWeights
+
+__all__ = ["KV", "Attention", "Segment", "SelfAlternative", "apply_rotary", "apply_rotary_pairs",
+           "l2_norm", "rotary_tables", "rotate_half", "rotate_pairs", "temperature"]
 
 KV = tuple[
     Float[Tensor, "batch_kv kv_head pos d_head"], Float[Tensor, "batch_kv kv_head pos d_head"]
@@ -75,70 +86,6 @@ def _watched(*points: nn.Module) -> bool:
         p._forward_hooks or p._forward_pre_hooks or p._backward_hooks or p._backward_pre_hooks
         for p in points
     )
-
-
-def rotate_half(x: Tensor) -> Tensor:
-    """Rotate the two halves of the last dimension: ``(a, b) -> (-b, a)``."""
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def rotate_pairs(x: Tensor) -> Tensor:
-    """Rotate adjacent pairs of the last dimension: ``(x_2i, x_2i+1) -> (-x_2i+1, x_2i)``."""
-    pairs = x.unflatten(-1, (-1, 2))
-    return torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
-
-
-def apply_rotary(
-    x: Float[Tensor, "batch pos head d_head"],
-    cos: Float[Tensor, "batch pos d_head"],
-    sin: Float[Tensor, "batch pos d_head"],
-    pairs: bool = False,
-) -> Float[Tensor, "batch pos head d_head"]:
-    """Apply rotary position embeddings to the first ``cos.shape[-1]`` dimensions of each
-    head: HF's half-rotation convention, or with ``pairs`` the rotation of adjacent pairs
-    (GLM's, whose tables repeat each frequency twice in a row)."""
-    rot = cos.shape[-1]
-    if rot < x.shape[-1]:  # partial rotary (Qwen3.5, GLM): the last dimensions pass unrotated
-        return torch.cat((apply_rotary(x[..., :rot], cos, sin, pairs), x[..., rot:]), dim=-1)
-    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
-    return x * cos + (rotate_pairs(x) if pairs else rotate_half(x)) * sin
-
-
-def apply_rotary_pairs(
-    x: Float[Tensor, "batch pos head d_head"],
-    cos: Float[Tensor, "batch pos half"],
-    sin: Float[Tensor, "batch pos half"],
-) -> Float[Tensor, "batch pos head d_head"]:
-    """Apply rotary position embeddings to consecutive pairs ``(x[2i], x[2i+1])`` of each head
-    (Llama 4's complex convention: each pair times ``cos + i sin``), computed in fp32."""
-    pairs = x.float().unflatten(-1, (-1, 2))
-    a, b = pairs[..., 0], pairs[..., 1]
-    c, s = cos[:, :, None], sin[:, :, None]
-    return torch.stack((a * c - b * s, a * s + b * c), dim=-1).flatten(-2).type_as(x)
-
-
-def rotary_tables(out: Tensor | tuple[Tensor, Tensor], pairs: bool) -> tuple[Tensor, Tensor]:
-    """``(cos, sin)`` from an HF rotary module's output: its own tuple, or (``pairs``, Llama 4)
-    the real and imaginary parts of its complex ``freqs_cis``."""
-    return (out.real, out.imag) if pairs else out
-
-
-def temperature(spec: Any, position_ids: Tensor) -> Float[Tensor, "batch pos 1 1"] | None:
-    """Llama 4's query scale on the layers without RoPE (``spec.attn_temperature``), from the
-    rotary positions ``[batch, pos]``; ``None`` where the decoder has none."""
-    if spec.attn_temperature is None or not spec.no_rope_layers:
-        return None
-    floor_scale, attn_scale = spec.attn_temperature
-    pos = position_ids.float()
-    scale = torch.log1p(torch.floor((pos + 1.0) / floor_scale)) * attn_scale + 1.0
-    return scale[..., None, None]
-
-
-def l2_norm(x: Tensor, eps: float) -> Tensor:
-    """Weightless RMSNorm over the last dimension, in fp32 (Llama 4's q/k norm)."""
-    xf = x.float()
-    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x)
 
 
 def fold_rows(x: Tensor, batch_kv: int, n_kv: int) -> Tensor:
@@ -199,12 +146,23 @@ class Attention(AttentionWeights, nn.Module):
         super().__init__()
         self.cfg = cfg
         self.rope = layer not in cfg.decoder.no_rope_layers  # Llama 4: NoPE layers
-        self.q_proj, self.k_proj = hf_attn.q_proj, hf_attn.k_proj
-        self.v_proj, self.o_proj = hf_attn.v_proj, hf_attn.o_proj
+        # Gemma 4: global layers with wider heads (and other K/V head counts)
+        self.d_head = cfg.decoder.head_width(layer, cfg.d_head)
+        self.n_kv = cfg.decoder.kv_head_count(layer, cfg.n_key_value_heads)
+        # Gemma 4: a layer reading an earlier layer's K/V has no K/V weights of its own
+        self.shares_kv = cfg.decoder.kv_from(layer) != layer
+        self.q_proj, self.o_proj = hf_attn.q_proj, hf_attn.o_proj
+        self.layer = layer
+        self.k_proj = None if self.shares_kv else hf_attn.k_proj
+        # Gemma 4's attention_k_eq_v: values from the key projection (before k_norm)
+        self.k_as_v = layer in cfg.decoder.values_from_keys
+        self.v_proj = None if self.shares_kv or self.k_as_v else hf_attn.v_proj
         self.scaling = float(getattr(hf_attn, "scaling", cfg.d_head**-0.5))
         if cfg.decoder.qk_norm:  # per-head RMSNorm of queries and keys before RoPE (Gemma 3)
-            self.q_norm = RMSNorm(hf_attn.q_norm, cfg.decoder.norm_offset)
-            self.k_norm = RMSNorm(hf_attn.k_norm, cfg.decoder.norm_offset)
+            fp32 = cfg.decoder.norm_fp32
+            self.q_norm = RMSNorm(hf_attn.q_norm, cfg.decoder.norm_offset, fp32)
+            if not self.shares_kv:
+                self.k_norm = RMSNorm(hf_attn.k_norm, cfg.decoder.norm_offset, fp32)
         for name in ("q", "k", "v", "rot_q", "rot_k", "attn_scores", "pattern", "z", "result"):
             setattr(self, f"hook_{name}", HookPoint())
         if cfg.decoder.attn_output_gate:
@@ -213,7 +171,7 @@ class Attention(AttentionWeights, nn.Module):
     @property
     def W_G(self) -> Float[Tensor, "head d_model d_head"]:
         """The output gate's weight per head (``attn_output_gate``: ``q_proj``'s gate rows)."""
-        w = self.q_proj.weight.view(self.cfg.n_heads, 2, self.cfg.d_head, -1)[:, 1]
+        w = self.q_proj.weight.view(self.cfg.n_heads, 2, self.d_head, -1)[:, 1]
         return w.transpose(1, 2)
 
     @property
@@ -221,8 +179,35 @@ class Attention(AttentionWeights, nn.Module):
         """The output gate's bias per head (zeros where ``q_proj`` has none)."""
         b = self.q_proj.bias
         if b is None:
-            return self.q_proj.weight.new_zeros(self.cfg.n_heads, self.cfg.d_head)
-        return b.view(self.cfg.n_heads, 2, self.cfg.d_head)[:, 1]
+            return self.q_proj.weight.new_zeros(self.cfg.n_heads, self.d_head)
+        return b.view(self.cfg.n_heads, 2, self.d_head)[:, 1]
+
+    def _rotate(self, t: Tensor, cos: Tensor, sin: Tensor, q_scale: Tensor | None = None
+                ) -> Tensor:
+        """RoPE (and Llama 4's q/k norm after it) on a RoPE layer; on a layer without, the
+        query scale (Llama 4's temperature tuning) where ``q_scale`` is given."""
+        spec = self.cfg.decoder
+        if not self.rope:
+            return t if q_scale is None else (t * q_scale).to(t.dtype)
+        if spec.rope_pairs:  # Llama 4: complex tables, half-size
+            t = apply_rotary_pairs(t, cos, sin)
+        else:  # halves, or GLM's adjacent pairs on full-size tables
+            t = apply_rotary(t, cos, sin, spec.rotary_pairs)
+        return l2_norm(t, self.cfg.eps) if spec.qk_l2_norm else t  # Llama 4: after RoPE
+
+    def _values_of(self, x: Tensor, k: Tensor, tuple_inputs: bool = False) -> Tensor:
+        """The value projection of ``x`` (per-head inputs with ``tuple_inputs``); the keys ``k``
+        as projected (``hook_k``'s) where the layer takes its values from them."""
+        if self.k_as_v:
+            return k
+        if tuple_inputs:
+            return torch.einsum("bshm,hmd->bshd", x, self._W_V) + self._b_V
+        return self.v_proj(x)
+
+    def _v_norm(self, v: Tensor) -> Tensor:
+        """Values as the attention reads them: with ``v_norm`` (Gemma 4) a weightless RMSNorm
+        over ``d_head``, before ``hook_v``."""
+        return l2_norm(v, self.cfg.eps) if self.cfg.decoder.v_norm else v
 
     def _scores(self, q: Tensor, seg: Segment) -> Tensor:
         out = segment_scores(q, seg.k).mul_(self.scaling)  # a fresh tensor: scaled in place
@@ -315,6 +300,7 @@ class Attention(AttentionWeights, nn.Module):
         past: list[Segment] | None = None,
         alt: SelfAlternative | None = None,
         q_scale: Float[Tensor, "batch pos 1 1"] | None = None,
+        shared: KV | None = None,
     ) -> tuple[Float[Tensor, "batch pos d_model"], KV]:
         """Attend from ``x`` to the cached segments ``past`` and to ``x`` itself.
 
@@ -328,44 +314,42 @@ class Attention(AttentionWeights, nn.Module):
             past: Cached segments (post-RoPE keys), each of batch ``B / r``.
             alt: Alternative keys/values at some of the new tokens' own positions.
             q_scale: Query scale of a layer without RoPE (Llama 4's temperature tuning).
+            shared: A K/V-sharing layer's (Gemma 4) keys and values of the new tokens: its
+                source layer's, post-RoPE, ``[B, H_kv, pos, d_head]``.
 
         Returns:
             The attention output and this call's own ``(key, value)``, ``[B, H_kv, pos, d_head]``.
         """
-        cfg = self.cfg
+        cfg, spec, d, n_kv = self.cfg, self.cfg.decoder, self.d_head, self.n_kv
+        own_kv = shared is None  # Gemma 4: a K/V-sharing layer projects queries only
         if isinstance(x, tuple):  # per-head inputs (split q/k/v inputs, hook_attn_in)
             q, k, v = x
             b, s = q.shape[:2]
             gate = None
-            if cfg.decoder.attn_output_gate:
+            if spec.attn_output_gate:
                 gate = torch.einsum("bshm,hmd->bshd", q, self.W_G) + self.b_G
             q = self.hook_q(torch.einsum("bshm,hmd->bshd", q, self.W_Q) + self.b_Q)
-            k = self.hook_k(torch.einsum("bshm,hmd->bshd", k, self._W_K) + self._b_K)
-            v = self.hook_v(torch.einsum("bshm,hmd->bshd", v, self._W_V) + self._b_V)
+            if own_kv:
+                k = self.hook_k(torch.einsum("bshm,hmd->bshd", k, self._W_K) + self._b_K)
+                v = self.hook_v(self._v_norm(self._values_of(v, k, tuple_inputs=True)))
         else:
             b, s, _ = x.shape
             q, gate = self.q_proj(x), None
-            if cfg.decoder.attn_output_gate:  # per head: d_head query, then d_head gate rows
-                q, gate = q.view(b, s, cfg.n_heads, 2 * cfg.d_head).chunk(2, dim=-1)
-            q = self.hook_q(q.reshape(b, s, cfg.n_heads, cfg.d_head))
-            k = self.hook_k(self.k_proj(x).view(b, s, cfg.n_key_value_heads, cfg.d_head))
-            v = self.hook_v(self.v_proj(x).view(b, s, cfg.n_key_value_heads, cfg.d_head))
-        if cfg.decoder.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        spec = cfg.decoder
-        if self.rope:
-            if spec.rope_pairs:  # Llama 4: complex tables, half-size
-                q, k = apply_rotary_pairs(q, cos, sin), apply_rotary_pairs(k, cos, sin)
-            else:  # halves, or GLM's adjacent pairs on full-size tables
-                pairs = spec.rotary_pairs
-                q, k = apply_rotary(q, cos, sin, pairs), apply_rotary(k, cos, sin, pairs)
-            if spec.qk_l2_norm:  # Llama 4: after RoPE, on the RoPE layers
-                q, k = l2_norm(q, cfg.eps), l2_norm(k, cfg.eps)
-        elif q_scale is not None:
-            q = (q * q_scale).to(q.dtype)
+            if spec.attn_output_gate:  # per head: d_head query, then d_head gate rows
+                q, gate = q.view(b, s, cfg.n_heads, 2 * d).chunk(2, dim=-1)
+            q = self.hook_q(q.reshape(b, s, cfg.n_heads, d))
+            if own_kv:
+                k = self.hook_k(self.k_proj(x).view(b, s, n_kv, d))
+                v = self.hook_v(self._v_norm(self._values_of(x, k).view(b, s, n_kv, d)))
+        if spec.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k) if own_kv else None
+        q, k = self._rotate(q, cos, sin, q_scale), self._rotate(k, cos, sin) if own_kv else None
         q = self.hook_rot_q(q).transpose(1, 2)
-        k = self.hook_rot_k(k).transpose(1, 2)
-        v = v.transpose(1, 2)
+        if own_kv:
+            k, v = self.hook_rot_k(k).transpose(1, 2), v.transpose(1, 2)
+        else:  # the source layer's post-RoPE keys and values, through this layer's hooks
+            k = self.hook_rot_k(shared[0].transpose(1, 2)).transpose(1, 2)
+            v = self.hook_v(shared[1].transpose(1, 2)).transpose(1, 2)
         own = Segment(k, v)
         if alt is not None:
             src = alt.src[:, None, :, None]
@@ -384,5 +368,5 @@ class Attention(AttentionWeights, nn.Module):
             result = self.hook_result(torch.einsum("bshd,hdm->bshm", z, self.W_O))
             out = result.sum(dim=2) + self.b_O
         else:
-            out = self.o_proj(z.reshape(b, s, cfg.n_heads * cfg.d_head))
+            out = self.o_proj(z.reshape(b, s, cfg.n_heads * d))
         return out, (k, v)

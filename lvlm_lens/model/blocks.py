@@ -13,6 +13,7 @@ from lvlm_lens.model.cross_attention import CrossAttention, CrossInput
 from lvlm_lens.model.linear_attention import GatedDeltaNet
 from lvlm_lens.model.moe import SparseMoE
 from lvlm_lens.model.norm import RMSNorm, through_hook
+from lvlm_lens.model.per_layer import PerLayerBlock, as_pad
 
 __all__ = ["Embed", "GatedMLP", "RMSNorm", "TransformerBlock", "Unembed"]
 
@@ -99,8 +100,8 @@ class TransformerBlock(nn.Module):
         self.cfg = cfg
         self.layer = layer
         spec = cfg.decoder
-        off = spec.norm_offset
-        self.ln1 = RMSNorm(hf_layer.input_layernorm, off)
+        off, fp32 = spec.norm_offset, spec.norm_fp32
+        self.ln1 = RMSNorm(hf_layer.input_layernorm, off, fp32)
         lin = spec.linear_attention  # Qwen3.5: Gated-DeltaNet in the layers it lists
         self.linear = lin is not None and layer in lin.layers
         cross = spec.cross_attention  # Llama 3.2 Vision: gated cross-attention layers
@@ -119,25 +120,41 @@ class TransformerBlock(nn.Module):
         moe = spec.moe
         sparse = moe is not None and layer in moe.layers
         hf_mlp = hf_layer.mlp if hasattr(hf_layer, "mlp") else hf_layer.feed_forward  # Llama 4
-        self.mlp = SparseMoE(moe, hf_mlp) if sparse else GatedMLP(cfg, hf_mlp)
+        self.beside = sparse and moe.beside_dense  # Gemma 4: experts beside the dense MLP
+        if self.beside:
+            self.mlp = GatedMLP(cfg, hf_mlp)
+            self.moe = SparseMoE(moe, hf_layer)
+            self.ln2_dense_post = RMSNorm(hf_layer.post_feedforward_layernorm_1, off, fp32)
+            self.ln2_moe = RMSNorm(hf_layer.pre_feedforward_layernorm_2, off, fp32)
+            self.ln2_moe_post = RMSNorm(hf_layer.post_feedforward_layernorm_2, off, fp32)
+        else:
+            self.mlp = SparseMoE(moe, hf_mlp) if sparse else GatedMLP(cfg, hf_mlp)
         self.sandwich = spec.sandwich_norms
         if self.sandwich:
             post_attn, pre_mlp, post_mlp = spec.sandwich_norm_names
-            self.ln1_post = RMSNorm(getattr(hf_layer, post_attn), off)
-            self.ln2 = RMSNorm(getattr(hf_layer, pre_mlp), off)
-            self.ln2_post = RMSNorm(getattr(hf_layer, post_mlp), off)
+            self.ln1_post = RMSNorm(getattr(hf_layer, post_attn), off, fp32)
+            self.ln2 = RMSNorm(getattr(hf_layer, pre_mlp), off, fp32)
+            self.ln2_post = RMSNorm(getattr(hf_layer, post_mlp), off, fp32)
             # what TransformerLens' direct-path check reads: a norm after the head sum, so a
             # head's residual write is not z @ W_O and that patching is refused here
             self.submodules = {"attn": self.attn, "ln1_post": self.ln1_post}
             self.hook_aliases = {"hook_attn_out": "ln1_post.hook_normalized"}
         else:
-            self.ln2 = RMSNorm(hf_layer.post_attention_layernorm, off)
+            self.ln2 = RMSNorm(hf_layer.post_attention_layernorm, off, fp32)
         split = () if self.linear else ("attn_in", "q_input", "k_input", "v_input")  # never split
         for name in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post", "mlp_in",
                      *split):  # mlp_in and the split points: switched
             setattr(self, f"hook_{name}", HookPoint())
         if spec.deepstack:
             self.hook_deepstack = HookPoint()
+        self.ple = spec.per_layer_input > 0  # Gemma 4: per-layer inputs after the MLP
+        if self.ple:
+            self.per_layer = PerLayerBlock(hf_layer, fp32)
+            self.hook_per_layer = HookPoint()
+        self.scalar = spec.layer_scalar  # Gemma 4: the output residual times a scalar
+        if self.scalar:
+            self.register_buffer("layer_scalar", hf_layer.layer_scalar, persistent=False)
+            self.hook_layer_scale = HookPoint()
 
     def forward(
         self,
@@ -150,6 +167,8 @@ class TransformerBlock(nn.Module):
         extra: Float[Tensor, "batch pos d_model"] | None = None,
         q_scale: Tensor | None = None,
         cross: CrossInput | None = None,
+        per_layer: Float[Tensor, "batch pos d_ple"] | None = None,
+        shared: KV | None = None,
     ) -> tuple[Float[Tensor, "batch pos d_model"], KV | None]:
         """Run the block; returns the new residual stream and this block's new ``(key, value)``
         (a cross-attention layer's: the image side's, ``None`` without an image).
@@ -158,22 +177,32 @@ class TransformerBlock(nn.Module):
         DeepStack features) is added to the residual stream after the block, through
         ``hook_deepstack``, as part of ``hook_mlp_out`` (summed after the MLP's
         residual add, as in HF, unless a hook edits ``hook_mlp_out``); ``q_scale`` is the
-        attention's query scale on a layer without RoPE (Llama 4's temperature tuning)."""
+        attention's query scale on a layer without RoPE (Llama 4's temperature tuning);
+        ``per_layer`` this layer's per-layer input vectors (Gemma 4's PLE); ``shared`` the
+        new tokens' keys and values of the layer whose K/V this one reads (Gemma 4); this
+        block then returns those."""
         cfg = self.cfg
         resid_pre = self.hook_resid_pre(x)
         if self.cross:
             return self._gated_cross(resid_pre, cross, past, alt)
         split = (cfg.use_attn_in or cfg.use_split_qkv_input) and not self.linear
         attn_in = self.per_head_inputs(resid_pre) if split else self.ln1(resid_pre)
-        attn_out, kv = (self.attn(attn_in, cos, sin, mask, past, alt) if self.linear
-                        else self.attn(attn_in, cos, sin, mask, past, alt, q_scale))  # fmt: skip
+        if self.linear:
+            attn_out, kv = self.attn(attn_in, cos, sin, mask, past, alt)
+        else:
+            attn_out, kv = self.attn(attn_in, cos, sin, mask, past, alt, q_scale, shared)
         if self.sandwich:
             attn_out = self.ln1_post(attn_out)
         resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(attn_out))
         mlp_in = self.hook_mlp_in(resid_mid.clone()) if cfg.use_hook_mlp_in else resid_mid
         mlp_out = self.mlp(self.ln2(mlp_in))
+        if self.beside:  # Gemma 4: the experts' normed output added to the dense one's
+            experts = self.moe(self.ln2_moe(mlp_in), router_in=mlp_in)
+            mlp_out = self.ln2_dense_post(mlp_out) + self.ln2_moe_post(experts)
         if self.sandwich:
             mlp_out = self.ln2_post(mlp_out)
+        if self.ple or self.scalar:
+            return self._gemma4_tail(resid_mid, mlp_out, per_layer), kv
         if extra is None:
             return self.hook_resid_post(resid_mid + self.hook_mlp_out(mlp_out)), kv
         deep = self.hook_deepstack(extra)
@@ -181,6 +210,28 @@ class TransformerBlock(nn.Module):
         # HF adds DeepStack features to the block's output: that order where no hook edited it
         resid_post = (resid_mid + mlp_out) + deep if untouched else resid_mid + total
         return self.hook_resid_post(resid_post), kv
+
+    def _gemma4_tail(
+        self, resid_mid: Tensor, mlp_out: Tensor, vector: Tensor | None
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """After the MLP: the per-layer input's write (``hook_per_layer``), then the layer
+        scalar's change (``hook_layer_scale``), both part of ``hook_mlp_out``; HF's order of
+        operations where no hook edited them."""
+        h = resid_mid + mlp_out
+        total, exact = mlp_out, True
+        if self.ple:
+            if vector is None:
+                raise ValueError("this decoder has per-layer inputs (Gemma 4's PLE), which come "
+                                 "from the token ids: run it from tokens or an LVLMInput")
+            ple = self.hook_per_layer(self.per_layer(h, vector))
+            h, total = h + ple, total + ple
+        out = h
+        if self.scalar:
+            out = h * self.layer_scalar.to(h.dtype)
+            change, exact = through_hook(self.hook_layer_scale, out - h)
+            total = total + change
+        total, untouched = through_hook(self.hook_mlp_out, total)
+        return self.hook_resid_post(out if untouched and exact else resid_mid + total)
 
     def _gated_cross(
         self,
@@ -218,7 +269,7 @@ class TransformerBlock(nn.Module):
         and / or ``hook_q_input`` / ``hook_k_input`` / ``hook_v_input`` (see
         :mod:`~lvlm_lens.model.switches`)."""
         cfg = self.cfg
-        h, h_kv = cfg.n_heads, cfg.n_key_value_heads
+        h, h_kv = cfg.n_heads, getattr(self.attn, "n_kv", cfg.n_key_value_heads)
         src = resid_pre[:, :, None]
         if cfg.use_attn_in:
             src = self.hook_attn_in(src.expand(-1, -1, h, -1).clone())
@@ -237,17 +288,21 @@ class TransformerBlock(nn.Module):
 
 class Embed(nn.Module):
     """Token embedding (the checkpoint's own ``nn.Embedding``, with its scale if it has one:
-    Gemma multiplies by ``sqrt(d_model)``; ``W_E`` is the unscaled table)."""
+    Gemma multiplies by ``sqrt(d_model)``; ``W_E`` is the unscaled table). The ids in
+    ``pad_as`` are embedded as ``pad_id`` (Gemma 4's multimodal placeholders, as HF)."""
 
-    def __init__(self, hf_embed: nn.Embedding):
+    def __init__(self, hf_embed: nn.Embedding, pad_as: tuple[int, ...] = (), pad_id: int = 0):
         super().__init__()
         self.embed_tokens = hf_embed
+        self.pad_as, self.pad_id = pad_as, pad_id
 
     @property
     def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
         return self.embed_tokens.weight
 
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+        if self.pad_as:
+            tokens = as_pad(tokens, self.pad_as, self.pad_id)
         return self.embed_tokens(tokens)
 
 

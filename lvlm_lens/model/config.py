@@ -41,6 +41,17 @@ class MoESpec:
         experts_transposed: The fused expert weights are stored ``[expert, d_model, 2 *
             d_expert]`` / ``[expert, d_expert, d_model]`` (Llama 4) instead of ``[expert, 2 *
             d_expert, d_model]`` / ``[expert, d_model, d_expert]``.
+        beside_dense: The experts run beside the layer's dense MLP (Gemma 4's
+            ``enable_moe_block``): the router and the experts are the HF layer's ``router`` /
+            ``experts`` (``blocks.{l}.moe``); the router reads the MLP's input before any norm,
+            the experts it after ``pre_feedforward_layernorm_2``; the dense output passes
+            ``post_feedforward_layernorm_1``, the experts' ``post_feedforward_layernorm_2``
+            (``blocks.{l}.ln2_dense_post`` / ``ln2_moe`` / ``ln2_moe_post``), and their sum the
+            layer's ``ln2_post``.
+        router_norm: The router's input is RMS-normalised without weight, times the router's
+            ``scale`` and ``d_model ** -0.5`` (Gemma 4); its linear is ``router.proj``.
+        per_expert_scale: The chosen experts' weights are multiplied by the router's
+            ``per_expert_scale`` of each (after the renormalisation; Gemma 4).
     """
 
     n_experts: int
@@ -59,6 +70,9 @@ class MoESpec:
     routed_scaling: float = 1.0
     weight_input: bool = False
     experts_transposed: bool = False
+    beside_dense: bool = False
+    router_norm: bool = False
+    per_expert_scale: bool = False
 
 
 @dataclass(frozen=True)
@@ -168,6 +182,39 @@ class DecoderSpec:
             layers ``chunked_layers`` lists: a query sees only the keys of its own chunk of
             ``attention_chunk`` rotary positions (``pos // attention_chunk``).
         chunked_layers: The layers with chunked attention.
+        head_dims: Per-layer head width where the layers differ (Gemma 4: its global layers'
+            ``global_head_dim``), ``()`` where every layer has ``cfg.d_head``; each
+            ``blocks.{l}.attn`` then reads its own (``attn.d_head``), its stacked weights differ
+            in shape and are read per layer.
+        kv_heads: Per-layer K/V head count where the layers differ (Gemma 4's
+            ``num_global_key_value_heads``), ``()`` where every layer has
+            ``cfg.n_key_value_heads`` (``attn.n_kv``).
+        v_norm: Values pass a weightless RMSNorm over ``d_head`` (eps ``cfg.eps``; Gemma 4's
+            ``v_norm``) before ``hook_v``, which holds them as the attention reads them.
+        bidirectional_sliding_only: With ``bidirectional_image``, only the sliding-window layers
+            let an image's tokens attend both ways; the global layers stay causal (Gemma 4).
+        per_layer_input: Per-layer input embeddings (Gemma 4's PLE): the width of each layer's
+            slice (``hidden_size_per_layer_input``), ``0`` without. A table of the token ids
+            plus a projection of the embeddings (:mod:`~lvlm_lens.model.per_layer`) gives each
+            layer a vector per token; after the MLP the block adds ``norm(proj(act(gate(
+            resid)) * vector))`` (``blocks.{l}.hook_per_layer``, part of ``hook_mlp_out``).
+        layer_scalar: The block's output residual is multiplied by the layer's HF
+            ``layer_scalar`` buffer (Gemma 4); ``blocks.{l}.hook_layer_scale`` holds the change
+            this makes, ``(scalar - 1) * resid``, part of ``hook_mlp_out`` so ``decompose_resid``
+            still sums.
+        kv_sources: Per layer, the layer whose keys and values it attends with (Gemma 4's
+            ``num_kv_shared_layers``: the last layers reuse those of the last earlier layer of
+            their type), ``()`` where each layer has its own. A sharing layer projects only
+            queries; its ``hook_rot_k`` / ``hook_v`` re-emit the source's (an edit there is its
+            own; an edit at the source's reaches every layer sharing it, as in HF).
+        values_from_keys: Layers whose values are their keys as projected, before ``k_norm``
+            (Gemma 4's ``attention_k_eq_v`` on its global layers): no ``v_proj``, ``W_V`` is
+            ``W_K``; the values still pass ``v_norm``.
+        norm_fp32: RMSNorms multiply by their weight in fp32 and round once (Gemma 4's ``w``
+            norms, as Gemma's ``1 + w`` ones always do); else in the model's dtype.
+        pad_embedded_ids: Token ids the HF model embeds as its pad token wherever they occur
+            (Gemma 4's image, video and audio placeholders: an image token then carries the
+            image embedding spliced over it; a generated one stays the pad embedding).
     """
 
     norm_offset: float = 0.0
@@ -197,10 +244,32 @@ class DecoderSpec:
     attention_chunk: int | None = None
     chunked_layers: tuple[int, ...] = ()
     cross_attention: CrossAttentionSpec | None = None
+    head_dims: tuple[int, ...] = ()
+    kv_heads: tuple[int, ...] = ()
+    v_norm: bool = False
+    bidirectional_sliding_only: bool = False
+    per_layer_input: int = 0
+    layer_scalar: bool = False
+    pad_embedded_ids: tuple[int, ...] = ()
+    norm_fp32: bool = False
+    kv_sources: tuple[int, ...] = ()
+    values_from_keys: tuple[int, ...] = ()
 
     def chunk(self, layer: int) -> int | None:
         """The attention chunk of a layer (``None``: not chunked)."""
         return self.attention_chunk if layer in self.chunked_layers else None
+
+    def kv_from(self, layer: int) -> int:
+        """The layer whose keys and values ``layer`` attends with (itself unless shared)."""
+        return self.kv_sources[layer] if self.kv_sources else layer
+
+    def head_width(self, layer: int, default: int) -> int:
+        """The head width of a layer (``default``: ``cfg.d_head``)."""
+        return self.head_dims[layer] if self.head_dims else default
+
+    def kv_head_count(self, layer: int, default: int) -> int:
+        """The K/V head count of a layer (``default``: ``cfg.n_key_value_heads``)."""
+        return self.kv_heads[layer] if self.kv_heads else default
 
 
 @dataclass

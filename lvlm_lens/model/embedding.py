@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from lvlm_lens.model.cross_attention import CrossInput, cross_input
@@ -33,6 +33,7 @@ class EmbeddingMixin:
     hook_tokens: Any
     hook_image_embeds: Any
     hook_embed: Any
+    per_layer_inputs: Any
 
     def image_embeddings(self, inp: LVLMInput) -> list[Float[Tensor, "img_tok d_model"]]:
         """Projected image embeddings of every image in the batch (before ``hook_image_embeds``,
@@ -97,11 +98,14 @@ class EmbeddingMixin:
         return self.hook_embed(x), deep
 
     def layout(
-        self, inp: LVLMInput, positions: bool = True, deepstack: list[Tensor] | None = None
+        self, inp: LVLMInput, positions: bool = True, deepstack: list[Tensor] | None = None,
+        embeds: Float[Tensor, "batch pos d_model"] | None = None,
     ) -> TokenLayout:
         """Rotary positions (M-RoPE families; with ``positions``), bidirectional image blocks
-        (Gemma 3), DeepStack features (Qwen3-VL; computed unless given) and the image side of
-        cross-attention layers (Llama 3.2 Vision) of an input's tokens, for :meth:`run_blocks`."""
+        (Gemma 3), DeepStack features (Qwen3-VL; computed unless given), the image side of
+        cross-attention layers (Llama 3.2 Vision) and the per-layer inputs (Gemma 4; from
+        ``embeds``, the output of ``hook_embed``, computed unless given) of an input's tokens,
+        for :meth:`run_blocks`."""
         spec = self.cfg.decoder
         pos = inp.position_ids if positions else None
         blocks = None
@@ -118,7 +122,20 @@ class EmbeddingMixin:
         cross = None
         if spec.cross_attention is not None and inp.has_images:
             cross = self.cross_input(inp)
-        return TokenLayout(pos, blocks, deepstack, cross).to(self.cfg.device)
+        ple = None
+        if spec.per_layer_input:
+            embeds = self.embed_input(inp) if embeds is None else embeds
+            ple = self.per_layer_inputs(inp.input_ids, embeds)
+        return TokenLayout(pos, blocks, deepstack, cross, ple).to(self.cfg.device)
+
+    def text_layout(
+        self, tokens: Int[Tensor, "batch pos"], embeds: Float[Tensor, "batch pos d_model"]
+    ) -> TokenLayout | None:
+        """The layout of text tokens run after a cache (decoding): their per-layer inputs
+        (Gemma 4), ``None`` for a decoder without them."""
+        if not self.cfg.decoder.per_layer_input:
+            return None
+        return TokenLayout(per_layer=self.per_layer_inputs(tokens, embeds))
 
     def cross_input(self, inp: LVLMInput) -> CrossInput:
         """The image side of an input for the cross-attention layers (Llama 3.2 Vision): the

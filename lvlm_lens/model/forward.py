@@ -77,7 +77,7 @@ class ForwardMixin:
         if start_at_layer is None:
             inp = self._text_input(input, prepend_bos, padding_side, attention_mask)
             x, deep = self._embed(inp)
-            layout = self.layout(inp, deepstack=deep)
+            layout = self.layout(inp, deepstack=deep, embeds=x)
         else:
             x = input
             if not (isinstance(x, Tensor) and x.is_floating_point() and x.ndim == 3):

@@ -32,7 +32,7 @@ def decode_step(
     """
     mask = torch.ones_like(tokens)
     x = model.hook_embed(model.embed(tokens))
-    resid, kvs = model.run_blocks(x, mask, cache)
+    resid, kvs = model.run_blocks(x, mask, cache, layout=model.text_layout(tokens, x))
     cache.append(kvs, mask)
     return model.unembed(model.ln_final(resid[:, -1]))
 

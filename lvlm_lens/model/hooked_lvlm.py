@@ -27,6 +27,7 @@ from lvlm_lens.model.kv_cache import HeadSwitch, KVCache, LayerMemory
 from lvlm_lens.model.layout import TokenLayout
 from lvlm_lens.model.linear_attention import RecurrentPast
 from lvlm_lens.model.masks import causal_mask
+from lvlm_lens.model.per_layer import PerLayerInputs
 from lvlm_lens.model.prepare import prepare_inputs
 from lvlm_lens.model.switches import SwitchesMixin
 from lvlm_lens.model.tokens import TokensMixin
@@ -84,7 +85,7 @@ class HookedLVLM(
         super().__init__()
         self.cfg = cfg
         lm = language_model(hf_model)
-        self.embed = Embed(lm.embed_tokens)
+        self.embed = Embed(lm.embed_tokens, cfg.decoder.pad_embedded_ids, cfg.pad_token_id)
         self.hook_tokens = HookPoint()
         self.hook_image_embeds = HookPoint()
         self.hook_embed = HookPoint()
@@ -92,9 +93,11 @@ class HookedLVLM(
         self.blocks = nn.ModuleList(
             TransformerBlock(cfg, layer, i) for i, layer in enumerate(lm.layers)
         )
-        self.ln_final = RMSNorm(lm.norm, cfg.decoder.norm_offset)
+        self.ln_final = RMSNorm(lm.norm, cfg.decoder.norm_offset, cfg.decoder.norm_fp32)
         self.unembed = Unembed(hf_model.get_output_embeddings(), cfg.decoder.logit_softcap)
         self.rotary_emb = lm.rotary_emb
+        # Gemma 4: per-layer input embeddings (``per_layer_inputs.hook_per_layer_inputs``)
+        self.per_layer_inputs = PerLayerInputs(cfg, lm) if cfg.decoder.per_layer_input else None
         self.tokenizer = tokenizer
         self.image_text = image_text(hf_model.config, tokenizer)
         self.image_processor = image_processor
@@ -254,12 +257,15 @@ class HookedLVLM(
             else {None: rotary_tables(self.rotary_emb(x, position_ids), spec.rope_pairs)}
         )
         q_scale = temperature(spec, position_ids)
-        kinds = {layer: (self.cfg.sliding_windows[layer], spec.chunk(layer))
+        # Gemma 4: image blocks only on the sliding-window layers
+        sliding_only = spec.bidirectional_sliding_only
+        kinds = {layer: (w := self.cfg.sliding_windows[layer], spec.chunk(layer),
+                         not sliding_only or w is not None)
                  for layer in range(len(self.blocks))}  # fmt: skip
         masks = {
-            (w, c): causal_mask(key_mask, s, x.dtype, w, layout.image_blocks,
-                                windowed_blocks=not spec.bidirectional_prefix, chunk=c)
-            for w, c in set(kinds.values())
+            (w, c, bi): causal_mask(key_mask, s, x.dtype, w, layout.image_blocks if bi else None,
+                                    windowed_blocks=not spec.bidirectional_prefix, chunk=c)
+            for w, c, bi in set(kinds.values())
         }
         cross = layout.cross  # cross-attention layers: the input's image side, or the cache's
         if cross is None and cache is not None and cache.cross is not None:
@@ -278,7 +284,7 @@ class HookedLVLM(
                 past = RecurrentPast(states[layer], other, None if other is None else select,
                                      index)
             elif cache is not None:
-                local = [n for n in kinds[layer] if n is not None]  # window, chunk
+                local = [n for n in kinds[layer][:2] if n is not None]  # window, chunk
                 seg = Segment(cache.keys[layer], cache.values[layer],
                               mask_rows_alike=all(cache.length + s <= n for n in local))
                 if select is not None and cache.alt_keys is not None:
@@ -292,7 +298,17 @@ class HookedLVLM(
             cos, sin = rotary[self.cfg.layer_types[layer] if per_type else None]
             deep = layout.deepstack
             extra = deep[layer] if deep is not None and layer < len(deep) else None
-            x, kv = block(x, cos, sin, masks[kinds[layer]], past, alt, extra, q_scale, cross)
+            ple = None if layout.per_layer is None else layout.per_layer[:, :, layer]
+            source = spec.kv_from(layer)  # Gemma 4: K/V shared with an earlier layer
+            if source < start_at_layer:
+                raise ValueError(f"start_at_layer={start_at_layer} skips layer {source}, whose "
+                                 f"keys and values layer {layer} attends with (K/V sharing): "
+                                 f"start at layer {source} or before")
+            shared = None if source == layer else new_kvs[source - start_at_layer]
+            if shared is not None and cache is not None:  # its cache entries are the source's
+                past = [replace(past[0], k=cache.keys[source], v=cache.values[source])]
+            x, kv = block(x, cos, sin, masks[kinds[layer]], past, alt, extra, q_scale,
+                          cross, ple, shared)
             new_kvs.append(kv)
         return x, new_kvs
 
@@ -312,9 +328,9 @@ class HookedLVLM(
         """Like :meth:`run_prefix`, also returning the final residual stream of the prefix."""
         inp = self._as_input(input)
         x, deep = self._embed(inp)
+        layout = self.layout(inp, deepstack=deep, embeds=x)
         x = x[:, :length]
         mask = inp.attention_mask.to(x.device)[:, :length]
-        layout = self.layout(inp, deepstack=deep)
         if layout.splits_block(x.shape[1]):
             raise ValueError(f"a prefix of length {length} cuts an image in two, and the tokens "
                              "of one image attend to each other both ways: cut after the image")

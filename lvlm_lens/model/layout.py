@@ -25,12 +25,14 @@ class TokenLayout:
             (Qwen3-VL: DeepStack features at the image positions, zero elsewhere).
         cross: The image side the cross-attention layers read (Llama 3.2 Vision), ``None``
             without cross-attention layers or without an image.
+        per_layer: Each token's per-layer input vectors (Gemma 4's PLE), ``None`` without.
     """
 
     position_ids: Int[Tensor, "*three batch pos"] | None = None
     image_blocks: Int[Tensor, "batch pos"] | None = None
     deepstack: list[Float[Tensor, "batch pos d_model"]] | None = None
     cross: CrossInput | None = None
+    per_layer: Float[Tensor, "batch pos layer d_ple"] | None = None
 
     def cols(self, cols: slice) -> TokenLayout:
         """The layout of a range of columns (a prefix or a suffix of the batch)."""
@@ -39,6 +41,7 @@ class TokenLayout:
             None if self.image_blocks is None else self.image_blocks[:, cols],
             None if self.deepstack is None else [d[:, cols] for d in self.deepstack],
             None if self.cross is None else self.cross.cols(cols),
+            None if self.per_layer is None else self.per_layer[:, cols],
         )
 
     def expand(self, batch: int) -> TokenLayout:
@@ -49,14 +52,16 @@ class TokenLayout:
         blocks = None if self.image_blocks is None else self.image_blocks.expand(batch, -1)
         deep = None if self.deepstack is None else [d.expand(batch, -1, -1) for d in self.deepstack]
         cross = None if self.cross is None else self.cross.expand(batch)
-        return TokenLayout(pos, blocks, deep, cross)
+        ple = None if self.per_layer is None else self.per_layer.expand(batch, -1, -1, -1)
+        return TokenLayout(pos, blocks, deep, cross, ple)
 
     def to(self, device: torch.device | str) -> TokenLayout:
         """Move to ``device``."""
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
         deep = None if self.deepstack is None else [mv(d) for d in self.deepstack]
         cross = None if self.cross is None else self.cross.to(device)
-        return TokenLayout(mv(self.position_ids), mv(self.image_blocks), deep, cross)
+        return TokenLayout(mv(self.position_ids), mv(self.image_blocks), deep, cross,
+                           mv(self.per_layer))
 
     def splits_block(self, cut: int) -> bool:
         """Whether a bidirectional block has tokens on both sides of column ``cut``: then the

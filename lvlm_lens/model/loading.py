@@ -60,6 +60,17 @@ def _d_head(hf_model: nn.Module) -> int:
     return attn[0].head_dim
 
 
+def _kv_heads(tc: Any, n_heads: int) -> int:
+    """``num_key_value_heads`` of the text config; where it differs per layer (Gemma 4's
+    global layers), layer 0's (the spec's ``kv_heads`` holds each layer's)."""
+    try:
+        return getattr(tc, "num_key_value_heads", None) or n_heads
+    except Exception as err:  # transformers' AmbiguousGlobalPerLayerAttributeError
+        if "per-layer attribute" not in str(err):
+            raise
+        return tc.per_layer_config[0].num_key_value_heads
+
+
 def _sliding_windows(tc: Any) -> tuple[int | None, ...]:
     n = tc.num_hidden_layers
     window = getattr(tc, "sliding_window", None)
@@ -93,7 +104,7 @@ def config_from_hf(hf_model: nn.Module, name: str = "") -> LVLMConfig:
         d_model=tc.hidden_size,
         d_mlp=getattr(tc, "intermediate_size", None) or tc.moe_intermediate_size,  # all-MoE
         d_vocab=hf_model.get_output_embeddings().out_features,
-        n_key_value_heads=getattr(tc, "num_key_value_heads", None) or n_heads,
+        n_key_value_heads=_kv_heads(tc, n_heads),
         eps=tc.rms_norm_eps,
         act_fn=getattr(tc, "hidden_act", None) or tc.hidden_activation,
         sliding_windows=_sliding_windows(tc),

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from lvlm_lens.model.config import MoESpec
+from lvlm_lens.model.rotary import l2_norm
 
 __all__ = ["SparseMoE"]
 
@@ -48,6 +49,8 @@ class SparseMoE(nn.Module):
         self.spec = spec
         # weight [expert, d_model] (Llama 4 names it router)
         self.router = hf_mlp.gate if hasattr(hf_mlp, "gate") else hf_mlp.router
+        # Gemma 4: a router module around its linear (with a scale and per-expert scales)
+        self.router_linear = getattr(self.router, "proj", self.router)
         self.experts = hf_mlp.experts  # gate_up_proj, down_proj, act_fn
         for name in ("router_logits", "expert_weights", "expert_indices", "expert_out"):
             setattr(self, f"hook_{name}", HookPoint())
@@ -70,7 +73,7 @@ class SparseMoE(nn.Module):
     @property
     def W_router(self) -> Float[Tensor, "d_model expert"]:
         """The router's weight (logits are ``x @ W_router``)."""
-        return self.router.weight.T
+        return self.router_linear.weight.T
 
     @property
     def W_gate(self) -> Float[Tensor, "expert d_model d_expert"]:
@@ -101,11 +104,13 @@ class SparseMoE(nn.Module):
         self, x: Float[Tensor, "batch pos d_model"]
     ) -> tuple[Tensor, Tensor]:
         """The chosen experts ``[batch, pos, top_k]`` and their weights (in ``x``'s dtype)."""
-        spec = self.spec
+        spec, weight = self.spec, self.router_linear.weight
+        if spec.router_norm:  # Gemma 4: weightless RMSNorm, the router's scale, d ** -0.5
+            x = l2_norm(x, self.router.eps) * self.router.scale * self.router.scalar_root_size
         if spec.router_fp32:  # GLM-4.5V: fp32 logits, as HF
-            logits = F.linear(x.float(), self.router.weight.float())
+            logits = F.linear(x.float(), weight.float())
         else:
-            logits = F.linear(x, self.router.weight)
+            logits = F.linear(x, weight)
         logits = self.hook_router_logits(logits)
         sigmoid = spec.scoring == "sigmoid"
         probs = self.hook_expert_weights(
@@ -120,6 +125,8 @@ class SparseMoE(nn.Module):
             weight = weight / weight.sum(dim=-1, keepdim=True)
         if spec.routed_scaling != 1.0:
             weight = weight * spec.routed_scaling
+        if spec.per_expert_scale:  # Gemma 4
+            weight = weight * self.router.per_expert_scale[index]
         return index, weight.to(x.dtype)
 
     def choice_scores(self, probs: Float[Tensor, "batch pos expert"]) -> Tensor:
@@ -134,10 +141,13 @@ class SparseMoE(nn.Module):
         keep = torch.zeros_like(groups[..., 0], dtype=torch.bool).scatter_(-1, best, True)
         return groups.masked_fill(~keep[..., None], float("-inf")).flatten(-2)
 
-    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        """Route every token and sum its experts' weighted outputs."""
+    def forward(
+        self, x: Float[Tensor, "batch pos d_model"], router_in: Tensor | None = None
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """Route every token (on ``router_in``, default ``x``: Gemma 4's router reads the MLP's
+        input before its norm) and sum its experts' weighted outputs on ``x``."""
         b, s, d = x.shape
-        index, weight = self.route(x)
+        index, weight = self.route(x if router_in is None else router_in)
         flat, k = x.reshape(-1, d), index.shape[-1]
         slots_of = index.reshape(-1, k)
         w = weight.reshape(-1, k)

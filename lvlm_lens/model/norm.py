@@ -28,15 +28,17 @@ class RMSNorm(nn.Module):
     ``hook_scale`` is ``sqrt(mean(x^2) + eps)``, the divisor that
     ``ActivationCache.apply_ln_to_stack`` uses. The weight is *not* folded into the next
     layer, so ``hook_normalized`` is ``weight * x / scale``, with ``weight = offset + w``
-    (``offset`` 1 for Gemma's ``1 + w`` norms, which also multiply in fp32). Unless a hook
+    (``offset`` 1 for Gemma's ``1 + w`` norms, which also multiply in fp32, as ``fp32_weight``
+    norms do: Gemma 4's ``w``). Unless a hook
     changes ``hook_scale``, ``x`` is multiplied by ``rsqrt(mean(x^2) + eps)`` as in HF (not
     divided by the scale), so bf16 outputs round exactly as HF's do.
     """
 
-    def __init__(self, hf_norm: nn.Module, offset: float = 0.0):
+    def __init__(self, hf_norm: nn.Module, offset: float = 0.0, fp32_weight: bool = False):
         super().__init__()
         self.w = hf_norm.weight
         self.offset = offset
+        self.fp32_weight = fp32_weight or bool(offset)
         self.eps = float(getattr(hf_norm, "variance_epsilon", getattr(hf_norm, "eps", 1e-6)))
         self.hook_scale = HookPoint()
         self.hook_normalized = HookPoint()
@@ -55,6 +57,6 @@ class RMSNorm(nn.Module):
             normed = xf * torch.rsqrt(var)
         else:
             normed = xf / scale
-        if self.offset:
+        if self.fp32_weight:  # Gemma's: multiplied in fp32, rounded once
             return self.hook_normalized((normed * (self.w.float() + self.offset)).to(x.dtype))
         return self.hook_normalized(self.w * normed.to(x.dtype))

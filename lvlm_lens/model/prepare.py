@@ -284,9 +284,10 @@ def prepare_inputs(
             sys_span, q_span = _spans_from_roles(text, placeholder, it.closers)
         else:
             raise ValueError(f"template must be 'raw' or 'chat', got {template!r}")
-        marker = next((m for m in it.refused if m in text), None)
+        marker = next((m for m in it.refused + it.refused_audio if m in text), None)
         if marker is not None:
-            raise ValueError(f"prompt {i} holds {marker!r}: video input is not supported for "
+            what = "audio" if marker in it.refused_audio else "video"
+            raise ValueError(f"prompt {i} holds {marker!r}: {what} input is not supported for "
                              f"this model; pass still images, one {placeholder!r} each")
         n_ph = text.count(placeholder)
         if n_ph != len(ims):

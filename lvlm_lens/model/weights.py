@@ -33,7 +33,13 @@ def _per_head(proj: str, shape: str, bias: bool = False, per_query: bool = False
     d_head]``, zeros if it has none), K/V heads repeated per query head if ``per_query``."""
 
     def get(self: Any) -> Tensor:
-        lin, d = getattr(self, proj), self.cfg.d_head
+        lin, d = getattr(self, proj), getattr(self, "d_head", self.cfg.d_head)
+        if lin is None and proj == "v_proj" and self.k_proj is not None:
+            lin = self.k_proj  # Gemma 4's attention_k_eq_v: the values are the keys' projection
+        if lin is None:
+            raise ValueError(f"this layer has no {proj}: it attends with the keys and values "
+                             f"of layer {self.cfg.decoder.kv_from(self.layer)} (K/V sharing); "
+                             "read that layer's weights")
         if not bias:
             out = einops.rearrange(lin.weight, "(h d) m -> h m d", d=d)
         elif lin.bias is None:
@@ -42,7 +48,7 @@ def _per_head(proj: str, shape: str, bias: bool = False, per_query: bool = False
             out = lin.bias.view(-1, d)
         if proj == "q_proj" and self.cfg.decoder.attn_output_gate:  # query, gate rows per head
             out = out[0::2]
-        g = self.cfg.n_heads // self.cfg.n_key_value_heads
+        g = self.cfg.n_heads // getattr(self, "n_kv", self.cfg.n_key_value_heads)
         return out.repeat_interleave(g, dim=0) if per_query else out
 
     get.__annotations__ = {"return": Float[Tensor, shape]}
@@ -92,7 +98,8 @@ class AttentionWeights(Circuits):
 
     @property
     def W_O(self) -> Float[Tensor, "head d_head d_model"]:
-        return einops.rearrange(self.o_proj.weight, "m (h d) -> h d m", d=self.cfg.d_head)
+        d = getattr(self, "d_head", self.cfg.d_head)  # Gemma 4: per layer
+        return einops.rearrange(self.o_proj.weight, "m (h d) -> h d m", d=d)
 
     @property
     def b_O(self) -> Float[Tensor, " d_model"]:

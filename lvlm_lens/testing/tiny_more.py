@@ -11,6 +11,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+from lvlm_lens.testing.tiny_gemma4 import GEMMA4_KIND, build_gemma4_checkpoint
 from lvlm_lens.testing.tiny_glm4v import GLM4V_KIND, GLM4V_MOE_KIND, build_glm4v_checkpoint
 from lvlm_lens.testing.tiny_llama4 import LLAMA4_KIND, build_llama4_checkpoint
 from lvlm_lens.testing.tiny_mistral3 import MISTRAL3_KIND, build_mistral3_checkpoint
@@ -25,6 +26,7 @@ BUILDERS: dict[str, Callable[..., Path]] = {
     LLAMA4_KIND: build_llama4_checkpoint,
     MLLAMA_KIND: build_mllama_checkpoint,
     MISTRAL3_KIND: build_mistral3_checkpoint,
+    GEMMA4_KIND: build_gemma4_checkpoint,
 }
 #: The kinds of :data:`BUILDERS`.
 MORE_KINDS = tuple(BUILDERS)

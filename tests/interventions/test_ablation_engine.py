@@ -186,6 +186,7 @@ FAMILY_KINDS += ["smolvlm2"]
 FAMILY_KINDS += ["glm4v", "glm4v-moe"]
 FAMILY_KINDS += ["llama4"]
 FAMILY_KINDS += ["mistral3"]
+FAMILY_KINDS += ["gemma4"]
 
 
 @pytest.fixture(scope="module", params=FAMILY_KINDS)

@@ -274,7 +274,8 @@ def test_knockout_under_a_prefix_kv_cache(pair):
 
 @pytest.mark.parametrize(
     "kind", ["llava-llama", "qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl", "idefics3",
-             "paligemma2", "glm4v", "glm4v-moe", "llama4"]
+             "paligemma2", "glm4v", "glm4v-moe", "llama4",
+             "gemma4"]
 )
 def test_knocking_out_image_to_text_makes_the_answer_independent_of_the_image(
     tiny_checkpoint, kind

@@ -53,6 +53,13 @@ CASES = {
         tie_word_embeddings=False, layer_types=["full_attention", "sliding_attention"],
         num_hidden_layers=2, sliding_window=6,
     ),
+    "gemma4": {},
+    "gemma4/moe": dict(enable_moe_block=True, num_experts=4, top_k_experts=2,
+                       moe_intermediate_size=32),
+    # as the 31B (no per-layer inputs, keys as values) and E2B (causal, double-wide MLPs)
+    "gemma4/31b-like": dict(hidden_size_per_layer_input=0, num_kv_shared_layers=0,
+                            attention_k_eq_v=True, num_global_key_value_heads=1),
+    "gemma4/e2b-like": dict(use_bidirectional_attention=None, use_double_wide_mlp=True),
 }
 
 
@@ -109,7 +116,8 @@ def hf_generate(reference, model, inp, n):
     "case", ["llava-llama", "llava-onevision-qwen2", "llava-next-mistral", "qwen2-vl",
              "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl", "idefics3", "qwen3-vl-moe",
              "llava-onevision-1.5", "smolvlm2", "glm4v", "glm4v-moe", "llama4", "mistral3",
-             "mllama"],
+             "mllama",
+             "gemma4"],
 )
 def test_generate_matches_hf_greedy(tiny_checkpoint, case):
     """Prompt + new tokens, as TransformerLens and HF return them; or the new tokens only."""
@@ -160,7 +168,8 @@ def image_end(inp) -> int:
 @pytest.mark.parametrize(
     "case", ["llava-llama", "llava-onevision-qwen2", "qwen2-vl", "qwen3-vl", "gemma3",
              "qwen3-vl-moe", "llava-onevision-1.5", "idefics3", "smolvlm2", "glm4v",
-             "glm4v-moe", "llama4", "mistral3", "mllama"]
+             "glm4v-moe", "llama4", "mistral3", "mllama",
+             "gemma4"]
 )
 def test_prefix_cache_suffix_equals_full_run(tiny_checkpoint, case):
     model, _ = load_pair(tiny_checkpoint, case)
@@ -199,6 +208,10 @@ def test_shared_prefix_many_suffixes(tiny_checkpoint):
 #: bf16 with the fused kernel may flip a top-k expert choice, so an MoE model is not "close"
 #: there: tests/model/test_qwen3_vl_moe.py checks it bit for bit with the materialised attention.
 MOE_KINDS = ("qwen3-vl-moe", "glm4v-moe")
+#: Gemma 4 attends with scale 1 over normed queries and keys (scores of order d_head): on the
+#: tiny model every bf16 run, HF's own and the fused one alike, is ~6% of the largest logit off
+#: the fp32 logits, so the fused run is held to 10% there (the materialised one still bit for bit).
+LOOSE_BF16 = {"gemma4": 0.1}
 
 
 @pytest.mark.parametrize("kind", [c for c in CASES if "/" not in c and c not in MOE_KINDS])
@@ -216,7 +229,7 @@ def test_bf16_close_to_hf_bf16(tiny_checkpoint, kind):
         logits, ref = model(inp).float(), hf_logits(reference, model, inp).float()
     real = inp.attention_mask.bool()
     assert model.cfg.dtype == torch.bfloat16 and ref[real].std() > 0.1
-    assert (logits - ref)[real].abs().max() <= 0.02 * ref[real].abs().max()
+    assert (logits - ref)[real].abs().max() <= LOOSE_BF16.get(kind, 0.02) * ref[real].abs().max()
     model.cfg.fused_attention = False
     with torch.no_grad():
         assert torch.equal(model(inp).float()[real], ref[real])

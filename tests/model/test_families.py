@@ -20,6 +20,7 @@ KINDS += ["glm4v", "glm4v-moe"]
 KINDS += ["llama4"]
 KINDS += ["mistral3"]
 KINDS += ["mllama"]
+KINDS += ["gemma4"]
 IMAGES = [noise_image(20, 28, 1), noise_image(30, 18, 2)]
 
 
@@ -71,6 +72,7 @@ def test_to_hf_has_the_family_inputs(fam):
              "llava-onevision-1.5": {"image_grid_thw"},
              "mistral3": {"image_sizes"},
              "mllama": {"aspect_ratio_ids", "aspect_ratio_mask", "cross_attention_mask"},
+             "gemma4": {"mm_token_type_ids", "image_position_ids"},
              }.get(kind, extra)  # fmt: skip
     assert set(kw) == {"input_ids", "attention_mask", "position_ids", "pixel_values"} | extra
     for key in extra & {"token_type_ids", "mm_token_type_ids"}:
@@ -95,6 +97,8 @@ def test_groups_and_grid_coordinates(fam):
         cells = [f"<img 0:{r},{c}>" for r in range(2) for c in range(2)]
     if kind == "mllama":  # one <|image|> token: the image side is not in the sequence
         cells = []
+    if kind == "gemma4":  # 20x28 px resized to 42x54: 7x9 tokens of 6x6 px
+        cells = [f"<img {r},{c}>" for r in range(7) for c in range(9)]
     assert [s for s in strs if s.startswith("<img ")] == cells
     question = [t for t, q in zip(inp.input_ids[0], inp.groups["question"][0], strict=True) if q]
     words = model.tokenizer.convert_ids_to_tokens(question)
@@ -105,6 +109,7 @@ def test_groups_and_grid_coordinates(fam):
         "paligemma2": "<s>", "smolvlm2": "<row_3_col_3>", "glm4v": "<|end_of_image|>",
         "glm4v-moe": "<|end_of_image|>", "llama4": "<|image_end|>", "mistral3": "[IMG_END]",
         "mllama": "\n",  # the prompt's newline after <|image|> (no closing image token)
+        "gemma4": "<image|>",
     }.get(kind, "<|vision_end|>")  # fmt: skip
     assert marker in role and "ASSISTANT" in role
 

@@ -87,7 +87,7 @@ def test_the_registry_lists_exactly_the_family_modules_of_the_folder():
     in_folder = {m.name for m in pkgutil.iter_modules(families.__path__)} - {"base"}
     assert sorted(m.__name__.rsplit(".", 1)[-1] for m in MODULES) == sorted(in_folder)
     entries = [(t, f) for m in MODULES for t, f in m.BY_MODEL_TYPE.items()]
-    assert len(entries) == len(FAMILIES) == 20
+    assert len(entries) == len(FAMILIES) == 21
     assert all(FAMILIES[t] is f for t, f in entries)
 
 

@@ -26,6 +26,10 @@ from tests.model.test_tl_families import KINDS
 #: test_prompt, the patching sweeps with NaN rows for the linear layers), are in
 #: test_tl_linear_layers.
 ANALYSIS_KINDS = [k for k in KINDS if k not in ("qwen3.5", "qwen3.5-moe")]
+#: Not Gemma 4 either: its global layers' wider heads make the layer stacks differ in shape
+#: (refused in one line, tests/model/test_gemma4.py) and its K/V-sharing layers have no W_K /
+#: W_V of their own; its per-layer weight views are still to be tested (left for later).
+ANALYSIS_KINDS = [k for k in ANALYSIS_KINDS if k != "gemma4"]
 
 
 @pytest.fixture(scope="module", params=ANALYSIS_KINDS)

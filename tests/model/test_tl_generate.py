@@ -25,6 +25,7 @@ FAMILIES += ["glm4v", "glm4v-moe"]
 FAMILIES += ["llama4"]
 FAMILIES += ["mistral3"]
 FAMILIES += ["mllama"]
+FAMILIES += ["gemma4"]
 
 
 @pytest.fixture(scope="module", params=["toy", "qwen2-gqa"])

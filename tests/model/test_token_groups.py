@@ -81,7 +81,8 @@ def test_a_prompt_ending_with_an_image_keeps_that_token_in_image(tiny_checkpoint
 @pytest.mark.parametrize(
     "kind", ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl", "idefics3",
              "qwen3-vl-moe", "llava-onevision-1.5", "smolvlm2", "glm4v",
-             "glm4v-moe", "llama4", "mistral3"]
+             "glm4v-moe", "llama4", "mistral3",
+             "gemma4"]
 )
 def test_groups_partition_the_chat_templates_of_the_other_families(tiny_checkpoint, kind):
     """The same partition with each family's own chat template, a system prompt and a

@@ -149,7 +149,8 @@ def test_torchrun_two_processes_equal_one(tiny_checkpoint, data_folder, tmp_path
     "kind", ["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "gemma3", "internvl", "idefics3", "qwen3-vl-moe",
              "llava-onevision-1.5", "qwen3.5", "paligemma2", "smolvlm2", "glm4v",
              "glm4v-moe", "llama4", "mistral3",
-             "mllama"]
+             "mllama",
+             "gemma4"]
 )
 def test_attribute_runs_on_every_family(tiny_checkpoint, data_folder, tmp_path, kind):
     """The data's LLaVA-style prompts hold ``<image>``, which every family accepts."""

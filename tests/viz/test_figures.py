@@ -79,11 +79,15 @@ def test_image_grids_cover_every_image_token_once(next_pair, toy_pair):
 OTHER_KINDS = ["qwen2-vl", "gemma3", "internvl", "idefics3", "qwen3-vl-moe",
                "llava-onevision-1.5", "smolvlm2", "glm4v", "glm4v-moe", "llama4"]  # fmt: skip
 OTHER_KINDS += ["mistral3"]
+OTHER_KINDS += ["gemma4"]
 #: The grid of the tall 30x18 px image where it follows the picture's aspect, by each family's
 #: resize rule, both on a 4-px merged patch: Qwen's rounds each side to the nearest multiple,
 #: round(7.5) x round(4.5) = 8x4 (Python rounds half to even); Pixtral's keeps a picture under
 #: its 32-px longest side and rounds each side up, ceil(30/4) x ceil(18/4) = 8x5.
 TALL_GRID = {"mistral3": (8, 5)}
+#: Gemma 4's keeps the aspect at a budget of 70 tokens of 6x6 px: 20x28 px -> 42x54 (7x9),
+#: 30x18 px -> 60x36 (10x6).
+TALL_GRID["gemma4"] = (10, 6)
 
 
 @pytest.mark.parametrize("kind", OTHER_KINDS)
@@ -98,6 +102,7 @@ def test_image_grids_of_the_other_families(tiny_checkpoint, kind):
     tiled = ("internvl", "idefics3", "smolvlm2", "llama4")  # SmolVLM2 tiles as Idefics3
     shape = (4, 4) if kind in tiled or kind == "gemma3" else (5, 7)
     shape = (2, 2) if kind == "llama4" else shape  # 28-px tiles: 2x2 tokens each
+    shape = (7, 9) if kind == "gemma4" else shape
     assert grid.positions.shape == shape
     base = image[-shape[0] * shape[1] :] if kind in tiled else image  # after the other tiles
     assert (grid.positions.ravel() == base).all()

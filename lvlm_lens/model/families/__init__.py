@@ -18,6 +18,7 @@ from lvlm_lens.model.config import DecoderSpec
 from lvlm_lens.model.families import base as _base
 from lvlm_lens.model.families import (
     gemma3,
+    gemma4,
     glm4v,
     idefics3,
     internvl,
@@ -56,6 +57,7 @@ MODULES += (glm4v,)
 MODULES += (llama4,)
 MODULES += (mllama,)
 MODULES += (mistral3,)
+MODULES += (gemma4,)
 #: The supported families by HF ``config.model_type``.
 FAMILIES: dict[str, Family] = {t: f for m in MODULES for t, f in m.BY_MODEL_TYPE.items()}
 #: HF multimodal architectures we wrap, by ``config.model_type``.

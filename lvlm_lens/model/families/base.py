@@ -40,6 +40,7 @@ class ImageText:
             each with ``\n``); ``LVLMInput.texts`` holds the prompts without it.
         refused: Markers of inputs that are not supported (GLM-4.1V's video markers): a prompt
             holding one is refused.
+        refused_audio: Audio markers (Gemma 4's audio token), refused as ``refused`` is.
         bos_in_text: The processor writes the BOS token into a prompt that holds none, after
             its leading placeholders (Llama 3.2 Vision's ``MllamaProcessor``), and the
             tokenizer then adds its own BOS as well.
@@ -52,6 +53,7 @@ class ImageText:
     prompt_end: str = ""
     refused: tuple[str, ...] = ()
     bos_in_text: bool = False
+    refused_audio: tuple[str, ...] = ()
 
 
 def token_name(tokenizer: Any, token_id: Any) -> str:
@@ -140,7 +142,7 @@ WINDOW_ON_EVERY_LAYER = ("mistral",)
 #: Language backbones whose HF attention and logits apply ``attn_logit_softcapping`` /
 #: ``final_logit_softcapping`` (read by :func:`softcaps`); other backbones' HF models ignore
 #: the fields (Gemma 3's as well), so a config setting them there is refused.
-SOFTCAP_TEXT_MODELS = ("gemma2",)
+SOFTCAP_TEXT_MODELS = ("gemma2", "gemma4_text")
 
 
 def softcaps(tc: Any) -> dict[str, float | None]:
