@@ -49,7 +49,7 @@ from lvlm_lens.interventions.engine import AblationEngine
 from lvlm_lens.interventions.knockout import knockout_effect
 from lvlm_lens.interventions.token_ablation import mean_image_baseline
 from lvlm_lens.model.hooked_lvlm import HookedLVLM
-from lvlm_lens.run.claims_semantics import semantic_grid, within_look_test
+from lvlm_lens.run.claims_semantics import LOOKS, semantic_grid, within_look_test
 from lvlm_lens.run.claims_toys import (
     TOYS,
     ClaimsToy,
@@ -63,16 +63,6 @@ from lvlm_lens.run.options import RunOptions
 from lvlm_lens.run.seeds import aggregate, markdown
 from lvlm_lens.toy import load_toy
 from lvlm_lens.toy.templates import apply_template
-
-#: Looks of the semantic-vs-appearance grid: every class is drawn in each.
-LOOKS = (
-    {"colour": "red", "size": "large", "fill": "filled", "texture": "plain",
-     "background": "white", "position": "center"},
-    {"colour": "blue", "size": "small", "fill": "outline", "texture": "plain",
-     "background": "gray", "position": "left"},
-    {"colour": "yellow", "size": "large", "fill": "filled", "texture": "stripes",
-     "background": "noise", "position": "right"},
-)  # fmt: skip
 
 
 def _prepare(model: HookedLVLM, records: list[Any]) -> list[Any]:

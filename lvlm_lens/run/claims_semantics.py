@@ -28,6 +28,15 @@ from lvlm_lens.analysis.semantics import attribution_vectors, similarity
 from lvlm_lens.data import render_example
 from lvlm_lens.data.synthetic import CLASSES, SyntheticExample
 
+#: Looks of the v1 semantic-vs-appearance grid (claims.py): every class is drawn in each.
+LOOKS = (
+    {"colour": "red", "size": "large", "fill": "filled", "texture": "plain",
+     "background": "white", "position": "center"},
+    {"colour": "blue", "size": "small", "fill": "outline", "texture": "plain",
+     "background": "gray", "position": "left"},
+    {"colour": "yellow", "size": "large", "fill": "filled", "texture": "stripes",
+     "background": "noise", "position": "right"},
+)  # fmt: skip
 #: Attributes the v2 grid holds fixed: every image of the grid has these (the toy is asked
 #: about colour, size and background, so they must not tell looks apart).
 V2_FIXED = {"colour": "blue", "size": "large", "background": "white"}
