@@ -406,6 +406,28 @@ def test_tl_attn_names_of_a_cross_layer_are_its_cross_attn_hooks(pair, inp):
     one = model.run_with_cache(inp.select(0))[1]
     z = one[ours][0]
     assert torch.equal(one.remove_batch_dim()[tl], z)
+    # a text-only run skips the layer: TL's name says why it is missing, in one line
+    text = model.run_with_cache(model.to_tokens("what is this ?"))[1]
+    with pytest.raises(KeyError, match=f"whose hook is {ours}, not in this cache") as err:
+        text["z", layer]
+    assert "\n" not in str(err.value)
+    # the image side has no position axis: pos_slice leaves it whole
+    cut = model.run_with_cache(inp, pos_slice=-1)[1]
+    for name in ("hook_image_embeds", f"blocks.{layer}.cross_attn.hook_k"):
+        assert torch.equal(cut[name], full[name])
+    assert torch.equal(cut[ours], full[ours][:, -1:])
+    # the cross layer's input is never split per head; its MLP input fires with the switch
+    model.set_use_split_qkv_input(True)
+    model.set_use_hook_mlp_in(True)
+    try:
+        with pytest.raises(ValueError, match="not a hook point .* cross-"):
+            model.run_with_hooks(inp, fwd_hooks=[(f"blocks.{layer}.hook_q_input", zero)])
+        cache = model.run_with_cache(inp)[1]
+        assert torch.equal(cache[f"blocks.{layer}.hook_mlp_in"],
+                           cache[f"blocks.{layer}.hook_resid_mid"])  # fmt: skip
+    finally:
+        model.set_use_split_qkv_input(False)
+        model.set_use_hook_mlp_in(False)
 
 
 SEVERAL = (["USER: <image> and <image>\nwhat is this ? ASSISTANT:",
