@@ -278,7 +278,8 @@ def knockout_window_sweep(
     The clean run is done once; each window recomputes only the positions from the first
     target query on, and only the layers from the window's first on, with the knockout hooks
     of :func:`~lvlm_lens.interventions.knockout.knockout_hooks`. With cross-attention layers
-    (Llama 3.2 Vision), which cannot continue a KV cache yet, each window is a full run.
+    (Llama 3.2 Vision) each window is a full run (this sweep's prefix reuse does not carry their
+    image-side keys / values yet).
 
     Returns:
         One row per window centre, one value per example.
