@@ -33,7 +33,6 @@ from tqdm.auto import tqdm
 from lvlm_lens.interventions.knockout import (
     Group,
     group_mask,
-    knockout_effect,
     knockout_hooks,
     window_layers,
 )
@@ -284,9 +283,8 @@ def knockout_window_sweep(
 
     The clean run is done once; each window recomputes only the positions from the first
     target query on, and only the layers from the window's first on, with the knockout hooks
-    of :func:`~lvlm_lens.interventions.knockout.knockout_hooks`. With cross-attention layers
-    (Llama 3.2 Vision) each window is a full run (this sweep's prefix reuse does not carry their
-    image-side keys / values yet).
+    of :func:`~lvlm_lens.interventions.knockout.knockout_hooks` (cross-attention layers, Llama
+    3.2 Vision, read their image side's keys / values from the shared prefix).
 
     Returns:
         One row per window centre, one value per example.
@@ -296,11 +294,6 @@ def knockout_window_sweep(
     n = model.cfg.n_layers
     centres = list(range(n)) if centres is None else list(centres)
     window = min(window, n)
-    if model.cfg.decoder.cross_attention is not None:  # no KV cache to continue: full runs
-        return torch.stack([
-            knockout_effect(model, inp, source, target, window_layers(c, window, n), metric,
-                            heads, relative)
-            for c in tqdm(centres, desc="knockout windows", disable=not progress)])  # fmt: skip
     layout = model.layout(inp)
     names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n)]
     resid, kv, pre = _record(model, inp, names)
