@@ -103,5 +103,6 @@ def text_or_image_input(model, kind: str):
 
 def attention_layers(model) -> list[int]:
     """The layers with softmax self-attention (a Qwen3.5 linear-attention layer has no
-    pattern, rotary or split inputs; a Llama 3.2 Vision cross-attention layer no ``attn``)."""
-    return [i for i, b in enumerate(model.blocks) if hasattr(getattr(b, "attn", None), "W_Q")]
+    pattern, rotary or split inputs; a Llama 3.2 Vision cross-attention layer no rotary or
+    split inputs, and its hooks are ``cross_attn.hook_*``)."""
+    return [i for i in range(model.cfg.n_layers) if model.attn_kind(i) == "self"]

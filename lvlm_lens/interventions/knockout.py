@@ -235,11 +235,13 @@ def _cross_knockout_hooks(
 
     def scores_hook(scores: Float[Tensor, "batch head q k"], hook: Any) -> Tensor:
         b, _, q, k = scores.shape
-        if (b, q) != tuple(tgt.shape):
-            raise ValueError(f"knockout in cross-attention layer {layer} runs only on the full "
-                             f"input {tuple(tgt.shape)}, got scores {tuple(scores.shape)}")
+        if b != tgt.shape[0] or q > tgt.shape[1]:
+            raise ValueError(f"knockout built for input {tuple(tgt.shape)} got cross-attention "
+                             f"scores {tuple(scores.shape)} in layer {layer}: run it on the "
+                             "same input (or its last positions after a KV cache)")
         cols = cut.repeat_interleave(k // n_max, dim=-1)  # [batch, image_pos]
-        edges = tgt[:, None, :, None] & on[None, :, None, None] & cols[:, None, None, :]
+        queries = tgt[:, tgt.shape[1] - q :]  # the last q positions: a suffix after a cache
+        edges = queries[:, None, :, None] & on[None, :, None, None] & cols[:, None, None, :]
         floor = torch.finfo(scores.dtype).min
         out = scores.masked_fill(edges, floor)
         store["empty"] = edges.any(-1) & ~(out > floor / 2).any(-1)

@@ -33,12 +33,12 @@ from tqdm.auto import tqdm
 from lvlm_lens.interventions.knockout import (
     Group,
     group_mask,
-    knockout_effect,
     knockout_hooks,
     window_layers,
 )
 from lvlm_lens.interventions.metrics import get_metric, metric_change
 from lvlm_lens.interventions.patching import check_pair
+from lvlm_lens.model.cross_attention import CrossInput
 from lvlm_lens.model.hooked_lvlm import HookedLVLM
 from lvlm_lens.model.inputs import LVLMInput
 from lvlm_lens.model.kv_cache import KVCache
@@ -142,18 +142,24 @@ def _block_start(layout: TokenLayout, p0: int, cache: KVCache) -> int:
 
 
 def _rows(layout: TokenLayout, n: int) -> TokenLayout:
-    """The layout of each example repeated for ``n`` consecutive rows (example-major)."""
+    """The layout of each example repeated for ``n`` consecutive rows (example-major; the image
+    side of cross-attention layers is read in place, only its query mask repeated)."""
     rep = lambda t, d: None if t is None else t.repeat_interleave(n, dim=d)  # noqa: E731
     deep = None if layout.deepstack is None else [rep(d, 0) for d in layout.deepstack]
-    return TokenLayout(rep(layout.position_ids, -2), rep(layout.image_blocks, 0), deep)
+    c = layout.cross
+    cross = None if c is None else CrossInput(c.states, rep(c.mask, 0), rep(c.rows, 0), c.kv)
+    return TokenLayout(rep(layout.position_ids, -2), rep(layout.image_blocks, 0), deep, cross)
 
 
 def _prefix(cache: KVCache, p0: int) -> KVCache | None:
-    """The cached keys/values of the positions before ``p0`` (views, not copies)."""
+    """The cached keys/values of the positions before ``p0`` (views, not copies); a
+    cross-attention layer's (the image side's, no sequence axis) whole."""
     if p0 == 0:
         return None
-    return KVCache([k[:, :, :p0] for k in cache.keys], [v[:, :, :p0] for v in cache.values],
-                   cache.attention_mask[:, :p0])
+    whole = () if cache.cross is None or cache.cross.kv is None else cache.cross.kv
+    keys = [k if la in whole else k[:, :, :p0] for la, k in enumerate(cache.keys)]
+    values = [v if la in whole else v[:, :, :p0] for la, v in enumerate(cache.values)]
+    return KVCache(keys, values, cache.attention_mask[:, :p0], cross=cache.cross)
 
 
 @torch.no_grad()
@@ -278,8 +284,8 @@ def knockout_window_sweep(
 
     The clean run is done once; each window recomputes only the positions from the first
     target query on, and only the layers from the window's first on, with the knockout hooks
-    of :func:`~lvlm_lens.interventions.knockout.knockout_hooks`. With cross-attention layers
-    (Llama 3.2 Vision), which cannot continue a KV cache yet, each window is a full run.
+    of :func:`~lvlm_lens.interventions.knockout.knockout_hooks` (cross-attention layers, Llama
+    3.2 Vision, read their image side's keys / values from the shared prefix).
 
     Returns:
         One row per window centre, one value per example.
@@ -289,11 +295,6 @@ def knockout_window_sweep(
     n = model.cfg.n_layers
     centres = list(range(n)) if centres is None else list(centres)
     window = min(window, n)
-    if model.cfg.decoder.cross_attention is not None:  # no KV cache to continue: full runs
-        return torch.stack([
-            knockout_effect(model, inp, source, target, window_layers(c, window, n), metric,
-                            heads, relative)
-            for c in tqdm(centres, desc="knockout windows", disable=not progress)])  # fmt: skip
     layout = model.layout(inp)
     names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n)]
     resid, kv, pre = _record(model, inp, names)

@@ -141,7 +141,8 @@ class TransformerBlock(nn.Module):
             self.hook_aliases = {"hook_attn_out": "ln1_post.hook_normalized"}
         else:
             self.ln2 = RMSNorm(hf_layer.post_attention_layernorm, off, fp32)
-        split = () if self.linear else ("attn_in", "q_input", "k_input", "v_input")  # never split
+        # a linear or cross-attention layer's input is never split per head
+        split = () if self.linear or self.cross else ("attn_in", "q_input", "k_input", "v_input")
         for name in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post", "mlp_in",
                      *split):  # mlp_in and the split points: switched
             setattr(self, f"hook_{name}", HookPoint())
@@ -247,6 +248,8 @@ class TransformerBlock(nn.Module):
         if cross is None:  # no image in the run: HF skips the layer
             zero = torch.zeros_like(resid_pre)
             resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(zero))
+            if self.cfg.use_hook_mlp_in:  # fires as on any layer (no MLP reads it here)
+                self.hook_mlp_in(resid_mid.clone())
             return self.hook_resid_post(resid_mid + self.hook_mlp_out(zero.clone())), None
         b, s, _ = resid_pre.shape
         seg = None if past is None else past[0]
@@ -257,7 +260,8 @@ class TransformerBlock(nn.Module):
         attn, kv = self.cross_attn(self.ln1(resid_pre), cross, kv, seg)
         gate = self.hook_attn_gate(self.attn_gate.tanh().expand(b, s, 1).clone())
         resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(gate * attn))
-        mlp = cross.rows[..., None] * self.mlp(self.ln2(resid_mid))
+        mlp_in = self.hook_mlp_in(resid_mid.clone()) if self.cfg.use_hook_mlp_in else resid_mid
+        mlp = cross.rows[..., None] * self.mlp(self.ln2(mlp_in))
         gate = self.hook_mlp_gate(self.mlp_gate.tanh().expand(b, s, 1).clone())
         return self.hook_resid_post(resid_mid + self.hook_mlp_out(gate * mlp)), kv
 

@@ -9,7 +9,9 @@ position), the query axis (2) of ``hook_attn_scores`` / ``hook_pattern``. Transf
 picks the axis from the end of the tensor by the hook's name instead, which slices the head
 axis of ``hook_rot_q`` / ``hook_rot_k``. The cache object answers TransformerLens' name of a
 cross-attention layer's hooks (``blocks.{l}.attn.hook_z``, ``("z", l)``) with that layer's
-``cross_attn.hook_*`` (what TL's patching helpers read).
+``cross_attn.hook_*`` (what TL's patching helpers read). The image side those layers read
+(``hook_image_embeds``, ``cross_attn.hook_k`` / ``hook_v``, ``[batch, image_pos, ...]``) has
+no position axis: ``pos_slice`` leaves it whole (:func:`image_side_hooks`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,26 @@ def position_axis(name: str) -> int:
     """The position axis of the batch-first activation of hook ``name`` (query axis of scores
     and patterns)."""
     return 2 if name.endswith(_QUERY_AXIS) else 1
+
+
+def image_side_hooks(cfg: Any) -> set[str]:
+    """Hooks whose axis 1 is the image side the cross-attention layers read (Llama 3.2 Vision:
+    ``hook_image_embeds`` and each cross layer's ``cross_attn.hook_k`` / ``hook_v`` and
+    ``cross_attn.k_norm.*``), not the sequence: they have no position axis, and ``pos_slice``
+    leaves them whole."""
+    cross = cfg.decoder.cross_attention
+    if cross is None:
+        return set()
+    ends = ("hook_k", "hook_v", "k_norm.hook_scale", "k_norm.hook_normalized")
+    return {"hook_image_embeds"} | {f"blocks.{la}.cross_attn.{end}"
+                                    for la in cross.layers for end in ends}  # fmt: skip
+
+
+class CrossLayerError(KeyError):
+    """A cross-attention layer's hook missing from a cache (printed as one line)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class LVLMActivationCache(ActivationCache):
@@ -70,6 +92,11 @@ class LVLMActivationCache(ActivationCache):
             alt = self.model._resolve(name)
             if alt != name and alt in self.cache_dict:
                 return self.cache_dict[alt]
+            if alt != name and isinstance(alt, str) and ".cross_attn." in alt:
+                raise CrossLayerError(
+                    f"{name}: its layer is a cross-attention layer, whose hook is {alt}, not in "
+                    "this cache (a run without an image skips the layer; or the cache filter "
+                    "left it out)") from None
             raise
         if self._linear and isinstance(key, str):  # a direct-path source on a linear layer
             value = direct_path_source(self.model, key, value)
@@ -165,13 +192,14 @@ class CachingMixin:
         keep = _names_filter(names_filter)
         pos = Slice.unwrap(pos_slice)
         self.is_caching = True
+        whole = image_side_hooks(self.cfg)  # type: ignore[attr-defined]
 
         def save(tensor: Tensor, hook: HookPoint, suffix: str = "") -> None:
             t = tensor.detach().to(device)
             axis = position_axis(hook.name)
             if remove_batch_dim and t.ndim > 0 and t.shape[0] == 1:
                 t, axis = t[0], axis - 1
-            if t.ndim > axis:
+            if t.ndim > axis and hook.name not in whole:
                 t = pos.apply(t, dim=axis)
             cache[hook.name + suffix] = t
 

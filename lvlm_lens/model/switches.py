@@ -45,8 +45,9 @@ def refuse_if_off(cfg: Any, name: str, points: Any = None) -> None:
     """Raise a one-line ``ValueError`` naming the switch if hook ``name`` cannot fire (or, given
     the model's hook ``points``, saying so if it is none of them)."""
     if points is not None and name not in points:
-        raise ValueError(f"{name} is not a hook point of this model (a linear-attention layer "
-                         f"has no hook_attn_in / hook_q_input ...): model.hook_dict lists them")
+        raise ValueError(f"{name} is not a hook point of this model (a linear- or cross-"
+                         f"attention layer has no hook_attn_in / hook_q_input ...): "
+                         "model.hook_dict lists them")
     switch = switch_off(cfg, name)
     if switch is not None:
         raise ValueError(f"{name} fires only with {switch} on: call "

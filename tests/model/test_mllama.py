@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from transformer_lens import patching as tl_patching
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformers import AutoProcessor
 from transformers.models.mllama.processing_mllama import (
@@ -33,6 +34,8 @@ from lvlm_lens.interventions import (
     run_reference,
     window_layers,
 )
+from lvlm_lens.interventions.metrics import answer_logprob
+from lvlm_lens.interventions.sweeps import patch_sweep
 from lvlm_lens.model.attention import Attention
 from lvlm_lens.model.cross_attention import CrossAttention
 from lvlm_lens.model.families.mllama import cross_attention_tiles
@@ -406,6 +409,28 @@ def test_tl_attn_names_of_a_cross_layer_are_its_cross_attn_hooks(pair, inp):
     one = model.run_with_cache(inp.select(0))[1]
     z = one[ours][0]
     assert torch.equal(one.remove_batch_dim()[tl], z)
+    # a text-only run skips the layer: TL's name says why it is missing, in one line
+    text = model.run_with_cache(model.to_tokens("what is this ?"))[1]
+    with pytest.raises(KeyError, match=f"whose hook is {ours}, not in this cache") as err:
+        text["z", layer]
+    assert "\n" not in str(err.value)
+    # the image side has no position axis: pos_slice leaves it whole
+    cut = model.run_with_cache(inp, pos_slice=-1)[1]
+    for name in ("hook_image_embeds", f"blocks.{layer}.cross_attn.hook_k"):
+        assert torch.equal(cut[name], full[name])
+    assert torch.equal(cut[ours], full[ours][:, -1:])
+    # the cross layer's input is never split per head; its MLP input fires with the switch
+    model.set_use_split_qkv_input(True)
+    model.set_use_hook_mlp_in(True)
+    try:
+        with pytest.raises(ValueError, match="not a hook point .* cross-"):
+            model.run_with_hooks(inp, fwd_hooks=[(f"blocks.{layer}.hook_q_input", zero)])
+        cache = model.run_with_cache(inp)[1]
+        assert torch.equal(cache[f"blocks.{layer}.hook_mlp_in"],
+                           cache[f"blocks.{layer}.hook_resid_mid"])  # fmt: skip
+    finally:
+        model.set_use_split_qkv_input(False)
+        model.set_use_hook_mlp_in(False)
 
 
 SEVERAL = (["USER: <image> and <image>\nwhat is this ? ASSISTANT:",
@@ -478,6 +503,29 @@ def test_generate_continues_our_and_tl_s_kv_cache(pair, inp):
     embeds = model.embed(inp.input_ids[:, cut:].to(model.cfg.device))
     assert torch.equal(model.generate(embeds, 2 * n, stop_at_eos=False, past_kv_cache=cache,
                                       return_type="tokens")[:, -2 * n :], whole)
+
+
+@pytest.mark.parametrize("activation", ["resid_pre", "attn_out"])
+def test_patch_sweep_is_transformer_lens_s(pair, activation):
+    """The prefix-sharing patch sweep (a cached prefix continued per patched position) =
+    TransformerLens' get_act_patch_*: the cross layers read the whole image side from the
+    prefix cache (it has no sequence axis to cut) and every row of the patched batch reads its
+    example's image side."""
+    model, _, _ = pair
+    clean = model.prepare(IMAGES, PROMPTS, answers=["star", "cat"])
+    corrupted = model.prepare([noise_image(16, 16, 7), noise_image(20, 50, 8)], PROMPTS,
+                              answers=["star", "cat"])  # fmt: skip
+
+    def metric(logits):
+        return answer_logprob(logits[:, -1], clean.answer_ids).mean()
+
+    ours = patch_sweep(model, clean, corrupted, metric, activation, batch_size=8,
+                       progress=False)  # fmt: skip
+    _, cache = model.run_with_cache(clean)
+    with torch.no_grad():
+        ref = getattr(tl_patching, f"get_act_patch_{activation}")(model, corrupted, cache, metric)
+    assert (ours.values - ref).abs().max() <= 1e-5
+    assert ref.std() > 1e-3
 
 
 def test_refusals(pair, inp):

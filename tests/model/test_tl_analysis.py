@@ -18,7 +18,7 @@ from transformer_lens import SVDInterpreter, head_detector, patching, utilities
 from transformer_lens.FactoredMatrix import FactoredMatrix
 
 from lvlm_lens import HookedLVLM
-from tests.helpers import PROMPTS, noise_image, toy_or_gqa
+from tests.helpers import PROMPTS, attention_layers, noise_image, toy_or_gqa
 from tests.model.tl_parity import parity
 
 TEXT = "what is this ? what is this ?"
@@ -290,10 +290,19 @@ def test_detect_head_finds_a_planted_head(model, kind, name):
         detection = wanted
     else:
         wanted, detection = pattern_by_definition(name, ids), name
+    heads = None
     with model.bind(seq) if kind == "image" else nullcontext():
+        if model.cfg.decoder.cross_attention is not None:  # a cross layer's pattern reads the
+            # image side ([head, pos, image_pos]; none without an image): refused, so its heads
+            # are left out
+            with pytest.raises((AssertionError, KeyError),
+                               match="not square|cross-attention layer, whose hook"):
+                head_detector.detect_head(model, seq, detection, exclude_bos=True)
+            heads = {la: list(range(model.cfg.n_heads)) for la in attention_layers(model)}
         with model.hooks(fwd_hooks=[plant(layer, head, wanted)]):
-            scores = head_detector.detect_head(model, seq, detection, exclude_bos=True)
-        plain = head_detector.detect_head(model, seq, detection, exclude_bos=True)
+            scores = head_detector.detect_head(model, seq, detection, heads=heads,
+                                               exclude_bos=True)
+        plain = head_detector.detect_head(model, seq, detection, heads=heads, exclude_bos=True)
     assert scores.shape == (model.cfg.n_layers, model.cfg.n_heads)
     assert float(scores[layer, head]) == pytest.approx(1.0, abs=1e-5)
     others = torch.cat([scores[:layer].flatten(), scores[layer, :head], scores[layer, head + 1:]])

@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformer_lens.utilities import Slice
 
+from lvlm_lens.model.caching import image_side_hooks
 from tests.helpers import PROMPTS, attention_layers, noise_image, toy_or_gqa
 from tests.model.tl_parity import parity
 
@@ -51,7 +52,11 @@ def test_pos_slice_slices_every_position_axis(model, kind, pos):
     assert f"blocks.{attention_layers(model)[0]}.attn.hook_rot_q" in full.keys()
     if kind == "image":
         assert "hook_image_embeds" in full.keys()
+    whole = image_side_hooks(model.cfg)  # cross-attention's image side: no position axis
     for name in full.keys():
+        if name in whole:
+            assert torch.equal(cut[name], full[name]), name
+            continue
         axis = position_axis_by_size(full[name], t)
         assert torch.equal(cut[name], Slice.unwrap(pos).apply(full[name], dim=axis)), name
 
@@ -65,6 +70,9 @@ def test_remove_batch_dim_with_pos_slice(model, kind):
     _, one = model.run_with_cache(inp, remove_batch_dim=True, pos_slice=(1, 3))
     assert not one.has_batch_dim
     for name in full.keys():
+        if name in image_side_hooks(model.cfg):
+            assert torch.equal(one[name], full[name][0]), name
+            continue
         axis = position_axis_by_size(full[name], inp.shape[1])
         want = Slice.unwrap((1, 3)).apply(full[name][0], dim=axis - 1)
         assert torch.equal(one[name], want), name
@@ -80,9 +88,17 @@ def test_image_embeds_are_batch_first_for_cache_utilities(model):
     _, cache = model.run_with_cache(inp)
     embeds = cache["hook_image_embeds"]
     image = inp.input_ids == model.cfg.image_token_id
-    assert embeds.shape == (b, t, model.cfg.d_model)
-    assert torch.equal(embeds[image], cache["hook_embed"][image])
-    assert torch.equal(embeds[~image], torch.zeros_like(embeds[~image]))
+    cross = model.cfg.decoder.cross_attention
+    if cross is None:
+        assert embeds.shape == (b, t, model.cfg.d_model)
+        assert torch.equal(embeds[image], cache["hook_embed"][image])
+        assert torch.equal(embeds[~image], torch.zeros_like(embeds[~image]))
+    else:  # the image side cross-attention reads, [batch, image_pos, d_model]: its keys' input
+        layer = cross.layers[0]
+        keys = model.blocks[layer].cross_attn.image_kv(embeds, hooked=False)[0]
+        assert embeds.shape[::2] == (b, model.cfg.d_model) and embeds.shape[1] != t
+        torch.testing.assert_close(keys.transpose(1, 2),
+                                   cache[f"blocks.{layer}.cross_attn.hook_k"])  # fmt: skip
     for e in range(b):
         row = cache.apply_slice_to_batch_dim(e)
         assert not row.has_batch_dim
@@ -94,6 +110,9 @@ def test_image_embeds_are_batch_first_for_cache_utilities(model):
     # the image embeddings of example 1 run alone are those of its row in the batch
     _, single = model.run_with_cache(inp.select(1))
     single.remove_batch_dim()
+    if cross is not None:  # its images' part of the image side (each example one image here)
+        torch.testing.assert_close(single["hook_image_embeds"], embeds[1])
+        return
     mine = inp.select(1).input_ids[0] == model.cfg.image_token_id
     torch.testing.assert_close(single["hook_image_embeds"][mine], embeds[1][image[1]])
 

@@ -31,9 +31,8 @@ from tests.model.test_tl_tokens import (  # noqa: F401
     test_to_tokens_keywords,
 )
 
-#: Every tiny kind but the GQA one the source modules already run on, and Llama 3.2 Vision
-#: ("mllama"), left out while its cross-attention layers are brought to TL parity separately.
-KINDS = [k for k in TINY_KINDS if k not in ("llava-onevision-qwen2", "mllama")]
+#: Every tiny kind but the GQA one the source modules already run on.
+KINDS = [k for k in TINY_KINDS if k not in ("llava-onevision-qwen2",)]
 
 
 @pytest.fixture(scope="module", params=KINDS)
