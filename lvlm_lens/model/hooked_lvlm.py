@@ -67,6 +67,8 @@ class HookedLVLM(
         ln_final: The final RMSNorm.
         unembed: The unembedding (``W_U``).
         rotary_emb: The checkpoint's own rotary-embedding module.
+        per_layer_inputs: Gemma 4's per-layer input embeddings (hook
+            ``per_layer_inputs.hook_per_layer_inputs``); ``None`` for every other family.
         tokenizer: The checkpoint's tokenizer.
         image_processor: The checkpoint's image processor.
         image_text: How an image appears in this family's prompts and token ids
