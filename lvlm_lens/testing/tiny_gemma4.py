@@ -18,14 +18,13 @@ shapes give different grids. The folder holds the tokenizer and the PIL image pr
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import Gemma4Config, Gemma4ForConditionalGeneration
 from transformers.models.gemma4 import Gemma4ImageProcessorPil
 
-from lvlm_lens.testing.tiny_save import save_random, set_fields
+from lvlm_lens.testing.tiny_save import tiny_builder
 
 #: The tiny kind built here.
 GEMMA4_KIND = "gemma4"
@@ -122,19 +121,8 @@ def _draw_off_one(model: torch.nn.Module) -> None:
             layer.router.per_expert_scale.uniform_(0.5, 1.5)
 
 
-def build_gemma4_checkpoint(
-    folder: Path,
-    *,
-    seed: int,
-    chat_template: bool,
-    vision: dict[str, Any] | None = None,
-    lvlm: dict[str, Any] | None = None,
-    processor: dict[str, Any] | None = None,
-    **text_overrides: Any,
-) -> Path:
-    """Builds and saves the tiny Gemma 4 (see :func:`~.tiny.build_tiny_checkpoint`)."""
-    tokenizer = gemma4_tokenizer(chat_template)
-    config = set_fields(gemma4_config(tokenizer, dict(text_overrides), dict(vision or {})), lvlm)
-    image_processor = set_fields(gemma4_image_processor(), processor)
-    return save_random(folder, Gemma4ForConditionalGeneration, config, seed, tokenizer,
-                       image_processor, init=_draw_off_one)  # fmt: skip
+build_gemma4_checkpoint = tiny_builder(
+    "Gemma 4", Gemma4ForConditionalGeneration,
+    gemma4_tokenizer, gemma4_config, gemma4_image_processor, init=_draw_off_one,
+)
+"""Builds and saves the tiny Gemma 4 (see :func:`~.tiny.build_tiny_checkpoint`)."""

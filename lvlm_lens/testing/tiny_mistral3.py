@@ -12,13 +12,12 @@ the tokenizer and the PIL image processor instead of a whole processor.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from transformers import Mistral3Config, Mistral3ForConditionalGeneration
 from transformers.models.pixtral import PixtralImageProcessorPil
 
-from lvlm_lens.testing.tiny_save import save_random, set_fields
+from lvlm_lens.testing.tiny_save import tiny_builder
 
 #: The tiny kind built here.
 MISTRAL3_KIND = "mistral3"
@@ -87,19 +86,8 @@ def mistral3_image_processor() -> PixtralImageProcessorPil:
     )
 
 
-def build_mistral3_checkpoint(
-    folder: Path,
-    *,
-    seed: int,
-    chat_template: bool,
-    vision: dict[str, Any] | None = None,
-    lvlm: dict[str, Any] | None = None,
-    processor: dict[str, Any] | None = None,
-    **text_overrides: Any,
-) -> Path:
-    """Builds and saves the tiny Mistral 3 (see :func:`~.tiny.build_tiny_checkpoint`)."""
-    tokenizer = mistral3_tokenizer(chat_template)
-    config = set_fields(mistral3_config(tokenizer, dict(text_overrides), dict(vision or {})), lvlm)
-    image_processor = set_fields(mistral3_image_processor(), processor)
-    return save_random(folder, Mistral3ForConditionalGeneration, config, seed, tokenizer,
-                       image_processor)  # fmt: skip
+build_mistral3_checkpoint = tiny_builder(
+    "Mistral 3", Mistral3ForConditionalGeneration,
+    mistral3_tokenizer, mistral3_config, mistral3_image_processor,
+)
+"""Builds and saves the tiny Mistral 3 (see :func:`~.tiny.build_tiny_checkpoint`)."""

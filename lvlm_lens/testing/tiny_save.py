@@ -43,3 +43,35 @@ def save_random(
     for saver in savers:
         saver.save_pretrained(folder)
     return folder
+
+
+def tiny_builder(
+    name: str,
+    model_cls: Callable[[Any], torch.nn.Module],
+    tokenizer: Callable[[bool], Any],
+    config: Callable[[Any, dict[str, Any], dict[str, Any]], Any],
+    image_processor: Callable[[], Any],
+    init: Callable[[torch.nn.Module], None] | None = None,
+) -> Callable[..., Path]:
+    """The ``build_<family>_checkpoint(folder, *, seed, chat_template, vision=None, lvlm=None,
+    processor=None, **text_overrides)`` of a family whose parts are ``tokenizer(chat_template)``,
+    ``config(tokenizer, text_overrides, vision_overrides)`` and ``image_processor()``: overrides
+    applied, the random model drawn by :func:`save_random` (with ``init``) and saved beside them."""
+
+    def build(
+        folder: Path,
+        *,
+        seed: int,
+        chat_template: bool,
+        vision: dict[str, Any] | None = None,
+        lvlm: dict[str, Any] | None = None,
+        processor: dict[str, Any] | None = None,
+        **text_overrides: Any,
+    ) -> Path:
+        tok = tokenizer(chat_template)
+        cfg = set_fields(config(tok, dict(text_overrides), dict(vision or {})), lvlm)
+        return save_random(folder, model_cls, cfg, seed, tok,
+                           set_fields(image_processor(), processor), init=init)  # fmt: skip
+
+    build.__doc__ = f"Builds and saves the tiny {name} (see :func:`~.tiny.build_tiny_checkpoint`)."
+    return build

@@ -12,7 +12,6 @@ tokenizer and the PIL image processor instead of a whole processor.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
@@ -29,7 +28,7 @@ from lvlm_lens.testing.tiny_idefics3 import (
     IDEFICS3_WORDS,
     idefics3_config,
 )
-from lvlm_lens.testing.tiny_save import save_random, set_fields
+from lvlm_lens.testing.tiny_save import tiny_builder
 
 #: The tiny kind built here.
 SMOLVLM_KIND = "smolvlm2"
@@ -75,19 +74,8 @@ def smolvlm_config(tokenizer: Any, text: dict[str, Any], vision: dict[str, Any])
     return config
 
 
-def build_smolvlm_checkpoint(
-    folder: Path,
-    *,
-    seed: int,
-    chat_template: bool,
-    vision: dict[str, Any] | None = None,
-    lvlm: dict[str, Any] | None = None,
-    processor: dict[str, Any] | None = None,
-    **text_overrides: Any,
-) -> Path:
-    """Builds and saves the tiny SmolVLM2 (see :func:`~.tiny.build_tiny_checkpoint`)."""
-    tokenizer = smolvlm_tokenizer(chat_template)
-    config = set_fields(smolvlm_config(tokenizer, dict(text_overrides), dict(vision or {})), lvlm)
-    image_processor = set_fields(smolvlm_image_processor(), processor)
-    return save_random(folder, SmolVLMForConditionalGeneration, config, seed, tokenizer,
-                       image_processor)  # fmt: skip
+build_smolvlm_checkpoint = tiny_builder(
+    "SmolVLM2", SmolVLMForConditionalGeneration,
+    smolvlm_tokenizer, smolvlm_config, smolvlm_image_processor,
+)
+"""Builds and saves the tiny SmolVLM2 (see :func:`~.tiny.build_tiny_checkpoint`)."""
